@@ -1,0 +1,478 @@
+//! The host C/C++ compiler: found by the `cc` crate (outside a build script, so target,
+//! host and opt level are set here), fingerprinted, and run to build shared objects.
+//!
+//! Finding the compiler with the `cc` crate runs it once (to tell gcc from clang), and
+//! `--version` runs it again: two process spawns that a cache hit must not pay. So the
+//! resolution is cached in `toolchains/` of the compiledir, keyed by everything that
+//! can change it (language, target, opt level, the `cc`/`cxx` settings, and the
+//! environment variables the `cc` crate reads, `PATH` included), and trusted only while
+//! the compiler binary's size and mtime are unchanged.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::Language;
+use crate::config::{CompilerCheck, Config};
+use crate::error::{CompileError, Error, Result};
+use crate::store::key::{Target, Toolchain};
+
+/// The target triple this library was built for; host compiles target it.
+pub const HOST_TARGET: &str = env!("XCACHE_HOST_TARGET");
+
+/// A resolved host compiler: how to run it and its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostTool {
+    /// The program to run (absolute).
+    pub program: PathBuf,
+    /// Arguments the `cc` crate chose (opt level, -fPIC, target flags, $CFLAGS).
+    pub args: Vec<String>,
+    /// The fingerprint that enters keys.
+    pub toolchain: Toolchain,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ToolRecord {
+    inputs: String,
+    tool: HostTool,
+    size: u64,
+    mtime_ns: i128,
+}
+
+/// Environment variables the `cc` crate consults when it picks a compiler and flags.
+fn relevant_env() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            k == "PATH"
+                || [
+                    "CC", "CXX", "CFLAGS", "CXXFLAGS", "TARGET_", "HOST_", "CRATE_CC",
+                ]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn resolution_inputs(lang: Language, config: &Config) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut put = |s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    put("host-tool-v1");
+    put(lang.name());
+    put(HOST_TARGET);
+    put(&config.opt_level);
+    put(config.cc.as_deref().unwrap_or(""));
+    put(config.cxx.as_deref().unwrap_or(""));
+    put(match config.compiler_check {
+        CompilerCheck::Mtime => "mtime",
+        CompilerCheck::Content => "content",
+    });
+    for (k, v) in relevant_env() {
+        put(&k);
+        put(&v);
+    }
+    h.finalize().to_hex()[..32].to_string()
+}
+
+fn mtime_ns(md: &std::fs::Metadata) -> i128 {
+    md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128
+}
+
+/// Finds the compiler for `lang`, from the cache in `toolchains_dir` when it is still
+/// valid, else through the `cc` crate (and then records it there, if writable).
+pub fn resolve(lang: Language, config: &Config, toolchains_dir: Option<&Path>) -> Result<HostTool> {
+    let inputs = resolution_inputs(lang, config);
+    let record_path = toolchains_dir.map(|d| {
+        d.join(format!(
+            "host-{}-{inputs}.json",
+            lang.name().replace('+', "x")
+        ))
+    });
+    if let Some(p) = &record_path {
+        if let Some(tool) = read_record(p, &inputs, config) {
+            return Ok(tool);
+        }
+    }
+    let tool = resolve_fresh(lang, config)?;
+    if let Some(p) = &record_path {
+        let md = std::fs::metadata(&tool.toolchain.path);
+        if let Ok(md) = md {
+            let rec = ToolRecord {
+                inputs,
+                tool: tool.clone(),
+                size: md.len(),
+                mtime_ns: mtime_ns(&md),
+            };
+            let json = serde_json::to_vec_pretty(&rec).expect("serialises");
+            if let Err(e) = crate::store::write_atomic(p, &json) {
+                log::debug!("not caching the compiler resolution: {e}");
+            }
+        }
+    }
+    Ok(tool)
+}
+
+fn read_record(path: &Path, inputs: &str, config: &Config) -> Option<HostTool> {
+    let bytes = std::fs::read(path).ok()?;
+    let rec: ToolRecord = serde_json::from_slice(&bytes).ok()?;
+    if rec.inputs != inputs {
+        return None;
+    }
+    let md = std::fs::metadata(&rec.tool.toolchain.path).ok()?;
+    if md.len() != rec.size || mtime_ns(&md) != rec.mtime_ns {
+        return None; // the compiler was upgraded: resolve again
+    }
+    let mut tool = rec.tool;
+    if config.compiler_check == CompilerCheck::Content {
+        tool.toolchain.binary =
+            binary_id(Path::new(&tool.toolchain.path), config.compiler_check).ok()?;
+    }
+    Some(tool)
+}
+
+fn find_in_path(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return Some(program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+fn binary_id(path: &Path, check: CompilerCheck) -> std::io::Result<String> {
+    match check {
+        CompilerCheck::Mtime => {
+            let md = std::fs::metadata(path)?;
+            Ok(format!(
+                "size={},mtime={}.{:09}",
+                md.len(),
+                md.mtime(),
+                md.mtime_nsec()
+            ))
+        }
+        CompilerCheck::Content => {
+            let (hash, _) = crate::store::entry::hash_file(path)?;
+            Ok(format!("blake3={hash}"))
+        }
+    }
+}
+
+fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool> {
+    let mut build = cc::Build::new();
+    build
+        .target(HOST_TARGET)
+        .host(HOST_TARGET)
+        .opt_level_str(&config.opt_level)
+        .debug(false)
+        .pic(true)
+        .cpp(lang == Language::Cxx)
+        .cargo_metadata(false)
+        .cargo_warnings(false)
+        .cargo_output(false)
+        .emit_rerun_if_env_changed(false)
+        .warnings(false);
+    let chosen = match lang {
+        Language::C => config.cc.as_ref(),
+        Language::Cxx => config.cxx.as_ref(),
+    };
+    if let Some(c) = chosen {
+        build.compiler(c);
+    }
+    let cc_tool = build.try_get_compiler().map_err(|e| Error::NoCompiler {
+        compiler: chosen.cloned().unwrap_or_else(|| "cc".into()),
+        message: e.to_string(),
+    })?;
+    let named = cc_tool.path().to_path_buf();
+    let no_compiler = |message: String| Error::NoCompiler {
+        compiler: named.display().to_string(),
+        message,
+    };
+    let program = find_in_path(&named).ok_or_else(|| no_compiler("not found in PATH".into()))?;
+    let canonical = program
+        .canonicalize()
+        .map_err(|e| no_compiler(e.to_string()))?;
+    let out = Command::new(&program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| no_compiler(e.to_string()))?;
+    if !out.status.success() {
+        return Err(no_compiler(format!(
+            "`{} --version` failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if version.is_empty() {
+        version = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    }
+    let binary =
+        binary_id(&canonical, config.compiler_check).map_err(|e| no_compiler(e.to_string()))?;
+    let args = cc_tool
+        .args()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    Ok(HostTool {
+        program,
+        args,
+        toolchain: Toolchain {
+            path: canonical.display().to_string(),
+            version,
+            binary,
+        },
+    })
+}
+
+impl HostTool {
+    /// Every argument but input and output, in order: the `cc` crate's, `-shared`, then
+    /// the user's. This exact list is in the key.
+    pub fn full_flags(&self, user_flags: &[String]) -> Vec<String> {
+        let mut v = self.args.clone();
+        v.push("-shared".into());
+        v.extend(user_flags.iter().cloned());
+        v
+    }
+
+    /// The target, with the host CPU resolved when a flag asks for it.
+    pub fn target(&self, flags: &[String]) -> Target {
+        Target {
+            triple: HOST_TARGET.into(),
+            cpu: wants_host_cpu(flags).then(|| host_cpu().to_string()),
+        }
+    }
+
+    /// Runs the compiler in `dir` on `source_file`, producing `output`. Returns the
+    /// compile time and whatever it printed on success.
+    pub fn compile(
+        &self,
+        dir: &Path,
+        source_file: &str,
+        output: &str,
+        flags: &[String],
+    ) -> Result<(Duration, String)> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(flags)
+            .args(["-o", output, source_file])
+            .current_dir(dir)
+            .stdin(Stdio::null());
+        let start = Instant::now();
+        let out = cmd.output().map_err(|e| Error::NoCompiler {
+            compiler: self.program.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let elapsed = start.elapsed();
+        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() || !dir.join(output).is_file() {
+            return Err(CompileError {
+                command: shell_line(
+                    &self.program,
+                    flags
+                        .iter()
+                        .map(String::as_str)
+                        .chain(["-o", output, source_file]),
+                ),
+                workdir: dir.to_path_buf(),
+                status: out.status.code(),
+                output: text,
+                kept_source: dir.join(source_file),
+            }
+            .into());
+        }
+        Ok((elapsed, text))
+    }
+}
+
+/// A command line as a shell would need it quoted.
+pub fn shell_line<'a>(program: &Path, args: impl IntoIterator<Item = &'a str>) -> String {
+    let quote = |s: &str| {
+        if !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=+./,:@%".contains(c))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', "'\\''"))
+        }
+    };
+    let mut line = quote(&program.to_string_lossy());
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    line
+}
+
+/// True when a flag makes the output depend on the CPU the compiler runs on.
+pub fn wants_host_cpu(flags: &[String]) -> bool {
+    flags.iter().any(|f| {
+        let f = f.as_str();
+        (f.starts_with("-march=") || f.starts_with("-mcpu=") || f.starts_with("-mtune="))
+            && f.ends_with("=native")
+    })
+}
+
+/// The host CPU's model and features, as one line: what `-march=native` resolves from.
+pub fn host_cpu() -> &'static str {
+    static CPU: OnceLock<String> = OnceLock::new();
+    CPU.get_or_init(detect_cpu)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_cpu() -> String {
+    use std::arch::x86_64::__cpuid;
+    // cpuid exists on every x86_64 CPU; leaves above the maximum return zeros.
+    let (vendor, signature, brand) = {
+        let l0 = __cpuid(0);
+        let mut vendor = Vec::new();
+        for r in [l0.ebx, l0.edx, l0.ecx] {
+            vendor.extend_from_slice(&r.to_le_bytes());
+        }
+        let l1 = __cpuid(1);
+        let mut brand = Vec::new();
+        if __cpuid(0x8000_0000).eax >= 0x8000_0004 {
+            for leaf in 0x8000_0002u32..=0x8000_0004 {
+                let r = __cpuid(leaf);
+                for v in [r.eax, r.ebx, r.ecx, r.edx] {
+                    brand.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        (vendor, l1.eax, brand)
+    };
+    let text = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .trim_matches(char::from(0))
+            .trim()
+            .to_string()
+    };
+    let family = ((signature >> 8) & 0xf) + ((signature >> 20) & 0xff);
+    let model = ((signature >> 4) & 0xf) | ((signature >> 12) & 0xf0);
+    let mut features = Vec::new();
+    macro_rules! feat {
+        ($($f:tt),*) => { $( if std::arch::is_x86_feature_detected!($f) { features.push($f); } )* };
+    }
+    feat!(
+        "sse3",
+        "ssse3",
+        "sse4.1",
+        "sse4.2",
+        "popcnt",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "bmi1",
+        "bmi2",
+        "lzcnt",
+        "movbe",
+        "aes",
+        "pclmulqdq",
+        "sha",
+        "adx",
+        "rdrand",
+        "rdseed",
+        "avx512f",
+        "avx512cd",
+        "avx512bw",
+        "avx512dq",
+        "avx512vl",
+        "avx512vnni",
+        "avx512bf16",
+        "avx512fp16",
+        "avx512ifma",
+        "avx512vbmi",
+        "avx512vbmi2",
+        "avx512bitalg",
+        "avx512vpopcntdq",
+        "gfni",
+        "vaes",
+        "vpclmulqdq",
+        "avxvnni",
+        "xsave",
+        "xsaveopt",
+        "xsavec"
+    );
+    format!(
+        "{} family {family} model {model} ({}) {}",
+        text(&vendor),
+        text(&brand),
+        features.join(",")
+    )
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_cpu() -> String {
+    // Elsewhere, the first processor block of /proc/cpuinfo minus what changes at run
+    // time (frequencies, bogomips) identifies the core and its features.
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let keep = [
+        "model name",
+        "Features",
+        "flags",
+        "CPU implementer",
+        "CPU architecture",
+        "CPU variant",
+        "CPU part",
+        "isa",
+        "uarch",
+        "cpu model",
+        "cpu",
+    ];
+    let mut out = vec![std::env::consts::ARCH.to_string()];
+    for line in info.lines() {
+        if line.trim().is_empty() && out.len() > 1 {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if keep.contains(&k.trim()) {
+                out.push(format!("{}={}", k.trim(), v.trim()));
+            }
+        }
+    }
+    out.join(";")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_flags_want_the_cpu() {
+        let f = |v: &[&str]| wants_host_cpu(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(f(&["-O2", "-march=native"]));
+        assert!(f(&["-mcpu=native"]));
+        assert!(f(&["-mtune=native"]));
+        assert!(!f(&["-march=x86-64-v3"]));
+        assert!(!f(&["-O2"]));
+    }
+
+    #[test]
+    fn host_cpu_is_stable_and_specific() {
+        assert_eq!(host_cpu(), detect_cpu());
+        assert!(host_cpu().len() > 8, "{}", host_cpu());
+    }
+
+    #[test]
+    fn shell_lines_quote_what_needs_it() {
+        assert_eq!(
+            shell_line(Path::new("/usr/bin/cc"), ["-O2", "-DX=a b", "it's"]),
+            "/usr/bin/cc -O2 '-DX=a b' 'it'\\''s'"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! Requests → artifacts: what to compile ([`SourceRequest`]), with which compiler
+//! ([`host`]), under which key.
+
+pub mod host;
+
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+
+/// Source language of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Language {
+    /// C, compiled by `cc`.
+    C,
+    /// C++, compiled by `c++`.
+    Cxx,
+}
+
+impl Language {
+    /// The language of a file, by extension: `.c` is C; `.cc .cpp .cxx .c++ .C` are C++.
+    pub fn from_path(path: &Path) -> Option<Language> {
+        match path.extension()?.to_str()? {
+            "c" => Some(Language::C),
+            "cc" | "cpp" | "cxx" | "c++" | "C" => Some(Language::Cxx),
+            _ => None,
+        }
+    }
+
+    /// Name used in keys and metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::C => "c",
+            Language::Cxx => "c++",
+        }
+    }
+
+    /// File name of the source inside an entry.
+    pub fn source_file(self) -> &'static str {
+        match self {
+            Language::C => "source.c",
+            Language::Cxx => "source.cpp",
+        }
+    }
+}
+
+/// Something to compile: source text, its language, flags, and explicit extra inputs.
+#[derive(Debug, Clone)]
+pub struct SourceRequest {
+    /// Display name (`saxpy.c`); not part of the key.
+    pub name: String,
+    /// Language.
+    pub language: Language,
+    /// The source text.
+    pub source: Vec<u8>,
+    /// Compiler flags, appended after xcache's own, in order.
+    pub flags: Vec<String>,
+    /// Extra inputs (headers the source includes), as (file name, contents). They are
+    /// written beside the source, so `#include "name"` finds them, and are in the key.
+    pub extra_inputs: Vec<(String, Vec<u8>)>,
+}
+
+impl SourceRequest {
+    /// A request for `source` in `language`.
+    pub fn new(language: Language, source: impl Into<Vec<u8>>) -> SourceRequest {
+        SourceRequest {
+            name: language.source_file().to_string(),
+            language,
+            source: source.into(),
+            flags: Vec::new(),
+            extra_inputs: Vec::new(),
+        }
+    }
+
+    /// A request for a source file; the language comes from its extension.
+    pub fn from_file(path: &Path) -> Result<SourceRequest> {
+        let language = Language::from_path(path).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "cannot tell the language of {}: use a .c file for C, or .cc/.cpp/.cxx for C++",
+                path.display()
+            ))
+        })?;
+        let source = std::fs::read(path).ctx("reading", path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| language.source_file().into());
+        Ok(SourceRequest {
+            name,
+            ..SourceRequest::new(language, source)
+        })
+    }
+
+    /// Sets the display name.
+    pub fn named(mut self, name: impl Into<String>) -> SourceRequest {
+        self.name = name.into();
+        self
+    }
+
+    /// Appends a compiler flag.
+    pub fn flag(mut self, flag: impl Into<String>) -> SourceRequest {
+        self.flags.push(flag.into());
+        self
+    }
+
+    /// Adds an extra input (a header) by name and contents.
+    pub fn extra_input(
+        mut self,
+        name: impl Into<String>,
+        contents: impl Into<Vec<u8>>,
+    ) -> SourceRequest {
+        self.extra_inputs.push((name.into(), contents.into()));
+        self
+    }
+
+    /// Checks what the compiler service cannot accept, before any key is made.
+    pub fn validate(&self) -> Result<()> {
+        for f in &self.flags {
+            if f.is_empty()
+                || f.starts_with("-o")
+                || matches!(f.as_str(), "-c" | "-E" | "-S" | "-M" | "-MM")
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "flag {f:?} is not allowed: xcache chooses the output and builds a shared object. Fix: drop it"
+                )));
+            }
+        }
+        let reserved = [
+            self.language.source_file(),
+            crate::store::entry::ARTIFACT_FILE,
+            crate::store::entry::ENTRY_FILE,
+            crate::store::entry::LAST_USE_FILE,
+        ];
+        for (name, _) in &self.extra_inputs {
+            let plain = !name.is_empty()
+                && !name.starts_with('.')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
+            if !plain || reserved.contains(&name.as_str()) {
+                return Err(Error::InvalidRequest(format!(
+                    "extra input name {name:?} must be a plain file name (letters, digits, . _ - +) other than {}",
+                    reserved.join(", ")
+                )));
+            }
+        }
+        let mut names: Vec<&str> = self.extra_inputs.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::InvalidRequest(format!(
+                "extra input {:?} is given twice",
+                w[0]
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn languages_by_extension() {
+        assert_eq!(Language::from_path(Path::new("a.c")), Some(Language::C));
+        assert_eq!(Language::from_path(Path::new("a.cpp")), Some(Language::Cxx));
+        assert_eq!(Language::from_path(Path::new("a.cc")), Some(Language::Cxx));
+        assert_eq!(Language::from_path(Path::new("a.cu")), None);
+        assert_eq!(Language::from_path(Path::new("Makefile")), None);
+    }
+
+    #[test]
+    fn output_controlling_flags_are_refused() {
+        for f in ["-o", "-ofoo.so", "-c", "-E", ""] {
+            let r = SourceRequest::new(Language::C, "").flag(f);
+            assert!(r.validate().is_err(), "{f:?}");
+        }
+        for f in ["-O2", "-march=native", "-DN=4", "-ffast-math", "-lm"] {
+            let r = SourceRequest::new(Language::C, "").flag(f);
+            assert!(r.validate().is_ok(), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn extra_inputs_are_plain_names() {
+        for n in [
+            "../x.h",
+            "/etc/passwd",
+            ".hidden",
+            "source.c",
+            "lib.so",
+            "a/b.h",
+            "",
+        ] {
+            let r = SourceRequest::new(Language::C, "").extra_input(n, "");
+            assert!(r.validate().is_err(), "{n:?}");
+        }
+        let r = SourceRequest::new(Language::C, "")
+            .extra_input("defs.h", "")
+            .extra_input("defs.h", "");
+        assert!(r.validate().is_err());
+        let r = SourceRequest::new(Language::C, "").extra_input("defs.h", "");
+        assert!(r.validate().is_ok());
+    }
+}

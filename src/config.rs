@@ -1,0 +1,563 @@
+//! Settings: each one named once, with its default and the reason for it.
+//!
+//! Sources, lowest to highest precedence:
+//!
+//! 1. the defaults in [`SETTINGS`];
+//! 2. the TOML file `$XCACHE_CONFIG`, else `~/.config/xcache/config.toml` (or
+//!    `$XDG_CONFIG_HOME/xcache/config.toml`); a missing default file is fine, a missing
+//!    `$XCACHE_CONFIG` is an error;
+//! 3. dedicated environment variables: `XCACHE_DIR` (base dir) and `XCACHE_RUNTIME`
+//!    (runtime tag);
+//! 4. `XCACHE_FLAGS`, `k=v,k=v` like `THEANO_FLAGS`;
+//! 5. values set through the API ([`Config::set`]).
+//!
+//! `XCACHE_DIR` is the exception to that order for the base dir: when it is set it wins
+//! over everything but the API, because scripts and tests use it to point at a private cache.
+//!
+//! An unknown key from any source is an error that lists the known ones. Durations
+//! accept `30s`, `15m`, `1h`, `7d`, `2w`; sizes accept `512MiB`, `5GiB`, `2GB`, `1000`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// One setting: its name, default (as text, in the form the user would write it) and
+/// why that default was chosen. This table is the single source of truth; `docs/` mirrors it.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingInfo {
+    /// The key, as written in the file and in `XCACHE_FLAGS`.
+    pub name: &'static str,
+    /// The default value as text ("" means unset).
+    pub default: &'static str,
+    /// One line: what it does and why the default is what it is.
+    pub doc: &'static str,
+}
+
+/// Every setting xcache knows, in the order `xcache config` shows them.
+pub const SETTINGS: &[SettingInfo] = &[
+    SettingInfo {
+        name: "base_dir",
+        default: "",
+        doc: "Root of the cache. Unset means $XDG_CACHE_HOME/xcache, else ~/.cache/xcache: the XDG place for data that can be rebuilt.",
+    },
+    SettingInfo {
+        name: "compiledir_format",
+        default: "{os}-{kernel}-{arch}-{libc}[-{runtime}]-xc{layout}",
+        doc: "Name of a compiledir after `compiledir_`. Every field that changes the ABI is in it so that incompatible code never shares a directory; `[...]` is left out when its field is empty.",
+    },
+    SettingInfo {
+        name: "runtime_tag",
+        default: "",
+        doc: "Tag of the embedding runtime (e.g. cpython-3.11), set by the program or XCACHE_RUNTIME; empty for plain C users.",
+    },
+    SettingInfo {
+        name: "cc",
+        default: "",
+        doc: "C compiler. Unset means $CC, else the platform's `cc`, as the cc crate finds it, so xcache builds with what the user's builds use.",
+    },
+    SettingInfo {
+        name: "cxx",
+        default: "",
+        doc: "C++ compiler. Unset means $CXX, else the platform's `c++`.",
+    },
+    SettingInfo {
+        name: "opt_level",
+        default: "3",
+        doc: "Optimisation level (0-3, s, z). 3: JIT kernels are small and hot, and -O3 turns on the full auto-vectoriser.",
+    },
+    SettingInfo {
+        name: "compiler_check",
+        default: "mtime",
+        doc: "How a compiler binary is fingerprinted: `mtime` (size + mtime, as ccache does; no hashing on the hit path) or `content` (blake3 of the binary).",
+    },
+    SettingInfo {
+        name: "last_use_resolution",
+        default: "1h",
+        doc: "Last use of an entry is written at most this often, so that hits almost never write; pruning decisions work in hours and days.",
+    },
+];
+
+/// Where a setting's effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A config file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(&'static str),
+    /// `XCACHE_FLAGS`.
+    Flag,
+    /// Set by the embedding program.
+    Api,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::Env(v) => write!(f, "env {v}"),
+            Origin::Flag => f.write_str("XCACHE_FLAGS"),
+            Origin::Api => f.write_str("api"),
+        }
+    }
+}
+
+/// How a compiler binary enters the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompilerCheck {
+    /// Size and modification time of the binary.
+    Mtime,
+    /// blake3 of the binary's bytes.
+    Content,
+}
+
+/// The effective settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    base_dir: Option<PathBuf>,
+    /// Format of compiledir names (after `compiledir_`); see [`crate::platform`].
+    pub compiledir_format: String,
+    /// Runtime tag of the embedding program; empty when none.
+    pub runtime_tag: String,
+    /// C compiler override.
+    pub cc: Option<String>,
+    /// C++ compiler override.
+    pub cxx: Option<String>,
+    /// Optimisation level handed to the compiler.
+    pub opt_level: String,
+    /// How the compiler binary is fingerprinted.
+    pub compiler_check: CompilerCheck,
+    /// Coarseness of last-use records.
+    pub last_use_resolution: Duration,
+    origins: HashMap<&'static str, Origin>,
+    home: Option<PathBuf>,
+    xdg_cache_home: Option<PathBuf>,
+}
+
+/// A snapshot of the environment variables that configuration reads.
+pub type EnvSnapshot = HashMap<String, String>;
+
+impl Config {
+    /// All defaults, no file, no environment. Mostly for tests; programs want [`Config::load`].
+    pub fn defaults() -> Config {
+        let mut c = Config {
+            base_dir: None,
+            compiledir_format: String::new(),
+            runtime_tag: String::new(),
+            cc: None,
+            cxx: None,
+            opt_level: String::new(),
+            compiler_check: CompilerCheck::Mtime,
+            last_use_resolution: Duration::ZERO,
+            origins: HashMap::new(),
+            home: None,
+            xdg_cache_home: None,
+        };
+        for s in SETTINGS {
+            c.apply(s.name, s.default, Origin::Default)
+                .expect("built-in defaults parse");
+        }
+        c
+    }
+
+    /// Reads the file, the environment and `XCACHE_FLAGS` of this process.
+    pub fn load() -> Result<Config> {
+        let env: EnvSnapshot = std::env::vars().collect();
+        Config::load_from(&env)
+    }
+
+    /// Like [`Config::load`], from an explicit environment (testable).
+    pub fn load_from(env: &EnvSnapshot) -> Result<Config> {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        let mut c = Config::defaults();
+        c.home = get("HOME").map(PathBuf::from);
+        c.xdg_cache_home = get("XDG_CACHE_HOME").map(PathBuf::from);
+
+        let file = match get("XCACHE_CONFIG") {
+            Some(p) => {
+                let p = PathBuf::from(p);
+                if !p.is_file() {
+                    return Err(Error::Config(format!(
+                        "XCACHE_CONFIG points at {}, which is not a file. Fix: create it, or unset XCACHE_CONFIG",
+                        p.display()
+                    )));
+                }
+                Some(p)
+            }
+            None => {
+                let dir = get("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| c.home.as_ref().map(|h| h.join(".config")));
+                dir.map(|d| d.join("xcache").join("config.toml"))
+                    .filter(|p| p.is_file())
+            }
+        };
+        if let Some(path) = file {
+            c.apply_file(&path)?;
+        }
+        if let Some(v) = get("XCACHE_RUNTIME") {
+            c.apply("runtime_tag", &v, Origin::Env("XCACHE_RUNTIME"))?;
+        }
+        if let Some(flags) = get("XCACHE_FLAGS") {
+            c.apply_flags(&flags)?;
+        }
+        if let Some(v) = get("XCACHE_DIR") {
+            c.apply("base_dir", &v, Origin::Env("XCACHE_DIR"))?;
+        }
+        Ok(c)
+    }
+
+    /// Applies a TOML file: a flat table of known keys.
+    pub fn apply_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            Error::Config(format!(
+                "{} is not valid TOML: {}",
+                path.display(),
+                e.message()
+            ))
+        })?;
+        for (k, v) in table {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(Error::Config(format!(
+                        "{}: `{k}` must be a string or a number, not {}",
+                        path.display(),
+                        other.type_str()
+                    )))
+                }
+            };
+            self.apply(&k, &text, Origin::File(path.to_path_buf()))
+                .map_err(|e| match e {
+                    Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+                    e => e,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Applies `k=v,k=v` overrides (the `XCACHE_FLAGS` syntax).
+    pub fn apply_flags(&mut self, flags: &str) -> Result<()> {
+        for item in flags.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = item.split_once('=').ok_or_else(|| {
+                Error::Config(format!(
+                    "XCACHE_FLAGS item `{item}` is not of the form key=value"
+                ))
+            })?;
+            self.apply(k.trim(), v.trim(), Origin::Flag)
+                .map_err(|e| match e {
+                    Error::Config(m) => Error::Config(format!("in XCACHE_FLAGS: {m}")),
+                    e => e,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Sets one setting from the embedding program.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        self.apply(key, value, Origin::Api)
+    }
+
+    /// Sets the base dir from the embedding program.
+    pub fn set_base_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.base_dir = Some(dir.into());
+        self.origins.insert("base_dir", Origin::Api);
+    }
+
+    fn apply(&mut self, key: &str, value: &str, origin: Origin) -> Result<()> {
+        let info = SETTINGS.iter().find(|s| s.name == key).ok_or_else(|| {
+            let known: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+            Error::Config(format!(
+                "unknown setting `{key}`. Known settings: {}",
+                known.join(", ")
+            ))
+        })?;
+        let bad = |accepts: &str| {
+            Error::Config(format!(
+                "setting `{key}` = {value:?} is invalid: expected {accepts}"
+            ))
+        };
+        let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        match info.name {
+            "base_dir" => self.base_dir = opt(value).map(PathBuf::from),
+            "compiledir_format" => {
+                crate::platform::CompiledirFormat::parse(value)
+                    .map_err(|m| bad(&format!("a valid compiledir format ({m})")))?;
+                self.compiledir_format = value.to_string();
+            }
+            "runtime_tag" => {
+                crate::platform::check_runtime_tag(value).map_err(|m| bad(&m))?;
+                self.runtime_tag = value.to_string();
+            }
+            "cc" => self.cc = opt(value),
+            "cxx" => self.cxx = opt(value),
+            "opt_level" => {
+                if !matches!(value, "0" | "1" | "2" | "3" | "s" | "z") {
+                    return Err(bad("one of 0, 1, 2, 3, s, z"));
+                }
+                self.opt_level = value.to_string();
+            }
+            "compiler_check" => {
+                self.compiler_check = match value {
+                    "mtime" => CompilerCheck::Mtime,
+                    "content" => CompilerCheck::Content,
+                    _ => return Err(bad("`mtime` or `content`")),
+                }
+            }
+            "last_use_resolution" => {
+                self.last_use_resolution =
+                    parse_duration(value).map_err(|_| bad("a duration such as 30s, 15m, 1h, 7d"))?
+            }
+            _ => unreachable!("every entry of SETTINGS is handled"),
+        }
+        self.origins.insert(info.name, origin);
+        Ok(())
+    }
+
+    /// The base dir: the setting, else `$XDG_CACHE_HOME/xcache`, else `~/.cache/xcache`.
+    pub fn base_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.base_dir {
+            return Ok(d.clone());
+        }
+        if let Some(x) = &self.xdg_cache_home {
+            return Ok(x.join("xcache"));
+        }
+        if let Some(h) = &self.home {
+            return Ok(h.join(".cache").join("xcache"));
+        }
+        Err(Error::Config(
+            "cannot find a cache directory: HOME is not set. Fix: set XCACHE_DIR".into(),
+        ))
+    }
+
+    /// Where a setting's value came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// Every setting with its effective value (as text) and origin, in table order.
+    pub fn effective(&self) -> Vec<(&'static SettingInfo, String, Origin)> {
+        SETTINGS
+            .iter()
+            .map(|s| {
+                let value = match s.name {
+                    "base_dir" => self
+                        .base_dir()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    "compiledir_format" => self.compiledir_format.clone(),
+                    "runtime_tag" => self.runtime_tag.clone(),
+                    "cc" => self.cc.clone().unwrap_or_default(),
+                    "cxx" => self.cxx.clone().unwrap_or_default(),
+                    "opt_level" => self.opt_level.clone(),
+                    "compiler_check" => match self.compiler_check {
+                        CompilerCheck::Mtime => "mtime".into(),
+                        CompilerCheck::Content => "content".into(),
+                    },
+                    "last_use_resolution" => format_duration(self.last_use_resolution),
+                    _ => unreachable!(),
+                };
+                (s, value, self.origin(s.name))
+            })
+            .collect()
+    }
+}
+
+/// Parses `30s`, `15m`, `1h`, `7d`, `2w`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("bad duration unit in {text:?}")),
+    };
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+/// Formats a duration in the largest unit that divides it (`3600s` → `1h`).
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, n) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if s > 0 && s % n == 0 {
+            return format!("{}{unit}", s / n);
+        }
+    }
+    format!("{s}s")
+}
+
+/// Parses `512MiB`, `5GiB`, `2GB`, `10k`, or a plain number of bytes.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("bad size {text:?}"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0f64.powi(4),
+        _ => return Err(format!("bad size unit in {text:?}")),
+    };
+    let v = n * mult;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(format!("size {text:?} is out of range"));
+    }
+    Ok(v.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> EnvSnapshot {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn base_dir_precedence() {
+        let c = Config::load_from(&env(&[("HOME", "/h")])).unwrap();
+        assert_eq!(c.base_dir().unwrap(), PathBuf::from("/h/.cache/xcache"));
+        let c = Config::load_from(&env(&[("HOME", "/h"), ("XDG_CACHE_HOME", "/x")])).unwrap();
+        assert_eq!(c.base_dir().unwrap(), PathBuf::from("/x/xcache"));
+        let c =
+            Config::load_from(&env(&[("HOME", "/h"), ("XCACHE_FLAGS", "base_dir=/f")])).unwrap();
+        assert_eq!(c.base_dir().unwrap(), PathBuf::from("/f"));
+        assert_eq!(c.origin("base_dir"), Origin::Flag);
+        let c = Config::load_from(&env(&[
+            ("HOME", "/h"),
+            ("XCACHE_FLAGS", "base_dir=/f"),
+            ("XCACHE_DIR", "/d"),
+        ]))
+        .unwrap();
+        assert_eq!(c.base_dir().unwrap(), PathBuf::from("/d"));
+        assert_eq!(c.origin("base_dir"), Origin::Env("XCACHE_DIR"));
+        assert!(Config::load_from(&env(&[])).unwrap().base_dir().is_err());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "opt_level = 2\ncompiler_check = \"content\"\n").unwrap();
+        let c = Config::load_from(&env(&[
+            ("HOME", "/h"),
+            ("XCACHE_CONFIG", f.to_str().unwrap()),
+            ("XCACHE_FLAGS", "opt_level=1, last_use_resolution=15m"),
+        ]))
+        .unwrap();
+        assert_eq!(c.opt_level, "1");
+        assert_eq!(c.origin("opt_level"), Origin::Flag);
+        assert_eq!(c.compiler_check, CompilerCheck::Content);
+        assert_eq!(c.origin("compiler_check"), Origin::File(f.clone()));
+        assert_eq!(c.last_use_resolution, Duration::from_secs(900));
+        assert_eq!(c.origin("cc"), Origin::Default);
+    }
+
+    #[test]
+    fn default_file_under_xdg_config_home() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("xcache")).unwrap();
+        std::fs::write(dir.path().join("xcache/config.toml"), "cc = \"clang\"\n").unwrap();
+        let c = Config::load_from(&env(&[
+            ("HOME", "/h"),
+            ("XDG_CONFIG_HOME", dir.path().to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert_eq!(c.cc.as_deref(), Some("clang"));
+    }
+
+    #[test]
+    fn unknown_keys_list_the_known_ones() {
+        let e = Config::load_from(&env(&[("HOME", "/h"), ("XCACHE_FLAGS", "optlevel=2")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown setting `optlevel`"), "{e}");
+        assert!(e.contains("opt_level") && e.contains("base_dir"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "bogus = 1\n").unwrap();
+        let e = Config::load_from(&env(&[("XCACHE_CONFIG", f.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("unknown setting `bogus`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_say_what_is_accepted() {
+        let e = Config::load_from(&env(&[("XCACHE_FLAGS", "opt_level=9")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one of 0, 1, 2, 3, s, z"), "{e}");
+        let e = Config::load_from(&env(&[("XCACHE_FLAGS", "noequals")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key=value"), "{e}");
+        let e = Config::load_from(&env(&[("XCACHE_CONFIG", "/nonexistent/x.toml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a file"), "{e}");
+        let e = Config::load_from(&env(&[("XCACHE_RUNTIME", "py 3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime_tag"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_duration("7y").is_err());
+        assert!(parse_duration("h").is_err());
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(parse_size("5GiB").unwrap(), 5 << 30);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("1.5k").unwrap(), 1500);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn every_setting_has_a_doc_and_round_trips() {
+        let c = Config::defaults();
+        for (info, value, origin) in c.effective() {
+            assert!(!info.doc.is_empty());
+            assert_eq!(origin, Origin::Default);
+            if info.name != "base_dir" {
+                assert_eq!(value, info.default, "{}", info.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Typed errors of the library. Every variant that concerns a file names it, and every
+//! message that has a fix says it: the CLI prints these as they are.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in xcache.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting could not be read or has a bad value.
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// A file-system operation failed. `op` says what we were doing.
+    #[error("{op} {}: {}{}", path.display(), source, io_hint(source, path))]
+    Io {
+        /// What was being done ("creating directory", "reading", ...).
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A cache directory fails the trust checks: xcache would dlopen code from it.
+    #[error("refusing to use {}: {reason}. Fix: {fix}", path.display())]
+    Untrusted {
+        /// The directory that was refused.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+        /// What the user can do about it.
+        fix: String,
+    },
+
+    /// The compiler failed. Nothing was published; the source is kept.
+    #[error(transparent)]
+    Compile(Box<CompileError>),
+
+    /// The compiler could not be found or run at all.
+    #[error("compiler {compiler:?} could not be run: {message}. Fix: install a C compiler (e.g. `apt-get install gcc`), or set CC / the `cc` setting to one that exists")]
+    NoCompiler {
+        /// The compiler we tried.
+        compiler: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// dlopen failed on an artifact.
+    #[error("could not load {}: {message}", path.display())]
+    Load {
+        /// The shared object.
+        path: PathBuf,
+        /// The loader's message.
+        message: String,
+    },
+
+    /// A requested symbol is not exported by the library.
+    #[error("symbol `{symbol}` not found in {}: {message}. Fix: check the name and that it is exported with C linkage (`extern \"C\"` in C++, not `static`)", path.display())]
+    MissingSymbol {
+        /// The symbol that was asked for.
+        symbol: String,
+        /// The library it was looked up in.
+        path: PathBuf,
+        /// The loader's message.
+        message: String,
+    },
+
+    /// The request itself is malformed (bad source name, bad flag, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+fn io_hint(err: &io::Error, path: &Path) -> String {
+    match err.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => format!(
+            " (the file system holding {} is full. Fix: free space there, run `xcache prune`, or point XCACHE_DIR at a larger disk)",
+            path.display()
+        ),
+        Some(libc::EROFS) => " (read-only file system. Fix: point XCACHE_DIR at a writable directory)".into(),
+        Some(libc::EACCES) | Some(libc::EPERM) => format!(
+            " (permission denied. Fix: check the owner and mode of {}, or point XCACHE_DIR elsewhere)",
+            path.display()
+        ),
+        _ => String::new(),
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done and to which path.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// A compiler run that failed: what was run, how it ended, what it said, and where
+/// the source was kept for inspection.
+#[derive(Debug)]
+pub struct CompileError {
+    /// The command line, shell-quoted, as it can be re-run by hand from `workdir`.
+    pub command: String,
+    /// The directory the compiler ran in.
+    pub workdir: PathBuf,
+    /// The exit status (`None` if killed by a signal).
+    pub status: Option<i32>,
+    /// Everything the compiler printed (stderr, then stdout).
+    pub output: String,
+    /// The source file as it was handed to the compiler, kept after the failure.
+    pub kept_source: PathBuf,
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        writeln!(f, "compilation failed ({status})")?;
+        writeln!(f, "  command: {}", self.command)?;
+        writeln!(f, "  in:      {}", self.workdir.display())?;
+        writeln!(f, "  source kept at {}", self.kept_source.display())?;
+        let out = self.output.trim_end();
+        if out.is_empty() {
+            write!(f, "  (the compiler printed nothing)")
+        } else {
+            writeln!(f, "compiler output:")?;
+            write!(f, "{out}")
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+impl From<CompileError> for Error {
+    fn from(e: CompileError) -> Self {
+        Error::Compile(Box::new(e))
+    }
+}
+
+/// Extension to attach an operation and a path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}

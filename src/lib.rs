@@ -1,0 +1,65 @@
+//! # xcache: a compile service, an on-disk compilation cache and a JIT runtime
+//!
+//! Programs that generate C at run time hand xcache source (or, later, an op template
+//! with parameters); xcache derives a content key, compiles the source once into a
+//! shared object in a platform-specific *compiledir* under the user's cache directory,
+//! loads it, and hands back typed function pointers. The next process, or the next CI
+//! job, skips the compiler.
+//!
+//! ```no_run
+//! use xcache::{Jit, Language, SourceRequest};
+//!
+//! let jit = Jit::from_env()?;
+//! let req = SourceRequest::new(Language::C, "int add(int a, int b) { return a + b; }")
+//!     .named("add.c");
+//! let compiled = jit.compile(&req)?;
+//! // SAFETY: `add` has exactly this signature.
+//! let add = unsafe { compiled.symbol::<unsafe extern "C" fn(i32, i32) -> i32>("add")? };
+//! assert_eq!(unsafe { add(2, 3) }, 5);
+//! # Ok::<(), xcache::Error>(())
+//! ```
+//!
+//! ## The model
+//!
+//! - **base dir**: `$XCACHE_DIR`, else the `base_dir` setting, else
+//!   `$XDG_CACHE_HOME/xcache`, else `~/.cache/xcache` ([`config`]).
+//! - **compiledir**: `<base>/compiledir_<platform string>/`; everything in one is usable
+//!   on one platform: OS, kernel major.minor, arch, libc, runtime tag, layout version
+//!   ([`platform`]).
+//! - **key**: blake3 over a canonical encoding of the source, the compiler's identity,
+//!   the flags, the target (the CPU too under `-march=native`), extra inputs and the
+//!   runtime tag ([`store::key`]). The key material is kept in the entry.
+//! - **entry**: a directory published whole by rename, holding the artifact, its source
+//!   and `entry.json`; per-key locks, so distinct keys never wait for each other and N
+//!   processes asking for one key cost one compile ([`store`], whose docs state the
+//!   on-disk protocol).
+//!
+//! ## Modules
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | settings, their defaults and sources |
+//! | [`platform`] | platform string, compiledir names and parsing them back |
+//! | [`store`] | the on-disk protocol: keys, locks, entries |
+//! | [`compile`] | requests and the host C/C++ compiler |
+//! | [`runtime`] | [`Jit`]: cache + compiler + loaded-library registry, typed symbols |
+//! | [`ops`] | what the `xcache` command's verbs do |
+//! | [`clock`] | the injectable clock |
+
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod compile;
+pub mod config;
+pub mod error;
+pub mod ops;
+pub mod platform;
+pub mod runtime;
+pub mod store;
+
+pub use compile::{Language, SourceRequest};
+pub use config::Config;
+pub use error::{CompileError, Error, Result};
+pub use runtime::{CacheOutcome, Compiled, Jit, Symbol};
+pub use store::key::Key;
+pub use store::Store;

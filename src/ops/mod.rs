@@ -1,0 +1,4 @@
+//! What the `xcache` command's verbs do. The CLI is a thin layer over these.
+
+pub mod human;
+pub mod list;

@@ -1,0 +1,318 @@
+//! The JIT runtime: requests go through the cache, artifacts are dlopened once per
+//! process, and symbols come back typed.
+//!
+//! A [`Jit`] keeps a registry from key to loaded library. A second request for the same
+//! key in the same process costs the key derivation and a map lookup: no file is
+//! touched and nothing is dlopened again. Threads asking for one key at once wait for
+//! the first (one compile, one dlopen); threads asking for different keys do not wait
+//! for each other. Libraries stay loaded for the life of the `Jit` (function pointers
+//! handed out must stay valid), and are unloaded when the last [`Symbol`] and
+//! [`Compiled`] referring to them are gone.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::clock::{Clock, SystemClock};
+use crate::compile::host::{self, HostTool};
+use crate::compile::{Language, SourceRequest};
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::platform::LAYOUT_VERSION;
+use crate::store::entry::{EntryMeta, ARTIFACT_FILE};
+use crate::store::key::{ExtraInput, Key, KeyMaterial, KEY_ENCODING};
+use crate::store::{Built, Fetched, Store};
+
+/// A dlopened artifact.
+#[derive(Debug)]
+pub struct LoadedLibrary {
+    key: Key,
+    path: PathBuf,
+    lib: libloading::Library,
+}
+
+impl LoadedLibrary {
+    /// Opens a shared object with `RTLD_NOW | RTLD_LOCAL`: unresolved symbols fail here,
+    /// with the loader's message, not at the first call.
+    pub fn open(key: Key, path: &Path) -> Result<LoadedLibrary> {
+        use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+        // SAFETY: loading runs the library's constructors. The store only hands out
+        // artifacts whose hash matches what xcache built from the user's own source,
+        // in a directory that passed the trust checks.
+        let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
+            Error::Load {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(LoadedLibrary {
+            key,
+            path: path.to_path_buf(),
+            lib: lib.into(),
+        })
+    }
+
+    /// The key it was built under.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A typed symbol that keeps its library loaded. Dereferences to the function pointer.
+#[derive(Debug, Clone)]
+pub struct Symbol<T> {
+    value: T,
+    _lib: Arc<LoadedLibrary>,
+}
+
+impl<T> Deref for Symbol<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Looks up `name` in `lib` as a `T` (a function pointer type such as
+/// `unsafe extern "C" fn(i64, *const f32) -> i32`).
+///
+/// # Safety
+/// `T` must match the symbol's real type; nothing can check that.
+pub unsafe fn symbol<T: Copy>(lib: &Arc<LoadedLibrary>, name: &str) -> Result<Symbol<T>> {
+    let mut cname = name.as_bytes().to_vec();
+    cname.push(0);
+    let sym: libloading::Symbol<T> = lib.lib.get(&cname).map_err(|e| Error::MissingSymbol {
+        symbol: name.to_string(),
+        path: lib.path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(Symbol {
+        value: *sym,
+        _lib: Arc::clone(lib),
+    })
+}
+
+/// A compiled and loaded request.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The key.
+    pub key: Key,
+    /// The shared object in the cache.
+    pub path: PathBuf,
+    /// True when no compiler ran for this request.
+    pub hit: bool,
+    /// How long the compile took when the entry was built (what a hit saved), in ms.
+    pub compile_ms: u64,
+    /// Wall time of this request.
+    pub elapsed: Duration,
+    /// Cache faults repaired while serving it.
+    pub warnings: Vec<String>,
+    lib: Arc<LoadedLibrary>,
+}
+
+impl Compiled {
+    /// Looks up an exported function.
+    ///
+    /// # Safety
+    /// `T` must be the symbol's real type.
+    pub unsafe fn symbol<T: Copy>(&self, name: &str) -> Result<Symbol<T>> {
+        symbol(&self.lib, name)
+    }
+
+    /// The loaded library.
+    pub fn library(&self) -> &Arc<LoadedLibrary> {
+        &self.lib
+    }
+}
+
+/// The outcome of compiling through the cache without loading (what `xcache compile`
+/// does).
+#[derive(Debug, Clone)]
+pub struct CacheOutcome {
+    /// The key.
+    pub key: Key,
+    /// The shared object in the cache.
+    pub path: PathBuf,
+    /// True when no compiler ran.
+    pub hit: bool,
+    /// The entry's metadata.
+    pub meta: EntryMeta,
+    /// Wall time of this request.
+    pub elapsed: Duration,
+    /// Time spent waiting for other processes' locks.
+    pub lock_wait: Duration,
+    /// Cache faults repaired while serving it.
+    pub warnings: Vec<String>,
+}
+
+type Slot = Arc<Mutex<Option<Arc<LoadedLibrary>>>>;
+
+/// The compile service and runtime: config, store, compilers, loaded libraries.
+#[derive(Debug)]
+pub struct Jit {
+    config: Config,
+    store: Store,
+    tools: Mutex<HashMap<Language, Arc<HostTool>>>,
+    loaded: Mutex<HashMap<Key, Slot>>,
+}
+
+impl Jit {
+    /// Opens the cache described by `config`.
+    pub fn new(config: Config) -> Result<Jit> {
+        Jit::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// Opens the cache from the environment ([`Config::load`]).
+    pub fn from_env() -> Result<Jit> {
+        Jit::new(Config::load()?)
+    }
+
+    /// Like [`Jit::new`], with an injected clock.
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Jit> {
+        let store = Store::open_with_clock(&config, clock)?;
+        Ok(Jit {
+            config,
+            store,
+            tools: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The compiler for a language, resolved once per `Jit`.
+    pub fn host_tool(&self, lang: Language) -> Result<Arc<HostTool>> {
+        if let Some(t) = self.tools.lock().unwrap().get(&lang) {
+            return Ok(Arc::clone(t));
+        }
+        let dir = self.store.toolchains_dir();
+        let tool = Arc::new(host::resolve(lang, &self.config, Some(&dir))?);
+        self.tools
+            .lock()
+            .unwrap()
+            .entry(lang)
+            .or_insert_with(|| Arc::clone(&tool));
+        Ok(tool)
+    }
+
+    /// The key of a request and what it is derived from. No compiler runs (after the
+    /// first resolution of the compiler).
+    pub fn key_for(&self, req: &SourceRequest) -> Result<(Key, KeyMaterial, Vec<String>)> {
+        req.validate()?;
+        let tool = self.host_tool(req.language)?;
+        let flags = tool.full_flags(&req.flags);
+        let material = KeyMaterial {
+            encoding: KEY_ENCODING,
+            layout: LAYOUT_VERSION,
+            language: req.language.name().into(),
+            source_blake3: blake3::hash(&req.source).to_hex().to_string(),
+            toolchain: tool.toolchain.clone(),
+            target: tool.target(&flags),
+            flags: flags.clone(),
+            extra_inputs: req
+                .extra_inputs
+                .iter()
+                .map(|(name, bytes)| ExtraInput {
+                    name: name.clone(),
+                    blake3: blake3::hash(bytes).to_hex().to_string(),
+                })
+                .collect(),
+            runtime_tag: self.config.runtime_tag.clone(),
+        };
+        Ok((material.key(), material, flags))
+    }
+
+    fn fetch(&self, req: &SourceRequest) -> Result<Fetched> {
+        let (key, material, flags) = self.key_for(req)?;
+        let tool = self.host_tool(req.language)?;
+        let source_file = req.language.source_file();
+        self.store.get_or_build(&key, &mut |dir| {
+            let src = dir.join(source_file);
+            std::fs::write(&src, &req.source).ctx("writing", &src)?;
+            for (name, bytes) in &req.extra_inputs {
+                let p = dir.join(name);
+                std::fs::write(&p, bytes).ctx("writing", &p)?;
+            }
+            let (compile_time, compiler_output) =
+                tool.compile(dir, source_file, ARTIFACT_FILE, &flags)?;
+            Ok(Built {
+                source_name: req.name.clone(),
+                source_file: source_file.into(),
+                compile_time,
+                compiler_output,
+                key_material: material.clone(),
+            })
+        })
+    }
+
+    /// Compiles through the cache and returns the artifact's path, without loading it.
+    pub fn build(&self, req: &SourceRequest) -> Result<CacheOutcome> {
+        let start = Instant::now();
+        let f = self.fetch(req)?;
+        Ok(CacheOutcome {
+            key: f.key,
+            path: f.artifact_path(),
+            hit: f.hit,
+            elapsed: start.elapsed(),
+            lock_wait: f.lock_wait,
+            warnings: f.warnings.clone(),
+            meta: f.meta.clone(),
+        })
+    }
+
+    /// Compiles through the cache (if needed) and loads the result (if not already
+    /// loaded by this `Jit`).
+    pub fn compile(&self, req: &SourceRequest) -> Result<Compiled> {
+        let start = Instant::now();
+        let key = self.key_for(req)?.0;
+        let slot: Slot = Arc::clone(self.loaded.lock().unwrap().entry(key).or_default());
+        // One thread per key loads; the others wait here, then find it loaded.
+        let mut loaded = slot.lock().unwrap();
+        if let Some(lib) = loaded.as_ref() {
+            return Ok(Compiled {
+                key,
+                path: lib.path.clone(),
+                hit: true,
+                compile_ms: 0,
+                elapsed: start.elapsed(),
+                warnings: Vec::new(),
+                lib: Arc::clone(lib),
+            });
+        }
+        let fetched = self.fetch(req)?;
+        let path = fetched.artifact_path();
+        // Loaded while `fetched` holds the key's lock: nobody can remove or replace the
+        // file between the hash check and the dlopen.
+        let lib = Arc::new(LoadedLibrary::open(key, &path)?);
+        let Fetched {
+            hit,
+            meta,
+            warnings,
+            ..
+        } = fetched; // releases the lock
+        *loaded = Some(Arc::clone(&lib));
+        Ok(Compiled {
+            key,
+            path,
+            hit,
+            compile_ms: meta.compile_ms,
+            elapsed: start.elapsed(),
+            warnings,
+            lib,
+        })
+    }
+}

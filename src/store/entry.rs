@@ -1,0 +1,199 @@
+//! One entry: `lib.so`, the source, `entry.json` (written last) and `last-use`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::key::{Key, KeyMaterial};
+use crate::error::{IoContext, Result};
+
+/// Metadata file of an entry; its presence marks a complete entry.
+pub const ENTRY_FILE: &str = "entry.json";
+/// The compiled shared object.
+pub const ARTIFACT_FILE: &str = "lib.so";
+/// Empty file whose mtime is the entry's last use.
+pub const LAST_USE_FILE: &str = "last-use";
+
+/// The artifact's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// File name inside the entry directory.
+    pub file: String,
+    /// blake3 of its bytes, hex.
+    pub blake3: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Contents of `entry.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// Layout version that wrote it.
+    pub format: u32,
+    /// The key, hex; equals the directory name.
+    pub key: String,
+    /// What the user called the source (`saxpy.c`, or a template name).
+    pub source_name: String,
+    /// The source file inside the entry directory.
+    pub source_file: String,
+    /// The compiled artifact.
+    pub artifact: Artifact,
+    /// When it was compiled, seconds since the Unix epoch.
+    pub created: u64,
+    /// How long the compiler ran, in milliseconds.
+    pub compile_ms: u64,
+    /// What the compiler printed on success (warnings), if anything.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub compiler_output: String,
+    /// Everything the key was derived from.
+    pub key_material: KeyMaterial,
+}
+
+/// Why an entry cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Corruption {
+    /// `entry.json` is missing or cannot be read.
+    Unreadable(String),
+    /// `entry.json` is not valid metadata.
+    BadMetadata(String),
+    /// Metadata names another key than the directory.
+    WrongKey(String),
+    /// The artifact is missing.
+    MissingArtifact,
+    /// The artifact's size or hash differs from the metadata.
+    HashMismatch {
+        /// What metadata says.
+        expected: String,
+        /// What the file has.
+        actual: String,
+    },
+}
+
+impl std::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Corruption::Unreadable(e) => write!(f, "{ENTRY_FILE} unreadable: {e}"),
+            Corruption::BadMetadata(e) => write!(f, "{ENTRY_FILE} is not valid: {e}"),
+            Corruption::WrongKey(k) => write!(f, "{ENTRY_FILE} belongs to key {k}"),
+            Corruption::MissingArtifact => write!(f, "{ARTIFACT_FILE} is missing"),
+            Corruption::HashMismatch { expected, actual } => write!(
+                f,
+                "{ARTIFACT_FILE} does not match its recorded hash (expected {expected}, found {actual})"
+            ),
+        }
+    }
+}
+
+/// blake3 and size of a file.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut h = blake3::Hasher::new();
+    let f = File::open(path)?;
+    let n = std::io::copy(&mut &f, &mut h)?;
+    Ok((h.finalize().to_hex().to_string(), n))
+}
+
+/// Reads and parses an entry's metadata, checking it names `key`.
+pub fn read_meta(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, Corruption> {
+    let bytes =
+        std::fs::read(dir.join(ENTRY_FILE)).map_err(|e| Corruption::Unreadable(e.to_string()))?;
+    let meta: EntryMeta =
+        serde_json::from_slice(&bytes).map_err(|e| Corruption::BadMetadata(e.to_string()))?;
+    if meta.key != key.hex() {
+        return Err(Corruption::WrongKey(meta.key));
+    }
+    if meta.artifact.file.contains('/') || meta.artifact.file.starts_with('.') {
+        return Err(Corruption::BadMetadata(format!(
+            "artifact file name {:?} is not a plain name",
+            meta.artifact.file
+        )));
+    }
+    Ok(meta)
+}
+
+/// Full check of an entry: metadata, then the artifact's size and blake3.
+pub fn verify(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, Corruption> {
+    let meta = read_meta(dir, key)?;
+    let (hash, size) = match hash_file(&dir.join(&meta.artifact.file)) {
+        Ok(v) => v,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Corruption::MissingArtifact)
+        }
+        Err(e) => return Err(Corruption::Unreadable(e.to_string())),
+    };
+    if size != meta.artifact.size || hash != meta.artifact.blake3 {
+        return Err(Corruption::HashMismatch {
+            expected: format!(
+                "{} bytes, {}",
+                meta.artifact.size,
+                &meta.artifact.blake3[..16.min(meta.artifact.blake3.len())]
+            ),
+            actual: format!("{size} bytes, {}", &hash[..16]),
+        });
+    }
+    Ok(meta)
+}
+
+/// Writes `entry.json` into a staging directory and fsyncs it.
+pub fn write_meta(dir: &Path, meta: &EntryMeta) -> Result<()> {
+    let path = dir.join(ENTRY_FILE);
+    let json = serde_json::to_vec_pretty(meta).expect("metadata serialises");
+    let mut f = File::create(&path).ctx("creating", &path)?;
+    f.write_all(&json).ctx("writing", &path)?;
+    f.sync_all().ctx("syncing", &path)?;
+    Ok(())
+}
+
+/// The last-use time of an entry (the mtime of its `last-use` file).
+pub fn last_use(dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(dir.join(LAST_USE_FILE))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// Records a use at `now` if the recorded one is older than `resolution`. Never fails:
+/// a read-only cache just keeps its old record.
+pub fn touch_last_use(dir: &Path, now: SystemTime, resolution: Duration) -> bool {
+    let path = dir.join(LAST_USE_FILE);
+    if let Some(prev) = last_use(dir) {
+        match now.duration_since(prev) {
+            Ok(age) if age < resolution => return false,
+            Err(_) => return false, // recorded in the future (clock skew): leave it
+            Ok(_) => {}
+        }
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path);
+    match f {
+        Ok(f) => f.set_modified(now).is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_use_is_coarse() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let hour = Duration::from_secs(3600);
+        assert!(touch_last_use(dir.path(), t0, hour));
+        assert_eq!(last_use(dir.path()), Some(t0));
+        // 30 minutes later: no write.
+        assert!(!touch_last_use(dir.path(), t0 + hour / 2, hour));
+        assert_eq!(last_use(dir.path()), Some(t0));
+        // Two hours later: written.
+        assert!(touch_last_use(dir.path(), t0 + 2 * hour, hour));
+        assert_eq!(last_use(dir.path()), Some(t0 + 2 * hour));
+        // A clock that went backwards does not rewind the record.
+        assert!(!touch_last_use(dir.path(), t0, hour));
+        assert_eq!(last_use(dir.path()), Some(t0 + 2 * hour));
+    }
+}
