@@ -87,10 +87,15 @@ impl<T> Deref for Symbol<T> {
 pub unsafe fn symbol<T: Copy>(lib: &Arc<LoadedLibrary>, name: &str) -> Result<Symbol<T>> {
     let mut cname = name.as_bytes().to_vec();
     cname.push(0);
-    let sym: libloading::Symbol<T> = lib.lib.get(&cname).map_err(|e| Error::MissingSymbol {
-        symbol: name.to_string(),
-        path: lib.path.clone(),
-        message: e.to_string(),
+    let sym: libloading::Symbol<T> = lib.lib.get(&cname).map_err(|e| {
+        // dlerror repeats the path; the error names it already.
+        let message = e.to_string();
+        let prefix = format!("{}: ", lib.path.display());
+        Error::MissingSymbol {
+            symbol: name.to_string(),
+            path: lib.path.clone(),
+            message: message.rsplit(&prefix).next().unwrap_or(&message).to_string(),
+        }
     })?;
     Ok(Symbol {
         value: *sym,
@@ -111,6 +116,10 @@ pub struct Compiled {
     pub compile_ms: u64,
     /// Wall time of this request.
     pub elapsed: Duration,
+    /// Time spent waiting for other processes' locks.
+    pub lock_wait: Duration,
+    /// What the compiler printed although it succeeded (only when it ran now).
+    pub compiler_output: String,
     /// Cache faults repaired while serving it.
     pub warnings: Vec<String>,
     lib: Arc<LoadedLibrary>,
@@ -289,6 +298,8 @@ impl Jit {
                 hit: true,
                 compile_ms: 0,
                 elapsed: start.elapsed(),
+                lock_wait: Duration::ZERO,
+                compiler_output: String::new(),
                 warnings: Vec::new(),
                 lib: Arc::clone(lib),
             });
@@ -302,6 +313,7 @@ impl Jit {
             hit,
             meta,
             warnings,
+            lock_wait,
             ..
         } = fetched; // releases the lock
         *loaded = Some(Arc::clone(&lib));
@@ -311,6 +323,12 @@ impl Jit {
             hit,
             compile_ms: meta.compile_ms,
             elapsed: start.elapsed(),
+            lock_wait,
+            compiler_output: if hit {
+                String::new()
+            } else {
+                meta.compiler_output
+            },
             warnings,
             lib,
         })

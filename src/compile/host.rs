@@ -183,7 +183,9 @@ fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool> {
         .cargo_warnings(false)
         .cargo_output(false)
         .emit_rerun_if_env_changed(false)
-        .warnings(false);
+        // -Wall: warnings are kept in the entry's metadata and shown on a miss.
+        .warnings(true)
+        .extra_warnings(false);
     let chosen = match lang {
         Language::C => config.cc.as_ref(),
         Language::Cxx => config.cxx.as_ref(),
