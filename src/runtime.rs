@@ -94,7 +94,11 @@ pub unsafe fn symbol<T: Copy>(lib: &Arc<LoadedLibrary>, name: &str) -> Result<Sy
         Error::MissingSymbol {
             symbol: name.to_string(),
             path: lib.path.clone(),
-            message: message.rsplit(&prefix).next().unwrap_or(&message).to_string(),
+            message: message
+                .rsplit(&prefix)
+                .next()
+                .unwrap_or(&message)
+                .to_string(),
         }
     })?;
     Ok(Symbol {

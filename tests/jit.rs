@@ -52,15 +52,20 @@ fn entry_is_complete_and_explains_itself() {
         serde_json::from_slice(&std::fs::read(dir.join("entry.json")).unwrap()).unwrap();
     assert_eq!(meta["key"], r.key.hex());
     assert_eq!(meta["source_name"], "saxpy.c");
-    let flags: Vec<String> =
-        serde_json::from_value(meta["key_material"]["flags"].clone()).unwrap();
-    assert_eq!(flags.last().unwrap(), "-DFOO=1", "user flags come last, in order");
+    let flags: Vec<String> = serde_json::from_value(meta["key_material"]["flags"].clone()).unwrap();
+    assert_eq!(
+        flags.last().unwrap(),
+        "-DFOO=1",
+        "user flags come last, in order"
+    );
     assert!(flags.contains(&"-shared".to_string()));
-    assert!(meta["key_material"]["toolchain"]["version"]
-        .as_str()
-        .unwrap()
-        .len()
-        > 3);
+    assert!(
+        meta["key_material"]["toolchain"]["version"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 3
+    );
     let (key, material, _) = jit.key_for(&saxpy("meta").flag("-DFOO=1")).unwrap();
     assert_eq!(key, r.key);
     let stored: xcache::store::key::KeyMaterial =
@@ -79,7 +84,10 @@ fn flags_headers_and_native_cpu_change_the_key() {
     let native = jit.key_for(&saxpy("k").flag("-march=native")).unwrap();
     assert_ne!(base.0, o2.0);
     assert_ne!(base.0, native.0);
-    assert!(native.1.target.cpu.is_some(), "-march=native records the CPU");
+    assert!(
+        native.1.target.cpu.is_some(),
+        "-march=native records the CPU"
+    );
     assert!(base.1.target.cpu.is_none());
 
     let src = "#include \"defs.h\"\nint get(void) { return N; }\n";
@@ -101,7 +109,9 @@ fn cxx_sources_compile() {
     let src = "#include <vector>\n#include <numeric>\n\
                extern \"C\" long sum_to(long n) { std::vector<long> v(n); \
                std::iota(v.begin(), v.end(), 1); return std::accumulate(v.begin(), v.end(), 0L); }\n";
-    let c = jit.compile(&SourceRequest::new(Language::Cxx, src)).unwrap();
+    let c = jit
+        .compile(&SourceRequest::new(Language::Cxx, src))
+        .unwrap();
     let f = unsafe { c.symbol::<unsafe extern "C" fn(i64) -> i64>("sum_to") }.unwrap();
     assert_eq!(unsafe { f(100) }, 5050);
 }
@@ -109,7 +119,10 @@ fn cxx_sources_compile() {
 #[test]
 fn flipped_bytes_are_quarantined_and_rebuilt() {
     let tc = TestCache::new();
-    let first = Jit::new(tc.config()).unwrap().build(&saxpy("flip")).unwrap();
+    let first = Jit::new(tc.config())
+        .unwrap()
+        .build(&saxpy("flip"))
+        .unwrap();
     flip_bytes(&first.path);
 
     let jit = Jit::new(tc.config()).unwrap();
@@ -126,7 +139,10 @@ fn flipped_bytes_are_quarantined_and_rebuilt() {
     assert_eq!(q.len(), 1, "the bad entry is kept aside for inspection");
     assert!(q[0].join("lib.so").is_file());
     // And the new entry verifies.
-    let again = Jit::new(tc.config()).unwrap().build(&saxpy("flip")).unwrap();
+    let again = Jit::new(tc.config())
+        .unwrap()
+        .build(&saxpy("flip"))
+        .unwrap();
     assert!(again.hit && again.warnings.is_empty());
 }
 
@@ -134,10 +150,18 @@ fn flipped_bytes_are_quarantined_and_rebuilt() {
 fn broken_metadata_and_missing_artifacts_are_rebuilt() {
     let tc = TestCache::new();
     let breakages: [(&str, fn(&std::path::Path)); 4] = [
-        ("garbage", |d| std::fs::write(d.join("entry.json"), b"{not json").unwrap()),
-        ("empty", |d| std::fs::write(d.join("entry.json"), b"").unwrap()),
-        ("no-meta", |d| std::fs::remove_file(d.join("entry.json")).unwrap()),
-        ("no-lib", |d| std::fs::remove_file(d.join("lib.so")).unwrap()),
+        ("garbage", |d| {
+            std::fs::write(d.join("entry.json"), b"{not json").unwrap()
+        }),
+        ("empty", |d| {
+            std::fs::write(d.join("entry.json"), b"").unwrap()
+        }),
+        ("no-meta", |d| {
+            std::fs::remove_file(d.join("entry.json")).unwrap()
+        }),
+        ("no-lib", |d| {
+            std::fs::remove_file(d.join("lib.so")).unwrap()
+        }),
     ];
     for (tag, breakage) in breakages {
         let first = Jit::new(tc.config()).unwrap().build(&saxpy(tag)).unwrap();
@@ -166,7 +190,10 @@ fn compile_errors_show_the_compiler_and_publish_nothing() {
     assert_eq!(std::fs::read_to_string(&ce.kept_source).unwrap(), src);
     assert!(ce.kept_source.starts_with(tc.compiledir().join("tmp")));
     let shown = err.to_string();
-    assert!(shown.contains("compilation failed") && shown.contains("error:"), "{shown}");
+    assert!(
+        shown.contains("compilation failed") && shown.contains("error:"),
+        "{shown}"
+    );
     assert!(shown.contains(&ce.kept_source.display().to_string()));
     assert!(tc.entry_dirs().is_empty(), "nothing published");
     // The lock was released: the same process can try again (and fail the same way).
@@ -178,8 +205,13 @@ fn missing_symbols_are_named() {
     let tc = TestCache::new();
     let jit = Jit::new(tc.config()).unwrap();
     let c = jit.compile(&saxpy("sym")).unwrap();
-    let e = unsafe { c.symbol::<SaxpyFn>("saxpi") }.unwrap_err().to_string();
-    assert!(e.contains("`saxpi` not found") && e.contains("extern"), "{e}");
+    let e = unsafe { c.symbol::<SaxpyFn>("saxpi") }
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`saxpi` not found") && e.contains("extern"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -192,7 +224,10 @@ fn a_missing_compiler_is_a_clear_error() {
         .compile(&saxpy("nocc"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("/nonexistent/bin/cc") && e.contains("Fix"), "{e}");
+    assert!(
+        e.contains("/nonexistent/bin/cc") && e.contains("Fix"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -217,7 +252,10 @@ fn compiledir_writable_by_group_is_refused() {
     let cd = tc.compiledir();
     std::fs::set_permissions(&cd, std::fs::Permissions::from_mode(0o775)).unwrap();
     let msg = Jit::new(tc.config()).unwrap_err().to_string();
-    assert!(msg.contains(&cd.display().to_string()) && msg.contains("its group"), "{msg}");
+    assert!(
+        msg.contains(&cd.display().to_string()) && msg.contains("its group"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -289,7 +327,11 @@ fn threads_asking_for_one_key_cost_one_compile() {
         })
         .collect();
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(results.iter().filter(|(hit, _)| !hit).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|(hit, _)| !hit).count(),
+        1,
+        "{results:?}"
+    );
     assert!(results.iter().all(|(_, p)| *p == results[0].1));
 
     // And one shared Jit: the registry serialises per key.
@@ -316,7 +358,14 @@ fn runtime_tag_selects_another_compiledir() {
     c.set("runtime_tag", "cpython-3.11").unwrap();
     let tagged = Jit::new(c).unwrap();
     assert_ne!(plain.store().compiledir(), tagged.store().compiledir());
-    let name = tagged.store().compiledir().file_name().unwrap().to_str().unwrap().to_string();
+    let name = tagged
+        .store()
+        .compiledir()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(name.contains("-cpython-3.11-xc1"), "{name}");
     assert_ne!(
         plain.key_for(&saxpy("rt")).unwrap().0,

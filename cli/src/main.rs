@@ -35,7 +35,12 @@ enum Command {
         /// The source file (.c for C; .cc, .cpp, .cxx for C++).
         source: PathBuf,
         /// A compiler flag, appended after xcache's own (repeatable).
-        #[arg(long = "flag", short = 'f', value_name = "FLAG", allow_hyphen_values = true)]
+        #[arg(
+            long = "flag",
+            short = 'f',
+            value_name = "FLAG",
+            allow_hyphen_values = true
+        )]
         flags: Vec<String>,
         /// A header the source includes, made part of the key and copied beside it
         /// (repeatable).
@@ -133,8 +138,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("{} has no file name", h.display()))?
                     .to_string_lossy()
                     .into_owned();
-                let bytes =
-                    std::fs::read(h).with_context(|| format!("reading {}", h.display()))?;
+                let bytes = std::fs::read(h).with_context(|| format!("reading {}", h.display()))?;
                 req = req.extra_input(name, bytes);
             }
             let jit = Jit::new(config(&cli)?)?;
@@ -148,8 +152,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Compiled::Loaded(c)
             };
-            let (key, path, hit, compile_ms, elapsed, lock_wait, compiler_output) = match &outcome
-            {
+            let (key, path, hit, compile_ms, elapsed, lock_wait, compiler_output) = match &outcome {
                 Compiled::Unloaded(r) => (
                     r.key,
                     &r.path,
@@ -157,7 +160,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.meta.compile_ms,
                     r.elapsed,
                     r.lock_wait,
-                    if r.hit { "" } else { r.meta.compiler_output.as_str() },
+                    if r.hit {
+                        ""
+                    } else {
+                        r.meta.compiler_output.as_str()
+                    },
                 ),
                 Compiled::Loaded(c) => (
                     c.key,
@@ -228,7 +235,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     })
                     .collect();
                 let t = human::table(
-                    &["KEY", "SOURCE", "LANG", "SIZE", "CREATED", "LAST USE", "COMPILE"],
+                    &[
+                        "KEY", "SOURCE", "LANG", "SIZE", "CREATED", "LAST USE", "COMPILE",
+                    ],
                     &cells,
                     &[3, 6],
                 );

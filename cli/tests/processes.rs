@@ -1,0 +1,300 @@
+//! Real `xcache` processes racing on one cache: single flight across processes,
+//! independence of distinct keys, and SIGKILL in the middle of a compile.
+//!
+//! The compiler is a wrapper script around `cc` that can count its compiles and, when
+//! asked, stop in the middle of one until the test releases it through a FIFO. So the
+//! tests know exactly when a process is mid-compile, without sleeping.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const WRAPPER: &str = r#"#!/bin/sh
+# Test compiler: counts and optionally holds compiles (not --version or probes).
+case " $* " in
+  *" -shared "*)
+    if [ -n "$XC_TEST_COUNT" ]; then echo compile >> "$XC_TEST_COUNT"; fi
+    if [ -n "$XC_TEST_HOLD" ]; then
+      echo started > "$XC_TEST_HOLD/started"
+      read line < "$XC_TEST_HOLD/release"
+    fi ;;
+esac
+exec cc "$@"
+"#;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env {
+            dir: tempfile::Builder::new()
+                .prefix("xcache-cli-")
+                .tempdir()
+                .unwrap(),
+        };
+        let w = env.path("cc-wrapper.sh");
+        std::fs::write(&w, WRAPPER).unwrap();
+        std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for fifo in ["started", "release"] {
+            let p = std::ffi::CString::new(env.path(fifo).to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o600) }, 0);
+        }
+        env
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn base(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    fn source(&self, name: &str, tag: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#include <stdint.h>\n/* {tag} */\n\
+                 int saxpy(int64_t n, float a, const float *x, float *y) {{\n\
+                 for (int64_t i = 0; i < n; i++) y[i] = a * x[i] + y[i];\n return 0;\n}}\n"
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    /// `xcache ARGS` against this cache, with the wrapper as compiler.
+    fn xcache(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xcache"));
+        c.args(args)
+            .env("XCACHE_DIR", self.base())
+            .env(
+                "XCACHE_FLAGS",
+                format!("cc={}", self.path("cc-wrapper.sh").display()),
+            )
+            .env_remove("XCACHE_CONFIG")
+            .env_remove("XC_TEST_HOLD")
+            .env_remove("XC_TEST_COUNT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Starts a compile that stops inside the compiler; returns once it is there.
+    fn start_held_compile(&self, src: &Path) -> Child {
+        let child = self
+            .xcache(&["compile", src.to_str().unwrap(), "--json"])
+            .env("XC_TEST_HOLD", self.dir.path())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // Blocks until the wrapper writes: the child is then mid-compile, holding the
+        // key's exclusive lock.
+        let mut line = String::new();
+        BufReader::new(File::open(self.path("started")).unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "started");
+        child
+    }
+
+    fn release_held_compile(&self) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path("release"))
+            .unwrap();
+        writeln!(f, "go").unwrap();
+    }
+
+    fn entry_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for cd in dirs(&self.base()) {
+            for fan in dirs(&cd.join("entries")) {
+                out.extend(dirs(&fan));
+            }
+        }
+        out
+    }
+}
+
+fn dirs(p: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "xcache failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn call_saxpy(path: &Path) {
+    type Saxpy = unsafe extern "C" fn(i64, f32, *const f32, *mut f32) -> i32;
+    let lib = unsafe { libloading::Library::new(path) }.unwrap();
+    let f = unsafe { lib.get::<Saxpy>(b"saxpy\0") }.unwrap();
+    let x = [1.0f32, 2.0, 3.0];
+    let mut y = [10.0f32, 20.0, 30.0];
+    assert_eq!(unsafe { f(3, 2.0, x.as_ptr(), y.as_mut_ptr()) }, 0);
+    assert_eq!(y, [12.0, 24.0, 36.0]);
+}
+
+fn assert_complete(entry: &Path) {
+    for f in ["entry.json", "lib.so", "source.c", "last-use"] {
+        assert!(
+            entry.join(f).is_file(),
+            "partial entry {}: no {f}",
+            entry.display()
+        );
+    }
+}
+
+#[test]
+fn eight_processes_one_key_one_compile() {
+    let env = Env::new();
+    let src = env.source("k.c", "eight");
+    let count = env.path("compiles.txt");
+    let children: Vec<Child> = (0..8)
+        .map(|_| {
+            env.xcache(&[
+                "compile",
+                src.to_str().unwrap(),
+                "--symbol",
+                "saxpy",
+                "--json",
+            ])
+            .env("XC_TEST_COUNT", &count)
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let results: Vec<Value> = children
+        .into_iter()
+        .map(|c| json_of(&c.wait_with_output().unwrap()))
+        .collect();
+    let misses = results.iter().filter(|r| r["hit"] == false).count();
+    assert_eq!(misses, 1, "exactly one process compiles: {results:#?}");
+    let compiles = std::fs::read_to_string(&count).unwrap();
+    assert_eq!(compiles.lines().count(), 1, "the compiler ran once");
+    let path = results[0]["path"].as_str().unwrap();
+    assert!(results
+        .iter()
+        .all(|r| r["path"] == path && r["loaded"] == true));
+    call_saxpy(Path::new(path));
+    assert_eq!(env.entry_dirs().len(), 1);
+}
+
+#[test]
+fn distinct_keys_do_not_wait_for_each_other() {
+    let env = Env::new();
+    let x = env.source("x.c", "held");
+    let y = env.source("y.c", "free");
+    let mut held = env.start_held_compile(&x);
+
+    // `held` is inside the compiler for x.c. A compile of y.c must finish regardless.
+    let (tx, rx) = mpsc::channel();
+    let mut cmd = env.xcache(&["compile", y.to_str().unwrap(), "--json"]);
+    std::thread::spawn(move || tx.send(cmd.output().unwrap()).unwrap());
+    // A watchdog, not a wait for time to pass: a blocked y.c would hang the test.
+    let out = match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(out) => out,
+        Err(_) => {
+            env.release_held_compile();
+            panic!("compiling y.c waited for the unrelated compile of x.c");
+        }
+    };
+    let r = json_of(&out);
+    assert_eq!(r["hit"], false);
+    assert!(r["lock_wait_ms"].as_f64().unwrap() == 0.0, "{r}");
+    assert!(held.try_wait().unwrap().is_none(), "x.c is still compiling");
+
+    env.release_held_compile();
+    let r = json_of(&held.wait_with_output().unwrap());
+    assert_eq!(r["hit"], false);
+    assert_eq!(env.entry_dirs().len(), 2);
+}
+
+#[test]
+fn sigkill_mid_compile_leaves_no_partial_entry() {
+    let env = Env::new();
+    let src = env.source("k.c", "killed");
+    let child = env.start_held_compile(&src);
+
+    // Mid-compile: staging exists, nothing under entries/.
+    assert!(env.entry_dirs().is_empty());
+    let cd = dirs(&env.base()).pop().unwrap();
+    let staging: Vec<PathBuf> = dirs(&cd.join("tmp"));
+    assert_eq!(staging.len(), 1, "{staging:?}");
+    assert!(staging[0].join("source.c").is_file());
+
+    // Kill xcache and its compiler (the whole process group).
+    let pgid = child.id() as i32;
+    assert_eq!(unsafe { libc::kill(-pgid, libc::SIGKILL) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        env.entry_dirs().is_empty(),
+        "a killed build published something"
+    );
+
+    // The next request takes the (dead process's) lock and compiles cleanly.
+    let r = json_of(
+        &env.xcache(&[
+            "compile",
+            src.to_str().unwrap(),
+            "--symbol",
+            "saxpy",
+            "--json",
+        ])
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(r["hit"], false);
+    assert!(r["warnings"].as_array().unwrap().is_empty());
+    let entries = env.entry_dirs();
+    assert_eq!(entries.len(), 1);
+    assert_complete(&entries[0]);
+    call_saxpy(Path::new(r["path"].as_str().unwrap()));
+    // The crashed staging directory is left for garbage collection, never read.
+    assert!(staging[0].exists());
+}
+
+#[test]
+fn a_waiting_process_gets_the_published_entry() {
+    let env = Env::new();
+    let src = env.source("k.c", "waiter");
+    let held = env.start_held_compile(&src);
+    let waiter = env
+        .xcache(&["compile", src.to_str().unwrap(), "--json"])
+        .env("XCACHE_LOG", "info")
+        .spawn()
+        .unwrap();
+    env.release_held_compile();
+    let first = json_of(&held.wait_with_output().unwrap());
+    let out = waiter.wait_with_output().unwrap();
+    let second = json_of(&out);
+    assert_eq!(first["hit"], false);
+    assert_eq!(second["hit"], true);
+    assert_eq!(first["path"], second["path"]);
+    assert_complete(Path::new(first["path"].as_str().unwrap()).parent().unwrap());
+}
