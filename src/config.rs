@@ -395,7 +395,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
     for (unit, n) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s > 0 && s % n == 0 {
+        if s > 0 && s.is_multiple_of(n) {
             return format!("{}{unit}", s / n);
         }
     }

@@ -174,6 +174,10 @@ impl Field {
     }
 }
 
+/// Continuation of the backtracking name parser: the rest of the name and the fields
+/// matched so far → whether the whole name matched.
+type Cont<'a, 'k> = dyn FnMut(&'a str, &mut Vec<(Field, &'a str)>) -> bool + 'k;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
     Lit(String),
@@ -299,7 +303,7 @@ impl CompiledirFormat {
             ts: &[Token],
             s: &'a str,
             got: &mut Vec<(Field, &'a str)>,
-            k: &mut dyn FnMut(&'a str, &mut Vec<(Field, &'a str)>) -> bool,
+            k: &mut Cont<'a, '_>,
         ) -> bool {
             let Some((first, more)) = ts.split_first() else {
                 return k(s, got);

@@ -149,7 +149,8 @@ fn flipped_bytes_are_quarantined_and_rebuilt() {
 #[test]
 fn broken_metadata_and_missing_artifacts_are_rebuilt() {
     let tc = TestCache::new();
-    let breakages: [(&str, fn(&std::path::Path)); 4] = [
+    type Breakage = fn(&std::path::Path);
+    let breakages: [(&str, Breakage); 4] = [
         ("garbage", |d| {
             std::fs::write(d.join("entry.json"), b"{not json").unwrap()
         }),

@@ -61,9 +61,17 @@ enum Command {
     },
 }
 
-enum Compiled {
-    Unloaded(xcache::CacheOutcome),
-    Loaded(xcache::Compiled),
+/// What `xcache compile` reports, loaded or not.
+struct CompileReport {
+    key: xcache::Key,
+    path: PathBuf,
+    hit: bool,
+    compile_ms: u64,
+    elapsed: std::time::Duration,
+    lock_wait: std::time::Duration,
+    compiler_output: String,
+    warnings: Vec<String>,
+    loaded: bool,
 }
 
 fn main() -> ExitCode {
@@ -142,65 +150,62 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 req = req.extra_input(name, bytes);
             }
             let jit = Jit::new(config(&cli)?)?;
-            let outcome = if symbols.is_empty() {
-                Compiled::Unloaded(jit.build(&req)?)
+            let report = if symbols.is_empty() {
+                let r = jit.build(&req)?;
+                CompileReport {
+                    key: r.key,
+                    compile_ms: r.meta.compile_ms,
+                    compiler_output: if r.hit {
+                        String::new()
+                    } else {
+                        r.meta.compiler_output
+                    },
+                    path: r.path,
+                    hit: r.hit,
+                    elapsed: r.elapsed,
+                    lock_wait: r.lock_wait,
+                    warnings: r.warnings,
+                    loaded: false,
+                }
             } else {
                 let c = jit.compile(&req)?;
                 for name in symbols {
                     // SAFETY: only the address is looked up; nothing is called.
                     unsafe { c.symbol::<*const std::ffi::c_void>(name)? };
                 }
-                Compiled::Loaded(c)
-            };
-            let (key, path, hit, compile_ms, elapsed, lock_wait, compiler_output) = match &outcome {
-                Compiled::Unloaded(r) => (
-                    r.key,
-                    &r.path,
-                    r.hit,
-                    r.meta.compile_ms,
-                    r.elapsed,
-                    r.lock_wait,
-                    if r.hit {
-                        ""
-                    } else {
-                        r.meta.compiler_output.as_str()
-                    },
-                ),
-                Compiled::Loaded(c) => (
-                    c.key,
-                    &c.path,
-                    c.hit,
-                    c.compile_ms,
-                    c.elapsed,
-                    c.lock_wait,
-                    c.compiler_output.as_str(),
-                ),
+                CompileReport {
+                    key: c.key,
+                    path: c.path,
+                    hit: c.hit,
+                    compile_ms: c.compile_ms,
+                    elapsed: c.elapsed,
+                    lock_wait: c.lock_wait,
+                    compiler_output: c.compiler_output,
+                    warnings: c.warnings,
+                    loaded: true,
+                }
             };
             // Repaired cache faults were already logged as warnings by the library;
             // compiler warnings are shown when the compiler ran, as a compiler would.
-            if !compiler_output.trim().is_empty() {
-                eprint!("{compiler_output}");
+            if !report.compiler_output.trim().is_empty() {
+                eprint!("{}", report.compiler_output);
             }
             if *json {
-                let warnings = match &outcome {
-                    Compiled::Unloaded(r) => &r.warnings,
-                    Compiled::Loaded(c) => &c.warnings,
-                };
                 let v = json!({
-                    "key": key.hex(),
-                    "path": path,
-                    "hit": hit,
-                    "compile_ms": compile_ms,
-                    "elapsed_ms": elapsed.as_secs_f64() * 1e3,
-                    "lock_wait_ms": lock_wait.as_secs_f64() * 1e3,
+                    "key": report.key.hex(),
+                    "path": report.path,
+                    "hit": report.hit,
+                    "compile_ms": report.compile_ms,
+                    "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
+                    "lock_wait_ms": report.lock_wait.as_secs_f64() * 1e3,
                     "source": req.name,
-                    "loaded": matches!(outcome, Compiled::Loaded(_)),
+                    "loaded": report.loaded,
                     "compiledir": jit.store().compiledir(),
-                    "warnings": warnings,
+                    "warnings": report.warnings,
                 });
                 writeln!(out, "{v}")?;
             } else {
-                writeln!(out, "{}", path.display())?;
+                writeln!(out, "{}", report.path.display())?;
             }
         }
         Some(Command::List { json }) => {

@@ -272,7 +272,8 @@ mod tests {
     fn every_field_changes_the_key() {
         let base = sample();
         let k = base.key();
-        let mutations: Vec<Box<dyn Fn(&mut KeyMaterial)>> = vec![
+        type Mutation = Box<dyn Fn(&mut KeyMaterial)>;
+        let mutations: Vec<Mutation> = vec![
             Box::new(|m| m.layout = 2),
             Box::new(|m| m.language = "c++".into()),
             Box::new(|m| m.source_blake3 = "00".into()),

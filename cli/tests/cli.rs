@@ -1,0 +1,301 @@
+//! The `xcache` command's verbs, output formats and exit statuses, each test in its own
+//! temp base dir.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("xcache-cli-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+    fn base(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xcache"));
+        c.args(args)
+            .env("XCACHE_DIR", self.base())
+            .env_remove("XCACHE_FLAGS")
+            .env_remove("XCACHE_CONFIG")
+            .env_remove("XCACHE_RUNTIME")
+            .env_remove("XCACHE_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const SRC: &str = "int twice(int x) { return 2 * x; }\n";
+
+#[test]
+fn no_arguments_prints_the_compiledir() {
+    let env = Env::new();
+    let out = stdout(&env.run(&[]));
+    let p = Path::new(out.trim());
+    assert_eq!(p.parent().unwrap(), env.base());
+    let name = p.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with("compiledir_") && name.ends_with("-xc1"),
+        "{name}"
+    );
+    assert!(p.join("compiledir.json").is_file());
+}
+
+#[test]
+fn basecompiledir_and_the_dir_flag() {
+    let env = Env::new();
+    assert_eq!(
+        stdout(&env.run(&["basecompiledir"])).trim(),
+        env.base().to_str().unwrap()
+    );
+    let other = env.dir.path().join("other");
+    let out = stdout(&env.run(&["--dir", other.to_str().unwrap(), "basecompiledir"]));
+    assert_eq!(out.trim(), other.to_str().unwrap());
+    let out = stdout(&env.run(&["basecompiledir", "--dir", other.to_str().unwrap()]));
+    assert_eq!(out.trim(), other.to_str().unwrap(), "--dir is global");
+}
+
+#[test]
+fn runtime_tag_from_the_environment() {
+    let env = Env::new();
+    let out = env
+        .cmd(&[])
+        .env("XCACHE_RUNTIME", "cpython-3.11")
+        .output()
+        .unwrap();
+    assert!(stdout(&out).trim().ends_with("-cpython-3.11-xc1"));
+}
+
+#[test]
+fn compile_prints_the_path_then_hits() {
+    let env = Env::new();
+    let src = env.file("twice.c", SRC);
+    let path = stdout(&env.run(&["compile", src.to_str().unwrap()]));
+    let path = Path::new(path.trim());
+    assert!(path.is_file() && path.starts_with(env.base()));
+    let out = env.run(&["compile", src.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["hit"], true);
+    assert_eq!(v["path"], path.to_str().unwrap());
+    assert_eq!(v["key"].as_str().unwrap().len(), 64);
+    assert!(v["compile_ms"].as_u64().is_some());
+    assert_eq!(v["source"], "twice.c");
+    // A flag changes the key.
+    let out = env.run(&["compile", src.to_str().unwrap(), "--flag", "-O1", "--json"]);
+    let v2: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v2["hit"], false);
+    assert_ne!(v2["key"], v["key"]);
+}
+
+#[test]
+fn compile_with_a_header() {
+    let env = Env::new();
+    let h = env.file("defs.h", "#define K 7\n");
+    let src = env.file("k.c", "#include \"defs.h\"\nint k(void) { return K; }\n");
+    let out = env.run(&[
+        "compile",
+        src.to_str().unwrap(),
+        "--include",
+        h.to_str().unwrap(),
+        "--symbol",
+        "k",
+    ]);
+    let path = PathBuf::from(stdout(&out).trim());
+    assert!(path.parent().unwrap().join("defs.h").is_file());
+}
+
+#[test]
+fn compile_error_exits_1_with_the_diagnostics() {
+    let env = Env::new();
+    let src = env.file("bad.c", "int f(void) { return nope; }\n");
+    let out = env.run(&["compile", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("compilation failed"), "{err}");
+    assert!(
+        err.contains("'nope' undeclared") || err.contains("‘nope’ undeclared"),
+        "{err}"
+    );
+    assert!(err.contains("source kept at"), "{err}");
+    let list: Value = serde_json::from_str(&stdout(&env.run(&["list", "--json"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn missing_symbol_exits_1() {
+    let env = Env::new();
+    let src = env.file("twice.c", SRC);
+    let out = env.run(&["compile", src.to_str().unwrap(), "--symbol", "thrice"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`thrice` not found"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let env = Env::new();
+    assert_eq!(env.run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(env.run(&["compile"]).status.code(), Some(2));
+    assert_eq!(env.run(&["list", "--bogus"]).status.code(), Some(2));
+    let help = env.run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("compile"));
+}
+
+#[test]
+fn unknown_language_and_bad_flags_are_explained() {
+    let env = Env::new();
+    let src = env.file("k.f90", "program k\nend\n");
+    let out = env.run(&["compile", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(".c file for C"), "{}", stderr(&out));
+    let src = env.file("twice.c", SRC);
+    let out = env.run(&[
+        "compile",
+        src.to_str().unwrap(),
+        "--flag",
+        "-o",
+        "--flag",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));
+}
+
+#[test]
+fn unknown_setting_in_xcache_flags_lists_the_known_ones() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["list"])
+        .env("XCACHE_FLAGS", "optlevel=2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("unknown setting `optlevel`") && err.contains("opt_level"),
+        "{err}"
+    );
+}
+
+#[test]
+fn untrusted_base_dir_exits_1_naming_dir_and_fix() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.base()).unwrap();
+    std::fs::set_permissions(env.base(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = env.run(&["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(env.base().to_str().unwrap()), "{err}");
+    assert!(err.contains("chmod go-w"), "{err}");
+}
+
+#[test]
+fn corrupt_entries_are_reported_as_warnings() {
+    let env = Env::new();
+    let src = env.file("twice.c", SRC);
+    let path = PathBuf::from(stdout(&env.run(&["compile", src.to_str().unwrap()])).trim());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let out = env.run(&[
+        "compile",
+        src.to_str().unwrap(),
+        "--symbol",
+        "twice",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["hit"], false);
+    let err = stderr(&out);
+    assert!(err.contains("warning: corrupt cache entry"), "{err}");
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn list_human_and_json() {
+    let env = Env::new();
+    let empty = stdout(&env.run(&["list"]));
+    assert!(empty.starts_with("no entries in"), "{empty}");
+    let a = env.file("twice.c", SRC);
+    let b = env.file(
+        "sum_long_name.cpp",
+        "extern \"C\" int s(int a, int b) { return a + b; }\n",
+    );
+    stdout(&env.run(&["compile", a.to_str().unwrap()]));
+    stdout(&env.run(&["compile", b.to_str().unwrap()]));
+
+    let v: Value = serde_json::from_str(&stdout(&env.run(&["list", "--json"]))).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        for field in [
+            "key",
+            "source",
+            "language",
+            "size",
+            "created",
+            "last_use",
+            "compile_ms",
+            "path",
+            "status",
+        ] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+        assert_eq!(r["status"], "ok");
+        assert!(r["size"].as_u64().unwrap() > 1000);
+    }
+    let mut sources: Vec<&str> = rows.iter().map(|r| r["source"].as_str().unwrap()).collect();
+    sources.sort();
+    assert_eq!(sources, ["sum_long_name.cpp", "twice.c"]);
+
+    let text = stdout(&env.run(&["list"]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("KEY") && lines[0].contains("LAST USE"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 4, "{text}");
+    // Columns line up: SIZE is right-aligned, so each row's size ends where the header does.
+    let end = lines[0].find("SIZE").unwrap() + 4;
+    for row in &lines[1..3] {
+        assert!(row[..end].ends_with("KiB"), "misaligned: {row:?}\n{text}");
+    }
+    assert!(lines[3].starts_with("2 entries"), "{text}");
+}
