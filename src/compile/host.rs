@@ -240,13 +240,38 @@ fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool> {
     })
 }
 
+/// Libraries every host artifact links, placed after the source on the command line.
+/// libm: generated kernels call `exp`, `tanh`, ...; without a DT_NEEDED entry they only
+/// load into processes that happen to have libm already.
+pub const LINK_LIBS: &[&str] = &["-lm"];
+
+/// The compiler's arguments: `flags` with `-o output source` inserted before the
+/// trailing [`LINK_LIBS`].
+pub fn command_args(flags: &[String], output: &str, source: &str) -> Vec<String> {
+    let split = flags.len() - LINK_LIBS.len().min(flags.len());
+    let (before, libs) = if flags[split..]
+        .iter()
+        .map(String::as_str)
+        .eq(LINK_LIBS.iter().copied())
+    {
+        flags.split_at(split)
+    } else {
+        (flags, &[][..])
+    };
+    let mut v = before.to_vec();
+    v.extend(["-o", output, source].map(String::from));
+    v.extend(libs.iter().cloned());
+    v
+}
+
 impl HostTool {
-    /// Every argument but input and output, in order: the `cc` crate's, `-shared`, then
-    /// the user's. This exact list is in the key.
+    /// Every argument but input and output, in order: the `cc` crate's, `-shared`, the
+    /// user's, then [`LINK_LIBS`]. This exact list is in the key.
     pub fn full_flags(&self, user_flags: &[String]) -> Vec<String> {
         let mut v = self.args.clone();
         v.push("-shared".into());
         v.extend(user_flags.iter().cloned());
+        v.extend(LINK_LIBS.iter().map(|s| s.to_string()));
         v
     }
 
@@ -267,11 +292,9 @@ impl HostTool {
         output: &str,
         flags: &[String],
     ) -> Result<(Duration, String)> {
+        let args = command_args(flags, output, source_file);
         let mut cmd = Command::new(&self.program);
-        cmd.args(flags)
-            .args(["-o", output, source_file])
-            .current_dir(dir)
-            .stdin(Stdio::null());
+        cmd.args(&args).current_dir(dir).stdin(Stdio::null());
         let start = Instant::now();
         let out = cmd.output().map_err(|e| Error::NoCompiler {
             compiler: self.program.display().to_string(),
@@ -282,13 +305,7 @@ impl HostTool {
         text.push_str(&String::from_utf8_lossy(&out.stdout));
         if !out.status.success() || !dir.join(output).is_file() {
             return Err(CompileError {
-                command: shell_line(
-                    &self.program,
-                    flags
-                        .iter()
-                        .map(String::as_str)
-                        .chain(["-o", output, source_file]),
-                ),
+                command: shell_line(&self.program, args.iter().map(String::as_str)),
                 workdir: dir.to_path_buf(),
                 status: out.status.code(),
                 output: text,
@@ -468,6 +485,20 @@ mod tests {
     fn host_cpu_is_stable_and_specific() {
         assert_eq!(host_cpu(), detect_cpu());
         assert!(host_cpu().len() > 8, "{}", host_cpu());
+    }
+
+    #[test]
+    fn outputs_and_sources_go_before_the_link_libraries() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_args(&f(&["-O3", "-shared", "-lm"]), "lib.so", "source.c"),
+            f(&["-O3", "-shared", "-o", "lib.so", "source.c", "-lm"])
+        );
+        assert_eq!(
+            command_args(&f(&["-O3"]), "lib.so", "s.c"),
+            f(&["-O3", "-o", "lib.so", "s.c"])
+        );
+        assert_eq!(command_args(&[], "o", "s"), f(&["-o", "o", "s"]));
     }
 
     #[test]

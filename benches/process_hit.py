@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Whole-process timings of `xcache compile`: a cache hit from a fresh process and a
+miss, next to the bare compiler command that builds the same shared object and to a
+C program that only dlopens + dlsyms it. Every figure is the median of repeated runs
+measured in this one run, so the ratios compare like with like.
+
+Usage: benches/process_hit.py [--runs N] [--write docs/BENCHMARKS.md]
+Needs: a release build of the CLI (cargo build --release -p xcache-cli) and cc.
+"""
+import argparse, json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XCACHE = os.path.join(ROOT, "target", "release", "xcache")
+
+SOURCE = r"""
+#include <stdint.h>
+#include <math.h>
+int kernel(int64_t n, const float *a, const float *b, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] * expf(b[i]) + 1.0f;
+    return 0;
+}
+"""
+
+LOADER = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    if (!dlsym(h, "kernel")) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    return 0;
+}
+"""
+
+
+def so_path(env, src):
+    out = subprocess.run([XCACHE, "compile", src, "--json"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)["path"]
+
+
+def median_time(cmd, runs, env=None, prepare=None):
+    times = []
+    for _ in range(runs):
+        if prepare:
+            prepare()
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--write", help="markdown file to (re)write the section in")
+    args = ap.parse_args()
+    if not os.path.exists(XCACHE):
+        sys.exit("build first: cargo build --release -p xcache-cli")
+
+    work = tempfile.mkdtemp(prefix="xcache-bench-")
+    try:
+        src = os.path.join(work, "kernel.c")
+        open(src, "w").write(SOURCE)
+        loader_c = os.path.join(work, "loader.c")
+        open(loader_c, "w").write(LOADER)
+        loader = os.path.join(work, "loader")
+        subprocess.run(["cc", "-O2", "-o", loader, loader_c, "-ldl"], check=True)
+        env = dict(os.environ, XCACHE_DIR=os.path.join(work, "cache"))
+        env.pop("XCACHE_FLAGS", None)
+
+        first = json.loads(subprocess.run([XCACHE, "compile", src, "--json"], env=env,
+                                          check=True, capture_output=True, text=True).stdout)
+        so = first["path"]
+        entry = json.load(open(os.path.join(os.path.dirname(so), "entry.json")))
+        flags = entry["key_material"]["flags"]
+        compiler = entry["key_material"]["toolchain"]["path"]
+        bare_out = os.path.join(work, "bare.so")
+        # The same command xcache runs: output and source go before the link libraries.
+        bare = [compiler, *flags[:-1], "-o", bare_out, src, flags[-1]]
+        assert flags[-1] == "-lm", flags
+
+        def empty_cache():
+            shutil.rmtree(env["XCACHE_DIR"], ignore_errors=True)
+
+        r = {}
+        r["bare_compile"] = median_time(bare, args.runs)
+        r["xcache_miss"] = median_time([XCACHE, "compile", src], args.runs, env, empty_cache)
+        subprocess.run([XCACHE, "compile", src], env=env, check=True, stdout=subprocess.DEVNULL)
+        compiledir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(so_path(env, src)))))
+
+        def drop_entries():
+            shutil.rmtree(os.path.join(compiledir, "entries"), ignore_errors=True)
+
+        r["xcache_miss_warm"] = median_time([XCACHE, "compile", src], args.runs, env, drop_entries)
+        subprocess.run([XCACHE, "compile", src], env=env, check=True, stdout=subprocess.DEVNULL)
+        so = json.loads(subprocess.run([XCACHE, "compile", src, "--json"], env=env, check=True,
+                                       capture_output=True, text=True).stdout)["path"]
+        r["xcache_hit"] = median_time([XCACHE, "compile", src], args.runs * 3, env)
+        r["xcache_hit_load"] = median_time([XCACHE, "compile", src, "--symbol", "kernel"],
+                                           args.runs * 3, env)
+        r["dlopen_only"] = median_time([loader, so], args.runs * 3)
+        r["true"] = median_time(["/bin/true"], args.runs * 3)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ms = {k: v * 1e3 for k, v in r.items()}
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cc_version = subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    rows = [
+        ("bare compile (`cc` with the same flags)", ms["bare_compile"], "1.00×  (baseline)"),
+        ("`xcache compile`, miss, empty base dir (compiler probed, dirs created)", ms["xcache_miss"],
+         f"{ms['xcache_miss'] / ms['bare_compile']:.2f}× bare compile"),
+        ("`xcache compile`, miss, compiler already known", ms["xcache_miss_warm"],
+         f"{ms['xcache_miss_warm'] / ms['bare_compile']:.2f}× bare compile"),
+        ("`xcache compile`, hit, fresh process", ms["xcache_hit"],
+         f"{ms['xcache_hit'] / ms['bare_compile']:.3f}× bare compile; "
+         f"{ms['xcache_hit'] / ms['dlopen_only']:.2f}× dlopen-only"),
+        ("`xcache compile --symbol kernel`, hit + dlopen + dlsym", ms["xcache_hit_load"],
+         f"{ms['xcache_hit_load'] / ms['dlopen_only']:.2f}× dlopen-only"),
+        ("C program: dlopen + dlsym only", ms["dlopen_only"], "1.00×  (process floor)"),
+        ("`/bin/true`", ms["true"], "spawn floor"),
+    ]
+    lines = [
+        "## Whole-process: hit and miss of `xcache compile`",
+        "",
+        f"Machine: {cpu or platform.machine()}, {os.cpu_count()} cores; {cc_version}. "
+        f"Median of {args.runs} runs (misses, bare compile) or {args.runs * 3} (hits); "
+        "all measured in the same run.",
+        "Reproduce: `cargo build --release -p xcache-cli && python3 benches/process_hit.py`.",
+        "",
+        "| what | median | ratio |",
+        "|---|---:|---|",
+    ]
+    for name, v, ratio in rows:
+        lines.append(f"| {name} | {v:.2f} ms | {ratio} |")
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if args.write:
+        write_section(args.write, "## Whole-process: hit and miss", section)
+
+
+def write_section(path, heading, section):
+    """Replaces the section that starts with `heading` (up to the next `## `), or appends."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    open(path, "w").write(text)
+
+
+if __name__ == "__main__":
+    main()
