@@ -561,3 +561,21 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    /// docs/CONFIG.md mirrors SETTINGS: every setting, with its default.
+    #[test]
+    fn config_docs_mirror_the_settings() {
+        let doc = include_str!("../docs/CONFIG.md");
+        for s in super::SETTINGS {
+            let default = if s.default.is_empty() {
+                "(unset)".to_string()
+            } else {
+                format!("`{}`", s.default)
+            };
+            let row = format!("| `{}` | {} |", s.name, default);
+            assert!(doc.contains(&row), "docs/CONFIG.md lacks the row {row}");
+        }
+    }
+}
