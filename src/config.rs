@@ -74,6 +74,11 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "How a compiler binary is fingerprinted: `mtime` (size + mtime, as ccache does; no hashing on the hit path) or `content` (blake3 of the binary).",
     },
     SettingInfo {
+        name: "template_path",
+        default: "",
+        doc: "Directories (`:`-separated) searched for op templates (`c/NAME.c`) before the ones built into xcache; a file there overrides a built-in of the same name.",
+    },
+    SettingInfo {
         name: "last_use_resolution",
         default: "1h",
         doc: "Last use of an entry is written at most this often, so that hits almost never write; pruning decisions work in hours and days.",
@@ -134,6 +139,8 @@ pub struct Config {
     pub compiler_check: CompilerCheck,
     /// Coarseness of last-use records.
     pub last_use_resolution: Duration,
+    /// Extra template directories, `:`-separated.
+    pub template_path: String,
     origins: HashMap<&'static str, Origin>,
     home: Option<PathBuf>,
     xdg_cache_home: Option<PathBuf>,
@@ -154,6 +161,7 @@ impl Config {
             opt_level: String::new(),
             compiler_check: CompilerCheck::Mtime,
             last_use_resolution: Duration::ZERO,
+            template_path: String::new(),
             origins: HashMap::new(),
             home: None,
             xdg_cache_home: None,
@@ -298,6 +306,7 @@ impl Config {
                 crate::platform::check_runtime_tag(value).map_err(|m| bad(&m))?;
                 self.runtime_tag = value.to_string();
             }
+            "template_path" => self.template_path = value.to_string(),
             "cc" => self.cc = opt(value),
             "cxx" => self.cxx = opt(value),
             "opt_level" => {
@@ -364,6 +373,7 @@ impl Config {
                         CompilerCheck::Content => "content".into(),
                     },
                     "last_use_resolution" => format_duration(self.last_use_resolution),
+                    "template_path" => self.template_path.clone(),
                     _ => unreachable!(),
                 };
                 (s, value, self.origin(s.name))

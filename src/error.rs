@@ -71,6 +71,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A template is missing, malformed, or was given bad parameters.
+    #[error("template `{template}`: {message}")]
+    Template {
+        /// The template's name.
+        template: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+
     /// The request itself is malformed (bad source name, bad flag, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),

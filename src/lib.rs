@@ -52,12 +52,13 @@ pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod error;
+pub mod kernels;
 pub mod ops;
 pub mod platform;
 pub mod runtime;
 pub mod store;
 
-pub use compile::{Language, SourceRequest};
+pub use compile::{Language, Request, SourceRequest, TemplateRequest};
 pub use config::Config;
 pub use error::{CompileError, Error, Result};
 pub use runtime::{CacheOutcome, Compiled, Jit, Symbol};

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SystemClock};
 use crate::compile::host::{self, HostTool};
-use crate::compile::{Language, SourceRequest};
+use crate::compile::template::{self, Template};
+use crate::compile::{Language, Request, SourceRequest, TemplateRequest};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::platform::LAYOUT_VERSION;
@@ -172,6 +173,7 @@ pub struct Jit {
     config: Config,
     store: Store,
     tools: Mutex<HashMap<Language, Arc<HostTool>>>,
+    templates: Mutex<HashMap<String, Arc<Template>>>,
     loaded: Mutex<HashMap<Key, Slot>>,
 }
 
@@ -193,6 +195,7 @@ impl Jit {
             config,
             store,
             tools: Mutex::new(HashMap::new()),
+            templates: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
         })
     }
@@ -245,6 +248,7 @@ impl Jit {
                 })
                 .collect(),
             runtime_tag: self.config.runtime_tag.clone(),
+            template: req.template.clone(),
         };
         Ok((material.key(), material, flags))
     }
@@ -337,4 +341,91 @@ impl Jit {
             lib,
         })
     }
+
+    /// A template by name, parsed once per `Jit`.
+    pub fn template(&self, name: &str) -> Result<Arc<Template>> {
+        if let Some(t) = self.templates.lock().unwrap().get(name) {
+            return Ok(Arc::clone(t));
+        }
+        let t = Arc::new(template::find(name, &self.config)?);
+        self.templates
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), Arc::clone(&t));
+        Ok(t)
+    }
+
+    /// Checks a template request's parameters and renders it into a source request.
+    pub fn render(&self, req: &TemplateRequest) -> Result<SourceRequest> {
+        let t = self.template(&req.name)?;
+        let r = t.render(&req.params)?;
+        let mut flags = r.flags;
+        flags.extend(req.flags.iter().cloned());
+        Ok(SourceRequest {
+            name: r.template_ref.display(),
+            language: r.language,
+            source: r.source.into_bytes(),
+            flags,
+            extra_inputs: Vec::new(),
+            template: Some(r.template_ref),
+        })
+    }
+
+    fn source_of<'r>(&self, req: &'r Request) -> Result<std::borrow::Cow<'r, SourceRequest>> {
+        Ok(match req {
+            Request::Source(s) => std::borrow::Cow::Borrowed(s),
+            Request::Template(t) => std::borrow::Cow::Owned(self.render(t)?),
+        })
+    }
+
+    /// Renders, compiles (if needed) and loads a template request.
+    pub fn compile_template(&self, req: &TemplateRequest) -> Result<Compiled> {
+        self.compile(&self.render(req)?)
+    }
+
+    /// Compiles any request through the cache and loads it.
+    pub fn compile_request(&self, req: &Request) -> Result<Compiled> {
+        self.compile(&*self.source_of(req)?)
+    }
+
+    /// Compiles any request through the cache without loading it.
+    pub fn build_request(&self, req: &Request) -> Result<CacheOutcome> {
+        self.build(&*self.source_of(req)?)
+    }
+
+    /// Compiles and loads many requests, at most `jobs` at a time, through the same
+    /// single flight as one-at-a-time requests (duplicates cost one compile). Results
+    /// come back in the order of `reqs`.
+    pub fn compile_many(&self, reqs: &[Request], jobs: usize) -> Vec<Result<Compiled>> {
+        parallel(reqs.len(), jobs, |i| self.compile_request(&reqs[i]))
+    }
+
+    /// Like [`Jit::compile_many`] without loading: what cache warming wants.
+    pub fn build_many(&self, reqs: &[Request], jobs: usize) -> Vec<Result<CacheOutcome>> {
+        parallel(reqs.len(), jobs, |i| self.build_request(&reqs[i]))
+    }
+}
+
+/// Runs `f(0..n)` on at most `jobs` threads (at least one); results in index order.
+fn parallel<T: Send>(n: usize, jobs: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<T>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let workers = jobs.clamp(1, n.max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let r = f(i);
+                *results[i].lock().unwrap() = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap().expect("every index ran"))
+        .collect()
 }

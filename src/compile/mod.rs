@@ -1,7 +1,9 @@
 //! Requests → artifacts: what to compile ([`SourceRequest`]), with which compiler
 //! ([`host`]), under which key.
 
+pub mod expr;
 pub mod host;
+pub mod template;
 
 use std::path::Path;
 
@@ -43,6 +45,61 @@ impl Language {
     }
 }
 
+/// A template and its parameters: what to render and compile.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TemplateRequest {
+    /// Template name: `elemwise` or `c/elemwise`.
+    pub name: String,
+    /// (parameter, value) pairs as the user wrote them.
+    pub params: Vec<(String, String)>,
+    /// Extra compiler flags, after the template's own.
+    pub flags: Vec<String>,
+}
+
+impl TemplateRequest {
+    /// A request for the template `name`, with no parameters yet.
+    pub fn new(name: impl Into<String>) -> TemplateRequest {
+        TemplateRequest {
+            name: name.into(),
+            params: Vec::new(),
+            flags: Vec::new(),
+        }
+    }
+
+    /// Sets a parameter (values of any printable type: `3`, `"float32"`, `true`).
+    pub fn param(mut self, name: impl Into<String>, value: impl ToString) -> TemplateRequest {
+        self.params.push((name.into(), value.to_string()));
+        self
+    }
+
+    /// Appends a compiler flag.
+    pub fn flag(mut self, flag: impl Into<String>) -> TemplateRequest {
+        self.flags.push(flag.into());
+        self
+    }
+}
+
+/// Anything the compile service accepts.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// Plain source.
+    Source(SourceRequest),
+    /// A template with parameters.
+    Template(TemplateRequest),
+}
+
+impl From<SourceRequest> for Request {
+    fn from(r: SourceRequest) -> Request {
+        Request::Source(r)
+    }
+}
+
+impl From<TemplateRequest> for Request {
+    fn from(r: TemplateRequest) -> Request {
+        Request::Template(r)
+    }
+}
+
 /// Something to compile: source text, its language, flags, and explicit extra inputs.
 #[derive(Debug, Clone)]
 pub struct SourceRequest {
@@ -57,6 +114,8 @@ pub struct SourceRequest {
     /// Extra inputs (headers the source includes), as (file name, contents). They are
     /// written beside the source, so `#include "name"` finds them, and are in the key.
     pub extra_inputs: Vec<(String, Vec<u8>)>,
+    /// The template this source was rendered from, if any (recorded in the key).
+    pub template: Option<crate::store::key::TemplateRef>,
 }
 
 impl SourceRequest {
@@ -68,6 +127,7 @@ impl SourceRequest {
             source: source.into(),
             flags: Vec::new(),
             extra_inputs: Vec::new(),
+            template: None,
         }
     }
 

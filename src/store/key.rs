@@ -111,6 +111,31 @@ pub struct ExtraInput {
     pub blake3: String,
 }
 
+/// The template an entry was rendered from: name, hash of its text, and the
+/// parameters in canonical form, sorted by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRef {
+    /// Qualified name (`c/elemwise`).
+    pub name: String,
+    /// blake3 of the template's text, hex.
+    pub blake3: String,
+    /// (name, canonical value) pairs.
+    pub params: Vec<(String, String)>,
+}
+
+impl TemplateRef {
+    /// `elemwise(arity=3, dtype=float32, expr=a * exp(b) + c)`: how `list` shows it.
+    pub fn display(&self) -> String {
+        let short = self.name.strip_prefix("c/").unwrap_or(&self.name);
+        let ps: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!("{short}({})", ps.join(", "))
+    }
+}
+
 /// Everything a key is derived from. Stored in `entry.json` so a miss can be explained.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyMaterial {
@@ -132,6 +157,9 @@ pub struct KeyMaterial {
     pub extra_inputs: Vec<ExtraInput>,
     /// Runtime tag of the embedding program, empty when none.
     pub runtime_tag: String,
+    /// The template the source was rendered from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
 }
 
 struct Enc(blake3::Hasher);
@@ -191,6 +219,16 @@ impl KeyMaterial {
             e.str(&x.name).str(&x.blake3);
         }
         e.tag(8).str(&self.runtime_tag);
+        // Present only for template requests: keys of plain sources are unchanged.
+        if let Some(t) = &self.template {
+            e.tag(9)
+                .str(&t.name)
+                .str(&t.blake3)
+                .u64(t.params.len() as u64);
+            for (k, v) in &t.params {
+                e.str(k).str(v);
+            }
+        }
         Key(*e.0.finalize().as_bytes())
     }
 
@@ -218,6 +256,7 @@ impl KeyMaterial {
         check("target", self.target == other.target);
         check("extra inputs", self.extra_inputs == other.extra_inputs);
         check("runtime tag", self.runtime_tag == other.runtime_tag);
+        check("template", self.template == other.template);
         d
     }
 }
@@ -244,6 +283,7 @@ mod tests {
             },
             extra_inputs: vec![],
             runtime_tag: String::new(),
+            template: None,
         }
     }
 
@@ -262,6 +302,18 @@ mod tests {
             blake3: blake3::hash(b"#define N 4").to_hex().to_string(),
         });
         m.runtime_tag = "cpython-3.11".into();
+        let with_runtime = m.key();
+        m.template = Some(TemplateRef {
+            name: "c/elemwise".into(),
+            blake3: blake3::hash(b"template").to_hex().to_string(),
+            params: vec![("dtype".into(), "float32".into())],
+        });
+        assert_eq!(
+            m.key().hex(),
+            "c19c65b8fc0bd1ac2cb1edb045bbe5233457b47737e7153363746fc82f19f66d"
+        );
+        m.template = None;
+        assert_eq!(with_runtime, m.key());
         assert_eq!(
             m.key().hex(),
             "cba344054a2927e5b444c9eba748c46d77fa1f0137bda8a5f504f027d9f5ead1"
@@ -291,6 +343,13 @@ mod tests {
                 })
             }),
             Box::new(|m| m.runtime_tag = "cpython-3.12".into()),
+            Box::new(|m| {
+                m.template = Some(TemplateRef {
+                    name: "c/x".into(),
+                    blake3: String::new(),
+                    params: vec![],
+                })
+            }),
         ];
         for (i, mutate) in mutations.iter().enumerate() {
             let mut m = base.clone();

@@ -1,0 +1,84 @@
+/* xcache-template
+description = "Row reduction of a row-major matrix, with an optional element-wise pre-expression over x: out[r] = op(pre(in[r, :]))"
+entry = ["int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out)"]
+flags = ["-march=native", "-fopenmp-simd", "-fno-math-errno"]
+
+[params.dtype]
+type = "choice"
+values = ["float32", "float64", "int32", "int64"]
+doc = "element type of the input and of the output"
+
+[params.op]
+type = "choice"
+values = ["sum", "max", "min", "mean"]
+doc = "the reduction"
+
+[params.pre]
+type = "expr"
+inputs = ["x"]
+dtype = "dtype"
+default = "x"
+doc = "element-wise expression applied before reducing, e.g. x*x"
+*/
+/* ABI: int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out)
+ *   in   rows*cols elements of `dtype`, row-major
+ *   out  rows elements of `dtype`: out[r] = op over c of pre(in[r*cols + c])
+ * Floats are accumulated in double, blockwise, so float32 sums of long rows stay
+ * accurate; int sums wrap (two's complement). An empty row gives 0 for sum, NaN (or 0
+ * for ints) for mean, and -inf/+inf (or the int's min/max) for max/min.
+ * Returns 0 on success, 1 if rows < 0 or cols < 0, 2 if a pointer is NULL. */
+{{ xc_prelude }}
+#include <float.h>
+{%- set ctype = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t"}[dtype] %}
+{%- set is_float = dtype in ["float32", "float64"] %}
+{%- set acc = "double" if is_float else ("uint64_t" if op in ["sum", "mean"] else ctype) %}
+{%- set lowest = {"float32": "-INFINITY", "float64": "-INFINITY", "int32": "INT32_MIN", "int64": "INT64_MIN"}[dtype] %}
+{%- set highest = {"float32": "INFINITY", "float64": "INFINITY", "int32": "INT32_MAX", "int64": "INT64_MAX"}[dtype] %}
+
+#define XC_BLOCK 1024
+
+static inline {{ ctype }} xc_pre({{ ctype }} x) { return {{ pre }}; }
+
+int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out) {
+    if (rows < 0 || cols < 0) return 1;
+    if (rows == 0) return 0;
+    if (!out || (!in && cols > 0)) return 2;
+    const {{ ctype }} *src = (const {{ ctype }} *)in;
+    {{ ctype }} *dst = ({{ ctype }} *)out;
+    for (int64_t r = 0; r < rows; r++) {
+        const {{ ctype }} *row = src + r * cols;
+{%- if op in ["sum", "mean"] %}
+        {{ acc }} total = 0;
+        for (int64_t b = 0; b < cols; b += XC_BLOCK) {
+            int64_t end = b + XC_BLOCK < cols ? b + XC_BLOCK : cols;
+{%- if is_float %}
+            {{ ctype }} part = 0;
+#pragma omp simd reduction(+:part)
+            for (int64_t c = b; c < end; c++) part += xc_pre(row[c]);
+            total += (double)part;
+{%- else %}
+            uint64_t part = 0;
+#pragma omp simd reduction(+:part)
+            for (int64_t c = b; c < end; c++) part += (uint64_t)xc_pre(row[c]);
+            total += part;
+{%- endif %}
+        }
+{%- if op == "sum" %}
+        dst[r] = ({{ ctype }})total;
+{%- elif is_float %}
+        dst[r] = ({{ ctype }})(cols > 0 ? total / (double)cols : NAN);
+{%- else %}
+        dst[r] = cols > 0 ? ({{ ctype }})((int64_t)total / cols) : 0;
+{%- endif %}
+{%- else %}
+        {{ ctype }} best = {{ lowest if op == "max" else highest }};
+#pragma omp simd reduction({{ op }}:best)
+        for (int64_t c = 0; c < cols; c++) {
+            {{ ctype }} v = xc_pre(row[c]);
+            best = v {{ ">" if op == "max" else "<" }} best ? v : best;
+        }
+        dst[r] = best;
+{%- endif %}
+    }
+    return 0;
+}
