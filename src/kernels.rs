@@ -94,8 +94,7 @@ impl<T: Element> Elemwise<T> {
         }
         // SAFETY: the symbol has this ABI (the shipped template), `arity` pointers to
         // `out.len()` elements of T each, and `out` is exclusive.
-        let code =
-            unsafe { (self.f)(len_i64(out.len()), ptrs.as_ptr(), out.as_mut_ptr().cast()) };
+        let code = unsafe { (self.f)(len_i64(out.len()), ptrs.as_ptr(), out.as_mut_ptr().cast()) };
         status("xc_elemwise", code)
     }
 

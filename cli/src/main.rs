@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use xcache::ops::{self, human};
-use xcache::{Config, Jit, SourceRequest, Store};
+use xcache::{Config, Jit, SourceRequest, Store, TemplateRequest};
+
+mod show;
 
 /// Compile cache and JIT runtime for generated C and CUDA.
 ///
@@ -30,10 +32,23 @@ struct Cli {
 enum Command {
     /// Print the base dir that holds every compiledir.
     Basecompiledir,
-    /// Compile a C or C++ source through the cache and print the shared object's path.
+    /// Compile a C or C++ source, or a template with parameters, through the cache and
+    /// print the shared object's path.
     Compile {
         /// The source file (.c for C; .cc, .cpp, .cxx for C++).
-        source: PathBuf,
+        #[arg(required_unless_present = "template", conflicts_with = "template")]
+        source: Option<PathBuf>,
+        /// Compile this op template instead of a file (see `xcache templates`).
+        #[arg(long, short = 't', value_name = "NAME")]
+        template: Option<String>,
+        /// A template parameter (repeatable).
+        #[arg(
+            long = "param",
+            short = 'p',
+            value_name = "KEY=VALUE",
+            requires = "template"
+        )]
+        params: Vec<String>,
         /// A compiler flag, appended after xcache's own (repeatable).
         #[arg(
             long = "flag",
@@ -44,7 +59,12 @@ enum Command {
         flags: Vec<String>,
         /// A header the source includes, made part of the key and copied beside it
         /// (repeatable).
-        #[arg(long = "include", short = 'i', value_name = "HEADER")]
+        #[arg(
+            long = "include",
+            short = 'i',
+            value_name = "HEADER",
+            conflicts_with = "template"
+        )]
         includes: Vec<PathBuf>,
         /// Load the result and check that it exports SYMBOL (repeatable).
         #[arg(long = "symbol", short = 's', value_name = "SYMBOL")]
@@ -56,6 +76,22 @@ enum Command {
     /// List the entries of the current compiledir.
     List {
         /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the op templates with their parameters, types and entry points.
+    Templates {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the seed workload: Theano's check1 (exp over 10*30*768 float32 values,
+    /// 1000 times) through the JIT, on the default cache dir.
+    Demo {
+        /// How many times to run the kernel.
+        #[arg(long, default_value_t = 1000)]
+        iters: usize,
+        /// Print a JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -133,23 +169,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Compile {
             source,
+            template,
+            params,
             flags,
             includes,
             symbols,
             json,
         }) => {
-            let mut req = SourceRequest::from_file(source)?;
-            req.flags = flags.clone();
-            for h in includes {
-                let name = h
-                    .file_name()
-                    .with_context(|| format!("{} has no file name", h.display()))?
-                    .to_string_lossy()
-                    .into_owned();
-                let bytes = std::fs::read(h).with_context(|| format!("reading {}", h.display()))?;
-                req = req.extra_input(name, bytes);
-            }
             let jit = Jit::new(config(&cli)?)?;
+            let req = match (source, template) {
+                (Some(source), _) => {
+                    let mut req = SourceRequest::from_file(source)?;
+                    req.flags = flags.clone();
+                    for h in includes {
+                        let name = h
+                            .file_name()
+                            .with_context(|| format!("{} has no file name", h.display()))?
+                            .to_string_lossy()
+                            .into_owned();
+                        let bytes =
+                            std::fs::read(h).with_context(|| format!("reading {}", h.display()))?;
+                        req = req.extra_input(name, bytes);
+                    }
+                    req
+                }
+                (None, Some(name)) => {
+                    let mut t = TemplateRequest::new(name);
+                    for kv in params {
+                        let (k, v) = kv.split_once('=').with_context(|| {
+                            format!("template parameter {kv:?} is not KEY=VALUE")
+                        })?;
+                        t = t.param(k.trim(), v);
+                    }
+                    t.flags = flags.clone();
+                    jit.render(&t)?
+                }
+                (None, None) => unreachable!("clap requires a source or a template"),
+            };
             let report = if symbols.is_empty() {
                 let r = jit.build(&req)?;
                 CompileReport {
@@ -206,6 +262,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 writeln!(out, "{v}")?;
             } else {
                 writeln!(out, "{}", report.path.display())?;
+            }
+        }
+        Some(Command::Templates { json }) => {
+            let templates = xcache::compile::template::all(&config(&cli)?)?;
+            show::templates(&mut out, &templates, *json)?;
+        }
+        Some(Command::Demo { iters, json }) => {
+            let jit = Jit::new(config(&cli)?)?;
+            let report = ops::demo::check1(&jit, *iters)?;
+            show::demo(&mut out, &report, *json)?;
+            if !report.ok {
+                return Ok(ExitCode::from(1));
             }
         }
         Some(Command::List { json }) => {

@@ -346,6 +346,30 @@ pub fn wants_host_cpu(flags: &[String]) -> bool {
     })
 }
 
+/// A short human name for the host CPU: the model name and the widest vector ISA.
+pub fn cpu_name() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name") || l.starts_with("Model"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    #[cfg(target_arch = "x86_64")]
+    let isa = if std::arch::is_x86_feature_detected!("avx512f") {
+        " (AVX-512)"
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        " (AVX2)"
+    } else {
+        " (SSE2)"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let isa = "";
+    format!("{model}{isa}")
+}
+
 /// The host CPU's model and features, as one line: what `-march=native` resolves from.
 pub fn host_cpu() -> &'static str {
     static CPU: OnceLock<String> = OnceLock::new();

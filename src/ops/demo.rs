@@ -1,0 +1,122 @@
+//! `xcache demo`: the seed workload, Theano's check1 — `exp` over 10*30*768 float32
+//! values, looped 1000 times — through the JIT: cold compile, warm hit, loop time,
+//! device, and a check against a float64 reference.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::runtime::Jit;
+
+/// Elements per call: 10 x #cores x #threads per core, as check1 wrote it.
+pub const VLEN: usize = 10 * 30 * 768;
+/// The largest relative error accepted against the float64 reference (a few ulp of
+/// float32).
+pub const MAX_REL_ERR: f64 = 1e-6;
+
+/// What the demo measured. `xcache demo --json` prints this.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// What ran.
+    pub workload: String,
+    /// Elements per call.
+    pub n: usize,
+    /// Calls.
+    pub iters: usize,
+    /// The compiledir used.
+    pub compiledir: PathBuf,
+    /// The kernel, as a template instance.
+    pub kernel: String,
+    /// Its key.
+    pub key: String,
+    /// Whether the first request found the kernel already in the cache.
+    pub cold_was_cached: bool,
+    /// Wall time of the first request (compile + load, or disk hit + load), ms.
+    pub cold_ms: f64,
+    /// How long compiling the kernel took when it was compiled, ms.
+    pub compile_ms: u64,
+    /// Wall time of a request from a fresh runtime (disk hit, hash check, load), ms.
+    pub warm_ms: f64,
+    /// Whether that request was a hit.
+    pub warm_hit: bool,
+    /// Time of the loop of `iters` calls, seconds.
+    pub loop_s: f64,
+    /// Throughput, elements per second.
+    pub elements_per_s: f64,
+    /// Where it ran.
+    pub device: String,
+    /// Largest relative error of the last result against float64 `exp`.
+    pub max_rel_err: f64,
+    /// The first values of the result, as check1 printed them.
+    pub result_head: Vec<f32>,
+    /// Whether the check passed.
+    pub ok: bool,
+}
+
+/// Deterministic uniform values in [0, 1) (splitmix64), so every run checks the same data.
+pub fn uniform_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+/// Runs check1 on the CPU.
+pub fn check1(jit: &Jit, iters: usize) -> Result<DemoReport> {
+    let x = uniform_f32(VLEN, 0x5eed);
+    let mut r = vec![0f32; VLEN];
+
+    let t = Instant::now();
+    let kernel = jit.elemwise::<f32>("exp(a)", 1)?;
+    let cold_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    // A fresh runtime: nothing loaded, so this is the path of the next process.
+    let t = Instant::now();
+    let fresh = Jit::with_clock(jit.config().clone(), jit.store().clock().clone())?;
+    let warm = fresh.elemwise::<f32>("exp(a)", 1)?;
+    let warm_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let t = Instant::now();
+    for _ in 0..iters {
+        kernel.call(&[&x], &mut r)?;
+    }
+    let loop_s = t.elapsed().as_secs_f64();
+
+    let max_rel_err = x
+        .iter()
+        .zip(&r)
+        .map(|(&xi, &ri)| {
+            let want = (xi as f64).exp();
+            ((ri as f64 - want) / want).abs()
+        })
+        .fold(0f64, f64::max);
+    let c = kernel.compiled();
+    Ok(DemoReport {
+        workload: format!("check1: exp over {VLEN} float32 values, {iters} times"),
+        n: VLEN,
+        iters,
+        compiledir: jit.store().compiledir().to_path_buf(),
+        kernel: "elemwise(arity=1, dtype=float32, expr=exp(a))".into(),
+        key: c.key.hex(),
+        cold_was_cached: c.hit,
+        cold_ms,
+        compile_ms: c.compile_ms,
+        warm_ms,
+        warm_hit: warm.compiled().hit,
+        loop_s,
+        elements_per_s: (VLEN * iters) as f64 / loop_s.max(1e-12),
+        device: format!("cpu: {}, 1 thread", crate::compile::host::cpu_name()),
+        max_rel_err,
+        result_head: r.iter().take(4).copied().collect(),
+        ok: max_rel_err <= MAX_REL_ERR && r.iter().all(|v| v.is_finite()),
+    })
+}
