@@ -253,8 +253,11 @@ impl Jit {
         Ok((material.key(), material, flags))
     }
 
-    fn fetch(&self, req: &SourceRequest) -> Result<Fetched> {
-        let (key, material, flags) = self.key_for(req)?;
+    fn fetch(
+        &self,
+        req: &SourceRequest,
+        (key, material, flags): (Key, KeyMaterial, Vec<String>),
+    ) -> Result<Fetched> {
         let tool = self.host_tool(req.language)?;
         let source_file = req.language.source_file();
         self.store.get_or_build(&key, &mut |dir| {
@@ -279,7 +282,9 @@ impl Jit {
     /// Compiles through the cache and returns the artifact's path, without loading it.
     pub fn build(&self, req: &SourceRequest) -> Result<CacheOutcome> {
         let start = Instant::now();
-        let f = self.fetch(req)?;
+        let mut f = self.fetch(req, self.key_for(req)?)?;
+        // The caller gets a path to hand on: a private build must outlive this call.
+        f.keep_private();
         Ok(CacheOutcome {
             key: f.key,
             path: f.artifact_path(),
@@ -295,7 +300,8 @@ impl Jit {
     /// loaded by this `Jit`).
     pub fn compile(&self, req: &SourceRequest) -> Result<Compiled> {
         let start = Instant::now();
-        let key = self.key_for(req)?.0;
+        let derived = self.key_for(req)?;
+        let key = derived.0;
         let slot: Slot = Arc::clone(self.loaded.lock().unwrap().entry(key).or_default());
         // One thread per key loads; the others wait here, then find it loaded.
         let mut loaded = slot.lock().unwrap();
@@ -312,7 +318,7 @@ impl Jit {
                 lib: Arc::clone(lib),
             });
         }
-        let fetched = self.fetch(req)?;
+        let fetched = self.fetch(req, derived)?;
         let path = fetched.artifact_path();
         // Loaded while `fetched` holds the key's lock: nobody can remove or replace the
         // file between the hash check and the dlopen.

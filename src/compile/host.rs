@@ -121,7 +121,16 @@ pub fn resolve(lang: Language, config: &Config, toolchains_dir: Option<&Path>) -
 }
 
 fn read_record(path: &Path, inputs: &str, config: &Config) -> Option<HostTool> {
-    let bytes = std::fs::read(path).ok()?;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    // The record names a program xcache runs: only trust one that nobody else could
+    // have written.
+    if let Some(why) = crate::store::entry::untrusted("toolchain record", &file.metadata().ok()?) {
+        log::warn!("ignoring {}: {why}", path.display());
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
     let rec: ToolRecord = serde_json::from_slice(&bytes).ok()?;
     if rec.inputs != inputs {
         return None;

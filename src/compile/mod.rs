@@ -184,6 +184,25 @@ impl SourceRequest {
                 )));
             }
         }
+        // The compiler runs in the entry's staging directory, so a relative search path
+        // would point into it; and what it points at is not in the key.
+        let path_flags = ["-I", "-iquote", "-isystem", "-idirafter", "-include", "-L"];
+        for (i, f) in self.flags.iter().enumerate() {
+            for pf in path_flags {
+                if let Some(rest) = f.strip_prefix(pf) {
+                    let path = if rest.is_empty() {
+                        self.flags.get(i + 1).map(String::as_str).unwrap_or("")
+                    } else {
+                        rest
+                    };
+                    if !path.starts_with('/') {
+                        return Err(Error::InvalidRequest(format!(
+                            "flag {f:?} names the relative path {path:?}, which would be looked up in xcache's build directory. Fix: give an absolute path, or pass the header itself as an extra input (`--include`), which also puts its content in the key"
+                        )));
+                    }
+                }
+            }
+        }
         let reserved = [
             self.language.source_file(),
             crate::store::entry::ARTIFACT_FILE,
@@ -234,6 +253,15 @@ mod tests {
             let r = SourceRequest::new(Language::C, "").flag(f);
             assert!(r.validate().is_err(), "{f:?}");
         }
+        for f in ["-I", "-Iinc", "-isystem", "-includex.h"] {
+            let r = SourceRequest::new(Language::C, "").flag(f).flag("rel");
+            assert!(r.validate().is_err(), "{f:?}");
+        }
+        let r = SourceRequest::new(Language::C, "")
+            .flag("-I")
+            .flag("/abs/inc")
+            .flag("-I/usr/include/x");
+        assert!(r.validate().is_ok());
         for f in ["-O2", "-march=native", "-DN=4", "-ffast-math", "-lm"] {
             let r = SourceRequest::new(Language::C, "").flag(f);
             assert!(r.validate().is_ok(), "{f:?}");

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::clock::unix_secs;
 use crate::error::{IoContext, Result};
-use crate::store::entry::{self, Corruption};
+use crate::store::entry::{self, VerifyError};
 use crate::store::key::Key;
 use crate::store::Store;
 
@@ -88,8 +88,11 @@ pub fn list(store: &Store) -> Result<Vec<EntryRow>> {
     Ok(rows)
 }
 
-fn describe(c: &Corruption) -> String {
-    format!("corrupt: {c}")
+fn describe(e: &VerifyError) -> String {
+    match e {
+        VerifyError::Corrupt(c) => format!("corrupt: {c}"),
+        VerifyError::Io(p, e) => format!("unreadable: {}: {e}", p.display()),
+    }
 }
 
 fn dir_size(dir: &std::path::Path) -> u64 {

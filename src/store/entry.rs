@@ -52,11 +52,13 @@ pub struct EntryMeta {
     pub key_material: KeyMaterial,
 }
 
-/// Why an entry cannot be used.
+/// Why an entry cannot be used. Every variant means the entry itself is bad (it is
+/// quarantined and rebuilt); a failure to *read* it for reasons of this process
+/// (EMFILE, EIO, ...) is a [`VerifyError::Io`] instead, and leaves the entry alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Corruption {
-    /// `entry.json` is missing or cannot be read.
-    Unreadable(String),
+    /// `entry.json` is missing.
+    MissingMetadata,
     /// `entry.json` is not valid metadata.
     BadMetadata(String),
     /// Metadata names another key than the directory.
@@ -70,12 +72,15 @@ pub enum Corruption {
         /// What the file has.
         actual: String,
     },
+    /// The entry or its artifact is owned by another user or writable by others:
+    /// someone else could have put code there.
+    Untrusted(String),
 }
 
 impl std::fmt::Display for Corruption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Corruption::Unreadable(e) => write!(f, "{ENTRY_FILE} unreadable: {e}"),
+            Corruption::MissingMetadata => write!(f, "{ENTRY_FILE} is missing"),
             Corruption::BadMetadata(e) => write!(f, "{ENTRY_FILE} is not valid: {e}"),
             Corruption::WrongKey(k) => write!(f, "{ENTRY_FILE} belongs to key {k}"),
             Corruption::MissingArtifact => write!(f, "{ARTIFACT_FILE} is missing"),
@@ -83,46 +88,97 @@ impl std::fmt::Display for Corruption {
                 f,
                 "{ARTIFACT_FILE} does not match its recorded hash (expected {expected}, found {actual})"
             ),
+            Corruption::Untrusted(why) => write!(f, "{why}"),
         }
+    }
+}
+
+/// The outcome of checking an entry that is not a clean pass.
+#[derive(Debug)]
+pub enum VerifyError {
+    /// The entry is bad.
+    Corrupt(Corruption),
+    /// It could not be read (the error is this process's, not the entry's).
+    Io(std::path::PathBuf, std::io::Error),
+}
+
+impl From<Corruption> for VerifyError {
+    fn from(c: Corruption) -> Self {
+        VerifyError::Corrupt(c)
     }
 }
 
 /// blake3 and size of a file.
 pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    hash_open_file(&File::open(path)?)
+}
+
+fn hash_open_file(f: &File) -> std::io::Result<(String, u64)> {
     let mut h = blake3::Hasher::new();
-    let f = File::open(path)?;
-    let n = std::io::copy(&mut &f, &mut h)?;
+    let n = std::io::copy(&mut &*f, &mut h)?;
     Ok((h.finalize().to_hex().to_string(), n))
 }
 
+/// Why a file or directory with this owner and mode must not be trusted, if it must not.
+pub fn untrusted(what: &str, md: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if md.uid() != euid {
+        Some(format!("{what} is owned by uid {}, not by you", md.uid()))
+    } else if md.mode() & 0o022 != 0 {
+        Some(format!(
+            "{what} is writable by group or others (mode {:03o})",
+            md.mode() & 0o777
+        ))
+    } else {
+        None
+    }
+}
+
 /// Reads and parses an entry's metadata, checking it names `key`.
-pub fn read_meta(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, Corruption> {
-    let bytes =
-        std::fs::read(dir.join(ENTRY_FILE)).map_err(|e| Corruption::Unreadable(e.to_string()))?;
+pub fn read_meta(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
+    let path = dir.join(ENTRY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Corruption::MissingMetadata.into())
+        }
+        Err(e) => return Err(VerifyError::Io(path, e)),
+    };
     let meta: EntryMeta =
         serde_json::from_slice(&bytes).map_err(|e| Corruption::BadMetadata(e.to_string()))?;
     if meta.key != key.hex() {
-        return Err(Corruption::WrongKey(meta.key));
+        return Err(Corruption::WrongKey(meta.key).into());
     }
     if meta.artifact.file.contains('/') || meta.artifact.file.starts_with('.') {
         return Err(Corruption::BadMetadata(format!(
             "artifact file name {:?} is not a plain name",
             meta.artifact.file
-        )));
+        ))
+        .into());
     }
     Ok(meta)
 }
 
-/// Full check of an entry: metadata, then the artifact's size and blake3.
-pub fn verify(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, Corruption> {
+/// Full check of an entry: metadata, the artifact's owner and mode, its size and blake3.
+pub fn verify(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
     let meta = read_meta(dir, key)?;
-    let (hash, size) = match hash_file(&dir.join(&meta.artifact.file)) {
-        Ok(v) => v,
+    let path = dir.join(&meta.artifact.file);
+    let file = match File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Corruption::MissingArtifact)
+            return Err(Corruption::MissingArtifact.into())
         }
-        Err(e) => return Err(Corruption::Unreadable(e.to_string())),
+        Err(e) => return Err(VerifyError::Io(path, e)),
     };
+    let md = file
+        .metadata()
+        .map_err(|e| VerifyError::Io(path.clone(), e))?;
+    if let Some(why) = untrusted(ARTIFACT_FILE, &md) {
+        return Err(Corruption::Untrusted(why).into());
+    }
+    let (hash, size) = hash_open_file(&file).map_err(|e| VerifyError::Io(path.clone(), e))?;
     if size != meta.artifact.size || hash != meta.artifact.blake3 {
         return Err(Corruption::HashMismatch {
             expected: format!(
@@ -131,16 +187,28 @@ pub fn verify(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, Corruptio
                 &meta.artifact.blake3[..16.min(meta.artifact.blake3.len())]
             ),
             actual: format!("{size} bytes, {}", &hash[..16]),
-        });
+        }
+        .into());
     }
     Ok(meta)
+}
+
+/// Creates (truncates) a file with mode 0644, whatever the umask allows beyond that.
+pub fn create_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)
 }
 
 /// Writes `entry.json` into a staging directory and fsyncs it.
 pub fn write_meta(dir: &Path, meta: &EntryMeta) -> Result<()> {
     let path = dir.join(ENTRY_FILE);
     let json = serde_json::to_vec_pretty(meta).expect("metadata serialises");
-    let mut f = File::create(&path).ctx("creating", &path)?;
+    let mut f = create_file(&path).ctx("creating", &path)?;
     f.write_all(&json).ctx("writing", &path)?;
     f.sync_all().ctx("syncing", &path)?;
     Ok(())
@@ -164,11 +232,15 @@ pub fn touch_last_use(dir: &Path, now: SystemTime, resolution: Duration) -> bool
             Ok(_) => {}
         }
     }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path);
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o644)
+            .open(&path)
+    };
     match f {
         Ok(f) => f.set_modified(now).is_ok(),
         Err(_) => false,

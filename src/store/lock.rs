@@ -52,9 +52,28 @@ impl LockGuard {
         self.mode
     }
 
-    /// True when the lock could not be taken because the cache is read-only.
-    pub fn is_unlocked_read_only(&self) -> bool {
+    /// True when no lock is held: the cache is read-only (or full), or the build is
+    /// private.
+    pub fn is_unlocked(&self) -> bool {
         self.file.is_none()
+    }
+
+    /// A guard that holds nothing, for builds outside the cache.
+    pub(crate) fn none(path: &Path) -> LockGuard {
+        LockGuard {
+            file: None,
+            path: path.to_path_buf(),
+            mode: LockMode::Exclusive,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Whether the locked file is still the one at the path (for tests of the
+    /// delete-under-lock rule).
+    pub fn holds_live_file(&self) -> bool {
+        self.file
+            .as_ref()
+            .is_some_and(|f| same_inode(f, &self.path))
     }
 }
 
@@ -73,7 +92,7 @@ fn open_lock_file(path: &Path, mode: LockMode) -> Result<Option<File>> {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = path.parent() {
-                match std::fs::create_dir_all(parent) {
+                match super::mkdir_p(parent) {
                     Ok(()) => {
                         return opts
                             .open(path)
@@ -98,10 +117,31 @@ fn open_lock_file(path: &Path, mode: LockMode) -> Result<Option<File>> {
     }
 }
 
+/// Errors after which a *reader* may go on without a lock: the cache is read-only or
+/// full, so no xcache can be writing to it either.
 fn is_read_only(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
+        Some(libc::EROFS)
+            | Some(libc::EACCES)
+            | Some(libc::EPERM)
+            | Some(libc::ENOSPC)
+            | Some(libc::EDQUOT)
+    )
+}
+
+/// How often the lock file may be replaced under us before we give up. Each round
+/// means another process deleted it between our open and our lock: a handful at most
+/// in practice, unbounded only when stat keeps failing (ESTALE on NFS).
+const MAX_LOCK_ATTEMPTS: usize = 64;
+
+fn replaced_too_often(path: &Path) -> Error {
+    Error::io(
+        "locking",
+        path,
+        std::io::Error::other(format!(
+            "the lock file was replaced {MAX_LOCK_ATTEMPTS} times while acquiring it (is the file system NFS without locking?)"
+        )),
     )
 }
 
@@ -151,7 +191,7 @@ pub fn lock_exclusive(path: &Path, on_wait: &mut dyn FnMut(Option<&str>)) -> Res
 
 /// Takes an exclusive lock if nobody holds one; `None` if busy.
 pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockGuard>> {
-    loop {
+    for _ in 0..MAX_LOCK_ATTEMPTS {
         let Some(mut file) = open_lock_file(path, LockMode::Exclusive)? else {
             unreachable!("exclusive opens never degrade to unlocked")
         };
@@ -171,6 +211,7 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockGuard>> {
             waited: Duration::ZERO,
         }));
     }
+    Err(replaced_too_often(path))
 }
 
 fn acquire(
@@ -180,7 +221,7 @@ fn acquire(
 ) -> Result<LockGuard> {
     let mut waited = Duration::ZERO;
     let mut told = false;
-    loop {
+    for _ in 0..MAX_LOCK_ATTEMPTS {
         let Some(mut file) = open_lock_file(path, mode)? else {
             return Ok(LockGuard {
                 file: None,
@@ -225,6 +266,7 @@ fn acquire(
             waited,
         });
     }
+    Err(replaced_too_often(path))
 }
 
 #[cfg(test)]
@@ -279,16 +321,29 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_lock_file_is_not_trusted() {
+    fn a_lock_on_a_deleted_file_is_retried_on_the_live_one() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.lock");
-        let g = lock_exclusive(&p, &mut |_| {}).unwrap();
-        // GC deletes the file while holding it; a new locker must get a lock on a new
-        // file, and that must exclude a third party.
+        let a = lock_exclusive(&p, &mut |_| {}).unwrap();
+        // B opens the current file and blocks on it.
+        let (blocked_tx, blocked_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let p2 = p.clone();
+        let b = std::thread::spawn(move || {
+            let g = lock_exclusive(&p2, &mut |_| blocked_tx.send(()).unwrap()).unwrap();
+            done_tx.send(g.holds_live_file()).unwrap();
+        });
+        blocked_rx.recv().unwrap();
+        // A collector deletes the file while holding it; C locks the new file.
         std::fs::remove_file(&p).unwrap();
-        let g2 = try_lock_exclusive(&p).unwrap().expect("new file is free");
-        assert!(try_lock_exclusive(&p).unwrap().is_none());
-        drop(g);
-        drop(g2);
+        let c = try_lock_exclusive(&p)
+            .unwrap()
+            .expect("the new file is free");
+        drop(a);
+        // B wakes holding the deleted inode: it must notice, move to the live file and
+        // wait for C there, so it holds a lock only on the live file.
+        drop(c);
+        assert!(done_rx.recv().unwrap(), "B's lock is on a deleted file");
+        b.join().unwrap();
     }
 }

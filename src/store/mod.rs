@@ -50,6 +50,12 @@
 //! A failed compile publishes nothing: its staging directory is renamed to
 //! `tmp/failed-…` with the source and the compiler's output, and the error names it.
 //!
+//! **Cache faults.** If the cache cannot be written (read-only, full, permission
+//! denied), a miss compiles into a private temporary directory outside the cache
+//! instead, with one warning: the caller gets its library, the cache is left as it was.
+//! A failure to *read* an entry for reasons of this process (too many open files, EIO)
+//! is an error, never a reason to quarantine a good entry.
+//!
 //! # Invariants
 //!
 //! - Every directory under `entries/` is complete: it appears by one atomic rename after
@@ -74,9 +80,12 @@
 //!
 //! # Trust
 //!
-//! dlopen runs code. The base dir and the compiledir must be owned by the current user
-//! and not writable by group or others; otherwise [`Store::open`] refuses them with an
-//! error naming the directory and the fix.
+//! dlopen runs code. The base dir, the compiledir, and its `entries/` and `toolchains/`
+//! must be owned by the current user and not writable by group or others; otherwise
+//! [`Store::open`] refuses them with an error naming the directory and the fix. Every
+//! directory xcache creates is 0755 and every file 0644 whatever the umask allows, and
+//! on a hit the entry directory and the artifact are checked the same way (from the
+//! `stat` and `fstat` the hit makes anyway): a planted entry is quarantined, not loaded.
 
 pub mod entry;
 pub mod key;
@@ -84,7 +93,7 @@ pub mod lock;
 
 use std::fs::{self, DirBuilder, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -95,8 +104,8 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{unix_secs, Clock, SystemClock};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
-use crate::platform::{CompiledirFormat, Platform, LAYOUT_VERSION};
-use entry::{Artifact, EntryMeta, ARTIFACT_FILE, LAST_USE_FILE};
+use crate::platform::{check_runtime_tag, CompiledirFormat, Platform, LAYOUT_VERSION};
+use entry::{Artifact, EntryMeta, VerifyError, ARTIFACT_FILE, LAST_USE_FILE};
 use key::{Key, KeyMaterial};
 use lock::LockGuard;
 
@@ -142,16 +151,18 @@ pub struct Built {
 pub struct Fetched {
     /// The key.
     pub key: Key,
-    /// The entry directory.
+    /// The entry directory (a private temporary directory if the cache could not be
+    /// written; see [`Fetched::is_private`]).
     pub dir: PathBuf,
     /// Its metadata.
     pub meta: EntryMeta,
     /// True if it was in the cache; false if this call compiled it.
     pub hit: bool,
-    /// Cache faults that were repaired along the way (e.g. a quarantined entry).
+    /// Cache faults that were repaired or worked around along the way.
     pub warnings: Vec<String>,
     /// Time spent waiting for other processes' locks.
     pub lock_wait: Duration,
+    private: Option<tempfile::TempDir>,
     _guard: LockGuard,
 }
 
@@ -159,6 +170,20 @@ impl Fetched {
     /// The shared object.
     pub fn artifact_path(&self) -> PathBuf {
         self.dir.join(&self.meta.artifact.file)
+    }
+
+    /// True when the artifact lives in a private temporary directory (removed when
+    /// this is dropped) because the cache could not be written.
+    pub fn is_private(&self) -> bool {
+        self.private.is_some()
+    }
+
+    /// Keeps a private temporary directory after drop (for callers that hand the path
+    /// on). No effect on cache entries.
+    pub fn keep_private(&mut self) {
+        if let Some(d) = self.private.take() {
+            let _ = d.keep();
+        }
     }
 }
 
@@ -172,7 +197,12 @@ pub struct Store {
     last_use_resolution: Duration,
 }
 
-static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates a directory and its parents with mode 0755 (never wider, whatever the umask).
+pub fn mkdir_p(path: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o755).create(path)
+}
 
 impl Store {
     /// Opens (creating if needed) the current compiledir under the configured base dir.
@@ -183,6 +213,13 @@ impl Store {
     /// Like [`Store::open`] with an injected clock.
     pub fn open_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Store> {
         let base = config.base_dir()?;
+        // The fields are public: check again what reaches a path.
+        check_runtime_tag(&config.runtime_tag).map_err(|m| {
+            Error::Config(format!(
+                "runtime_tag {:?}: expected {m}",
+                config.runtime_tag
+            ))
+        })?;
         let platform = Platform::detect(&config.runtime_tag);
         let format = CompiledirFormat::parse(&config.compiledir_format)
             .map_err(|m| Error::Config(format!("compiledir_format: {m}")))?;
@@ -246,11 +283,7 @@ impl Store {
         let base = &self.base;
         let fresh = !base.exists();
         if fresh {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(base)
-                .ctx("creating cache directory", base)?;
+            mkdir_p(base).ctx("creating cache directory", base)?;
         }
         check_trusted(base)?;
         let tag = base.join("CACHEDIR.TAG");
@@ -269,36 +302,59 @@ impl Store {
 
     fn ensure_compiledir(&self) -> Result<()> {
         let dir = &self.compiledir;
-        if dir.join(COMPILEDIR_FILE).exists() {
-            return check_trusted(dir);
+        if !dir.join(COMPILEDIR_FILE).exists() {
+            mkdir_p(dir).ctx("creating compiledir", dir)?;
+            check_trusted(dir)?;
+            for sub in ["entries", "locks", "tmp", "quarantine", "toolchains"] {
+                let p = dir.join(sub);
+                mkdir_p(&p).ctx("creating directory", &p)?;
+            }
+            let meta = CompiledirMeta {
+                layout: LAYOUT_VERSION,
+                platform: self.platform.clone(),
+                created: unix_secs(self.clock.now()),
+                created_by: format!("xcache {}", env!("CARGO_PKG_VERSION")),
+            };
+            let json = serde_json::to_vec_pretty(&meta).expect("serialises");
+            write_atomic(&dir.join(COMPILEDIR_FILE), &json)?;
+            entry::touch_last_use(dir, self.clock.now(), Duration::ZERO);
         }
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .ctx("creating compiledir", dir)?;
+        // What is loaded or run comes from these: the same rules as the base dir.
         check_trusted(dir)?;
-        for sub in ["entries", "locks", "tmp", "quarantine", "toolchains"] {
-            let p = dir.join(sub);
-            fs::create_dir_all(&p).ctx("creating directory", &p)?;
-        }
-        let meta = CompiledirMeta {
-            layout: LAYOUT_VERSION,
-            platform: self.platform.clone(),
-            created: unix_secs(self.clock.now()),
-            created_by: format!("xcache {}", env!("CARGO_PKG_VERSION")),
-        };
-        let json = serde_json::to_vec_pretty(&meta).expect("serialises");
-        write_atomic(&dir.join(COMPILEDIR_FILE), &json)?;
-        entry::touch_last_use(dir, self.clock.now(), Duration::ZERO);
-        Ok(())
+        check_trusted(&dir.join("entries"))?;
+        check_trusted(&dir.join("toolchains"))
     }
 
     /// Returns the entry for `key`, building it with `build` if it is missing or corrupt.
     ///
     /// `build` gets an empty staging directory; it must leave the source and
-    /// [`ARTIFACT_FILE`] there. It runs at most once, under the key's exclusive lock.
+    /// [`ARTIFACT_FILE`] there. It runs under the key's exclusive lock, once; a second
+    /// time only if the cache turns out not to be writable (into a private directory).
     pub fn get_or_build(
+        &self,
+        key: &Key,
+        build: &mut dyn FnMut(&Path) -> Result<Built>,
+    ) -> Result<Fetched> {
+        match self.get_or_build_cached(key, build) {
+            // A compiler that fails because the cache's disk is full (the linker's
+            // "No space left on device") is a cache fault too.
+            Err(e)
+                if is_cache_fault(&e)
+                    || (matches!(e, Error::Compile(_)) && nearly_full(&self.compiledir)) =>
+            {
+                let w = format!(
+                    "the cache cannot be written ({e}); compiled into a private temporary directory instead"
+                );
+                log::warn!("{w}");
+                let mut f = self.build_private(key, build)?;
+                f.warnings.push(w);
+                Ok(f)
+            }
+            r => r,
+        }
+    }
+
+    fn get_or_build_cached(
         &self,
         key: &Key,
         build: &mut dyn FnMut(&Path) -> Result<Built>,
@@ -309,35 +365,10 @@ impl Store {
         let mut lock_wait = Duration::ZERO;
 
         // Hit: shared lock, verify.
-        if dir.exists() {
+        if let Ok(md) = fs::symlink_metadata(&dir) {
             let guard = lock::lock_shared(&lock_path)?;
             lock_wait += guard.waited();
-            if let Ok(meta) = entry::verify(&dir, key) {
-                self.record_use(&dir);
-                return Ok(Fetched {
-                    key: *key,
-                    dir,
-                    meta,
-                    hit: true,
-                    warnings,
-                    lock_wait,
-                    _guard: guard,
-                });
-            }
-            // Corrupt: repaired below under the exclusive lock.
-        }
-
-        // Miss: exclusive lock, look again.
-        let short = &key.hex()[..16];
-        let guard = lock::lock_exclusive(&lock_path, &mut |holder| {
-            log::info!(
-                "waiting for the lock on {short} held by {}",
-                holder.unwrap_or("another process")
-            )
-        })?;
-        lock_wait += guard.waited();
-        if dir.exists() {
-            match entry::verify(&dir, key) {
+            match self.check_entry(&dir, &md, key) {
                 Ok(meta) => {
                     self.record_use(&dir);
                     return Ok(Fetched {
@@ -347,15 +378,50 @@ impl Store {
                         hit: true,
                         warnings,
                         lock_wait,
+                        private: None,
                         _guard: guard,
                     });
                 }
-                Err(corruption) => {
-                    let moved = self.quarantine(key, &dir)?;
-                    let w = format!(
-                        "corrupt cache entry {short}… ({corruption}): moved to {} and rebuilt",
-                        moved.display()
-                    );
+                Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+                Err(VerifyError::Corrupt(_)) => {} // repaired below, under the exclusive lock
+            }
+        }
+
+        // Miss: exclusive lock, look again.
+        let short = &key.hex()[..16];
+        let guard = lock::lock_exclusive(&lock_path, &mut |holder| {
+            log::warn!(
+                "waiting for the lock on {short}… held by {}",
+                holder.unwrap_or("another process")
+            )
+        })?;
+        lock_wait += guard.waited();
+        if let Ok(md) = fs::symlink_metadata(&dir) {
+            match self.check_entry(&dir, &md, key) {
+                Ok(meta) => {
+                    self.record_use(&dir);
+                    return Ok(Fetched {
+                        key: *key,
+                        dir,
+                        meta,
+                        hit: true,
+                        warnings,
+                        lock_wait,
+                        private: None,
+                        _guard: guard,
+                    });
+                }
+                Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+                Err(VerifyError::Corrupt(corruption)) => {
+                    let w = match self.quarantine(key, &dir)? {
+                        Some(moved) => format!(
+                            "corrupt cache entry {short}… ({corruption}): moved to {} and rebuilt",
+                            moved.display()
+                        ),
+                        None => format!(
+                            "corrupt cache entry {short}… ({corruption}): removed and rebuilt"
+                        ),
+                    };
                     log::warn!("{w}");
                     warnings.push(w);
                 }
@@ -363,12 +429,15 @@ impl Store {
         }
 
         let staging = self.new_staging(key)?;
-        let built = match build(&staging) {
+        let built = match build(staging.path()) {
             Ok(b) => b,
-            Err(e) => return Err(self.keep_failed(&staging, e)),
+            Err(e) => return Err(keep_failed(staging, e)),
         };
-        let meta = self.seal(&staging, key, built)?;
-        publish(&staging, &dir)?;
+        pause_point("compiled");
+        let meta = seal(staging.path(), key, built, self.clock.now())?;
+        pause_point("sealed");
+        publish(staging, &dir)?;
+        pause_point("published");
         Ok(Fetched {
             key: *key,
             dir,
@@ -376,7 +445,62 @@ impl Store {
             hit: false,
             warnings,
             lock_wait,
+            private: None,
             _guard: guard,
+        })
+    }
+
+    /// An entry directory passes when it is a real directory of ours, not writable by
+    /// others, with valid metadata and an artifact whose hash matches.
+    fn check_entry(
+        &self,
+        dir: &Path,
+        md: &fs::Metadata,
+        key: &Key,
+    ) -> std::result::Result<EntryMeta, VerifyError> {
+        if !md.is_dir() {
+            return Err(entry::Corruption::Untrusted("the entry is not a directory".into()).into());
+        }
+        if let Some(why) = entry::untrusted("the entry directory", md) {
+            return Err(entry::Corruption::Untrusted(why).into());
+        }
+        entry::verify(dir, key)
+    }
+
+    /// Builds into a private temporary directory outside the cache.
+    fn build_private(
+        &self,
+        key: &Key,
+        build: &mut dyn FnMut(&Path) -> Result<Built>,
+    ) -> Result<Fetched> {
+        let tmp = tempfile::Builder::new()
+            .prefix("xcache-private-")
+            .tempdir()
+            .map_err(|e| {
+                Error::io(
+                    "creating a private build directory in",
+                    std::env::temp_dir(),
+                    e,
+                )
+            })?;
+        let built = match build(tmp.path()) {
+            Ok(b) => b,
+            Err(e) => {
+                // Keep the source of a failed compile: the error points at it.
+                let _ = tmp.keep();
+                return Err(e);
+            }
+        };
+        let meta = seal(tmp.path(), key, built, self.clock.now())?;
+        Ok(Fetched {
+            key: *key,
+            dir: tmp.path().to_path_buf(),
+            meta,
+            hit: false,
+            warnings: Vec::new(),
+            lock_wait: Duration::ZERO,
+            private: Some(tmp),
+            _guard: LockGuard::none(&self.lock_path(key)),
         })
     }
 
@@ -387,104 +511,38 @@ impl Store {
         }
     }
 
-    fn new_staging(&self, key: &Key) -> Result<PathBuf> {
+    fn new_staging(&self, key: &Key) -> Result<tempfile::TempDir> {
         let tmp = self.compiledir.join("tmp");
-        fs::create_dir_all(&tmp).ctx("creating directory", &tmp)?;
-        let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = tmp.join(format!(
-            "build-{}-{}-{n}",
-            &key.hex()[..16],
-            std::process::id()
-        ));
-        if dir.exists() {
-            // Left by a crashed process that had our pid: nothing else can be using it.
-            fs::remove_dir_all(&dir).ctx("removing stale staging directory", &dir)?;
-        }
-        fs::create_dir(&dir).ctx("creating staging directory", &dir)?;
-        Ok(dir)
+        mkdir_p(&tmp).ctx("creating directory", &tmp)?;
+        // A fresh random name: never another builder's directory, even on a file
+        // system without working locks.
+        tempfile::Builder::new()
+            .prefix(&format!("build-{}-", &key.hex()[..16]))
+            .tempdir_in(&tmp)
+            .ctx("creating a staging directory in", &tmp)
     }
 
-    /// Renames a failed build's staging directory to `tmp/failed-…` and points the
-    /// error at the kept files.
-    fn keep_failed(&self, staging: &Path, err: Error) -> Error {
-        let name = staging
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .replacen("build-", "failed-", 1);
-        let kept = staging.with_file_name(name);
-        let _ = fs::remove_dir_all(&kept);
-        if fs::rename(staging, &kept).is_err() {
-            return err;
-        }
-        match err {
-            Error::Compile(mut ce) => {
-                if let Ok(rel) = ce.kept_source.strip_prefix(staging) {
-                    ce.kept_source = kept.join(rel);
-                }
-                ce.workdir = kept.clone();
-                let _ = fs::write(kept.join("compiler-output.txt"), &ce.output);
-                Error::Compile(ce)
-            }
-            other => other,
-        }
-    }
-
-    /// Hashes the artifact, writes `last-use` and `entry.json`, syncs everything.
-    fn seal(&self, staging: &Path, key: &Key, built: Built) -> Result<EntryMeta> {
-        let artifact = staging.join(ARTIFACT_FILE);
-        let (blake3, size) = entry::hash_file(&artifact).ctx("hashing", &artifact)?;
-        for name in fs::read_dir(staging).ctx("reading", staging)? {
-            let p = name.ctx("reading", staging)?.path();
-            if p.is_file() {
-                File::open(&p)
-                    .and_then(|f| f.sync_all())
-                    .ctx("syncing", &p)?;
-            }
-        }
-        let now = self.clock.now();
-        let meta = EntryMeta {
-            format: LAYOUT_VERSION,
-            key: key.hex(),
-            source_name: built.source_name,
-            source_file: built.source_file,
-            artifact: Artifact {
-                file: ARTIFACT_FILE.into(),
-                blake3,
-                size,
-            },
-            created: unix_secs(now),
-            compile_ms: built.compile_time.as_millis() as u64,
-            compiler_output: built.compiler_output,
-            key_material: built.key_material,
-        };
-        let last_use = staging.join(LAST_USE_FILE);
-        File::create(&last_use)
-            .and_then(|f| {
-                f.set_modified(now)?;
-                f.sync_all()
-            })
-            .ctx("writing", &last_use)?;
-        entry::write_meta(staging, &meta)?;
-        sync_dir(staging)?;
-        Ok(meta)
-    }
-
-    /// Moves a corrupt entry aside. Called under the key's exclusive lock.
-    fn quarantine(&self, key: &Key, dir: &Path) -> Result<PathBuf> {
+    /// Moves a corrupt entry aside; `None` if it had to be removed instead. Called
+    /// under the key's exclusive lock.
+    fn quarantine(&self, key: &Key, dir: &Path) -> Result<Option<PathBuf>> {
         let qdir = self.compiledir.join("quarantine");
-        fs::create_dir_all(&qdir).ctx("creating directory", &qdir)?;
+        mkdir_p(&qdir).ctx("creating directory", &qdir)?;
         let dest = qdir.join(format!(
-            "{}-{}-{}",
+            "{}-{}-{}-{}",
             key.hex(),
             unix_secs(self.clock.now()),
-            std::process::id()
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         match fs::rename(dir, &dest) {
-            Ok(()) => Ok(dest),
+            Ok(()) => Ok(Some(dest)),
             Err(_) => {
-                fs::remove_dir_all(dir).ctx("removing corrupt entry", dir)?;
-                Ok(dir.to_path_buf())
+                if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+                    fs::remove_dir_all(dir).ctx("removing corrupt entry", dir)?;
+                } else {
+                    fs::remove_file(dir).ctx("removing corrupt entry", dir)?;
+                }
+                Ok(None)
             }
         }
     }
@@ -493,6 +551,100 @@ impl Store {
     pub fn compiledir_meta(&self) -> Result<CompiledirMeta> {
         read_compiledir_meta(&self.compiledir)
     }
+}
+
+/// True when the file system holding `dir` has less than 1 MiB left for this user.
+fn nearly_full(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(c.as_ptr(), &mut st) == 0
+            && (st.f_bavail as u128) * (st.f_frsize as u128) < (1 << 20)
+    }
+}
+
+/// Errors that mean "the cache cannot be written", after which compiling privately
+/// still works.
+fn is_cache_fault(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::EROFS)
+                | Some(libc::EACCES)
+                | Some(libc::EPERM)
+                | Some(libc::ENOSPC)
+                | Some(libc::EDQUOT)
+        ),
+        _ => false,
+    }
+}
+
+/// Renames a failed build's staging directory to `tmp/failed-…` and points the compile
+/// error at the kept files. Other errors just remove the staging directory.
+fn keep_failed(staging: tempfile::TempDir, err: Error) -> Error {
+    let Error::Compile(mut ce) = err else {
+        return err; // dropping `staging` removes it
+    };
+    let path = staging.keep();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .replacen("build-", "failed-", 1);
+    let kept = path.with_file_name(name);
+    if fs::rename(&path, &kept).is_err() {
+        let _ = fs::write(path.join("compiler-output.txt"), &ce.output);
+        return Error::Compile(ce);
+    }
+    if let Ok(rel) = ce.kept_source.strip_prefix(&path) {
+        ce.kept_source = kept.join(rel);
+    }
+    ce.workdir = kept.clone();
+    let _ = fs::write(kept.join("compiler-output.txt"), &ce.output);
+    Error::Compile(ce)
+}
+
+/// Hashes the artifact, writes `last-use` and `entry.json`, sets modes, syncs
+/// everything.
+fn seal(staging: &Path, key: &Key, built: Built, now: std::time::SystemTime) -> Result<EntryMeta> {
+    let artifact = staging.join(ARTIFACT_FILE);
+    let (blake3, size) = entry::hash_file(&artifact).ctx("hashing", &artifact)?;
+    let last_use = staging.join(LAST_USE_FILE);
+    entry::create_file(&last_use)
+        .and_then(|f| f.set_modified(now))
+        .ctx("writing", &last_use)?;
+    for name in fs::read_dir(staging).ctx("reading", staging)? {
+        let p = name.ctx("reading", staging)?.path();
+        if p.is_file() {
+            // The compiler creates files with the umask's idea of a mode.
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644))
+                .ctx("setting the mode of", &p)?;
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .ctx("syncing", &p)?;
+        }
+    }
+    let meta = EntryMeta {
+        format: LAYOUT_VERSION,
+        key: key.hex(),
+        source_name: built.source_name,
+        source_file: built.source_file,
+        artifact: Artifact {
+            file: ARTIFACT_FILE.into(),
+            blake3,
+            size,
+        },
+        created: unix_secs(now),
+        compile_ms: built.compile_time.as_millis() as u64,
+        compiler_output: built.compiler_output,
+        key_material: built.key_material,
+    };
+    entry::write_meta(staging, &meta)?;
+    sync_dir(staging)?;
+    Ok(meta)
 }
 
 /// Reads `compiledir.json` of a compiledir.
@@ -504,17 +656,22 @@ pub fn read_compiledir_meta(dir: &Path) -> Result<CompiledirMeta> {
 }
 
 /// Renames a sealed staging directory into place; "already there" is success.
-fn publish(staging: &Path, dest: &Path) -> Result<()> {
-    let parent = dest.parent().expect("entry dirs have a parent");
-    fs::create_dir_all(parent).ctx("creating directory", parent)?;
-    match fs::rename(staging, dest) {
-        Ok(()) => sync_dir(parent),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
-            // Someone published the same key without our lock (a file system without
-            // flock): the content is equivalent, keep theirs.
-            let _ = fs::remove_dir_all(staging);
+fn publish(staging: tempfile::TempDir, dest: &Path) -> Result<()> {
+    let fan = dest.parent().expect("entry dirs have a parent");
+    let new_fan = !fan.exists();
+    mkdir_p(fan).ctx("creating directory", fan)?;
+    match fs::rename(staging.path(), dest) {
+        Ok(()) => {
+            let _ = staging.keep(); // it is the entry now
+            sync_dir(fan)?;
+            if new_fan {
+                sync_dir(fan.parent().expect("fan dirs have a parent"))?;
+            }
             Ok(())
         }
+        // Someone published the same key without our lock (a file system without
+        // flock): the content is equivalent, keep theirs; dropping `staging` removes ours.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => Ok(()),
         Err(e) => Err(Error::io("publishing", dest, e)),
     }
 }
@@ -525,12 +682,17 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("syncing directory", dir)
 }
 
-/// Writes a file whole or not at all: temp file beside it, fsync, rename.
+/// Writes a file whole or not at all (mode 0644): temp file beside it, fsync, rename,
+/// fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let r = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -538,7 +700,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if r.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    r.ctx("writing", path)
+    r.ctx("writing", path)?;
+    match path.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+/// Test hook (debug builds only): with `__XCACHE_TEST_PAUSE=<point>:<dir>`, a build
+/// stops at `<point>` (`compiled`, `sealed`, `published`), writes the point's name to
+/// the FIFO `<dir>/started` and waits for a line on the FIFO `<dir>/release`. The
+/// crash tests kill a process there, at a known step of the protocol, without sleeping.
+fn pause_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if let Ok(spec) = std::env::var("__XCACHE_TEST_PAUSE") {
+        if let Some((p, dir)) = spec.split_once(':') {
+            if p == point {
+                let dir = Path::new(dir);
+                if let Ok(mut f) = fs::OpenOptions::new().write(true).open(dir.join("started")) {
+                    let _ = writeln!(f, "{point}");
+                }
+                let _ = fs::read_to_string(dir.join("release"));
+            }
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
 }
 
 /// Why a directory is not trusted, as (reason, fix); `None` if it is fine. Pure: takes
