@@ -374,3 +374,43 @@ fn runtime_tag_selects_another_compiledir() {
         tagged.key_for(&saxpy("rt")).unwrap().0
     );
 }
+
+#[test]
+fn entries_writable_by_others_are_not_loaded() {
+    let tc = TestCache::new();
+    for (tag, loosen) in [("dir", true), ("lib", false)] {
+        let first = Jit::new(tc.config()).unwrap().build(&saxpy(tag)).unwrap();
+        let target = if loosen {
+            first.path.parent().unwrap().to_path_buf()
+        } else {
+            first.path.clone()
+        };
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let c = Jit::new(tc.config()).unwrap().compile(&saxpy(tag)).unwrap();
+        assert!(
+            !c.hit,
+            "{tag}: an entry others could have written must not be loaded"
+        );
+        assert_eq!(c.warnings.len(), 1, "{tag}: {:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("writable by group or others"),
+            "{}",
+            c.warnings[0]
+        );
+        check_saxpy(*unsafe { c.symbol::<SaxpyFn>("saxpy") }.unwrap());
+    }
+}
+
+#[test]
+fn relative_include_paths_are_refused_with_the_fix() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let e = jit
+        .build(&saxpy("rel").flag("-Iinclude"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("relative path") && e.contains("--include"),
+        "{e}"
+    );
+}

@@ -298,3 +298,105 @@ fn a_waiting_process_gets_the_published_entry() {
     assert_eq!(first["path"], second["path"]);
     assert_complete(Path::new(first["path"].as_str().unwrap()).parent().unwrap());
 }
+
+/// SIGKILL at each step of the publish protocol (debug builds stop there on request):
+/// never a partial entry, and the next request succeeds.
+#[test]
+fn sigkill_at_every_protocol_step() {
+    for (point, published) in [("compiled", false), ("sealed", false), ("published", true)] {
+        let env = Env::new();
+        let src = env.source("k.c", point);
+        let child = env
+            .xcache(&["compile", src.to_str().unwrap(), "--json"])
+            .env(
+                "__XCACHE_TEST_PAUSE",
+                format!("{point}:{}", env.dir.path().display()),
+            )
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(File::open(env.path("started")).unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), point);
+        assert_eq!(
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) },
+            0
+        );
+        assert!(!child.wait_with_output().unwrap().status.success());
+
+        let entries = env.entry_dirs();
+        assert_eq!(
+            entries.len(),
+            usize::from(published),
+            "{point}: {entries:?}"
+        );
+        for e in &entries {
+            assert_complete(e);
+        }
+        let r = json_of(
+            &env.xcache(&[
+                "compile",
+                src.to_str().unwrap(),
+                "--symbol",
+                "saxpy",
+                "--json",
+            ])
+            .output()
+            .unwrap(),
+        );
+        assert_eq!(r["hit"], published, "{point}");
+        assert!(r["warnings"].as_array().unwrap().is_empty(), "{point}: {r}");
+        call_saxpy(Path::new(r["path"].as_str().unwrap()));
+        assert_eq!(env.entry_dirs().len(), 1);
+    }
+}
+
+/// A umask of 0 must not leave anything writable by others (the trust checks would
+/// refuse the cache, or worse, accept it).
+#[test]
+fn a_loose_umask_does_not_loosen_modes() {
+    let env = Env::new();
+    let src = env.source("k.c", "umask");
+    let mut cmd = env.xcache(&["compile", src.to_str().unwrap(), "--json"]);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let r = json_of(&cmd.output().unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    let mut checked = 0;
+    for e in walk(&env.base()) {
+        let mode = std::fs::symlink_metadata(&e).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o022,
+            0,
+            "{} has mode {:o}",
+            e.display(),
+            mode & 0o777
+        );
+        checked += 1;
+    }
+    assert!(checked > 10);
+    // And the cache is still accepted.
+    let again = json_of(
+        &env.xcache(&["compile", src.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(again["hit"], true);
+    assert_eq!(again["path"], r["path"]);
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}

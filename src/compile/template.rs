@@ -668,7 +668,8 @@ mod tests {
     #[test]
     fn bad_parameters_name_template_parameter_value_and_what_is_accepted() {
         let t = elemwise();
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 &[("dtype", "float16"), ("arity", "1"), ("expr", "a")],
                 &[

@@ -475,6 +475,7 @@ impl Store {
     ) -> Result<Fetched> {
         let tmp = tempfile::Builder::new()
             .prefix("xcache-private-")
+            .permissions(fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|e| {
                 Error::io(
@@ -518,6 +519,7 @@ impl Store {
         // system without working locks.
         tempfile::Builder::new()
             .prefix(&format!("build-{}-", &key.hex()[..16]))
+            .permissions(fs::Permissions::from_mode(0o755))
             .tempdir_in(&tmp)
             .ctx("creating a staging directory in", &tmp)
     }
