@@ -1,0 +1,465 @@
+//! The shipped C templates, compiled by a real compiler and checked against references
+//! computed in f64 (or exact integer arithmetic) on random inputs, at sizes 0, 1, odd
+//! and large.
+
+mod common;
+
+use common::TestCache;
+use xcache::kernels::Element;
+use xcache::{Jit, Request, TemplateRequest};
+
+/// splitmix64: reproducible inputs without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+const SIZES: [usize; 5] = [0, 1, 7, 1023, 100_003];
+
+trait Num: Element + PartialEq + std::fmt::Debug {
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    /// Tolerance relative to max(|want|, 1).
+    const TOL: f64;
+}
+
+impl Num for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    const TOL: f64 = 2e-5;
+}
+
+impl Num for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    const TOL: f64 = 1e-12;
+}
+
+fn close(got: f64, want: f64, tol: f64) -> bool {
+    if want.is_nan() {
+        return got.is_nan();
+    }
+    (got - want).abs() <= tol * want.abs().max(1.0)
+}
+
+type Ref = fn(&[f64]) -> f64;
+
+/// Expressions with their independent f64 references.
+const FLOAT_CASES: &[(&str, usize, Ref)] = &[
+    ("a*exp(b)+c", 3, |v| v[0] * v[1].exp() + v[2]),
+    ("exp(a)", 1, |v| v[0].exp()),
+    ("where(a > b, sqrt(abs(a)), -b) / (1 + c*c)", 3, |v| {
+        (if v[0] > v[1] {
+            v[0].abs().sqrt()
+        } else {
+            -v[1]
+        }) / (1.0 + v[2] * v[2])
+    }),
+    (
+        "tanh(a) - log(1 + b*b) + pow(abs(c), 0.5) + min(a, b) - max(b, c)",
+        3,
+        |v| {
+            v[0].tanh() - (1.0 + v[1] * v[1]).ln() + v[2].abs().powf(0.5) + v[0].min(v[1])
+                - v[1].max(v[2])
+        },
+    ),
+    ("sin(a)*cos(b) - (a <= b) + (a != b)*2", 2, |v| {
+        v[0].sin() * v[1].cos() - f64::from(u8::from(v[0] <= v[1]))
+            + 2.0 * f64::from(u8::from(v[0] != v[1]))
+    }),
+    ("a + b*c - d/(1 + e*e) + f*g - h", 8, |v| {
+        v[0] + v[1] * v[2] - v[3] / (1.0 + v[4] * v[4]) + v[5] * v[6] - v[7]
+    }),
+];
+
+fn check_float_elemwise<T: Num>(jit: &Jit) {
+    let mut rng = Rng(42);
+    for &(expr, arity, reference) in FLOAT_CASES {
+        let k = jit
+            .elemwise::<T>(expr, arity)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"));
+        for n in SIZES {
+            let inputs: Vec<Vec<T>> = (0..arity)
+                .map(|_| {
+                    (0..n)
+                        .map(|_| T::from_f64(rng.uniform(-2.0, 2.0)))
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
+            let mut out = vec![T::from_f64(0.0); n];
+            k.call(&refs, &mut out).unwrap();
+            for i in 0..n {
+                let args: Vec<f64> = inputs.iter().map(|x| x[i].to_f64()).collect();
+                let want = reference(&args);
+                let got = out[i].to_f64();
+                assert!(
+                    close(got, want, T::TOL),
+                    "{} {expr} n={n} i={i}: got {got}, want {want} (inputs {args:?})",
+                    T::DTYPE
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn elemwise_float32_and_float64_match_f64_references() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    check_float_elemwise::<f32>(&jit);
+    check_float_elemwise::<f64>(&jit);
+}
+
+#[test]
+fn elemwise_integers_wrap_and_divide_safely() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let expr = "a*b - c/3 + abs(a) + where(a < b, 1, 2) + min(a, c) - max(b, c) + a/b";
+    let k32 = jit.elemwise::<i32>(expr, 3).unwrap();
+    let k64 = jit.elemwise::<i64>(expr, 3).unwrap();
+    let mut rng = Rng(7);
+    // Reference with the documented semantics: wrapping arithmetic, x/0 = 0, x/-1 = -x.
+    fn div64(x: i64, y: i64) -> i64 {
+        if y == 0 {
+            0
+        } else if y == -1 {
+            x.wrapping_neg()
+        } else {
+            x / y
+        }
+    }
+    fn div32(x: i32, y: i32) -> i32 {
+        if y == 0 {
+            0
+        } else if y == -1 {
+            x.wrapping_neg()
+        } else {
+            x / y
+        }
+    }
+    for n in SIZES {
+        let gen64 = |rng: &mut Rng| -> Vec<i64> {
+            (0..n)
+                .map(|i| match i % 5 {
+                    0 => rng.next() as i64, // overflows on multiply
+                    1 => 0,                 // division by zero
+                    2 => -1,                // MIN / -1
+                    3 => i64::MIN,
+                    _ => (rng.next() % 201) as i64 - 100,
+                })
+                .collect()
+        };
+        let (a, b, c) = (gen64(&mut rng), gen64(&mut rng), gen64(&mut rng));
+        let mut out = vec![0i64; n];
+        k64.call(&[&a, &b, &c], &mut out).unwrap();
+        for i in 0..n {
+            let (x, y, z) = (a[i], b[i], c[i]);
+            let want = x
+                .wrapping_mul(y)
+                .wrapping_sub(div64(z, 3))
+                .wrapping_add(if x == i64::MIN { x } else { x.abs() })
+                .wrapping_add(if x < y { 1 } else { 2 })
+                .wrapping_add(x.min(z))
+                .wrapping_sub(y.max(z))
+                .wrapping_add(div64(x, y));
+            assert_eq!(out[i], want, "int64 n={n} i={i} ({x}, {y}, {z})");
+        }
+        let (a, b, c): (Vec<i32>, Vec<i32>, Vec<i32>) = (
+            a.iter().map(|&v| v as i32).collect(),
+            b.iter().map(|&v| v as i32).collect(),
+            c.iter().map(|&v| v as i32).collect(),
+        );
+        let mut out = vec![0i32; n];
+        k32.call(&[&a, &b, &c], &mut out).unwrap();
+        for i in 0..n {
+            let (x, y, z) = (a[i], b[i], c[i]);
+            let want = x
+                .wrapping_mul(y)
+                .wrapping_sub(div32(z, 3))
+                .wrapping_add(if x == i32::MIN { x } else { x.abs() })
+                .wrapping_add(if x < y { 1 } else { 2 })
+                .wrapping_add(x.min(z))
+                .wrapping_sub(y.max(z))
+                .wrapping_add(div32(x, y));
+            assert_eq!(out[i], want, "int32 n={n} i={i} ({x}, {y}, {z})");
+        }
+    }
+}
+
+#[test]
+fn elemwise_checks_its_arguments() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let k = jit.elemwise::<f32>("a+b", 2).unwrap();
+    let mut out = [0f32; 3];
+    let e = k
+        .call(&[&[1.0, 2.0, 3.0]], &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 inputs, called with 1"), "{e}");
+    let e = k
+        .call(&[&[1.0, 2.0], &[1.0, 2.0, 3.0]], &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("input 0 has 2 elements"), "{e}");
+}
+
+fn reduce_reference(op: &str, row: &[f64]) -> f64 {
+    match op {
+        "sum" => row.iter().sum(),
+        "mean" => row.iter().sum::<f64>() / row.len() as f64,
+        "max" => row.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        "min" => row.iter().copied().fold(f64::INFINITY, f64::min),
+        _ => unreachable!(),
+    }
+}
+
+fn check_float_reduce<T: Num>(jit: &Jit) {
+    let mut rng = Rng(99);
+    let shapes = [(0, 5), (1, 1), (3, 0), (5, 7), (3, 100_003), (2, 1 << 20)];
+    for op in ["sum", "max", "min", "mean"] {
+        for (pre, pre_ref) in [
+            ("x", (|x| x) as fn(f64) -> f64),
+            ("x*x", |x| x * x),
+            ("exp(x) - 1", |x: f64| x.exp() - 1.0),
+        ] {
+            let k = jit.reduce::<T>(op, pre).unwrap();
+            for (rows, cols) in shapes {
+                let input: Vec<T> = (0..rows * cols)
+                    .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+                    .collect();
+                let mut out = vec![T::from_f64(0.0); rows];
+                k.call(&input, cols, &mut out).unwrap();
+                for r in 0..rows {
+                    let row: Vec<f64> = input[r * cols..(r + 1) * cols]
+                        .iter()
+                        .map(|x| pre_ref(x.to_f64()))
+                        .collect();
+                    let want = reduce_reference(op, &row);
+                    let got = out[r].to_f64();
+                    // Sums of n terms: the bound grows with sqrt(n) (blocked accumulation).
+                    let tol = T::TOL * (cols as f64).sqrt().max(1.0);
+                    let ok = if want.is_infinite() {
+                        got == want
+                    } else {
+                        close(got, want, tol)
+                    };
+                    assert!(
+                        ok,
+                        "{} {op}({pre}) {rows}x{cols} row {r}: got {got}, want {want}",
+                        T::DTYPE
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn reduce_float32_and_float64_match_f64_references() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    check_float_reduce::<f32>(&jit);
+    check_float_reduce::<f64>(&jit);
+}
+
+#[test]
+fn reduce_integers() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let mut rng = Rng(5);
+    for op in ["sum", "max", "min", "mean"] {
+        let k = jit.reduce::<i64>(op, "x*x - 3").unwrap();
+        let k32 = jit.reduce::<i32>(op, "x").unwrap();
+        for (rows, cols) in [(0, 3), (1, 1), (4, 0), (3, 1001)] {
+            let input: Vec<i64> = (0..rows * cols)
+                .map(|_| (rng.next() % 2001) as i64 - 1000)
+                .collect();
+            let mut out = vec![0i64; rows];
+            k.call(&input, cols, &mut out).unwrap();
+            let input32: Vec<i32> = input.iter().map(|&v| v as i32).collect();
+            let mut out32 = vec![0i32; rows];
+            k32.call(&input32, cols, &mut out32).unwrap();
+            for r in 0..rows {
+                let row = &input[r * cols..(r + 1) * cols];
+                let pre: Vec<i64> = row.iter().map(|x| x * x - 3).collect();
+                let agg = |v: &[i64]| -> i64 {
+                    match op {
+                        "sum" => v.iter().sum(),
+                        "mean" => {
+                            if v.is_empty() {
+                                0
+                            } else {
+                                v.iter().sum::<i64>() / v.len() as i64
+                            }
+                        }
+                        "max" => v.iter().copied().max().unwrap_or(i64::MIN),
+                        _ => v.iter().copied().min().unwrap_or(i64::MAX),
+                    }
+                };
+                assert_eq!(out[r], agg(&pre), "int64 {op} {rows}x{cols} row {r}");
+                let plain: Vec<i64> = row.to_vec();
+                let want32 = match (op, plain.is_empty()) {
+                    ("max", true) => i32::MIN as i64,
+                    ("min", true) => i32::MAX as i64,
+                    _ => agg(&plain),
+                };
+                assert_eq!(out32[r] as i64, want32, "int32 {op} {rows}x{cols} row {r}");
+            }
+        }
+    }
+}
+
+fn check_gemm<T: Num>(jit: &Jit) {
+    let mut rng = Rng(3);
+    for relu in [false, true] {
+        let g = jit.gemm::<T>(relu).unwrap();
+        for (m, n, k) in [
+            (0, 0, 0),
+            (0, 3, 2),
+            (2, 3, 0),
+            (1, 1, 1),
+            (3, 5, 7),
+            (67, 129, 65),
+            (260, 300, 270),
+        ] {
+            let a: Vec<T> = (0..m * k)
+                .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+                .collect();
+            let b: Vec<T> = (0..k * n)
+                .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+                .collect();
+            let mut c = vec![T::from_f64(f64::NAN); m * n];
+            g.call(m, n, k, &a, &b, &mut c).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want: f64 = (0..k)
+                        .map(|p| a[i * k + p].to_f64() * b[p * n + j].to_f64())
+                        .sum();
+                    if relu {
+                        want = want.max(0.0);
+                    }
+                    let got = c[i * n + j].to_f64();
+                    // |error| <= k * eps * sum |a||b| <= k * eps (inputs in [-1, 1]).
+                    let tol = T::TOL * (k as f64).max(1.0);
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{} gemm relu={relu} {m}x{n}x{k} c[{i},{j}]: got {got}, want {want}",
+                        T::DTYPE
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_float32_and_float64_match_f64_references() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    check_gemm::<f32>(&jit);
+    check_gemm::<f64>(&jit);
+    let g = jit.gemm::<f32>(false).unwrap();
+    let e = g
+        .call(2, 2, 2, &[0.0; 4], &[0.0; 3], &mut [0.0; 4])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`b` has 3 elements"), "{e}");
+}
+
+#[test]
+fn batch_compiles_in_parallel_through_single_flight() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let exprs = ["a+1", "a*2", "exp(a)", "a-3", "a+1", "a*2"];
+    let reqs: Vec<Request> = exprs
+        .iter()
+        .map(|e| {
+            TemplateRequest::new("elemwise")
+                .param("dtype", "float64")
+                .param("arity", 1)
+                .param("expr", e)
+                .into()
+        })
+        .collect();
+    let results = jit.compile_many(&reqs, 2);
+    assert_eq!(results.len(), exprs.len());
+    let compiled: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(compiled[0].key, compiled[4].key);
+    assert_eq!(compiled[1].key, compiled[5].key);
+    assert_eq!(
+        compiled.iter().filter(|c| !c.hit).count(),
+        4,
+        "duplicates cost one compile"
+    );
+    assert_eq!(tc.entry_dirs().len(), 4);
+    // Errors come back in place, without failing the others.
+    let mixed: Vec<Request> = vec![
+        TemplateRequest::new("elemwise")
+            .param("dtype", "float64")
+            .param("arity", 1)
+            .param("expr", "a+1")
+            .into(),
+        TemplateRequest::new("elemwise")
+            .param("dtype", "float16")
+            .param("arity", 1)
+            .param("expr", "a")
+            .into(),
+    ];
+    let r = jit.compile_many(&mixed, 4);
+    assert!(r[0].is_ok());
+    assert!(r[1].as_ref().unwrap_err().to_string().contains("float16"));
+}
+
+#[test]
+fn template_text_and_parameters_are_in_the_key() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let req = |e: &str| {
+        TemplateRequest::new("elemwise")
+            .param("dtype", "float32")
+            .param("arity", 2)
+            .param("expr", e)
+    };
+    let a = jit.render(&req("a + b")).unwrap();
+    let b = jit.render(&req("a+b")).unwrap();
+    let c = jit.render(&req("b + a")).unwrap();
+    let (ka, ma, _) = jit.key_for(&a).unwrap();
+    assert_eq!(
+        ka,
+        jit.key_for(&b).unwrap().0,
+        "spacing does not change the key"
+    );
+    assert_ne!(ka, jit.key_for(&c).unwrap().0);
+    let t = ma.template.expect("template recorded in the key material");
+    assert_eq!(t.name, "c/elemwise");
+    assert_eq!(t.blake3.len(), 64);
+    assert!(t
+        .params
+        .contains(&("expr".to_string(), "a + b".to_string())));
+    let built = jit.build(&a).unwrap();
+    assert_eq!(
+        built.meta.source_name,
+        "elemwise(arity=2, dtype=float32, expr=a + b)"
+    );
+}
