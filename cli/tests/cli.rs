@@ -299,3 +299,155 @@ fn list_human_and_json() {
     }
     assert!(lines[3].starts_with("2 entries"), "{text}");
 }
+
+#[test]
+fn compile_a_template_with_parameters() {
+    let env = Env::new();
+    let args = [
+        "compile",
+        "--template",
+        "elemwise",
+        "-p",
+        "dtype=float32",
+        "-p",
+        "arity=2",
+        "-p",
+        "expr=a*exp(b)",
+        "--symbol",
+        "xc_elemwise",
+        "--json",
+    ];
+    let v: Value = serde_json::from_str(&stdout(&env.run(&args))).unwrap();
+    assert_eq!(v["hit"], false);
+    assert_eq!(
+        v["source"],
+        "elemwise(arity=2, dtype=float32, expr=a * exp(b))"
+    );
+    let again: Value = serde_json::from_str(&stdout(&env.run(&args))).unwrap();
+    assert_eq!(again["hit"], true);
+    assert_eq!(again["key"], v["key"]);
+    let list: Value = serde_json::from_str(&stdout(&env.run(&["list", "--json"]))).unwrap();
+    assert_eq!(
+        list[0]["source"],
+        "elemwise(arity=2, dtype=float32, expr=a * exp(b))"
+    );
+}
+
+#[test]
+fn bad_template_parameters_exit_1_naming_everything() {
+    let env = Env::new();
+    let out = env.run(&[
+        "compile",
+        "-t",
+        "elemwise",
+        "-p",
+        "dtype=float16",
+        "-p",
+        "arity=1",
+        "-p",
+        "expr=a",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in ["c/elemwise", "`dtype`", "\"float16\"", "one of float32"] {
+        assert!(err.contains(want), "{err}");
+    }
+    let out = env.run(&[
+        "compile",
+        "-t",
+        "elemwise",
+        "-p",
+        "dtype=float32",
+        "-p",
+        "arity=1",
+        "-p",
+        "expr=a); system(\"id\"",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("`expr`"), "{}", stderr(&out));
+    let out = env.run(&["compile", "-t", "../../etc/passwd"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("a template name is"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["compile", "-t", "elemwise", "-p", "novalue"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("KEY=VALUE"), "{}", stderr(&out));
+    // A source and a template at once is bad usage.
+    let src = env.file("x.c", SRC);
+    assert_eq!(
+        env.run(&["compile", src.to_str().unwrap(), "-t", "gemm"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn templates_lists_parameters_and_entry_points() {
+    let env = Env::new();
+    let text = stdout(&env.run(&["templates"]));
+    for want in [
+        "c/elemwise",
+        "c/reduce",
+        "c/gemm",
+        "entry: int xc_elemwise(int64_t n, const void *const *inputs, void *out)",
+        "one of float32, float64, int32, int64",
+        "an integer from 1 to 8",
+        "default false",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    let v: Value = serde_json::from_str(&stdout(&env.run(&["templates", "--json"]))).unwrap();
+    let all = v.as_array().unwrap();
+    assert_eq!(all.len(), 3);
+    for t in all {
+        for f in [
+            "name",
+            "language",
+            "description",
+            "entry",
+            "flags",
+            "origin",
+            "params",
+        ] {
+            assert!(t.get(f).is_some(), "{f} missing in {t}");
+        }
+        for p in t["params"].as_array().unwrap() {
+            for f in ["name", "accepts", "default", "doc"] {
+                assert!(p.get(f).is_some(), "{f} missing in {p}");
+            }
+        }
+    }
+}
+
+#[test]
+fn demo_runs_check1_cold_then_warm() {
+    let env = Env::new();
+    let v: Value =
+        serde_json::from_str(&stdout(&env.run(&["demo", "--iters", "20", "--json"]))).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["n"], 230_400);
+    assert_eq!(v["iters"], 20);
+    assert_eq!(v["cold_was_cached"], false);
+    assert_eq!(v["warm_hit"], true);
+    assert!(v["max_rel_err"].as_f64().unwrap() <= 1e-6);
+    let v2: Value =
+        serde_json::from_str(&stdout(&env.run(&["demo", "--iters", "20", "--json"]))).unwrap();
+    assert_eq!(v2["cold_was_cached"], true);
+    assert_eq!(v2["key"], v["key"]);
+    let text = stdout(&env.run(&["demo", "--iters", "5"]));
+    for want in [
+        "cold",
+        "warm",
+        "loop",
+        "device",
+        "check",
+        "OK",
+        "Used the cpu",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+}
