@@ -7,10 +7,9 @@ measured in this one run, so the ratios compare like with like.
 Usage: benches/process_hit.py [--runs N] [--write docs/BENCHMARKS.md]
 Needs: a release build of the CLI (cargo build --release -p xcache-cli) and cc.
 """
-import argparse, json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-XCACHE = os.path.join(ROOT, "target", "release", "xcache")
+from report import XCACHE, machine, write_section
 
 SOURCE = r"""
 #include <stdint.h>
@@ -105,15 +104,6 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     ms = {k: v * 1e3 for k, v in r.items()}
-    cpu = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cc_version = subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     rows = [
         ("bare compile (`cc` with the same flags)", ms["bare_compile"], "1.00×  (baseline)"),
         ("`xcache compile`, miss, empty base dir (compiler probed, dirs created)", ms["xcache_miss"],
@@ -131,7 +121,7 @@ def main():
     lines = [
         "## Whole-process: hit and miss of `xcache compile`",
         "",
-        f"Machine: {cpu or platform.machine()}, {os.cpu_count()} cores; {cc_version}. "
+        f"Machine: {machine()}. "
         f"Median of {args.runs} runs (misses, bare compile) or {args.runs * 3} (hits); "
         "all measured in the same run.",
         "Reproduce: `cargo build --release -p xcache-cli && python3 benches/process_hit.py`.",
@@ -145,18 +135,6 @@ def main():
     print(section)
     if args.write:
         write_section(args.write, "## Whole-process: hit and miss", section)
-
-
-def write_section(path, heading, section):
-    """Replaces the section that starts with `heading` (up to the next `## `), or appends."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    open(path, "w").write(text)
 
 
 if __name__ == "__main__":

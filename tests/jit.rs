@@ -414,3 +414,21 @@ fn relative_include_paths_are_refused_with_the_fix() {
         "{e}"
     );
 }
+
+#[test]
+fn directories_deleted_by_hand_are_made_again() {
+    let tc = TestCache::new();
+    Jit::new(tc.config())
+        .unwrap()
+        .build(&saxpy("gone"))
+        .unwrap();
+    for sub in ["entries", "toolchains", "locks", "tmp", "quarantine"] {
+        std::fs::remove_dir_all(tc.compiledir().join(sub)).unwrap();
+    }
+    let c = Jit::new(tc.config())
+        .unwrap()
+        .compile(&saxpy("gone"))
+        .unwrap();
+    assert!(!c.hit);
+    check_saxpy(*unsafe { c.symbol::<SaxpyFn>("saxpy") }.unwrap());
+}

@@ -319,10 +319,17 @@ impl Store {
             write_atomic(&dir.join(COMPILEDIR_FILE), &json)?;
             entry::touch_last_use(dir, self.clock.now(), Duration::ZERO);
         }
-        // What is loaded or run comes from these: the same rules as the base dir.
+        // What is loaded or run comes from these: the same rules as the base dir. A
+        // user may have deleted one by hand: make it again.
         check_trusted(dir)?;
-        check_trusted(&dir.join("entries"))?;
-        check_trusted(&dir.join("toolchains"))
+        for sub in ["entries", "toolchains"] {
+            let p = dir.join(sub);
+            if !p.exists() {
+                mkdir_p(&p).ctx("creating directory", &p)?;
+            }
+            check_trusted(&p)?;
+        }
+        Ok(())
     }
 
     /// Returns the entry for `key`, building it with `build` if it is missing or corrupt.
