@@ -1,20 +1,30 @@
 //! # xcache: a compile service, an on-disk compilation cache and a JIT runtime
 //!
-//! Programs that generate C at run time hand xcache source (or, later, an op template
-//! with parameters); xcache derives a content key, compiles the source once into a
+//! Programs that generate C at run time hand xcache an op template with parameters, or
+//! plain source; xcache checks and renders the template, derives a content key, compiles the source once into a
 //! shared object in a platform-specific *compiledir* under the user's cache directory,
 //! loads it, and hands back typed function pointers. The next process, or the next CI
 //! job, skips the compiler.
 //!
-//! ```no_run
+//! ```
+//! # let dir = tempfile::tempdir().unwrap();
+//! # std::env::set_var("XCACHE_DIR", dir.path());
 //! use xcache::{Jit, Language, SourceRequest};
 //!
-//! let jit = Jit::from_env()?;
-//! let req = SourceRequest::new(Language::C, "int add(int a, int b) { return a + b; }")
-//!     .named("add.c");
-//! let compiled = jit.compile(&req)?;
+//! let jit = Jit::from_env()?; // XCACHE_DIR, XCACHE_FLAGS, ~/.config/xcache/config.toml
+//!
+//! // An op template with typed parameters: one fused, vectorised loop.
+//! let f = jit.elemwise::<f32>("a * exp(b) + c", 3)?;
+//! let (a, b, c) = ([2.0f32, 1.0], [0.0f32, 0.0], [1.0f32, 0.5]);
+//! let mut out = [0.0f32; 2];
+//! f.call(&[&a, &b, &c], &mut out)?;
+//! assert_eq!(out, [3.0, 1.5]);
+//!
+//! // Or plain source, and a typed symbol.
+//! let req = SourceRequest::new(Language::C, "int add(int a, int b) { return a + b; }");
+//! let lib = jit.compile(&req)?; // compiled once, ever; loaded once per process
 //! // SAFETY: `add` has exactly this signature.
-//! let add = unsafe { compiled.symbol::<unsafe extern "C" fn(i32, i32) -> i32>("add")? };
+//! let add = unsafe { lib.symbol::<unsafe extern "C" fn(i32, i32) -> i32>("add")? };
 //! assert_eq!(unsafe { add(2, 3) }, 5);
 //! # Ok::<(), xcache::Error>(())
 //! ```
@@ -41,7 +51,8 @@
 //! | [`config`] | settings, their defaults and sources |
 //! | [`platform`] | platform string, compiledir names and parsing them back |
 //! | [`store`] | the on-disk protocol: keys, locks, entries |
-//! | [`compile`] | requests and the host C/C++ compiler |
+//! | [`compile`] | requests, op templates, the expression grammar, the host C/C++ compiler |
+//! | [`kernels`] | typed handles for the shipped templates: `elemwise`, `reduce`, `gemm` |
 //! | [`runtime`] | [`Jit`]: cache + compiler + loaded-library registry, typed symbols |
 //! | [`ops`] | what the `xcache` command's verbs do |
 //! | [`clock`] | the injectable clock |

@@ -463,3 +463,31 @@ fn template_text_and_parameters_are_in_the_key() {
         "elemwise(arity=2, dtype=float32, expr=a + b)"
     );
 }
+
+/// The point of `elemwise` is one vectorised loop: on x86_64 with glibc, `exp` must be
+/// called through libmvec's vector variants, not the scalar `expf`, and without
+/// `-ffast-math`.
+#[test]
+fn elemwise_exp_is_vectorised() {
+    if !cfg!(all(target_arch = "x86_64", target_env = "gnu")) {
+        eprintln!("skipped: the libmvec check applies to x86_64 glibc");
+        return;
+    }
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let k = jit.elemwise::<f32>("a*exp(b)+c", 3).unwrap();
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(&k.compiled().path)
+        .output();
+    let Ok(out) = out else {
+        eprintln!("skipped: nm (binutils) is not installed");
+        return;
+    };
+    let syms = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        syms.lines()
+            .any(|l| l.contains("_ZGV") && l.contains("_expf")),
+        "no vector expf imported:\n{syms}"
+    );
+}
