@@ -79,6 +79,31 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "Directories (`:`-separated) searched for op templates (`c/NAME.c`) before the ones built into xcache; a file there overrides a built-in of the same name.",
     },
     SettingInfo {
+        name: "max_size",
+        default: "5GiB",
+        doc: "Size above which the current compiledir is pruned automatically after a compile (and the default of `prune --max-size`); 0 turns it off. 5GiB, as ccache: thousands of kernels, a small share of a disk.",
+    },
+    SettingInfo {
+        name: "low_water",
+        default: "0.8",
+        doc: "Pruning by size stops at this fraction of max_size, so that the next few compiles do not trigger another prune at once.",
+    },
+    SettingInfo {
+        name: "auto_prune_interval",
+        default: "1h",
+        doc: "Automatic pruning runs at most this often per compiledir: checking the size walks every entry.",
+    },
+    SettingInfo {
+        name: "stale_after",
+        default: "30d",
+        doc: "A compiledir that is not current and unused for this long is stale (`prune --stale` removes it). A month covers holidays and release cycles.",
+    },
+    SettingInfo {
+        name: "staging_grace",
+        default: "1h",
+        doc: "Staging directories under tmp/ younger than this are left alone by pruning: they may be builds in progress. No compile takes an hour; a crashed one is collected after it.",
+    },
+    SettingInfo {
         name: "last_use_resolution",
         default: "1h",
         doc: "Last use of an entry is written at most this often, so that hits almost never write; pruning decisions work in hours and days.",
@@ -141,6 +166,16 @@ pub struct Config {
     pub last_use_resolution: Duration,
     /// Extra template directories, `:`-separated.
     pub template_path: String,
+    /// Automatic pruning threshold in bytes; 0 is off.
+    pub max_size: u64,
+    /// Fraction of `max_size` that pruning by size stops at.
+    pub low_water: f64,
+    /// Minimum time between automatic prunes.
+    pub auto_prune_interval: Duration,
+    /// Age of last use after which a non-current compiledir is stale.
+    pub stale_after: Duration,
+    /// Age under which staging directories are left alone.
+    pub staging_grace: Duration,
     origins: HashMap<&'static str, Origin>,
     home: Option<PathBuf>,
     xdg_cache_home: Option<PathBuf>,
@@ -162,6 +197,11 @@ impl Config {
             compiler_check: CompilerCheck::Mtime,
             last_use_resolution: Duration::ZERO,
             template_path: String::new(),
+            max_size: 0,
+            low_water: 0.0,
+            auto_prune_interval: Duration::ZERO,
+            stale_after: Duration::ZERO,
+            staging_grace: Duration::ZERO,
             origins: HashMap::new(),
             home: None,
             xdg_cache_home: None,
@@ -307,6 +347,26 @@ impl Config {
                 self.runtime_tag = value.to_string();
             }
             "template_path" => self.template_path = value.to_string(),
+            "max_size" => {
+                self.max_size = parse_size(value)
+                    .map_err(|_| bad("a size such as 5GiB, 500MB, or 0 for no limit"))?
+            }
+            "low_water" => match value.parse::<f64>() {
+                Ok(v) if v > 0.0 && v <= 1.0 => self.low_water = v,
+                _ => return Err(bad("a fraction in (0, 1], such as 0.8")),
+            },
+            "auto_prune_interval" => {
+                self.auto_prune_interval =
+                    parse_duration(value).map_err(|_| bad("a duration such as 1h"))?
+            }
+            "stale_after" => {
+                self.stale_after =
+                    parse_duration(value).map_err(|_| bad("a duration such as 30d"))?
+            }
+            "staging_grace" => {
+                self.staging_grace =
+                    parse_duration(value).map_err(|_| bad("a duration such as 1h"))?
+            }
             "cc" => self.cc = opt(value),
             "cxx" => self.cxx = opt(value),
             "opt_level" => {
@@ -374,6 +434,11 @@ impl Config {
                     },
                     "last_use_resolution" => format_duration(self.last_use_resolution),
                     "template_path" => self.template_path.clone(),
+                    "max_size" => format_size(self.max_size),
+                    "low_water" => self.low_water.to_string(),
+                    "auto_prune_interval" => format_duration(self.auto_prune_interval),
+                    "stale_after" => format_duration(self.stale_after),
+                    "staging_grace" => format_duration(self.staging_grace),
                     _ => unreachable!(),
                 };
                 (s, value, self.origin(s.name))
@@ -410,6 +475,21 @@ pub fn format_duration(d: Duration) -> String {
         }
     }
     format!("{s}s")
+}
+
+/// Formats a size in the largest binary unit that divides it (`5368709120` → `5GiB`).
+pub fn format_size(bytes: u64) -> String {
+    for (unit, n) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes > 0 && bytes.is_multiple_of(n) {
+            return format!("{}{unit}", bytes / n);
+        }
+    }
+    bytes.to_string()
 }
 
 /// Parses `512MiB`, `5GiB`, `2GB`, `10k`, or a plain number of bytes.

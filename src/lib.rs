@@ -63,10 +63,12 @@ pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod error;
+pub mod gpu;
 pub mod kernels;
 pub mod ops;
 pub mod platform;
 pub mod runtime;
+pub mod stats;
 pub mod store;
 
 pub use compile::{Language, Request, SourceRequest, TemplateRequest};

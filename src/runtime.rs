@@ -175,6 +175,7 @@ pub struct Jit {
     tools: Mutex<HashMap<Language, Arc<HostTool>>>,
     templates: Mutex<HashMap<String, Arc<Template>>>,
     loaded: Mutex<HashMap<Key, Slot>>,
+    stats: crate::stats::Recorder,
 }
 
 impl Jit {
@@ -191,7 +192,9 @@ impl Jit {
     /// Like [`Jit::new`], with an injected clock.
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Jit> {
         let store = Store::open_with_clock(&config, clock)?;
+        let stats = crate::stats::Recorder::new(store.compiledir().join("stats"));
         Ok(Jit {
+            stats,
             config,
             store,
             tools: Mutex::new(HashMap::new()),
@@ -260,7 +263,7 @@ impl Jit {
     ) -> Result<Fetched> {
         let tool = self.host_tool(req.language)?;
         let source_file = req.language.source_file();
-        self.store.get_or_build(&key, &mut |dir| {
+        let fetched = self.store.get_or_build(&key, &mut |dir| {
             let src = dir.join(source_file);
             std::fs::write(&src, &req.source).ctx("writing", &src)?;
             for (name, bytes) in &req.extra_inputs {
@@ -276,7 +279,24 @@ impl Jit {
                 compiler_output,
                 key_material: material.clone(),
             })
-        })
+        });
+        match &fetched {
+            Ok(f) if f.hit => self.stats.hit(f.meta.compile_ms, f.lock_wait),
+            Ok(f) => {
+                self.stats.miss(f.meta.compile_ms, f.lock_wait);
+                if !f.is_private() {
+                    crate::ops::clean::auto_prune(&self.config, &self.store);
+                }
+            }
+            Err(Error::Compile(_)) => self.stats.failed(),
+            Err(_) => {}
+        }
+        fetched
+    }
+
+    /// This runtime's usage counters.
+    pub fn stats(&self) -> &crate::stats::Recorder {
+        &self.stats
     }
 
     /// Compiles through the cache and returns the artifact's path, without loading it.
@@ -306,6 +326,7 @@ impl Jit {
         // One thread per key loads; the others wait here, then find it loaded.
         let mut loaded = slot.lock().unwrap();
         if let Some(lib) = loaded.as_ref() {
+            self.stats.memory_hit();
             return Ok(Compiled {
                 key,
                 path: lib.path.clone(),
@@ -408,7 +429,21 @@ impl Jit {
 
     /// Like [`Jit::compile_many`] without loading: what cache warming wants.
     pub fn build_many(&self, reqs: &[Request], jobs: usize) -> Vec<Result<CacheOutcome>> {
-        parallel(reqs.len(), jobs, |i| self.build_request(&reqs[i]))
+        self.build_many_with(reqs, jobs, &|_, _| {})
+    }
+
+    /// Like [`Jit::build_many`], calling `done(i, &result)` as each request finishes.
+    pub fn build_many_with(
+        &self,
+        reqs: &[Request],
+        jobs: usize,
+        done: &(dyn Fn(usize, &Result<CacheOutcome>) + Sync),
+    ) -> Vec<Result<CacheOutcome>> {
+        parallel(reqs.len(), jobs, |i| {
+            let r = self.build_request(&reqs[i]);
+            done(i, &r);
+            r
+        })
     }
 }
 

@@ -1,4 +1,6 @@
-//! The `xcache` command: a thin clap layer over `xcache::ops` and the library.
+//! The `xcache` command: a thin clap layer over `xcache::ops` and the library. Each
+//! verb's logic lives in the library module of the same name (`xcache::ops::prune`
+//! for `xcache prune`); this crate parses arguments and prints.
 //!
 //! Exit status: 0 on success, 1 on failure, 2 on bad usage.
 
@@ -6,20 +8,21 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use serde_json::json;
-use xcache::ops::{self, human};
-use xcache::{Config, Jit, SourceRequest, Store, TemplateRequest};
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use xcache::ops;
+use xcache::{Config, Jit, Store};
 
+mod compile;
 mod show;
+mod warm;
 
 /// Compile cache and JIT runtime for generated C and CUDA.
 ///
 /// With no command, prints the current compiledir (as `theano-cache` does).
 #[derive(Parser, Debug)]
 #[command(name = "xcache", version, about, long_about = None)]
-struct Cli {
+pub struct Cli {
     /// Base dir to use instead of $XCACHE_DIR / the config / ~/.cache/xcache.
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -30,52 +33,98 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the base dir that holds every compiledir.
-    Basecompiledir,
+    /// Print the base dir; list its compiledirs; or purge everything xcache owns in it.
+    Basecompiledir {
+        #[command(subcommand)]
+        action: Option<BaseAction>,
+    },
     /// Compile a C or C++ source, or a template with parameters, through the cache and
     /// print the shared object's path.
-    Compile {
-        /// The source file (.c for C; .cc, .cpp, .cxx for C++).
-        #[arg(required_unless_present = "template", conflicts_with = "template")]
-        source: Option<PathBuf>,
-        /// Compile this op template instead of a file (see `xcache templates`).
-        #[arg(long, short = 't', value_name = "NAME")]
-        template: Option<String>,
-        /// A template parameter (repeatable).
-        #[arg(
-            long = "param",
-            short = 'p',
-            value_name = "KEY=VALUE",
-            requires = "template"
-        )]
-        params: Vec<String>,
-        /// A compiler flag, appended after xcache's own (repeatable).
-        #[arg(
-            long = "flag",
-            short = 'f',
-            value_name = "FLAG",
-            allow_hyphen_values = true
-        )]
-        flags: Vec<String>,
-        /// A header the source includes, made part of the key and copied beside it
-        /// (repeatable).
-        #[arg(
-            long = "include",
-            short = 'i',
-            value_name = "HEADER",
-            conflicts_with = "template"
-        )]
-        includes: Vec<PathBuf>,
-        /// Load the result and check that it exports SYMBOL (repeatable).
-        #[arg(long = "symbol", short = 's', value_name = "SYMBOL")]
-        symbols: Vec<String>,
-        /// Print a JSON object instead of the path.
+    Compile(compile::CompileArgs),
+    /// List the entries of the current compiledir (or of all compiledirs).
+    List {
+        /// Entries of every compiledir under the base dir.
+        #[arg(long)]
+        all: bool,
+        /// Order: age (newest first), size (largest first), use (least recently used
+        /// first), name.
+        #[arg(long, value_name = "KEY", default_value = "name")]
+        sort: ops::list::SortBy,
+        /// Print a JSON array.
         #[arg(long)]
         json: bool,
     },
-    /// List the entries of the current compiledir.
-    List {
-        /// Print a JSON array.
+    /// Apparent and on-disk bytes and entry counts per compiledir, and the total.
+    Size {
+        /// Every compiledir under the base dir.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every entry of the current compiledir (entries in use are skipped).
+    Clear {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the current compiledir.
+    Purge {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evict entries by last use down to a low-water mark and by age; remove stale
+    /// compiledirs; collect crashed builds.
+    Prune {
+        /// Evict least recently used entries while the compiledir is larger than this
+        /// (e.g. 500MiB, 2GB). Default: the max_size setting, unless --older-than is given.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Evict entries unused for longer than this (e.g. 7d, 12h).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Also remove stale compiledirs (old runtimes or kernels, or unused for stale_after).
+        #[arg(long)]
+        stale: bool,
+        /// Only list what would be removed and the bytes it would free.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compile every request of a JSON manifest, in parallel (for CI cache warming).
+    Warm(warm::WarmArgs),
+    /// Hits, misses, compiles, compile time spent and saved, lock waits.
+    Stats {
+        /// Reset the counters.
+        #[arg(long)]
+        zero: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every entry (metadata, artifact hash, permissions), orphan locks and stale
+    /// staging.
+    Verify {
+        /// Quarantine corrupt entries, remove orphan locks and stale staging.
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the platform, the cache directories, the compilers, nvcc and the GPU.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the effective settings and where each came from.
+    Config {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -95,19 +144,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print the man page (roff), generated from these definitions.
+    Man,
 }
 
-/// What `xcache compile` reports, loaded or not.
-struct CompileReport {
-    key: xcache::Key,
-    path: PathBuf,
-    hit: bool,
-    compile_ms: u64,
-    elapsed: std::time::Duration,
-    lock_wait: std::time::Duration,
-    compiler_output: String,
-    warnings: Vec<String>,
-    loaded: bool,
+#[derive(Subcommand, Debug)]
+enum BaseAction {
+    /// List the compiledirs with current / stale / other marks, size, entries, last use.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every compiledir and the CACHEDIR.TAG (refused without xcache's tag).
+    Purge {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    #[value(name = "powershell")]
+    PowerShell,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    xcache::config::parse_size(s)
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    xcache::config::parse_duration(s)
 }
 
 fn main() -> ExitCode {
@@ -157,176 +234,141 @@ fn config(cli: &Cli) -> Result<Config> {
     Ok(c)
 }
 
+fn status(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    match &cli.command {
+    let code = match &cli.command {
         None => {
             let store = Store::open(&config(&cli)?)?;
             writeln!(out, "{}", store.compiledir().display())?;
+            ExitCode::SUCCESS
         }
-        Some(Command::Basecompiledir) => {
-            writeln!(out, "{}", config(&cli)?.base_dir()?.display())?;
+        Some(Command::Basecompiledir { action }) => {
+            let config = config(&cli)?;
+            match action {
+                None => {
+                    writeln!(out, "{}", config.base_dir()?.display())?;
+                }
+                Some(BaseAction::List { json }) => {
+                    let store = Store::open(&config)?;
+                    let rows = ops::clean::list_compiledirs(&config, &store)?;
+                    show::compiledirs(&mut out, &rows, &store, *json)?;
+                }
+                Some(BaseAction::Purge { json }) => {
+                    let store = Store::open(&config)?;
+                    let report = ops::clean::purge_base(&config, &store)?;
+                    show::clean(&mut out, &report, *json)?;
+                }
+            }
+            ExitCode::SUCCESS
         }
-        Some(Command::Compile {
-            source,
-            template,
-            params,
-            flags,
-            includes,
-            symbols,
+        Some(Command::Compile(args)) => compile::run(&mut out, config(&cli)?, args)?,
+        Some(Command::List { all, sort, json }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let rows = ops::list::list(&config, &store, *all, *sort)?;
+            show::entries(&mut out, &rows, &store, *all, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Size { all, json }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let report = ops::size::size(&config, &store, *all)?;
+            show::size(&mut out, &report, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Clear { json }) => {
+            let store = Store::open(&config(&cli)?)?;
+            show::clean(&mut out, &ops::clean::clear(&store)?, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Purge { json }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            show::clean(&mut out, &ops::clean::purge(&config, &store)?, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Prune {
+            max_size,
+            older_than,
+            stale,
+            dry_run,
             json,
         }) => {
-            let jit = Jit::new(config(&cli)?)?;
-            let req = match (source, template) {
-                (Some(source), _) => {
-                    let mut req = SourceRequest::from_file(source)?;
-                    req.flags = flags.clone();
-                    for h in includes {
-                        let name = h
-                            .file_name()
-                            .with_context(|| format!("{} has no file name", h.display()))?
-                            .to_string_lossy()
-                            .into_owned();
-                        let bytes =
-                            std::fs::read(h).with_context(|| format!("reading {}", h.display()))?;
-                        req = req.extra_input(name, bytes);
-                    }
-                    req
-                }
-                (None, Some(name)) => {
-                    let mut t = TemplateRequest::new(name);
-                    for kv in params {
-                        let (k, v) = kv.split_once('=').with_context(|| {
-                            format!("template parameter {kv:?} is not KEY=VALUE")
-                        })?;
-                        t = t.param(k.trim(), v);
-                    }
-                    t.flags = flags.clone();
-                    jit.render(&t)?
-                }
-                (None, None) => unreachable!("clap requires a source or a template"),
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let opts = ops::clean::PruneOptions {
+                max_size: *max_size,
+                older_than: *older_than,
+                stale: *stale,
+                dry_run: *dry_run,
             };
-            let report = if symbols.is_empty() {
-                let r = jit.build(&req)?;
-                CompileReport {
-                    key: r.key,
-                    compile_ms: r.meta.compile_ms,
-                    compiler_output: if r.hit {
-                        String::new()
-                    } else {
-                        r.meta.compiler_output
-                    },
-                    path: r.path,
-                    hit: r.hit,
-                    elapsed: r.elapsed,
-                    lock_wait: r.lock_wait,
-                    warnings: r.warnings,
-                    loaded: false,
-                }
-            } else {
-                let c = jit.compile(&req)?;
-                for name in symbols {
-                    // SAFETY: only the address is looked up; nothing is called.
-                    unsafe { c.symbol::<*const std::ffi::c_void>(name)? };
-                }
-                CompileReport {
-                    key: c.key,
-                    path: c.path,
-                    hit: c.hit,
-                    compile_ms: c.compile_ms,
-                    elapsed: c.elapsed,
-                    lock_wait: c.lock_wait,
-                    compiler_output: c.compiler_output,
-                    warnings: c.warnings,
-                    loaded: true,
-                }
-            };
-            // Repaired cache faults were already logged as warnings by the library;
-            // compiler warnings are shown when the compiler ran, as a compiler would.
-            if !report.compiler_output.trim().is_empty() {
-                eprint!("{}", report.compiler_output);
-            }
-            if *json {
-                let v = json!({
-                    "key": report.key.hex(),
-                    "path": report.path,
-                    "hit": report.hit,
-                    "compile_ms": report.compile_ms,
-                    "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
-                    "lock_wait_ms": report.lock_wait.as_secs_f64() * 1e3,
-                    "source": req.name,
-                    "loaded": report.loaded,
-                    "compiledir": jit.store().compiledir(),
-                    "warnings": report.warnings,
-                });
-                writeln!(out, "{v}")?;
-            } else {
-                writeln!(out, "{}", report.path.display())?;
-            }
+            show::clean(&mut out, &ops::clean::prune(&config, &store, &opts)?, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Warm(args)) => warm::run(&mut out, config(&cli)?, args)?,
+        Some(Command::Stats { zero, json }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let rows = ops::stats::stats(&config, &store, *zero)?;
+            show::stats(&mut out, &rows, *zero, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Verify { repair, json }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let report = ops::verify::verify(&config, &store, *repair)?;
+            show::verify(&mut out, &report, *repair, *json)?;
+            status(report.clean())
+        }
+        Some(Command::Doctor { json }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let report = ops::doctor::doctor(&config, &store)?;
+            show::doctor(&mut out, &report, *json)?;
+            status(report.ok())
+        }
+        Some(Command::Config { json }) => {
+            show::config(&mut out, &config(&cli)?, *json)?;
+            ExitCode::SUCCESS
         }
         Some(Command::Templates { json }) => {
             let templates = xcache::compile::template::all(&config(&cli)?)?;
             show::templates(&mut out, &templates, *json)?;
+            ExitCode::SUCCESS
         }
         Some(Command::Demo { iters, json }) => {
             let jit = Jit::new(config(&cli)?)?;
             let report = ops::demo::check1(&jit, *iters)?;
             show::demo(&mut out, &report, *json)?;
-            if !report.ok {
-                return Ok(ExitCode::from(1));
-            }
+            status(report.ok)
         }
-        Some(Command::List { json }) => {
-            let store = Store::open(&config(&cli)?)?;
-            let rows = ops::list::list(&store)?;
-            if *json {
-                serde_json::to_writer_pretty(&mut out, &rows)?;
-                writeln!(out)?;
-            } else if rows.is_empty() {
-                writeln!(out, "no entries in {}", store.compiledir().display())?;
-            } else {
-                let now = xcache::clock::unix_secs(store.clock().now());
-                let total: u64 = rows.iter().map(|r| r.size).sum();
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.key[..12].to_string(),
-                            if r.status == "ok" {
-                                r.source.clone()
-                            } else {
-                                r.status.clone()
-                            },
-                            r.language.clone(),
-                            human::size(r.size),
-                            human::age(r.created, now),
-                            r.last_use
-                                .map(|t| human::age(t, now))
-                                .unwrap_or_else(|| "-".into()),
-                            human::duration(std::time::Duration::from_millis(r.compile_ms)),
-                        ]
-                    })
-                    .collect();
-                let t = human::table(
-                    &[
-                        "KEY", "SOURCE", "LANG", "SIZE", "CREATED", "LAST USE", "COMPILE",
-                    ],
-                    &cells,
-                    &[3, 6],
-                );
-                write!(out, "{t}")?;
-                writeln!(
-                    out,
-                    "{} entries, {} in {}",
-                    rows.len(),
-                    human::size(total),
-                    store.compiledir().display()
-                )?;
-            }
+        Some(Command::Completions { shell }) => {
+            use clap_complete::Shell as S;
+            let shell = match shell {
+                Shell::Bash => S::Bash,
+                Shell::Zsh => S::Zsh,
+                Shell::Fish => S::Fish,
+                Shell::Elvish => S::Elvish,
+                Shell::PowerShell => S::PowerShell,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "xcache", &mut out);
+            ExitCode::SUCCESS
         }
-    }
+        Some(Command::Man) => {
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            ExitCode::SUCCESS
+        }
+    };
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// Logs to stderr at the level named by XCACHE_LOG (error, warn, info, debug, trace;

@@ -5,8 +5,15 @@ use std::io::Write;
 use anyhow::Result;
 use serde_json::json;
 use xcache::compile::template::Template;
+use xcache::ops::clean::{CleanReport, CompiledirRow};
 use xcache::ops::demo::DemoReport;
+use xcache::ops::doctor::{DoctorReport, Status};
 use xcache::ops::human;
+use xcache::ops::scan::EntryRow;
+use xcache::ops::size::SizeReport;
+use xcache::ops::stats::StatsRow;
+use xcache::ops::verify::VerifyReport;
+use xcache::{Config, Store};
 
 /// `xcache templates`.
 pub fn templates(out: &mut impl Write, templates: &[Template], json: bool) -> Result<()> {
@@ -137,5 +144,366 @@ pub fn demo(out: &mut impl Write, r: &DemoReport, json: bool) -> Result<()> {
     )?;
     writeln!(out, "Result is {:?}...", r.result_head)?;
     writeln!(out, "Used the cpu")?;
+    Ok(())
+}
+
+fn json_out(out: &mut impl Write, v: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn now_secs(store: &Store) -> u64 {
+    xcache::clock::unix_secs(store.clock().now())
+}
+
+fn age_or_dash(t: Option<u64>, now: u64) -> String {
+    t.map(|t| human::age(t, now)).unwrap_or_else(|| "-".into())
+}
+
+/// `xcache list`.
+pub fn entries(
+    out: &mut impl Write,
+    rows: &[EntryRow],
+    store: &Store,
+    all: bool,
+    json: bool,
+) -> Result<()> {
+    if json {
+        return json_out(out, &rows);
+    }
+    if rows.is_empty() {
+        writeln!(
+            out,
+            "no entries in {}",
+            if all {
+                store.base_dir()
+            } else {
+                store.compiledir()
+            }
+            .display()
+        )?;
+        return Ok(());
+    }
+    let now = now_secs(store);
+    let total: u64 = rows.iter().map(|r| r.size).sum();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.key[..12].to_string(),
+                if r.status == "ok" {
+                    r.source.clone()
+                } else {
+                    r.status.clone()
+                },
+                r.language.clone(),
+                human::size(r.size),
+                human::age(r.created, now),
+                age_or_dash(r.last_use, now),
+                human::duration(std::time::Duration::from_millis(r.compile_ms)),
+            ];
+            if all {
+                row.push(r.compiledir.clone());
+            }
+            row
+        })
+        .collect();
+    let mut header = vec![
+        "KEY", "SOURCE", "LANG", "SIZE", "CREATED", "LAST USE", "COMPILE",
+    ];
+    if all {
+        header.push("COMPILEDIR");
+    }
+    write!(out, "{}", human::table(&header, &cells, &[3, 6]))?;
+    writeln!(
+        out,
+        "{} entries, {} in {}",
+        rows.len(),
+        human::size(total),
+        if all {
+            store.base_dir()
+        } else {
+            store.compiledir()
+        }
+        .display()
+    )?;
+    Ok(())
+}
+
+/// `xcache size`.
+pub fn size(out: &mut impl Write, r: &SizeReport, json: bool) -> Result<()> {
+    if json {
+        return json_out(out, r);
+    }
+    let mut cells: Vec<Vec<String>> = r
+        .compiledirs
+        .iter()
+        .chain(std::iter::once(&r.total))
+        .map(|s| {
+            vec![
+                format!(
+                    "{}{}",
+                    s.compiledir,
+                    if s.current { " (current)" } else { "" }
+                ),
+                s.entries.to_string(),
+                human::size(s.entries_bytes),
+                human::size(s.apparent_bytes),
+                human::size(s.disk_bytes),
+            ]
+        })
+        .collect();
+    if r.compiledirs.len() == 1 {
+        cells.pop(); // the total of one is itself
+    }
+    write!(
+        out,
+        "{}",
+        human::table(
+            &["COMPILEDIR", "ENTRIES", "IN ENTRIES", "APPARENT", "ON DISK"],
+            &cells,
+            &[1, 2, 3, 4]
+        )
+    )?;
+    Ok(())
+}
+
+/// `xcache clear`, `purge`, `prune`, `basecompiledir purge`.
+pub fn clean(out: &mut impl Write, r: &CleanReport, json: bool) -> Result<()> {
+    if json {
+        return json_out(out, r);
+    }
+    let cells: Vec<Vec<String>> = r
+        .actions
+        .iter()
+        .map(|a| {
+            vec![
+                match &a.skipped {
+                    None => "removed".into(),
+                    Some(s) if s == "dry run" => "would remove".into(),
+                    Some(_) => "kept".into(),
+                },
+                a.kind.to_string(),
+                if a.kind == "entry" {
+                    a.name[..12.min(a.name.len())].to_string()
+                } else {
+                    a.name.clone()
+                },
+                a.source.clone(),
+                human::size(a.bytes),
+                match &a.skipped {
+                    Some(s) if s != "dry run" => format!("{}; {s}", a.reason),
+                    _ => a.reason.clone(),
+                },
+            ]
+        })
+        .collect();
+    if !cells.is_empty() {
+        write!(
+            out,
+            "{}",
+            human::table(&["", "WHAT", "NAME", "SOURCE", "SIZE", "WHY"], &cells, &[4])
+        )?;
+    }
+    let verb = if r.dry_run { "would free" } else { "freed" };
+    writeln!(
+        out,
+        "{} entries, {verb} {}{}",
+        r.removed_entries,
+        human::size(r.freed_bytes),
+        if r.skipped > 0 {
+            format!(
+                "; {} left in place (in use by other processes, or not xcache's)",
+                r.skipped
+            )
+        } else {
+            String::new()
+        }
+    )?;
+    Ok(())
+}
+
+/// `xcache basecompiledir list`.
+pub fn compiledirs(
+    out: &mut impl Write,
+    rows: &[CompiledirRow],
+    store: &Store,
+    json: bool,
+) -> Result<()> {
+    if json {
+        return json_out(out, &rows);
+    }
+    let now = now_secs(store);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.mark.to_string(),
+                r.name.clone(),
+                r.entries.to_string(),
+                human::size(r.bytes),
+                age_or_dash(r.last_use, now),
+                r.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    if cells.is_empty() {
+        writeln!(out, "no compiledirs in {}", store.base_dir().display())?;
+    } else {
+        write!(
+            out,
+            "{}",
+            human::table(
+                &["", "COMPILEDIR", "ENTRIES", "SIZE", "LAST USE", "WHY STALE"],
+                &cells,
+                &[2, 3]
+            )
+        )?;
+    }
+    Ok(())
+}
+
+/// `xcache stats`.
+pub fn stats(out: &mut impl Write, rows: &[StatsRow], zeroed: bool, json: bool) -> Result<()> {
+    if json {
+        return json_out(out, &rows);
+    }
+    if zeroed {
+        writeln!(out, "counters reset")?;
+        return Ok(());
+    }
+    let ms = |v: u64| human::duration(std::time::Duration::from_millis(v));
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let c = &r.counters;
+            let lookups = c.hits + c.memory_hits + c.misses;
+            vec![
+                format!(
+                    "{}{}",
+                    r.compiledir,
+                    if r.current { " (current)" } else { "" }
+                ),
+                c.hits.to_string(),
+                c.memory_hits.to_string(),
+                c.misses.to_string(),
+                c.compiles.to_string(),
+                c.failed_compiles.to_string(),
+                if lookups > 0 {
+                    format!(
+                        "{:.0}%",
+                        100.0 * (c.hits + c.memory_hits) as f64 / lookups as f64
+                    )
+                } else {
+                    "-".into()
+                },
+                ms(c.compile_ms),
+                ms(c.saved_ms),
+                ms(c.lock_wait_ms),
+            ]
+        })
+        .collect();
+    write!(
+        out,
+        "{}",
+        human::table(
+            &[
+                "COMPILEDIR",
+                "HITS",
+                "IN MEMORY",
+                "MISSES",
+                "COMPILES",
+                "FAILED",
+                "HIT RATE",
+                "COMPILE TIME",
+                "SAVED",
+                "LOCK WAIT"
+            ],
+            &cells,
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9]
+        )
+    )?;
+    Ok(())
+}
+
+/// `xcache verify`.
+pub fn verify(out: &mut impl Write, r: &VerifyReport, repair: bool, json: bool) -> Result<()> {
+    if json {
+        return json_out(out, r);
+    }
+    for p in &r.problems {
+        let fix = match &p.repaired {
+            Some(what) => format!(" [{what}]"),
+            None if repair => " [not repaired: in use]".into(),
+            None => String::new(),
+        };
+        writeln!(out, "{}: {}: {}{fix}", p.kind, p.path.display(), p.detail)?;
+    }
+    writeln!(
+        out,
+        "{} entries checked, {} ok, {} problems{}",
+        r.entries,
+        r.ok,
+        r.problems.len(),
+        if !r.clean() && !repair {
+            " (run `xcache verify --repair` to mend them)"
+        } else {
+            ""
+        }
+    )?;
+    Ok(())
+}
+
+/// `xcache doctor`.
+pub fn doctor(out: &mut impl Write, r: &DoctorReport, json: bool) -> Result<()> {
+    if json {
+        return json_out(out, r);
+    }
+    let cells: Vec<Vec<String>> = r
+        .checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.to_string(),
+                match c.status {
+                    Status::Ok => "ok",
+                    Status::Warn => "warn",
+                    Status::Fail => "FAIL",
+                }
+                .to_string(),
+                c.detail.clone(),
+            ]
+        })
+        .collect();
+    write!(
+        out,
+        "{}",
+        human::table(&["CHECK", "", "DETAIL"], &cells, &[])
+    )?;
+    Ok(())
+}
+
+/// `xcache config`.
+pub fn config(out: &mut impl Write, c: &Config, json: bool) -> Result<()> {
+    let rows = c.effective();
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(info, value, origin)| {
+                json!({"name": info.name, "value": value, "origin": origin.to_string(), "default": info.default, "doc": info.doc})
+            })
+            .collect();
+        return json_out(out, &v);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(info, value, origin)| vec![info.name.to_string(), value.clone(), origin.to_string()])
+        .collect();
+    write!(
+        out,
+        "{}",
+        human::table(&["SETTING", "VALUE", "FROM"], &cells, &[])
+    )?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod expr;
 pub mod host;
+pub mod nvcc;
 pub mod template;
 
 use std::path::Path;

@@ -1,108 +1,64 @@
-//! `xcache list`: the entries of the current compiledir.
+//! `xcache list`: the entries of the current compiledir, or of all of them.
 
-use std::fs;
-use std::path::PathBuf;
+use std::str::FromStr;
 
-use serde::Serialize;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ops::scan::{self, EntryRow};
+use crate::platform::CompiledirFormat;
+use crate::store::{Dirs, Store};
 
-use crate::clock::unix_secs;
-use crate::error::{IoContext, Result};
-use crate::store::entry::{self, VerifyError};
-use crate::store::key::Key;
-use crate::store::Store;
-
-/// One entry as `list` shows it. The JSON schema of `xcache list --json` is an array
-/// of these.
-#[derive(Debug, Clone, Serialize)]
-pub struct EntryRow {
-    /// The key, hex.
-    pub key: String,
-    /// Source name given at compile time.
-    pub source: String,
-    /// `c`, `c++`, `cuda`.
-    pub language: String,
-    /// Bytes of all files in the entry directory.
-    pub size: u64,
-    /// Creation time, seconds since the Unix epoch.
-    pub created: u64,
-    /// Last use, seconds since the Unix epoch (at `last_use_resolution`).
-    pub last_use: Option<u64>,
-    /// How long the compile took, ms.
-    pub compile_ms: u64,
-    /// The entry directory.
-    pub path: PathBuf,
-    /// `ok`, or why the metadata cannot be read (the artifact hash is not checked
-    /// here; `verify` does that).
-    pub status: String,
+/// Orders for `list --sort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    /// Newest first.
+    Age,
+    /// Largest first.
+    Size,
+    /// Least recently used first: the order size-based pruning evicts in.
+    Use,
+    /// By source name, then key.
+    Name,
 }
 
-/// Reads every entry's metadata (no hashing) and sorts by key.
-pub fn list(store: &Store) -> Result<Vec<EntryRow>> {
-    let root = store.entries_dir();
-    let mut rows = Vec::new();
-    let fans = match fs::read_dir(&root) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rows),
-        Err(e) => return Err(crate::Error::io("reading", &root, e)),
-    };
-    for fan in fans {
-        let fan = fan.ctx("reading", &root)?.path();
-        let Ok(entries) = fs::read_dir(&fan) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let dir = e.path();
-            let Some(key) = e.file_name().to_str().and_then(|n| n.parse::<Key>().ok()) else {
-                continue; // not ours
-            };
-            let size = dir_size(&dir);
-            let last_use = entry::last_use(&dir).map(unix_secs);
-            let row = match entry::read_meta(&dir, &key) {
-                Ok(m) => EntryRow {
-                    key: m.key,
-                    source: m.source_name,
-                    language: m.key_material.language,
-                    size,
-                    created: m.created,
-                    last_use,
-                    compile_ms: m.compile_ms,
-                    path: dir,
-                    status: "ok".into(),
-                },
-                Err(c) => EntryRow {
-                    key: key.hex(),
-                    source: String::new(),
-                    language: String::new(),
-                    size,
-                    created: 0,
-                    last_use,
-                    compile_ms: 0,
-                    path: dir,
-                    status: describe(&c),
-                },
-            };
-            rows.push(row);
-        }
-    }
-    rows.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(rows)
-}
-
-fn describe(e: &VerifyError) -> String {
-    match e {
-        VerifyError::Corrupt(c) => format!("corrupt: {c}"),
-        VerifyError::Io(p, e) => format!("unreadable: {}: {e}", p.display()),
-    }
-}
-
-fn dir_size(dir: &std::path::Path) -> u64 {
-    fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
+impl FromStr for SortBy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<SortBy, String> {
+        Ok(match s {
+            "age" => SortBy::Age,
+            "size" => SortBy::Size,
+            "use" => SortBy::Use,
+            "name" => SortBy::Name,
+            _ => return Err(format!("unknown sort {s:?}: use age, size, use or name")),
         })
-        .unwrap_or(0)
+    }
+}
+
+/// Sorts rows in place.
+pub fn sort(rows: &mut [EntryRow], by: SortBy) {
+    match by {
+        SortBy::Age => rows.sort_by(|a, b| b.created.cmp(&a.created).then(a.key.cmp(&b.key))),
+        SortBy::Size => rows.sort_by(|a, b| b.size.cmp(&a.size).then(a.key.cmp(&b.key))),
+        SortBy::Use => {
+            rows.sort_by(|a, b| a.last_touch().cmp(&b.last_touch()).then(a.key.cmp(&b.key)))
+        }
+        SortBy::Name => rows.sort_by(|a, b| a.source.cmp(&b.source).then(a.key.cmp(&b.key))),
+    }
+}
+
+/// The entries of the current compiledir, or (`all`) of every compiledir under the
+/// base dir, sorted.
+pub fn list(config: &Config, store: &Store, all: bool, by: SortBy) -> Result<Vec<EntryRow>> {
+    let mut rows = if all {
+        let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
+        let mut rows = Vec::new();
+        for cd in scan::compiledirs(store.base_dir(), &format, store.compiledir())? {
+            rows.extend(scan::entries(&Dirs::new(&cd.path))?);
+        }
+        rows
+    } else {
+        scan::entries(&store.dirs())?
+    };
+    sort(&mut rows, by);
+    Ok(rows)
 }

@@ -1,5 +1,13 @@
-//! What the `xcache` command's verbs do. The CLI is a thin layer over these.
+//! What the `xcache` command's verbs do, one module per verb (or family of verbs). The
+//! CLI is a thin layer over these; they return data, the CLI prints it.
 
+pub mod clean;
 pub mod demo;
+pub mod doctor;
 pub mod human;
 pub mod list;
+pub mod scan;
+pub mod size;
+pub mod stats;
+pub mod verify;
+pub mod warm;

@@ -40,6 +40,11 @@ impl Key {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The all-zero key, for libraries loaded outside the cache (probes).
+    pub fn default_probe() -> Key {
+        Key([0; 32])
+    }
 }
 
 impl fmt::Display for Key {

@@ -88,6 +88,7 @@
 //! `stat` and `fstat` the hit makes anyway): a planted entry is quarantined, not loaded.
 
 pub mod entry;
+pub mod gc;
 pub mod key;
 pub mod lock;
 
@@ -204,6 +205,151 @@ pub fn mkdir_p(path: &Path) -> std::io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o755).create(path)
 }
 
+/// The paths inside one compiledir (any compiledir, not only the current one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirs {
+    root: PathBuf,
+}
+
+impl Dirs {
+    /// The layout of the compiledir at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Dirs {
+        Dirs { root: root.into() }
+    }
+
+    /// The compiledir itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `entries/`.
+    pub fn entries(&self) -> PathBuf {
+        self.root.join("entries")
+    }
+
+    /// `entries/<fan>/<key>`.
+    pub fn entry(&self, key: &Key) -> PathBuf {
+        self.entries().join(key.fan()).join(key.hex())
+    }
+
+    /// `locks/`.
+    pub fn locks(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    /// `locks/<fan>/<key>.lock`.
+    pub fn lock(&self, key: &Key) -> PathBuf {
+        self.locks()
+            .join(key.fan())
+            .join(format!("{}.lock", key.hex()))
+    }
+
+    /// `tmp/`.
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// `quarantine/`.
+    pub fn quarantine(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    /// `toolchains/`.
+    pub fn toolchains(&self) -> PathBuf {
+        self.root.join("toolchains")
+    }
+}
+
+/// What happened to an entry that garbage collection wanted to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Removed; it held this many bytes.
+    Removed(u64),
+    /// Another process holds its lock (it is being loaded or built): left alone.
+    Busy,
+    /// It was already gone.
+    Gone,
+}
+
+/// Removes one entry under a *try* exclusive lock on its key: busy entries are
+/// skipped. The directory is first renamed into `tmp/` (one atomic step: readers see
+/// the whole entry or none), then deleted; then its lock file, still under the lock.
+pub fn remove_entry(dirs: &Dirs, key: &Key) -> Result<Removal> {
+    let lock_path = dirs.lock(key);
+    let Some(guard) = lock::try_lock_exclusive(&lock_path)? else {
+        return Ok(Removal::Busy);
+    };
+    let dir = dirs.entry(key);
+    let removal = if dir.exists() {
+        let bytes = dir_bytes(&dir).0;
+        let tmp = dirs.tmp();
+        mkdir_p(&tmp).ctx("creating directory", &tmp)?;
+        let trash = tmp.join(format!(
+            "delete-{}-{}-{}",
+            &key.hex()[..16],
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(&dir, &trash).ctx("removing", &dir)?;
+        fs::remove_dir_all(&trash).ctx("removing", &trash)?;
+        Removal::Removed(bytes)
+    } else {
+        Removal::Gone
+    };
+    // Safe under the lock: a waiter on this file re-checks the inode (see `lock`).
+    let _ = fs::remove_file(&lock_path);
+    drop(guard);
+    Ok(removal)
+}
+
+/// Moves a corrupt entry aside into `quarantine/`; `None` if it had to be removed
+/// instead. Call it under the key's exclusive lock.
+pub fn quarantine_entry(
+    dirs: &Dirs,
+    key: &Key,
+    dir: &Path,
+    now: std::time::SystemTime,
+) -> Result<Option<PathBuf>> {
+    let qdir = dirs.quarantine();
+    mkdir_p(&qdir).ctx("creating directory", &qdir)?;
+    let dest = qdir.join(format!(
+        "{}-{}-{}-{}",
+        key.hex(),
+        unix_secs(now),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    match fs::rename(dir, &dest) {
+        Ok(()) => Ok(Some(dest)),
+        Err(_) => {
+            if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+                fs::remove_dir_all(dir).ctx("removing corrupt entry", dir)?;
+            } else {
+                fs::remove_file(dir).ctx("removing corrupt entry", dir)?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Apparent bytes (sum of file lengths) and on-disk bytes (allocated blocks) of the
+/// files directly in `dir`.
+pub fn dir_bytes(dir: &Path) -> (u64, u64) {
+    let mut apparent = 0;
+    let mut disk = 0;
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if let Ok(md) = e.metadata() {
+                if md.is_file() {
+                    apparent += md.len();
+                    disk += md.blocks() * 512;
+                }
+            }
+        }
+    }
+    (apparent, disk)
+}
+
 impl Store {
     /// Opens (creating if needed) the current compiledir under the configured base dir.
     pub fn open(config: &Config) -> Result<Store> {
@@ -256,27 +402,29 @@ impl Store {
         &self.clock
     }
 
+    /// The paths inside the current compiledir.
+    pub fn dirs(&self) -> Dirs {
+        Dirs::new(&self.compiledir)
+    }
+
     /// Directory of the entries.
     pub fn entries_dir(&self) -> PathBuf {
-        self.compiledir.join("entries")
+        self.dirs().entries()
     }
 
     /// Directory of an entry (whether or not it exists).
     pub fn entry_dir(&self, key: &Key) -> PathBuf {
-        self.entries_dir().join(key.fan()).join(key.hex())
+        self.dirs().entry(key)
     }
 
     /// The lock file of a key.
     pub fn lock_path(&self, key: &Key) -> PathBuf {
-        self.compiledir
-            .join("locks")
-            .join(key.fan())
-            .join(format!("{}.lock", key.hex()))
+        self.dirs().lock(key)
     }
 
     /// Directory of cached toolchain resolutions.
     pub fn toolchains_dir(&self) -> PathBuf {
-        self.compiledir.join("toolchains")
+        self.dirs().toolchains()
     }
 
     fn ensure_base(&self) -> Result<()> {
@@ -457,21 +605,13 @@ impl Store {
         })
     }
 
-    /// An entry directory passes when it is a real directory of ours, not writable by
-    /// others, with valid metadata and an artifact whose hash matches.
     fn check_entry(
         &self,
         dir: &Path,
         md: &fs::Metadata,
         key: &Key,
     ) -> std::result::Result<EntryMeta, VerifyError> {
-        if !md.is_dir() {
-            return Err(entry::Corruption::Untrusted("the entry is not a directory".into()).into());
-        }
-        if let Some(why) = entry::untrusted("the entry directory", md) {
-            return Err(entry::Corruption::Untrusted(why).into());
-        }
-        entry::verify(dir, key)
+        check_entry(dir, md, key)
     }
 
     /// Builds into a private temporary directory outside the cache.
@@ -531,29 +671,8 @@ impl Store {
             .ctx("creating a staging directory in", &tmp)
     }
 
-    /// Moves a corrupt entry aside; `None` if it had to be removed instead. Called
-    /// under the key's exclusive lock.
     fn quarantine(&self, key: &Key, dir: &Path) -> Result<Option<PathBuf>> {
-        let qdir = self.compiledir.join("quarantine");
-        mkdir_p(&qdir).ctx("creating directory", &qdir)?;
-        let dest = qdir.join(format!(
-            "{}-{}-{}-{}",
-            key.hex(),
-            unix_secs(self.clock.now()),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        match fs::rename(dir, &dest) {
-            Ok(()) => Ok(Some(dest)),
-            Err(_) => {
-                if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-                    fs::remove_dir_all(dir).ctx("removing corrupt entry", dir)?;
-                } else {
-                    fs::remove_file(dir).ctx("removing corrupt entry", dir)?;
-                }
-                Ok(None)
-            }
-        }
+        quarantine_entry(&self.dirs(), key, dir, self.clock.now())
     }
 
     /// Reads the compiledir's metadata.
@@ -573,6 +692,23 @@ fn nearly_full(dir: &Path) -> bool {
         libc::statvfs(c.as_ptr(), &mut st) == 0
             && (st.f_bavail as u128) * (st.f_frsize as u128) < (1 << 20)
     }
+}
+
+/// The full check a hit makes: the entry is a real directory of ours, not writable by
+/// others, with valid metadata and an artifact of ours whose hash matches. `md` is the
+/// entry directory's `symlink_metadata`.
+pub fn check_entry(
+    dir: &Path,
+    md: &fs::Metadata,
+    key: &Key,
+) -> std::result::Result<EntryMeta, VerifyError> {
+    if !md.is_dir() {
+        return Err(entry::Corruption::Untrusted("the entry is not a directory".into()).into());
+    }
+    if let Some(why) = entry::untrusted("the entry directory", md) {
+        return Err(entry::Corruption::Untrusted(why).into());
+    }
+    entry::verify(dir, key)
 }
 
 /// Errors that mean "the cache cannot be written", after which compiling privately

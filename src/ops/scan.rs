@@ -1,0 +1,205 @@
+//! Reading what is on disk: the compiledirs under a base dir and the entries of a
+//! compiledir. Metadata only (no hashing): `verify` hashes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::clock::unix_secs;
+use crate::error::{Error, IoContext, Result};
+use crate::platform::{CompiledirFormat, Platform, COMPILEDIR_PREFIX};
+use crate::store::entry::{self, VerifyError};
+use crate::store::key::Key;
+use crate::store::{dir_bytes, read_compiledir_meta, Dirs, COMPILEDIR_FILE};
+
+/// A compiledir found under the base dir.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompiledirInfo {
+    /// Directory name (`compiledir_…`).
+    pub name: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its fields, parsed back from the name; `None` if the name does not parse.
+    pub platform: Option<Platform>,
+    /// Whether it is the compiledir this configuration uses.
+    pub current: bool,
+    /// Whether it holds `compiledir.json` (xcache made it).
+    pub is_xcache: bool,
+    /// When it was created (Unix seconds), from `compiledir.json`.
+    pub created: Option<u64>,
+    /// Last use of anything in it (Unix seconds).
+    pub last_use: Option<u64>,
+}
+
+/// The compiledirs under `base` (names starting with `compiledir_`), sorted by name.
+pub fn compiledirs(
+    base: &Path,
+    format: &CompiledirFormat,
+    current: &Path,
+) -> Result<Vec<CompiledirInfo>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(base) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io("reading", base, e)),
+    };
+    for e in rd {
+        let e = e.ctx("reading", base)?;
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !name.starts_with(COMPILEDIR_PREFIX) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = e.path();
+        let meta = read_compiledir_meta(&path).ok();
+        let last_use = entry::last_use(&path)
+            .map(unix_secs)
+            .or(meta.as_ref().map(|m| m.created));
+        out.push(CompiledirInfo {
+            platform: format.parse_name(&name),
+            current: path == current,
+            is_xcache: path.join(COMPILEDIR_FILE).is_file(),
+            created: meta.map(|m| m.created),
+            last_use,
+            name,
+            path,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// One entry as `list` shows it. The JSON schema of `xcache list --json` is an array
+/// of these.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryRow {
+    /// The key, hex.
+    pub key: String,
+    /// Source name given at compile time, or the template instance.
+    pub source: String,
+    /// `c`, `c++`, `cuda`.
+    pub language: String,
+    /// The template's name, when the entry was rendered from one.
+    pub template: Option<String>,
+    /// The template's parameters (canonical), when rendered from one.
+    pub params: Option<Vec<(String, String)>>,
+    /// Apparent bytes of the files in the entry directory.
+    pub size: u64,
+    /// Bytes allocated on disk for them.
+    pub disk_size: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// Last use, seconds since the Unix epoch (at `last_use_resolution`).
+    pub last_use: Option<u64>,
+    /// How long the compile took, ms.
+    pub compile_ms: u64,
+    /// The compiledir's name.
+    pub compiledir: String,
+    /// The entry directory.
+    pub path: PathBuf,
+    /// `ok`, or why the metadata cannot be read (the artifact hash is not checked
+    /// here; `verify` does that).
+    pub status: String,
+}
+
+impl EntryRow {
+    /// The key, parsed.
+    pub fn key(&self) -> Option<Key> {
+        self.key.parse().ok()
+    }
+
+    /// Last use, or creation when never used since: what age decisions go by.
+    pub fn last_touch(&self) -> u64 {
+        self.last_use.unwrap_or(self.created)
+    }
+}
+
+/// The keys of the entries in a compiledir, with their directories.
+pub fn entry_dirs(dirs: &Dirs) -> Result<Vec<(Key, PathBuf)>> {
+    let root = dirs.entries();
+    let mut out = Vec::new();
+    let fans = match fs::read_dir(&root) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io("reading", &root, e)),
+    };
+    for fan in fans {
+        let fan = fan.ctx("reading", &root)?.path();
+        let Ok(entries) = fs::read_dir(&fan) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            // Anything that is not named like a key is not ours: never touched.
+            if let Some(key) = e.file_name().to_str().and_then(|n| n.parse::<Key>().ok()) {
+                out.push((key, e.path()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every entry of a compiledir, with its metadata (no hashing), sorted by key.
+pub fn entries(dirs: &Dirs) -> Result<Vec<EntryRow>> {
+    let compiledir = dirs
+        .root()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rows: Vec<EntryRow> = entry_dirs(dirs)?
+        .into_iter()
+        .map(|(key, dir)| {
+            let (size, disk_size) = dir_bytes(&dir);
+            let last_use = entry::last_use(&dir).map(unix_secs);
+            match entry::read_meta(&dir, &key) {
+                Ok(m) => EntryRow {
+                    key: m.key,
+                    source: m.source_name,
+                    language: m.key_material.language,
+                    template: m.key_material.template.as_ref().map(|t| t.name.clone()),
+                    params: m.key_material.template.map(|t| t.params),
+                    size,
+                    disk_size,
+                    created: m.created,
+                    last_use,
+                    compile_ms: m.compile_ms,
+                    compiledir: compiledir.clone(),
+                    path: dir,
+                    status: "ok".into(),
+                },
+                Err(e) => EntryRow {
+                    key: key.hex(),
+                    source: String::new(),
+                    language: String::new(),
+                    template: None,
+                    params: None,
+                    size,
+                    disk_size,
+                    created: 0,
+                    last_use,
+                    compile_ms: 0,
+                    compiledir: compiledir.clone(),
+                    path: dir,
+                    status: match e {
+                        VerifyError::Corrupt(c) => format!("corrupt: {c}"),
+                        VerifyError::Io(p, e) => format!("unreadable: {}: {e}", p.display()),
+                    },
+                },
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(rows)
+}
+
+/// Apparent and on-disk bytes of everything under `dir` (entries, staging, locks, ...).
+pub fn tree_bytes(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .fold((0, 0), |(a, d), m| (a + m.len(), d + m.blocks() * 512))
+}

@@ -1,0 +1,72 @@
+//! `xcache size`: bytes and entry counts per compiledir, and the total.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ops::scan;
+use crate::platform::CompiledirFormat;
+use crate::store::{Dirs, Store};
+
+/// One compiledir's size. `xcache size --json` prints `{compiledirs: [..], total}`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SizeRow {
+    /// Compiledir name (`total` for the sum).
+    pub compiledir: String,
+    /// Whether it is the current one.
+    pub current: bool,
+    /// Entries in it.
+    pub entries: u64,
+    /// Apparent bytes of the entries.
+    pub entries_bytes: u64,
+    /// Apparent bytes of everything in it (staging, locks, quarantine included).
+    pub apparent_bytes: u64,
+    /// Bytes allocated on disk for everything in it.
+    pub disk_bytes: u64,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeReport {
+    /// Per compiledir.
+    pub compiledirs: Vec<SizeRow>,
+    /// Sum over them.
+    pub total: SizeRow,
+}
+
+/// Sizes of the current compiledir, or (`all`) of every compiledir.
+pub fn size(config: &Config, store: &Store, all: bool) -> Result<SizeReport> {
+    let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
+    let mut rows = Vec::new();
+    for cd in scan::compiledirs(store.base_dir(), &format, store.compiledir())? {
+        if !all && !cd.current {
+            continue;
+        }
+        let dirs = Dirs::new(&cd.path);
+        let mut row = SizeRow {
+            compiledir: cd.name,
+            current: cd.current,
+            ..SizeRow::default()
+        };
+        for (_, dir) in scan::entry_dirs(&dirs)? {
+            row.entries += 1;
+            row.entries_bytes += crate::store::dir_bytes(&dir).0;
+        }
+        (row.apparent_bytes, row.disk_bytes) = scan::tree_bytes(&cd.path);
+        rows.push(row);
+    }
+    let mut total = SizeRow {
+        compiledir: "total".into(),
+        ..SizeRow::default()
+    };
+    for r in &rows {
+        total.entries += r.entries;
+        total.entries_bytes += r.entries_bytes;
+        total.apparent_bytes += r.apparent_bytes;
+        total.disk_bytes += r.disk_bytes;
+    }
+    Ok(SizeReport {
+        compiledirs: rows,
+        total,
+    })
+}

@@ -1,0 +1,202 @@
+//! `xcache warm MANIFEST`: compile a list of requests in parallel, so that CI jobs (or
+//! a fresh machine) start with a warm cache.
+//!
+//! A manifest is JSON: an object with a `requests` array (or the array itself). Each
+//! request is either a template instance or a source file:
+//!
+//! ```json
+//! {"requests": [
+//!   {"template": "elemwise", "params": {"dtype": "float32", "arity": 1, "expr": "exp(a)"}},
+//!   {"source": "kernels/saxpy.c", "flags": ["-O2"], "include": ["kernels/defs.h"]}
+//! ]}
+//! ```
+//!
+//! Paths are relative to the manifest's directory and may not leave it (no absolute
+//! paths, no `..`): a manifest handed around between machines must not read files
+//! outside its own tree.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::compile::{Request, SourceRequest, TemplateRequest};
+use crate::error::{Error, IoContext, Result};
+use crate::runtime::{CacheOutcome, Jit};
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ManifestFile {
+    Object { requests: Vec<ManifestRequest> },
+    List(Vec<ManifestRequest>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestRequest {
+    template: Option<String>,
+    #[serde(default)]
+    params: serde_json::Map<String, serde_json::Value>,
+    source: Option<String>,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    flags: Vec<String>,
+}
+
+/// A request of the manifest, with a label for progress and errors.
+#[derive(Debug, Clone)]
+pub struct WarmItem {
+    /// `template elemwise(dtype=…)` or the source path.
+    pub label: String,
+    /// What to compile.
+    pub request: Request,
+}
+
+fn inside(base: &Path, rel: &str, manifest: &Path) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    let escapes = p.is_absolute()
+        || p.components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::RootDir | Component::Prefix(_)
+            )
+        });
+    if escapes || rel.is_empty() {
+        return Err(Error::InvalidRequest(format!(
+            "{}: path {rel:?} must be relative to the manifest's directory and stay inside it (no absolute paths, no `..`)",
+            manifest.display()
+        )));
+    }
+    Ok(base.join(p))
+}
+
+/// Reads a manifest into requests. Every problem names the manifest and the request.
+pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
+    let text = std::fs::read_to_string(path).ctx("reading", path)?;
+    let file: ManifestFile = serde_json::from_str(&text).map_err(|e| {
+        Error::InvalidRequest(format!(
+            "{} is not a valid manifest: {e}. Expected {{\"requests\": [{{\"template\": NAME, \"params\": {{...}}}} or {{\"source\": PATH, \"flags\": [...]}}]}}",
+            path.display()
+        ))
+    })?;
+    let reqs = match file {
+        ManifestFile::Object { requests } => requests,
+        ManifestFile::List(l) => l,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (i, r) in reqs.into_iter().enumerate() {
+        let at = |m: String| Error::InvalidRequest(format!("{} request {i}: {m}", path.display()));
+        let item = match (r.template, r.source) {
+            (Some(name), None) => {
+                if !r.include.is_empty() {
+                    return Err(at("`include` is for source requests".into()));
+                }
+                let mut t = TemplateRequest::new(name);
+                for (k, v) in r.params {
+                    let v = match v {
+                        serde_json::Value::String(s) => s,
+                        serde_json::Value::Number(n) => n.to_string(),
+                        serde_json::Value::Bool(b) => b.to_string(),
+                        other => {
+                            return Err(at(format!(
+                                "parameter `{k}` must be a string, number or bool, not {other}"
+                            )))
+                        }
+                    };
+                    t = t.param(k, v);
+                }
+                t.flags = r.flags;
+                let ps: Vec<String> = t.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                WarmItem {
+                    label: format!("{}({})", t.name, ps.join(", ")),
+                    request: Request::Template(t),
+                }
+            }
+            (None, Some(src)) => {
+                if !r.params.is_empty() {
+                    return Err(at("`params` are for template requests".into()));
+                }
+                let file = inside(base, &src, path)?;
+                let mut s = SourceRequest::from_file(&file)?;
+                s.flags = r.flags;
+                for h in &r.include {
+                    let hp = inside(base, h, path)?;
+                    let name = hp
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    s = s.extra_input(name, std::fs::read(&hp).ctx("reading", &hp)?);
+                }
+                WarmItem {
+                    label: src,
+                    request: Request::Source(s),
+                }
+            }
+            _ => return Err(at("give exactly one of `template` and `source`".into())),
+        };
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// One failed request.
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmFailure {
+    /// The request's label.
+    pub label: String,
+    /// The error, with the compiler's diagnostics.
+    pub error: String,
+}
+
+/// The summary. `xcache warm --json` prints this.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WarmReport {
+    /// Requests in the manifest.
+    pub requests: usize,
+    /// Already in the cache.
+    pub hits: usize,
+    /// Compiled now.
+    pub compiled: usize,
+    /// Failed.
+    pub failed: Vec<WarmFailure>,
+    /// Wall time, seconds.
+    pub elapsed_s: f64,
+    /// Time the compiler ran, summed over the compiles, seconds.
+    pub compile_s: f64,
+}
+
+/// Compiles every item, at most `jobs` at a time. `progress` is called after each
+/// request finishes, from the worker that ran it.
+pub fn warm(
+    jit: &Jit,
+    items: &[WarmItem],
+    jobs: usize,
+    progress: &(dyn Fn(&WarmItem, &Result<CacheOutcome>) + Sync),
+) -> WarmReport {
+    let start = Instant::now();
+    let reqs: Vec<Request> = items.iter().map(|i| i.request.clone()).collect();
+    let results = jit.build_many_with(&reqs, jobs, &|i, r| progress(&items[i], r));
+    let mut report = WarmReport {
+        requests: items.len(),
+        ..WarmReport::default()
+    };
+    let mut compile = Duration::ZERO;
+    for (item, r) in items.iter().zip(results) {
+        match r {
+            Ok(o) if o.hit => report.hits += 1,
+            Ok(o) => {
+                report.compiled += 1;
+                compile += Duration::from_millis(o.meta.compile_ms);
+            }
+            Err(e) => report.failed.push(WarmFailure {
+                label: item.label.clone(),
+                error: e.to_string(),
+            }),
+        }
+    }
+    report.elapsed_s = start.elapsed().as_secs_f64();
+    report.compile_s = compile.as_secs_f64();
+    report
+}
