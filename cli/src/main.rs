@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 use xcache::ops;
 use xcache::{Config, Jit, Store};
 
@@ -146,8 +146,8 @@ enum Command {
     },
     /// Print a shell completion script.
     Completions {
-        /// The shell.
-        shell: Shell,
+        /// The shell: bash, zsh, fish, elvish, powershell.
+        shell: clap_complete::Shell,
     },
     /// Print the man page (roff), generated from these definitions.
     Man,
@@ -167,16 +167,6 @@ enum BaseAction {
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum Shell {
-    Bash,
-    Zsh,
-    Fish,
-    Elvish,
-    #[value(name = "powershell")]
-    PowerShell,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -351,15 +341,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             status(report.ok)
         }
         Some(Command::Completions { shell }) => {
-            use clap_complete::Shell as S;
-            let shell = match shell {
-                Shell::Bash => S::Bash,
-                Shell::Zsh => S::Zsh,
-                Shell::Fish => S::Fish,
-                Shell::Elvish => S::Elvish,
-                Shell::PowerShell => S::PowerShell,
-            };
-            clap_complete::generate(shell, &mut Cli::command(), "xcache", &mut out);
+            clap_complete::generate(*shell, &mut Cli::command(), "xcache", &mut out);
             ExitCode::SUCCESS
         }
         Some(Command::Man) => {

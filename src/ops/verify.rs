@@ -82,14 +82,11 @@ pub fn verify(config: &Config, store: &Store, repair: bool) -> Result<VerifyRepo
                 drop(guard);
                 let mut repaired = None;
                 if repair {
-                    match lock::try_lock_exclusive(&dirs.lock(key))? {
-                        Some(_g) => {
-                            repaired = Some(match quarantine_entry(&dirs, key, dir, now)? {
-                                Some(q) => format!("moved to {}", q.display()),
-                                None => "removed".into(),
-                            })
-                        }
-                        None => {}
+                    if let Some(_g) = lock::try_lock_exclusive(&dirs.lock(key))? {
+                        repaired = Some(match quarantine_entry(&dirs, key, dir, now)? {
+                            Some(q) => format!("moved to {}", q.display()),
+                            None => "removed".into(),
+                        });
                     }
                 }
                 report.problems.push(Problem {
