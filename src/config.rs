@@ -466,10 +466,11 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         .ok_or_else(|| format!("duration {text:?} is too large"))
 }
 
-/// Formats a duration in the largest unit that divides it (`3600s` → `1h`).
+/// Formats a duration in the largest unit that divides it (`3600s` → `1h`; days are the
+/// largest unit, as people write them: `30d`, not `4w2d`).
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
-    for (unit, n) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
         if s > 0 && s.is_multiple_of(n) {
             return format!("{}{unit}", s / n);
         }

@@ -1,61 +1,13 @@
 //! The `xcache` command's verbs, output formats and exit statuses, each test in its own
 //! temp base dir.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
+use common::{stderr, stdout, Env};
 use serde_json::Value;
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::Builder::new()
-                .prefix("xcache-cli-")
-                .tempdir()
-                .unwrap(),
-        }
-    }
-    fn base(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_xcache"));
-        c.args(args)
-            .env("XCACHE_DIR", self.base())
-            .env_remove("XCACHE_FLAGS")
-            .env_remove("XCACHE_CONFIG")
-            .env_remove("XCACHE_RUNTIME")
-            .env_remove("XCACHE_LOG")
-            .stdin(Stdio::null());
-        c
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 const SRC: &str = "int twice(int x) { return 2 * x; }\n";
 

@@ -87,6 +87,8 @@ pub fn verify(config: &Config, store: &Store, repair: bool) -> Result<VerifyRepo
                             Some(q) => format!("moved to {}", q.display()),
                             None => "removed".into(),
                         });
+                        // Its lock file would be an orphan now; safe to remove under it.
+                        let _ = fs::remove_file(dirs.lock(key));
                     }
                 }
                 report.problems.push(Problem {

@@ -1,0 +1,83 @@
+//! Helpers shared by the CLI tests: each test gets its own temp base dir and runs the
+//! real `xcache` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("xcache-cli-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+    pub fn base(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xcache"));
+        c.args(args)
+            .env("XCACHE_DIR", self.base())
+            .env_remove("XCACHE_FLAGS")
+            .env_remove("XCACHE_CONFIG")
+            .env_remove("XCACHE_RUNTIME")
+            .env_remove("XCACHE_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+    /// Runs and parses stdout as JSON, failing on a non-zero exit.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&stdout(&self.run(args))).unwrap()
+    }
+    /// The current compiledir, as `xcache` prints it.
+    pub fn compiledir(&self) -> PathBuf {
+        PathBuf::from(stdout(&self.run(&[])).trim())
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Sets the mtime of a file (to make entries and compiledirs look old, without waiting).
+pub fn set_mtime(path: &Path, secs_ago: u64) {
+    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+    let f = if path.is_dir() {
+        std::fs::File::open(path).unwrap()
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap()
+    };
+    f.set_modified(t).unwrap();
+}

@@ -1,0 +1,738 @@
+//! The maintenance verbs — list, size, clear, purge, prune, basecompiledir, warm, stats,
+//! verify, doctor, config, completions, man — against real caches in temp base dirs,
+//! with JSON schemas and with entries held by another holder's real lock.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{set_mtime, stderr, stdout, Env};
+use serde_json::Value;
+
+const DAY: u64 = 86_400;
+
+fn src(env: &Env, name: &str) -> PathBuf {
+    env.file(
+        name,
+        &format!(
+            "int f_{0}(int x) {{ return x + {1}; }}\n",
+            name.replace(['.', '/'], "_"),
+            name.len()
+        ),
+    )
+}
+
+/// Compiles `names` and returns their entry directories, in order.
+fn populate(env: &Env, names: &[&str]) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|n| {
+            let s = src(env, n);
+            let v = env.json(&["compile", s.to_str().unwrap(), "--json"]);
+            PathBuf::from(v["path"].as_str().unwrap())
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        })
+        .collect()
+}
+
+/// Holds the shared lock of an entry, as a process loading it would.
+fn hold(entry_dir: &Path) -> xcache::store::lock::LockGuard {
+    let key = entry_dir.file_name().unwrap().to_str().unwrap();
+    let cd = entry_dir
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap();
+    let lock = cd.join("locks").join(&key[..2]).join(format!("{key}.lock"));
+    xcache::store::lock::lock_shared(&lock).unwrap()
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn list_sorts_and_lists_every_compiledir() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c", "ccc.c"]);
+    // a: used long ago; bb: recently; ccc: in between.
+    set_mtime(&dirs[0].join("last-use"), 10 * DAY);
+    set_mtime(&dirs[1].join("last-use"), 60);
+    set_mtime(&dirs[2].join("last-use"), DAY);
+    let by_use = env.json(&["list", "--sort", "use", "--json"]);
+    let sources: Vec<&str> = by_use
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        ["a.c", "ccc.c", "bb.c"],
+        "least recently used first"
+    );
+    let by_name = env.json(&["list", "--sort", "name", "--json"]);
+    assert_eq!(by_name[0]["source"], "a.c");
+    for r in by_name.as_array().unwrap() {
+        for f in [
+            "key",
+            "source",
+            "language",
+            "template",
+            "params",
+            "size",
+            "disk_size",
+            "created",
+            "last_use",
+            "compile_ms",
+            "compiledir",
+            "path",
+            "status",
+        ] {
+            assert!(r.get(f).is_some(), "{f} missing: {r}");
+        }
+    }
+    // Another runtime's compiledir shows up with --all only.
+    let s = src(&env, "other.c");
+    let out = env
+        .cmd(&["compile", s.to_str().unwrap()])
+        .env("XCACHE_RUNTIME", "cpython-3.10")
+        .output()
+        .unwrap();
+    stdout(&out);
+    assert_eq!(env.json(&["list", "--json"]).as_array().unwrap().len(), 3);
+    let all = env.json(&["list", "--all", "--json"]);
+    assert_eq!(all.as_array().unwrap().len(), 4);
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["compiledir"].as_str().unwrap().contains("cpython-3.10")));
+    let text = stdout(&env.run(&["list", "--all"]));
+    assert!(
+        text.lines().next().unwrap().contains("COMPILEDIR"),
+        "{text}"
+    );
+    assert_eq!(env.run(&["list", "--sort", "color"]).status.code(), Some(2));
+}
+
+#[test]
+fn size_reports_bytes_per_compiledir_and_total() {
+    let env = Env::new();
+    populate(&env, &["a.c", "bb.c"]);
+    let v = env.json(&["size", "--json"]);
+    let cds = v["compiledirs"].as_array().unwrap();
+    assert_eq!(cds.len(), 1);
+    assert_eq!(cds[0]["entries"], 2);
+    assert_eq!(cds[0]["current"], true);
+    let in_entries = cds[0]["entries_bytes"].as_u64().unwrap();
+    assert!(in_entries > 2 * 10_000, "{v}");
+    assert!(cds[0]["apparent_bytes"].as_u64().unwrap() >= in_entries);
+    assert!(cds[0]["disk_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v["total"]["entries"], 2);
+    let listed: u64 = env
+        .json(&["list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(listed, in_entries, "list and size agree");
+    let text = stdout(&env.run(&["size"]));
+    assert!(text.contains("(current)") && text.contains("KiB"), "{text}");
+}
+
+#[test]
+fn clear_skips_entries_in_use_and_says_so() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c", "ccc.c"]);
+    let guard = hold(&dirs[1]);
+    let v = env.json(&["clear", "--json"]);
+    assert_eq!(v["removed_entries"], 2);
+    assert_eq!(v["skipped"], 1);
+    let kept: Vec<&Value> = v["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| !a["skipped"].is_null())
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert!(
+        kept[0]["skipped"].as_str().unwrap().contains("in use"),
+        "{v}"
+    );
+    assert!(!dirs[0].exists() && dirs[1].exists() && !dirs[2].exists());
+    drop(guard);
+    let text = stdout(&env.run(&["clear"]));
+    assert!(text.contains("1 entries, freed"), "{text}");
+    assert!(env.json(&["list", "--json"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn purge_removes_the_current_compiledir_unless_in_use() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c"]);
+    let cd = env.compiledir();
+    let guard = hold(&dirs[0]);
+    let v = env.json(&["purge", "--json"]);
+    assert!(cd.exists(), "an entry in use keeps its compiledir");
+    assert!(v["skipped"].as_u64().unwrap() >= 1);
+    drop(guard);
+    // Something of the user's inside: the compiledir stays, with it.
+    std::fs::write(cd.join("notes.txt"), "mine").unwrap();
+    env.json(&["purge", "--json"]);
+    assert!(cd.join("notes.txt").exists());
+    assert!(!cd.join("entries").exists());
+    std::fs::remove_file(cd.join("notes.txt")).unwrap();
+    // Recreated on the next use, then purged whole.
+    populate(&env, &["a.c"]);
+    env.json(&["purge", "--json"]);
+    assert!(!cd.exists());
+}
+
+#[test]
+fn prune_by_size_evicts_least_recently_used_down_to_low_water() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c", "ccc.c", "dddd.c"]);
+    for (i, d) in dirs.iter().enumerate() {
+        set_mtime(&d.join("last-use"), (10 - i as u64) * DAY); // a oldest, dddd newest
+    }
+    let sizes: Vec<u64> = env
+        .json(&["list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["size"].as_u64().unwrap())
+        .collect();
+    let total: u64 = sizes.iter().sum();
+    let one = sizes[0];
+    // Room for ~2.6 entries; low water 0.8 of that is ~2.1: keep the 2 newest.
+    let max = (one as f64 * 2.6) as u64;
+    let dry = env.json(&[
+        "prune",
+        "--max-size",
+        &max.to_string(),
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["removed_entries"], 2);
+    assert!(dirs.iter().all(|d| d.exists()), "a dry run removes nothing");
+    let text = stdout(&env.run(&["prune", "--max-size", &max.to_string(), "--dry-run"]));
+    assert!(
+        text.contains("would remove") && text.contains("would free"),
+        "{text}"
+    );
+
+    let v = env.json(&["prune", "--max-size", &max.to_string(), "--json"]);
+    assert_eq!(v["removed_entries"], 2);
+    assert!(!dirs[0].exists() && !dirs[1].exists() && dirs[2].exists() && dirs[3].exists());
+    assert!(v["freed_bytes"].as_u64().unwrap() <= total);
+}
+
+#[test]
+fn prune_by_age_and_while_another_process_loads() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c", "ccc.c"]);
+    set_mtime(&dirs[0].join("last-use"), 40 * DAY);
+    set_mtime(&dirs[1].join("last-use"), 40 * DAY);
+    let guard = hold(&dirs[1]); // being loaded right now
+    let v = env.json(&["prune", "--older-than", "30d", "--json"]);
+    assert_eq!(v["removed_entries"], 1);
+    assert_eq!(v["skipped"], 1);
+    assert!(!dirs[0].exists());
+    assert!(dirs[1].exists(), "never pulled from under a loader");
+    assert!(dirs[2].exists(), "recent entries stay");
+    drop(guard);
+    let v = env.json(&["prune", "--older-than", "30d", "--json"]);
+    assert_eq!(v["removed_entries"], 1);
+    assert!(!dirs[1].exists());
+    // The entry that stayed still loads.
+    let s = src(&env, "ccc.c");
+    assert_eq!(
+        env.json(&["compile", s.to_str().unwrap(), "--json"])["hit"],
+        true
+    );
+}
+
+#[test]
+fn prune_collects_crashed_staging_after_the_grace_period() {
+    let env = Env::new();
+    populate(&env, &["a.c"]);
+    let tmp = env.compiledir().join("tmp");
+    let old = tmp.join("build-0123456789abcdef-dead");
+    let fresh = tmp.join("build-fedcba9876543210-live");
+    for d in [&old, &fresh] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("source.c"), "int x;").unwrap();
+    }
+    set_mtime(&old, 2 * 3600);
+    let foreign = tmp.join("not-ours");
+    std::fs::create_dir_all(&foreign).unwrap();
+    set_mtime(&foreign, 100 * DAY);
+    let v = env.json(&["prune", "--older-than", "365d", "--json"]);
+    assert!(!old.exists(), "{v}");
+    assert!(fresh.exists(), "a build in progress is left alone");
+    assert!(foreign.exists(), "what is not xcache's is left alone");
+}
+
+/// Makes a compiledir for another platform by copying the current one's layout.
+fn fake_compiledir(env: &Env, name: &str, last_use_secs_ago: u64) -> PathBuf {
+    let cd = env.base().join(name);
+    std::fs::create_dir_all(cd.join("entries")).unwrap();
+    std::fs::copy(
+        env.compiledir().join("compiledir.json"),
+        cd.join("compiledir.json"),
+    )
+    .unwrap();
+    set_mtime(&cd.join("last-use"), last_use_secs_ago);
+    cd
+}
+
+#[test]
+fn stale_compiledirs_of_older_runtimes_and_kernels() {
+    let env = Env::new();
+    let run = |args: &[&str]| {
+        env.cmd(args)
+            .env("XCACHE_RUNTIME", "cpython-3.11")
+            .output()
+            .unwrap()
+    };
+    let current = PathBuf::from(stdout(&run(&[])).trim());
+    let name = current.file_name().unwrap().to_str().unwrap().to_string();
+    let s = src(&env, "a.c");
+    // An older runtime, recently used: stale by version.
+    stdout(
+        &env.cmd(&["compile", s.to_str().unwrap()])
+            .env("XCACHE_RUNTIME", "cpython-3.10")
+            .output()
+            .unwrap(),
+    );
+    // A newer runtime: other.
+    stdout(
+        &env.cmd(&["compile", s.to_str().unwrap()])
+            .env("XCACHE_RUNTIME", "cpython-3.12")
+            .output()
+            .unwrap(),
+    );
+    // An older kernel (same os, arch, runtime), recently used: stale.
+    let kernel = name.split('-').nth(1).unwrap();
+    let old_kernel = fake_compiledir(
+        &env,
+        &name.replacen(&format!("-{kernel}-"), "-4.19-", 1),
+        60,
+    );
+    // Another arch, recent: other; another arch, unused for 40 days: stale.
+    let arm = name
+        .replacen("-x86_64-", "-aarch64-", 1)
+        .replacen("-aarch64-", "-armv7l-", 1);
+    let arm_recent = fake_compiledir(&env, &arm.replace("cpython-3.11", "cpython-3.9"), 60);
+    let arm_old = fake_compiledir(&env, &arm.replace("cpython-3.11", "cpython-3.8"), 40 * DAY);
+    // Not xcache's (no compiledir.json), old.
+    let foreign = env.base().join("compiledir_something-else");
+    std::fs::create_dir_all(&foreign).unwrap();
+    set_mtime(&foreign.join("last-use"), 400 * DAY);
+
+    let list: Value =
+        serde_json::from_str(&stdout(&run(&["basecompiledir", "list", "--json"]))).unwrap();
+    let mark = |needle: &str| -> String {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"].as_str().unwrap().contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not listed: {list}"))["mark"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(mark(&name), "current");
+    assert_eq!(mark("cpython-3.10"), "stale");
+    assert_eq!(mark("cpython-3.12"), "other");
+    assert_eq!(mark("-4.19-"), "stale");
+    assert_eq!(mark("cpython-3.9"), "other");
+    assert_eq!(mark("cpython-3.8"), "stale");
+    let text = stdout(&run(&["basecompiledir", "list"]));
+    assert!(
+        text.contains("older runtime cpython-3.10") && text.contains("older kernel 4.19"),
+        "{text}"
+    );
+
+    let dry: Value =
+        serde_json::from_str(&stdout(&run(&["prune", "--stale", "--dry-run", "--json"]))).unwrap();
+    assert!(
+        dry["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "compiledir")
+            .count()
+            >= 3
+    );
+    assert!(old_kernel.exists());
+    stdout(&run(&["prune", "--stale"]));
+    assert!(current.exists());
+    assert!(!old_kernel.exists() && !arm_old.exists());
+    assert!(!env.base().read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_str()
+        .unwrap()
+        .contains("cpython-3.10")));
+    assert!(arm_recent.exists());
+    assert!(env.base().read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_str()
+        .unwrap()
+        .contains("cpython-3.12")));
+    assert!(
+        foreign.exists(),
+        "a directory without compiledir.json is never removed"
+    );
+}
+
+#[test]
+fn basecompiledir_purge_refuses_what_does_not_look_like_xcache() {
+    let env = Env::new();
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(home.join("documents")).unwrap();
+    std::fs::write(home.join("documents/thesis.tex"), "precious").unwrap();
+    let out = env.run(&["--dir", home.to_str().unwrap(), "basecompiledir", "purge"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("refusing to purge") && err.contains("CACHEDIR.TAG") && err.contains("Fix"),
+        "{err}"
+    );
+    assert!(home.join("documents/thesis.tex").exists());
+
+    // A real base dir: every compiledir goes, the user's own file stays.
+    populate(&env, &["a.c"]);
+    stdout(
+        &env.cmd(&["compile", src(&env, "b.c").to_str().unwrap()])
+            .env("XCACHE_RUNTIME", "x-1")
+            .output()
+            .unwrap(),
+    );
+    std::fs::write(env.base().join("README.mine"), "keep").unwrap();
+    let v = env.json(&["basecompiledir", "purge", "--json"]);
+    assert_eq!(v["skipped"], 0, "{v}");
+    let left: Vec<String> = env
+        .base()
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["README.mine"]);
+}
+
+#[test]
+fn warm_compiles_a_manifest_in_parallel_then_nothing() {
+    let env = Env::new();
+    src(&env, "kernels/k.c");
+    env.file("kernels/defs.h", "#define N 3\n");
+    env.file(
+        "kernels/uses_h.c",
+        "#include \"defs.h\"\nint n(void) { return N; }\n",
+    );
+    let manifest = env.file(
+        "manifest.json",
+        r#"{"requests": [
+            {"template": "elemwise", "params": {"dtype": "float32", "arity": 1, "expr": "exp(a)"}},
+            {"template": "elemwise", "params": {"dtype": "float64", "arity": 2, "expr": "a*b"}},
+            {"template": "reduce", "params": {"dtype": "float32", "op": "sum"}},
+            {"template": "gemm", "params": {"dtype": "float32", "relu": true}},
+            {"source": "kernels/k.c", "flags": ["-O2"]},
+            {"source": "kernels/uses_h.c", "include": ["kernels/defs.h"]},
+            {"template": "elemwise", "params": {"dtype": "float32", "arity": 1, "expr": "exp(a)"}}
+        ]}"#,
+    );
+    let out = env.run(&["warm", manifest.to_str().unwrap(), "--jobs", "2"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("7 requests") && text.contains("0 failed"),
+        "{text}"
+    );
+    let progress = stderr(&out);
+    assert!(
+        progress.contains("[7/7]"),
+        "plain progress lines when not a terminal: {progress}"
+    );
+    let v = env.json(&["warm", manifest.to_str().unwrap(), "--jobs", "2", "--json"]);
+    assert_eq!(v["requests"], 7);
+    assert_eq!(v["compiled"], 0, "a warm cache compiles nothing: {v}");
+    assert_eq!(v["hits"], 7);
+    assert_eq!(env.json(&["list", "--json"]).as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn warm_reports_failures_and_refuses_paths_outside_the_manifest() {
+    let env = Env::new();
+    env.file("bad.c", "int f(void) { return nope; }\n");
+    let manifest = env.file(
+        "m.json",
+        r#"[{"source": "bad.c"}, {"template": "elemwise", "params": {"dtype": "float32", "arity": 1, "expr": "a+1"}}]"#,
+    );
+    let out = env.run(&["warm", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("failed: bad.c") && text.contains("nope"),
+        "{text}"
+    );
+    assert!(text.contains("1 compiled, 1 failed"), "{text}");
+
+    for bad in [
+        r#"[{"source": "../escape.c"}]"#,
+        r#"[{"source": "/etc/hostname"}]"#,
+    ] {
+        let m = env.file("evil.json", bad);
+        let out = env.run(&["warm", m.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("stay inside it"), "{}", stderr(&out));
+    }
+    let m = env.file("garbage.json", "{\"requests\": 3}");
+    let out = env.run(&["warm", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a valid manifest"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn stats_count_hits_misses_and_compile_time_and_reset() {
+    let env = Env::new();
+    let s = src(&env, "a.c");
+    env.json(&["compile", s.to_str().unwrap(), "--json"]);
+    env.json(&["compile", s.to_str().unwrap(), "--json"]);
+    env.json(&["compile", s.to_str().unwrap(), "--json"]);
+    let bad = env.file("bad.c", "int f(void) { return nope; }\n");
+    assert_eq!(
+        env.run(&["compile", bad.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+    let v = env.json(&["stats", "--json"]);
+    let cur = &v.as_array().unwrap()[0];
+    for f in [
+        "compiledir",
+        "current",
+        "hits",
+        "memory_hits",
+        "misses",
+        "compiles",
+        "failed_compiles",
+        "compile_ms",
+        "saved_ms",
+        "lock_wait_ms",
+    ] {
+        assert!(cur.get(f).is_some(), "{f} missing: {cur}");
+    }
+    assert_eq!(cur["hits"], 2);
+    assert_eq!(cur["compiles"], 1);
+    assert_eq!(cur["failed_compiles"], 1);
+    assert_eq!(cur["misses"], 2);
+    assert!(cur["saved_ms"].as_u64().unwrap() >= 2 * cur["compile_ms"].as_u64().unwrap().min(1));
+    let text = stdout(&env.run(&["stats"]));
+    assert!(text.contains("HIT RATE") && text.contains("50%"), "{text}");
+    stdout(&env.run(&["stats", "--zero"]));
+    let v = env.json(&["stats", "--json"]);
+    assert_eq!(v[0]["hits"], 0);
+    assert_eq!(v[0]["compiles"], 0);
+}
+
+#[test]
+fn verify_finds_and_repairs() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c"]);
+    let v = env.json(&["verify", "--json"]);
+    assert_eq!(v["entries"], 2);
+    assert_eq!(v["ok"], 2);
+    assert!(v["problems"].as_array().unwrap().is_empty());
+
+    // Corrupt artifact, orphan lock, crashed staging.
+    let lib = dirs[0].join("lib.so");
+    let mut bytes = std::fs::read(&lib).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0xff;
+    std::fs::write(&lib, bytes).unwrap();
+    let cd = env.compiledir();
+    let orphan = cd.join("locks/ee").join(format!("{}.lock", "e".repeat(64)));
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, "").unwrap();
+    let staging = cd.join("tmp/build-0000000000000000-crashed");
+    std::fs::create_dir_all(&staging).unwrap();
+    set_mtime(&staging, 3 * 3600);
+
+    let out = env.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "corrupt-entry",
+        "hash",
+        "orphan-lock",
+        "stale-staging",
+        "--repair",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    let out = env.run(&["verify", "--repair", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["repaired"].is_null()),
+        "{v}"
+    );
+    assert!(!dirs[0].exists() && !orphan.exists() && !staging.exists());
+    assert_eq!(std::fs::read_dir(cd.join("quarantine")).unwrap().count(), 1);
+    let v = env.json(&["verify", "--json"]);
+    assert_eq!(v["entries"], 1);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+}
+
+#[test]
+fn doctor_reports_each_part_with_a_verdict() {
+    let env = Env::new();
+    let v = env.json(&["doctor", "--json"]);
+    let checks = v["checks"].as_array().unwrap();
+    let get = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {v}"))
+    };
+    for name in [
+        "platform",
+        "base dir",
+        "compiledir",
+        "C compiler",
+        "C++ compiler",
+        "nvcc",
+        "GPU",
+    ] {
+        let c = get(name);
+        assert!(
+            ["ok", "warn", "fail"].contains(&c["status"].as_str().unwrap()),
+            "{c}"
+        );
+        assert!(!c["detail"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(get("platform")["status"], "ok");
+    assert_eq!(get("base dir")["status"], "ok");
+    assert_eq!(get("C compiler")["status"], "ok");
+    assert!(get("C compiler")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("builds and loads"));
+    let text = stdout(&env.run(&["doctor"]));
+    assert!(text.starts_with("CHECK"), "{text}");
+    // A broken compiler fails the doctor.
+    let out = env
+        .cmd(&["doctor"])
+        .env("XCACHE_FLAGS", "cc=/nonexistent/cc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}
+
+#[test]
+fn config_shows_values_and_where_they_came_from() {
+    let env = Env::new();
+    let file = env.file("xcache.toml", "opt_level = 2\nmax_size = \"1GiB\"\n");
+    let out = env
+        .cmd(&["config", "--json"])
+        .env("XCACHE_CONFIG", &file)
+        .env("XCACHE_FLAGS", "stale_after=7d")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let get = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(get("opt_level")["value"], "2");
+    assert!(get("opt_level")["origin"]
+        .as_str()
+        .unwrap()
+        .starts_with("file "));
+    assert_eq!(get("max_size")["value"], "1GiB");
+    assert_eq!(get("stale_after")["value"], "7d");
+    assert_eq!(get("stale_after")["origin"], "XCACHE_FLAGS");
+    assert_eq!(get("base_dir")["origin"], "env XCACHE_DIR");
+    assert_eq!(get("low_water")["origin"], "default");
+    for r in v.as_array().unwrap() {
+        for f in ["name", "value", "origin", "default", "doc"] {
+            assert!(r.get(f).is_some(), "{f}: {r}");
+        }
+    }
+    let text = stdout(&env.run(&["config"]));
+    assert!(
+        text.starts_with("SETTING") && text.contains("env XCACHE_DIR"),
+        "{text}"
+    );
+}
+
+#[test]
+fn completions_and_man_page() {
+    let env = Env::new();
+    let bash = stdout(&env.run(&["completions", "bash"]));
+    assert!(bash.contains("xcache") && bash.contains("prune") && bash.contains("basecompiledir"));
+    let zsh = stdout(&env.run(&["completions", "zsh"]));
+    assert!(zsh.contains("#compdef xcache"));
+    let man = stdout(&env.run(&["man"]));
+    assert!(
+        man.contains(".TH xcache") && man.contains("compile"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    assert_eq!(env.run(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+#[test]
+fn automatic_prune_keeps_the_compiledir_under_max_size() {
+    let env = Env::new();
+    let flags = "max_size=40KiB,low_water=0.5,auto_prune_interval=0s";
+    for i in 0..6 {
+        let s = env.file(
+            &format!("k{i}.c"),
+            &format!("int k{i}(void) {{ return {i}; }}\n"),
+        );
+        let out = env
+            .cmd(&["compile", s.to_str().unwrap()])
+            .env("XCACHE_FLAGS", flags)
+            .output()
+            .unwrap();
+        stdout(&out);
+    }
+    let v = env.json(&["size", "--json"]);
+    let bytes = v["total"]["entries_bytes"].as_u64().unwrap();
+    // The entry just built is held while pruning, so one entry may sit above the mark.
+    assert!(bytes <= 40 * 1024 + 20 * 1024, "{v}");
+    let left = v["total"]["entries"].as_u64().unwrap();
+    assert!(left < 6, "auto-prune removed nothing: {v}");
+    // The newest entry survived: it is a hit.
+    let last = env.dir.path().join("k5.c");
+    assert_eq!(
+        env.json(&["compile", last.to_str().unwrap(), "--json"])["hit"],
+        true
+    );
+    let _ = keys(&env.json(&["list", "--json"]));
+}
