@@ -64,6 +64,16 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "C++ compiler. Unset means $CXX, else the platform's `c++`.",
     },
     SettingInfo {
+        name: "nvcc",
+        default: "",
+        doc: "CUDA compiler. Unset means $CUDA_HOME/bin/nvcc, $CUDA_PATH/bin/nvcc, PATH, then a pip-installed nvidia-cuda-nvcc wheel: where people have it.",
+    },
+    SettingInfo {
+        name: "cuda_arch",
+        default: "",
+        doc: "GPU arch to build for (sm_90). Unset means the local GPU's, asked of the driver, else sm_80, whose PTX any newer GPU can run.",
+    },
+    SettingInfo {
         name: "opt_level",
         default: "3",
         doc: "Optimisation level (0-3, s, z). 3: JIT kernels are small and hot, and -O3 turns on the full auto-vectoriser.",
@@ -158,6 +168,10 @@ pub struct Config {
     pub cc: Option<String>,
     /// C++ compiler override.
     pub cxx: Option<String>,
+    /// nvcc override.
+    pub nvcc: Option<String>,
+    /// GPU arch override.
+    pub cuda_arch: Option<String>,
     /// Optimisation level handed to the compiler.
     pub opt_level: String,
     /// How the compiler binary is fingerprinted.
@@ -193,6 +207,8 @@ impl Config {
             runtime_tag: String::new(),
             cc: None,
             cxx: None,
+            nvcc: None,
+            cuda_arch: None,
             opt_level: String::new(),
             compiler_check: CompilerCheck::Mtime,
             last_use_resolution: Duration::ZERO,
@@ -369,6 +385,13 @@ impl Config {
             }
             "cc" => self.cc = opt(value),
             "cxx" => self.cxx = opt(value),
+            "nvcc" => self.nvcc = opt(value),
+            "cuda_arch" => {
+                if !value.is_empty() {
+                    crate::compile::nvcc::check_arch(value).map_err(|m| bad(&m))?;
+                }
+                self.cuda_arch = opt(value);
+            }
             "opt_level" => {
                 if !matches!(value, "0" | "1" | "2" | "3" | "s" | "z") {
                     return Err(bad("one of 0, 1, 2, 3, s, z"));
@@ -427,6 +450,8 @@ impl Config {
                     "runtime_tag" => self.runtime_tag.clone(),
                     "cc" => self.cc.clone().unwrap_or_default(),
                     "cxx" => self.cxx.clone().unwrap_or_default(),
+                    "nvcc" => self.nvcc.clone().unwrap_or_default(),
+                    "cuda_arch" => self.cuda_arch.clone().unwrap_or_default(),
                     "opt_level" => self.opt_level.clone(),
                     "compiler_check" => match self.compiler_check {
                         CompilerCheck::Mtime => "mtime".into(),

@@ -24,15 +24,20 @@ use crate::store::key::{Target, Toolchain};
 /// The target triple this library was built for; host compiles target it.
 pub const HOST_TARGET: &str = env!("XCACHE_HOST_TARGET");
 
-/// A resolved host compiler: how to run it and its fingerprint.
+/// A resolved compiler: how to run it and its fingerprint. For C and C++ it is the
+/// host compiler; for CUDA it is nvcc (see [`super::nvcc`]), with the GPU arch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostTool {
     /// The program to run (absolute).
     pub program: PathBuf,
-    /// Arguments the `cc` crate chose (opt level, -fPIC, target flags, $CFLAGS).
+    /// Arguments before the user's: for C/C++ what the `cc` crate chose (opt level,
+    /// -fPIC, target flags, $CFLAGS); for nvcc `-shared -Xcompiler -fPIC -O3 -ccbin …`.
     pub args: Vec<String>,
     /// The fingerprint that enters keys.
     pub toolchain: Toolchain,
+    /// For nvcc: the GPU arch (`sm_90`) that SASS and PTX are built for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_arch: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,7 +54,7 @@ fn relevant_env() -> Vec<(String, String)> {
         .filter(|(k, _)| {
             k == "PATH"
                 || [
-                    "CC", "CXX", "CFLAGS", "CXXFLAGS", "TARGET_", "HOST_", "CRATE_CC",
+                    "CC", "CXX", "CFLAGS", "CXXFLAGS", "TARGET_", "HOST_", "CRATE_CC", "CUDA_",
                 ]
                 .iter()
                 .any(|p| k.starts_with(p))
@@ -71,6 +76,7 @@ fn resolution_inputs(lang: Language, config: &Config) -> String {
     put(&config.opt_level);
     put(config.cc.as_deref().unwrap_or(""));
     put(config.cxx.as_deref().unwrap_or(""));
+    put(config.nvcc.as_deref().unwrap_or(""));
     put(match config.compiler_check {
         CompilerCheck::Mtime => "mtime",
         CompilerCheck::Content => "content",
@@ -98,10 +104,13 @@ pub fn resolve(lang: Language, config: &Config, toolchains_dir: Option<&Path>) -
     });
     if let Some(p) = &record_path {
         if let Some(tool) = read_record(p, &inputs, config) {
-            return Ok(tool);
+            return Ok(with_arch(lang, tool, config));
         }
     }
-    let tool = resolve_fresh(lang, config)?;
+    let tool = match lang {
+        Language::Cuda => super::nvcc::resolve_fresh(config, toolchains_dir)?,
+        _ => resolve_fresh(lang, config)?,
+    };
     if let Some(p) = &record_path {
         let md = std::fs::metadata(&tool.toolchain.path);
         if let Ok(md) = md {
@@ -117,7 +126,16 @@ pub fn resolve(lang: Language, config: &Config, toolchains_dir: Option<&Path>) -
             }
         }
     }
-    Ok(tool)
+    Ok(with_arch(lang, tool, config))
+}
+
+/// The GPU arch is decided per process (setting, else the local GPU), not recorded:
+/// a machine's GPU can change under an unchanged nvcc.
+fn with_arch(lang: Language, mut tool: HostTool, config: &Config) -> HostTool {
+    if lang == Language::Cuda {
+        tool.cuda_arch = Some(super::nvcc::arch(config));
+    }
+    tool
 }
 
 fn read_record(path: &Path, inputs: &str, config: &Config) -> Option<HostTool> {
@@ -161,7 +179,7 @@ fn find_in_path(program: &Path) -> Option<PathBuf> {
         })
 }
 
-fn binary_id(path: &Path, check: CompilerCheck) -> std::io::Result<String> {
+pub(crate) fn binary_id(path: &Path, check: CompilerCheck) -> std::io::Result<String> {
     match check {
         CompilerCheck::Mtime => {
             let md = std::fs::metadata(path)?;
@@ -197,7 +215,7 @@ fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool> {
         .extra_warnings(false);
     let chosen = match lang {
         Language::C => config.cc.as_ref(),
-        Language::Cxx => config.cxx.as_ref(),
+        Language::Cxx | Language::Cuda => config.cxx.as_ref(),
     };
     if let Some(c) = chosen {
         build.compiler(c);
@@ -246,6 +264,7 @@ fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool> {
             version,
             binary,
         },
+        cuda_arch: None,
     })
 }
 
@@ -274,21 +293,43 @@ pub fn command_args(flags: &[String], output: &str, source: &str) -> Vec<String>
 }
 
 impl HostTool {
-    /// Every argument but input and output, in order: the `cc` crate's, `-shared`, the
-    /// user's, then [`LINK_LIBS`]. This exact list is in the key.
+    /// Every argument but input and output, in order. C/C++: the `cc` crate's,
+    /// `-shared`, the user's, then [`LINK_LIBS`]. CUDA: nvcc's, SASS for the arch plus
+    /// PTX for forward compatibility, then the user's. This exact list is in the key.
     pub fn full_flags(&self, user_flags: &[String]) -> Vec<String> {
         let mut v = self.args.clone();
-        v.push("-shared".into());
-        v.extend(user_flags.iter().cloned());
-        v.extend(LINK_LIBS.iter().map(|s| s.to_string()));
+        match &self.cuda_arch {
+            Some(arch) => {
+                let compute = arch.replacen("sm_", "compute_", 1);
+                v.extend([
+                    "-gencode".to_string(),
+                    format!("arch={compute},code={arch}"),
+                    "-gencode".to_string(),
+                    format!("arch={compute},code={compute}"),
+                ]);
+                v.extend(user_flags.iter().cloned());
+            }
+            None => {
+                v.push("-shared".into());
+                v.extend(user_flags.iter().cloned());
+                v.extend(LINK_LIBS.iter().map(|s| s.to_string()));
+            }
+        }
         v
     }
 
-    /// The target, with the host CPU resolved when a flag asks for it.
+    /// The target: the host triple (with the host CPU when a flag asks for it), or the
+    /// GPU arch for CUDA.
     pub fn target(&self, flags: &[String]) -> Target {
-        Target {
-            triple: HOST_TARGET.into(),
-            cpu: wants_host_cpu(flags).then(|| host_cpu().to_string()),
+        match &self.cuda_arch {
+            Some(arch) => Target {
+                triple: arch.clone(),
+                cpu: None,
+            },
+            None => Target {
+                triple: HOST_TARGET.into(),
+                cpu: wants_host_cpu(flags).then(|| host_cpu().to_string()),
+            },
         }
     }
 

@@ -17,6 +17,8 @@ pub enum Language {
     C,
     /// C++, compiled by `c++`.
     Cxx,
+    /// CUDA C++, compiled by nvcc.
+    Cuda,
 }
 
 impl Language {
@@ -25,6 +27,7 @@ impl Language {
         match path.extension()?.to_str()? {
             "c" => Some(Language::C),
             "cc" | "cpp" | "cxx" | "c++" | "C" => Some(Language::Cxx),
+            "cu" => Some(Language::Cuda),
             _ => None,
         }
     }
@@ -34,6 +37,7 @@ impl Language {
         match self {
             Language::C => "c",
             Language::Cxx => "c++",
+            Language::Cuda => "cuda",
         }
     }
 
@@ -42,6 +46,7 @@ impl Language {
         match self {
             Language::C => "source.c",
             Language::Cxx => "source.cpp",
+            Language::Cuda => "source.cu",
         }
     }
 }
@@ -136,7 +141,7 @@ impl SourceRequest {
     pub fn from_file(path: &Path) -> Result<SourceRequest> {
         let language = Language::from_path(path).ok_or_else(|| {
             Error::InvalidRequest(format!(
-                "cannot tell the language of {}: use a .c file for C, or .cc/.cpp/.cxx for C++",
+                "cannot tell the language of {}: use a .c file for C, .cc/.cpp/.cxx for C++, or .cu for CUDA",
                 path.display()
             ))
         })?;
@@ -244,7 +249,8 @@ mod tests {
         assert_eq!(Language::from_path(Path::new("a.c")), Some(Language::C));
         assert_eq!(Language::from_path(Path::new("a.cpp")), Some(Language::Cxx));
         assert_eq!(Language::from_path(Path::new("a.cc")), Some(Language::Cxx));
-        assert_eq!(Language::from_path(Path::new("a.cu")), None);
+        assert_eq!(Language::from_path(Path::new("a.cu")), Some(Language::Cuda));
+        assert_eq!(Language::from_path(Path::new("a.f90")), None);
         assert_eq!(Language::from_path(Path::new("Makefile")), None);
     }
 

@@ -1,9 +1,98 @@
-//! Finding `nvcc`: `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, `PATH`, then the `nvidia-cuda-nvcc`
-//! wheel of the `python3` on `PATH` (`pip install nvidia-cuda-nvcc` gives a working nvcc
-//! without a CUDA installation).
+//! The CUDA toolchain. `nvcc` is the `nvcc` setting, else `$CUDA_HOME/bin`,
+//! `$CUDA_PATH/bin`, `PATH`, then the `nvidia-cuda-nvcc` wheel of the `python3` on `PATH`
+//! (`pip install nvidia-cuda-nvcc` gives a working nvcc without a CUDA installation).
+//! Its host compiler (`-ccbin`) is the C++ compiler xcache uses; both versions enter
+//! the key. The GPU arch is the `cuda_arch` setting, else the local GPU's (through the
+//! driver), else [`DEFAULT_ARCH`]; objects carry SASS for it and PTX for newer GPUs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use super::host::{self, HostTool};
+use super::Language;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::store::key::Toolchain;
+
+/// The arch built for when neither the setting nor a GPU says: Ampere, whose PTX every
+/// later GPU can JIT-compile.
+pub const DEFAULT_ARCH: &str = "sm_80";
+
+/// The arch to build for (see the module doc).
+pub fn arch(config: &Config) -> String {
+    if let Some(a) = &config.cuda_arch {
+        return a.clone();
+    }
+    static DETECTED: OnceLock<Option<String>> = OnceLock::new();
+    DETECTED
+        .get_or_init(|| crate::gpu::probe().ok().map(|i| i.devices[0].arch()))
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ARCH.to_string())
+}
+
+/// Finds and fingerprints nvcc and its host compiler.
+pub fn resolve_fresh(config: &Config, toolchains_dir: Option<&Path>) -> Result<HostTool> {
+    let found = match &config.nvcc {
+        Some(p) => Found {
+            path: PathBuf::from(p),
+            how: "setting",
+        },
+        None => discover().ok_or_else(|| Error::NoCompiler {
+            compiler: "nvcc".into(),
+            message: "not found in the `nvcc` setting, CUDA_HOME, CUDA_PATH, PATH or a pip wheel. Fix: install the CUDA toolkit, or `pip install nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-crt nvidia-cuda-cccl`, or set nvcc=/path/to/nvcc".into(),
+        })?,
+    };
+    let no_nvcc = |message: String| Error::NoCompiler {
+        compiler: found.path.display().to_string(),
+        message,
+    };
+    let canonical = found.path.canonicalize().map_err(|e| no_nvcc(e.to_string()))?;
+    let out = Command::new(&found.path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| no_nvcc(e.to_string()))?;
+    if !out.status.success() {
+        return Err(no_nvcc(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    let host = host::resolve(Language::Cxx, config, toolchains_dir)?;
+    let version = format!(
+        "{}\nhost compiler {}: {}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        host.toolchain.path,
+        host.toolchain.version
+    );
+    let binary = host::binary_id(&canonical, config.compiler_check).map_err(|e| no_nvcc(e.to_string()))?;
+    Ok(HostTool {
+        program: found.path.clone(),
+        args: vec![
+            "-shared".into(),
+            "-Xcompiler".into(),
+            "-fPIC".into(),
+            format!("-O{}", config.opt_level.replace(['s', 'z'], "2")),
+            "-ccbin".into(),
+            host.program.display().to_string(),
+        ],
+        toolchain: Toolchain {
+            path: canonical.display().to_string(),
+            version,
+            binary,
+        },
+        cuda_arch: None,
+    })
+}
+
+/// Checks a `cuda_arch` value: `sm_` then digits, optionally a letter (`sm_90a`).
+pub fn check_arch(a: &str) -> std::result::Result<(), String> {
+    let rest = a.strip_prefix("sm_").ok_or("an arch such as sm_80 or sm_90a")?;
+    let digits = rest.trim_end_matches(|c: char| c.is_ascii_lowercase());
+    if digits.len() >= 2 && digits.chars().all(|c| c.is_ascii_digit()) && rest.len() - digits.len() <= 1 {
+        Ok(())
+    } else {
+        Err("an arch such as sm_80 or sm_90a".into())
+    }
+}
 
 /// Where nvcc was found, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -120,11 +120,12 @@ fn compiler_check(name: &'static str, lang: Language, config: &Config, store: &S
             }
         }
     };
-    let version = tool
-        .toolchain
-        .version
+    // nvcc says its version on the line with "release"; compilers on their first line.
+    let v = &tool.toolchain.version;
+    let version = v
         .lines()
-        .next()
+        .find(|l| lang == Language::Cuda && l.contains("release"))
+        .or_else(|| v.lines().next())
         .unwrap_or("")
         .to_string();
     // Prove it: build a shared object in a private directory and load it.
@@ -133,6 +134,10 @@ fn compiler_check(name: &'static str, lang: Language, config: &Config, store: &S
         let (src, body) = match lang {
             Language::C => ("probe.c", "int xc_probe(void) { return 42; }\n"),
             Language::Cxx => ("probe.cpp", "extern \"C\" int xc_probe() { return 42; }\n"),
+            Language::Cuda => (
+                "probe.cu",
+                "__global__ void k() {}\nextern \"C\" int xc_probe() { return 42; }\n",
+            ),
         };
         std::fs::write(dir.path().join(src), body).map_err(|e| e.to_string())?;
         let t = Instant::now();
@@ -206,25 +211,13 @@ pub fn doctor(config: &Config, store: &Store) -> Result<DoctorReport> {
     checks.push(cd);
     checks.push(compiler_check("C compiler", Language::C, config, store));
     checks.push(compiler_check("C++ compiler", Language::Cxx, config, store));
-    checks.push(match nvcc::discover() {
-        Some(found) => match nvcc::version(&found.path) {
-            Ok(v) => Check {
-                name: "nvcc",
-                status: Status::Ok,
-                detail: format!("{} (from {}): {v}", found.path.display(), found.how),
-            },
-            Err(e) => Check {
-                name: "nvcc",
-                status: Status::Warn,
-                detail: format!("{} (from {}) does not run: {e}", found.path.display(), found.how),
-            },
-        },
-        None => Check {
-            name: "nvcc",
-            status: Status::Warn,
-            detail: "not found in CUDA_HOME, CUDA_PATH, PATH or a pip wheel: CUDA templates unavailable. Fix: install the CUDA toolkit, or `pip install nvidia-cuda-nvcc`".into(),
-        },
-    });
+    let mut cuda = compiler_check("nvcc", Language::Cuda, config, store);
+    if cuda.status == Status::Ok {
+        cuda.detail = format!("{}; builds for {}", cuda.detail, nvcc::arch(config));
+    } else {
+        cuda.detail.push_str(": CUDA templates unavailable");
+    }
+    checks.push(cuda);
     checks.push(match crate::gpu::probe() {
         Ok(info) => Check {
             name: "GPU",
