@@ -687,20 +687,28 @@ impl Expr {
     }
 }
 
-/// C helpers the emitted expressions call, for one dtype: `static inline`, so they
-/// vanish into the loop and vectorise. Also declares the SIMD variants of libm's
-/// functions that glibc's libmvec provides (x86_64), so loops calling `expf` vectorise
-/// without `-ffast-math`.
-pub fn prelude(dtype: Dtype) -> String {
+/// C helpers the emitted expressions call, for one dtype: `static inline` (for CUDA,
+/// `__device__` and forced inline), so they vanish into the loop and vectorise. For C
+/// it also declares the SIMD variants of libm's functions that glibc's libmvec provides
+/// (x86_64), so loops calling `expf` vectorise without `-ffast-math`.
+pub fn prelude(dtype: Dtype, cuda: bool) -> String {
     let t = dtype.ctype();
+    let q = if cuda {
+        "__device__ __forceinline__"
+    } else {
+        "static inline"
+    };
     let mut s = String::from("#include <stdint.h>\n#include <math.h>\n");
     if dtype.is_float() {
         s.push_str(&format!(
-            "static inline {t} xc_abs({t} x) {{ return x < 0 ? -x : x; }}\n\
-             static inline {t} xc_min({t} x, {t} y) {{ return x < y ? x : y; }}\n\
-             static inline {t} xc_max({t} x, {t} y) {{ return x > y ? x : y; }}\n\
-             static inline {t} xc_where({t} c, {t} x, {t} y) {{ return c != 0 ? x : y; }}\n"
+            "{q} {t} xc_abs({t} x) {{ return x < 0 ? -x : x; }}\n\
+             {q} {t} xc_min({t} x, {t} y) {{ return x < y ? x : y; }}\n\
+             {q} {t} xc_max({t} x, {t} y) {{ return x > y ? x : y; }}\n\
+             {q} {t} xc_where({t} c, {t} x, {t} y) {{ return c != 0 ? x : y; }}\n"
         ));
+        if cuda {
+            return s; // expf & co. are device functions; nothing to declare
+        }
         let suffix = if dtype == Dtype::F32 { "f" } else { "" };
         let fns = ["exp", "log", "sin", "cos", "tanh", "pow"];
         // libmvec has had exp, log, sin, cos and pow since glibc 2.22 and tanh since
@@ -730,15 +738,15 @@ pub fn prelude(dtype: Dtype) -> String {
             "INT64_MIN"
         };
         s.push_str(&format!(
-            "static inline {t} xc_add({t} x, {t} y) {{ return ({t})(({u})x + ({u})y); }}\n\
-             static inline {t} xc_sub({t} x, {t} y) {{ return ({t})(({u})x - ({u})y); }}\n\
-             static inline {t} xc_mul({t} x, {t} y) {{ return ({t})(({u})x * ({u})y); }}\n\
-             static inline {t} xc_neg({t} x) {{ return ({t})(0 - ({u})x); }}\n\
-             static inline {t} xc_div({t} x, {t} y) {{ return y == 0 ? 0 : (y == -1 ? xc_neg(x) : x / y); }}\n\
-             static inline {t} xc_abs({t} x) {{ return x == {min} ? x : (x < 0 ? -x : x); }}\n\
-             static inline {t} xc_min({t} x, {t} y) {{ return x < y ? x : y; }}\n\
-             static inline {t} xc_max({t} x, {t} y) {{ return x > y ? x : y; }}\n\
-             static inline {t} xc_where({t} c, {t} x, {t} y) {{ return c != 0 ? x : y; }}\n"
+            "{q} {t} xc_add({t} x, {t} y) {{ return ({t})(({u})x + ({u})y); }}\n\
+             {q} {t} xc_sub({t} x, {t} y) {{ return ({t})(({u})x - ({u})y); }}\n\
+             {q} {t} xc_mul({t} x, {t} y) {{ return ({t})(({u})x * ({u})y); }}\n\
+             {q} {t} xc_neg({t} x) {{ return ({t})(0 - ({u})x); }}\n\
+             {q} {t} xc_div({t} x, {t} y) {{ return y == 0 ? 0 : (y == -1 ? xc_neg(x) : x / y); }}\n\
+             {q} {t} xc_abs({t} x) {{ return x == {min} ? x : (x < 0 ? -x : x); }}\n\
+             {q} {t} xc_min({t} x, {t} y) {{ return x < y ? x : y; }}\n\
+             {q} {t} xc_max({t} x, {t} y) {{ return x > y ? x : y; }}\n\
+             {q} {t} xc_where({t} c, {t} x, {t} y) {{ return c != 0 ? x : y; }}\n"
         ));
     }
     s

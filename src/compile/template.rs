@@ -52,7 +52,20 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("c/elemwise.c", include_str!("../../templates/c/elemwise.c")),
     ("c/reduce.c", include_str!("../../templates/c/reduce.c")),
     ("c/gemm.c", include_str!("../../templates/c/gemm.c")),
+    ("cuda/elemwise.cu", include_str!("../../templates/cuda/elemwise.cu")),
+    ("cuda/reduce.cu", include_str!("../../templates/cuda/reduce.cu")),
+    ("cuda/gemm.cu", include_str!("../../templates/cuda/gemm.cu")),
+    ("cuda/support.cu", include_str!("../../templates/cuda/support.cu")),
 ];
+
+/// The file extension of a device's templates.
+fn extension(device: &str) -> &'static str {
+    if device == "cuda" {
+        "cu"
+    } else {
+        "c"
+    }
+}
 
 /// The type of a parameter and what it accepts.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,10 +217,11 @@ impl Template {
         let header: Header = toml::from_str(&rest[..end])
             .map_err(|e| bad(format!("header is not valid: {}", e.message())))?;
         let body = rest[end + 2..].to_string();
-        if !name.starts_with("c/") {
-            return Err(bad("only C templates (`c/...`) are supported so far".into()));
-        }
-        let language = Language::C;
+        let language = match name.split_once('/').map(|(d, _)| d) {
+            Some("c") => Language::C,
+            Some("cuda") => Language::Cuda,
+            _ => return Err(bad("a template name is `c/NAME` or `cuda/NAME`".into())),
+        };
         let mut params = Vec::new();
         for (pname, raw) in header.params {
             let ty = match raw.ty.as_str() {
@@ -409,7 +423,7 @@ impl Template {
                 minijinja::Value::from(parsed.emit(dt, &usable)),
             );
             canonical.push((p.name.clone(), parsed.display(&usable)));
-            prelude = Some(expr::prelude(dt));
+            prelude = Some(expr::prelude(dt, self.language == Language::Cuda));
         }
         canonical.sort();
         ctx.insert(
@@ -515,13 +529,13 @@ pub fn split_name(name: &str) -> Result<(&str, &str)> {
     if !ok(dev) || !ok(base) {
         return Err(template_error(
             name,
-            "a template name is `NAME` or `c/NAME`, NAME of a-z, 0-9 and _ (see `xcache templates`)",
+            "a template name is `NAME`, `c/NAME` or `cuda/NAME`, NAME of a-z, 0-9 and _ (see `xcache templates`)",
         ));
     }
-    if dev != "c" {
+    if dev != "c" && dev != "cuda" {
         return Err(template_error(
             name,
-            format!("templates for `{dev}` are not supported; `c/` is"),
+            format!("templates for `{dev}` do not exist; the devices are `c` and `cuda`"),
         ));
     }
     Ok((dev, base))
@@ -541,7 +555,7 @@ fn search_dirs(config: &Config) -> Vec<PathBuf> {
 pub fn find(name: &str, config: &Config) -> Result<Template> {
     let (dev, base) = split_name(name)?;
     let qualified = format!("{dev}/{base}");
-    let rel = format!("{dev}/{base}.c");
+    let rel = format!("{dev}/{base}.{}", extension(dev));
     for dir in search_dirs(config) {
         let p = dir.join(&rel);
         if p.is_file() {
@@ -570,32 +584,29 @@ pub fn find(name: &str, config: &Config) -> Result<Template> {
 pub fn all(config: &Config) -> Result<Vec<Template>> {
     let mut by_name: BTreeMap<String, Template> = BTreeMap::new();
     for (rel, text) in EMBEDDED {
-        let name = rel.trim_end_matches(".c").to_string();
+        let name = rel.rsplit_once('.').map_or(*rel, |(n, _)| n).to_string();
         by_name.insert(name.clone(), Template::parse(&name, text, "embedded")?);
     }
     for dir in search_dirs(config).iter().rev() {
-        let d = dir.join("c");
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let Some(stem) = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".c"))
-            else {
-                continue;
-            };
-            let name = format!("c/{stem}");
-            if split_name(&name).is_err() {
-                continue;
+        for dev in ["c", "cuda"] {
+            let Ok(rd) = std::fs::read_dir(dir.join(dev)) else { continue };
+            let suffix = format!(".{}", extension(dev));
+            for e in rd.flatten() {
+                let p = e.path();
+                let Some(stem) = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(suffix.as_str()))
+                else {
+                    continue;
+                };
+                let name = format!("{dev}/{stem}");
+                if split_name(&name).is_err() {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))?;
+                by_name.insert(name.clone(), Template::parse(&name, &text, &p.display().to_string())?);
             }
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))?;
-            by_name.insert(
-                name.clone(),
-                Template::parse(&name, &text, &p.display().to_string())?,
-            );
         }
     }
     Ok(by_name.into_values().collect())
@@ -619,10 +630,14 @@ mod tests {
 
     #[test]
     fn every_shipped_template_is_embedded_and_parses() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/c");
-        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| format!("c/{}", e.unwrap().file_name().to_str().unwrap()))
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let mut on_disk: Vec<String> = ["c", "cuda"]
+            .iter()
+            .flat_map(|dev| {
+                std::fs::read_dir(root.join(dev))
+                    .unwrap()
+                    .map(move |e| format!("{dev}/{}", e.unwrap().file_name().to_str().unwrap()))
+            })
             .collect();
         on_disk.sort();
         let mut embedded: Vec<String> = EMBEDDED.iter().map(|(r, _)| r.to_string()).collect();
@@ -750,6 +765,7 @@ mod tests {
         }
         assert_eq!(split_name("elemwise").unwrap(), ("c", "elemwise"));
         assert_eq!(split_name("c/gemm").unwrap(), ("c", "gemm"));
+        assert_eq!(split_name("cuda/gemm").unwrap(), ("cuda", "gemm"));
     }
 
     #[test]
