@@ -71,6 +71,17 @@ pub enum Error {
         message: String,
     },
 
+    /// The CUDA runtime reported an error.
+    #[error("CUDA error {code} while {what}: {message}")]
+    Cuda {
+        /// What was being done.
+        what: String,
+        /// The cudaError_t.
+        code: i32,
+        /// cudaGetErrorString's text.
+        message: String,
+    },
+
     /// A template is missing, malformed, or was given bad parameters.
     #[error("template `{template}`: {message}")]
     Template {

@@ -62,6 +62,7 @@
 pub mod clock;
 pub mod compile;
 pub mod config;
+pub mod cuda;
 pub mod error;
 pub mod gpu;
 pub mod kernels;

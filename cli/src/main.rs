@@ -149,8 +149,11 @@ enum Command {
         /// The shell: bash, zsh, fish, elvish, powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), generated from these definitions.
-    Man,
+    /// Print the man page (roff) of xcache, or of one command (`xcache man prune`).
+    Man {
+        /// The command whose page to print.
+        command: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,7 +176,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
     xcache::config::parse_size(s)
 }
 
+/// Ages on the command line need a unit: a bare `7` would be seconds, never meant.
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim().chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("give a unit: {s}d, {s}h, {s}m or {s}s"));
+    }
     xcache::config::parse_duration(s)
 }
 
@@ -213,6 +220,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     })
 }
 
@@ -252,6 +261,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     show::compiledirs(&mut out, &rows, &store, *json)?;
                 }
                 Some(BaseAction::Purge { json }) => {
+                    // Check before opening: opening would create (and tag) the directory.
+                    let base = config.base_dir()?;
+                    if !ops::clean::is_xcache_base(&base) {
+                        anyhow::bail!(ops::clean::not_an_xcache_base(&base));
+                    }
                     let store = Store::open(&config)?;
                     let report = ops::clean::purge_base(&config, &store)?;
                     show::clean(&mut out, &report, *json)?;
@@ -344,8 +358,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(*shell, &mut Cli::command(), "xcache", &mut out);
             ExitCode::SUCCESS
         }
-        Some(Command::Man) => {
-            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+        Some(Command::Man { command }) => {
+            let top = Cli::command();
+            let page = match command {
+                None => top,
+                Some(name) => {
+                    let sub = top.find_subcommand(name).cloned().ok_or_else(|| {
+                        anyhow::anyhow!("no command `{name}`; see `xcache --help`")
+                    })?;
+                    // The page is xcache-NAME(1), as SEE ALSO of xcache(1) names it.
+                    let full: &'static str = Box::leak(format!("xcache-{name}").into_boxed_str());
+                    sub.name(full)
+                }
+            };
+            clap_mangen::Man::new(page).render(&mut out)?;
             ExitCode::SUCCESS
         }
     };

@@ -413,6 +413,28 @@ fn basecompiledir_purge_refuses_what_does_not_look_like_xcache() {
         "{err}"
     );
     assert!(home.join("documents/thesis.tex").exists());
+    let left: Vec<String> = home
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        ["documents"],
+        "refusing must not create anything there"
+    );
+    let empty = env.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_eq!(
+        env.run(&["--dir", empty.to_str().unwrap(), "basecompiledir", "purge"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert!(
+        empty.exists(),
+        "an empty directory is not an xcache base dir either"
+    );
 
     // A real base dir: every compiledir goes, the user's own file stays.
     populate(&env, &["a.c"]);
@@ -704,6 +726,15 @@ fn completions_and_man_page() {
         &man[..200.min(man.len())]
     );
     assert_eq!(env.run(&["completions", "tcsh"]).status.code(), Some(2));
+    let page = stdout(&env.run(&["man", "prune"]));
+    assert!(
+        page.contains(".TH xcache-prune") && page.contains("dry"),
+        "{page}"
+    );
+    // A bare number of seconds is never what is meant by an age.
+    let out = env.run(&["prune", "--older-than", "7"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("give a unit"), "{}", stderr(&out));
 }
 
 #[test]

@@ -47,14 +47,19 @@ pub fn resolve_fresh(config: &Config, toolchains_dir: Option<&Path>) -> Result<H
         compiler: found.path.display().to_string(),
         message,
     };
-    let canonical = found.path.canonicalize().map_err(|e| no_nvcc(e.to_string()))?;
+    let canonical = found
+        .path
+        .canonicalize()
+        .map_err(|e| no_nvcc(e.to_string()))?;
     let out = Command::new(&found.path)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| no_nvcc(e.to_string()))?;
     if !out.status.success() {
-        return Err(no_nvcc(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(no_nvcc(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     let host = host::resolve(Language::Cxx, config, toolchains_dir)?;
     let version = format!(
@@ -63,7 +68,8 @@ pub fn resolve_fresh(config: &Config, toolchains_dir: Option<&Path>) -> Result<H
         host.toolchain.path,
         host.toolchain.version
     );
-    let binary = host::binary_id(&canonical, config.compiler_check).map_err(|e| no_nvcc(e.to_string()))?;
+    let binary =
+        host::binary_id(&canonical, config.compiler_check).map_err(|e| no_nvcc(e.to_string()))?;
     Ok(HostTool {
         program: found.path.clone(),
         args: vec![
@@ -85,9 +91,14 @@ pub fn resolve_fresh(config: &Config, toolchains_dir: Option<&Path>) -> Result<H
 
 /// Checks a `cuda_arch` value: `sm_` then digits, optionally a letter (`sm_90a`).
 pub fn check_arch(a: &str) -> std::result::Result<(), String> {
-    let rest = a.strip_prefix("sm_").ok_or("an arch such as sm_80 or sm_90a")?;
+    let rest = a
+        .strip_prefix("sm_")
+        .ok_or("an arch such as sm_80 or sm_90a")?;
     let digits = rest.trim_end_matches(|c: char| c.is_ascii_lowercase());
-    if digits.len() >= 2 && digits.chars().all(|c| c.is_ascii_digit()) && rest.len() - digits.len() <= 1 {
+    if digits.len() >= 2
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && rest.len() - digits.len() <= 1
+    {
         Ok(())
     } else {
         Err("an arch such as sm_80 or sm_90a".into())

@@ -52,10 +52,19 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("c/elemwise.c", include_str!("../../templates/c/elemwise.c")),
     ("c/reduce.c", include_str!("../../templates/c/reduce.c")),
     ("c/gemm.c", include_str!("../../templates/c/gemm.c")),
-    ("cuda/elemwise.cu", include_str!("../../templates/cuda/elemwise.cu")),
-    ("cuda/reduce.cu", include_str!("../../templates/cuda/reduce.cu")),
+    (
+        "cuda/elemwise.cu",
+        include_str!("../../templates/cuda/elemwise.cu"),
+    ),
+    (
+        "cuda/reduce.cu",
+        include_str!("../../templates/cuda/reduce.cu"),
+    ),
     ("cuda/gemm.cu", include_str!("../../templates/cuda/gemm.cu")),
-    ("cuda/support.cu", include_str!("../../templates/cuda/support.cu")),
+    (
+        "cuda/support.cu",
+        include_str!("../../templates/cuda/support.cu"),
+    ),
 ];
 
 /// The file extension of a device's templates.
@@ -589,7 +598,9 @@ pub fn all(config: &Config) -> Result<Vec<Template>> {
     }
     for dir in search_dirs(config).iter().rev() {
         for dev in ["c", "cuda"] {
-            let Ok(rd) = std::fs::read_dir(dir.join(dev)) else { continue };
+            let Ok(rd) = std::fs::read_dir(dir.join(dev)) else {
+                continue;
+            };
             let suffix = format!(".{}", extension(dev));
             for e in rd.flatten() {
                 let p = e.path();
@@ -605,7 +616,10 @@ pub fn all(config: &Config) -> Result<Vec<Template>> {
                     continue;
                 }
                 let text = std::fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))?;
-                by_name.insert(name.clone(), Template::parse(&name, &text, &p.display().to_string())?);
+                by_name.insert(
+                    name.clone(),
+                    Template::parse(&name, &text, &p.display().to_string())?,
+                );
             }
         }
     }

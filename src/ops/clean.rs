@@ -385,16 +385,21 @@ pub fn is_xcache_base(base: &Path) -> bool {
     fs::read_to_string(base.join("CACHEDIR.TAG")).is_ok_and(|t| t == CACHEDIR_TAG)
 }
 
+/// The error for purging a directory that xcache did not tag.
+pub fn not_an_xcache_base(base: &Path) -> Error {
+    Error::InvalidRequest(format!(
+        "refusing to purge {}: it has no CACHEDIR.TAG written by xcache, so it may not be an xcache base dir. Fix: check XCACHE_DIR or --dir; if it is one, remove its compiledir_* directories by hand",
+        base.display()
+    ))
+}
+
 /// `xcache basecompiledir purge`: every compiledir under the base dir, then the tag and
 /// the base dir itself if nothing else is left. Refuses a directory without xcache's
 /// CACHEDIR.TAG.
 pub fn purge_base(config: &Config, store: &Store) -> Result<CleanReport> {
     let base = store.base_dir();
     if !is_xcache_base(base) {
-        return Err(Error::InvalidRequest(format!(
-            "refusing to purge {}: it has no CACHEDIR.TAG written by xcache, so it may not be an xcache base dir. Fix: check XCACHE_DIR or --dir; if it is one, remove its compiledir_* directories by hand",
-            base.display()
-        )));
+        return Err(not_an_xcache_base(base));
     }
     let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
     let mut report = CleanReport::default();

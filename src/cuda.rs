@@ -1,0 +1,467 @@
+//! Running the CUDA templates from Rust, without a CUDA crate: device memory and
+//! synchronisation come from the `cuda/support` template, compiled through the cache
+//! like any other (its static CUDA runtime needs only the driver at run time).
+//!
+//! ```no_run
+//! # fn main() -> xcache::Result<()> {
+//! let jit = xcache::Jit::from_env()?;
+//! let cuda = jit.cuda()?;                                   // fails cleanly without a GPU
+//! let f = cuda.elemwise::<f32>(&jit, "a * exp(b) + c", 3)?;
+//! let (a, b, c) = (cuda.upload(&[1.0f32; 4])?, cuda.upload(&[0.0f32; 4])?, cuda.upload(&[2.0f32; 4])?);
+//! let mut out = cuda.alloc::<f32>(4)?;
+//! f.launch(&[&a, &b, &c], &mut out)?;
+//! assert_eq!(out.download()?, vec![3.0; 4]);
+//! # Ok(()) }
+//! ```
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::compile::TemplateRequest;
+use crate::error::{Error, Result};
+use crate::kernels::Element;
+use crate::runtime::{Compiled, Jit, Symbol};
+
+type MallocFn = unsafe extern "C" fn(*mut *mut c_void, usize) -> c_int;
+type FreeFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+type CopyFn = unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int;
+type SyncFn = unsafe extern "C" fn() -> c_int;
+type DeviceFn =
+    unsafe extern "C" fn(*mut c_int, *mut c_int, *mut c_int, *mut c_char, c_int) -> c_int;
+type ErrorStringFn = unsafe extern "C" fn(c_int) -> *const c_char;
+
+/// `int xc_elemwise(int64_t n, const void *const *inputs, void *out, void *stream)`
+pub type CudaElemwiseFn =
+    unsafe extern "C" fn(i64, *const *const c_void, *mut c_void, *mut c_void) -> i32;
+/// `int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out, void *stream)`
+pub type CudaReduceFn =
+    unsafe extern "C" fn(i64, i64, *const c_void, *mut c_void, *mut c_void) -> i32;
+/// `int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream)`
+pub type CudaGemmFn = unsafe extern "C" fn(
+    i64,
+    i64,
+    i64,
+    *const c_void,
+    *const c_void,
+    *mut c_void,
+    *mut c_void,
+) -> i32;
+
+struct Support {
+    _lib: Compiled,
+    malloc: Symbol<MallocFn>,
+    free: Symbol<FreeFn>,
+    copy: Symbol<CopyFn>,
+    sync: Symbol<SyncFn>,
+    device: Symbol<DeviceFn>,
+    error_string: Symbol<ErrorStringFn>,
+}
+
+impl Support {
+    fn check(&self, code: c_int, what: &str) -> Result<()> {
+        if code == 0 {
+            return Ok(());
+        }
+        // SAFETY: cudaGetErrorString returns a static string for any code.
+        let msg = unsafe { CStr::from_ptr((self.error_string)(code)) }
+            .to_string_lossy()
+            .into_owned();
+        Err(Error::Cuda {
+            what: what.to_string(),
+            code,
+            message: msg,
+        })
+    }
+}
+
+/// The GPU the CUDA runtime uses.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceInfo {
+    /// Marketing name.
+    pub name: String,
+    /// Compute capability.
+    pub major: i32,
+    /// Compute capability.
+    pub minor: i32,
+    /// Multiprocessors.
+    pub sms: i32,
+}
+
+/// A handle on the CUDA runtime through the `cuda/support` template.
+#[derive(Clone)]
+pub struct Cuda {
+    support: Arc<Support>,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cuda")
+    }
+}
+
+impl Jit {
+    /// Compiles (once) the CUDA support library and checks that a GPU is usable: an
+    /// error says why not (no nvcc, no driver, no device).
+    pub fn cuda(&self) -> Result<Cuda> {
+        let lib = self.compile_template(&TemplateRequest::new("cuda/support"))?;
+        // SAFETY: the support template exports these with these signatures.
+        let support = unsafe {
+            Support {
+                malloc: lib.symbol("xc_cuda_malloc")?,
+                free: lib.symbol("xc_cuda_free")?,
+                copy: lib.symbol("xc_cuda_copy")?,
+                sync: lib.symbol("xc_cuda_sync")?,
+                device: lib.symbol("xc_cuda_device")?,
+                error_string: lib.symbol("xc_cuda_error_string")?,
+                _lib: lib,
+            }
+        };
+        let cuda = Cuda {
+            support: Arc::new(support),
+        };
+        cuda.device()?;
+        Ok(cuda)
+    }
+}
+
+impl Cuda {
+    /// The current device.
+    pub fn device(&self) -> Result<DeviceInfo> {
+        let (mut major, mut minor, mut sms) = (0, 0, 0);
+        let mut name = [0 as c_char; 256];
+        // SAFETY: valid out-pointers and buffer length.
+        let rc = unsafe {
+            (self.support.device)(&mut major, &mut minor, &mut sms, name.as_mut_ptr(), 256)
+        };
+        self.support.check(rc, "querying the GPU")?;
+        Ok(DeviceInfo {
+            // SAFETY: NUL-terminated by the support library.
+            name: unsafe { CStr::from_ptr(name.as_ptr()) }
+                .to_string_lossy()
+                .into_owned(),
+            major,
+            minor,
+            sms,
+        })
+    }
+
+    /// Waits for every queued kernel; reports the first asynchronous error.
+    pub fn sync(&self) -> Result<()> {
+        // SAFETY: no arguments.
+        self.support
+            .check(unsafe { (self.support.sync)() }, "synchronising")
+    }
+
+    /// `n` uninitialised elements on the device.
+    pub fn alloc<T: Element>(&self, n: usize) -> Result<DeviceBuffer<T>> {
+        let mut ptr = std::ptr::null_mut();
+        let bytes = n * std::mem::size_of::<T>();
+        // SAFETY: a valid out-pointer.
+        let rc = unsafe { (self.support.malloc)(&mut ptr, bytes.max(1)) };
+        self.support
+            .check(rc, &format!("allocating {bytes} bytes on the GPU"))?;
+        Ok(DeviceBuffer {
+            ptr,
+            len: n,
+            support: Arc::clone(&self.support),
+            _t: PhantomData,
+        })
+    }
+
+    /// A device copy of `host`.
+    pub fn upload<T: Element>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
+        let buf = self.alloc::<T>(host.len())?;
+        // SAFETY: both ranges hold `host.len()` elements; kind 1 is host to device.
+        let rc = unsafe {
+            (self.support.copy)(
+                buf.ptr,
+                host.as_ptr().cast(),
+                std::mem::size_of_val(host),
+                1,
+            )
+        };
+        self.support.check(rc, "copying to the GPU")?;
+        Ok(buf)
+    }
+
+    /// Compiles (once) and loads the `cuda/elemwise` template for `T`.
+    pub fn elemwise<T: Element>(
+        &self,
+        jit: &Jit,
+        expr: &str,
+        arity: usize,
+    ) -> Result<CudaElemwise<T>> {
+        let req = TemplateRequest::new("cuda/elemwise")
+            .param("dtype", T::DTYPE)
+            .param("arity", arity)
+            .param("expr", expr);
+        let compiled = jit.compile_template(&req)?;
+        // SAFETY: the template exports xc_elemwise with this ABI.
+        let f = unsafe { compiled.symbol::<CudaElemwiseFn>("xc_elemwise")? };
+        Ok(CudaElemwise {
+            f,
+            arity,
+            compiled,
+            cuda: self.clone(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Compiles (once) and loads the `cuda/reduce` template for `T`.
+    pub fn reduce<T: Element>(&self, jit: &Jit, op: &str, pre: &str) -> Result<CudaReduce<T>> {
+        let req = TemplateRequest::new("cuda/reduce")
+            .param("dtype", T::DTYPE)
+            .param("op", op)
+            .param("pre", pre);
+        let compiled = jit.compile_template(&req)?;
+        // SAFETY: the template exports xc_reduce with this ABI.
+        let f = unsafe { compiled.symbol::<CudaReduceFn>("xc_reduce")? };
+        Ok(CudaReduce {
+            f,
+            compiled,
+            cuda: self.clone(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Compiles (once) and loads the `cuda/gemm` template for `T` (f32 or f64).
+    pub fn gemm<T: Element>(&self, jit: &Jit, relu: bool) -> Result<CudaGemm<T>> {
+        let req = TemplateRequest::new("cuda/gemm")
+            .param("dtype", T::DTYPE)
+            .param("relu", relu);
+        let compiled = jit.compile_template(&req)?;
+        // SAFETY: the template exports xc_gemm with this ABI.
+        let f = unsafe { compiled.symbol::<CudaGemmFn>("xc_gemm")? };
+        Ok(CudaGemm {
+            f,
+            compiled,
+            cuda: self.clone(),
+            _t: PhantomData,
+        })
+    }
+
+    fn launched(&self, code: i32, kernel: &str) -> Result<()> {
+        match code {
+            0 => Ok(()),
+            1 => Err(Error::InvalidRequest(format!(
+                "{kernel}: a size is negative or too large"
+            ))),
+            2 => Err(Error::InvalidRequest(format!(
+                "{kernel}: a pointer is NULL"
+            ))),
+            c => self.support.check(c, &format!("launching {kernel}")),
+        }
+    }
+}
+
+/// Elements of `T` in GPU memory, freed on drop.
+pub struct DeviceBuffer<T> {
+    ptr: *mut c_void,
+    len: usize,
+    support: Arc<Support>,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: a device pointer is an address in GPU memory, usable from any host thread.
+unsafe impl<T: Send> Send for DeviceBuffer<T> {}
+// SAFETY: shared references only read the pointer value.
+unsafe impl<T: Sync> Sync for DeviceBuffer<T> {}
+
+impl<T> std::fmt::Debug for DeviceBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuffer({:p}, {})", self.ptr, self.len)
+    }
+}
+
+impl<T: Element> DeviceBuffer<T> {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device address.
+    pub fn as_ptr(&self) -> *const c_void {
+        self.ptr
+    }
+
+    /// The device address, for writing.
+    pub fn as_mut_ptr(&mut self) -> *mut c_void {
+        self.ptr
+    }
+
+    /// A device address `offset` elements in (for misaligned views in tests).
+    pub fn ptr_at(&self, offset: usize) -> *const c_void {
+        assert!(offset <= self.len);
+        // SAFETY: within the allocation.
+        unsafe { self.ptr.cast::<T>().add(offset).cast() }
+    }
+
+    /// Copies the buffer back (waits for queued work on the default stream).
+    pub fn download(&self) -> Result<Vec<T>> {
+        let mut out: Vec<T> = Vec::with_capacity(self.len);
+        // SAFETY: `out` has room for len elements; kind 2 is device to host; set_len
+        // only after the copy succeeded.
+        unsafe {
+            let rc = (self.support.copy)(
+                out.as_mut_ptr().cast(),
+                self.ptr,
+                self.len * std::mem::size_of::<T>(),
+                2,
+            );
+            self.support.check(rc, "copying from the GPU")?;
+            out.set_len(self.len);
+        }
+        Ok(out)
+    }
+}
+
+impl<T> Drop for DeviceBuffer<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated by xc_cuda_malloc, freed once.
+        unsafe { (self.support.free)(self.ptr) };
+    }
+}
+
+/// A compiled `cuda/elemwise` kernel.
+#[derive(Debug)]
+pub struct CudaElemwise<T> {
+    f: Symbol<CudaElemwiseFn>,
+    arity: usize,
+    compiled: Compiled,
+    cuda: Cuda,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> CudaElemwise<T> {
+    /// Queues `out = expr(inputs...)` on the default stream.
+    pub fn launch(&self, inputs: &[&DeviceBuffer<T>], out: &mut DeviceBuffer<T>) -> Result<()> {
+        let ptrs: Vec<*const c_void> = inputs.iter().map(|b| b.ptr as *const c_void).collect();
+        if inputs.iter().any(|b| b.len != out.len) {
+            return Err(Error::InvalidRequest(
+                "elemwise: every buffer must have the output's length".into(),
+            ));
+        }
+        // SAFETY: lengths checked; pointers are device allocations.
+        unsafe { self.launch_raw(out.len, &ptrs, out.ptr) }
+    }
+
+    /// Queues the kernel on raw device pointers (any alignment).
+    ///
+    /// # Safety
+    /// Every pointer must address `n` elements of `T` on the current device.
+    pub unsafe fn launch_raw(
+        &self,
+        n: usize,
+        inputs: &[*const c_void],
+        out: *mut c_void,
+    ) -> Result<()> {
+        if inputs.len() != self.arity {
+            return Err(Error::InvalidRequest(format!(
+                "elemwise was compiled for {} inputs, called with {}",
+                self.arity,
+                inputs.len()
+            )));
+        }
+        let code = (self.f)(n as i64, inputs.as_ptr(), out, std::ptr::null_mut());
+        self.cuda.launched(code, "xc_elemwise")
+    }
+
+    /// The compiled library.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+}
+
+/// A compiled `cuda/reduce` kernel.
+#[derive(Debug)]
+pub struct CudaReduce<T> {
+    f: Symbol<CudaReduceFn>,
+    compiled: Compiled,
+    cuda: Cuda,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> CudaReduce<T> {
+    /// Queues one result per row of the `out.len() x cols` matrix `input`.
+    pub fn launch(
+        &self,
+        input: &DeviceBuffer<T>,
+        cols: usize,
+        out: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
+        if out.len.checked_mul(cols) != Some(input.len) {
+            return Err(Error::InvalidRequest(format!(
+                "reduce: {} elements are not {} rows of {cols}",
+                input.len, out.len
+            )));
+        }
+        // SAFETY: sizes checked; device pointers.
+        let code = unsafe {
+            (self.f)(
+                out.len as i64,
+                cols as i64,
+                input.ptr,
+                out.ptr,
+                std::ptr::null_mut(),
+            )
+        };
+        self.cuda.launched(code, "xc_reduce")
+    }
+
+    /// The compiled library.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+}
+
+/// A compiled `cuda/gemm` kernel.
+#[derive(Debug)]
+pub struct CudaGemm<T> {
+    f: Symbol<CudaGemmFn>,
+    compiled: Compiled,
+    cuda: Cuda,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> CudaGemm<T> {
+    /// Queues `c = a · b`, row-major, a m×k, b k×n, c m×n.
+    pub fn launch(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        a: &DeviceBuffer<T>,
+        b: &DeviceBuffer<T>,
+        c: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
+        if a.len != m * k || b.len != k * n || c.len != m * n {
+            return Err(Error::InvalidRequest(format!(
+                "gemm {m}x{n}x{k}: buffer sizes do not match"
+            )));
+        }
+        // SAFETY: sizes checked; device pointers.
+        let code = unsafe {
+            (self.f)(
+                m as i64,
+                n as i64,
+                k as i64,
+                a.ptr,
+                b.ptr,
+                c.ptr,
+                std::ptr::null_mut(),
+            )
+        };
+        self.cuda.launched(code, "xc_gemm")
+    }
+
+    /// The compiled library.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+}
