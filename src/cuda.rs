@@ -106,6 +106,15 @@ impl Jit {
     /// Compiles (once) the CUDA support library and checks that a GPU is usable: an
     /// error says why not (no nvcc, no driver, no device).
     pub fn cuda(&self) -> Result<Cuda> {
+        if let Err(why) = crate::gpu::probe() {
+            return Err(Error::Cuda {
+                what: "looking for a GPU".into(),
+                code: 100,
+                message: format!(
+                    "{why}. Fix: run on a machine with an NVIDIA GPU and its driver, or use the C templates (--device cpu)"
+                ),
+            });
+        }
         let lib = self.compile_template(&TemplateRequest::new("cuda/support"))?;
         // SAFETY: the support template exports these with these signatures.
         let support = unsafe {

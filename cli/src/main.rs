@@ -140,6 +140,9 @@ enum Command {
         /// How many times to run the kernel.
         #[arg(long, default_value_t = 1000)]
         iters: usize,
+        /// Where to run it: cpu, or cuda (needs nvcc and an NVIDIA GPU).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        device: String,
         /// Print a JSON object.
         #[arg(long)]
         json: bool,
@@ -348,9 +351,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             show::templates(&mut out, &templates, *json)?;
             ExitCode::SUCCESS
         }
-        Some(Command::Demo { iters, json }) => {
+        Some(Command::Demo {
+            iters,
+            device,
+            json,
+        }) => {
             let jit = Jit::new(config(&cli)?)?;
-            let report = ops::demo::check1(&jit, *iters)?;
+            let report = if device == "cuda" {
+                ops::demo::check1_cuda(&jit, *iters)?
+            } else {
+                ops::demo::check1(&jit, *iters)?
+            };
             show::demo(&mut out, &report, *json)?;
             status(report.ok)
         }

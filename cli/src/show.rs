@@ -143,7 +143,7 @@ pub fn demo(out: &mut impl Write, r: &DemoReport, json: bool) -> Result<()> {
         r.iters, r.loop_s
     )?;
     writeln!(out, "Result is {:?}...", r.result_head)?;
-    writeln!(out, "Used the cpu")?;
+    writeln!(out, "Used the {}", r.used)?;
     Ok(())
 }
 
@@ -197,7 +197,11 @@ pub fn entries(
                 } else {
                     r.status.clone()
                 },
-                r.language.clone(),
+                if r.language == "cuda" {
+                    format!("cuda {}", r.target)
+                } else {
+                    r.language.clone()
+                },
                 human::size(r.size),
                 human::age(r.created, now),
                 age_or_dash(r.last_use, now),

@@ -1,6 +1,6 @@
 //! `xcache demo`: the seed workload, Theano's check1 — `exp` over 10*30*768 float32
-//! values, looped 1000 times — through the JIT: cold compile, warm hit, loop time,
-//! device, and a check against a float64 reference.
+//! values, looped 1000 times — through the JIT, on the CPU or the GPU: cold compile,
+//! warm hit, loop time, device, and a check against a float64 reference.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -53,6 +53,8 @@ pub struct DemoReport {
     pub result_head: Vec<f32>,
     /// Whether the check passed.
     pub ok: bool,
+    /// `cpu` or `gpu`, as check1's last line said.
+    pub used: &'static str,
 }
 
 /// Deterministic uniform values in [0, 1) (splitmix64), so every run checks the same data.
@@ -68,6 +70,79 @@ pub fn uniform_f32(n: usize, seed: u64) -> Vec<f32> {
             (z >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect()
+}
+
+/// Where check1 runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU, through the `elemwise` C template.
+    Cpu,
+    /// The GPU, through the `cuda/elemwise` template.
+    Cuda,
+}
+
+fn max_rel_err(x: &[f32], r: &[f32]) -> f64 {
+    x.iter()
+        .zip(r)
+        .map(|(&xi, &ri)| {
+            let want = (xi as f64).exp();
+            ((ri as f64 - want) / want).abs()
+        })
+        .fold(0f64, f64::max)
+}
+
+/// Runs check1 on the GPU: the input is uploaded once, the kernel launched `iters`
+/// times, the device synchronised once at the end (as a GPU program would).
+pub fn check1_cuda(jit: &Jit, iters: usize) -> Result<DemoReport> {
+    let x = uniform_f32(VLEN, 0x5eed);
+    let cuda = jit.cuda()?;
+    let dev = cuda.device()?;
+
+    let t = Instant::now();
+    let kernel = cuda.elemwise::<f32>(jit, "exp(a)", 1)?;
+    let cold_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let t = Instant::now();
+    let fresh = Jit::with_clock(jit.config().clone(), jit.store().clock().clone())?;
+    let warm = cuda.elemwise::<f32>(&fresh, "exp(a)", 1)?;
+    let warm_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let input = cuda.upload(&x)?;
+    let mut out = cuda.alloc::<f32>(VLEN)?;
+    kernel.launch(&[&input], &mut out)?; // first launch loads the module
+    cuda.sync()?;
+    let t = Instant::now();
+    for _ in 0..iters {
+        kernel.launch(&[&input], &mut out)?;
+    }
+    cuda.sync()?;
+    let loop_s = t.elapsed().as_secs_f64();
+    let r = out.download()?;
+    let err = max_rel_err(&x, &r);
+    let c = kernel.compiled();
+    Ok(DemoReport {
+        workload: format!("check1: exp over {VLEN} float32 values, {iters} times"),
+        n: VLEN,
+        iters,
+        compiledir: jit.store().compiledir().to_path_buf(),
+        kernel: "cuda/elemwise(arity=1, dtype=float32, expr=exp(a))".into(),
+        key: c.key.hex(),
+        cold_was_cached: c.hit,
+        cold_ms,
+        compile_ms: c.compile_ms,
+        warm_ms,
+        warm_hit: warm.compiled().hit,
+        loop_s,
+        elements_per_s: (VLEN * iters) as f64 / loop_s.max(1e-12),
+        device: format!(
+            "cuda: {} (sm_{}{}, {} SMs)",
+            dev.name, dev.major, dev.minor, dev.sms
+        ),
+        max_rel_err: err,
+        result_head: r.iter().take(4).copied().collect(),
+        ok: err <= MAX_REL_ERR && r.iter().all(|v| v.is_finite()),
+        used: "gpu",
+    })
 }
 
 /// Runs check1 on the CPU.
@@ -91,14 +166,7 @@ pub fn check1(jit: &Jit, iters: usize) -> Result<DemoReport> {
     }
     let loop_s = t.elapsed().as_secs_f64();
 
-    let max_rel_err = x
-        .iter()
-        .zip(&r)
-        .map(|(&xi, &ri)| {
-            let want = (xi as f64).exp();
-            ((ri as f64 - want) / want).abs()
-        })
-        .fold(0f64, f64::max);
+    let max_rel_err = max_rel_err(&x, &r);
     let c = kernel.compiled();
     Ok(DemoReport {
         workload: format!("check1: exp over {VLEN} float32 values, {iters} times"),
@@ -118,5 +186,6 @@ pub fn check1(jit: &Jit, iters: usize) -> Result<DemoReport> {
         max_rel_err,
         result_head: r.iter().take(4).copied().collect(),
         ok: max_rel_err <= MAX_REL_ERR && r.iter().all(|v| v.is_finite()),
+        used: "cpu",
     })
 }

@@ -81,6 +81,8 @@ pub struct EntryRow {
     pub source: String,
     /// `c`, `c++`, `cuda`.
     pub language: String,
+    /// What it was built for: the target triple, or the GPU arch (`sm_90`) for CUDA.
+    pub target: String,
     /// The template's name, when the entry was rendered from one.
     pub template: Option<String>,
     /// The template's parameters (canonical), when rendered from one.
@@ -157,6 +159,7 @@ pub fn entries(dirs: &Dirs) -> Result<Vec<EntryRow>> {
                     key: m.key,
                     source: m.source_name,
                     language: m.key_material.language,
+                    target: m.key_material.target.triple,
                     template: m.key_material.template.as_ref().map(|t| t.name.clone()),
                     params: m.key_material.template.map(|t| t.params),
                     size,
@@ -172,6 +175,7 @@ pub fn entries(dirs: &Dirs) -> Result<Vec<EntryRow>> {
                     key: key.hex(),
                     source: String::new(),
                     language: String::new(),
+                    target: String::new(),
                     template: None,
                     params: None,
                     size,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use xcache::kernels::Element;
 use xcache::Config;
 
 /// A private base dir that disappears with the test.
@@ -109,3 +110,87 @@ pub fn flip_bytes(path: &Path) {
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+/// splitmix64: reproducible inputs without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+pub const SIZES: [usize; 5] = [0, 1, 7, 1023, 100_003];
+
+pub trait Num: Element + PartialEq + std::fmt::Debug {
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    /// Tolerance relative to max(|want|, 1).
+    const TOL: f64;
+}
+
+impl Num for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    const TOL: f64 = 2e-5;
+}
+
+impl Num for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    const TOL: f64 = 1e-12;
+}
+
+pub fn close(got: f64, want: f64, tol: f64) -> bool {
+    if want.is_nan() {
+        return got.is_nan();
+    }
+    (got - want).abs() <= tol * want.abs().max(1.0)
+}
+
+pub type Ref = fn(&[f64]) -> f64;
+
+/// Expressions with their independent f64 references.
+pub const FLOAT_CASES: &[(&str, usize, Ref)] = &[
+    ("a*exp(b)+c", 3, |v| v[0] * v[1].exp() + v[2]),
+    ("exp(a)", 1, |v| v[0].exp()),
+    ("where(a > b, sqrt(abs(a)), -b) / (1 + c*c)", 3, |v| {
+        (if v[0] > v[1] {
+            v[0].abs().sqrt()
+        } else {
+            -v[1]
+        }) / (1.0 + v[2] * v[2])
+    }),
+    (
+        "tanh(a) - log(1 + b*b) + pow(abs(c), 0.5) + min(a, b) - max(b, c)",
+        3,
+        |v| {
+            v[0].tanh() - (1.0 + v[1] * v[1]).ln() + v[2].abs().powf(0.5) + v[0].min(v[1])
+                - v[1].max(v[2])
+        },
+    ),
+    ("sin(a)*cos(b) - (a <= b) + (a != b)*2", 2, |v| {
+        v[0].sin() * v[1].cos() - f64::from(u8::from(v[0] <= v[1]))
+            + 2.0 * f64::from(u8::from(v[0] != v[1]))
+    }),
+    ("a + b*c - d/(1 + e*e) + f*g - h", 8, |v| {
+        v[0] + v[1] * v[2] - v[3] / (1.0 + v[4] * v[4]) + v[5] * v[6] - v[7]
+    }),
+];
+
