@@ -54,20 +54,76 @@ fn req(name: &str, params: &[(&str, &str)]) -> TemplateRequest {
 #[test]
 fn every_cuda_template_compiles_and_exports_its_entry_points() {
     let tc = TestCache::new();
-    let Some(jit) = jit_with_nvcc(&tc) else { return };
+    let Some(jit) = jit_with_nvcc(&tc) else {
+        return;
+    };
     let cases: Vec<(TemplateRequest, &[&str])> = vec![
-        (req("cuda/elemwise", &[("dtype", "float32"), ("arity", "3"), ("expr", "a*exp(b)+c")]), &["xc_elemwise"]),
-        (req("cuda/elemwise", &[("dtype", "float64"), ("arity", "8"), ("expr", "a+b+c+d+e+f+g+h")]), &["xc_elemwise"]),
-        (req("cuda/elemwise", &[("dtype", "int32"), ("arity", "2"), ("expr", "a/b - abs(a)")]), &["xc_elemwise"]),
-        (req("cuda/elemwise", &[("dtype", "int64"), ("arity", "1"), ("expr", "where(a > 0, a, -a)")]), &["xc_elemwise"]),
-        (req("cuda/reduce", &[("dtype", "float32"), ("op", "sum"), ("pre", "x*x")]), &["xc_reduce"]),
-        (req("cuda/reduce", &[("dtype", "int64"), ("op", "max")]), &["xc_reduce"]),
-        (req("cuda/reduce", &[("dtype", "float64"), ("op", "mean")]), &["xc_reduce"]),
-        (req("cuda/gemm", &[("dtype", "float32"), ("relu", "true")]), &["xc_gemm"]),
+        (
+            req(
+                "cuda/elemwise",
+                &[("dtype", "float32"), ("arity", "3"), ("expr", "a*exp(b)+c")],
+            ),
+            &["xc_elemwise"],
+        ),
+        (
+            req(
+                "cuda/elemwise",
+                &[
+                    ("dtype", "float64"),
+                    ("arity", "8"),
+                    ("expr", "a+b+c+d+e+f+g+h"),
+                ],
+            ),
+            &["xc_elemwise"],
+        ),
+        (
+            req(
+                "cuda/elemwise",
+                &[("dtype", "int32"), ("arity", "2"), ("expr", "a/b - abs(a)")],
+            ),
+            &["xc_elemwise"],
+        ),
+        (
+            req(
+                "cuda/elemwise",
+                &[
+                    ("dtype", "int64"),
+                    ("arity", "1"),
+                    ("expr", "where(a > 0, a, -a)"),
+                ],
+            ),
+            &["xc_elemwise"],
+        ),
+        (
+            req(
+                "cuda/reduce",
+                &[("dtype", "float32"), ("op", "sum"), ("pre", "x*x")],
+            ),
+            &["xc_reduce"],
+        ),
+        (
+            req("cuda/reduce", &[("dtype", "int64"), ("op", "max")]),
+            &["xc_reduce"],
+        ),
+        (
+            req("cuda/reduce", &[("dtype", "float64"), ("op", "mean")]),
+            &["xc_reduce"],
+        ),
+        (
+            req("cuda/gemm", &[("dtype", "float32"), ("relu", "true")]),
+            &["xc_gemm"],
+        ),
         (req("cuda/gemm", &[("dtype", "float64")]), &["xc_gemm"]),
         (
             req("cuda/support", &[]),
-            &["xc_cuda_malloc", "xc_cuda_free", "xc_cuda_copy", "xc_cuda_sync", "xc_cuda_device", "xc_cuda_error_string"],
+            &[
+                "xc_cuda_malloc",
+                "xc_cuda_free",
+                "xc_cuda_copy",
+                "xc_cuda_sync",
+                "xc_cuda_device",
+                "xc_cuda_error_string",
+            ],
         ),
     ];
     let reqs: Vec<xcache::Request> = cases.iter().map(|(r, _)| r.clone().into()).collect();
@@ -75,17 +131,27 @@ fn every_cuda_template_compiles_and_exports_its_entry_points() {
     for ((r, symbols), c) in cases.iter().zip(results) {
         let c = c.unwrap_or_else(|e| panic!("{}: {e}", r.name));
         for s in *symbols {
-            unsafe { c.symbol::<*const std::ffi::c_void>(s) }.unwrap_or_else(|e| panic!("{}: {e}", r.name));
+            unsafe { c.symbol::<*const std::ffi::c_void>(s) }
+                .unwrap_or_else(|e| panic!("{}: {e}", r.name));
         }
         let meta: serde_json::Value = serde_json::from_slice(
             &std::fs::read(c.path.parent().unwrap().join("entry.json")).unwrap(),
         )
         .unwrap();
-        assert_eq!(meta["key_material"]["target"]["triple"], "sm_80", "the arch is in the key");
+        assert_eq!(
+            meta["key_material"]["target"]["triple"], "sm_80",
+            "the arch is in the key"
+        );
         assert_eq!(meta["key_material"]["language"], "cuda");
         let flags = meta["key_material"]["flags"].to_string();
-        assert!(flags.contains("code=sm_80") && flags.contains("code=compute_80"), "SASS and PTX: {flags}");
-        assert!(meta["key_material"]["toolchain"]["version"].as_str().unwrap().contains("host compiler"));
+        assert!(
+            flags.contains("code=sm_80") && flags.contains("code=compute_80"),
+            "SASS and PTX: {flags}"
+        );
+        assert!(meta["key_material"]["toolchain"]["version"]
+            .as_str()
+            .unwrap()
+            .contains("host compiler"));
     }
     // Another arch is another key.
     let mut c90 = tc.config();
@@ -98,12 +164,22 @@ fn every_cuda_template_compiles_and_exports_its_entry_points() {
 #[test]
 fn nvcc_errors_come_back_whole() {
     let tc = TestCache::new();
-    let Some(jit) = jit_with_nvcc(&tc) else { return };
+    let Some(jit) = jit_with_nvcc(&tc) else {
+        return;
+    };
     let src = "__global__ void k(float *x) { x[0] = undefined_thing; }\n";
-    let err = jit.build(&SourceRequest::new(Language::Cuda, src)).unwrap_err();
-    let Error::Compile(ce) = &err else { panic!("{err}") };
+    let err = jit
+        .build(&SourceRequest::new(Language::Cuda, src))
+        .unwrap_err();
+    let Error::Compile(ce) = &err else {
+        panic!("{err}")
+    };
     assert!(ce.output.contains("undefined_thing"), "{}", ce.output);
-    assert!(ce.command.contains("nvcc") && ce.command.contains("-gencode"), "{}", ce.command);
+    assert!(
+        ce.command.contains("nvcc") && ce.command.contains("-gencode"),
+        "{}",
+        ce.command
+    );
     assert!(ce.kept_source.to_str().unwrap().ends_with("source.cu"));
     assert_eq!(std::fs::read_to_string(&ce.kept_source).unwrap(), src);
     assert!(tc.entry_dirs().is_empty());
@@ -116,20 +192,37 @@ fn without_a_gpu_launches_fail_cleanly() {
         return;
     }
     let tc = TestCache::new();
-    let Some(jit) = jit_with_nvcc(&tc) else { return };
+    let Some(jit) = jit_with_nvcc(&tc) else {
+        return;
+    };
     let e = jit.cuda().unwrap_err().to_string();
-    assert!(e.contains("no NVIDIA driver") || e.contains("no GPU"), "{e}");
+    assert!(
+        e.contains("no NVIDIA driver") || e.contains("no GPU"),
+        "{e}"
+    );
     assert!(e.contains("Fix"), "{e}");
     // The launcher itself returns a CUDA error code, not a crash.
     let c = jit
-        .compile_template(&req("cuda/elemwise", &[("dtype", "float32"), ("arity", "1"), ("expr", "a")]))
+        .compile_template(&req(
+            "cuda/elemwise",
+            &[("dtype", "float32"), ("arity", "1"), ("expr", "a")],
+        ))
         .unwrap();
     let f = unsafe { c.symbol::<CudaElemwiseFn>("xc_elemwise") }.unwrap();
     let fake = [16usize as *const std::ffi::c_void];
     let code = unsafe { f(4, fake.as_ptr(), 32usize as *mut _, std::ptr::null_mut()) };
-    assert!(code != 0 && code != 1 && code != 2, "expected a cudaError_t, got {code}");
-    assert_eq!(unsafe { f(0, fake.as_ptr(), 32usize as *mut _, std::ptr::null_mut()) }, 0);
-    assert_eq!(unsafe { f(-1, fake.as_ptr(), 32usize as *mut _, std::ptr::null_mut()) }, 1);
+    assert!(
+        code != 0 && code != 1 && code != 2,
+        "expected a cudaError_t, got {code}"
+    );
+    assert_eq!(
+        unsafe { f(0, fake.as_ptr(), 32usize as *mut _, std::ptr::null_mut()) },
+        0
+    );
+    assert_eq!(
+        unsafe { f(-1, fake.as_ptr(), 32usize as *mut _, std::ptr::null_mut()) },
+        1
+    );
 }
 
 fn gpu_elemwise<T: Num>(jit: &Jit, cuda: &Cuda) {
@@ -139,7 +232,11 @@ fn gpu_elemwise<T: Num>(jit: &Jit, cuda: &Cuda) {
         for n in [0usize, 1, 7, 1023, 100_003, (1 << 20) + 3] {
             // One spare element so that a view at offset 1 exercises the unaligned path.
             let host: Vec<Vec<T>> = (0..arity)
-                .map(|_| (0..n + 1).map(|_| T::from_f64(rng.uniform(-2.0, 2.0))).collect())
+                .map(|_| {
+                    (0..n + 1)
+                        .map(|_| T::from_f64(rng.uniform(-2.0, 2.0)))
+                        .collect()
+                })
                 .collect();
             let bufs: Vec<_> = host.iter().map(|h| cuda.upload(h).unwrap()).collect();
             let out = cuda.alloc::<T>(n + 1).unwrap();
@@ -151,7 +248,11 @@ fn gpu_elemwise<T: Num>(jit: &Jit, cuda: &Cuda) {
                     let args: Vec<f64> = host.iter().map(|h| h[offset + i].to_f64()).collect();
                     let want = reference(&args);
                     let g = got[offset + i].to_f64();
-                    assert!(close(g, want, T::TOL * 4.0), "{} {expr} n={n} offset={offset} i={i}: {g} vs {want}", T::DTYPE);
+                    assert!(
+                        close(g, want, T::TOL * 4.0),
+                        "{} {expr} n={n} offset={offset} i={i}: {g} vs {want}",
+                        T::DTYPE
+                    );
                 }
             }
         }
@@ -161,7 +262,9 @@ fn gpu_elemwise<T: Num>(jit: &Jit, cuda: &Cuda) {
 #[test]
 fn gpu_elemwise_matches_the_cpu_reference() {
     let tc = TestCache::new();
-    let Some((jit, cuda)) = gpu_jit(&tc) else { return };
+    let Some((jit, cuda)) = gpu_jit(&tc) else {
+        return;
+    };
     gpu_elemwise::<f32>(&jit, &cuda);
     gpu_elemwise::<f64>(&jit, &cuda);
     // Integers: wrapping and safe division, as on the CPU.
@@ -174,9 +277,19 @@ fn gpu_elemwise_matches_the_cpu_reference() {
     let got = out.download().unwrap();
     for i in 0..a.len() {
         let (x, y) = (a[i], b[i]);
-        let div = if y == 0 { 0 } else if y == -1 { x.wrapping_neg() } else { x / y };
+        let div = if y == 0 {
+            0
+        } else if y == -1 {
+            x.wrapping_neg()
+        } else {
+            x / y
+        };
         let abs = if x == i64::MIN { x } else { x.abs() };
-        assert_eq!(got[i], x.wrapping_mul(y).wrapping_sub(div).wrapping_add(abs), "i={i}");
+        assert_eq!(
+            got[i],
+            x.wrapping_mul(y).wrapping_sub(div).wrapping_add(abs),
+            "i={i}"
+        );
     }
 }
 
@@ -185,13 +298,18 @@ fn gpu_reduce<T: Num>(jit: &Jit, cuda: &Cuda) {
     for op in ["sum", "max", "min", "mean"] {
         let k = cuda.reduce::<T>(jit, op, "x*x - 0.25").unwrap();
         for (rows, cols) in [(1, 1), (3, 0), (5, 7), (33, 1000), (4, 1 << 20), (5000, 3)] {
-            let host: Vec<T> = (0..rows * cols).map(|_| T::from_f64(rng.uniform(-1.0, 1.0))).collect();
+            let host: Vec<T> = (0..rows * cols)
+                .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+                .collect();
             let input = cuda.upload(&host).unwrap();
             let mut out = cuda.alloc::<T>(rows).unwrap();
             k.launch(&input, cols, &mut out).unwrap();
             let got = out.download().unwrap();
             for r in 0..rows {
-                let v: Vec<f64> = host[r * cols..(r + 1) * cols].iter().map(|x| x.to_f64() * x.to_f64() - 0.25).collect();
+                let v: Vec<f64> = host[r * cols..(r + 1) * cols]
+                    .iter()
+                    .map(|x| x.to_f64() * x.to_f64() - 0.25)
+                    .collect();
                 let want = match op {
                     "sum" => v.iter().sum(),
                     "mean" => v.iter().sum::<f64>() / v.len() as f64,
@@ -199,7 +317,11 @@ fn gpu_reduce<T: Num>(jit: &Jit, cuda: &Cuda) {
                     _ => v.iter().copied().fold(f64::INFINITY, f64::min),
                 };
                 let g = got[r].to_f64();
-                let ok = if want.is_infinite() || want.is_nan() { g == want || (g.is_nan() && want.is_nan()) } else { close(g, want, T::TOL * 10.0) };
+                let ok = if want.is_infinite() || want.is_nan() {
+                    g == want || (g.is_nan() && want.is_nan())
+                } else {
+                    close(g, want, T::TOL * 10.0)
+                };
                 assert!(ok, "{} {op} {rows}x{cols} row {r}: {g} vs {want}", T::DTYPE);
             }
         }
@@ -209,7 +331,9 @@ fn gpu_reduce<T: Num>(jit: &Jit, cuda: &Cuda) {
 #[test]
 fn gpu_reduce_matches_the_cpu_reference() {
     let tc = TestCache::new();
-    let Some((jit, cuda)) = gpu_jit(&tc) else { return };
+    let Some((jit, cuda)) = gpu_jit(&tc) else {
+        return;
+    };
     gpu_reduce::<f32>(&jit, &cuda);
     gpu_reduce::<f64>(&jit, &cuda);
 }
@@ -218,9 +342,19 @@ fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda) {
     let mut rng = Rng(8);
     for relu in [false, true] {
         let g = cuda.gemm::<T>(jit, relu).unwrap();
-        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (67, 129, 65), (257, 300, 129), (1024, 1024, 1024)] {
-            let a: Vec<T> = (0..m * k).map(|_| T::from_f64(rng.uniform(-1.0, 1.0))).collect();
-            let b: Vec<T> = (0..k * n).map(|_| T::from_f64(rng.uniform(-1.0, 1.0))).collect();
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 5, 7),
+            (67, 129, 65),
+            (257, 300, 129),
+            (1024, 1024, 1024),
+        ] {
+            let a: Vec<T> = (0..m * k)
+                .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+                .collect();
+            let b: Vec<T> = (0..k * n)
+                .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+                .collect();
             let (da, db) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
             let mut dc = cuda.alloc::<T>(m * n).unwrap();
             g.launch((m, n, k), &da, &db, &mut dc).unwrap();
@@ -229,12 +363,18 @@ fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda) {
             let step = if m * n > 100_000 { 997 } else { 1 };
             for idx in (0..m * n).step_by(step) {
                 let (i, j) = (idx / n, idx % n);
-                let mut want: f64 = (0..k).map(|p| a[i * k + p].to_f64() * b[p * n + j].to_f64()).sum();
+                let mut want: f64 = (0..k)
+                    .map(|p| a[i * k + p].to_f64() * b[p * n + j].to_f64())
+                    .sum();
                 if relu {
                     want = want.max(0.0);
                 }
                 let got = c[idx].to_f64();
-                assert!((got - want).abs() <= T::TOL * 4.0 * k as f64, "{} relu={relu} {m}x{n}x{k} [{i},{j}]: {got} vs {want}", T::DTYPE);
+                assert!(
+                    (got - want).abs() <= T::TOL * 4.0 * k as f64,
+                    "{} relu={relu} {m}x{n}x{k} [{i},{j}]: {got} vs {want}",
+                    T::DTYPE
+                );
             }
         }
     }
@@ -243,7 +383,9 @@ fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda) {
 #[test]
 fn gpu_gemm_matches_the_cpu_reference() {
     let tc = TestCache::new();
-    let Some((jit, cuda)) = gpu_jit(&tc) else { return };
+    let Some((jit, cuda)) = gpu_jit(&tc) else {
+        return;
+    };
     gpu_gemm::<f32>(&jit, &cuda);
     gpu_gemm::<f64>(&jit, &cuda);
 }
@@ -251,11 +393,16 @@ fn gpu_gemm_matches_the_cpu_reference() {
 #[test]
 fn gpu_demo_runs_check1() {
     let tc = TestCache::new();
-    let Some((jit, _cuda)) = gpu_jit(&tc) else { return };
+    let Some((jit, _cuda)) = gpu_jit(&tc) else {
+        return;
+    };
     let r = xcache::ops::demo::check1_cuda(&jit, 100).unwrap();
     assert!(r.ok, "{r:?}");
     assert!(r.warm_hit);
     assert_eq!(r.used, "gpu");
-    eprintln!("check1 on {}: {:.3} ms for 100 launches", r.device, r.loop_s * 1e3);
+    eprintln!(
+        "check1 on {}: {:.3} ms for 100 launches",
+        r.device,
+        r.loop_s * 1e3
+    );
 }
-

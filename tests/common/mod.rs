@@ -193,4 +193,3 @@ pub const FLOAT_CASES: &[(&str, usize, Ref)] = &[
         v[0] + v[1] * v[2] - v[3] / (1.0 + v[4] * v[4]) + v[5] * v[6] - v[7]
     }),
 ];
-
