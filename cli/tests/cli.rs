@@ -354,7 +354,19 @@ fn templates_lists_parameters_and_entry_points() {
     }
     let v: Value = serde_json::from_str(&stdout(&env.run(&["templates", "--json"]))).unwrap();
     let all = v.as_array().unwrap();
-    assert_eq!(all.len(), 3);
+    let names: Vec<&str> = all.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "c/elemwise",
+            "c/gemm",
+            "c/reduce",
+            "cuda/elemwise",
+            "cuda/gemm",
+            "cuda/reduce",
+            "cuda/support"
+        ]
+    );
     for t in all {
         for f in [
             "name",
