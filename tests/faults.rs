@@ -10,6 +10,15 @@ use std::path::{Path, PathBuf};
 use common::*;
 use xcache::{Jit, Language, SourceRequest};
 
+/// The tests here run one at a time: a remount read-only fails with EBUSY while any
+/// file on it is open for writing, and a compiler forked by a parallel test briefly
+/// holds copies of this process's descriptors.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A tmpfs mounted for one test, detached when dropped (even on panic).
 struct Tmpfs {
     path: PathBuf,
@@ -94,6 +103,7 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
 
 #[test]
 fn read_only_cache_hits_load_and_misses_compile_privately() {
+    let _serial = serial();
     let Some(fs) = Tmpfs::mount("16m") else {
         return;
     };
@@ -131,6 +141,7 @@ fn read_only_cache_hits_load_and_misses_compile_privately() {
 
 #[test]
 fn full_disk_compiles_privately_then_recovers() {
+    let _serial = serial();
     let Some(fs) = Tmpfs::mount("4m") else { return };
     let base = fs.path.join("cache");
     Jit::new(config_at(&base))
