@@ -432,3 +432,28 @@ fn directories_deleted_by_hand_are_made_again() {
     assert!(!c.hit);
     check_saxpy(*unsafe { c.symbol::<SaxpyFn>("saxpy") }.unwrap());
 }
+
+#[test]
+fn the_in_process_memo_never_confuses_requests() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let a = jit.compile(&saxpy("memo")).unwrap();
+    let again = jit.compile(&saxpy("memo")).unwrap();
+    assert!(again.hit && again.key == a.key);
+    // Same source, other flags: another key, compiled, not served from memory.
+    let b = jit.compile(&saxpy("memo").flag("-O1")).unwrap();
+    assert!(!b.hit);
+    assert_ne!(b.key, a.key);
+    // Same flags, other source; and a header that differs only in content.
+    let c = jit.compile(&saxpy("memo2")).unwrap();
+    assert!(!c.hit && c.key != a.key);
+    let with = |v: &str| {
+        SourceRequest::new(Language::C, "#include \"k.h\"\nint k(void) { return K; }\n")
+            .extra_input("k.h", format!("#define K {v}\n"))
+    };
+    let k1 = jit.compile(&with("1")).unwrap();
+    let k2 = jit.compile(&with("2")).unwrap();
+    assert_ne!(k1.key, k2.key);
+    let f = unsafe { k2.symbol::<unsafe extern "C" fn() -> i32>("k") }.unwrap();
+    assert_eq!(unsafe { f() }, 2);
+}
