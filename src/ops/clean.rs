@@ -218,7 +218,8 @@ fn collect_tmp(
                     "staging left by a crashed or killed build",
                 )
             } else if name.starts_with("delete-") {
-                (Duration::ZERO, "left by an interrupted removal")
+                // A minute: another process may be in the middle of this removal.
+                (Duration::from_secs(60), "left by an interrupted removal")
             } else if name.starts_with("failed-") {
                 (config.stale_after, "failed build kept for inspection")
             } else {
@@ -274,17 +275,85 @@ fn collect_tmp(
     Ok(())
 }
 
-/// Files and directories xcache puts in a compiledir; anything else is the user's and
-/// stays (then the compiledir stays too).
-const COMPILEDIR_DIRS: &[&str] = &[
-    "entries",
-    "locks",
-    "tmp",
-    "quarantine",
-    "toolchains",
-    "stats",
-];
+/// Files xcache puts at the top of a compiledir. Anything that is not xcache's stays,
+/// and then the compiledir stays too.
 const COMPILEDIR_FILES: &[&str] = &[COMPILEDIR_FILE, "last-use", "auto-prune", "gc.lock"];
+
+fn names(dir: &Path) -> Vec<(String, PathBuf)> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_hex2(n: &str) -> bool {
+    n.len() == 2
+        && n.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// After the entries: removes what xcache made around them, by name, one by one —
+/// empty fan directories, lock files (under a try-lock), staging of ours, quarantined
+/// entries, toolchain records, stats — and never a file it does not recognise. A
+/// directory that still holds something else is left in place.
+fn remove_xcache_leftovers(dirs: &Dirs, now: SystemTime) -> Result<()> {
+    let is_key = |n: &str| n.parse::<crate::store::key::Key>().is_ok();
+    for (fan_name, fan) in names(&dirs.entries()) {
+        if is_hex2(&fan_name) {
+            let _ = fs::remove_dir(&fan); // fails if something not ours is inside
+        }
+    }
+    let _ = fs::remove_dir(dirs.entries());
+    for (fan_name, fan) in names(&dirs.locks()) {
+        if !is_hex2(&fan_name) {
+            continue;
+        }
+        for (name, lock_file) in names(&fan) {
+            if name.strip_suffix(".lock").is_some_and(is_key) {
+                if let Some(_guard) = lock::try_lock_exclusive(&lock_file)? {
+                    let _ = fs::remove_file(&lock_file);
+                }
+            }
+        }
+        let _ = fs::remove_dir(&fan);
+    }
+    let _ = fs::remove_dir(dirs.locks());
+    for (name, p) in names(&dirs.tmp()) {
+        let ours = ["build-", "failed-", "delete-"]
+            .iter()
+            .any(|pre| name.starts_with(pre));
+        // A build that started after the in-progress check is young: leave it.
+        let young = name.starts_with("build-")
+            && age_of(&p, now).is_none_or(|a| a < Duration::from_secs(60));
+        if ours && !young && p.is_dir() {
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
+    let _ = fs::remove_dir(dirs.tmp());
+    for (name, p) in names(&dirs.quarantine()) {
+        if name.get(..64).is_some_and(is_key) && p.is_dir() {
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
+    let _ = fs::remove_dir(dirs.quarantine());
+    for (name, p) in names(&dirs.toolchains()) {
+        if name.ends_with(".json") && p.is_file() {
+            let _ = fs::remove_file(&p);
+        }
+    }
+    let _ = fs::remove_dir(dirs.toolchains());
+    let stats = dirs.root().join("stats");
+    for (name, p) in names(&stats) {
+        if (name.ends_with(".json") || name == "stats.lock") && p.is_file() {
+            let _ = fs::remove_file(&p);
+        }
+    }
+    let _ = fs::remove_dir(&stats);
+    Ok(())
+}
 
 /// Removes a whole compiledir: its entries one by one under try-locks, then, if none was
 /// busy and no build is in progress, what else xcache put there, then the directory.
@@ -351,12 +420,7 @@ fn remove_compiledir(
         report.push(action);
         return Ok(());
     }
-    for d in COMPILEDIR_DIRS {
-        let p = path.join(d);
-        if p.exists() {
-            fs::remove_dir_all(&p).ctx("removing", &p)?;
-        }
-    }
+    remove_xcache_leftovers(&dirs, now)?;
     for f in COMPILEDIR_FILES {
         let _ = fs::remove_file(path.join(f));
     }

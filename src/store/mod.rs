@@ -291,7 +291,13 @@ pub fn remove_entry(dirs: &Dirs, key: &Key) -> Result<Removal> {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         fs::rename(&dir, &trash).ctx("removing", &dir)?;
-        fs::remove_dir_all(&trash).ctx("removing", &trash)?;
+        // The entry is gone from entries/ now; what is left in tmp/ is garbage that a
+        // crash or a concurrent collector may also be removing.
+        if let Err(e) = fs::remove_dir_all(&trash) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("could not remove {}: {e}", trash.display());
+            }
+        }
         Removal::Removed(bytes)
     } else {
         Removal::Gone
@@ -586,7 +592,12 @@ impl Store {
         let staging = self.new_staging(key)?;
         let built = match build(staging.path()) {
             Ok(b) => b,
-            Err(e) => return Err(keep_failed(staging, e)),
+            Err(e) => {
+                // No entry will exist: its lock file would be an orphan. Safe to
+                // remove under the lock (waiters re-check the inode).
+                let _ = fs::remove_file(&lock_path);
+                return Err(keep_failed(staging, e));
+            }
         };
         pause_point("compiled");
         let meta = seal(staging.path(), key, built, self.clock.now())?;
