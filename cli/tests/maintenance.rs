@@ -534,6 +534,25 @@ fn warm_reports_failures_and_refuses_paths_outside_the_manifest() {
         assert_eq!(out.status.code(), Some(1));
         assert!(stderr(&out).contains("stay inside it"), "{}", stderr(&out));
     }
+    // A symbolic link out of the tree, and flags that read files, are refused too.
+    let secret = env.file("outside/secret.txt", "SECRET_TOKEN=hunter2\n");
+    let tree = env.dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::os::unix::fs::symlink(secret.parent().unwrap(), tree.join("link")).unwrap();
+    std::fs::write(tree.join("ok.c"), "int ok(void) { return 1; }\n").unwrap();
+    for bad in [
+        r#"[{"source": "link/secret.txt"}]"#.to_string(),
+        format!(r#"[{{"source": "ok.c", "flags": ["-include", "{}"]}}]"#, secret.display()),
+        r#"[{"source": "ok.c", "flags": ["-I/etc"]}]"#.to_string(),
+        r#"[{"template": "elemwise", "params": {"dtype": "float32", "arity": 1, "expr": "a"}, "flags": ["@/etc/passwd"]}]"#.to_string(),
+    ] {
+        std::fs::write(tree.join("m.json"), &bad).unwrap();
+        let out = env.run(&["warm", tree.join("m.json").to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let err = stderr(&out);
+        assert!(err.contains("stay inside it") || err.contains("names a file"), "{bad}: {err}");
+        assert!(!err.contains("hunter2") && !String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+    }
     let m = env.file("garbage.json", "{\"requests\": 3}");
     let out = env.run(&["warm", m.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));

@@ -55,6 +55,12 @@ pub struct WarmItem {
 
 fn inside(base: &Path, rel: &str, manifest: &Path) -> Result<PathBuf> {
     let p = Path::new(rel);
+    let refuse = || {
+        Error::InvalidRequest(format!(
+            "{}: path {rel:?} must be relative to the manifest's directory and stay inside it (no absolute paths, no `..`, no symbolic links out of it)",
+            manifest.display()
+        ))
+    };
     let escapes = p.is_absolute()
         || p.components().any(|c| {
             matches!(
@@ -63,12 +69,50 @@ fn inside(base: &Path, rel: &str, manifest: &Path) -> Result<PathBuf> {
             )
         });
     if escapes || rel.is_empty() {
-        return Err(Error::InvalidRequest(format!(
-            "{}: path {rel:?} must be relative to the manifest's directory and stay inside it (no absolute paths, no `..`)",
-            manifest.display()
-        )));
+        return Err(refuse());
     }
-    Ok(base.join(p))
+    // Symbolic links are followed, then the result must still be inside.
+    let root = base.canonicalize().ctx("resolving", base)?;
+    let full = base.join(p);
+    let real = full.canonicalize().ctx("resolving", &full)?;
+    if !real.starts_with(&root) {
+        return Err(refuse());
+    }
+    Ok(real)
+}
+
+/// Flags that make the compiler read (or run) a file they name: a manifest may not use
+/// them, or it could read files outside its tree. Headers go in `include`.
+const PATH_FLAGS: &[&str] = &[
+    "-I",
+    "-iquote",
+    "-isystem",
+    "-idirafter",
+    "-include",
+    "-imacros",
+    "-L",
+    "-B",
+    "@",
+    "-fplugin",
+    "-wrapper",
+    "--sysroot",
+    "-specs",
+    "-isysroot",
+    "-iprefix",
+    "-Xlinker",
+    "-Wl,",
+];
+
+fn check_flags(flags: &[String], manifest: &Path, i: usize) -> Result<()> {
+    for f in flags {
+        if let Some(pf) = PATH_FLAGS.iter().find(|p| f.starts_with(**p)) {
+            return Err(Error::InvalidRequest(format!(
+                "{} request {i}: flag {f:?} ({pf}…) names a file, which a manifest may not do. Fix: pass headers in `include`, or compile this one with `xcache compile`",
+                manifest.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a manifest into requests. Every problem names the manifest and the request.
@@ -88,6 +132,7 @@ pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
     let mut out = Vec::new();
     for (i, r) in reqs.into_iter().enumerate() {
         let at = |m: String| Error::InvalidRequest(format!("{} request {i}: {m}", path.display()));
+        check_flags(&r.flags, path, i)?;
         let item = match (r.template, r.source) {
             (Some(name), None) => {
                 if !r.include.is_empty() {
