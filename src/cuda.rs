@@ -167,7 +167,9 @@ impl Cuda {
     /// `n` uninitialised elements on the device.
     pub fn alloc<T: Element>(&self, n: usize) -> Result<DeviceBuffer<T>> {
         let mut ptr = std::ptr::null_mut();
-        let bytes = n * std::mem::size_of::<T>();
+        let bytes = n
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| Error::InvalidRequest(format!("{n} elements do not fit in memory")))?;
         // SAFETY: a valid out-pointer.
         let rc = unsafe { (self.support.malloc)(&mut ptr, bytes.max(1)) };
         self.support
@@ -309,8 +311,8 @@ impl<T: Element> DeviceBuffer<T> {
     /// A device address `offset` elements in (for misaligned views in tests).
     pub fn ptr_at(&self, offset: usize) -> *const c_void {
         assert!(offset <= self.len);
-        // SAFETY: within the allocation.
-        unsafe { self.ptr.cast::<T>().add(offset).cast() }
+        // A device address: computed, never dereferenced on the host.
+        self.ptr.cast::<T>().wrapping_add(offset).cast()
     }
 
     /// Copies the buffer back (waits for queued work on the default stream).
@@ -449,7 +451,8 @@ impl<T: Element> CudaGemm<T> {
         b: &DeviceBuffer<T>,
         c: &mut DeviceBuffer<T>,
     ) -> Result<()> {
-        if a.len != m * k || b.len != k * n || c.len != m * n {
+        let fits = |len: usize, x: usize, y: usize| x.checked_mul(y) == Some(len);
+        if !fits(a.len, m, k) || !fits(b.len, k, n) || !fits(c.len, m, n) {
             return Err(Error::InvalidRequest(format!(
                 "gemm {m}x{n}x{k}: buffer sizes do not match"
             )));

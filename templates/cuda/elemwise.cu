@@ -26,8 +26,8 @@ doc = "the element-wise expression, e.g. a*exp(b)+c"
  *   out     DEVICE pointer to n elements; may be one of the inputs (in place), must
  *           not partially overlap any
  *   stream  a cudaStream_t, or NULL for the default stream; the call is asynchronous
- * Returns 0 once the kernel is queued, 1 if n < 0, 2 if a pointer is NULL while n > 0,
- * else the cudaError_t of the launch (cudaGetErrorString explains it). */
+ * Returns 0 once the kernel is queued, -1 if n < 0, -2 if a pointer is NULL while
+ * n > 0, else the (positive) cudaError_t of the launch (cudaGetErrorString explains it). */
 #include <cuda_runtime.h>
 {{ xc_prelude }}
 {%- set ctype = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t"}[dtype] %}
@@ -43,14 +43,14 @@ static __device__ __forceinline__ {{ ctype }} xc_op(
 }
 
 __global__ void __launch_bounds__(256) xc_scalar(int64_t start, int64_t n,
-{%- for i in range(arity) %} const {{ ctype }} *__restrict__ in_{{ names[i] }},{% endfor %} {{ ctype }} *out) {
+{%- for i in range(arity) %} const {{ ctype }} *in_{{ names[i] }},{% endfor %} {{ ctype }} *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = start + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         out[i] = xc_op({% for i in range(arity) %}in_{{ names[i] }}[i]{% if not loop.last %}, {% endif %}{% endfor %});
 }
 
 __global__ void __launch_bounds__(256) xc_vector(int64_t nv,
-{%- for i in range(arity) %} const {{ vtype }} *__restrict__ in_{{ names[i] }},{% endfor %} {{ vtype }} *out) {
+{%- for i in range(arity) %} const {{ vtype }} *in_{{ names[i] }},{% endfor %} {{ vtype }} *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += stride) {
 {%- for i in range(arity) %}
@@ -67,29 +67,35 @@ __global__ void __launch_bounds__(256) xc_vector(int64_t nv,
 static int xc_blocks(int64_t work) {
     int dev = 0, sms = 0;
     cudaGetDevice(&dev);
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
         sms = 32;
+        (void)cudaGetLastError(); /* not the launch's error */
+    }
     int64_t want = (work + 255) / 256;
     int64_t cap = (int64_t)sms * 16;
     return (int)(want < cap ? want : cap);
 }
 
 extern "C" int xc_elemwise(int64_t n, const void *const *inputs, void *out, void *stream) {
-    if (n < 0) return 1;
+    if (n < 0) return -1;
     if (n == 0) return 0;
-    if (!inputs || !out) return 2;
+    if (!inputs || !out) return -2;
+    (void)cudaGetLastError(); /* clear an error left by earlier calls on this thread */
     cudaStream_t s = (cudaStream_t)stream;
     uintptr_t align = (uintptr_t)out;
 {%- for i in range(arity) %}
     const {{ ctype }} *in_{{ names[i] }} = (const {{ ctype }} *)inputs[{{ i }}];
-    if (!in_{{ names[i] }}) return 2;
+    if (!in_{{ names[i] }}) return -2;
     align |= (uintptr_t)in_{{ names[i] }};
 {%- endfor %}
     {{ ctype }} *o = ({{ ctype }} *)out;
     const int64_t nv = (align % 16 == 0) ? n / {{ lanes }} : 0;
-    if (nv > 0)
+    if (nv > 0) {
         xc_vector<<<xc_blocks(nv), 256, 0, s>>>(nv,
 {%- for i in range(arity) %} (const {{ vtype }} *)in_{{ names[i] }},{% endfor %} ({{ vtype }} *)o);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return (int)e;
+    }
     const int64_t start = nv * {{ lanes }};
     if (start < n)
         xc_scalar<<<xc_blocks(n - start), 256, 0, s>>>(start, n,

@@ -15,8 +15,8 @@ doc = "apply max(0, x) to every element of C"
 /* ABI: int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream)
  *   a  DEVICE, m*k row-major; b  DEVICE, k*n row-major; c  DEVICE, m*n, written (not
  *   accumulated into), must not overlap a or b. Dimensions up to 2^31-1.
- * Returns 0 once queued, 1 for a bad dimension, 2 for a NULL pointer, else the
- * cudaError_t of the launch. */
+ * Returns 0 once queued, -1 for a bad dimension, -2 for a NULL pointer, else the
+ * (positive) cudaError_t of the launch. */
 #include <cuda_runtime.h>
 #include <stdint.h>
 {%- set t = {"float32": "float", "float64": "double"}[dtype] %}
@@ -33,7 +33,9 @@ __global__ void __launch_bounds__(256) xc_gemm_kernel(int m, int n, int k,
     __shared__ {{ t }} As[BK][BM];
     __shared__ {{ t }} Bs[BK][BN];
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-    const int64_t row0 = (int64_t)blockIdx.y * BM, col0 = (int64_t)blockIdx.x * BN;
+    const int64_t row0 = (int64_t)blockIdx.x * BM;
+    for (int64_t tile_n = blockIdx.y; tile_n * BN < n; tile_n += gridDim.y) {
+    const int64_t col0 = tile_n * BN;
     {{ t }} acc[8][8];
 #pragma unroll
     for (int i = 0; i < 8; i++)
@@ -85,13 +87,18 @@ __global__ void __launch_bounds__(256) xc_gemm_kernel(int m, int n, int k,
             }
         }
     }
+    __syncthreads(); /* the next column tile reuses the shared tiles */
+    }
 }
 
 extern "C" int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream) {
-    if (m < 0 || n < 0 || k < 0 || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX) return 1;
+    if (m < 0 || n < 0 || k < 0 || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX) return -1;
     if (m == 0 || n == 0) return 0;
-    if (!c || (k > 0 && (!a || !b))) return 2;
-    dim3 grid((unsigned)((n + BN - 1) / BN), (unsigned)((m + BM - 1) / BM));
+    if (!c || (k > 0 && (!a || !b))) return -2;
+    (void)cudaGetLastError(); /* clear an error left by earlier calls on this thread */
+    /* Row tiles on x (up to 2^31-1 blocks), column tiles on y, looped past 65535. */
+    const int64_t tiles_n = (n + BN - 1) / BN;
+    dim3 grid((unsigned)((m + BM - 1) / BM), (unsigned)(tiles_n < 65535 ? tiles_n : 65535));
     xc_gemm_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>((int)m, (int)n, (int)k,
         (const {{ t }} *)a, (const {{ t }} *)b, ({{ t }} *)c);
     return (int)cudaGetLastError();

@@ -25,8 +25,8 @@ doc = "element-wise expression applied before reducing, e.g. x*x"
  *   stream  a cudaStream_t or NULL; asynchronous
  * Floats accumulate in double; int sums wrap. Empty rows: sum 0, mean NaN (0 for
  * ints), max -inf / min +inf (the int's MIN / MAX).
- * Returns 0 once queued, 1 for a negative size, 2 for a NULL pointer, else the
- * cudaError_t of the launch. */
+ * Returns 0 once queued, -1 for a negative size, -2 for a NULL pointer, else the
+ * (positive) cudaError_t of the launch. */
 #include <cuda_runtime.h>
 {{ xc_prelude }}
 {%- set ctype = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t"}[dtype] %}
@@ -78,13 +78,16 @@ __global__ void __launch_bounds__(256) xc_rows(int64_t rows, int64_t cols, const
 }
 
 extern "C" int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out, void *stream) {
-    if (rows < 0 || cols < 0) return 1;
+    if (rows < 0 || cols < 0) return -1;
     if (rows == 0) return 0;
-    if (!out || (!in && cols > 0)) return 2;
+    if (!out || (!in && cols > 0)) return -2;
+    (void)cudaGetLastError(); /* clear an error left by earlier calls on this thread */
     int dev = 0, sms = 0;
     cudaGetDevice(&dev);
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
         sms = 32;
+        (void)cudaGetLastError(); /* not the launch's error */
+    }
     const int64_t cap = (int64_t)sms * 16;
     const int blocks = (int)(rows < cap ? rows : cap);
     xc_rows<<<blocks, 256, 0, (cudaStream_t)stream>>>(rows, cols, (const {{ ctype }} *)in, ({{ ctype }} *)out);
