@@ -407,3 +407,30 @@ fn elemwise_exp_is_vectorised() {
         "no vector expf imported:\n{syms}"
     );
 }
+
+#[test]
+fn nan_propagates_through_min_max_and_reductions() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let k = jit
+        .elemwise::<f64>("min(a, b) + max(b, a) + abs(a) * 0", 2)
+        .unwrap();
+    let a = [f64::NAN, 1.0, 2.0, -0.0];
+    let b = [1.0, f64::NAN, 3.0, 1.0];
+    let mut out = [0.0; 4];
+    k.call(&[&a, &b], &mut out).unwrap();
+    assert!(out[0].is_nan() && out[1].is_nan(), "{out:?}");
+    assert_eq!(out[2], 5.0);
+    let abs = jit.elemwise::<f32>("abs(a)", 1).unwrap();
+    let mut o = [1.0f32];
+    abs.call(&[&[-0.0f32]], &mut o).unwrap();
+    assert!(o[0] == 0.0 && o[0].is_sign_positive(), "abs(-0) is +0");
+    for op in ["max", "min"] {
+        let r = jit.reduce::<f32>(op, "x").unwrap();
+        let input = [1.0f32, f32::NAN, 3.0, 2.0, 5.0, 4.0];
+        let mut out = [0.0f32; 2];
+        r.call(&input, 3, &mut out).unwrap();
+        assert!(out[0].is_nan(), "{op} of a row with NaN: {out:?}");
+        assert_eq!(out[1], if op == "max" { 5.0 } else { 2.0 });
+    }
+}

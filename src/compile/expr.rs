@@ -16,7 +16,7 @@
 //!
 //! Functions: `exp log sqrt tanh sin cos abs min max pow where select` (`select` is
 //! `where`). A comparison is 1 when true and 0 when false; `where(c, a, b)` is `a` where
-//! `c` is non-zero, else `b`.
+//! `c` is non-zero, else `b`. `min` and `max` return NaN when either side is NaN.
 //!
 //! Integer dtypes wrap on overflow (two's complement, never undefined behaviour),
 //! divide by zero to 0, and have no transcendental functions.
@@ -570,8 +570,10 @@ impl Expr {
                     BinOp::Eq => "==",
                     BinOp::Ne => "!=",
                 };
-                // Left-associative: the right operand needs a strictly higher level.
-                a.display_into(names, prec, out);
+                // Left-associative: the right operand needs a strictly higher level;
+                // comparisons do not chain, so their left operand does too.
+                let left = if prec == 1 { prec + 1 } else { prec };
+                a.display_into(names, left, out);
                 let _ = write!(out, " {sym} ");
                 b.display_into(names, prec + 1, out);
             }
@@ -700,10 +702,13 @@ pub fn prelude(dtype: Dtype, cuda: bool) -> String {
     };
     let mut s = String::from("#include <stdint.h>\n#include <math.h>\n");
     if dtype.is_float() {
+        // min and max propagate NaN whichever side it is on, as numpy does; abs clears
+        // the sign of -0.0 too.
+        let fabs = if dtype == Dtype::F32 { "fabsf" } else { "fabs" };
         s.push_str(&format!(
-            "{q} {t} xc_abs({t} x) {{ return x < 0 ? -x : x; }}\n\
-             {q} {t} xc_min({t} x, {t} y) {{ return x < y ? x : y; }}\n\
-             {q} {t} xc_max({t} x, {t} y) {{ return x > y ? x : y; }}\n\
+            "{q} {t} xc_abs({t} x) {{ return {fabs}(x); }}\n\
+             {q} {t} xc_min({t} x, {t} y) {{ return (x < y || x != x) ? x : y; }}\n\
+             {q} {t} xc_max({t} x, {t} y) {{ return (x > y || x != x) ? x : y; }}\n\
              {q} {t} xc_where({t} c, {t} x, {t} y) {{ return c != 0 ? x : y; }}\n"
         ));
         if cuda {
@@ -922,6 +927,8 @@ mod tests {
             ("select(a,b,c)", "where(a, b, c)"),
             ("1.50", "1.5"),
             ("-(-a)", "--a"),
+            ("(a<b)<c", "(a < b) < c"),
+            ("a<(b<c)", "a < (b < c)"),
         ] {
             let e = parse(text, IN).unwrap();
             assert_eq!(e.display(IN), canon, "{text}");

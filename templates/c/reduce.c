@@ -23,9 +23,12 @@ doc = "element-wise expression applied before reducing, e.g. x*x"
 /* ABI: int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out)
  *   in   rows*cols elements of `dtype`, row-major
  *   out  rows elements of `dtype`: out[r] = op over c of pre(in[r*cols + c])
- * Floats are accumulated in double, blockwise, so float32 sums of long rows stay
- * accurate; int sums wrap (two's complement). An empty row gives 0 for sum, NaN (or 0
- * for ints) for mean, and -inf/+inf (or the int's min/max) for max/min.
+ * Floats are summed in vector lanes of their own type over blocks of 1024 elements
+ * and the block sums in double, so long float32 rows keep about float32 accuracy
+ * (like numpy's pairwise sums); int sums wrap (two's complement), and an int mean is
+ * the wrapped sum divided by cols, truncated. max and min return NaN if any element is
+ * NaN. An empty row gives 0 for sum, NaN (or 0 for ints) for mean, and -inf/+inf (or
+ * the int's min/max) for max/min.
  * Returns 0 on success, 1 if rows < 0 or cols < 0, 2 if a pointer is NULL. */
 {{ xc_prelude }}
 #include <float.h>
@@ -72,10 +75,12 @@ int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out) {
 {%- endif %}
 {%- else %}
         {{ ctype }} best = {{ lowest if op == "max" else highest }};
+{%- if not is_float %}
 #pragma omp simd reduction({{ op }}:best)
+{%- endif %}
         for (int64_t c = 0; c < cols; c++) {
             {{ ctype }} v = xc_pre(row[c]);
-            best = v {{ ">" if op == "max" else "<" }} best ? v : best;
+            best = (v {{ ">" if op == "max" else "<" }} best || v != v) ? v : best;
         }
         dst[r] = best;
 {%- endif %}

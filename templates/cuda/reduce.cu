@@ -23,7 +23,8 @@ doc = "element-wise expression applied before reducing, e.g. x*x"
  *   in   DEVICE pointer to rows*cols elements of `dtype`, row-major
  *   out  DEVICE pointer to rows elements: out[r] = op over c of pre(in[r*cols + c])
  *   stream  a cudaStream_t or NULL; asynchronous
- * Floats accumulate in double; int sums wrap. Empty rows: sum 0, mean NaN (0 for
+ * Floats accumulate in double; int sums wrap (an int mean divides the wrapped sum).
+ * max and min return NaN if any element is NaN. Empty rows: sum 0, mean NaN (0 for
  * ints), max -inf / min +inf (the int's MIN / MAX).
  * Returns 0 once queued, -1 for a negative size, -2 for a NULL pointer, else the
  * (positive) cudaError_t of the launch. */
@@ -41,9 +42,9 @@ static __device__ __forceinline__ {{ acc }} xc_combine({{ acc }} p, {{ acc }} q)
 {%- if additive %}
     return p + q;
 {%- elif op == "max" %}
-    return q > p ? q : p;
+    return (q > p || q != q) ? q : p; /* NaN wins, once seen */
 {%- else %}
-    return q < p ? q : p;
+    return (q < p || q != q) ? q : p;
 {%- endif %}
 }
 
