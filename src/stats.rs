@@ -247,16 +247,28 @@ fn open_own_file(dir: &Path) -> Option<(File, PathBuf)> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let path = dir.join(format!("{}-{nanos}.json", std::process::id()));
+    let name = format!("{}-{nanos}.json", std::process::id());
+    // Locked before it is visible under its name: `collect` must never take a fresh
+    // file for a dead process's.
+    let hidden = dir.join(format!(".{name}.tmp"));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o644)
-        .open(&path)
+        .open(&hidden)
         .ok()?;
     file.try_lock().ok()?;
+    let path = dir.join(name);
+    fs::rename(&hidden, &path).ok()?;
     Some((file, path))
+}
+
+fn read_open(mut file: &File) -> Option<Counters> {
+    use std::io::Read;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    serde_json::from_str(text.trim()).ok()
 }
 
 /// Reads a stats file (process file or `total.json`).
@@ -292,18 +304,17 @@ pub fn collect(dir: &Path, zero: bool) -> crate::Result<Counters> {
             let _ = fs::remove_file(&path);
             continue;
         }
-        let counts = read_counters(&path).unwrap_or_default();
-        let owner_gone = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .is_ok_and(|f| f.try_lock().is_ok());
-        if owner_gone {
-            total.add(&counts);
+        // Lock first, then read: an owner that writes its last counts and exits in
+        // between must not have them folded stale.
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            total.add(&read_open(&file).unwrap_or_default());
             let _ = fs::remove_file(&path);
             folded = true;
         } else {
-            live.add(&counts);
+            live.add(&read_open(&file).unwrap_or_default());
         }
     }
     if zero {

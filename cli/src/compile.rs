@@ -22,9 +22,10 @@ pub struct CompileArgs {
         long = "param",
         short = 'p',
         value_name = "KEY=VALUE",
-        requires = "template"
+        requires = "template",
+        value_parser = parse_kv
     )]
-    params: Vec<String>,
+    params: Vec<(String, String)>,
     /// A compiler flag, appended after xcache's own (repeatable).
     #[arg(
         long = "flag",
@@ -48,6 +49,14 @@ pub struct CompileArgs {
     /// Print a JSON object instead of the path.
     #[arg(long)]
     json: bool,
+}
+
+/// `KEY=VALUE`, checked by clap so that a malformed one is bad usage (exit 2).
+fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("template parameter {s:?} is not KEY=VALUE"))?;
+    Ok((k.trim().to_string(), v.to_string()))
 }
 
 /// What `xcache compile` reports, loaded or not.
@@ -93,11 +102,8 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         }
         (None, Some(name)) => {
             let mut t = TemplateRequest::new(name);
-            for kv in params {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("template parameter {kv:?} is not KEY=VALUE"))?;
-                t = t.param(k.trim(), v);
+            for (k, v) in params {
+                t = t.param(k, v);
             }
             t.flags = flags.clone();
             jit.render(&t)?

@@ -439,7 +439,9 @@ pub fn verify(out: &mut impl Write, r: &VerifyReport, repair: bool, json: bool) 
     for p in &r.problems {
         let fix = match &p.repaired {
             Some(what) => format!(" [{what}]"),
-            None if repair => " [not repaired: in use]".into(),
+            None if repair => {
+                " [not repaired: in use by another process, or not repairable]".into()
+            }
             None => String::new(),
         };
         writeln!(out, "{}: {}: {}{fix}", p.kind, p.path.display(), p.detail)?;

@@ -325,7 +325,11 @@ fn bad_template_parameters_exit_1_naming_everything() {
         stderr(&out)
     );
     let out = env.run(&["compile", "-t", "elemwise", "-p", "novalue"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed parameter is bad usage"
+    );
     assert!(stderr(&out).contains("KEY=VALUE"), "{}", stderr(&out));
     // A source and a template at once is bad usage.
     let src = env.file("x.c", SRC);

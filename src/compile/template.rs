@@ -220,12 +220,13 @@ impl Template {
                 "a template must start with a `{HEADER_START}` header comment"
             ))
         })?;
-        let end = rest
-            .find("*/")
-            .ok_or_else(|| bad("the header comment is not closed with `*/`".into()))?;
+        // The header ends at a line starting with `*/`, so a TOML string may hold "*/".
+        let end = rest.find("\n*/").ok_or_else(|| {
+            bad("the header comment is not closed by a line starting with `*/`".into())
+        })?;
         let header: Header = toml::from_str(&rest[..end])
             .map_err(|e| bad(format!("header is not valid: {}", e.message())))?;
-        let body = rest[end + 2..].to_string();
+        let body = rest[end + 3..].to_string();
         let language = match name.split_once('/').map(|(d, _)| d) {
             Some("c") => Language::C,
             Some("cuda") => Language::Cuda,
@@ -386,6 +387,10 @@ impl Template {
                 ParamType::Number => {
                     let e = expr::parse(v, &[]).ok().and_then(|e| match e {
                         expr::Expr::Num { value, .. } => Some(value),
+                        expr::Expr::Neg(inner) => match *inner {
+                            expr::Expr::Num { value, .. } => Some(-value),
+                            _ => None,
+                        },
                         _ => None,
                     });
                     let Some(n) = e else {
@@ -796,7 +801,7 @@ mod tests {
     fn template_path_overrides_and_adds() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("c")).unwrap();
-        let mine = "/* xcache-template\ndescription = \"mine\"\nentry = [\"int f(void)\"]\n\n[params.k]\ntype = \"int\"\nmin = 0\nmax = 9\ndefault = 3\n*/\nint f(void) { return {{ k }}; }\n";
+        let mine = "/* xcache-template\ndescription = \"mine, with */ inside\"\nentry = [\"int f(void)\"]\n\n[params.k]\ntype = \"int\"\nmin = 0\nmax = 9\ndefault = 3\n\n[params.scale]\ntype = \"number\"\ndefault = \"-2.5\"\n*/\nint f(void) { return {{ k }} * {{ scale }}; }\n";
         std::fs::write(dir.path().join("c/elemwise.c"), mine).unwrap();
         std::fs::write(dir.path().join("c/konst.c"), mine).unwrap();
         let mut config = Config::defaults();
@@ -804,9 +809,9 @@ mod tests {
             .set("template_path", dir.path().to_str().unwrap())
             .unwrap();
         let t = find("elemwise", &config).unwrap();
-        assert_eq!(t.description, "mine");
+        assert_eq!(t.description, "mine, with */ inside");
         let r = find("konst", &config).unwrap().render(&[]).unwrap();
-        assert!(r.source.contains("return 3;"), "{}", r.source);
+        assert!(r.source.contains("return 3 * -2.5;"), "{}", r.source);
         let names: Vec<String> = all(&config).unwrap().into_iter().map(|t| t.name).collect();
         assert!(names.contains(&"c/konst".to_string()) && names.contains(&"c/gemm".to_string()));
         let e = find("nosuch", &config).unwrap_err().to_string();
@@ -821,6 +826,7 @@ mod tests {
         for (text, want) in [
             ("int f;", "must start with"),
             ("/* xcache-template\ndescription = 1", "not closed"),
+            ("/* xcache-template\ndescription = \"a */ b\" */", "not closed"),
             ("/* xcache-template\nbogus = 1\n*/", "not valid"),
             (
                 "/* xcache-template\ndescription=\"d\"\nentry=[]\n[params.x]\ntype=\"float\"\n*/",

@@ -55,21 +55,38 @@ pub fn verify(config: &Config, store: &Store, repair: bool) -> Result<VerifyRepo
     let mut report = VerifyReport::default();
 
     if let Err(e) = read_compiledir_meta(store.compiledir()) {
+        let path = store.compiledir().join(crate::store::COMPILEDIR_FILE);
+        let mut repaired = None;
+        if repair {
+            let meta = crate::store::CompiledirMeta {
+                layout: crate::platform::LAYOUT_VERSION,
+                platform: store.platform().clone(),
+                created: crate::clock::unix_secs(now),
+                created_by: format!("xcache {} (verify --repair)", env!("CARGO_PKG_VERSION")),
+            };
+            let json = serde_json::to_vec_pretty(&meta).expect("serialises");
+            crate::store::write_atomic(&path, &json)?;
+            repaired = Some("rewritten from the current platform".into());
+        }
         report.problems.push(Problem {
             kind: "bad-compiledir-metadata",
-            path: store.compiledir().join(crate::store::COMPILEDIR_FILE),
+            path,
             detail: e.to_string(),
-            repaired: None,
+            repaired,
         });
     }
 
     let entries = scan::entry_dirs(&dirs)?;
     let live: std::collections::HashSet<Key> = entries.iter().map(|(k, _)| *k).collect();
     for (key, dir) in &entries {
-        report.entries += 1;
         // Shared, as a reader: a build in progress never holds a published entry.
         let guard = lock::lock_shared(&dirs.lock(key))?;
-        let md = fs::symlink_metadata(dir).ctx("inspecting", dir)?;
+        let md = match fs::symlink_metadata(dir) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // pruned meanwhile
+            Err(e) => return Err(Error::io("inspecting", dir, e)),
+        };
+        report.entries += 1;
         match check_entry(dir, &md, key) {
             Ok(_) => report.ok += 1,
             Err(VerifyError::Io(p, e)) => report.problems.push(Problem {
@@ -83,6 +100,22 @@ pub fn verify(config: &Config, store: &Store, repair: bool) -> Result<VerifyRepo
                 let mut repaired = None;
                 if repair {
                     if let Some(_g) = lock::try_lock_exclusive(&dirs.lock(key))? {
+                        // Look again under the exclusive lock: another process may have
+                        // rebuilt it since.
+                        let still_bad = fs::symlink_metadata(dir)
+                            .map(|md| {
+                                matches!(check_entry(dir, &md, key), Err(VerifyError::Corrupt(_)))
+                            })
+                            .unwrap_or(false);
+                        if !still_bad {
+                            report.problems.push(Problem {
+                                kind: "corrupt-entry",
+                                path: dir.clone(),
+                                detail: c.to_string(),
+                                repaired: Some("rebuilt by another process meanwhile".into()),
+                            });
+                            continue;
+                        }
                         repaired = Some(match quarantine_entry(&dirs, key, dir, now)? {
                             Some(q) => format!("moved to {}", q.display()),
                             None => "removed".into(),
@@ -153,15 +186,19 @@ pub fn verify(config: &Config, store: &Store, repair: bool) -> Result<VerifyRepo
             if live.contains(&key) {
                 continue;
             }
+            // Held: a build in progress, not an orphan.
+            let Some(guard) = lock::try_lock_exclusive(&l.path())? else {
+                continue;
+            };
+            if dirs.entry(&key).exists() {
+                continue; // published since the scan
+            }
             let mut repaired = None;
             if repair {
-                if let Some(_g) = lock::try_lock_exclusive(&l.path())? {
-                    if !dirs.entry(&key).exists() {
-                        fs::remove_file(l.path()).ctx("removing", &l.path())?;
-                        repaired = Some("removed".into());
-                    }
-                }
+                fs::remove_file(l.path()).ctx("removing", &l.path())?;
+                repaired = Some("removed".into());
             }
+            drop(guard);
             report.problems.push(Problem {
                 kind: "orphan-lock",
                 path: l.path(),
