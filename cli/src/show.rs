@@ -170,7 +170,10 @@ pub fn entries(
     json: bool,
 ) -> Result<()> {
     if json {
-        return json_out(out, &rows);
+        // Compact: a large cache lists 100,000 entries.
+        serde_json::to_writer(&mut *out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
     }
     if rows.is_empty() {
         writeln!(

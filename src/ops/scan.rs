@@ -11,7 +11,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::platform::{CompiledirFormat, Platform, COMPILEDIR_PREFIX};
 use crate::store::entry::{self, VerifyError};
 use crate::store::key::Key;
-use crate::store::{dir_bytes, read_compiledir_meta, Dirs, COMPILEDIR_FILE};
+use crate::store::{read_compiledir_meta, Dirs, COMPILEDIR_FILE};
 
 /// A compiledir found under the base dir.
 #[derive(Debug, Clone, Serialize)]
@@ -149,52 +149,102 @@ pub fn entries(dirs: &Dirs) -> Result<Vec<EntryRow>> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut rows: Vec<EntryRow> = entry_dirs(dirs)?
-        .into_iter()
-        .map(|(key, dir)| {
-            let (size, disk_size) = dir_bytes(&dir);
-            let last_use = entry::last_use(&dir).map(unix_secs);
-            match entry::read_meta(&dir, &key) {
-                Ok(m) => EntryRow {
-                    key: m.key,
-                    source: m.source_name,
-                    language: m.key_material.language,
-                    target: m.key_material.target.triple,
-                    template: m.key_material.template.as_ref().map(|t| t.name.clone()),
-                    params: m.key_material.template.map(|t| t.params),
-                    size,
-                    disk_size,
-                    created: m.created,
-                    last_use,
-                    compile_ms: m.compile_ms,
-                    compiledir: compiledir.clone(),
-                    path: dir,
-                    status: "ok".into(),
+    let found = entry_dirs(dirs)?;
+    let mut rows: Vec<EntryRow> = parallel_map(&found, |(key, dir)| {
+        let (key, dir) = (*key, dir.clone());
+        let (size, disk_size, last_use) = entry_files(&dir);
+        match entry::read_meta(&dir, &key) {
+            Ok(m) => EntryRow {
+                key: m.key,
+                source: m.source_name,
+                language: m.key_material.language,
+                target: m.key_material.target.triple,
+                template: m.key_material.template.as_ref().map(|t| t.name.clone()),
+                params: m.key_material.template.map(|t| t.params),
+                size,
+                disk_size,
+                created: m.created,
+                last_use,
+                compile_ms: m.compile_ms,
+                compiledir: compiledir.clone(),
+                path: dir,
+                status: "ok".into(),
+            },
+            Err(e) => EntryRow {
+                key: key.hex(),
+                source: String::new(),
+                language: String::new(),
+                target: String::new(),
+                template: None,
+                params: None,
+                size,
+                disk_size,
+                created: 0,
+                last_use,
+                compile_ms: 0,
+                compiledir: compiledir.clone(),
+                path: dir,
+                status: match e {
+                    VerifyError::Corrupt(c) => format!("corrupt: {c}"),
+                    VerifyError::Io(p, e) => format!("unreadable: {}: {e}", p.display()),
                 },
-                Err(e) => EntryRow {
-                    key: key.hex(),
-                    source: String::new(),
-                    language: String::new(),
-                    target: String::new(),
-                    template: None,
-                    params: None,
-                    size,
-                    disk_size,
-                    created: 0,
-                    last_use,
-                    compile_ms: 0,
-                    compiledir: compiledir.clone(),
-                    path: dir,
-                    status: match e {
-                        VerifyError::Corrupt(c) => format!("corrupt: {c}"),
-                        VerifyError::Io(p, e) => format!("unreadable: {}: {e}", p.display()),
-                    },
-                },
-            }
-        })
-        .collect();
+            },
+        }
+    });
     rows.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(rows)
+}
+
+/// Apparent bytes, on-disk bytes and last use of an entry, from one directory read.
+fn entry_files(dir: &Path) -> (u64, u64, Option<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut apparent, mut disk, mut last_use) = (0, 0, None);
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if !md.is_file() {
+                continue;
+            }
+            apparent += md.len();
+            disk += md.blocks() * 512;
+            if e.file_name() == entry::LAST_USE_FILE {
+                last_use = md.modified().ok().map(unix_secs);
+            }
+        }
+    }
+    (apparent, disk, last_use)
+}
+
+/// `f` over `items` on every CPU: scanning a large cache is a stream of small system
+/// calls that parallelise well. Order is kept.
+pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers <= 1 || items.len() < 256 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("scan worker"))
+            .collect()
+    })
+}
+
+/// Like [`tree_bytes`] for a compiledir, without its `entries/` (sized entry by entry).
+pub fn tree_bytes_except_entries(compiledir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(compiledir)
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == "entries"))
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .fold((0, 0), |(a, d), m| (a + m.len(), d + m.blocks() * 512))
 }
 
 /// Apparent and on-disk bytes of everything under `dir` (entries, staging, locks, ...).

@@ -48,11 +48,15 @@ pub fn size(config: &Config, store: &Store, all: bool) -> Result<SizeReport> {
             current: cd.current,
             ..SizeRow::default()
         };
-        for (_, dir) in scan::entry_dirs(&dirs)? {
-            row.entries += 1;
-            row.entries_bytes += crate::store::dir_bytes(&dir).0;
-        }
-        (row.apparent_bytes, row.disk_bytes) = scan::tree_bytes(&cd.path);
+        let found = scan::entry_dirs(&dirs)?;
+        let sizes = scan::parallel_map(&found, |(_, dir)| crate::store::dir_bytes(dir));
+        row.entries = found.len() as u64;
+        row.entries_bytes = sizes.iter().map(|s| s.0).sum();
+        let entries_disk: u64 = sizes.iter().map(|s| s.1).sum();
+        // Everything else (staging, locks, quarantine, ...): small, walked once.
+        let (other_apparent, other_disk) = scan::tree_bytes_except_entries(&cd.path);
+        row.apparent_bytes = row.entries_bytes + other_apparent;
+        row.disk_bytes = entries_disk + other_disk;
         rows.push(row);
     }
     let mut total = SizeRow {

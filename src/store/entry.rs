@@ -161,6 +161,53 @@ pub fn read_meta(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, Verify
     Ok(meta)
 }
 
+/// What `list` shows of an entry: `entry.json` read without the fields it does not
+/// show (the toolchain's version text, the flags), which is most of the parsing work
+/// over a large cache.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedMeta {
+    /// The key, hex.
+    pub key: String,
+    /// Source name.
+    pub source_name: String,
+    /// Creation time.
+    pub created: u64,
+    /// Compile time, ms.
+    pub compile_ms: u64,
+    /// The parts of the key material that are shown.
+    pub key_material: ListedKeyMaterial,
+}
+
+/// See [`ListedMeta`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedKeyMaterial {
+    /// Language.
+    pub language: String,
+    /// Target.
+    pub target: super::key::Target,
+    /// Template, if any.
+    #[serde(default)]
+    pub template: Option<super::key::TemplateRef>,
+}
+
+/// Reads the parts of `entry.json` that `list` shows, checking it names `key`.
+pub fn read_listed(dir: &Path, key: &Key) -> std::result::Result<ListedMeta, VerifyError> {
+    let path = dir.join(ENTRY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Corruption::MissingMetadata.into())
+        }
+        Err(e) => return Err(VerifyError::Io(path, e)),
+    };
+    let meta: ListedMeta =
+        serde_json::from_slice(&bytes).map_err(|e| Corruption::BadMetadata(e.to_string()))?;
+    if meta.key != key.hex() {
+        return Err(Corruption::WrongKey(meta.key).into());
+    }
+    Ok(meta)
+}
+
 /// Full check of an entry: metadata, the artifact's owner and mode, its size and blake3.
 pub fn verify(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
     let meta = read_meta(dir, key)?;
