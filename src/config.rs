@@ -231,7 +231,23 @@ impl Config {
 
     /// Reads the file, the environment and `XCACHE_FLAGS` of this process.
     pub fn load() -> Result<Config> {
-        let env: EnvSnapshot = std::env::vars().collect();
+        // vars_os: one variable that is not UTF-8 (anywhere in the environment) must not
+        // stop xcache; ours are read as UTF-8 and a bad one is reported below.
+        let env: EnvSnapshot = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        for var in [
+            "XCACHE_DIR",
+            "XCACHE_FLAGS",
+            "XCACHE_CONFIG",
+            "XCACHE_RUNTIME",
+        ] {
+            if std::env::var_os(var).is_some_and(|v| v.to_str().is_none()) {
+                return Err(Error::Config(format!(
+                    "{var} is not valid UTF-8. Fix: use a path or value made of UTF-8 characters"
+                )));
+            }
+        }
         Config::load_from(&env)
     }
 

@@ -50,7 +50,8 @@ struct ToolRecord {
 
 /// Environment variables the `cc` crate consults when it picks a compiler and flags.
 fn relevant_env() -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = std::env::vars()
+    let mut v: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
         .filter(|(k, _)| {
             k == "PATH"
                 || [

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole benchmark suite and rewrites docs/BENCHMARKS.md, one section per
+# script. Every figure is a median next to a baseline measured in the same run.
+# Takes about 10 minutes here (the 100k-entry cache is written twice a run). The GPU
+# section comes from benches/cuda_bench.py, run on a GPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v ccache >/dev/null || apt-get install -y -qq ccache
+command -v flock >/dev/null || apt-get install -y -qq util-linux
+out=docs/BENCHMARKS.md
+cargo build --release -p xcache-cli
+cargo build --release --example embed_hit
+cargo bench --bench hit_path -- --warm-up-time 1 --measurement-time 3
+python3 benches/criterion_report.py --write "$out"
+python3 benches/process_hit.py --write "$out"
+python3 benches/concurrency.py --write "$out"
+python3 benches/scale.py --write "$out"
+python3 benches/check1.py --write "$out"
+python3 benches/peers.py --write "$out"
+echo "wrote $out"
