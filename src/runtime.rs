@@ -324,6 +324,7 @@ impl Jit {
                 let p = dir.join(name);
                 std::fs::write(&p, bytes).ctx("writing", &p)?;
             }
+            crate::store::pause_point("source-written");
             let (compile_time, compiler_output) =
                 tool.compile(dir, source_file, ARTIFACT_FILE, &flags)?;
             Ok(Built {

@@ -66,6 +66,37 @@ fn fifo(path: &Path) {
     assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o600) }, 0);
 }
 
+/// Waits until the worker writes its pause point to the `started` FIFO. A worker that
+/// dies first would leave the read blocked forever: a watchdog thread notices and
+/// unblocks it, and the round fails with what happened.
+fn wait_for_pause(ctl: &Path, pid: u32, round: usize, point: &str) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = ctl.join("started");
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(File::open(started).unwrap()).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    loop {
+        // A watchdog tick, not a wait for time to pass: the answer comes from the FIFO.
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => return line,
+            Err(_) => {
+                let alive = unsafe { libc::kill(pid as i32, 0) } == 0
+                    && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "));
+                if !alive {
+                    // Unblock the reader, then fail.
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(ctl.join("started"));
+                    panic!("round {round}: the worker exited before reaching {point}");
+                }
+            }
+        }
+    }
+}
+
 /// Worker side of the crash suite: one compile of key XC_KEY, paused where
 /// __XCACHE_TEST_PAUSE says (the parent kills it there).
 #[test]
@@ -116,10 +147,7 @@ fn crash_at_random_steps_never_leaves_a_broken_cache() {
             .process_group(0)
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(File::open(ctl.join("started")).unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = wait_for_pause(&ctl, child.id(), round, point);
         assert_eq!(line.trim(), point, "round {round}");
         assert_eq!(
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) },
@@ -261,13 +289,13 @@ fn eight_processes_racing_never_fail_and_never_load_a_wrong_library() {
     for c in children {
         let out = c.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The harness prints "test race_worker ... " on the same line.
         let line = text
             .lines()
-            .find(|l| l.starts_with("RESULT"))
+            .find_map(|l| l.split_once("RESULT ").map(|(_, rest)| rest.to_string()))
             .unwrap_or_else(|| panic!("worker died: {text}"));
         let f: Vec<u64> = line
             .split_whitespace()
-            .skip(1)
             .map(|n| n.parse().unwrap())
             .collect();
         assert_eq!(f[2], 0, "failures in a worker:\n{text}");

@@ -247,6 +247,11 @@ fn collect_tmp(
         if age <= limit && limit > Duration::ZERO {
             continue;
         }
+        // Whatever its age, a staging directory whose builder still holds the key's
+        // lock is a build in progress (a slow compile, or a clock moved on).
+        if name.starts_with("build-") && crate::store::staging_in_use(dirs, &name) {
+            continue;
+        }
         let bytes = scan::tree_bytes(&path).0;
         let skipped = if report.dry_run {
             Some(DRY_RUN.to_string())
@@ -325,9 +330,10 @@ fn remove_xcache_leftovers(dirs: &Dirs, now: SystemTime) -> Result<()> {
         let ours = ["build-", "failed-", "delete-"]
             .iter()
             .any(|pre| name.starts_with(pre));
-        // A build that started after the in-progress check is young: leave it.
+        // A build that started after the in-progress check is alive: leave it.
         let young = name.starts_with("build-")
-            && age_of(&p, now).is_none_or(|a| a < Duration::from_secs(60));
+            && (crate::store::staging_in_use(dirs, &name)
+                || age_of(&p, now).is_none_or(|a| a < Duration::from_secs(60)));
         if ours && !young && p.is_dir() {
             let _ = fs::remove_dir_all(&p);
         }
@@ -402,8 +408,10 @@ fn remove_compiledir(
     let building = fs::read_dir(dirs.tmp())
         .map(|rd| {
             rd.flatten().any(|e| {
-                e.file_name().to_string_lossy().starts_with("build-")
-                    && age_of(&e.path(), now).is_some_and(|a| a <= config.staging_grace)
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("build-")
+                    && (crate::store::staging_in_use(&dirs, &name)
+                        || age_of(&e.path(), now).is_some_and(|a| a <= config.staging_grace))
             })
         })
         .unwrap_or(false);

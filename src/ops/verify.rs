@@ -220,8 +220,10 @@ pub fn verify(config: &Config, store: &Store, repair: bool) -> Result<VerifyRepo
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .unwrap_or(Duration::ZERO);
-        if name.starts_with("build-") && age <= config.staging_grace {
-            continue; // may be a build in progress
+        if name.starts_with("build-")
+            && (age <= config.staging_grace || crate::store::staging_in_use(&dirs, &name))
+        {
+            continue; // a build in progress
         }
         let mut repaired = None;
         if repair {

@@ -13,8 +13,8 @@
 //!         lib.so  source.c|.cpp|.cu  entry.json  last-use  [headers]
 //!     locks/<fan>/<key>.lock          per-key lock files
 //!     toolchains/<hash>.json          resolved compiler command lines and versions
-//!     tmp/build-<key16>-<pid>-<n>/    staging of builds in progress (or crashed)
-//!     tmp/failed-<key16>-<pid>-<n>/   failed builds, kept for inspection
+//!     tmp/build-<key>-<random>/       staging of a build in progress (or crashed)
+//!     tmp/failed-<key>-<random>/      failed builds, kept for inspection
 //!     quarantine/<key>-<secs>-<pid>/  corrupt entries moved aside
 //! ```
 //!
@@ -258,6 +258,26 @@ impl Dirs {
     pub fn toolchains(&self) -> PathBuf {
         self.root.join("toolchains")
     }
+}
+
+/// The key a staging directory (`build-<key>-<random>`) is building, if its name says.
+pub fn staging_key(name: &str) -> Option<Key> {
+    name.strip_prefix("build-")?.get(..64)?.parse().ok()
+}
+
+/// True while the build that owns a staging directory is alive: its builder holds the
+/// key's exclusive lock for as long as the directory is in use, so a free lock means
+/// the builder is gone (crashed or killed) and the directory is garbage. Takes no
+/// lock for long: a try, released at once.
+pub fn staging_in_use(dirs: &Dirs, name: &str) -> bool {
+    let Some(key) = staging_key(name) else {
+        return false;
+    };
+    let lock_path = dirs.lock(&key);
+    if !lock_path.exists() {
+        return false;
+    }
+    !matches!(lock::try_lock_exclusive(&lock_path), Ok(Some(_)))
 }
 
 /// What happened to an entry that garbage collection wanted to remove.
@@ -676,7 +696,7 @@ impl Store {
         // A fresh random name: never another builder's directory, even on a file
         // system without working locks.
         tempfile::Builder::new()
-            .prefix(&format!("build-{}-", &key.hex()[..16]))
+            .prefix(&format!("build-{}-", key.hex()))
             .permissions(fs::Permissions::from_mode(0o755))
             .tempdir_in(&tmp)
             .ctx("creating a staging directory in", &tmp)
@@ -864,10 +884,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Test hook (debug builds only): with `__XCACHE_TEST_PAUSE=<point>:<dir>`, a build
-/// stops at `<point>` (`compiled`, `sealed`, `published`), writes the point's name to
+/// stops at `<point>` (`source-written`, `compiled`, `sealed`, `published`), writes the point's name to
 /// the FIFO `<dir>/started` and waits for a line on the FIFO `<dir>/release`. The
 /// crash tests kill a process there, at a known step of the protocol, without sleeping.
-fn pause_point(point: &str) {
+pub(crate) fn pause_point(point: &str) {
     #[cfg(debug_assertions)]
     if let Ok(spec) = std::env::var("__XCACHE_TEST_PAUSE") {
         if let Some((p, dir)) = spec.split_once(':') {
