@@ -179,6 +179,25 @@ fn full_disk_compiles_privately_then_recovers() {
     }
     assert_eq!(entries, 1, "only the entry made before the disk filled");
 
+    // When the private fallback is full too (TMPDIR on the same disk), the error says
+    // the disk is full, names the directory and the fix; nothing partial appears.
+    let private_tmp = fs.path.join("tmp");
+    let _ = std::fs::create_dir(&private_tmp);
+    std::env::set_var("TMPDIR", &private_tmp);
+    let err = Jit::new(config_at(&base))
+        .unwrap()
+        .compile(&saxpy("full-everywhere"))
+        .map(|c| c.path)
+        .unwrap_err()
+        .to_string();
+    std::env::remove_var("TMPDIR");
+    assert!(err.contains("is full") || err.contains("No space"), "{err}");
+    assert!(
+        err.contains(fs.path.to_str().unwrap()),
+        "names the directory: {err}"
+    );
+    assert!(err.contains("Fix"), "{err}");
+
     // Space freed: the next request publishes into the cache.
     std::fs::remove_file(&filler).unwrap();
     let again = Jit::new(config_at(&base))
