@@ -295,6 +295,11 @@ impl Config {
     /// Applies a TOML file: a flat table of known keys.
     pub fn apply_file(&mut self, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        self.apply_toml(&text, path)
+    }
+
+    /// Applies the text of a TOML config file; `path` is where it came from.
+    pub fn apply_toml(&mut self, text: &str, path: &Path) -> Result<()> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             Error::Config(format!(
                 "{} is not valid TOML: {}",

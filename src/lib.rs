@@ -64,6 +64,8 @@ pub mod compile;
 pub mod config;
 pub mod cuda;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod kernels;
 pub mod ops;

@@ -354,6 +354,8 @@ impl CompiledirFormat {
                 Field::Arch => p.arch = v.into(),
                 Field::Libc => p.libc = v.into(),
                 Field::Runtime => p.runtime = v.into(),
+                // Canonical numbers only: "xc01" is not a name xcache makes.
+                Field::Layout if v.len() > 1 && v.starts_with('0') => return None,
                 Field::Layout => p.layout = v.parse().ok()?,
             }
         }

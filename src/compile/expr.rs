@@ -27,6 +27,10 @@ use std::fmt;
 pub const MAX_LEN: usize = 4096;
 /// Deepest nesting accepted (parentheses, calls, unary operators).
 pub const MAX_DEPTH: usize = 64;
+/// Most operators and operands in one expression. It bounds the parse tree's depth (a
+/// chain `a+b+c+…` is a tree as deep as it is long), which the emitter walks
+/// recursively: a hostile expression must not overflow the stack.
+pub const MAX_NODES: usize = 512;
 
 /// Element type an expression is emitted for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +197,7 @@ struct Parser<'a> {
     s: &'a [u8],
     pos: usize,
     depth: usize,
+    nodes: usize,
     inputs: &'a [&'a str],
 }
 
@@ -223,6 +228,17 @@ impl<'a> Parser<'a> {
         } else {
             false
         }
+    }
+
+    fn node(&mut self) -> Result<(), ExprError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return err(
+                self.pos,
+                format!("more than {MAX_NODES} operators and operands: split the computation"),
+            );
+        }
+        Ok(())
     }
 
     fn enter(&mut self) -> Result<(), ExprError> {
@@ -273,6 +289,7 @@ impl<'a> Parser<'a> {
             } else {
                 return Ok(e);
             };
+            self.node()?;
             e = Expr::Bin(op, Box::new(e), Box::new(self.product()?));
         }
     }
@@ -290,12 +307,14 @@ impl<'a> Parser<'a> {
             } else {
                 return Ok(e);
             };
+            self.node()?;
             e = Expr::Bin(op, Box::new(e), Box::new(self.unary()?));
         }
     }
 
     fn unary(&mut self) -> Result<Expr, ExprError> {
         self.enter()?;
+        self.node()?;
         let e = if self.eat("-") {
             Expr::Neg(Box::new(self.unary()?))
         } else if self.eat("+") {
@@ -431,11 +450,13 @@ impl<'a> Parser<'a> {
         if !value.is_finite() {
             return err(start, format!("number {text} is out of range"));
         }
-        let int = text
-            .bytes()
-            .all(|c| c.is_ascii_digit())
-            // Saturate: too long for i128 is "does not fit" for every integer dtype.
-            .then(|| text.parse::<i128>().unwrap_or(i128::MAX));
+        // Exact only: an integer literal too long for i128 is no integer at all here
+        // (it still has its float value).
+        let int = if text.bytes().all(|c| c.is_ascii_digit()) {
+            text.parse::<i128>().ok()
+        } else {
+            None
+        };
         Ok(Expr::Num { value, int })
     }
 }
@@ -460,6 +481,7 @@ pub fn parse(text: &str, inputs: &[&str]) -> Result<Expr, ExprError> {
         s: text.as_bytes(),
         pos: 0,
         depth: 0,
+        nodes: 0,
         inputs,
     };
     let e = p.expr()?;
@@ -481,9 +503,11 @@ impl Expr {
             Expr::Num { value, int } => {
                 if !dtype.is_float() {
                     let Some(i) = int else {
-                        return Err(format!(
-                            "{value} is not an integer literal, and the dtype is {dtype:?}"
-                        ));
+                        return Err(if value.fract() == 0.0 && value.abs() >= 9.2e18 {
+                            format!("{value} does not fit the dtype {dtype:?}")
+                        } else {
+                            format!("{value} is not an integer literal, and the dtype is {dtype:?}")
+                        });
                     };
                     let max = if dtype == Dtype::I32 {
                         i32::MAX as i128
@@ -908,9 +932,14 @@ mod tests {
         assert!(parse(&deep, IN).unwrap_err().message.contains("nested"));
         let long = vec!["a"; 3000].join("+");
         assert!(parse(&long, IN).unwrap_err().message.contains("longer"));
-        // Long but flat sums are fine (no recursion per term).
-        let flat = vec!["a"; 1000].join("+");
+        // Long flat sums are fine up to the node limit, and refused cleanly past it.
+        let flat = vec!["a"; 250].join("+");
         assert!(parse(&flat, IN).is_ok());
+        let flat = vec!["a"; 1000].join("+");
+        assert!(parse(&flat, IN)
+            .unwrap_err()
+            .message
+            .contains("more than 512"));
     }
 
     #[test]

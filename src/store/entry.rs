@@ -146,17 +146,21 @@ pub fn read_meta(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, Verify
         }
         Err(e) => return Err(VerifyError::Io(path, e)),
     };
+    Ok(parse_meta(&bytes, key)?)
+}
+
+/// Parses `entry.json`'s bytes and checks them against the key they are filed under.
+pub fn parse_meta(bytes: &[u8], key: &Key) -> std::result::Result<EntryMeta, Corruption> {
     let meta: EntryMeta =
-        serde_json::from_slice(&bytes).map_err(|e| Corruption::BadMetadata(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| Corruption::BadMetadata(e.to_string()))?;
     if meta.key != key.hex() {
-        return Err(Corruption::WrongKey(meta.key).into());
+        return Err(Corruption::WrongKey(meta.key));
     }
     if meta.artifact.file.contains('/') || meta.artifact.file.starts_with('.') {
         return Err(Corruption::BadMetadata(format!(
             "artifact file name {:?} is not a plain name",
             meta.artifact.file
-        ))
-        .into());
+        )));
     }
     Ok(meta)
 }
