@@ -89,6 +89,11 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "Directories (`:`-separated) searched for op templates (`c/NAME.c`) before the ones built into xcache; a file there overrides a built-in of the same name.",
     },
     SettingInfo {
+        name: "shared_group",
+        default: "",
+        doc: "A group (name or number) whose members share the cache: their directories and files are trusted and may be group-writable; xcache creates 2775 directories and 0664 files. Unset: a private cache, trusted only when it is yours and nobody else's to write.",
+    },
+    SettingInfo {
         name: "max_size",
         default: "5GiB",
         doc: "Size above which the current compiledir is pruned automatically after a compile (and the default of `prune --max-size`); 0 turns it off. 5GiB, as ccache: thousands of kernels, a small share of a disk.",
@@ -180,6 +185,9 @@ pub struct Config {
     pub last_use_resolution: Duration,
     /// Extra template directories, `:`-separated.
     pub template_path: String,
+    /// The shared group's gid, when shared-group mode is on.
+    pub shared_gid: Option<u32>,
+    shared_group_text: String,
     /// Automatic pruning threshold in bytes; 0 is off.
     pub max_size: u64,
     /// Fraction of `max_size` that pruning by size stops at.
@@ -213,6 +221,8 @@ impl Config {
             compiler_check: CompilerCheck::Mtime,
             last_use_resolution: Duration::ZERO,
             template_path: String::new(),
+            shared_gid: None,
+            shared_group_text: String::new(),
             max_size: 0,
             low_water: 0.0,
             auto_prune_interval: Duration::ZERO,
@@ -384,6 +394,14 @@ impl Config {
                 self.runtime_tag = value.to_string();
             }
             "template_path" => self.template_path = value.to_string(),
+            "shared_group" => {
+                self.shared_gid = if value.is_empty() {
+                    None
+                } else {
+                    Some(crate::store::trust::resolve_group(value).map_err(|m| bad(&m))?)
+                };
+                self.shared_group_text = value.to_string();
+            }
             "max_size" => {
                 self.max_size = parse_size(value)
                     .map_err(|_| bad("a size such as 5GiB, 500MB, or 0 for no limit"))?
@@ -480,6 +498,7 @@ impl Config {
                     },
                     "last_use_resolution" => format_duration(self.last_use_resolution),
                     "template_path" => self.template_path.clone(),
+                    "shared_group" => self.shared_group_text.clone(),
                     "max_size" => format_size(self.max_size),
                     "low_water" => self.low_water.to_string(),
                     "auto_prune_interval" => format_duration(self.auto_prune_interval),

@@ -255,7 +255,7 @@ fn open_own_file(dir: &Path) -> Option<(File, PathBuf)> {
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(crate::store::trust::file_mode())
         .open(&hidden)
         .ok()?;
     file.try_lock().ok()?;

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::ops::{human, scan};
 use crate::runtime::LoadedLibrary;
-use crate::store::{trust_problem, Store};
+use crate::store::{trust, Store};
 
 /// A verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,7 +78,14 @@ fn dir_check(name: &'static str, dir: &Path) -> Check {
     };
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if let Some((reason, fix)) = trust_problem(dir, md.uid(), md.mode(), euid) {
+    if let Some((reason, fix)) = trust::problem(
+        dir,
+        md.uid(),
+        md.gid(),
+        md.mode(),
+        euid,
+        trust::shared_group(),
+    ) {
         return Check {
             name,
             status: Status::Fail,

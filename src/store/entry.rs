@@ -119,22 +119,8 @@ fn hash_open_file(f: &File) -> std::io::Result<(String, u64)> {
     Ok((h.finalize().to_hex().to_string(), n))
 }
 
-/// Why a file or directory with this owner and mode must not be trusted, if it must not.
-pub fn untrusted(what: &str, md: &std::fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if md.uid() != euid {
-        Some(format!("{what} is owned by uid {}, not by you", md.uid()))
-    } else if md.mode() & 0o022 != 0 {
-        Some(format!(
-            "{what} is writable by group or others (mode {:03o})",
-            md.mode() & 0o777
-        ))
-    } else {
-        None
-    }
-}
+/// Why a file or directory must not be trusted (see [`super::trust`]).
+pub use super::trust::untrusted;
 
 /// Reads and parses an entry's metadata, checking it names `key`.
 pub fn read_meta(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
@@ -251,7 +237,7 @@ pub fn create_file(path: &Path) -> std::io::Result<File> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o644)
+        .mode(super::trust::file_mode())
         .open(path)
 }
 
@@ -289,7 +275,7 @@ pub fn touch_last_use(dir: &Path, now: SystemTime, resolution: Duration) -> bool
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o644)
+            .mode(super::trust::file_mode())
             .open(&path)
     };
     match f {

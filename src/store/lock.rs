@@ -87,7 +87,10 @@ impl Drop for LockGuard {
 
 fn open_lock_file(path: &Path, mode: LockMode) -> Result<Option<File>> {
     let mut opts = OpenOptions::new();
-    opts.read(true).write(true).create(true).mode(0o644);
+    opts.read(true)
+        .write(true)
+        .create(true)
+        .mode(super::trust::file_mode());
     match opts.open(path) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -91,6 +91,7 @@ pub mod entry;
 pub mod gc;
 pub mod key;
 pub mod lock;
+pub mod trust;
 
 use std::fs::{self, DirBuilder, File};
 use std::io::Write;
@@ -200,9 +201,19 @@ pub struct Store {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Creates a directory and its parents with mode 0755 (never wider, whatever the umask).
+/// Creates a directory and its parents with mode 0755 (2775 in shared-group mode; never
+/// wider, whatever the umask).
 pub fn mkdir_p(path: &Path) -> std::io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o755).create(path)
+    let existed = path.is_dir();
+    DirBuilder::new()
+        .recursive(true)
+        .mode(trust::dir_mode())
+        .create(path)?;
+    if !existed && trust::shared_group().is_some() {
+        // The umask may have taken the group's write bit: set it exactly.
+        fs::set_permissions(path, fs::Permissions::from_mode(trust::dir_mode()))?;
+    }
+    Ok(())
 }
 
 /// The paths inside one compiledir (any compiledir, not only the current one).
@@ -392,6 +403,7 @@ impl Store {
                 config.runtime_tag
             ))
         })?;
+        trust::set_shared_group(config.shared_gid);
         let platform = Platform::detect(&config.runtime_tag);
         let format = CompiledirFormat::parse(&config.compiledir_format)
             .map_err(|m| Error::Config(format!("compiledir_format: {m}")))?;
@@ -695,11 +707,17 @@ impl Store {
         mkdir_p(&tmp).ctx("creating directory", &tmp)?;
         // A fresh random name: never another builder's directory, even on a file
         // system without working locks.
-        tempfile::Builder::new()
+        let dir = tempfile::Builder::new()
             .prefix(&format!("build-{}-", key.hex()))
-            .permissions(fs::Permissions::from_mode(0o755))
+            .permissions(fs::Permissions::from_mode(trust::dir_mode()))
             .tempdir_in(&tmp)
-            .ctx("creating a staging directory in", &tmp)
+            .ctx("creating a staging directory in", &tmp)?;
+        if trust::shared_group().is_some() {
+            // The umask may have taken the group's write bit.
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(trust::dir_mode()))
+                .ctx("setting the mode of", dir.path())?;
+        }
+        Ok(dir)
     }
 
     fn quarantine(&self, key: &Key, dir: &Path) -> Result<Option<PathBuf>> {
@@ -736,7 +754,7 @@ pub fn check_entry(
     if !md.is_dir() {
         return Err(entry::Corruption::Untrusted("the entry is not a directory".into()).into());
     }
-    if let Some(why) = entry::untrusted("the entry directory", md) {
+    if let Some(why) = trust::untrusted("the entry directory", md) {
         return Err(entry::Corruption::Untrusted(why).into());
     }
     entry::verify(dir, key)
@@ -796,7 +814,7 @@ fn seal(staging: &Path, key: &Key, built: Built, now: std::time::SystemTime) -> 
         let p = name.ctx("reading", staging)?.path();
         if p.is_file() {
             // The compiler creates files with the umask's idea of a mode.
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o644))
+            fs::set_permissions(&p, fs::Permissions::from_mode(trust::file_mode()))
                 .ctx("setting the mode of", &p)?;
             File::open(&p)
                 .and_then(|f| f.sync_all())
@@ -867,7 +885,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(trust::file_mode())
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -904,30 +922,6 @@ pub(crate) fn pause_point(point: &str) {
     let _ = point;
 }
 
-/// Why a directory is not trusted, as (reason, fix); `None` if it is fine. Pure: takes
-/// the directory's owner and mode and the current user.
-pub fn trust_problem(path: &Path, owner: u32, mode: u32, euid: u32) -> Option<(String, String)> {
-    let shown = path.display();
-    if owner != euid {
-        return Some((
-            format!("it is owned by uid {owner}, not by you (uid {euid}), and xcache loads code from it"),
-            format!("use a cache directory of your own (set XCACHE_DIR), or `chown -R {euid} {shown}` if it should be yours"),
-        ));
-    }
-    if mode & 0o022 != 0 {
-        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
-            (true, true) => "group and others",
-            (true, false) => "its group",
-            _ => "others",
-        };
-        return Some((
-            format!("it is writable by {who} (mode {:03o}), so they could plant code that xcache would load", mode & 0o777),
-            format!("`chmod go-w {shown}`, or set XCACHE_DIR to a private directory"),
-        ));
-    }
-    None
-}
-
 fn check_trusted(dir: &Path) -> Result<()> {
     let md = fs::metadata(dir).ctx("inspecting", dir)?;
     if !md.is_dir() {
@@ -939,36 +933,19 @@ fn check_trusted(dir: &Path) -> Result<()> {
     }
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
-    match trust_problem(dir, md.uid(), md.mode(), euid) {
+    match trust::problem(
+        dir,
+        md.uid(),
+        md.gid(),
+        md.mode(),
+        euid,
+        trust::shared_group(),
+    ) {
         None => Ok(()),
         Some((reason, fix)) => Err(Error::Untrusted {
             path: dir.to_path_buf(),
             reason,
             fix,
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trust_decisions() {
-        let p = Path::new("/c");
-        assert_eq!(trust_problem(p, 1000, 0o40755, 1000), None);
-        assert_eq!(trust_problem(p, 1000, 0o40700, 1000), None);
-        let (r, f) = trust_problem(p, 0, 0o40755, 1000).unwrap();
-        assert!(
-            r.contains("owned by uid 0") && f.contains("XCACHE_DIR"),
-            "{r} {f}"
-        );
-        let (r, f) = trust_problem(p, 1000, 0o40777, 1000).unwrap();
-        assert!(r.contains("group and others") && r.contains("777"), "{r}");
-        assert!(f.contains("chmod go-w /c"), "{f}");
-        let (r, _) = trust_problem(p, 1000, 0o40775, 1000).unwrap();
-        assert!(r.contains("its group"), "{r}");
-        let (r, _) = trust_problem(p, 1000, 0o41757, 1000).unwrap();
-        assert!(r.contains("others"), "{r}");
     }
 }
