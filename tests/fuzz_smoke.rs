@@ -102,7 +102,7 @@ fn template_parameters_never_panic() {
         let mut text = String::new();
         for _ in 0..(rng.next() % 6) {
             let k = keys[(rng.next() % keys.len() as u64) as usize];
-            let v = if rng.next() % 3 == 0 {
+            let v = if rng.next().is_multiple_of(3) {
                 soup(&mut rng, 10)
             } else {
                 values[(rng.next() % values.len() as u64) as usize].to_string()
