@@ -16,20 +16,8 @@ import argparse, ctypes, json, os, subprocess, sys, tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from report import ROOT, XCACHE, machine, median_of, write_section  # noqa: E402
+from report import XCACHE, machine, median_of, reexec_in_venv, write_section  # noqa: E402
 
-VENV = os.path.join(ROOT, "target", "bench-venv")
-
-
-def reexec_in_venv():
-    """Runs this script again under a venv that has numpy."""
-    py = os.path.join(VENV, "bin", "python")
-    if os.path.abspath(sys.prefix) == os.path.abspath(VENV):
-        return
-    if not os.path.exists(py):
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", "numpy"], check=True)
-    os.execv(py, [py, os.path.abspath(__file__), *sys.argv[1:]])
 
 
 def kernel(env, expr, arity, dtype="float32"):
@@ -56,7 +44,7 @@ def bind(f, inputs, out):
 
 
 def main():
-    reexec_in_venv()
+    reexec_in_venv(__file__, ["numpy"])
     import numpy as np
 
     ap = argparse.ArgumentParser()

@@ -18,20 +18,8 @@ import argparse, os, shutil, statistics, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from report import ROOT, XCACHE, machine, write_section  # noqa: E402
+from report import XCACHE, machine, reexec_in_venv, write_section  # noqa: E402
 
-VENV = os.path.join(ROOT, "target", "bench-venv")
-
-
-def reexec_in_venv():
-    py = os.path.join(VENV, "bin", "python")
-    if os.path.abspath(sys.prefix) == os.path.abspath(VENV):
-        return
-    if not os.path.exists(py):
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    if subprocess.run([py, "-c", "import pytensor, numpy"], capture_output=True).returncode != 0:
-        subprocess.run([py, "-m", "pip", "install", "-q", "numpy", "pytensor"], check=True)
-    os.execv(py, [py, os.path.abspath(__file__), *sys.argv[1:]])
 
 
 def med(cmd, runs, env=None, prepare=None, shell=False):
@@ -54,7 +42,7 @@ assert abs(f(np.ones(4, dtype='float32'))[0] / np.exp(1.0{extra}) - 1) < 1e-5
 
 
 def main():
-    reexec_in_venv()
+    reexec_in_venv(__file__, ["numpy", "pytensor"])
     ap = argparse.ArgumentParser()
     ap.add_argument("--write")
     ap.add_argument("--list-entries", type=int, default=20)

@@ -39,3 +39,20 @@ def write_section(path, heading, section):
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     open(path, "w").write(text)
+
+
+VENV = os.path.join(ROOT, "target", "bench-venv")
+
+
+def reexec_in_venv(script, packages):
+    """Runs `script` again under target/bench-venv, installing `packages` there first."""
+    import sys
+    py = os.path.join(VENV, "bin", "python")
+    if os.path.abspath(sys.prefix) == os.path.abspath(VENV):
+        return
+    if not os.path.exists(py):
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    probe = "import " + ", ".join(p.replace("-", "_") for p in packages)
+    if subprocess.run([py, "-c", probe], capture_output=True).returncode != 0:
+        subprocess.run([py, "-m", "pip", "install", "-q", *packages], check=True)
+    os.execv(py, [py, os.path.abspath(script), *sys.argv[1:]])

@@ -562,19 +562,7 @@ impl Store {
             let guard = lock::lock_shared(&lock_path)?;
             lock_wait += guard.waited();
             match self.check_entry(&dir, &md, key) {
-                Ok(meta) => {
-                    self.record_use(&dir);
-                    return Ok(Fetched {
-                        key: *key,
-                        dir,
-                        meta,
-                        hit: true,
-                        warnings,
-                        lock_wait,
-                        private: None,
-                        _guard: guard,
-                    });
-                }
+                Ok(meta) => return Ok(self.hit(key, dir, meta, warnings, lock_wait, guard)),
                 Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
                 Err(VerifyError::Corrupt(_)) => {} // repaired below, under the exclusive lock
             }
@@ -591,19 +579,7 @@ impl Store {
         lock_wait += guard.waited();
         if let Ok(md) = fs::symlink_metadata(&dir) {
             match self.check_entry(&dir, &md, key) {
-                Ok(meta) => {
-                    self.record_use(&dir);
-                    return Ok(Fetched {
-                        key: *key,
-                        dir,
-                        meta,
-                        hit: true,
-                        warnings,
-                        lock_wait,
-                        private: None,
-                        _guard: guard,
-                    });
-                }
+                Ok(meta) => return Ok(self.hit(key, dir, meta, warnings, lock_wait, guard)),
                 Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
                 Err(VerifyError::Corrupt(corruption)) => {
                     let w = match self.quarantine(key, &dir)? {
@@ -693,6 +669,29 @@ impl Store {
             private: Some(tmp),
             _guard: LockGuard::none(&self.lock_path(key)),
         })
+    }
+
+    /// A verified entry, handed out with the lock it was verified under.
+    fn hit(
+        &self,
+        key: &Key,
+        dir: PathBuf,
+        meta: EntryMeta,
+        warnings: Vec<String>,
+        lock_wait: Duration,
+        guard: LockGuard,
+    ) -> Fetched {
+        self.record_use(&dir);
+        Fetched {
+            key: *key,
+            dir,
+            meta,
+            hit: true,
+            warnings,
+            lock_wait,
+            private: None,
+            _guard: guard,
+        }
     }
 
     fn record_use(&self, dir: &Path) {
