@@ -270,7 +270,7 @@ fn eight_processes_racing_never_fail_and_never_load_a_wrong_library() {
     let secs: u64 = std::env::var("XC_RACE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(30);
     let tc = TestCache::new();
     let base = tc.base();
     Jit::new(config_at(&base)).unwrap(); // create the compiledir once
