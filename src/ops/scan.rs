@@ -152,8 +152,22 @@ pub fn entries(dirs: &Dirs) -> Result<Vec<EntryRow>> {
     let found = entry_dirs(dirs)?;
     let mut rows: Vec<EntryRow> = parallel_map(&found, |(key, dir)| {
         let (key, dir) = (*key, dir.clone());
-        let (size, disk_size, last_use) = entry_files(&dir);
-        match entry::read_meta(&dir, &key) {
+        let listed = entry::read_listed(&dir, &key);
+        // Sizes recorded at publish time spare a stat of every file: one stat of
+        // `last-use` is all a listed entry costs beyond reading its metadata.
+        let (size, disk_size, last_use) = match &listed {
+            Ok(entry::ListedMeta {
+                files: Some(f),
+                json_len,
+                ..
+            }) => (
+                f.apparent + json_len,
+                f.disk + json_len.div_ceil(4096) * 4096,
+                entry::last_use(&dir).map(unix_secs),
+            ),
+            _ => entry_files(&dir),
+        };
+        match listed {
             Ok(m) => EntryRow {
                 key: m.key,
                 source: m.source_name,

@@ -48,8 +48,21 @@ pub struct EntryMeta {
     /// What the compiler printed on success (warnings), if anything.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub compiler_output: String,
+    /// Bytes of the entry's other files (all but `entry.json`), recorded when it was
+    /// sealed, so that listing a large cache needs no stat of each file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileBytes>,
     /// Everything the key was derived from.
     pub key_material: KeyMaterial,
+}
+
+/// Apparent and allocated bytes of a set of files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileBytes {
+    /// Sum of their lengths.
+    pub apparent: u64,
+    /// Sum of their allocated blocks, in bytes.
+    pub disk: u64,
 }
 
 /// Why an entry cannot be used. Every variant means the entry itself is bad (it is
@@ -164,8 +177,14 @@ pub struct ListedMeta {
     pub created: u64,
     /// Compile time, ms.
     pub compile_ms: u64,
+    /// Bytes of the other files, when recorded.
+    #[serde(default)]
+    pub files: Option<FileBytes>,
     /// The parts of the key material that are shown.
     pub key_material: ListedKeyMaterial,
+    /// Length of `entry.json` itself (not in the file: measured when read).
+    #[serde(skip)]
+    pub json_len: u64,
 }
 
 /// See [`ListedMeta`].
@@ -190,11 +209,12 @@ pub fn read_listed(dir: &Path, key: &Key) -> std::result::Result<ListedMeta, Ver
         }
         Err(e) => return Err(VerifyError::Io(path, e)),
     };
-    let meta: ListedMeta =
+    let mut meta: ListedMeta =
         serde_json::from_slice(&bytes).map_err(|e| Corruption::BadMetadata(e.to_string()))?;
     if meta.key != key.hex() {
         return Err(Corruption::WrongKey(meta.key).into());
     }
+    meta.json_len = bytes.len() as u64;
     Ok(meta)
 }
 

@@ -809,15 +809,22 @@ fn seal(staging: &Path, key: &Key, built: Built, now: std::time::SystemTime) -> 
     entry::create_file(&last_use)
         .and_then(|f| f.set_modified(now))
         .ctx("writing", &last_use)?;
+    let mut files = entry::FileBytes {
+        apparent: 0,
+        disk: 0,
+    };
     for name in fs::read_dir(staging).ctx("reading", staging)? {
         let p = name.ctx("reading", staging)?.path();
         if p.is_file() {
             // The compiler creates files with the umask's idea of a mode.
             fs::set_permissions(&p, fs::Permissions::from_mode(trust::file_mode()))
                 .ctx("setting the mode of", &p)?;
-            File::open(&p)
-                .and_then(|f| f.sync_all())
-                .ctx("syncing", &p)?;
+            let f = File::open(&p).ctx("syncing", &p)?;
+            f.sync_all().ctx("syncing", &p)?;
+            // Measured after the sync: allocated blocks are known by then.
+            let md = f.metadata().ctx("inspecting", &p)?;
+            files.apparent += md.len();
+            files.disk += md.blocks() * 512;
         }
     }
     let meta = EntryMeta {
@@ -833,6 +840,7 @@ fn seal(staging: &Path, key: &Key, built: Built, now: std::time::SystemTime) -> 
         created: unix_secs(now),
         compile_ms: built.compile_time.as_millis() as u64,
         compiler_output: built.compiler_output,
+        files: Some(files),
         key_material: built.key_material,
     };
     entry::write_meta(staging, &meta)?;
