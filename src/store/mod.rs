@@ -15,7 +15,9 @@
 //!     toolchains/<hash>.json          resolved compiler command lines and versions
 //!     tmp/build-<key>-<random>/       staging of a build in progress (or crashed)
 //!     tmp/failed-<key>-<random>/      failed builds, kept for inspection
-//!     quarantine/<key>-<secs>-<pid>/  corrupt entries moved aside
+//!     tmp/delete-<key16>-<pid>-<n>/   an entry being removed, renamed out first
+//!     quarantine/<key>-<secs>-<pid>-<n>/  corrupt entries moved aside
+//!     stats/<pid>-<nanos>.json        per-process counters (see `crate::stats`)
 //! ```
 //!
 //! `<key>` is 64 hex digits of blake3 (see [`key`]); `<fan>` its first two.
@@ -68,8 +70,14 @@
 //!   one key cost one compile.
 //! - A dead process holds no lock: flock locks die with their last descriptor.
 //! - Removing an entry (garbage collection) happens only under its exclusive lock, taken
-//!   with a *try*; busy entries are skipped. Lock files may be deleted under their lock:
-//!   [`lock`] re-checks the inode after acquiring.
+//!   with a *try*; busy entries are skipped. The entry is renamed out of `entries/`
+//!   first, so readers see it whole or not at all. Lock files may be deleted under their
+//!   lock: [`lock`] re-checks the inode after acquiring.
+//! - A staging directory is collected only when its builder no longer holds the key's
+//!   lock (the builder holds it for as long as the directory is in use) and it is older
+//!   than `staging_grace`; age alone never decides.
+//! - Nothing is removed that xcache did not make: entries are key-named directories,
+//!   compiledirs carry `compiledir.json`, a base dir xcache's `CACHEDIR.TAG`.
 //!
 //! # What the file system must provide
 //!
