@@ -79,6 +79,11 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "Optimisation level (0-3, s, z). 3: JIT kernels are small and hot, and -O3 turns on the full auto-vectoriser.",
     },
     SettingInfo {
+        name: "compile_timeout",
+        default: "10m",
+        doc: "A compiler running longer is killed (with its children) and the request fails: a hung compiler must not hold its key's lock, and every process waiting on it, forever. Ten minutes is far beyond any kernel's compile.",
+    },
+    SettingInfo {
         name: "compiler_check",
         default: "mtime",
         doc: "How a compiler binary is fingerprinted: `mtime` (size + mtime, as ccache does; no hashing on the hit path) or `content` (blake3 of the binary).",
@@ -181,6 +186,8 @@ pub struct Config {
     pub opt_level: String,
     /// How the compiler binary is fingerprinted.
     pub compiler_check: CompilerCheck,
+    /// Longest a compiler may run.
+    pub compile_timeout: Duration,
     /// Coarseness of last-use records.
     pub last_use_resolution: Duration,
     /// Extra template directories, `:`-separated.
@@ -219,6 +226,7 @@ impl Config {
             cuda_arch: None,
             opt_level: String::new(),
             compiler_check: CompilerCheck::Mtime,
+            compile_timeout: Duration::ZERO,
             last_use_resolution: Duration::ZERO,
             template_path: String::new(),
             shared_gid: None,
@@ -437,6 +445,12 @@ impl Config {
                 }
                 self.opt_level = value.to_string();
             }
+            "compile_timeout" => {
+                self.compile_timeout = parse_duration(value)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| bad("a duration such as 10m or 90s"))?
+            }
             "compiler_check" => {
                 self.compiler_check = match value {
                     "mtime" => CompilerCheck::Mtime,
@@ -492,6 +506,7 @@ impl Config {
                     "nvcc" => self.nvcc.clone().unwrap_or_default(),
                     "cuda_arch" => self.cuda_arch.clone().unwrap_or_default(),
                     "opt_level" => self.opt_level.clone(),
+                    "compile_timeout" => format_duration(self.compile_timeout),
                     "compiler_check" => match self.compiler_check {
                         CompilerCheck::Mtime => "mtime".into(),
                         CompilerCheck::Content => "content".into(),
@@ -512,12 +527,15 @@ impl Config {
     }
 }
 
-/// Parses `30s`, `15m`, `1h`, `7d`, `2w`, or a plain number of seconds.
+/// Parses `500ms`, `30s`, `15m`, `1h`, `7d`, `2w`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    if unit.trim() == "ms" {
+        return Ok(Duration::from_millis(n));
+    }
     let mult = match unit.trim() {
         "" | "s" => 1,
         "m" | "min" => 60,
@@ -534,6 +552,9 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 /// Formats a duration in the largest unit that divides it (`3600s` → `1h`; days are the
 /// largest unit, as people write them: `30d`, not `4w2d`).
 pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
     let s = d.as_secs();
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
         if s > 0 && s.is_multiple_of(n) {
@@ -693,6 +714,7 @@ mod tests {
     fn durations_and_sizes() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
         assert!(parse_duration("7y").is_err());
         assert!(parse_duration("h").is_err());

@@ -325,8 +325,13 @@ impl Jit {
                 std::fs::write(&p, bytes).ctx("writing", &p)?;
             }
             crate::store::pause_point("source-written");
-            let (compile_time, compiler_output) =
-                tool.compile(dir, source_file, ARTIFACT_FILE, &flags)?;
+            let (compile_time, compiler_output) = tool.compile(
+                dir,
+                source_file,
+                ARTIFACT_FILE,
+                &flags,
+                self.config.compile_timeout,
+            )?;
             Ok(Built {
                 source_name: req.name.clone(),
                 source_file: source_file.into(),

@@ -400,3 +400,36 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A compiler that never finishes is killed after `compile_timeout`, with a clear
+/// error, and the key's lock is free again.
+#[test]
+fn a_hung_compiler_is_killed_after_compile_timeout() {
+    let env = Env::new();
+    let src = env.source("k.c", "hung");
+    let wrapper = env.path("cc-wrapper.sh");
+    // The wrapper blocks on its FIFO forever: nobody reads `started` here.
+    let out = env
+        .xcache(&["compile", src.to_str().unwrap()])
+        .env("XC_TEST_HOLD", env.dir.path())
+        .env(
+            "XCACHE_FLAGS",
+            format!("cc={},compile_timeout=300ms", wrapper.display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("compile_timeout (300ms)") && err.contains("killed"),
+        "{err}"
+    );
+    assert!(env.entry_dirs().is_empty());
+    // Nothing holds the key any more: the next request compiles.
+    let r = json_of(
+        &env.xcache(&["compile", src.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r["hit"], false);
+}

@@ -342,19 +342,56 @@ impl HostTool {
         source_file: &str,
         output: &str,
         flags: &[String],
+        timeout: Duration,
     ) -> Result<(Duration, String)> {
+        use std::os::unix::process::CommandExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
         let args = command_args(flags, output, source_file);
         let mut cmd = Command::new(&self.program);
-        cmd.args(&args).current_dir(dir).stdin(Stdio::null());
+        // Its own process group: a compiler that hangs is killed with its children
+        // (cc1, as, ld), and stops holding the key's lock.
+        cmd.args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
         let start = Instant::now();
-        let out = cmd.output().map_err(|e| Error::NoCompiler {
+        let child = cmd.spawn().map_err(|e| Error::NoCompiler {
+            compiler: self.program.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let pgid = child.id() as i32;
+        let timed_out = std::sync::Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = {
+            let timed_out = timed_out.clone();
+            std::thread::spawn(move || {
+                if done_rx.recv_timeout(timeout).is_err() {
+                    timed_out.store(true, Ordering::SeqCst);
+                    // SAFETY: signals the compiler's own process group.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                }
+            })
+        };
+        let out = child.wait_with_output();
+        let _ = done_tx.send(());
+        let _ = watchdog.join();
+        let out = out.map_err(|e| Error::NoCompiler {
             compiler: self.program.display().to_string(),
             message: e.to_string(),
         })?;
         let elapsed = start.elapsed();
         let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() || !dir.join(output).is_file() {
+        if timed_out.load(Ordering::SeqCst) {
+            text.push_str(&format!(
+                "\nxcache: the compiler ran longer than compile_timeout ({}) and was killed. Fix: raise compile_timeout (XCACHE_FLAGS=compile_timeout=30m), or find what makes it hang",
+                crate::config::format_duration(timeout)
+            ));
+        }
+        if !out.status.success() || timed_out.load(Ordering::SeqCst) || !dir.join(output).is_file()
+        {
             return Err(CompileError {
                 command: shell_line(&self.program, args.iter().map(String::as_str)),
                 workdir: dir.to_path_buf(),

@@ -148,8 +148,14 @@ fn compiler_check(name: &'static str, lang: Language, config: &Config, store: &S
         };
         std::fs::write(dir.path().join(src), body).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        tool.compile(dir.path(), src, "probe.so", &tool.full_flags(&[]))
-            .map_err(|e| e.to_string())?;
+        tool.compile(
+            dir.path(),
+            src,
+            "probe.so",
+            &tool.full_flags(&[]),
+            config.compile_timeout,
+        )
+        .map_err(|e| e.to_string())?;
         let ms = t.elapsed().as_millis();
         let lib = std::sync::Arc::new(
             LoadedLibrary::open(crate::Key::default_probe(), &dir.path().join("probe.so"))
