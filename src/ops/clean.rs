@@ -15,7 +15,6 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::ops::scan;
-use crate::platform::CompiledirFormat;
 use crate::store::gc::{self, GcEntry, Policy, Standing};
 use crate::store::{lock, remove_entry, Dirs, Removal, Store, CACHEDIR_TAG, COMPILEDIR_FILE};
 
@@ -141,20 +140,8 @@ pub fn prune(config: &Config, store: &Store, opts: &PruneOptions) -> Result<Clea
     prune_entries(store, &policy, now, &mut report)?;
     collect_tmp(&store.dirs(), config, now, &mut report)?;
     if opts.stale {
-        let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
-        for cd in scan::compiledirs(store.base_dir(), &format, store.compiledir())? {
-            let last_use = cd
-                .last_use
-                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-            let standing = gc::classify(
-                store.platform(),
-                cd.current,
-                cd.platform.as_ref(),
-                last_use,
-                now,
-                config.stale_after,
-            );
-            if let Standing::Stale(reason) = standing {
+        for cd in scan::compiledirs_of(config, store)? {
+            if let Standing::Stale(reason) = scan::standing(config, store, &cd) {
                 remove_compiledir(&cd.path, config, now, reason, &mut report)?;
             }
         }
@@ -473,10 +460,9 @@ pub fn purge_base(config: &Config, store: &Store) -> Result<CleanReport> {
     if !is_xcache_base(base) {
         return Err(not_an_xcache_base(base));
     }
-    let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
     let mut report = CleanReport::default();
     let now = store.clock().now();
-    for cd in scan::compiledirs(base, &format, store.compiledir())? {
+    for cd in scan::compiledirs_of(config, store)? {
         remove_compiledir(
             &cd.path,
             config,
@@ -513,22 +499,9 @@ pub struct CompiledirRow {
 
 /// `xcache basecompiledir list`.
 pub fn list_compiledirs(config: &Config, store: &Store) -> Result<Vec<CompiledirRow>> {
-    let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
-    let now = store.clock().now();
     let mut out = Vec::new();
-    for cd in scan::compiledirs(store.base_dir(), &format, store.compiledir())? {
-        let last = cd
-            .last_use
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-        let standing = gc::classify(
-            store.platform(),
-            cd.current,
-            cd.platform.as_ref(),
-            last,
-            now,
-            config.stale_after,
-        );
-        let (mark, reason) = match standing {
+    for cd in scan::compiledirs_of(config, store)? {
+        let (mark, reason) = match scan::standing(config, store, &cd) {
             Standing::Current => ("current", None),
             Standing::Stale(r) => ("stale", Some(r)),
             Standing::Other => ("other", None),

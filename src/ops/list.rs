@@ -3,9 +3,8 @@
 use std::str::FromStr;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::scan::{self, EntryRow};
-use crate::platform::CompiledirFormat;
 use crate::store::{Dirs, Store};
 
 /// Orders for `list --sort`.
@@ -50,9 +49,8 @@ pub fn sort(rows: &mut [EntryRow], by: SortBy) {
 /// base dir, sorted.
 pub fn list(config: &Config, store: &Store, all: bool, by: SortBy) -> Result<Vec<EntryRow>> {
     let mut rows = if all {
-        let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
         let mut rows = Vec::new();
-        for cd in scan::compiledirs(store.base_dir(), &format, store.compiledir())? {
+        for cd in scan::compiledirs_of(config, store)? {
             rows.extend(scan::entries(&Dirs::new(&cd.path))?);
         }
         rows

@@ -11,7 +11,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::platform::{CompiledirFormat, Platform, COMPILEDIR_PREFIX};
 use crate::store::entry::{self, VerifyError};
 use crate::store::key::Key;
-use crate::store::{read_compiledir_meta, Dirs, COMPILEDIR_FILE};
+use crate::store::{gc, read_compiledir_meta, Dirs, COMPILEDIR_FILE};
 
 /// A compiledir found under the base dir.
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +69,34 @@ pub fn compiledirs(
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// The compiledirs under the store's base dir, named by the configured format.
+pub fn compiledirs_of(
+    config: &crate::config::Config,
+    store: &crate::store::Store,
+) -> Result<Vec<CompiledirInfo>> {
+    let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
+    compiledirs(store.base_dir(), &format, store.compiledir())
+}
+
+/// How a compiledir stands against the store's platform now (see [`gc::classify`]).
+pub fn standing(
+    config: &crate::config::Config,
+    store: &crate::store::Store,
+    cd: &CompiledirInfo,
+) -> gc::Standing {
+    let last_use = cd
+        .last_use
+        .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s));
+    gc::classify(
+        store.platform(),
+        cd.current,
+        cd.platform.as_ref(),
+        last_use,
+        store.clock().now(),
+        config.stale_after,
+    )
 }
 
 /// One entry as `list` shows it. The JSON schema of `xcache list --json` is an array

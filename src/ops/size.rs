@@ -3,9 +3,8 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::scan;
-use crate::platform::CompiledirFormat;
 use crate::store::{Dirs, Store};
 
 /// One compiledir's size. `xcache size --json` prints `{compiledirs: [..], total}`.
@@ -36,9 +35,8 @@ pub struct SizeReport {
 
 /// Sizes of the current compiledir, or (`all`) of every compiledir.
 pub fn size(config: &Config, store: &Store, all: bool) -> Result<SizeReport> {
-    let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
     let mut rows = Vec::new();
-    for cd in scan::compiledirs(store.base_dir(), &format, store.compiledir())? {
+    for cd in scan::compiledirs_of(config, store)? {
         if !all && !cd.current {
             continue;
         }

@@ -4,9 +4,8 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::scan;
-use crate::platform::CompiledirFormat;
 use crate::stats::{collect, Counters};
 use crate::store::Store;
 
@@ -24,9 +23,8 @@ pub struct StatsRow {
 
 /// Counters per compiledir (the current one always listed); `zero` resets them all.
 pub fn stats(config: &Config, store: &Store, zero: bool) -> Result<Vec<StatsRow>> {
-    let format = CompiledirFormat::parse(&config.compiledir_format).map_err(Error::Config)?;
     let mut rows = Vec::new();
-    for cd in scan::compiledirs(store.base_dir(), &format, store.compiledir())? {
+    for cd in scan::compiledirs_of(config, store)? {
         let dir = cd.path.join("stats");
         if !cd.current && !dir.exists() {
             continue;

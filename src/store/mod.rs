@@ -569,7 +569,7 @@ impl Store {
         if let Ok(md) = fs::symlink_metadata(&dir) {
             let guard = lock::lock_shared(&lock_path)?;
             lock_wait += guard.waited();
-            match self.check_entry(&dir, &md, key) {
+            match check_entry(&dir, &md, key) {
                 Ok(meta) => return Ok(self.hit(key, dir, meta, warnings, lock_wait, guard)),
                 Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
                 Err(VerifyError::Corrupt(_)) => {} // repaired below, under the exclusive lock
@@ -586,11 +586,11 @@ impl Store {
         })?;
         lock_wait += guard.waited();
         if let Ok(md) = fs::symlink_metadata(&dir) {
-            match self.check_entry(&dir, &md, key) {
+            match check_entry(&dir, &md, key) {
                 Ok(meta) => return Ok(self.hit(key, dir, meta, warnings, lock_wait, guard)),
                 Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
                 Err(VerifyError::Corrupt(corruption)) => {
-                    let w = match self.quarantine(key, &dir)? {
+                    let w = match quarantine_entry(&self.dirs(), key, &dir, self.clock.now())? {
                         Some(moved) => format!(
                             "corrupt cache entry {short}… ({corruption}): moved to {} and rebuilt",
                             moved.display()
@@ -630,15 +630,6 @@ impl Store {
             private: None,
             _guard: guard,
         })
-    }
-
-    fn check_entry(
-        &self,
-        dir: &Path,
-        md: &fs::Metadata,
-        key: &Key,
-    ) -> std::result::Result<EntryMeta, VerifyError> {
-        check_entry(dir, md, key)
     }
 
     /// Builds into a private temporary directory outside the cache.
@@ -725,10 +716,6 @@ impl Store {
                 .ctx("setting the mode of", dir.path())?;
         }
         Ok(dir)
-    }
-
-    fn quarantine(&self, key: &Key, dir: &Path) -> Result<Option<PathBuf>> {
-        quarantine_entry(&self.dirs(), key, dir, self.clock.now())
     }
 
     /// Reads the compiledir's metadata.
