@@ -91,6 +91,43 @@ fn max_rel_err(x: &[f32], r: &[f32]) -> f64 {
         .fold(0f64, f64::max)
 }
 
+/// What one device's run measured, before the check.
+struct Run<'a> {
+    kernel: &'static str,
+    compiled: &'a crate::runtime::Compiled,
+    cold_ms: f64,
+    warm_ms: f64,
+    warm_hit: bool,
+    loop_s: f64,
+    device: String,
+    used: &'static str,
+}
+
+/// Checks the result `r` of exp over `x` against float64 and assembles the report.
+fn report(jit: &Jit, iters: usize, run: Run, x: &[f32], r: &[f32]) -> DemoReport {
+    let err = max_rel_err(x, r);
+    DemoReport {
+        workload: format!("check1: exp over {VLEN} float32 values, {iters} times"),
+        n: VLEN,
+        iters,
+        compiledir: jit.store().compiledir().to_path_buf(),
+        kernel: run.kernel.into(),
+        key: run.compiled.key.hex(),
+        cold_was_cached: run.compiled.hit,
+        cold_ms: run.cold_ms,
+        compile_ms: run.compiled.compile_ms,
+        warm_ms: run.warm_ms,
+        warm_hit: run.warm_hit,
+        loop_s: run.loop_s,
+        elements_per_s: (VLEN * iters) as f64 / run.loop_s.max(1e-12),
+        device: run.device,
+        max_rel_err: err,
+        result_head: r.iter().take(4).copied().collect(),
+        ok: err <= MAX_REL_ERR && r.iter().all(|v| v.is_finite()),
+        used: run.used,
+    }
+}
+
 /// Runs check1 on the GPU: the input is uploaded once, the kernel launched `iters`
 /// times, the device synchronised once at the end (as a GPU program would).
 pub fn check1_cuda(jit: &Jit, iters: usize) -> Result<DemoReport> {
@@ -118,31 +155,25 @@ pub fn check1_cuda(jit: &Jit, iters: usize) -> Result<DemoReport> {
     cuda.sync()?;
     let loop_s = t.elapsed().as_secs_f64();
     let r = out.download()?;
-    let err = max_rel_err(&x, &r);
-    let c = kernel.compiled();
-    Ok(DemoReport {
-        workload: format!("check1: exp over {VLEN} float32 values, {iters} times"),
-        n: VLEN,
+    Ok(report(
+        jit,
         iters,
-        compiledir: jit.store().compiledir().to_path_buf(),
-        kernel: "cuda/elemwise(arity=1, dtype=float32, expr=exp(a))".into(),
-        key: c.key.hex(),
-        cold_was_cached: c.hit,
-        cold_ms,
-        compile_ms: c.compile_ms,
-        warm_ms,
-        warm_hit: warm.compiled().hit,
-        loop_s,
-        elements_per_s: (VLEN * iters) as f64 / loop_s.max(1e-12),
-        device: format!(
-            "cuda: {} (sm_{}{}, {} SMs)",
-            dev.name, dev.major, dev.minor, dev.sms
-        ),
-        max_rel_err: err,
-        result_head: r.iter().take(4).copied().collect(),
-        ok: err <= MAX_REL_ERR && r.iter().all(|v| v.is_finite()),
-        used: "gpu",
-    })
+        Run {
+            kernel: "cuda/elemwise(arity=1, dtype=float32, expr=exp(a))",
+            compiled: kernel.compiled(),
+            cold_ms,
+            warm_ms,
+            warm_hit: warm.compiled().hit,
+            loop_s,
+            device: format!(
+                "cuda: {} (sm_{}{}, {} SMs)",
+                dev.name, dev.major, dev.minor, dev.sms
+            ),
+            used: "gpu",
+        },
+        &x,
+        &r,
+    ))
 }
 
 /// Runs check1 on the CPU.
@@ -167,26 +198,20 @@ pub fn check1(jit: &Jit, iters: usize) -> Result<DemoReport> {
     }
     let loop_s = t.elapsed().as_secs_f64();
 
-    let max_rel_err = max_rel_err(&x, &r);
-    let c = kernel.compiled();
-    Ok(DemoReport {
-        workload: format!("check1: exp over {VLEN} float32 values, {iters} times"),
-        n: VLEN,
+    Ok(report(
+        jit,
         iters,
-        compiledir: jit.store().compiledir().to_path_buf(),
-        kernel: "elemwise(arity=1, dtype=float32, expr=exp(a))".into(),
-        key: c.key.hex(),
-        cold_was_cached: c.hit,
-        cold_ms,
-        compile_ms: c.compile_ms,
-        warm_ms,
-        warm_hit: warm.compiled().hit,
-        loop_s,
-        elements_per_s: (VLEN * iters) as f64 / loop_s.max(1e-12),
-        device: format!("cpu: {}, 1 thread", crate::compile::host::cpu_name()),
-        max_rel_err,
-        result_head: r.iter().take(4).copied().collect(),
-        ok: max_rel_err <= MAX_REL_ERR && r.iter().all(|v| v.is_finite()),
-        used: "cpu",
-    })
+        Run {
+            kernel: "elemwise(arity=1, dtype=float32, expr=exp(a))",
+            compiled: kernel.compiled(),
+            cold_ms,
+            warm_ms,
+            warm_hit: warm.compiled().hit,
+            loop_s,
+            device: format!("cpu: {}, 1 thread", crate::compile::host::cpu_name()),
+            used: "cpu",
+        },
+        &x,
+        &r,
+    ))
 }
