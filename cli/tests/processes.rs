@@ -100,12 +100,17 @@ impl Env {
             .unwrap();
         // Blocks until the wrapper writes: the child is then mid-compile, holding the
         // key's exclusive lock.
+        assert_eq!(self.read_started(), "started");
+        child
+    }
+
+    /// Blocks until a paused process writes its line to the `started` FIFO.
+    fn read_started(&self) -> String {
         let mut line = String::new();
         BufReader::new(File::open(self.path("started")).unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert_eq!(line.trim(), "started");
-        child
+        line.trim().to_string()
     }
 
     fn release_held_compile(&self) {
@@ -315,11 +320,7 @@ fn sigkill_at_every_protocol_step() {
             .process_group(0)
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(File::open(env.path("started")).unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), point);
+        assert_eq!(env.read_started(), point);
         assert_eq!(
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) },
             0
