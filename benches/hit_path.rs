@@ -92,14 +92,14 @@ fn parts(c: &mut Criterion) {
     let (key, _, _) = jit.key_for(&req).unwrap();
     jit.build(&req).unwrap();
     let store = jit.store().clone();
-    let entry = store.entry_dir(&key);
-    let lock = store.lock_path(&key);
+    let entry = xcache::fsx::Root::open(&store.entry_dir(&key)).unwrap();
+    let lock = xcache::store::layout::lock(&key);
     let mut g = c.benchmark_group("hit_parts");
     g.bench_function("get_or_build (hit, no load)", |b| {
         b.iter(|| black_box(store.get_or_build(&key, &mut |_| unreachable!()).unwrap()))
     });
     g.bench_function("lock_shared + unlock", |b| {
-        b.iter(|| black_box(xcache::store::lock::lock_shared(&lock).unwrap()))
+        b.iter(|| black_box(xcache::store::lock::lock_shared(store.root(), &lock).unwrap()))
     });
     g.bench_function("read_meta (entry.json)", |b| {
         b.iter(|| black_box(xcache::store::entry::read_meta(&entry, &key).is_ok()))

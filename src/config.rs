@@ -124,6 +124,16 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "Staging directories under tmp/ younger than this are left alone by pruning: they may be builds in progress. No compile takes an hour; a crashed one is collected after it.",
     },
     SettingInfo {
+        name: "handout_grace",
+        default: "1m",
+        doc: "A library path handed to a caller that does not hold its lock (`xcache compile` printing it, `Jit::build`) is not removed by clear, prune, purge or the automatic prune for this long after it was handed out (`clear --force` excepted): long enough for a script to dlopen what it was given.",
+    },
+    SettingInfo {
+        name: "keep_failed",
+        default: "3",
+        doc: "Failed builds kept per key under tmp/ for inspection (the newest; older ones are removed at the next failure, and prune removes those older than stale_after). 0 keeps none.",
+    },
+    SettingInfo {
         name: "last_use_resolution",
         default: "1h",
         doc: "Last use of an entry is written at most this often, so that hits almost never write; pruning decisions work in hours and days.",
@@ -205,6 +215,10 @@ pub struct Config {
     pub stale_after: Duration,
     /// Age under which staging directories are left alone.
     pub staging_grace: Duration,
+    /// How long a handed-out path is protected from collectors.
+    pub handout_grace: Duration,
+    /// Failed builds kept per key.
+    pub keep_failed: u32,
     origins: HashMap<&'static str, Origin>,
     home: Option<PathBuf>,
     xdg_cache_home: Option<PathBuf>,
@@ -236,6 +250,8 @@ impl Config {
             auto_prune_interval: Duration::ZERO,
             stale_after: Duration::ZERO,
             staging_grace: Duration::ZERO,
+            handout_grace: Duration::ZERO,
+            keep_failed: 0,
             origins: HashMap::new(),
             home: None,
             xdg_cache_home: None,
@@ -406,7 +422,7 @@ impl Config {
                 self.shared_gid = if value.is_empty() {
                     None
                 } else {
-                    Some(crate::store::trust::resolve_group(value).map_err(|m| bad(&m))?)
+                    Some(crate::fsx::resolve_group(value).map_err(|m| bad(&m))?)
                 };
                 self.shared_group_text = value.to_string();
             }
@@ -430,12 +446,21 @@ impl Config {
                 self.staging_grace =
                     parse_duration(value).map_err(|_| bad("a duration such as 1h"))?
             }
+            "handout_grace" => {
+                self.handout_grace =
+                    parse_duration(value).map_err(|_| bad("a duration such as 60s"))?
+            }
+            "keep_failed" => {
+                self.keep_failed = value
+                    .parse()
+                    .map_err(|_| bad("a count of failed builds, such as 3 (0 keeps none)"))?
+            }
             "cc" => self.cc = opt(value),
             "cxx" => self.cxx = opt(value),
             "nvcc" => self.nvcc = opt(value),
             "cuda_arch" => {
                 if !value.is_empty() {
-                    crate::compile::nvcc::check_arch(value).map_err(|m| bad(&m))?;
+                    crate::platform::check_cuda_arch(value).map_err(|m| bad(&m))?;
                 }
                 self.cuda_arch = opt(value);
             }
@@ -519,6 +544,8 @@ impl Config {
                     "auto_prune_interval" => format_duration(self.auto_prune_interval),
                     "stale_after" => format_duration(self.stale_after),
                     "staging_grace" => format_duration(self.staging_grace),
+                    "handout_grace" => format_duration(self.handout_grace),
+                    "keep_failed" => self.keep_failed.to_string(),
                     _ => unreachable!(),
                 };
                 (s, value, self.origin(s.name))

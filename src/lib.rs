@@ -64,6 +64,7 @@ pub mod compile;
 pub mod config;
 pub mod cuda;
 pub mod error;
+pub mod fsx;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gpu;
@@ -71,7 +72,7 @@ pub mod kernels;
 pub mod ops;
 pub mod platform;
 pub mod runtime;
-pub mod stats;
+
 pub mod store;
 
 pub use compile::{Language, Request, SourceRequest, TemplateRequest};

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SystemClock};
-use crate::compile::host::{self, HostTool};
+use crate::compile::host::HostTool;
 use crate::compile::template::{self, Template};
+use crate::compile::toolchain;
 use crate::compile::{Language, Request, SourceRequest, TemplateRequest};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
@@ -163,6 +164,9 @@ pub struct CacheOutcome {
     pub lock_wait: Duration,
     /// Cache faults repaired while serving it.
     pub warnings: Vec<String>,
+    /// Until when collectors leave `path` alone (`handout_grace` from now); `None` when
+    /// the hand-out could not be recorded (a read-only cache, which nobody cleans).
+    pub valid_until: Option<std::time::SystemTime>,
 }
 
 type Slot = Arc<Mutex<Option<Arc<LoadedLibrary>>>>;
@@ -228,7 +232,7 @@ pub struct Jit {
     templates: Mutex<HashMap<String, Arc<Template>>>,
     loaded: Mutex<HashMap<Key, Slot>>,
     memo: Mutex<Memo>,
-    stats: crate::stats::Recorder,
+    stats: crate::store::stats::Recorder,
 }
 
 impl Jit {
@@ -245,7 +249,7 @@ impl Jit {
     /// Like [`Jit::new`], with an injected clock.
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Jit> {
         let store = Store::open_with_clock(&config, clock)?;
-        let stats = crate::stats::Recorder::new(store.compiledir().join("stats"));
+        let stats = crate::store::stats::Recorder::new(store.root().clone());
         Ok(Jit {
             stats,
             config,
@@ -272,8 +276,7 @@ impl Jit {
         if let Some(t) = self.tools.lock().unwrap().get(&lang) {
             return Ok(Arc::clone(t));
         }
-        let dir = self.store.toolchains_dir();
-        let tool = Arc::new(host::resolve(lang, &self.config, Some(&dir))?);
+        let tool = Arc::new(toolchain::resolve(lang, &self.config, Some(&self.store))?);
         self.tools
             .lock()
             .unwrap()
@@ -317,16 +320,21 @@ impl Jit {
     ) -> Result<Fetched> {
         let tool = self.host_tool(req.language)?;
         let source_file = req.language.source_file();
-        let fetched = self.store.get_or_build(&key, &mut |dir| {
-            let src = dir.join(source_file);
-            std::fs::write(&src, &req.source).ctx("writing", &src)?;
+        let fetched = self.store.get_or_build(&key, &mut |staging| {
+            let write = |name: &str, bytes: &[u8]| {
+                let p = staging.join(name);
+                staging
+                    .create_file(name, crate::store::trust::file_mode())
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+                    .ctx("writing", &p)
+            };
+            write(source_file, &req.source)?;
             for (name, bytes) in &req.extra_inputs {
-                let p = dir.join(name);
-                std::fs::write(&p, bytes).ctx("writing", &p)?;
+                write(name, bytes)?;
             }
             crate::store::pause_point("source-written");
             let (compile_time, compiler_output) = tool.compile(
-                dir,
+                staging.path(),
                 source_file,
                 ARTIFACT_FILE,
                 &flags,
@@ -345,7 +353,7 @@ impl Jit {
             Ok(f) => {
                 self.stats.miss(f.meta.compile_ms, f.lock_wait);
                 if !f.is_private() {
-                    crate::ops::clean::auto_prune(&self.config, &self.store);
+                    self.store.auto_prune();
                 }
             }
             Err(Error::Compile(_)) => self.stats.failed(),
@@ -355,7 +363,7 @@ impl Jit {
     }
 
     /// This runtime's usage counters.
-    pub fn stats(&self) -> &crate::stats::Recorder {
+    pub fn stats(&self) -> &crate::store::stats::Recorder {
         &self.stats
     }
 
@@ -363,11 +371,34 @@ impl Jit {
     pub fn build(&self, req: &SourceRequest) -> Result<CacheOutcome> {
         let start = Instant::now();
         let mut f = self.fetch(req, self.key_for(req)?)?;
-        // The caller gets a path to hand on: a private build must outlive this call.
-        f.keep_private();
+        // The caller gets a path to hand on, and will not hold the key's lock: record
+        // the hand-out under the lock this holds, so that collectors leave the entry
+        // (or the private build) alone for `handout_grace`.
+        let valid_until = f.hand_out();
         Ok(CacheOutcome {
+            valid_until,
             key: f.key,
             path: f.artifact_path(),
+            hit: f.hit,
+            elapsed: start.elapsed(),
+            lock_wait: f.lock_wait,
+            warnings: f.warnings.clone(),
+            meta: f.meta.clone(),
+        })
+    }
+
+    /// Compiles through the cache and places a private copy of the artifact at `dest`
+    /// (a hard link where the file system allows, else a copy; atomically, by a rename
+    /// beside it), made under the key's lock. The caller owns `dest`: no collector ever
+    /// touches it. The outcome's `path` is `dest`.
+    pub fn build_copy(&self, req: &SourceRequest, dest: &Path) -> Result<CacheOutcome> {
+        let start = Instant::now();
+        let f = self.fetch(req, self.key_for(req)?)?;
+        f.place_copy(dest)?;
+        Ok(CacheOutcome {
+            valid_until: None,
+            key: f.key,
+            path: dest.to_path_buf(),
             hit: f.hit,
             elapsed: start.elapsed(),
             lock_wait: f.lock_wait,

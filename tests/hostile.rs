@@ -82,7 +82,7 @@ fn non_utf8_file_names_and_base_dirs_work() {
     let req = SourceRequest::from_file(&src).unwrap();
     let c = jit.compile(&req).unwrap();
     assert!(c.path.starts_with(&odd));
-    let rows = xcache::ops::scan::entries(&jit.store().dirs()).unwrap();
+    let rows = jit.store().entries().unwrap();
     assert_eq!(rows.len(), 1);
     assert!(
         rows[0].source.starts_with('k') && rows[0].source.ends_with("rnel.c"),
@@ -130,16 +130,18 @@ fn malformed_compiledir_metadata_is_reported_and_repaired() {
                 .unwrap()
                 .hit
         );
-        let v = xcache::ops::verify::verify(jit.config(), jit.store(), false).unwrap();
+        let v = xcache::ops::verify::verify(jit.store(), false).unwrap();
         assert!(
             v.problems
                 .iter()
-                .any(|p| p.kind == "bad-compiledir-metadata"),
+                .any(|p| p.kind == xcache::ops::verify::ProblemKind::BadCompiledirMetadata),
             "{junk:?}: {v:?}"
         );
-        let v = xcache::ops::verify::verify(jit.config(), jit.store(), true).unwrap();
+        let v = xcache::ops::verify::verify(jit.store(), true).unwrap();
         assert!(v.clean(), "{junk:?}: {v:?}");
-        assert!(xcache::store::read_compiledir_meta(&cd).is_ok());
+        assert!(
+            xcache::store::read_compiledir_meta(&xcache::fsx::Root::open(&cd).unwrap()).is_ok()
+        );
     }
 }
 

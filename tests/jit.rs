@@ -294,7 +294,8 @@ fn last_use_is_recorded_coarsely_through_the_clock() {
     let open = || Jit::with_clock(tc.config(), clock.clone()).unwrap();
     let r = open().build(&saxpy("lu")).unwrap();
     let dir = r.path.parent().unwrap().to_path_buf();
-    let last_use = || xcache::store::entry::last_use(&dir).unwrap();
+    let root = xcache::fsx::Root::open(&dir).unwrap();
+    let last_use = || xcache::store::entry::last_use(&root, "").unwrap();
     assert_eq!(last_use(), t0);
     assert_eq!(r.meta.created, 1_900_000_000);
 
@@ -305,7 +306,8 @@ fn last_use_is_recorded_coarsely_through_the_clock() {
     clock.advance(Duration::from_secs(2 * 3600));
     assert!(open().build(&saxpy("lu")).unwrap().hit);
     assert_eq!(last_use(), t0 + Duration::from_secs(1800 + 7200));
-    let cd_use = xcache::store::entry::last_use(&tc.compiledir()).unwrap();
+    let cd_root = xcache::fsx::Root::open(&tc.compiledir()).unwrap();
+    let cd_use = xcache::store::entry::last_use(&cd_root, "").unwrap();
     assert_eq!(cd_use, t0 + Duration::from_secs(1800 + 7200));
 }
 

@@ -136,9 +136,8 @@ fn crash_at_random_steps_never_leaves_a_broken_cache() {
         let key = rng.next() % 8;
         let point = points[(rng.next() % points.len() as u64) as usize];
         // Kill only builds: make sure this key is a miss.
-        let dirs = jit.store().dirs();
         let (k, _, _) = jit.key_for(&request(key)).unwrap();
-        let _ = xcache::store::remove_entry(&dirs, &k);
+        let _ = jit.store().remove_entry(&k, true);
         let child = worker_command("crash_worker", &base)
             .env("XC_KEY", key.to_string())
             .env("__XCACHE_TEST_PAUSE", format!("{point}:{}", ctl.display()))
@@ -160,11 +159,11 @@ fn crash_at_random_steps_never_leaves_a_broken_cache() {
         let fresh = Jit::new(config_at(&base)).unwrap();
         call(&fresh, key).unwrap_or_else(|e| panic!("round {round} ({point}): {e}"));
         // Nothing is broken: every entry verifies.
-        let v = verify::verify(fresh.config(), fresh.store(), false).unwrap();
+        let v = verify::verify(fresh.store(), false).unwrap();
         let broken: Vec<_> = v
             .problems
             .iter()
-            .filter(|p| p.kind != "stale-staging")
+            .filter(|p| p.kind != verify::ProblemKind::Leftover)
             .collect();
         assert!(broken.is_empty(), "round {round} ({point}): {broken:?}");
         assert_eq!(v.ok, v.entries, "round {round}: an entry failed its check");
@@ -186,12 +185,7 @@ fn crash_at_random_steps_never_leaves_a_broken_cache() {
         SystemTime::now() + Duration::from_secs(2 * 3600),
     ));
     let jit_later = Jit::with_clock(config_at(&base), later).unwrap();
-    clean::prune(
-        jit_later.config(),
-        jit_later.store(),
-        &clean::PruneOptions::default(),
-    )
-    .unwrap();
+    clean::prune(jit_later.store(), &clean::PruneOptions::default()).unwrap();
     assert_eq!(
         staged("build-"),
         0,
@@ -232,22 +226,24 @@ fn race_worker() {
                     max_size: Some(64 << 10),
                     ..Default::default()
                 };
-                if let Err(e) = clean::prune(&config, jit.store(), &opts) {
+                if let Err(e) = clean::prune(jit.store(), &opts) {
                     failures.push(format!("prune: {e}"));
                 }
             }
             88..=93 => {
-                if let Err(e) = clean::clear(jit.store()) {
+                if let Err(e) = clean::clear(jit.store(), false, false) {
                     failures.push(format!("clear: {e}"));
                 }
             }
-            _ => match verify::verify(&config, jit.store(), false) {
+            _ => match verify::verify(jit.store(), false) {
                 Ok(v) => {
-                    for p in v
-                        .problems
-                        .iter()
-                        .filter(|p| p.kind == "corrupt-entry" || p.kind == "unreadable-entry")
-                    {
+                    for p in v.problems.iter().filter(|p| {
+                        matches!(
+                            p.kind,
+                            verify::ProblemKind::CorruptEntry
+                                | verify::ProblemKind::UnreadableEntry
+                        )
+                    }) {
                         failures.push(format!("verify: {}: {}", p.path.display(), p.detail));
                     }
                 }

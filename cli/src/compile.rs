@@ -46,6 +46,12 @@ pub struct CompileArgs {
     /// Load the result and check that it exports SYMBOL (repeatable).
     #[arg(long = "symbol", short = 's', value_name = "SYMBOL")]
     symbols: Vec<String>,
+    /// Place a private copy of the library at FILE (a hard link where possible, else a
+    /// copy; atomically) and print FILE: the caller owns it, and no cache cleanup ever
+    /// removes it. Without --out, the printed path is the cache's own, valid for
+    /// handout_grace (60s by default) against clear, prune and purge.
+    #[arg(long, value_name = "FILE", conflicts_with = "symbols")]
+    out: Option<PathBuf>,
     /// Print a JSON object instead of the path.
     #[arg(long)]
     json: bool,
@@ -81,6 +87,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         flags,
         includes,
         symbols,
+        out: out_file,
         json,
     } = args;
 
@@ -110,8 +117,13 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         }
         (None, None) => unreachable!("clap requires a source or a template"),
     };
+    let mut valid_until = None;
     let report = if symbols.is_empty() {
-        let r = jit.build(&req)?;
+        let r = match out_file {
+            Some(dest) => jit.build_copy(&req, dest)?,
+            None => jit.build(&req)?,
+        };
+        valid_until = r.valid_until;
         CompileReport {
             key: r.key,
             compile_ms: r.meta.compile_ms,
@@ -162,6 +174,8 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             "loaded": report.loaded,
             "compiledir": jit.store().compiledir(),
             "warnings": report.warnings,
+            "valid_until": valid_until.map(xcache::clock::unix_secs),
+            "private_copy": out_file.is_some(),
         });
         writeln!(out, "{v}")?;
     } else {

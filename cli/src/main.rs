@@ -14,6 +14,7 @@ use xcache::ops;
 use xcache::{Config, Jit, Store};
 
 mod compile;
+mod human;
 mod show;
 mod warm;
 
@@ -63,14 +64,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Delete every entry of the current compiledir (entries in use are skipped).
+    /// Delete every entry of the current compiledir. Entries in use by another process
+    /// are skipped, and so are entries whose path was handed out (printed by `xcache
+    /// compile`) within handout_grace, unless --force.
     Clear {
+        /// Also remove entries whose path was handed out recently (entries in use by
+        /// another process are still skipped).
+        #[arg(long)]
+        force: bool,
+        /// Only list what would be removed and the bytes it would free.
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove the current compiledir.
     Purge {
+        /// Only list what would be removed and the bytes it would free.
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -169,6 +182,9 @@ enum BaseAction {
     },
     /// Remove every compiledir and the CACHEDIR.TAG (refused without xcache's tag).
     Purge {
+        /// Only list what would be removed and the bytes it would free.
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -260,18 +276,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Some(BaseAction::List { json }) => {
                     let store = Store::open(&config)?;
-                    let rows = ops::clean::list_compiledirs(&config, &store)?;
+                    let rows = ops::clean::list_compiledirs(&store)?;
                     show::compiledirs(&mut out, &rows, &store, *json)?;
                 }
-                Some(BaseAction::Purge { json }) => {
+                Some(BaseAction::Purge { dry_run, json }) => {
                     // Check before opening: opening would create (and tag) the directory.
                     let base = config.base_dir()?;
                     if !ops::clean::is_xcache_base(&base) {
                         anyhow::bail!(ops::clean::not_an_xcache_base(&base));
                     }
                     let store = Store::open(&config)?;
-                    let report = ops::clean::purge_base(&config, &store)?;
-                    show::clean(&mut out, &report, *json)?;
+                    let report = ops::clean::purge_base(&store, *dry_run)?;
+                    show::clean(&mut out, &report, &store, *json)?;
                 }
             }
             ExitCode::SUCCESS
@@ -280,26 +296,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::List { all, sort, json }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
-            let rows = ops::list::list(&config, &store, *all, *sort)?;
+            let rows = ops::list::list(&store, *all, *sort)?;
             show::entries(&mut out, &rows, &store, *all, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::Size { all, json }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
-            let report = ops::size::size(&config, &store, *all)?;
+            let report = ops::size::size(&store, *all)?;
             show::size(&mut out, &report, *json)?;
             ExitCode::SUCCESS
         }
-        Some(Command::Clear { json }) => {
+        Some(Command::Clear {
+            force,
+            dry_run,
+            json,
+        }) => {
             let store = Store::open(&config(&cli)?)?;
-            show::clean(&mut out, &ops::clean::clear(&store)?, *json)?;
+            let report = ops::clean::clear(&store, *force, *dry_run)?;
+            show::clean(&mut out, &report, &store, *json)?;
             ExitCode::SUCCESS
         }
-        Some(Command::Purge { json }) => {
-            let config = config(&cli)?;
-            let store = Store::open(&config)?;
-            show::clean(&mut out, &ops::clean::purge(&config, &store)?, *json)?;
+        Some(Command::Purge { dry_run, json }) => {
+            let store = Store::open(&config(&cli)?)?;
+            show::clean(
+                &mut out,
+                &ops::clean::purge(&store, *dry_run)?,
+                &store,
+                *json,
+            )?;
             ExitCode::SUCCESS
         }
         Some(Command::Prune {
@@ -317,21 +342,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 stale: *stale,
                 dry_run: *dry_run,
             };
-            show::clean(&mut out, &ops::clean::prune(&config, &store, &opts)?, *json)?;
+            show::clean(&mut out, &ops::clean::prune(&store, &opts)?, &store, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::Warm(args)) => warm::run(&mut out, config(&cli)?, args)?,
         Some(Command::Stats { zero, json }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
-            let rows = ops::stats::stats(&config, &store, *zero)?;
+            let rows = ops::stats::stats(&store, *zero)?;
             show::stats(&mut out, &rows, *zero, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::Verify { repair, json }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
-            let report = ops::verify::verify(&config, &store, *repair)?;
+            let report = ops::verify::verify(&store, *repair)?;
             show::verify(&mut out, &report, *repair, *json)?;
             status(report.clean())
         }

@@ -5,11 +5,13 @@ use std::io::Write;
 use anyhow::Result;
 use serde_json::json;
 use xcache::compile::template::Template;
-use xcache::ops::clean::{CleanReport, CompiledirRow};
+use xcache::ops::clean::{Action, CleanReport, CompiledirRow, ItemKind, Mark, Reason, Skip};
 use xcache::ops::demo::DemoReport;
 use xcache::ops::doctor::{DoctorReport, Status};
-use xcache::ops::human;
-use xcache::ops::scan::EntryRow;
+use xcache::ops::list::EntryRow;
+use xcache::store::gc::policy::{RemoveWhy, StaleWhy};
+
+use crate::human;
 use xcache::ops::size::SizeReport;
 use xcache::ops::stats::StatsRow;
 use xcache::ops::verify::VerifyReport;
@@ -276,11 +278,96 @@ pub fn size(out: &mut impl Write, r: &SizeReport, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What kind of thing an action is about, in a word.
+fn item_kind(k: ItemKind) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Why a compiledir is stale, in words.
+pub fn stale_words(w: &StaleWhy) -> String {
+    match w {
+        StaleWhy::Unused {
+            unused_secs,
+            limit_secs,
+        } => format!(
+            "unused for {} (stale_after is {})",
+            human::duration(std::time::Duration::from_secs(*unused_secs)),
+            human::duration(std::time::Duration::from_secs(*limit_secs))
+        ),
+        StaleWhy::OlderRuntime { runtime, current } => {
+            format!("older runtime {runtime} (current {current})")
+        }
+        StaleWhy::OlderKernel { kernel, current } => {
+            format!("older kernel {kernel} (current {current})")
+        }
+        StaleWhy::OlderLayout { layout, current } => {
+            format!("older layout xc{layout} (current xc{current})")
+        }
+    }
+}
+
+fn leftover_words(w: &RemoveWhy) -> String {
+    match w {
+        RemoveWhy::CrashedBuild => "left by a build that stopped".into(),
+        RemoveWhy::InterruptedRemoval => "left by an interrupted removal".into(),
+        RemoveWhy::TooManyFailures { keep } => {
+            format!("failed build beyond the {keep} newest kept per key")
+        }
+        RemoveWhy::KeptLongEnough => "kept for inspection longer than stale_after".into(),
+        RemoveWhy::AbandonedPrivate => "private build nobody uses".into(),
+        RemoveWhy::Purged => "purge".into(),
+    }
+}
+
+fn reason_words(a: &Action, now: u64) -> String {
+    let used = || age_or_dash(a.last_use, now);
+    match &a.reason {
+        Reason::Clear => "clear".into(),
+        Reason::Purge => "purge".into(),
+        Reason::OlderThan { limit_secs } => format!(
+            "unused since {}, limit {}",
+            used(),
+            human::duration(std::time::Duration::from_secs(*limit_secs))
+        ),
+        Reason::OverSize { max_size } => format!(
+            "least recently used ({}), over {}",
+            used(),
+            human::size(*max_size)
+        ),
+        Reason::Stale { stale } => stale_words(stale),
+        Reason::Leftover { leftover } => leftover_words(leftover),
+    }
+}
+
+fn skip_words(s: &Skip, now: u64) -> String {
+    match s {
+        Skip::DryRun => "dry run".into(),
+        Skip::InUse => "in use by another process (its lock is held)".into(),
+        Skip::HandedOut { until } => format!(
+            "its path was handed out: protected for {} more (--force removes it)",
+            human::duration(std::time::Duration::from_secs(until.saturating_sub(now)))
+        ),
+        Skip::EntriesInUse { count } => format!(
+            "{count} {} in use or handed out",
+            if *count == 1 { "entry" } else { "entries" }
+        ),
+        Skip::BuildInProgress => "a build is in progress in it".into(),
+        Skip::NotOurs => "no compiledir.json: not made by xcache, left alone".into(),
+        Skip::ForeignFiles { path } => {
+            format!("files not made by xcache are left in {}", path.display())
+        }
+    }
+}
+
 /// `xcache clear`, `purge`, `prune`, `basecompiledir purge`.
-pub fn clean(out: &mut impl Write, r: &CleanReport, json: bool) -> Result<()> {
+pub fn clean(out: &mut impl Write, r: &CleanReport, store: &Store, json: bool) -> Result<()> {
     if json {
         return json_out(out, r);
     }
+    let now = now_secs(store);
     let cells: Vec<Vec<String>> = r
         .actions
         .iter()
@@ -288,11 +375,11 @@ pub fn clean(out: &mut impl Write, r: &CleanReport, json: bool) -> Result<()> {
             vec![
                 match &a.skipped {
                     None => "removed".into(),
-                    Some(s) if s == "dry run" => "would remove".into(),
+                    Some(Skip::DryRun) => "would remove".into(),
                     Some(_) => "kept".into(),
                 },
-                a.kind.to_string(),
-                if a.kind == "entry" {
+                item_kind(a.kind),
+                if a.kind == ItemKind::Entry {
                     a.name[..12.min(a.name.len())].to_string()
                 } else {
                     a.name.clone()
@@ -300,8 +387,8 @@ pub fn clean(out: &mut impl Write, r: &CleanReport, json: bool) -> Result<()> {
                 a.source.clone(),
                 human::size(a.bytes),
                 match &a.skipped {
-                    Some(s) if s != "dry run" => format!("{}; {s}", a.reason),
-                    _ => a.reason.clone(),
+                    Some(Skip::DryRun) | None => reason_words(a, now),
+                    Some(s) => format!("{}; {}", reason_words(a, now), skip_words(s, now)),
                 },
             ]
         })
@@ -316,14 +403,16 @@ pub fn clean(out: &mut impl Write, r: &CleanReport, json: bool) -> Result<()> {
     let verb = if r.dry_run { "would free" } else { "freed" };
     writeln!(
         out,
-        "{} entries, {verb} {}{}",
+        "{} {}, {verb} {}{}",
         r.removed_entries,
+        if r.removed_entries == 1 {
+            "entry"
+        } else {
+            "entries"
+        },
         human::size(r.freed_bytes),
         if r.skipped > 0 {
-            format!(
-                "; {} left in place (in use by other processes, or not xcache's)",
-                r.skipped
-            )
+            format!("; {} left in place (see WHY)", r.skipped)
         } else {
             String::new()
         }
@@ -346,12 +435,17 @@ pub fn compiledirs(
         .iter()
         .map(|r| {
             vec![
-                r.mark.to_string(),
+                match r.mark {
+                    Mark::Current => "current",
+                    Mark::Stale => "stale",
+                    Mark::Other => "other",
+                }
+                .to_string(),
                 r.name.clone(),
                 r.entries.to_string(),
                 human::size(r.bytes),
                 age_or_dash(r.last_use, now),
-                r.reason.clone().unwrap_or_default(),
+                r.reason.as_ref().map(stale_words).unwrap_or_default(),
             ]
         })
         .collect();
@@ -447,7 +541,11 @@ pub fn verify(out: &mut impl Write, r: &VerifyReport, repair: bool, json: bool) 
             }
             None => String::new(),
         };
-        writeln!(out, "{}: {}: {}{fix}", p.kind, p.path.display(), p.detail)?;
+        let kind = serde_json::to_value(p.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        writeln!(out, "{kind}: {}: {}{fix}", p.path.display(), p.detail)?;
     }
     writeln!(
         out,

@@ -47,8 +47,11 @@ fn hold(entry_dir: &Path) -> xcache::store::lock::LockGuard {
         .unwrap()
         .parent()
         .unwrap();
-    let lock = cd.join("locks").join(&key[..2]).join(format!("{key}.lock"));
-    xcache::store::lock::lock_shared(&lock).unwrap()
+    let root = xcache::fsx::Root::open(cd).unwrap();
+    let lock = Path::new("locks")
+        .join(&key[..2])
+        .join(format!("{key}.lock"));
+    xcache::store::lock::lock_shared(&root, &lock).unwrap()
 }
 
 fn keys(v: &Value) -> Vec<String> {
@@ -165,14 +168,11 @@ fn clear_skips_entries_in_use_and_says_so() {
         .filter(|a| !a["skipped"].is_null())
         .collect();
     assert_eq!(kept.len(), 1);
-    assert!(
-        kept[0]["skipped"].as_str().unwrap().contains("in use"),
-        "{v}"
-    );
+    assert_eq!(kept[0]["skipped"]["why"], "in-use", "{v}");
     assert!(!dirs[0].exists() && dirs[1].exists() && !dirs[2].exists());
     drop(guard);
     let text = stdout(&env.run(&["clear"]));
-    assert!(text.contains("1 entries, freed"), "{text}");
+    assert!(text.contains("1 entry, freed"), "{text}");
     assert!(env.json(&["list", "--json"]).as_array().unwrap().is_empty());
 }
 
@@ -281,8 +281,8 @@ fn prune_collects_crashed_staging_after_the_grace_period() {
     let env = Env::new();
     populate(&env, &["a.c"]);
     let tmp = env.compiledir().join("tmp");
-    let old = tmp.join("build-0123456789abcdef-dead");
-    let fresh = tmp.join("build-fedcba9876543210-live");
+    let old = tmp.join(format!("build-{}-1-0-dead", "0".repeat(64)));
+    let fresh = tmp.join(format!("build-{}-2-0-live", "f".repeat(64)));
     for d in [&old, &fresh] {
         std::fs::create_dir_all(d).unwrap();
         std::fs::write(d.join("source.c"), "int x;").unwrap();
@@ -627,7 +627,7 @@ fn verify_finds_and_repairs() {
     let orphan = cd.join("locks/ee").join(format!("{}.lock", "e".repeat(64)));
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::write(&orphan, "").unwrap();
-    let staging = cd.join("tmp/build-0000000000000000-crashed");
+    let staging = cd.join(format!("tmp/build-{}-1-0-crashed", "0".repeat(64)));
     std::fs::create_dir_all(&staging).unwrap();
     set_mtime(&staging, 3 * 3600);
 
@@ -638,7 +638,7 @@ fn verify_finds_and_repairs() {
         "corrupt-entry",
         "hash",
         "orphan-lock",
-        "stale-staging",
+        "leftover",
         "--repair",
     ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
@@ -776,7 +776,7 @@ fn completions_and_man_page() {
 #[test]
 fn automatic_prune_keeps_the_compiledir_under_max_size() {
     let env = Env::new();
-    let flags = "max_size=40KiB,low_water=0.5,auto_prune_interval=0s";
+    let flags = "max_size=40KiB,low_water=0.5,auto_prune_interval=0s,handout_grace=0s";
     for i in 0..6 {
         let s = env.file(
             &format!("k{i}.c"),

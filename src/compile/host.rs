@@ -2,11 +2,8 @@
 //! host and opt level are set here), fingerprinted, and run to build shared objects.
 //!
 //! Finding the compiler with the `cc` crate runs it once (to tell gcc from clang), and
-//! `--version` runs it again: two process spawns that a cache hit must not pay. So the
-//! resolution is cached in `toolchains/` of the compiledir, keyed by everything that
-//! can change it (language, target, opt level, the `cc`/`cxx` settings, and the
-//! environment variables the `cc` crate reads, `PATH` included), and trusted only while
-//! the compiler binary's size and mtime are unchanged.
+//! `--version` runs it again: two process spawns that a cache hit must not pay, so
+//! [`super::toolchain`] records the resolution in the compiledir.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -40,16 +37,8 @@ pub struct HostTool {
     pub cuda_arch: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct ToolRecord {
-    inputs: String,
-    tool: HostTool,
-    size: u64,
-    mtime_ns: i128,
-}
-
 /// Environment variables the `cc` crate consults when it picks a compiler and flags.
-fn relevant_env() -> Vec<(String, String)> {
+pub(crate) fn relevant_env() -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
         .filter(|(k, _)| {
@@ -63,107 +52,6 @@ fn relevant_env() -> Vec<(String, String)> {
         .collect();
     v.sort();
     v
-}
-
-fn resolution_inputs(lang: Language, config: &Config) -> String {
-    let mut h = blake3::Hasher::new();
-    let mut put = |s: &str| {
-        h.update(&(s.len() as u64).to_le_bytes());
-        h.update(s.as_bytes());
-    };
-    put("host-tool-v1");
-    put(lang.name());
-    put(HOST_TARGET);
-    put(&config.opt_level);
-    put(config.cc.as_deref().unwrap_or(""));
-    put(config.cxx.as_deref().unwrap_or(""));
-    put(config.nvcc.as_deref().unwrap_or(""));
-    put(match config.compiler_check {
-        CompilerCheck::Mtime => "mtime",
-        CompilerCheck::Content => "content",
-    });
-    for (k, v) in relevant_env() {
-        put(&k);
-        put(&v);
-    }
-    h.finalize().to_hex()[..32].to_string()
-}
-
-fn mtime_ns(md: &std::fs::Metadata) -> i128 {
-    md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128
-}
-
-/// Finds the compiler for `lang`, from the cache in `toolchains_dir` when it is still
-/// valid, else through the `cc` crate (and then records it there, if writable).
-pub fn resolve(lang: Language, config: &Config, toolchains_dir: Option<&Path>) -> Result<HostTool> {
-    let inputs = resolution_inputs(lang, config);
-    let record_path = toolchains_dir.map(|d| {
-        d.join(format!(
-            "host-{}-{inputs}.json",
-            lang.name().replace('+', "x")
-        ))
-    });
-    if let Some(p) = &record_path {
-        if let Some(tool) = read_record(p, &inputs, config) {
-            return Ok(with_arch(lang, tool, config));
-        }
-    }
-    let tool = match lang {
-        Language::Cuda => super::nvcc::resolve_fresh(config, toolchains_dir)?,
-        _ => resolve_fresh(lang, config)?,
-    };
-    if let Some(p) = &record_path {
-        let md = std::fs::metadata(&tool.toolchain.path);
-        if let Ok(md) = md {
-            let rec = ToolRecord {
-                inputs,
-                tool: tool.clone(),
-                size: md.len(),
-                mtime_ns: mtime_ns(&md),
-            };
-            let json = serde_json::to_vec_pretty(&rec).expect("serialises");
-            if let Err(e) = crate::store::write_atomic(p, &json) {
-                log::debug!("not caching the compiler resolution: {e}");
-            }
-        }
-    }
-    Ok(with_arch(lang, tool, config))
-}
-
-/// The GPU arch is decided per process (setting, else the local GPU), not recorded:
-/// a machine's GPU can change under an unchanged nvcc.
-fn with_arch(lang: Language, mut tool: HostTool, config: &Config) -> HostTool {
-    if lang == Language::Cuda {
-        tool.cuda_arch = Some(super::nvcc::arch(config));
-    }
-    tool
-}
-
-fn read_record(path: &Path, inputs: &str, config: &Config) -> Option<HostTool> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    // The record names a program xcache runs: only trust one that nobody else could
-    // have written.
-    if let Some(why) = crate::store::entry::untrusted("toolchain record", &file.metadata().ok()?) {
-        log::warn!("ignoring {}: {why}", path.display());
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
-    let rec: ToolRecord = serde_json::from_slice(&bytes).ok()?;
-    if rec.inputs != inputs {
-        return None;
-    }
-    let md = std::fs::metadata(&rec.tool.toolchain.path).ok()?;
-    if md.len() != rec.size || mtime_ns(&md) != rec.mtime_ns {
-        return None; // the compiler was upgraded: resolve again
-    }
-    let mut tool = rec.tool;
-    if config.compiler_check == CompilerCheck::Content {
-        tool.toolchain.binary =
-            binary_id(Path::new(&tool.toolchain.path), config.compiler_check).ok()?;
-    }
-    Some(tool)
 }
 
 fn find_in_path(program: &Path) -> Option<PathBuf> {
@@ -198,7 +86,7 @@ pub(crate) fn binary_id(path: &Path, check: CompilerCheck) -> std::io::Result<St
     }
 }
 
-fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool> {
+pub(crate) fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool> {
     let mut build = cc::Build::new();
     build
         .target(HOST_TARGET)

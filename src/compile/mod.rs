@@ -5,6 +5,7 @@ pub mod expr;
 pub mod host;
 pub mod nvcc;
 pub mod template;
+pub mod toolchain;
 
 use std::path::Path;
 

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use super::host::{self, HostTool};
-use super::Language;
+
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::key::Toolchain;
@@ -32,7 +32,8 @@ pub fn arch(config: &Config) -> String {
 }
 
 /// Finds and fingerprints nvcc and its host compiler.
-pub fn resolve_fresh(config: &Config, toolchains_dir: Option<&Path>) -> Result<HostTool> {
+/// `host` is the resolved C++ compiler, which nvcc runs for host code (`-ccbin`).
+pub fn resolve_fresh(config: &Config, host: &HostTool) -> Result<HostTool> {
     let found = match &config.nvcc {
         Some(p) => Found {
             path: PathBuf::from(p),
@@ -61,7 +62,6 @@ pub fn resolve_fresh(config: &Config, toolchains_dir: Option<&Path>) -> Result<H
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
-    let host = host::resolve(Language::Cxx, config, toolchains_dir)?;
     let version = format!(
         "{}\nhost compiler {}: {}",
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -87,22 +87,6 @@ pub fn resolve_fresh(config: &Config, toolchains_dir: Option<&Path>) -> Result<H
         },
         cuda_arch: None,
     })
-}
-
-/// Checks a `cuda_arch` value: `sm_` then digits, optionally a letter (`sm_90a`).
-pub fn check_arch(a: &str) -> std::result::Result<(), String> {
-    let rest = a
-        .strip_prefix("sm_")
-        .ok_or("an arch such as sm_80 or sm_90a")?;
-    let digits = rest.trim_end_matches(|c: char| c.is_ascii_lowercase());
-    if digits.len() >= 2
-        && digits.chars().all(|c| c.is_ascii_digit())
-        && rest.len() - digits.len() <= 1
-    {
-        Ok(())
-    } else {
-        Err("an arch such as sm_80 or sm_90a".into())
-    }
 }
 
 /// Where nvcc was found, and how.

@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::compile::{host, nvcc, Language};
+use crate::compile::{nvcc, Language};
 use crate::config::Config;
 use crate::error::Result;
-use crate::ops::{human, scan};
 use crate::runtime::LoadedLibrary;
 use crate::store::{trust, Store};
 
@@ -94,7 +93,7 @@ fn dir_check(name: &'static str, dir: &Path) -> Check {
     }
     let writable = tempfile::tempfile_in(dir).is_ok();
     let free = free_bytes(dir)
-        .map(human::size)
+        .map(|b| format!("{} MiB", b >> 20))
         .unwrap_or_else(|| "?".into());
     Check {
         name,
@@ -113,7 +112,7 @@ fn dir_check(name: &'static str, dir: &Path) -> Check {
 }
 
 fn compiler_check(name: &'static str, lang: Language, config: &Config, store: &Store) -> Check {
-    let tool = match host::resolve(lang, config, Some(&store.toolchains_dir())) {
+    let tool = match crate::compile::toolchain::resolve(lang, config, Some(store)) {
         Ok(t) => t,
         Err(e) => {
             return Check {
@@ -218,7 +217,7 @@ pub fn doctor(config: &Config, store: &Store) -> Result<DoctorReport> {
     checks.push(dir_check("base dir", store.base_dir()));
     let mut cd = dir_check("compiledir", store.compiledir());
     if cd.status == Status::Ok {
-        let n = scan::entry_dirs(&store.dirs())?.len();
+        let n = crate::store::scan::entry_keys(store.root())?.len();
         cd.detail.push_str(&format!(", {n} entries"));
     }
     checks.push(cd);

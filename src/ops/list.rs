@@ -2,10 +2,11 @@
 
 use std::str::FromStr;
 
-use crate::config::Config;
 use crate::error::Result;
-use crate::ops::scan::{self, EntryRow};
-use crate::store::{Dirs, Store};
+use crate::store::scan;
+use crate::store::Store;
+
+pub use crate::store::scan::EntryRow;
 
 /// Orders for `list --sort`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,15 +48,17 @@ pub fn sort(rows: &mut [EntryRow], by: SortBy) {
 
 /// The entries of the current compiledir, or (`all`) of every compiledir under the
 /// base dir, sorted.
-pub fn list(config: &Config, store: &Store, all: bool, by: SortBy) -> Result<Vec<EntryRow>> {
+pub fn list(store: &Store, all: bool, by: SortBy) -> Result<Vec<EntryRow>> {
     let mut rows = if all {
         let mut rows = Vec::new();
-        for cd in scan::compiledirs_of(config, store)? {
-            rows.extend(scan::entries(&Dirs::new(&cd.path))?);
+        for cd in store.compiledirs()? {
+            if let Ok(root) = store.base_root().open_dir(&cd.name) {
+                rows.extend(scan::entries(&root)?);
+            }
         }
         rows
     } else {
-        scan::entries(&store.dirs())?
+        store.entries()?
     };
     sort(&mut rows, by);
     Ok(rows)

@@ -4,9 +4,8 @@
 pub mod clean;
 pub mod demo;
 pub mod doctor;
-pub mod human;
+
 pub mod list;
-pub mod scan;
 pub mod size;
 pub mod stats;
 pub mod verify;

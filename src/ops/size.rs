@@ -2,10 +2,8 @@
 
 use serde::Serialize;
 
-use crate::config::Config;
 use crate::error::Result;
-use crate::ops::scan;
-use crate::store::{Dirs, Store};
+use crate::store::{layout, scan, Store};
 
 /// One compiledir's size. `xcache size --json` prints `{compiledirs: [..], total}`.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -34,25 +32,27 @@ pub struct SizeReport {
 }
 
 /// Sizes of the current compiledir, or (`all`) of every compiledir.
-pub fn size(config: &Config, store: &Store, all: bool) -> Result<SizeReport> {
+pub fn size(store: &Store, all: bool) -> Result<SizeReport> {
     let mut rows = Vec::new();
-    for cd in scan::compiledirs_of(config, store)? {
+    for cd in store.compiledirs()? {
         if !all && !cd.current {
             continue;
         }
-        let dirs = Dirs::new(&cd.path);
+        let Ok(root) = store.base_root().open_dir(&cd.name) else {
+            continue;
+        };
         let mut row = SizeRow {
             compiledir: cd.name,
             current: cd.current,
             ..SizeRow::default()
         };
-        let found = scan::entry_dirs(&dirs)?;
-        let sizes = scan::parallel_map(&found, |(_, dir)| crate::store::dir_bytes(dir));
-        row.entries = found.len() as u64;
+        let keys = scan::entry_keys(&root)?;
+        let sizes = scan::parallel_map(&keys, |k| crate::store::dir_bytes(&root, layout::entry(k)));
+        row.entries = keys.len() as u64;
         row.entries_bytes = sizes.iter().map(|s| s.0).sum();
         let entries_disk: u64 = sizes.iter().map(|s| s.1).sum();
         // Everything else (staging, locks, quarantine, ...): small, walked once.
-        let (other_apparent, other_disk) = scan::tree_bytes_except_entries(&cd.path);
+        let (other_apparent, other_disk) = scan::tree_bytes(&root, "", &[layout::ENTRIES]);
         row.apparent_bytes = row.entries_bytes + other_apparent;
         row.disk_bytes = entries_disk + other_disk;
         rows.push(row);

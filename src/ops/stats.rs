@@ -1,13 +1,11 @@
 //! `xcache stats [--zero]`: the counters of every compiledir that has some (see
-//! [`crate::stats`] for how they are kept without contention).
+//! [`crate::store::stats`] for how they are kept without contention).
 
 use serde::Serialize;
 
-use crate::config::Config;
 use crate::error::Result;
-use crate::ops::scan;
-use crate::stats::{collect, Counters};
-use crate::store::Store;
+use crate::store::stats::{collect, Counters};
+use crate::store::{layout, Store};
 
 /// One compiledir's counters. `xcache stats --json` prints an array of these.
 #[derive(Debug, Clone, Serialize)]
@@ -22,17 +20,19 @@ pub struct StatsRow {
 }
 
 /// Counters per compiledir (the current one always listed); `zero` resets them all.
-pub fn stats(config: &Config, store: &Store, zero: bool) -> Result<Vec<StatsRow>> {
+pub fn stats(store: &Store, zero: bool) -> Result<Vec<StatsRow>> {
     let mut rows = Vec::new();
-    for cd in scan::compiledirs_of(config, store)? {
-        let dir = cd.path.join("stats");
-        if !cd.current && !dir.exists() {
+    for cd in store.compiledirs()? {
+        let Ok(root) = store.base_root().open_dir(&cd.name) else {
+            continue;
+        };
+        if !cd.current && root.lstat_fast(layout::STATS).is_err() {
             continue;
         }
         rows.push(StatsRow {
             compiledir: cd.name,
             current: cd.current,
-            counters: collect(&dir, zero)?,
+            counters: collect(&root, zero)?,
         });
     }
     Ok(rows)

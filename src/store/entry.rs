@@ -1,21 +1,25 @@
-//! One entry: `lib.so`, the source, `entry.json` (written last) and `last-use`.
+//! One entry: `lib.so`, the source, `entry.json` (written last), `last-use` and
+//! `handed-out`. Everything is read through the entry directory's descriptor, without
+//! following links (see [`crate::fsx`]).
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::key::{Key, KeyMaterial};
-use crate::error::{IoContext, Result};
+use super::layout;
+use crate::error::{Error, Result};
+use crate::fsx::{OpenHow, Root};
 
 /// Metadata file of an entry; its presence marks a complete entry.
-pub const ENTRY_FILE: &str = "entry.json";
+pub const ENTRY_FILE: &str = layout::ENTRY_META;
 /// The compiled shared object.
-pub const ARTIFACT_FILE: &str = "lib.so";
+pub const ARTIFACT_FILE: &str = layout::ARTIFACT;
 /// Empty file whose mtime is the entry's last use.
-pub const LAST_USE_FILE: &str = "last-use";
+pub const LAST_USE_FILE: &str = layout::LAST_USE;
 
 /// The artifact's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,12 +125,13 @@ impl From<Corruption> for VerifyError {
     }
 }
 
-/// blake3 and size of a file.
+/// blake3 and size of a file (a compiler binary; not for files in the cache).
 pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     hash_open_file(&File::open(path)?)
 }
 
-fn hash_open_file(f: &File) -> std::io::Result<(String, u64)> {
+/// blake3 and size of an open file, read from its start.
+pub fn hash_open_file(f: &File) -> std::io::Result<(String, u64)> {
     let mut h = blake3::Hasher::new();
     let n = std::io::copy(&mut &*f, &mut h)?;
     Ok((h.finalize().to_hex().to_string(), n))
@@ -135,16 +140,38 @@ fn hash_open_file(f: &File) -> std::io::Result<(String, u64)> {
 /// Why a file or directory must not be trusted (see [`super::trust`]).
 pub use super::trust::untrusted;
 
+/// Opens a file of an entry for reading without following a link; a link or a missing
+/// file is the entry's fault (`missing`), anything else this process's.
+fn open_in_entry(
+    entry: &Root,
+    name: &str,
+    missing: Corruption,
+) -> std::result::Result<File, VerifyError> {
+    match entry.open_file(name, OpenHow::read()) {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing.into()),
+        Err(e) if crate::fsx::is_link_refusal(&e) => Err(Corruption::Untrusted(format!(
+            "{name} is a symbolic link, which xcache never makes or follows"
+        ))
+        .into()),
+        Err(e) => Err(VerifyError::Io(entry.join(name), e)),
+    }
+}
+
+fn read_all(
+    mut f: File,
+    path: impl FnOnce() -> std::path::PathBuf,
+) -> std::result::Result<Vec<u8>, VerifyError> {
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| VerifyError::Io(path(), e))?;
+    Ok(bytes)
+}
+
 /// Reads and parses an entry's metadata, checking it names `key`.
-pub fn read_meta(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
-    let path = dir.join(ENTRY_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Corruption::MissingMetadata.into())
-        }
-        Err(e) => return Err(VerifyError::Io(path, e)),
-    };
+pub fn read_meta(entry: &Root, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
+    let f = open_in_entry(entry, ENTRY_FILE, Corruption::MissingMetadata)?;
+    let bytes = read_all(f, || entry.join(ENTRY_FILE))?;
     Ok(parse_meta(&bytes, key)?)
 }
 
@@ -200,15 +227,23 @@ pub struct ListedKeyMaterial {
 }
 
 /// Reads the parts of `entry.json` that `list` shows, checking it names `key`.
-pub fn read_listed(dir: &Path, key: &Key) -> std::result::Result<ListedMeta, VerifyError> {
-    let path = dir.join(ENTRY_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+/// `compiledir` is the compiledir's root; the entry is found by its key.
+pub fn read_listed(compiledir: &Root, key: &Key) -> std::result::Result<ListedMeta, VerifyError> {
+    let rel = layout::entry(key).join(ENTRY_FILE);
+    let f = match compiledir.open_file(&rel, OpenHow::read()) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Corruption::MissingMetadata.into())
         }
-        Err(e) => return Err(VerifyError::Io(path, e)),
+        Err(e) if crate::fsx::is_link_refusal(&e) => {
+            return Err(Corruption::Untrusted(format!(
+                "{ENTRY_FILE} or its entry is a symbolic link, which xcache never makes or follows"
+            ))
+            .into())
+        }
+        Err(e) => return Err(VerifyError::Io(compiledir.join(&rel), e)),
     };
+    let bytes = read_all(f, || compiledir.join(&rel))?;
     let mut meta: ListedMeta =
         serde_json::from_slice(&bytes).map_err(|e| Corruption::BadMetadata(e.to_string()))?;
     if meta.key != key.hex() {
@@ -219,23 +254,18 @@ pub fn read_listed(dir: &Path, key: &Key) -> std::result::Result<ListedMeta, Ver
 }
 
 /// Full check of an entry: metadata, the artifact's owner and mode, its size and blake3.
-pub fn verify(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
-    let meta = read_meta(dir, key)?;
-    let path = dir.join(&meta.artifact.file);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Corruption::MissingArtifact.into())
-        }
-        Err(e) => return Err(VerifyError::Io(path, e)),
-    };
-    let md = file
-        .metadata()
-        .map_err(|e| VerifyError::Io(path.clone(), e))?;
+pub fn verify(entry: &Root, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
+    let meta = read_meta(entry, key)?;
+    let file = open_in_entry(entry, &meta.artifact.file, Corruption::MissingArtifact)?;
+    let path = || entry.join(&meta.artifact.file);
+    let md = file.metadata().map_err(|e| VerifyError::Io(path(), e))?;
+    if !md.is_file() {
+        return Err(Corruption::Untrusted(format!("{ARTIFACT_FILE} is not a regular file")).into());
+    }
     if let Some(why) = untrusted(ARTIFACT_FILE, &md) {
         return Err(Corruption::Untrusted(why).into());
     }
-    let (hash, size) = hash_open_file(&file).map_err(|e| VerifyError::Io(path.clone(), e))?;
+    let (hash, size) = hash_open_file(&file).map_err(|e| VerifyError::Io(path(), e))?;
     if size != meta.artifact.size || hash != meta.artifact.blake3 {
         return Err(Corruption::HashMismatch {
             expected: format!(
@@ -250,58 +280,62 @@ pub fn verify(dir: &Path, key: &Key) -> std::result::Result<EntryMeta, VerifyErr
     Ok(meta)
 }
 
-/// Creates (truncates) a file with mode 0644, whatever the umask allows beyond that.
-pub fn create_file(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(super::trust::file_mode())
-        .open(path)
-}
-
 /// Writes `entry.json` into a staging directory and fsyncs it.
-pub fn write_meta(dir: &Path, meta: &EntryMeta) -> Result<()> {
-    let path = dir.join(ENTRY_FILE);
+pub fn write_meta(staging: &Root, meta: &EntryMeta) -> Result<()> {
     let json = serde_json::to_vec_pretty(meta).expect("metadata serialises");
-    let mut f = create_file(&path).ctx("creating", &path)?;
-    f.write_all(&json).ctx("writing", &path)?;
-    f.sync_all().ctx("syncing", &path)?;
+    let path = staging.join(ENTRY_FILE);
+    let mut f = staging
+        .create_file(ENTRY_FILE, super::trust::file_mode())
+        .map_err(|e| Error::io("creating", &path, e))?;
+    f.write_all(&json)
+        .map_err(|e| Error::io("writing", &path, e))?;
+    f.sync_all().map_err(|e| Error::io("syncing", &path, e))?;
     Ok(())
 }
 
-/// The last-use time of an entry (the mtime of its `last-use` file).
-pub fn last_use(dir: &Path) -> Option<SystemTime> {
-    std::fs::metadata(dir.join(LAST_USE_FILE))
-        .and_then(|m| m.modified())
-        .ok()
+/// The mtime of `root/rel` (not following a link), if it exists.
+pub fn mtime(root: &Root, rel: impl AsRef<Path>) -> Option<SystemTime> {
+    let st = root.lstat_fast(rel).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(st.st_mtime as u64, st.st_mtime_nsec as u32))
 }
 
-/// Records a use at `now` if the recorded one is older than `resolution`. Never fails:
-/// a read-only cache just keeps its old record.
-pub fn touch_last_use(dir: &Path, now: SystemTime, resolution: Duration) -> bool {
-    let path = dir.join(LAST_USE_FILE);
-    if let Some(prev) = last_use(dir) {
+/// The last-use time of the directory `dir` below `root` (the mtime of its `last-use`).
+pub fn last_use(root: &Root, dir: impl AsRef<Path>) -> Option<SystemTime> {
+    mtime(root, dir.as_ref().join(LAST_USE_FILE))
+}
+
+/// Sets the mtime of the marker file `root/rel` to `now`, creating the file if it is
+/// missing. Never follows a link; never fails the caller (a read-only cache keeps
+/// its old record): returns whether it was written.
+pub fn touch(root: &Root, rel: impl AsRef<Path>, now: SystemTime) -> bool {
+    let rel = rel.as_ref();
+    match root.set_mtime(rel, now) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => root
+            .create_file(rel, super::trust::file_mode())
+            .and_then(|f| f.set_modified(now))
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Records a use of the directory `dir` below `root` at `now` if the recorded one is
+/// older than `resolution`. Never fails: a read-only cache just keeps its old record.
+pub fn touch_last_use(
+    root: &Root,
+    dir: impl AsRef<Path>,
+    now: SystemTime,
+    resolution: Duration,
+) -> bool {
+    let dir = dir.as_ref();
+    if let Some(prev) = last_use(root, dir) {
         match now.duration_since(prev) {
             Ok(age) if age < resolution => return false,
             Err(_) => return false, // recorded in the future (clock skew): leave it
             Ok(_) => {}
         }
     }
-    let f = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(super::trust::file_mode())
-            .open(&path)
-    };
-    match f {
-        Ok(f) => f.set_modified(now).is_ok(),
-        Err(_) => false,
-    }
+    touch(root, dir.join(LAST_USE_FILE), now)
 }
 
 #[cfg(test)]
@@ -311,18 +345,37 @@ mod tests {
     #[test]
     fn last_use_is_coarse() {
         let dir = tempfile::tempdir().unwrap();
+        let r = Root::open(dir.path()).unwrap();
+        let here = Path::new("");
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let hour = Duration::from_secs(3600);
-        assert!(touch_last_use(dir.path(), t0, hour));
-        assert_eq!(last_use(dir.path()), Some(t0));
+        assert!(touch_last_use(&r, here, t0, hour));
+        assert_eq!(last_use(&r, here), Some(t0));
         // 30 minutes later: no write.
-        assert!(!touch_last_use(dir.path(), t0 + hour / 2, hour));
-        assert_eq!(last_use(dir.path()), Some(t0));
+        assert!(!touch_last_use(&r, here, t0 + hour / 2, hour));
+        assert_eq!(last_use(&r, here), Some(t0));
         // Two hours later: written.
-        assert!(touch_last_use(dir.path(), t0 + 2 * hour, hour));
-        assert_eq!(last_use(dir.path()), Some(t0 + 2 * hour));
+        assert!(touch_last_use(&r, here, t0 + 2 * hour, hour));
+        assert_eq!(last_use(&r, here), Some(t0 + 2 * hour));
         // A clock that went backwards does not rewind the record.
-        assert!(!touch_last_use(dir.path(), t0, hour));
-        assert_eq!(last_use(dir.path()), Some(t0 + 2 * hour));
+        assert!(!touch_last_use(&r, here, t0, hour));
+        assert_eq!(last_use(&r, here), Some(t0 + 2 * hour));
+    }
+
+    #[test]
+    fn a_planted_marker_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("v");
+        std::fs::write(&victim, "x").unwrap();
+        let before = std::fs::metadata(&victim).unwrap().modified().unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(LAST_USE_FILE)).unwrap();
+        let r = Root::open(dir.path()).unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        touch_last_use(&r, Path::new(""), t, Duration::ZERO);
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().modified().unwrap(),
+            before
+        );
     }
 }

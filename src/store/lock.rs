@@ -1,22 +1,27 @@
 //! All locking in one place: per-key lock files with std `File::lock` (flock(2) on
 //! Linux), behind an RAII guard that unlocks on drop.
 //!
-//! - `lock_shared` / `lock_exclusive` block; `try_lock_exclusive` returns `None` when busy.
+//! - `lock_shared` / `lock_exclusive` block; `try_lock_exclusive` returns `None` when
+//!   busy; [`probe`] tells whether a lock is held without creating its file.
 //! - A waiter is told who holds the lock only when it actually has to wait: the holder
 //!   of an exclusive lock writes `pid=N host=H` into the lock file.
 //! - After acquiring, the guard checks that the path still names the inode it locked.
 //!   Garbage collection may delete a lock file while holding it; a process that opened
 //!   the old file before the unlink would otherwise hold a lock nobody else can see.
+//! - Lock files are opened below the compiledir's descriptor without following links
+//!   ([`crate::fsx`]), must be regular files, and must pass the trust rules: a link or a
+//!   foreign file planted there is refused with an error that names it.
 //! - A lock file that cannot be created because the cache is read-only yields an
 //!   unlocked guard for readers: nobody can be writing there through xcache either.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::fsx::{OpenHow, Root};
 
 /// Shared or exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +30,25 @@ pub enum LockMode {
     Shared,
     /// One builder or collector.
     Exclusive,
+}
+
+/// Whether someone holds a lock, as [`probe`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockState {
+    /// There is no lock file: nobody holds it.
+    Absent,
+    /// The file exists and nobody holds it.
+    Free,
+    /// Someone holds it (shared or exclusive).
+    Held,
+}
+
+impl LockState {
+    /// True when nobody holds it.
+    pub fn is_free(self) -> bool {
+        self != LockState::Held
+    }
 }
 
 /// A held lock. Dropping it unlocks.
@@ -71,9 +95,12 @@ impl LockGuard {
     /// Whether the locked file is still the one at the path (for tests of the
     /// delete-under-lock rule).
     pub fn holds_live_file(&self) -> bool {
-        self.file
-            .as_ref()
-            .is_some_and(|f| same_inode(f, &self.path))
+        self.file.as_ref().is_some_and(|f| {
+            match (f.metadata(), std::fs::symlink_metadata(&self.path)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            }
+        })
     }
 }
 
@@ -85,39 +112,66 @@ impl Drop for LockGuard {
     }
 }
 
-fn open_lock_file(path: &Path, mode: LockMode) -> Result<Option<File>> {
-    let mut opts = OpenOptions::new();
-    opts.read(true)
-        .write(true)
-        .create(true)
-        .mode(super::trust::file_mode());
-    match opts.open(path) {
-        Ok(f) => Ok(Some(f)),
+/// Checks an opened lock file against the trust rules: a file someone else made (or
+/// could write) in the lock directory is refused.
+fn check_lock_file(file: &File, path: &Path) -> Result<()> {
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io("inspecting lock file", path, e))?;
+    if !md.is_file() {
+        return Err(super::trust::refused(path, "it is not a regular file"));
+    }
+    match super::trust::untrusted("the lock file", &md) {
+        None => Ok(()),
+        Some(why) => Err(super::trust::refused(path, &why)),
+    }
+}
+
+fn open_lock_file(root: &Root, rel: &Path, mode: LockMode) -> Result<Option<File>> {
+    let path = root.join(rel);
+    let how = OpenHow::read_write_create(super::trust::file_mode());
+    let opened = match root.open_file(rel, how) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                match super::mkdir_p(parent) {
-                    Ok(()) => {
-                        return opts
-                            .open(path)
-                            .map(Some)
-                            .map_err(|e| Error::io("opening lock file", path, e))
-                    }
-                    Err(e2) if mode == LockMode::Shared && is_read_only(&e2) => return Ok(None),
-                    Err(e2) => return Err(Error::io("creating lock directory", parent, e2)),
+            match rel
+                .parent()
+                .map(|p| root.mkdir_all(p, super::trust::dir_mode()))
+            {
+                Some(Ok(())) | None => root.open_file(rel, how),
+                Some(Err(e2)) if mode == LockMode::Shared && is_read_only(&e2) => return Ok(None),
+                Some(Err(e2)) if crate::fsx::is_link_refusal(&e2) => {
+                    return Err(super::trust::refused_link(root, rel))
+                }
+                Some(Err(e2)) => {
+                    return Err(Error::io(
+                        "creating lock directory",
+                        rel.parent().map(|p| root.join(p)).unwrap_or_default(),
+                        e2,
+                    ))
                 }
             }
-            Err(Error::io("opening lock file", path, e))
+        }
+        r => r,
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if crate::fsx::is_link_refusal(&e) => {
+            return Err(super::trust::refused_link(root, rel))
         }
         Err(e) if mode == LockMode::Shared && is_read_only(&e) => {
             // Readers can lock through a read-only descriptor; if even that fails the
             // cache is read-only and unlocked reading is all there is.
-            match File::open(path) {
-                Ok(f) => Ok(Some(f)),
-                Err(_) => Ok(None),
+            match root.open_file(rel, OpenHow::read()) {
+                Ok(f) => f,
+                Err(e) if crate::fsx::is_link_refusal(&e) => {
+                    return Err(super::trust::refused_link(root, rel))
+                }
+                Err(_) => return Ok(None),
             }
         }
-        Err(e) => Err(Error::io("opening lock file", path, e)),
-    }
+        Err(e) => return Err(Error::io("opening lock file", &path, e)),
+    };
+    check_lock_file(&file, &path)?;
+    Ok(Some(file))
 }
 
 /// Errors after which a *reader* may go on without a lock: the cache is read-only or
@@ -148,9 +202,9 @@ fn replaced_too_often(path: &Path) -> Error {
     )
 }
 
-fn same_inode(file: &File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+fn same_inode(file: &File, root: &Root, rel: &Path) -> bool {
+    match (file.metadata(), root.lstat_fast(rel)) {
+        (Ok(a), Ok(b)) => a.dev() == b.st_dev && a.ino() == b.st_ino,
         _ => false,
     }
 }
@@ -181,54 +235,78 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Blocks until a shared lock on `path` is held.
-pub fn lock_shared(path: &Path) -> Result<LockGuard> {
-    acquire(path, LockMode::Shared, &mut |_| {})
+/// Blocks until a shared lock on `root/rel` is held.
+pub fn lock_shared(root: &Root, rel: &Path) -> Result<LockGuard> {
+    acquire(root, rel, LockMode::Shared, &mut |_| {})
 }
 
-/// Blocks until an exclusive lock on `path` is held. `on_wait` is called once, with
-/// what the lock file says about its holder, if and only if the lock is busy.
-pub fn lock_exclusive(path: &Path, on_wait: &mut dyn FnMut(Option<&str>)) -> Result<LockGuard> {
-    acquire(path, LockMode::Exclusive, on_wait)
+/// Blocks until an exclusive lock on `root/rel` is held. `on_wait` is called once,
+/// with what the lock file says about its holder, if and only if the lock is busy.
+pub fn lock_exclusive(
+    root: &Root,
+    rel: &Path,
+    on_wait: &mut dyn FnMut(Option<&str>),
+) -> Result<LockGuard> {
+    acquire(root, rel, LockMode::Exclusive, on_wait)
 }
 
 /// Takes an exclusive lock if nobody holds one; `None` if busy.
-pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockGuard>> {
+pub fn try_lock_exclusive(root: &Root, rel: &Path) -> Result<Option<LockGuard>> {
     for _ in 0..MAX_LOCK_ATTEMPTS {
-        let Some(mut file) = open_lock_file(path, LockMode::Exclusive)? else {
+        let Some(mut file) = open_lock_file(root, rel, LockMode::Exclusive)? else {
             unreachable!("exclusive opens never degrade to unlocked")
         };
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Ok(None),
-            Err(TryLockError::Error(e)) => return Err(Error::io("locking", path, e)),
+            Err(TryLockError::Error(e)) => return Err(Error::io("locking", root.join(rel), e)),
         }
-        if !same_inode(&file, path) {
+        if !same_inode(&file, root, rel) {
             continue;
         }
         record_holder(&mut file);
         return Ok(Some(LockGuard {
             file: Some(file),
-            path: path.to_path_buf(),
+            path: root.join(rel),
             mode: LockMode::Exclusive,
             waited: Duration::ZERO,
         }));
     }
-    Err(replaced_too_often(path))
+    Err(replaced_too_often(&root.join(rel)))
+}
+
+/// Whether someone holds the lock at `root/rel`, without creating the file and
+/// without keeping anything: a try, released at once. A file that cannot be opened
+/// (a planted link, a read-only cache) counts as held: whoever asks must leave the
+/// thing it guards alone.
+pub fn probe(root: &Root, rel: &Path) -> LockState {
+    let file = match root.open_file(rel, OpenHow::read()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LockState::Absent,
+        Err(_) => return LockState::Held,
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            LockState::Free
+        }
+        Err(_) => LockState::Held,
+    }
 }
 
 fn acquire(
-    path: &Path,
+    root: &Root,
+    rel: &Path,
     mode: LockMode,
     on_wait: &mut dyn FnMut(Option<&str>),
 ) -> Result<LockGuard> {
     let mut waited = Duration::ZERO;
     let mut told = false;
     for _ in 0..MAX_LOCK_ATTEMPTS {
-        let Some(mut file) = open_lock_file(path, mode)? else {
+        let Some(mut file) = open_lock_file(root, rel, mode)? else {
             return Ok(LockGuard {
                 file: None,
-                path: path.to_path_buf(),
+                path: root.join(rel),
                 mode,
                 waited,
             });
@@ -251,11 +329,11 @@ fn acquire(
                     LockMode::Exclusive => file.lock(),
                 };
                 waited += start.elapsed();
-                r.map_err(|e| Error::io("locking", path, e))?;
+                r.map_err(|e| Error::io("locking", root.join(rel), e))?;
             }
-            Err(TryLockError::Error(e)) => return Err(Error::io("locking", path, e)),
+            Err(TryLockError::Error(e)) => return Err(Error::io("locking", root.join(rel), e)),
         }
-        if !same_inode(&file, path) {
+        if !same_inode(&file, root, rel) {
             // Deleted (and maybe recreated) while we waited: lock the live file instead.
             continue;
         }
@@ -264,12 +342,12 @@ fn acquire(
         }
         return Ok(LockGuard {
             file: Some(file),
-            path: path.to_path_buf(),
+            path: root.join(rel),
             mode,
             waited,
         });
     }
-    Err(replaced_too_often(path))
+    Err(replaced_too_often(&root.join(rel)))
 }
 
 #[cfg(test)]
@@ -277,31 +355,68 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    fn root() -> (tempfile::TempDir, std::sync::Arc<Root>) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = std::sync::Arc::new(Root::open(dir.path()).unwrap());
+        (dir, r)
+    }
+
     #[test]
     fn shared_locks_coexist_and_exclude_writers() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("locks/ab/k.lock");
-        let a = lock_shared(&p).unwrap();
-        let b = lock_shared(&p).unwrap();
-        assert!(try_lock_exclusive(&p).unwrap().is_none());
+        let (_d, r) = root();
+        let p = Path::new("locks/ab/k.lock");
+        assert_eq!(probe(&r, p), LockState::Absent);
+        let a = lock_shared(&r, p).unwrap();
+        let b = lock_shared(&r, p).unwrap();
+        assert_eq!(probe(&r, p), LockState::Held);
+        assert!(try_lock_exclusive(&r, p).unwrap().is_none());
         drop(a);
-        assert!(try_lock_exclusive(&p).unwrap().is_none());
+        assert!(try_lock_exclusive(&r, p).unwrap().is_none());
         drop(b);
-        assert!(try_lock_exclusive(&p).unwrap().is_some());
+        assert_eq!(probe(&r, p), LockState::Free);
+        assert!(try_lock_exclusive(&r, p).unwrap().is_some());
+    }
+
+    #[test]
+    fn planted_links_are_refused_and_named() {
+        let (d, r) = root();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::create_dir_all(d.path().join("locks/ab")).unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("locks/ab/k.lock")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("locks/cd")).unwrap();
+        for rel in ["locks/ab/k.lock", "locks/cd/victim", "locks/cd/new.lock"] {
+            let rel = Path::new(rel);
+            let e = lock_shared(&r, rel).unwrap_err().to_string();
+            assert!(e.contains("symbolic link"), "{e}");
+            let e = try_lock_exclusive(&r, rel).unwrap_err().to_string();
+            assert!(e.contains("symbolic link"), "{e}");
+            assert_eq!(probe(&r, rel), LockState::Held);
+        }
+        let e = lock_shared(&r, Path::new("locks/cd/new.lock"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&d.path().join("locks/cd").display().to_string()),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!outside.path().join("new.lock").exists());
     }
 
     #[test]
     fn waiter_is_told_the_holder_only_when_waiting() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.lock");
+        let (_d, r) = root();
+        let p = Path::new("k.lock");
         let mut calls = 0;
-        let g = lock_exclusive(&p, &mut |_| calls += 1).unwrap();
+        let g = lock_exclusive(&r, p, &mut |_| calls += 1).unwrap();
         assert_eq!(calls, 0, "an uncontended lock must not report waiting");
         let (told_tx, told_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
-        let p2 = p.clone();
+        let r2 = r.clone();
         let t = std::thread::spawn(move || {
-            let g2 = lock_exclusive(&p2, &mut |h| {
+            let g2 = lock_exclusive(&r2, Path::new("k.lock"), &mut |h| {
                 told_tx.send(h.map(str::to_string)).unwrap();
             })
             .unwrap();
@@ -325,21 +440,24 @@ mod tests {
 
     #[test]
     fn a_lock_on_a_deleted_file_is_retried_on_the_live_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.lock");
-        let a = lock_exclusive(&p, &mut |_| {}).unwrap();
+        let (d, r) = root();
+        let p = Path::new("k.lock");
+        let a = lock_exclusive(&r, p, &mut |_| {}).unwrap();
         // B opens the current file and blocks on it.
         let (blocked_tx, blocked_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
-        let p2 = p.clone();
+        let r2 = r.clone();
         let b = std::thread::spawn(move || {
-            let g = lock_exclusive(&p2, &mut |_| blocked_tx.send(()).unwrap()).unwrap();
+            let g = lock_exclusive(&r2, Path::new("k.lock"), &mut |_| {
+                blocked_tx.send(()).unwrap()
+            })
+            .unwrap();
             done_tx.send(g.holds_live_file()).unwrap();
         });
         blocked_rx.recv().unwrap();
         // A collector deletes the file while holding it; C locks the new file.
-        std::fs::remove_file(&p).unwrap();
-        let c = try_lock_exclusive(&p)
+        std::fs::remove_file(d.path().join(p)).unwrap();
+        let c = try_lock_exclusive(&r, p)
             .unwrap()
             .expect("the new file is free");
         drop(a);

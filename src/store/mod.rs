@@ -1,5 +1,7 @@
 //! The on-disk store: compiledirs, entries, locks, and the protocol that keeps them
-//! consistent between any number of processes.
+//! consistent between any number of processes. The store owns the layout (every name
+//! is in [`layout`]) and its cleanup ([`gc`]): nothing outside this module creates,
+//! renames or removes anything under the base dir.
 //!
 //! # Layout (layout version 1)
 //!
@@ -9,29 +11,38 @@
 //!   compiledir_<platform string>/
 //!     compiledir.json                 platform fields, created, xcache version
 //!     last-use                        mtime = last use of anything in this compiledir
+//!     auto-prune                      mtime = when the automatic prune last ran
+//!     gc.lock                         try-locked by the automatic prune
 //!     entries/<fan>/<key>/            one directory per key, published whole by rename
-//!         lib.so  source.c|.cpp|.cu  entry.json  last-use  [headers]
-//!     locks/<fan>/<key>.lock          per-key lock files
-//!     toolchains/<hash>.json          resolved compiler command lines and versions
-//!     tmp/build-<key>-<random>/       staging of a build in progress (or crashed)
-//!     tmp/failed-<key>-<random>/      failed builds, kept for inspection
-//!     tmp/delete-<key16>-<pid>-<n>/   an entry being removed, renamed out first
-//!     quarantine/<key>-<secs>-<pid>-<n>/  corrupt entries moved aside
-//!     stats/<pid>-<nanos>.json        per-process counters (see `crate::stats`)
+//!         lib.so  source.c|.cpp|.cu  [headers]  entry.json  last-use  handed-out
+//!     locks/<fan>/<key>.lock          per-key lock files ("pid=N host=H" of a writer)
+//!     toolchains/host-<lang>-<h>.json resolved compiler command lines and versions
+//!     tmp/build-<key>-<unique>/       staging of a build in progress (or crashed)
+//!     tmp/failed-<key>-<unique>/      a failed build (source, compiler-output.txt)
+//!     tmp/delete-<key>-<unique>/      an entry being removed, renamed out first
+//!     quarantine/<key>-<secs>-<unique>/  a corrupt entry moved aside
+//!     stats/counters.json             usage counters of every process, under its lock
+//! $TMPDIR/xcache-private-<uid>/build-<key>-<unique>/
+//!                                     private builds, when the cache cannot be written
 //! ```
 //!
-//! `<key>` is 64 hex digits of blake3 (see [`key`]); `<fan>` its first two.
+//! `<key>` is 64 hex digits of blake3 (see [`key`]); `<fan>` its first two; `<unique>`
+//! is `<pid>-<counter>-<time>` ([`layout::unique`]).
 //!
 //! # Protocol
 //!
 //! **Hit.**
 //! 1. `stat` `entries/<fan>/<key>`. Absent: go to Miss.
 //! 2. Take a *shared* lock on `locks/<fan>/<key>.lock`.
-//! 3. Read `entry.json`; check it names the key; hash the artifact with blake3 and
-//!    compare size and hash with the metadata. Any failure: release, go to Miss (which
+//! 3. Open the entry directory (no link on the way), check its owner and mode, read
+//!    `entry.json`, check it names the key; hash the artifact with blake3 and compare
+//!    size and hash with the metadata. Any failure: release, go to Miss (which
 //!    quarantines).
 //! 4. The caller dlopens the artifact while the lock is held ([`Fetched`] owns the
 //!    guard), so no collector can remove the file between the check and the load.
+//!    A caller that hands the *path* on instead (`xcache compile`, [`crate::Jit::build`])
+//!    records the hand-out in `handed-out` under the lock ([`Fetched::hand_out`]):
+//!    collectors leave the entry alone for `handout_grace` after that.
 //! 5. Record the use in `last-use` if the recorded one is older than
 //!    `last_use_resolution`; a failure to record (read-only cache) is ignored.
 //! 6. Release. A loaded library survives the unlink of its file.
@@ -41,22 +52,37 @@
 //!    writes `pid=N host=H` into the lock file) and block.
 //! 2. Look again: another process may have published while we waited (then it is a hit).
 //!    A corrupt entry found here is renamed into `quarantine/` and reported as a warning.
-//! 3. Create a fresh staging directory under `tmp/`; compile into it.
-//! 4. Compute the artifact's blake3; write `last-use`, then `entry.json` last; fsync every
-//!    file and the staging directory.
+//! 3. Create a fresh staging directory `tmp/build-<key>-<unique>`; compile into it.
+//! 4. Compute the artifact's blake3; write `last-use` and `handed-out`, then
+//!    `entry.json` last; fsync every file and the staging directory.
 //! 5. `rename` the staging directory to `entries/<fan>/<key>`; fsync `entries/<fan>`. A
 //!    destination that already exists is success: content addressing makes the two
 //!    equivalent, and the staging copy is removed.
 //! 6. The caller loads under the exclusive lock, then releases it.
 //!
 //! A failed compile publishes nothing: its staging directory is renamed to
-//! `tmp/failed-…` with the source and the compiler's output, and the error names it.
+//! `tmp/failed-<key>-<unique>` with the source and the compiler's output, the error names
+//! it, and only the newest `keep_failed` failures of a key are kept (trimmed under the
+//! key's lock, right then).
 //!
 //! **Cache faults.** If the cache cannot be written (read-only, full, permission
-//! denied), a miss compiles into a private temporary directory outside the cache
-//! instead, with one warning: the caller gets its library, the cache is left as it was.
-//! A failure to *read* an entry for reasons of this process (too many open files, EIO)
-//! is an error, never a reason to quarantine a good entry.
+//! denied, or something planted where xcache writes), a miss compiles into a private
+//! directory under `$TMPDIR/xcache-private-<uid>/` instead, with one warning: the caller
+//! gets its library, the cache is left as it was. A private build holds a lock on its
+//! own directory while it lives; later private builds and `prune` collect those whose
+//! lock is free and that are older than `handout_grace`. A failure to *read* an entry
+//! for reasons of this process (too many open files, EIO) is an error, never a reason
+//! to quarantine a good entry.
+//!
+//! **Removal** (clear, prune, purge, the automatic prune): an entry is removed only
+//! under a *try* exclusive lock on its key (busy entries are skipped), and not within
+//! `handout_grace` of its last hand-out (unless forced). It is first renamed to
+//! `tmp/delete-<key>-<unique>` (one atomic step: readers see the whole entry or none),
+//! then deleted, then its lock file, still under the lock.
+//!
+//! **Leftovers** under `tmp/`, `quarantine/` and the private root are judged by one pure
+//! function, [`gc::policy::leftover_verdict`], from their kind, age and whether the
+//! key's lock is held: prune, purge, clear and verify all ask it.
 //!
 //! # Invariants
 //!
@@ -69,63 +95,72 @@
 //! - N processes (or threads, since each lock opens its own file description) asking for
 //!   one key cost one compile.
 //! - A dead process holds no lock: flock locks die with their last descriptor.
-//! - Removing an entry (garbage collection) happens only under its exclusive lock, taken
-//!   with a *try*; busy entries are skipped. The entry is renamed out of `entries/`
-//!   first, so readers see it whole or not at all. Lock files may be deleted under their
-//!   lock: [`lock`] re-checks the inode after acquiring.
-//! - A staging directory is collected only when its builder no longer holds the key's
-//!   lock (the builder holds it for as long as the directory is in use) and it is older
-//!   than `staging_grace`; age alone never decides.
+//! - A path handed out stays valid: while the key's lock is held (loading), and for
+//!   `handout_grace` after a hand-out recorded in `handed-out` (printing a path).
+//! - A staging or removal directory is collected only when the key's lock is free
+//!   (its builder or remover holds it for as long as the directory is in use); staging
+//!   also only when older than `staging_grace`.
 //! - Nothing is removed that xcache did not make: entries are key-named directories,
-//!   compiledirs carry `compiledir.json`, a base dir xcache's `CACHEDIR.TAG`.
+//!   `tmp/` and `quarantine/` names parse ([`layout`]), compiledirs carry
+//!   `compiledir.json`, a base dir xcache's `CACHEDIR.TAG`.
+//! - Nothing outside the base dir is written or removed (but the private root, in the
+//!   user's own temporary directory), and no link below the base dir is followed:
+//!   every open, create, rename and removal goes through [`crate::fsx::Root`], which
+//!   refuses links in any component; lock, stats and metadata files must be regular
+//!   files that pass the trust rules. A planted link or foreign file is an error that
+//!   names it, and `verify --repair` removes it (the link, never its target).
 //!
 //! # What the file system must provide
 //!
 //! Atomic `rename(2)` of a directory within one file system, and `flock(2)`. Local file
 //! systems (ext4, xfs, btrfs, tmpfs, APFS) do. NFS gives flock only through lockd (NFSv3)
 //! or v4 leases, and some FUSE and SMB mounts silently give none: there, concurrent
-//! builders of one key may both compile, but the rename keeps the published entry whole.
+//! builders of one key may both compile, but the rename keeps the published entry whole,
+//! and the age rules (`staging_grace`) keep collectors off builds in progress.
 //!
 //! # Trust
 //!
-//! dlopen runs code. The base dir, the compiledir, and its `entries/` and `toolchains/`
-//! must be owned by the current user and not writable by group or others; otherwise
-//! [`Store::open`] refuses them with an error naming the directory and the fix. Every
-//! directory xcache creates is 0755 and every file 0644 whatever the umask allows, and
-//! on a hit the entry directory and the artifact are checked the same way (from the
-//! `stat` and `fstat` the hit makes anyway): a planted entry is quarantined, not loaded.
+//! dlopen runs code. The base dir, the compiledir, and each of its directories
+//! (`entries/`, `locks/`, `tmp/`, `quarantine/`, `toolchains/`, `stats/`) must be real
+//! directories owned by the current user and not writable by group or others;
+//! otherwise [`Store::open`] refuses them with an error naming the directory and the
+//! fix. Every directory xcache creates is 0755 and every file 0644 whatever the umask
+//! allows, and on a hit the entry directory and the artifact are checked the same way
+//! (from the `fstat`s the hit makes anyway): a planted entry is quarantined, not loaded.
+//! See [`trust`] for the shared-group mode.
 
 pub mod entry;
 pub mod gc;
 pub mod key;
+pub mod layout;
 pub mod lock;
+pub mod private;
+pub mod scan;
+pub mod stats;
 pub mod trust;
+pub mod verify;
 
-use std::fs::{self, DirBuilder, File};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{unix_secs, Clock, SystemClock};
 use crate::config::Config;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::fsx::{self, OpenHow, Root};
 use crate::platform::{check_runtime_tag, CompiledirFormat, Platform, LAYOUT_VERSION};
-use entry::{Artifact, EntryMeta, VerifyError, ARTIFACT_FILE, LAST_USE_FILE};
+use entry::{Artifact, EntryMeta, VerifyError, ARTIFACT_FILE};
 use key::{Key, KeyMaterial};
+use layout::{Dirs, QuarantineName, TmpKind, TmpName};
 use lock::LockGuard;
 
-/// The CACHEDIR.TAG contents (<https://bford.info/cachedir/>).
-pub const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
-# This file is a cache directory tag created by xcache.\n\
-# For information about cache directory tags see https://bford.info/cachedir/\n";
-
-/// Metadata file of a compiledir.
-pub const COMPILEDIR_FILE: &str = "compiledir.json";
+pub use layout::CACHEDIR_TAG_TEXT as CACHEDIR_TAG;
+pub use layout::COMPILEDIR_META as COMPILEDIR_FILE;
 
 /// Contents of `compiledir.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,13 +191,14 @@ pub struct Built {
 }
 
 /// An entry that is ready: found or freshly built. Holds the key's lock (shared for a
-/// hit, exclusive for a build) until dropped, so load the artifact before dropping it.
+/// hit, exclusive for a build) until dropped, so load the artifact, or record a
+/// hand-out ([`Fetched::hand_out`]), before dropping it.
 #[derive(Debug)]
 pub struct Fetched {
     /// The key.
     pub key: Key,
-    /// The entry directory (a private temporary directory if the cache could not be
-    /// written; see [`Fetched::is_private`]).
+    /// The entry directory (a private directory if the cache could not be written;
+    /// see [`Fetched::is_private`]).
     pub dir: PathBuf,
     /// Its metadata.
     pub meta: EntryMeta,
@@ -172,7 +208,10 @@ pub struct Fetched {
     pub warnings: Vec<String>,
     /// Time spent waiting for other processes' locks.
     pub lock_wait: Duration,
-    private: Option<tempfile::TempDir>,
+    entry: Option<Root>,
+    private: Option<private::PrivateBuild>,
+    clock: Arc<dyn Clock>,
+    handout_grace: Duration,
     _guard: LockGuard,
 }
 
@@ -182,217 +221,105 @@ impl Fetched {
         self.dir.join(&self.meta.artifact.file)
     }
 
-    /// True when the artifact lives in a private temporary directory (removed when
-    /// this is dropped) because the cache could not be written.
+    /// True when the artifact lives in a private directory (removed when this is
+    /// dropped, unless handed out) because the cache could not be written.
     pub fn is_private(&self) -> bool {
         self.private.is_some()
     }
 
-    /// Keeps a private temporary directory after drop (for callers that hand the path
-    /// on). No effect on cache entries.
-    pub fn keep_private(&mut self) {
-        if let Some(d) = self.private.take() {
-            let _ = d.keep();
+    /// Records that the artifact's path is handed to a caller that will not hold the
+    /// key's lock (a script, another process): collectors leave the entry alone until
+    /// the returned time (`handout_grace` from now; `clear --force` excepted). A private
+    /// build is kept instead of removed, and collected after the same grace. Recorded
+    /// under the lock this holds, so a collector that takes the lock next sees it.
+    /// Returns `None` when the hand-out could not be recorded (a read-only cache, which
+    /// nobody can clean either).
+    pub fn hand_out(&mut self) -> Option<SystemTime> {
+        let now = self.clock.now();
+        let until = now + self.handout_grace;
+        if let Some(p) = &mut self.private {
+            p.keep(now);
+            return Some(until);
         }
+        let entry = self.entry.as_ref()?;
+        entry::touch(entry, layout::HANDED_OUT, now).then_some(until)
+    }
+
+    /// Places a private copy of the artifact at `dest`, atomically (a temporary name
+    /// beside it, then a rename over it): a hard link where the file system allows,
+    /// else a copy. The caller owns `dest`; no collector ever touches it.
+    pub fn place_copy(&self, dest: &Path) -> Result<()> {
+        let src = self.artifact_path();
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest.file_name().ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "--out {}: give a file name to write the library to",
+                dest.display()
+            ))
+        })?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".xcache-{}", layout::unique()));
+        let tmp = parent.join(tmp_name);
+        let linked = std::fs::hard_link(&src, &tmp).is_ok();
+        let r = (|| {
+            if !linked {
+                std::fs::copy(&src, &tmp)?;
+                File::open(&tmp)?.sync_all()?;
+            }
+            std::fs::rename(&tmp, dest)
+        })();
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io("placing a copy of the library at", dest, e));
+        }
+        Ok(())
     }
 }
 
-/// An opened compiledir.
+/// An opened compiledir, with the protocol above.
 #[derive(Debug, Clone)]
 pub struct Store {
-    base: PathBuf,
-    compiledir: PathBuf,
+    base: Arc<Root>,
+    cd: Arc<Root>,
     platform: Platform,
     clock: Arc<dyn Clock>,
-    last_use_resolution: Duration,
+    config: Arc<Config>,
 }
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Creates a directory and its parents with mode 0755 (2775 in shared-group mode; never
-/// wider, whatever the umask).
-pub fn mkdir_p(path: &Path) -> std::io::Result<()> {
-    let existed = path.is_dir();
-    DirBuilder::new()
-        .recursive(true)
-        .mode(trust::dir_mode())
-        .create(path)?;
-    if !existed && trust::shared_group().is_some() {
-        // The umask may have taken the group's write bit: set it exactly.
-        fs::set_permissions(path, fs::Permissions::from_mode(trust::dir_mode()))?;
-    }
-    Ok(())
+/// The staging directory of a build; removed on drop unless published or kept.
+struct Staging {
+    cd: Arc<Root>,
+    name: TmpName,
+    root: Root,
+    done: bool,
 }
 
-/// The paths inside one compiledir (any compiledir, not only the current one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dirs {
-    root: PathBuf,
-}
-
-impl Dirs {
-    /// The layout of the compiledir at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Dirs {
-        Dirs { root: root.into() }
-    }
-
-    /// The compiledir itself.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// `entries/`.
-    pub fn entries(&self) -> PathBuf {
-        self.root.join("entries")
-    }
-
-    /// `entries/<fan>/<key>`.
-    pub fn entry(&self, key: &Key) -> PathBuf {
-        self.entries().join(key.fan()).join(key.hex())
-    }
-
-    /// `locks/`.
-    pub fn locks(&self) -> PathBuf {
-        self.root.join("locks")
-    }
-
-    /// `locks/<fan>/<key>.lock`.
-    pub fn lock(&self, key: &Key) -> PathBuf {
-        self.locks()
-            .join(key.fan())
-            .join(format!("{}.lock", key.hex()))
-    }
-
-    /// `tmp/`.
-    pub fn tmp(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    /// `quarantine/`.
-    pub fn quarantine(&self) -> PathBuf {
-        self.root.join("quarantine")
-    }
-
-    /// `toolchains/`.
-    pub fn toolchains(&self) -> PathBuf {
-        self.root.join("toolchains")
+impl Staging {
+    fn path(&self) -> &Path {
+        self.root.path()
     }
 }
 
-/// The key a staging directory (`build-<key>-<random>`) is building, if its name says.
-pub fn staging_key(name: &str) -> Option<Key> {
-    name.strip_prefix("build-")?.get(..64)?.parse().ok()
-}
-
-/// True while the build that owns a staging directory is alive: its builder holds the
-/// key's exclusive lock for as long as the directory is in use, so a free lock means
-/// the builder is gone (crashed or killed) and the directory is garbage. Takes no
-/// lock for long: a try, released at once.
-pub fn staging_in_use(dirs: &Dirs, name: &str) -> bool {
-    let Some(key) = staging_key(name) else {
-        return false;
-    };
-    let lock_path = dirs.lock(&key);
-    if !lock_path.exists() {
-        return false;
-    }
-    !matches!(lock::try_lock_exclusive(&lock_path), Ok(Some(_)))
-}
-
-/// What happened to an entry that garbage collection wanted to remove.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    /// Removed; it held this many bytes.
-    Removed(u64),
-    /// Another process holds its lock (it is being loaded or built): left alone.
-    Busy,
-    /// It was already gone.
-    Gone,
-}
-
-/// Removes one entry under a *try* exclusive lock on its key: busy entries are
-/// skipped. The directory is first renamed into `tmp/` (one atomic step: readers see
-/// the whole entry or none), then deleted; then its lock file, still under the lock.
-pub fn remove_entry(dirs: &Dirs, key: &Key) -> Result<Removal> {
-    let lock_path = dirs.lock(key);
-    let Some(guard) = lock::try_lock_exclusive(&lock_path)? else {
-        return Ok(Removal::Busy);
-    };
-    let dir = dirs.entry(key);
-    let removal = if dir.exists() {
-        let bytes = dir_bytes(&dir).0;
-        let tmp = dirs.tmp();
-        mkdir_p(&tmp).ctx("creating directory", &tmp)?;
-        let trash = tmp.join(format!(
-            "delete-{}-{}-{}",
-            &key.hex()[..16],
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::rename(&dir, &trash).ctx("removing", &dir)?;
-        // The entry is gone from entries/ now; what is left in tmp/ is garbage that a
-        // crash or a concurrent collector may also be removing.
-        if let Err(e) = fs::remove_dir_all(&trash) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!("could not remove {}: {e}", trash.display());
-            }
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.cd.remove_tree(self.name.rel());
         }
-        Removal::Removed(bytes)
+    }
+}
+
+/// Maps an I/O error met below `root` to the error to report: a refused link names
+/// the link (an untrusted cache), anything else is an I/O error on the path.
+pub(crate) fn io_below(op: &'static str, root: &Root, rel: &Path, e: std::io::Error) -> Error {
+    if fsx::is_link_refusal(&e) {
+        trust::refused_link(root, rel)
     } else {
-        Removal::Gone
-    };
-    // Safe under the lock: a waiter on this file re-checks the inode (see `lock`).
-    let _ = fs::remove_file(&lock_path);
-    drop(guard);
-    Ok(removal)
-}
-
-/// Moves a corrupt entry aside into `quarantine/`; `None` if it had to be removed
-/// instead. Call it under the key's exclusive lock.
-pub fn quarantine_entry(
-    dirs: &Dirs,
-    key: &Key,
-    dir: &Path,
-    now: std::time::SystemTime,
-) -> Result<Option<PathBuf>> {
-    let qdir = dirs.quarantine();
-    mkdir_p(&qdir).ctx("creating directory", &qdir)?;
-    let dest = qdir.join(format!(
-        "{}-{}-{}-{}",
-        key.hex(),
-        unix_secs(now),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    match fs::rename(dir, &dest) {
-        Ok(()) => Ok(Some(dest)),
-        Err(_) => {
-            if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-                fs::remove_dir_all(dir).ctx("removing corrupt entry", dir)?;
-            } else {
-                fs::remove_file(dir).ctx("removing corrupt entry", dir)?;
-            }
-            Ok(None)
-        }
+        Error::io(op, root.join(rel), e)
     }
-}
-
-/// Apparent bytes (sum of file lengths) and on-disk bytes (allocated blocks) of the
-/// files directly in `dir`.
-pub fn dir_bytes(dir: &Path) -> (u64, u64) {
-    let mut apparent = 0;
-    let mut disk = 0;
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if let Ok(md) = e.metadata() {
-                if md.is_file() {
-                    apparent += md.len();
-                    disk += md.blocks() * 512;
-                }
-            }
-        }
-    }
-    (apparent, disk)
 }
 
 impl Store {
@@ -415,27 +342,36 @@ impl Store {
         let platform = Platform::detect(&config.runtime_tag);
         let format = CompiledirFormat::parse(&config.compiledir_format)
             .map_err(|m| Error::Config(format!("compiledir_format: {m}")))?;
-        let compiledir = base.join(format.render(&platform));
-        let store = Store {
-            base,
-            compiledir,
+        let base_root = open_base(&base)?;
+        let name = format.render(&platform);
+        let cd = ensure_compiledir(&base_root, &name, &platform, clock.now())?;
+        Ok(Store {
+            base: Arc::new(base_root),
+            cd: Arc::new(cd),
             platform,
             clock,
-            last_use_resolution: config.last_use_resolution,
-        };
-        store.ensure_base()?;
-        store.ensure_compiledir()?;
-        Ok(store)
+            config: Arc::new(config.clone()),
+        })
     }
 
     /// The base dir.
     pub fn base_dir(&self) -> &Path {
-        &self.base
+        self.base.path()
     }
 
     /// The current compiledir.
     pub fn compiledir(&self) -> &Path {
-        &self.compiledir
+        self.cd.path()
+    }
+
+    /// The base dir's descriptor.
+    pub fn base_root(&self) -> &Arc<Root> {
+        &self.base
+    }
+
+    /// The current compiledir's descriptor: everything below it is reached through it.
+    pub fn root(&self) -> &Arc<Root> {
+        &self.cd
     }
 
     /// The platform of the current compiledir.
@@ -448,9 +384,14 @@ impl Store {
         &self.clock
     }
 
+    /// The settings the store was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The paths inside the current compiledir.
     pub fn dirs(&self) -> Dirs {
-        Dirs::new(&self.compiledir)
+        Dirs::new(self.cd.path())
     }
 
     /// Directory of the entries.
@@ -468,62 +409,31 @@ impl Store {
         self.dirs().lock(key)
     }
 
-    /// Directory of cached toolchain resolutions.
-    pub fn toolchains_dir(&self) -> PathBuf {
-        self.dirs().toolchains()
+    /// Reads a toolchain record (`toolchains/<name>`), if there is a trusted one.
+    pub fn read_toolchain_record(&self, name: &str) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let rel = layout::toolchain_record(name);
+        let mut f = self.cd.open_file(&rel, OpenHow::read()).ok()?;
+        // The record names a program xcache runs: only trust one that nobody else
+        // could have written.
+        let md = f.metadata().ok()?;
+        if let Some(why) = trust::untrusted("toolchain record", &md)
+            .or_else(|| (!md.is_file()).then(|| "toolchain record: not a regular file".to_string()))
+        {
+            log::warn!("ignoring {}: {why}", self.cd.join(&rel).display());
+            return None;
+        }
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).ok()?;
+        Some(bytes)
     }
 
-    fn ensure_base(&self) -> Result<()> {
-        let base = &self.base;
-        let fresh = !base.exists();
-        if fresh {
-            mkdir_p(base).ctx("creating cache directory", base)?;
-        }
-        check_trusted(base)?;
-        let tag = base.join("CACHEDIR.TAG");
-        if !tag.exists() {
-            // Tag only a directory that is ours: a user who points XCACHE_DIR at a
-            // directory full of their own files must not have backups skip it.
-            let empty = fs::read_dir(base)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false);
-            if fresh || empty {
-                write_atomic(&tag, CACHEDIR_TAG.as_bytes())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn ensure_compiledir(&self) -> Result<()> {
-        let dir = &self.compiledir;
-        if !dir.join(COMPILEDIR_FILE).exists() {
-            mkdir_p(dir).ctx("creating compiledir", dir)?;
-            check_trusted(dir)?;
-            for sub in ["entries", "locks", "tmp", "quarantine", "toolchains"] {
-                let p = dir.join(sub);
-                mkdir_p(&p).ctx("creating directory", &p)?;
-            }
-            let meta = CompiledirMeta {
-                layout: LAYOUT_VERSION,
-                platform: self.platform.clone(),
-                created: unix_secs(self.clock.now()),
-                created_by: format!("xcache {}", env!("CARGO_PKG_VERSION")),
-            };
-            let json = serde_json::to_vec_pretty(&meta).expect("serialises");
-            write_atomic(&dir.join(COMPILEDIR_FILE), &json)?;
-            entry::touch_last_use(dir, self.clock.now(), Duration::ZERO);
-        }
-        // What is loaded or run comes from these: the same rules as the base dir. A
-        // user may have deleted one by hand: make it again.
-        check_trusted(dir)?;
-        for sub in ["entries", "toolchains"] {
-            let p = dir.join(sub);
-            if !p.exists() {
-                mkdir_p(&p).ctx("creating directory", &p)?;
-            }
-            check_trusted(&p)?;
-        }
-        Ok(())
+    /// Writes a toolchain record atomically.
+    pub fn write_toolchain_record(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let rel = layout::toolchain_record(name);
+        self.cd
+            .write_atomic(&rel, bytes, trust::file_mode())
+            .map_err(|e| io_below("writing", &self.cd, &rel, e))
     }
 
     /// Returns the entry for `key`, building it with `build` if it is missing or corrupt.
@@ -534,17 +444,17 @@ impl Store {
     pub fn get_or_build(
         &self,
         key: &Key,
-        build: &mut dyn FnMut(&Path) -> Result<Built>,
+        build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
         match self.get_or_build_cached(key, build) {
             // A compiler that fails because the cache's disk is full (the linker's
             // "No space left on device") is a cache fault too.
             Err(e)
                 if is_cache_fault(&e)
-                    || (matches!(e, Error::Compile(_)) && nearly_full(&self.compiledir)) =>
+                    || (matches!(e, Error::Compile(_)) && nearly_full(self.cd.path())) =>
             {
                 let w = format!(
-                    "the cache cannot be written ({e}); compiled into a private temporary directory instead"
+                    "the cache cannot be written ({e}); compiled into a private directory instead"
                 );
                 log::warn!("{w}");
                 let mut f = self.build_private(key, build)?;
@@ -555,22 +465,35 @@ impl Store {
         }
     }
 
+    /// The full check a hit makes, through descriptors: the entry is a real directory
+    /// of ours, not writable by others, with valid metadata and an artifact of ours
+    /// whose hash matches. `Ok(None)`: there is no entry.
+    pub fn check_entry(
+        &self,
+        key: &Key,
+    ) -> std::result::Result<Option<(Root, EntryMeta)>, VerifyError> {
+        check_entry_in(&self.cd, key)
+    }
+
     fn get_or_build_cached(
         &self,
         key: &Key,
-        build: &mut dyn FnMut(&Path) -> Result<Built>,
+        build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
-        let dir = self.entry_dir(key);
-        let lock_path = self.lock_path(key);
+        let entry_rel = layout::entry(key);
+        let lock_rel = layout::lock(key);
         let mut warnings = Vec::new();
         let mut lock_wait = Duration::ZERO;
 
         // Hit: shared lock, verify.
-        if let Ok(md) = fs::symlink_metadata(&dir) {
-            let guard = lock::lock_shared(&lock_path)?;
+        if self.cd.lstat_fast(&entry_rel).is_ok() {
+            let guard = lock::lock_shared(&self.cd, &lock_rel)?;
             lock_wait += guard.waited();
-            match check_entry(&dir, &md, key) {
-                Ok(meta) => return Ok(self.hit(key, dir, meta, warnings, lock_wait, guard)),
+            match check_entry_in(&self.cd, key) {
+                Ok(Some((root, meta))) => {
+                    return Ok(self.hit(key, root, meta, warnings, lock_wait, guard))
+                }
+                Ok(None) => {} // removed meanwhile
                 Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
                 Err(VerifyError::Corrupt(_)) => {} // repaired below, under the exclusive lock
             }
@@ -578,94 +501,102 @@ impl Store {
 
         // Miss: exclusive lock, look again.
         let short = &key.hex()[..16];
-        let guard = lock::lock_exclusive(&lock_path, &mut |holder| {
+        let guard = lock::lock_exclusive(&self.cd, &lock_rel, &mut |holder| {
             log::warn!(
                 "waiting for the lock on {short}… held by {}",
                 holder.unwrap_or("another process")
             )
         })?;
         lock_wait += guard.waited();
-        if let Ok(md) = fs::symlink_metadata(&dir) {
-            match check_entry(&dir, &md, key) {
-                Ok(meta) => return Ok(self.hit(key, dir, meta, warnings, lock_wait, guard)),
-                Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
-                Err(VerifyError::Corrupt(corruption)) => {
-                    let w = match quarantine_entry(&self.dirs(), key, &dir, self.clock.now())? {
-                        Some(moved) => format!(
-                            "corrupt cache entry {short}… ({corruption}): moved to {} and rebuilt",
-                            moved.display()
-                        ),
-                        None => format!(
-                            "corrupt cache entry {short}… ({corruption}): removed and rebuilt"
-                        ),
-                    };
-                    log::warn!("{w}");
-                    warnings.push(w);
-                }
+        match check_entry_in(&self.cd, key) {
+            Ok(Some((root, meta))) => {
+                return Ok(self.hit(key, root, meta, warnings, lock_wait, guard))
+            }
+            Ok(None) => {}
+            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+            Err(VerifyError::Corrupt(corruption)) => {
+                let w = match self.quarantine_entry(key)? {
+                    Some(moved) => format!(
+                        "corrupt cache entry {short}… ({corruption}): moved to {} and rebuilt",
+                        moved.display()
+                    ),
+                    None => {
+                        format!("corrupt cache entry {short}… ({corruption}): removed and rebuilt")
+                    }
+                };
+                log::warn!("{w}");
+                warnings.push(w);
             }
         }
 
-        let staging = self.new_staging(key)?;
-        let built = match build(staging.path()) {
+        let mut staging = self.new_staging(key)?;
+        let built = match build(&staging.root) {
             Ok(b) => b,
             Err(e) => {
                 // No entry will exist: its lock file would be an orphan. Safe to
                 // remove under the lock (waiters re-check the inode).
-                let _ = fs::remove_file(&lock_path);
-                return Err(keep_failed(staging, e));
+                let _ = self.cd.remove_file(&lock_rel);
+                return Err(self.keep_failed(staging, key, e));
             }
         };
         pause_point("compiled");
-        let meta = seal(staging.path(), key, built, self.clock.now())?;
+        let meta = seal(&staging.root, key, built, self.clock.now())?;
         pause_point("sealed");
-        publish(staging, &dir)?;
+        self.publish(&mut staging, key)?;
         pause_point("published");
+        let entry = self
+            .cd
+            .open_dir(&entry_rel)
+            .map_err(|e| io_below("opening", &self.cd, &entry_rel, e))?;
         Ok(Fetched {
             key: *key,
-            dir,
+            dir: self.cd.join(&entry_rel),
             meta,
             hit: false,
             warnings,
             lock_wait,
+            entry: Some(entry),
             private: None,
+            clock: self.clock.clone(),
+            handout_grace: self.config.handout_grace,
             _guard: guard,
         })
     }
 
-    /// Builds into a private temporary directory outside the cache.
+    /// Builds into a private directory outside the cache.
     fn build_private(
         &self,
         key: &Key,
-        build: &mut dyn FnMut(&Path) -> Result<Built>,
+        build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
-        let tmp = tempfile::Builder::new()
-            .prefix("xcache-private-")
-            .permissions(fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .map_err(|e| {
-                Error::io(
-                    "creating a private build directory in",
-                    std::env::temp_dir(),
-                    e,
-                )
-            })?;
-        let built = match build(tmp.path()) {
+        let now = self.clock.now();
+        let mut p = private::PrivateBuild::create(key)?;
+        // Collect what earlier private builds left, now that we are here anyway.
+        gc::collect_private(
+            now,
+            &gc::rules(&self.config),
+            &mut gc::CleanReport::default(),
+        );
+        let built = match build(p.root()) {
             Ok(b) => b,
             Err(e) => {
                 // Keep the source of a failed compile: the error points at it.
-                let _ = tmp.keep();
+                p.keep(now);
                 return Err(e);
             }
         };
-        let meta = seal(tmp.path(), key, built, self.clock.now())?;
+        let meta = seal(p.root(), key, built, now)?;
         Ok(Fetched {
             key: *key,
-            dir: tmp.path().to_path_buf(),
+            dir: p.path().to_path_buf(),
             meta,
             hit: false,
             warnings: Vec::new(),
             lock_wait: Duration::ZERO,
-            private: Some(tmp),
+            entry: None,
+            private: Some(p),
+            clock: self.clock.clone(),
+            handout_grace: self.config.handout_grace,
             _guard: LockGuard::none(&self.lock_path(key)),
         })
     }
@@ -674,88 +605,331 @@ impl Store {
     fn hit(
         &self,
         key: &Key,
-        dir: PathBuf,
+        entry: Root,
         meta: EntryMeta,
         warnings: Vec<String>,
         lock_wait: Duration,
         guard: LockGuard,
     ) -> Fetched {
-        self.record_use(&dir);
+        let now = self.clock.now();
+        let res = self.config.last_use_resolution;
+        if entry::touch_last_use(&entry, "", now, res) {
+            entry::touch_last_use(&self.cd, "", now, res);
+        }
         Fetched {
             key: *key,
-            dir,
+            dir: entry.path().to_path_buf(),
             meta,
             hit: true,
             warnings,
             lock_wait,
+            entry: Some(entry),
             private: None,
+            clock: self.clock.clone(),
+            handout_grace: self.config.handout_grace,
             _guard: guard,
         }
     }
 
-    fn record_use(&self, dir: &Path) {
-        let now = self.clock.now();
-        if entry::touch_last_use(dir, now, self.last_use_resolution) {
-            entry::touch_last_use(&self.compiledir, now, self.last_use_resolution);
+    fn new_staging(&self, key: &Key) -> Result<Staging> {
+        let name = TmpName::new(TmpKind::Staging, key);
+        let rel = name.rel();
+        // A fresh unique name: never another builder's directory, even on a file
+        // system without working locks.
+        self.cd
+            .mkdir(layout::TMP, trust::dir_mode())
+            .and_then(|()| self.cd.mkdir(&rel, trust::dir_mode()))
+            .and_then(|()| self.cd.open_dir(&rel))
+            .map(|root| Staging {
+                cd: self.cd.clone(),
+                name,
+                root,
+                done: false,
+            })
+            .map_err(|e| io_below("creating a staging directory", &self.cd, &rel, e))
+    }
+
+    /// Renames a sealed staging directory into place; "already there" is success.
+    fn publish(&self, staging: &mut Staging, key: &Key) -> Result<()> {
+        let fan = layout::entry_fan(key);
+        let new_fan = self.cd.lstat_fast(&fan).is_err();
+        self.cd
+            .mkdir_all(&fan, trust::dir_mode())
+            .map_err(|e| io_below("creating directory", &self.cd, &fan, e))?;
+        match self.cd.rename(staging.name.rel(), layout::entry(key)) {
+            Ok(()) => {
+                staging.done = true; // it is the entry now
+                self.sync_dir(&fan)?;
+                if new_fan {
+                    self.sync_dir(Path::new(layout::ENTRIES))?;
+                }
+                Ok(())
+            }
+            // Someone published the same key without our lock (a file system without
+            // flock): the content is equivalent, keep theirs; dropping `staging`
+            // removes ours.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                Ok(())
+            }
+            Err(e) => Err(io_below("publishing", &self.cd, &layout::entry(key), e)),
         }
     }
 
-    fn new_staging(&self, key: &Key) -> Result<tempfile::TempDir> {
-        let tmp = self.compiledir.join("tmp");
-        mkdir_p(&tmp).ctx("creating directory", &tmp)?;
-        // A fresh random name: never another builder's directory, even on a file
-        // system without working locks.
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("build-{}-", key.hex()))
-            .permissions(fs::Permissions::from_mode(trust::dir_mode()))
-            .tempdir_in(&tmp)
-            .ctx("creating a staging directory in", &tmp)?;
-        if trust::shared_group().is_some() {
-            // The umask may have taken the group's write bit.
-            fs::set_permissions(dir.path(), fs::Permissions::from_mode(trust::dir_mode()))
-                .ctx("setting the mode of", dir.path())?;
+    fn sync_dir(&self, rel: &Path) -> Result<()> {
+        self.cd
+            .sync_dir(rel)
+            .map_err(|e| io_below("syncing directory", &self.cd, rel, e))
+    }
+
+    /// Moves a corrupt entry aside into `quarantine/`; `None` if it had to be removed
+    /// instead. Call it under the key's exclusive lock.
+    pub fn quarantine_entry(&self, key: &Key) -> Result<Option<PathBuf>> {
+        quarantine_entry_in(&self.cd, key, self.clock.now())
+    }
+
+    /// Renames a failed build's staging directory to `tmp/failed-…` (keeping its source
+    /// and the compiler's output), points the compile error at the kept files, and
+    /// trims older failures of the key to `keep_failed`. Other errors just remove the
+    /// staging directory. Runs under the key's exclusive lock.
+    fn keep_failed(&self, mut staging: Staging, key: &Key, err: Error) -> Error {
+        let Error::Compile(mut ce) = err else {
+            return err; // dropping `staging` removes it
+        };
+        if self.config.keep_failed == 0 {
+            return Error::Compile(ce);
         }
-        Ok(dir)
+        let kept = TmpName::new(TmpKind::Failed, key);
+        if self.cd.rename(staging.name.rel(), kept.rel()).is_err() {
+            return Error::Compile(ce);
+        }
+        staging.done = true;
+        let dir = self.cd.join(kept.rel());
+        if let Ok(rel) = ce.kept_source.strip_prefix(staging.path()) {
+            ce.kept_source = dir.join(rel);
+        }
+        ce.workdir = dir;
+        let out_rel = kept.rel().join(layout::COMPILER_OUTPUT);
+        if let Ok(mut f) = self.cd.create_file(&out_rel, trust::file_mode()) {
+            let _ = f.write_all(ce.output.as_bytes());
+        }
+        // A rename keeps the directory's old mtime: its age starts now.
+        let _ = self.cd.set_mtime(kept.rel(), self.clock.now());
+        gc::trim_failures(self, key);
+        Error::Compile(ce)
     }
 
     /// Reads the compiledir's metadata.
     pub fn compiledir_meta(&self) -> Result<CompiledirMeta> {
-        read_compiledir_meta(&self.compiledir)
+        read_compiledir_meta(&self.cd)
     }
+
+    /// Rewrites the compiledir's metadata from the current platform (`verify --repair`).
+    pub fn rewrite_compiledir_meta(&self, created_by: &str) -> Result<()> {
+        write_compiledir_meta(&self.cd, &self.platform, self.clock.now(), created_by)
+    }
+}
+
+/// The hit check of [`Store::check_entry`], in any compiledir.
+pub fn check_entry_in(
+    cd: &Root,
+    key: &Key,
+) -> std::result::Result<Option<(Root, EntryMeta)>, VerifyError> {
+    let rel = layout::entry(key);
+    let root = match cd.open_dir(&rel) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if fsx::is_link_refusal(&e) => {
+            return Err(entry::Corruption::Untrusted(
+                "the entry is a symbolic link (or lies under one)".into(),
+            )
+            .into())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Err(entry::Corruption::Untrusted("the entry is not a directory".into()).into())
+        }
+        Err(e) => return Err(VerifyError::Io(cd.join(&rel), e)),
+    };
+    let st = root
+        .stat()
+        .map_err(|e| VerifyError::Io(root.path().to_path_buf(), e))?;
+    if let Some(why) = trust::untrusted_stat("the entry directory", &st) {
+        return Err(entry::Corruption::Untrusted(why).into());
+    }
+    let meta = entry::verify(&root, key)?;
+    Ok(Some((root, meta)))
+}
+
+/// Moves a corrupt entry of `cd` aside into `quarantine/`; `None` if it had to be
+/// removed instead. Call it under the key's exclusive lock.
+pub fn quarantine_entry_in(cd: &Root, key: &Key, now: SystemTime) -> Result<Option<PathBuf>> {
+    let rel = layout::entry(key);
+    cd.mkdir(layout::QUARANTINE, trust::dir_mode())
+        .map_err(|e| io_below("creating directory", cd, Path::new(layout::QUARANTINE), e))?;
+    let dest = QuarantineName::new(key, unix_secs(now)).rel();
+    match cd.rename(&rel, &dest) {
+        Ok(()) => Ok(Some(cd.join(dest))),
+        Err(_) => {
+            cd.remove_tree(&rel)
+                .map_err(|e| io_below("removing corrupt entry", cd, &rel, e))?;
+            Ok(None)
+        }
+    }
+}
+
+/// Opens the base dir (creating it if missing), checks it, and tags it.
+fn open_base(base: &Path) -> Result<Root> {
+    let fresh = std::fs::symlink_metadata(base).is_err();
+    if fresh {
+        mkdir_p(base).map_err(|e| Error::io("creating cache directory", base, e))?;
+    }
+    let root = Root::open(base).map_err(|e| {
+        if fsx::is_link_refusal(&e) {
+            Error::Untrusted {
+                path: base.to_path_buf(),
+                reason: "it is a symbolic link".into(),
+                fix: format!(
+                    "set XCACHE_DIR to the directory it points to ({}), so that xcache sees where its files go",
+                    std::fs::canonicalize(base)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "?".into())
+                ),
+            }
+        } else if e.raw_os_error() == Some(libc::ENOTDIR) {
+            Error::Untrusted {
+                path: base.to_path_buf(),
+                reason: "it is not a directory".into(),
+                fix: "remove it, or set XCACHE_DIR to a directory".into(),
+            }
+        } else {
+            Error::io("opening cache directory", base, e)
+        }
+    })?;
+    check_trusted(&root, Path::new(""))?;
+    if root.lstat_fast(layout::CACHEDIR_TAG).is_err() {
+        // Tag only a directory that is ours: a user who points XCACHE_DIR at a
+        // directory full of their own files must not have backups skip it.
+        let empty = root.read_dir("").map(|d| d.is_empty()).unwrap_or(false);
+        if fresh || empty {
+            root.write_atomic(
+                layout::CACHEDIR_TAG,
+                layout::CACHEDIR_TAG_TEXT.as_bytes(),
+                trust::file_mode(),
+            )
+            .map_err(|e| Error::io("writing", base.join(layout::CACHEDIR_TAG), e))?;
+        }
+    }
+    Ok(root)
+}
+
+/// Creates (or opens) the compiledir `name` below the base dir and checks it and each
+/// of its directories.
+fn ensure_compiledir(
+    base: &Root,
+    name: &str,
+    platform: &Platform,
+    now: SystemTime,
+) -> Result<Root> {
+    let here = Path::new("");
+    let cd = match base.open_dir(name) {
+        Ok(cd) => cd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => base
+            .mkdir(name, trust::dir_mode())
+            .and_then(|()| base.open_dir(name))
+            .map_err(|e| io_below("creating compiledir", base, Path::new(name), e))?,
+        Err(e) => return Err(io_below("opening compiledir", base, Path::new(name), e)),
+    };
+    check_trusted(&cd, here)?;
+    // What is loaded, run or written comes from these: the same rules as the base
+    // dir. A user may have deleted one by hand: make it again.
+    for sub in layout::COMPILEDIR_SUBDIRS {
+        match cd.lstat_fast(sub) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => cd
+                .mkdir(sub, trust::dir_mode())
+                .map_err(|e| io_below("creating directory", &cd, Path::new(sub), e))?,
+            _ => check_trusted(&cd, Path::new(sub))?,
+        }
+    }
+    if cd.lstat_fast(layout::COMPILEDIR_META).is_err() {
+        write_compiledir_meta(&cd, platform, now, "")?;
+        entry::touch_last_use(&cd, here, now, Duration::ZERO);
+    }
+    Ok(cd)
+}
+
+fn write_compiledir_meta(
+    cd: &Root,
+    platform: &Platform,
+    now: SystemTime,
+    note: &str,
+) -> Result<()> {
+    let meta = CompiledirMeta {
+        layout: LAYOUT_VERSION,
+        platform: platform.clone(),
+        created: unix_secs(now),
+        created_by: format!("xcache {}{note}", env!("CARGO_PKG_VERSION")),
+    };
+    let json = serde_json::to_vec_pretty(&meta).expect("serialises");
+    cd.write_atomic(layout::COMPILEDIR_META, &json, trust::file_mode())
+        .map_err(|e| io_below("writing", cd, Path::new(layout::COMPILEDIR_META), e))
+}
+
+/// Reads `compiledir.json` of a compiledir.
+pub fn read_compiledir_meta(cd: &Root) -> Result<CompiledirMeta> {
+    use std::io::Read;
+    let p = cd.join(layout::COMPILEDIR_META);
+    let mut bytes = Vec::new();
+    cd.open_file(layout::COMPILEDIR_META, OpenHow::read())
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| Error::io("reading", &p, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Config(format!("{} is not valid: {e}", p.display())))
+}
+
+/// Creates a directory and its parents with mode 0755 (2775 in shared-group mode; never
+/// wider, whatever the umask). For the base dir itself, whose path the user chose;
+/// everything below it is made through [`Root::mkdir`].
+pub fn mkdir_p(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let existed = path.is_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(trust::dir_mode())
+        .create(path)?;
+    if !existed && trust::shared_group().is_some() {
+        // The umask may have taken the group's write bit: set it exactly.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(trust::dir_mode()))?;
+    }
+    Ok(())
+}
+
+/// Apparent bytes (sum of file lengths) and on-disk bytes (allocated blocks) of the
+/// files directly in the directory `root/rel`.
+pub fn dir_bytes(root: &Root, rel: impl AsRef<Path>) -> (u64, u64) {
+    let rel = rel.as_ref();
+    let Ok(dir) = root.open_dir(rel) else {
+        return (0, 0);
+    };
+    let (mut apparent, mut disk) = (0, 0);
+    for e in dir.read_dir("").unwrap_or_default() {
+        if e.kind == fsx::Kind::File {
+            if let Ok(st) = dir.lstat_fast(&e.name) {
+                apparent += st.st_size as u64;
+                disk += st.st_blocks as u64 * 512;
+            }
+        }
+    }
+    (apparent, disk)
 }
 
 /// True when the file system holding `dir` has less than 1 MiB left for this user.
 fn nearly_full(dir: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        libc::statvfs(c.as_ptr(), &mut st) == 0
-            && (st.f_bavail as u128) * (st.f_frsize as u128) < (1 << 20)
-    }
-}
-
-/// The full check a hit makes: the entry is a real directory of ours, not writable by
-/// others, with valid metadata and an artifact of ours whose hash matches. `md` is the
-/// entry directory's `symlink_metadata`.
-pub fn check_entry(
-    dir: &Path,
-    md: &fs::Metadata,
-    key: &Key,
-) -> std::result::Result<EntryMeta, VerifyError> {
-    if !md.is_dir() {
-        return Err(entry::Corruption::Untrusted("the entry is not a directory".into()).into());
-    }
-    if let Some(why) = trust::untrusted("the entry directory", md) {
-        return Err(entry::Corruption::Untrusted(why).into());
-    }
-    entry::verify(dir, key)
+    rustix::fs::statvfs(dir)
+        .is_ok_and(|st| (st.f_bavail as u128) * (st.f_frsize as u128) < (1 << 20))
 }
 
 /// Errors that mean "the cache cannot be written", after which compiling privately
-/// still works.
+/// still works: a read-only or full file system, a permission problem, or something
+/// planted where xcache writes (refused, never followed).
 fn is_cache_fault(e: &Error) -> bool {
     match e {
         Error::Io { source, .. } => matches!(
@@ -766,61 +940,60 @@ fn is_cache_fault(e: &Error) -> bool {
                 | Some(libc::ENOSPC)
                 | Some(libc::EDQUOT)
         ),
+        Error::Untrusted { .. } => true,
         _ => false,
     }
 }
 
-/// Renames a failed build's staging directory to `tmp/failed-…` and points the compile
-/// error at the kept files. Other errors just remove the staging directory.
-fn keep_failed(staging: tempfile::TempDir, err: Error) -> Error {
-    let Error::Compile(mut ce) = err else {
-        return err; // dropping `staging` removes it
-    };
-    let path = staging.keep();
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .replacen("build-", "failed-", 1);
-    let kept = path.with_file_name(name);
-    if fs::rename(&path, &kept).is_err() {
-        let _ = fs::write(path.join("compiler-output.txt"), &ce.output);
-        return Error::Compile(ce);
+/// Hashes the artifact, writes `last-use`, `handed-out` (never: the epoch) and
+/// `entry.json`, sets modes,
+/// syncs everything.
+fn seal(staging: &Root, key: &Key, built: Built, now: SystemTime) -> Result<EntryMeta> {
+    let io = |op, name: &str, e| Error::io(op, staging.join(name), e);
+    let artifact = staging
+        .open_file(ARTIFACT_FILE, OpenHow::read())
+        .map_err(|e| io("opening", ARTIFACT_FILE, e))?;
+    let (blake3, size) =
+        entry::hash_open_file(&artifact).map_err(|e| io("hashing", ARTIFACT_FILE, e))?;
+    // `handed-out` starts at the epoch (never handed out): a hand-out then costs one
+    // utimensat under the lock, no create.
+    for (marker, t) in [
+        (layout::LAST_USE, now),
+        (layout::HANDED_OUT, SystemTime::UNIX_EPOCH),
+    ] {
+        staging
+            .create_file(marker, trust::file_mode())
+            .and_then(|f| f.set_modified(t))
+            .map_err(|e| io("writing", marker, e))?;
     }
-    if let Ok(rel) = ce.kept_source.strip_prefix(&path) {
-        ce.kept_source = kept.join(rel);
-    }
-    ce.workdir = kept.clone();
-    let _ = fs::write(kept.join("compiler-output.txt"), &ce.output);
-    Error::Compile(ce)
-}
-
-/// Hashes the artifact, writes `last-use` and `entry.json`, sets modes, syncs
-/// everything.
-fn seal(staging: &Path, key: &Key, built: Built, now: std::time::SystemTime) -> Result<EntryMeta> {
-    let artifact = staging.join(ARTIFACT_FILE);
-    let (blake3, size) = entry::hash_file(&artifact).ctx("hashing", &artifact)?;
-    let last_use = staging.join(LAST_USE_FILE);
-    entry::create_file(&last_use)
-        .and_then(|f| f.set_modified(now))
-        .ctx("writing", &last_use)?;
     let mut files = entry::FileBytes {
         apparent: 0,
         disk: 0,
     };
-    for name in fs::read_dir(staging).ctx("reading", staging)? {
-        let p = name.ctx("reading", staging)?.path();
-        if p.is_file() {
-            // The compiler creates files with the umask's idea of a mode.
-            fs::set_permissions(&p, fs::Permissions::from_mode(trust::file_mode()))
-                .ctx("setting the mode of", &p)?;
-            let f = File::open(&p).ctx("syncing", &p)?;
-            f.sync_all().ctx("syncing", &p)?;
-            // Measured after the sync: allocated blocks are known by then.
-            let md = f.metadata().ctx("inspecting", &p)?;
-            files.apparent += md.len();
-            files.disk += md.blocks() * 512;
+    for e in staging.read_dir("").map_err(|e| io("reading", "", e))? {
+        let name = e.name.to_string_lossy().into_owned();
+        match e.kind {
+            fsx::Kind::File => {}
+            fsx::Kind::Dir => continue,
+            // Nothing xcache makes: never published.
+            _ => {
+                staging
+                    .remove_file(&e.name)
+                    .map_err(|e| io("removing", &name, e))?;
+                continue;
+            }
         }
+        // The compiler creates files with the umask's idea of a mode.
+        let f = staging
+            .open_file(&e.name, OpenHow::read())
+            .map_err(|e| io("opening", &name, e))?;
+        rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(trust::file_mode()))
+            .map_err(|e| io("setting the mode of", &name, e.into()))?;
+        f.sync_all().map_err(|e| io("syncing", &name, e))?;
+        // Measured after the sync: allocated blocks are known by then.
+        let md = f.metadata().map_err(|e| io("inspecting", &name, e))?;
+        files.apparent += md.len();
+        files.disk += md.blocks() * 512;
     }
     let meta = EntryMeta {
         format: LAYOUT_VERSION,
@@ -839,68 +1012,10 @@ fn seal(staging: &Path, key: &Key, built: Built, now: std::time::SystemTime) -> 
         key_material: built.key_material,
     };
     entry::write_meta(staging, &meta)?;
-    sync_dir(staging)?;
+    staging
+        .sync_dir("")
+        .map_err(|e| io("syncing directory", "", e))?;
     Ok(meta)
-}
-
-/// Reads `compiledir.json` of a compiledir.
-pub fn read_compiledir_meta(dir: &Path) -> Result<CompiledirMeta> {
-    let p = dir.join(COMPILEDIR_FILE);
-    let bytes = fs::read(&p).ctx("reading", &p)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Config(format!("{} is not valid: {e}", p.display())))
-}
-
-/// Renames a sealed staging directory into place; "already there" is success.
-fn publish(staging: tempfile::TempDir, dest: &Path) -> Result<()> {
-    let fan = dest.parent().expect("entry dirs have a parent");
-    let new_fan = !fan.exists();
-    mkdir_p(fan).ctx("creating directory", fan)?;
-    match fs::rename(staging.path(), dest) {
-        Ok(()) => {
-            let _ = staging.keep(); // it is the entry now
-            sync_dir(fan)?;
-            if new_fan {
-                sync_dir(fan.parent().expect("fan dirs have a parent"))?;
-            }
-            Ok(())
-        }
-        // Someone published the same key without our lock (a file system without
-        // flock): the content is equivalent, keep theirs; dropping `staging` removes ours.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => Ok(()),
-        Err(e) => Err(Error::io("publishing", dest, e)),
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .ctx("syncing directory", dir)
-}
-
-/// Writes a file whole or not at all (mode 0644): temp file beside it, fsync, rename,
-/// fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
-    let r = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(trust::file_mode())
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r.ctx("writing", path)?;
-    match path.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
-    }
 }
 
 /// Test hook (debug builds only): with `__XCACHE_TEST_PAUSE=<point>:<dir>`, a build
@@ -913,10 +1028,13 @@ pub(crate) fn pause_point(point: &str) {
         if let Some((p, dir)) = spec.split_once(':') {
             if p == point {
                 let dir = Path::new(dir);
-                if let Ok(mut f) = fs::OpenOptions::new().write(true).open(dir.join("started")) {
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("started"))
+                {
                     let _ = writeln!(f, "{point}");
                 }
-                let _ = fs::read_to_string(dir.join("release"));
+                let _ = std::fs::read_to_string(dir.join("release"));
             }
         }
     }
@@ -924,30 +1042,37 @@ pub(crate) fn pause_point(point: &str) {
     let _ = point;
 }
 
-fn check_trusted(dir: &Path) -> Result<()> {
-    let md = fs::metadata(dir).ctx("inspecting", dir)?;
-    if !md.is_dir() {
-        return Err(Error::Untrusted {
-            path: dir.to_path_buf(),
-            reason: "it is not a directory".into(),
-            fix: "remove it, or set XCACHE_DIR to a directory".into(),
-        });
+/// Checks `root/rel` (a directory xcache loads from or writes into) against the trust
+/// rules: a real directory, owned by the user (or the shared group), writable by no one
+/// else.
+pub(crate) fn check_trusted(root: &Root, rel: &Path) -> Result<()> {
+    let path = root.join(rel);
+    let st = if rel.as_os_str().is_empty() {
+        root.stat()
+    } else {
+        root.lstat_fast(rel)
     }
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    .map_err(|e| Error::io("inspecting", &path, e))?;
+    match fsx::Kind::of_stat(&st) {
+        fsx::Kind::Dir => {}
+        fsx::Kind::Link => return Err(trust::refused_link(root, rel)),
+        _ => {
+            return Err(Error::Untrusted {
+                path,
+                reason: "it is not a directory".into(),
+                fix: "remove it (xcache makes it again), or set XCACHE_DIR to a directory".into(),
+            })
+        }
+    }
     match trust::problem(
-        dir,
-        md.uid(),
-        md.gid(),
-        md.mode(),
-        euid,
+        &path,
+        st.st_uid,
+        st.st_gid,
+        st.st_mode,
+        fsx::euid(),
         trust::shared_group(),
     ) {
         None => Ok(()),
-        Some((reason, fix)) => Err(Error::Untrusted {
-            path: dir.to_path_buf(),
-            reason,
-            fix,
-        }),
+        Some((reason, fix)) => Err(Error::Untrusted { path, reason, fix }),
     }
 }

@@ -95,8 +95,7 @@ pub fn problem(
 /// reason only.
 pub fn untrusted(what: &str, md: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::fsx::euid();
     problem(
         Path::new(what),
         md.uid(),
@@ -108,22 +107,42 @@ pub fn untrusted(what: &str, md: &std::fs::Metadata) -> Option<String> {
     .map(|(reason, _)| format!("{what}: {reason}"))
 }
 
-/// Resolves a group name or number.
-pub fn resolve_group(name: &str) -> Result<u32, String> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
+/// [`untrusted`] for a `stat` result.
+pub fn untrusted_stat(what: &str, st: &rustix::fs::Stat) -> Option<String> {
+    problem(
+        Path::new(what),
+        st.st_uid,
+        st.st_gid,
+        st.st_mode,
+        crate::fsx::euid(),
+        shared_group(),
+    )
+    .map(|(reason, _)| format!("{what}: {reason}"))
+}
+
+/// The error for something planted inside the cache: a file or directory that xcache
+/// did not make (or that someone else could write) where xcache writes.
+pub fn refused(path: &Path, reason: &str) -> crate::Error {
+    crate::Error::Untrusted {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+        fix: "remove it (`xcache verify --repair` removes what it finds planted), and find out who put it there; xcache never writes through it".into(),
     }
-    let c = std::ffi::CString::new(name).map_err(|_| "a group name".to_string())?;
-    // SAFETY: getgrnam returns NULL or a pointer to a static struct, read at once.
-    let gid = unsafe {
-        let g = libc::getgrnam(c.as_ptr());
-        if g.is_null() {
-            None
-        } else {
-            Some((*g).gr_gid)
-        }
+}
+
+/// The error for a symbolic link met while opening `root/rel` without following
+/// links: names the link itself.
+pub fn refused_link(root: &crate::fsx::Root, rel: &Path) -> crate::Error {
+    let link = root.first_link(rel).unwrap_or_else(|| root.join(rel));
+    let what = if link == root.join(rel) {
+        "it is a symbolic link"
+    } else {
+        "it is a symbolic link on the way to a file xcache writes"
     };
-    gid.ok_or_else(|| format!("an existing group (no group named {name:?})"))
+    refused(
+        &link,
+        &format!("{what}, and xcache never follows links inside its cache (one could make it write outside)"),
+    )
 }
 
 #[cfg(test)]
@@ -172,6 +191,7 @@ mod tests {
 
     #[test]
     fn groups_resolve() {
+        use crate::fsx::resolve_group;
         assert_eq!(resolve_group("0"), Ok(0));
         assert_eq!(resolve_group("root"), Ok(0));
         assert!(resolve_group("no-such-group-xyz").is_err());

@@ -1,0 +1,902 @@
+//! Cleanup, owned by the store: removing entries, collecting leftovers under `tmp/`,
+//! `quarantine/` and the private root, removing whole compiledirs, pruning, and the
+//! automatic prune after a compile. Every decision is made by the pure functions of
+//! [`policy`]; this module only gathers their inputs (names, ages, lock states) and
+//! acts on their verdicts.
+//!
+//! The rules it keeps (the store module's doc states them as protocol):
+//!
+//! - an entry is removed only under a *try* exclusive lock on its key (busy entries are
+//!   skipped and reported), and not within `handout_grace` of its last hand-out unless
+//!   forced; it is renamed to `tmp/delete-<key>-…` first (readers see it whole or not at
+//!   all), then deleted, then its lock file, still under the lock;
+//! - a leftover goes only when [`policy::leftover_verdict`] says so;
+//! - nothing is removed that xcache did not make: names are parsed ([`super::layout`]),
+//!   compiledirs must carry `compiledir.json`, a base dir xcache's `CACHEDIR.TAG`; a
+//!   directory holding something else stays, with the foreign files;
+//! - everything is reached through descriptors without following links.
+//!
+//! What the operations did comes back as typed data ([`CleanReport`]): the CLI words it.
+
+pub mod policy;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::key::Key;
+use super::layout::{self, QuarantineName, TmpKind, TmpName};
+use super::lock::{self, LockState};
+use super::scan::{self, EntryRow};
+use super::{entry, io_below, private, Store};
+use crate::clock::unix_secs;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fsx::{Kind, Root};
+use policy::{
+    GcEntry, Leftover, LeftoverFacts, LeftoverRules, Policy, RemoveWhy, StaleWhy, Standing, Sweep,
+    Verdict,
+};
+
+/// What a removed (or skipped) item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ItemKind {
+    /// An entry.
+    Entry,
+    /// A whole compiledir.
+    Compiledir,
+    /// A leftover of this kind.
+    #[serde(untagged)]
+    Leftover(Leftover),
+}
+
+/// Why an item was chosen. Serialised as `{"why": "over-size", ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "why", rename_all = "kebab-case")]
+pub enum Reason {
+    /// `xcache clear`.
+    Clear,
+    /// `xcache purge` or `basecompiledir purge`.
+    Purge,
+    /// Unused for longer than `--older-than`.
+    OlderThan {
+        /// The limit, seconds.
+        limit_secs: u64,
+    },
+    /// Least recently used while the compiledir was over the size limit.
+    OverSize {
+        /// The limit, bytes.
+        max_size: u64,
+    },
+    /// A stale compiledir.
+    Stale {
+        /// Why it is stale.
+        stale: StaleWhy,
+    },
+    /// A leftover whose verdict is to go.
+    Leftover {
+        /// The verdict's reason.
+        leftover: RemoveWhy,
+    },
+}
+
+/// Why an item was left in place. Serialised as `{"why": "in-use", ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "why", rename_all = "kebab-case")]
+pub enum Skip {
+    /// `--dry-run`: nothing was removed.
+    DryRun,
+    /// Another process holds its lock (it is loading or building it).
+    InUse,
+    /// Its path was handed out recently; it is protected until then (`clear --force`
+    /// removes it anyway).
+    HandedOut {
+        /// Unix seconds until which it is protected.
+        until: u64,
+    },
+    /// A compiledir with entries in use by other processes.
+    EntriesInUse {
+        /// How many.
+        count: u64,
+    },
+    /// A compiledir in which a build is in progress (or too recent to tell).
+    BuildInProgress,
+    /// Not made by xcache (no `compiledir.json`): never removed.
+    NotOurs,
+    /// Everything of xcache's was removed, but files that are not xcache's remain, and
+    /// so does their directory.
+    ForeignFiles {
+        /// The first directory that could not be removed.
+        path: PathBuf,
+    },
+}
+
+/// One thing removed (or, in a dry run, that would be), or skipped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    /// What it is.
+    pub kind: ItemKind,
+    /// Key, compiledir name or directory name.
+    pub name: String,
+    /// What the user knows it as (source or template instance), for entries.
+    pub source: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// Bytes it held.
+    pub bytes: u64,
+    /// Last use (entries and compiledirs) or mtime (leftovers), Unix seconds.
+    pub last_use: Option<u64>,
+    /// Why it was chosen.
+    pub reason: Reason,
+    /// Why it was left in place, if it was.
+    pub skipped: Option<Skip>,
+}
+
+/// What a cleaning operation did. `--json` prints this.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CleanReport {
+    /// True for `--dry-run`: nothing was removed.
+    pub dry_run: bool,
+    /// Everything chosen, removed or skipped.
+    pub actions: Vec<Action>,
+    /// Bytes freed (or that would be freed in a dry run).
+    pub freed_bytes: u64,
+    /// Entries removed (or that would be).
+    pub removed_entries: u64,
+    /// Items left in place for a reason other than the dry run.
+    pub skipped: u64,
+}
+
+impl CleanReport {
+    fn dry(dry_run: bool) -> CleanReport {
+        CleanReport {
+            dry_run,
+            ..CleanReport::default()
+        }
+    }
+
+    fn push(&mut self, a: Action) {
+        match &a.skipped {
+            None | Some(Skip::DryRun) => {
+                self.freed_bytes += a.bytes;
+                if a.kind == ItemKind::Entry {
+                    self.removed_entries += 1;
+                }
+            }
+            Some(_) => self.skipped += 1,
+        }
+        self.actions.push(a);
+    }
+}
+
+/// What happened to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Removed; it held this many bytes.
+    Removed(u64),
+    /// Another process holds its lock (it is being loaded or built): left alone.
+    Busy,
+    /// Handed out recently: protected until then.
+    HandedOut(SystemTime),
+    /// It was already gone.
+    Gone,
+}
+
+/// Options of [`Store::prune`].
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Evict least recently used entries while the compiledir exceeds this many bytes.
+    /// `None` with `older_than` also `None`: the `max_size` setting (if not 0).
+    pub max_size: Option<u64>,
+    /// Evict entries unused for longer than this.
+    pub older_than: Option<Duration>,
+    /// Also remove stale compiledirs.
+    pub stale: bool,
+    /// Only report.
+    pub dry_run: bool,
+}
+
+/// The leftover rules of a configuration.
+pub fn rules(config: &Config) -> LeftoverRules {
+    LeftoverRules {
+        staging_grace: config.staging_grace,
+        handout_grace: config.handout_grace,
+        keep_for: config.stale_after,
+        keep_failed: config.keep_failed as usize,
+    }
+}
+
+fn age(now: SystemTime, t: Option<SystemTime>) -> Option<Duration> {
+    t.map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
+}
+
+/// Removes the entry `key` of the compiledir `cd` under a try-lock (see the module doc).
+/// With `force`, a recent hand-out does not protect it.
+pub fn remove_entry(
+    cd: &Root,
+    key: &Key,
+    now: SystemTime,
+    handout_grace: Duration,
+    force: bool,
+) -> Result<Removal> {
+    let lock_rel = layout::lock(key);
+    let Some(guard) = lock::try_lock_exclusive(cd, &lock_rel)? else {
+        return Ok(Removal::Busy);
+    };
+    let rel = layout::entry(key);
+    let removal = match cd.lstat_fast(&rel) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Removal::Gone,
+        Err(e) => return Err(io_below("inspecting", cd, &rel, e)),
+        Ok(_) => {
+            let handed = entry::mtime(cd, rel.join(layout::HANDED_OUT));
+            match handed.map(|t| t + handout_grace) {
+                Some(until) if !force && until > now => return Ok(Removal::HandedOut(until)),
+                _ => {}
+            }
+            let bytes = scan::tree_bytes(cd, &rel, &[]).0;
+            let trash = TmpName::new(TmpKind::Removal, key);
+            cd.mkdir(layout::TMP, super::trust::dir_mode())
+                .map_err(|e| io_below("creating directory", cd, Path::new(layout::TMP), e))?;
+            cd.rename(&rel, trash.rel())
+                .map_err(|e| io_below("removing", cd, &rel, e))?;
+            super::pause_point("renamed-for-removal");
+            // The entry is gone from entries/ now; what is left in tmp/ is ours to
+            // delete while we hold the key's lock (collectors leave it alone until then).
+            if let Err(e) = cd.remove_tree(trash.rel()) {
+                log::warn!("could not remove {}: {e}", cd.join(trash.rel()).display());
+            }
+            Removal::Removed(bytes)
+        }
+    };
+    // Safe under the lock: a waiter on this file re-checks the inode (see `lock`).
+    let _ = cd.remove_file(&lock_rel);
+    drop(guard);
+    Ok(removal)
+}
+
+/// Removes (or reports) one listed entry, recording what happened.
+fn remove_row(
+    cd: &Root,
+    row: &EntryRow,
+    reason: Reason,
+    now: SystemTime,
+    handout_grace: Duration,
+    force: bool,
+    report: &mut CleanReport,
+) -> Result<()> {
+    let Some(key) = row.key() else { return Ok(()) };
+    let skipped = if report.dry_run {
+        Some(Skip::DryRun)
+    } else {
+        match remove_entry(cd, &key, now, handout_grace, force)? {
+            Removal::Removed(_) | Removal::Gone => None,
+            Removal::Busy => Some(Skip::InUse),
+            Removal::HandedOut(until) => Some(Skip::HandedOut {
+                until: unix_secs(until),
+            }),
+        }
+    };
+    report.push(Action {
+        kind: ItemKind::Entry,
+        name: row.key.clone(),
+        source: row.source.clone(),
+        path: row.path.clone(),
+        bytes: row.size,
+        last_use: Some(row.last_touch()),
+        reason,
+        skipped,
+    });
+    Ok(())
+}
+
+/// One leftover found on disk, with the facts its verdict needs.
+pub(crate) struct Found {
+    pub(crate) rel: PathBuf,
+    pub(crate) facts: LeftoverFacts,
+    mtime: Option<SystemTime>,
+}
+
+/// The leftovers of `cd`: `tmp/` and `quarantine/` names that parse, with their facts.
+pub(crate) fn leftovers(cd: &Root, now: SystemTime) -> Vec<Found> {
+    let mut out = Vec::new();
+    let mut failures: HashMap<Key, Vec<usize>> = HashMap::new();
+    for e in cd.read_dir(layout::TMP).unwrap_or_default() {
+        let Some(name) = e.name_str().and_then(TmpName::parse) else {
+            continue; // not ours
+        };
+        let rel = name.rel();
+        let mtime = entry::mtime(cd, &rel);
+        let kind = match name.kind {
+            TmpKind::Staging => Leftover::Staging,
+            TmpKind::Failed => Leftover::Failed,
+            TmpKind::Removal => Leftover::Removal,
+        };
+        // Staging and removals are guarded by their key's lock; a name without a full
+        // key (an older xcache's) has no lock to ask, and is judged by its age.
+        let lock = match (kind, name.key) {
+            (Leftover::Staging | Leftover::Removal, Some(k)) => {
+                Some(lock::probe(cd, &layout::lock(&k)))
+            }
+            (Leftover::Staging, None) => Some(LockState::Absent),
+            _ => None,
+        };
+        if let (Leftover::Failed, Some(k)) = (kind, name.key) {
+            failures.entry(k).or_default().push(out.len());
+        }
+        out.push(Found {
+            rel,
+            facts: LeftoverFacts {
+                kind,
+                age: age(now, mtime),
+                lock,
+                newer_failures: 0,
+            },
+            mtime,
+        });
+    }
+    // Rank each key's failures, newest first.
+    for idx in failures.values_mut() {
+        idx.sort_by_key(|&i| std::cmp::Reverse(out[i].mtime));
+        for (rank, &i) in idx.iter().enumerate() {
+            out[i].facts.newer_failures = rank;
+        }
+    }
+    for e in cd.read_dir(layout::QUARANTINE).unwrap_or_default() {
+        let Some(name) = e.name_str().and_then(QuarantineName::parse) else {
+            continue;
+        };
+        let rel = name.rel();
+        let mtime = entry::mtime(cd, &rel);
+        out.push(Found {
+            rel,
+            facts: LeftoverFacts {
+                kind: Leftover::Quarantined,
+                age: age(now, mtime),
+                lock: None,
+                newer_failures: 0,
+            },
+            mtime,
+        });
+    }
+    out
+}
+
+/// Collects the leftovers of `cd` that [`policy::leftover_verdict`] lets go. Returns how
+/// many were kept because they are in use or too young to tell (a compiledir with such
+/// a leftover is not removed whole).
+fn collect_leftovers(
+    cd: &Root,
+    sweep: Sweep,
+    rules: &LeftoverRules,
+    now: SystemTime,
+    report: &mut CleanReport,
+) -> Result<usize> {
+    let mut live = 0;
+    for f in leftovers(cd, now) {
+        let why = match policy::leftover_verdict(&f.facts, sweep, rules) {
+            Verdict::Keep(policy::KeepWhy::Kept) => continue,
+            Verdict::Keep(_) => {
+                live += 1;
+                continue;
+            }
+            Verdict::Remove(why) => why,
+        };
+        let bytes = scan::tree_bytes(cd, &f.rel, &[]).0;
+        let skipped = if report.dry_run {
+            Some(Skip::DryRun)
+        } else {
+            cd.remove_tree(&f.rel)
+                .map_err(|e| io_below("removing", cd, &f.rel, e))?;
+            None
+        };
+        report.push(Action {
+            kind: ItemKind::Leftover(f.facts.kind),
+            name: f
+                .rel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            source: String::new(),
+            path: cd.join(&f.rel),
+            bytes,
+            last_use: f.mtime.map(unix_secs),
+            reason: Reason::Leftover { leftover: why },
+            skipped,
+        });
+    }
+    Ok(live)
+}
+
+/// Collects private builds (in `$TMPDIR/xcache-private-<uid>/`) that nobody uses any
+/// more. Never fails: the private root is a convenience of this user's.
+pub fn collect_private(now: SystemTime, rules: &LeftoverRules, report: &mut CleanReport) {
+    let Ok(root) = private::open_root() else {
+        return;
+    };
+    for e in root.read_dir("").unwrap_or_default() {
+        let Some(name) = e.name_str().and_then(TmpName::parse) else {
+            continue;
+        };
+        if name.kind != TmpKind::Staging || e.kind != Kind::Dir {
+            continue;
+        }
+        let rel = PathBuf::from(name.format());
+        let mtime = entry::mtime(&root, &rel);
+        let facts = LeftoverFacts {
+            kind: Leftover::Private,
+            age: age(now, mtime),
+            lock: Some(private::probe(&root, &rel)),
+            newer_failures: 0,
+        };
+        let Verdict::Remove(why) = policy::leftover_verdict(&facts, Sweep::Routine, rules) else {
+            continue;
+        };
+        let bytes = scan::tree_bytes(&root, &rel, &[]).0;
+        let skipped = if report.dry_run {
+            Some(Skip::DryRun)
+        } else if let Err(e) = root.remove_tree(&rel) {
+            log::debug!("could not remove {}: {e}", root.join(&rel).display());
+            continue;
+        } else {
+            None
+        };
+        report.push(Action {
+            kind: ItemKind::Leftover(Leftover::Private),
+            name: name.format(),
+            source: String::new(),
+            path: root.join(&rel),
+            bytes,
+            last_use: mtime.map(unix_secs),
+            reason: Reason::Leftover { leftover: why },
+            skipped,
+        });
+    }
+}
+
+/// Removes the failures of `key` beyond `keep_failed` (the newest are kept). Runs under
+/// the key's exclusive lock, right after a failure was kept.
+pub(crate) fn trim_failures(store: &Store, key: &Key) {
+    let cd = store.root();
+    let now = store.clock().now();
+    let rules = rules(store.config());
+    for f in leftovers(cd, now) {
+        let ours = f.facts.kind == Leftover::Failed
+            && f.rel
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(TmpName::parse)
+                .is_some_and(|n| n.key == Some(*key));
+        if !ours {
+            continue;
+        }
+        if let Verdict::Remove(_) = policy::leftover_verdict(&f.facts, Sweep::Routine, &rules) {
+            let _ = cd.remove_tree(&f.rel);
+        }
+    }
+}
+
+/// Names in a directory below `root` (`""`: the root), with their kinds.
+fn names(root: &Root, rel: impl AsRef<Path>) -> Vec<(String, Kind)> {
+    root.read_dir(rel)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| Some((e.name_str()?.to_string(), e.kind)))
+        .collect()
+}
+
+/// After the entries and leftovers of a compiledir being removed whole: what xcache made
+/// around them, by name, one by one — empty fan directories, lock files (under a
+/// try-lock), toolchain records, stats files, the top-level files — and never a name
+/// it does not make. Returns the first directory that could not be removed because
+/// something else is in it.
+fn remove_compiledir_rest(cd: &Root) -> Option<PathBuf> {
+    let mut foreign = None;
+    let mut rmdir = |rel: &Path| {
+        if let Err(e) = cd.remove_dir(rel) {
+            if e.kind() != std::io::ErrorKind::NotFound && foreign.is_none() {
+                foreign = Some(cd.join(rel));
+            }
+        }
+    };
+    for (fan, kind) in names(cd, layout::ENTRIES) {
+        if layout::is_fan(&fan) && kind == Kind::Dir {
+            rmdir(&Path::new(layout::ENTRIES).join(fan));
+        }
+    }
+    rmdir(Path::new(layout::ENTRIES));
+    for (fan, kind) in names(cd, layout::LOCKS) {
+        if !layout::is_fan(&fan) || kind != Kind::Dir {
+            continue;
+        }
+        let fan_rel = Path::new(layout::LOCKS).join(&fan);
+        for (name, kind) in names(cd, &fan_rel) {
+            if kind != Kind::File || layout::parse_lock_file_name(&name).is_none() {
+                continue;
+            }
+            let rel = fan_rel.join(&name);
+            if let Ok(Some(_guard)) = lock::try_lock_exclusive(cd, &rel) {
+                let _ = cd.remove_file(&rel);
+            }
+        }
+        rmdir(&fan_rel);
+    }
+    rmdir(Path::new(layout::LOCKS));
+    rmdir(Path::new(layout::TMP));
+    rmdir(Path::new(layout::QUARANTINE));
+    for (name, kind) in names(cd, layout::TOOLCHAINS) {
+        if kind == Kind::File && name.ends_with(".json") {
+            let _ = cd.remove_file(layout::toolchain_record(&name));
+        }
+    }
+    rmdir(Path::new(layout::TOOLCHAINS));
+    for (name, kind) in names(cd, layout::STATS) {
+        if kind == Kind::File && super::stats::is_stats_file(&name) {
+            let _ = cd.remove_file(Path::new(layout::STATS).join(name));
+        }
+    }
+    rmdir(Path::new(layout::STATS));
+    for f in layout::COMPILEDIR_FILES {
+        let _ = cd.remove_file(f);
+    }
+    foreign
+}
+
+/// Removes the compiledir `name` of `base` whole: its entries one by one under
+/// try-locks (each respecting its hand-out), its leftovers as a purge, then, if nothing
+/// was in use, what else xcache put there and the directory itself.
+fn remove_compiledir(
+    base: &Root,
+    name: &str,
+    reason: Reason,
+    now: SystemTime,
+    config: &Config,
+    report: &mut CleanReport,
+) -> Result<()> {
+    let path = base.join(name);
+    let cd = match base.open_dir(name) {
+        Ok(cd) => cd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_below("opening", base, Path::new(name), e)),
+    };
+    let last_use = entry::last_use(&cd, "").map(unix_secs);
+    let mut action = Action {
+        kind: ItemKind::Compiledir,
+        name: name.to_string(),
+        source: String::new(),
+        path: path.clone(),
+        bytes: scan::tree_bytes(&cd, "", &[]).0,
+        last_use,
+        reason,
+        skipped: None,
+    };
+    if cd
+        .lstat_fast(layout::COMPILEDIR_META)
+        .map_or(true, |st| Kind::of_stat(&st) != Kind::File)
+    {
+        action.skipped = Some(Skip::NotOurs);
+        report.push(action);
+        return Ok(());
+    }
+    if report.dry_run {
+        action.skipped = Some(Skip::DryRun);
+        report.push(action);
+        return Ok(());
+    }
+    let mut busy = 0;
+    for row in scan::entries(&cd)? {
+        let before = report.actions.len();
+        remove_row(
+            &cd,
+            &row,
+            Reason::Purge,
+            now,
+            config.handout_grace,
+            false,
+            report,
+        )?;
+        if report.actions[before].skipped.is_some() {
+            busy += 1;
+        }
+    }
+    let live = collect_leftovers(&cd, Sweep::Purge, &rules(config), now, report)?;
+    // What is left besides the entries and leftovers, counted one by one above.
+    action.bytes = scan::tree_bytes(&cd, "", &[]).0;
+    if busy > 0 || live > 0 {
+        action.skipped = Some(if busy > 0 {
+            Skip::EntriesInUse { count: busy }
+        } else {
+            Skip::BuildInProgress
+        });
+        action.bytes = 0;
+        report.push(action);
+        return Ok(());
+    }
+    let foreign = remove_compiledir_rest(&cd).or_else(|| {
+        base.remove_dir(name)
+            .err()
+            .filter(|e| e.kind() != std::io::ErrorKind::NotFound)
+            .map(|_| path.clone())
+    });
+    if let Some(p) = foreign {
+        action.skipped = Some(Skip::ForeignFiles { path: p });
+    }
+    report.push(action);
+    Ok(())
+}
+
+/// True when the base dir holds a `CACHEDIR.TAG` that xcache wrote (without following
+/// a link).
+pub fn is_xcache_base(base: &Path) -> bool {
+    use std::io::Read;
+    let Ok(root) = Root::open(base) else {
+        return false;
+    };
+    let mut text = String::new();
+    root.open_file(layout::CACHEDIR_TAG, crate::fsx::OpenHow::read())
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .is_ok_and(|_| text == layout::CACHEDIR_TAG_TEXT)
+}
+
+/// The error for purging a directory that xcache did not tag.
+pub fn not_an_xcache_base(base: &Path) -> Error {
+    Error::InvalidRequest(format!(
+        "refusing to purge {}: it has no CACHEDIR.TAG written by xcache, so it may not be an xcache base dir. Fix: check XCACHE_DIR or --dir; if it is one, remove its compiledir_* directories by hand",
+        base.display()
+    ))
+}
+
+impl Store {
+    /// The compiledirs under the base dir, named by the configured format.
+    pub fn compiledirs(&self) -> Result<Vec<scan::CompiledirInfo>> {
+        let format = crate::platform::CompiledirFormat::parse(&self.config().compiledir_format)
+            .map_err(Error::Config)?;
+        let current = self
+            .compiledir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        scan::compiledirs(self.base_root(), &format, &current)
+    }
+
+    /// How a compiledir stands against this store's platform now.
+    pub fn standing(&self, cd: &scan::CompiledirInfo) -> Standing {
+        cd.standing(
+            self.platform(),
+            self.clock().now(),
+            self.config().stale_after,
+        )
+    }
+
+    /// Every entry of the current compiledir, with its metadata, sorted by key.
+    pub fn entries(&self) -> Result<Vec<EntryRow>> {
+        scan::entries(self.root())
+    }
+
+    /// Removes one entry of the current compiledir (see [`remove_entry`]).
+    pub fn remove_entry(&self, key: &Key, force: bool) -> Result<Removal> {
+        remove_entry(
+            self.root(),
+            key,
+            self.clock().now(),
+            self.config().handout_grace,
+            force,
+        )
+    }
+
+    /// `xcache clear`: every entry of the current compiledir (but those in use, and,
+    /// unless `force`, those handed out within `handout_grace`), and the leftovers that
+    /// may go.
+    pub fn clear(&self, force: bool, dry_run: bool) -> Result<CleanReport> {
+        let now = self.clock().now();
+        let mut report = CleanReport::dry(dry_run);
+        for row in self.entries()? {
+            remove_row(
+                self.root(),
+                &row,
+                Reason::Clear,
+                now,
+                self.config().handout_grace,
+                force,
+                &mut report,
+            )?;
+        }
+        collect_leftovers(
+            self.root(),
+            Sweep::Routine,
+            &rules(self.config()),
+            now,
+            &mut report,
+        )?;
+        Ok(report)
+    }
+
+    /// `xcache prune`: entries by age and then by size down to the low-water mark
+    /// ([`policy::select_victims`]), the leftovers that may go, private builds nobody
+    /// uses, and with `stale`, stale compiledirs.
+    pub fn prune(&self, opts: &PruneOptions) -> Result<CleanReport> {
+        let config = self.config();
+        let now = self.clock().now();
+        let mut report = CleanReport::dry(opts.dry_run);
+        let max_size = match (opts.max_size, opts.older_than) {
+            (None, None) => (config.max_size > 0).then_some(config.max_size),
+            (m, _) => m,
+        };
+        let policy = Policy {
+            max_size,
+            low_water: config.low_water,
+            older_than: opts.older_than,
+        };
+        self.prune_entries(&policy, now, &mut report)?;
+        let rules = rules(config);
+        collect_leftovers(self.root(), Sweep::Routine, &rules, now, &mut report)?;
+        collect_private(now, &rules, &mut report);
+        if opts.stale {
+            for cd in self.compiledirs()? {
+                if let Standing::Stale(stale) = self.standing(&cd) {
+                    remove_compiledir(
+                        self.base_root(),
+                        &cd.name,
+                        Reason::Stale { stale },
+                        now,
+                        config,
+                        &mut report,
+                    )?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn prune_entries(
+        &self,
+        policy: &Policy,
+        now: SystemTime,
+        report: &mut CleanReport,
+    ) -> Result<()> {
+        let rows = self.entries()?;
+        let gc_entries: Vec<GcEntry> = rows
+            .iter()
+            .map(|r| GcEntry {
+                size: r.size,
+                last_use: SystemTime::UNIX_EPOCH + Duration::from_secs(r.last_touch()),
+            })
+            .collect();
+        for i in policy::select_victims(&gc_entries, now, policy) {
+            let reason = match policy.older_than {
+                Some(max)
+                    if now
+                        .duration_since(gc_entries[i].last_use)
+                        .is_ok_and(|a| a > max) =>
+                {
+                    Reason::OlderThan {
+                        limit_secs: max.as_secs(),
+                    }
+                }
+                _ => Reason::OverSize {
+                    max_size: policy.max_size.unwrap_or(0),
+                },
+            };
+            remove_row(
+                self.root(),
+                &rows[i],
+                reason,
+                now,
+                self.config().handout_grace,
+                false,
+                report,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `xcache purge`: the current compiledir, whole (unless something in it is in use).
+    pub fn purge(&self, dry_run: bool) -> Result<CleanReport> {
+        let mut report = CleanReport::dry(dry_run);
+        let name = self
+            .compiledir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        remove_compiledir(
+            self.base_root(),
+            &name,
+            Reason::Purge,
+            self.clock().now(),
+            self.config(),
+            &mut report,
+        )?;
+        Ok(report)
+    }
+
+    /// `xcache basecompiledir purge`: every compiledir, then the tag and the base dir
+    /// itself if nothing else is left. Refuses a directory without xcache's
+    /// `CACHEDIR.TAG`.
+    pub fn purge_base(&self, dry_run: bool) -> Result<CleanReport> {
+        let base = self.base_dir();
+        if !is_xcache_base(base) {
+            return Err(not_an_xcache_base(base));
+        }
+        let now = self.clock().now();
+        let mut report = CleanReport::dry(dry_run);
+        for cd in self.compiledirs()? {
+            remove_compiledir(
+                self.base_root(),
+                &cd.name,
+                Reason::Purge,
+                now,
+                self.config(),
+                &mut report,
+            )?;
+        }
+        if report.skipped == 0 && !dry_run {
+            let _ = self.base_root().remove_file(layout::CACHEDIR_TAG);
+            let _ = std::fs::remove_dir(base);
+        }
+        Ok(report)
+    }
+
+    /// After a compile published: if `max_size` is set and `auto_prune_interval` has
+    /// passed since the last automatic prune of this compiledir, and no other process
+    /// is pruning it, prune it down to the low-water mark (and collect leftovers and
+    /// private builds). Never fails the caller: returns what it did, or `None` when it
+    /// did nothing.
+    pub fn auto_prune(&self) -> Option<CleanReport> {
+        let config = self.config();
+        if config.max_size == 0 {
+            return None;
+        }
+        let now = self.clock().now();
+        let cd = self.root();
+        let due = || {
+            entry::mtime(cd, layout::AUTO_PRUNE_MARK)
+                .and_then(|t| now.duration_since(t).ok())
+                .is_none_or(|a| a >= config.auto_prune_interval)
+        };
+        if !due() {
+            return None;
+        }
+        let guard = lock::try_lock_exclusive(cd, Path::new(layout::GC_LOCK)).ok()??;
+        // Again under the lock: another process may just have done it.
+        if !due() {
+            return None;
+        }
+        entry::touch(cd, layout::AUTO_PRUNE_MARK, now);
+        let mut report = CleanReport::default();
+        let rules = rules(config);
+        let r = (|| {
+            let total: u64 = self.entries()?.iter().map(|r| r.size).sum();
+            if total > config.max_size {
+                let policy = Policy {
+                    max_size: Some(config.max_size),
+                    low_water: config.low_water,
+                    older_than: None,
+                };
+                self.prune_entries(&policy, now, &mut report)?;
+            }
+            collect_leftovers(cd, Sweep::Routine, &rules, now, &mut report)
+        })();
+        collect_private(now, &rules, &mut report);
+        drop(guard);
+        match r {
+            Ok(_) => {
+                log::info!(
+                    "auto-prune: removed {} entries ({} bytes) from {}",
+                    report.removed_entries,
+                    report.freed_bytes,
+                    self.compiledir().display()
+                );
+                Some(report)
+            }
+            Err(e) => {
+                log::warn!(
+                    "automatic pruning of {} failed: {e}",
+                    self.compiledir().display()
+                );
+                None
+            }
+        }
+    }
+}

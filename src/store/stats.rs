@@ -1,0 +1,420 @@
+//! Usage counters, kept without making the hit path wait or the cache grow.
+//!
+//! Each [`Jit`](crate::Jit) counts in atomics. It adds what it counted since its last
+//! write into one file per compiledir, `stats/counters.json`, read, summed and rewritten
+//! in place under an exclusive `flock` on that file: after every compile, at most once
+//! a second on hits, and when the `Jit` is dropped. A process that only hits writes the
+//! file once, when it ends; the file never multiplies (earlier versions kept one file
+//! per process, which grew by one per fresh-process hit until `xcache stats` ran).
+//!
+//! The file is a fixed-width record (JSON padded with spaces), so one `pwrite` replaces
+//! it whole. One that does not parse (a torn write after a crash) is reported and
+//! counted from zero: statistics never fail a request. `xcache stats --zero` writes
+//! zeros under the lock; a live process then adds only what it counts afterwards.
+//!
+//! The file is opened below the compiledir's descriptor without following links, must
+//! be a regular file, and must pass the trust rules (see [`super::trust`]).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::layout;
+use crate::error::{Error, Result};
+use crate::fsx::{Kind, OpenHow, Root};
+
+/// The counters. `xcache stats --json` reports these per compiledir.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Requests served from the disk cache.
+    pub hits: u64,
+    /// Requests served by a library already loaded in the process.
+    pub memory_hits: u64,
+    /// Requests that had to compile.
+    pub misses: u64,
+    /// Compiles that succeeded.
+    pub compiles: u64,
+    /// Compiles that failed.
+    pub failed_compiles: u64,
+    /// Time spent in the compiler, ms.
+    pub compile_ms: u64,
+    /// Compile time that hits saved (the recorded compile time of each entry hit), ms.
+    pub saved_ms: u64,
+    /// Time spent waiting for other processes' locks, ms.
+    pub lock_wait_ms: u64,
+}
+
+impl Counters {
+    fn fields(&mut self) -> [&mut u64; 8] {
+        [
+            &mut self.hits,
+            &mut self.memory_hits,
+            &mut self.misses,
+            &mut self.compiles,
+            &mut self.failed_compiles,
+            &mut self.compile_ms,
+            &mut self.saved_ms,
+            &mut self.lock_wait_ms,
+        ]
+    }
+
+    /// Adds `o` field by field.
+    pub fn add(&mut self, o: &Counters) {
+        let mut o = *o;
+        for (a, b) in self.fields().into_iter().zip(o.fields()) {
+            *a = a.saturating_add(*b);
+        }
+    }
+
+    fn minus(&self, o: &Counters) -> Counters {
+        let mut r = *self;
+        let mut o = *o;
+        for (a, b) in r.fields().into_iter().zip(o.fields()) {
+            *a = a.saturating_sub(*b);
+        }
+        r
+    }
+}
+
+/// Width of the record, so that one `pwrite` replaces it whole.
+const RECORD_LEN: usize = 512;
+
+/// True for the names xcache keeps (or kept, in earlier versions) under `stats/`.
+pub fn is_stats_file(name: &str) -> bool {
+    name == layout::STATS_COUNTERS
+        || name == "total.json"
+        || name == "stats.lock"
+        || legacy_process_file(name)
+}
+
+/// `<pid>-<nanos>.json`: one process's file, as earlier versions kept them.
+fn legacy_process_file(name: &str) -> bool {
+    name.strip_suffix(".json")
+        .and_then(|s| s.split_once('-'))
+        .is_some_and(|(a, b)| {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        })
+}
+
+const HITS: usize = 0;
+const MEMORY_HITS: usize = 1;
+const MISSES: usize = 2;
+const COMPILES: usize = 3;
+const FAILED: usize = 4;
+const COMPILE_MS: usize = 5;
+const SAVED_MS: usize = 6;
+const LOCK_WAIT_MS: usize = 7;
+
+/// A process's counters for one compiledir.
+#[derive(Debug)]
+pub struct Recorder {
+    cd: Arc<Root>,
+    live: [AtomicU64; 8],
+    /// What was already added to the file.
+    written: Mutex<Counters>,
+    last_flush_ms: AtomicU64,
+    start: Instant,
+}
+
+impl Recorder {
+    /// Counters for the compiledir `cd`.
+    pub fn new(cd: Arc<Root>) -> Recorder {
+        Recorder {
+            cd,
+            live: Default::default(),
+            written: Mutex::new(Counters::default()),
+            last_flush_ms: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    fn bump(&self, i: usize, by: u64) {
+        self.live[i].fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// A request served from disk.
+    pub fn hit(&self, saved_ms: u64, lock_wait: Duration) {
+        self.bump(HITS, 1);
+        self.bump(SAVED_MS, saved_ms);
+        self.bump(LOCK_WAIT_MS, lock_wait.as_millis() as u64);
+        self.flush_if_due();
+    }
+
+    /// A request served from memory.
+    pub fn memory_hit(&self) {
+        self.bump(MEMORY_HITS, 1);
+        self.flush_if_due();
+    }
+
+    /// A request that compiled.
+    pub fn miss(&self, compile_ms: u64, lock_wait: Duration) {
+        self.bump(MISSES, 1);
+        self.bump(COMPILES, 1);
+        self.bump(COMPILE_MS, compile_ms);
+        self.bump(LOCK_WAIT_MS, lock_wait.as_millis() as u64);
+        self.flush();
+    }
+
+    /// A compile that failed.
+    pub fn failed(&self) {
+        self.bump(MISSES, 1);
+        self.bump(FAILED, 1);
+        self.flush();
+    }
+
+    /// What this process counted so far.
+    pub fn snapshot(&self) -> Counters {
+        let v: Vec<u64> = self
+            .live
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        Counters {
+            hits: v[HITS],
+            memory_hits: v[MEMORY_HITS],
+            misses: v[MISSES],
+            compiles: v[COMPILES],
+            failed_compiles: v[FAILED],
+            compile_ms: v[COMPILE_MS],
+            saved_ms: v[SAVED_MS],
+            lock_wait_ms: v[LOCK_WAIT_MS],
+        }
+    }
+
+    fn flush_if_due(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.last_flush_ms.load(Ordering::Relaxed);
+        if now >= last + 1000
+            && self
+                .last_flush_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.flush();
+        }
+    }
+
+    /// Adds what was counted since the last write to the compiledir's file. Failures
+    /// (a read-only cache, a planted file) are logged, never returned: statistics never
+    /// fail a request.
+    pub fn flush(&self) {
+        // Another thread flushing will write the same numbers: don't wait for it.
+        let Ok(mut written) = self.written.try_lock() else {
+            return;
+        };
+        let now = self.snapshot();
+        let delta = now.minus(&written);
+        if delta == Counters::default() {
+            return;
+        }
+        match update(&self.cd, |c| c.add(&delta)) {
+            Ok(_) => *written = now,
+            Err(e) => log::debug!("not recording statistics: {e}"),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Opens `stats/counters.json` of `cd` for update, creating it (and `stats/`) if
+/// missing; a link or a foreign file there is refused.
+fn open_counters(cd: &Root) -> Result<File> {
+    let rel = layout::stats_counters();
+    let how = OpenHow::read_write_create(super::trust::file_mode());
+    let file = match cd.open_file(&rel, how) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => cd
+            .mkdir(layout::STATS, super::trust::dir_mode())
+            .and_then(|()| cd.open_file(&rel, how)),
+        r => r,
+    }
+    .map_err(|e| super::io_below("opening", cd, &rel, e))?;
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io("inspecting", cd.join(&rel), e))?;
+    if let Some(why) = super::trust::untrusted("the statistics file", &md) {
+        return Err(super::trust::refused(&cd.join(&rel), &why));
+    }
+    Ok(file)
+}
+
+fn read_record(file: &File, path: &Path) -> Counters {
+    let mut text = String::new();
+    if (&*file).read_to_string(&mut text).is_err() || text.trim().is_empty() {
+        return Counters::default();
+    }
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        log::warn!("{} is damaged ({e}); counting from zero", path.display());
+        Counters::default()
+    })
+}
+
+fn write_record(file: &File, c: &Counters) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(c).expect("serialises");
+    if text.len() < RECORD_LEN {
+        text.push_str(&" ".repeat(RECORD_LEN - 1 - text.len()));
+        text.push('\n');
+    }
+    file.write_all_at(text.as_bytes(), 0)?;
+    file.set_len(text.len() as u64)
+}
+
+/// Applies `f` to the counters of `cd` under the file's exclusive lock; returns the
+/// result.
+fn update(cd: &Root, f: impl FnOnce(&mut Counters)) -> Result<Counters> {
+    let path = cd.join(layout::stats_counters());
+    let file = open_counters(cd)?;
+    file.lock().map_err(|e| Error::io("locking", &path, e))?;
+    let mut c = read_record(&file, &path);
+    f(&mut c);
+    write_record(&file, &c).map_err(|e| Error::io("writing", &path, e))?;
+    Ok(c)
+}
+
+/// The counters of the compiledir `cd`; with `zero`, resets them first. Files that
+/// earlier versions left (one per process, `total.json`) are folded in and removed.
+pub fn collect(cd: &Root, zero: bool) -> Result<Counters> {
+    let legacy: Vec<String> = cd
+        .read_dir(layout::STATS)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.kind == Kind::File)
+        .filter_map(|e| e.name_str().map(str::to_string))
+        .filter(|n| n == "total.json" || n == "stats.lock" || legacy_process_file(n))
+        .collect();
+    if legacy.is_empty() && !zero {
+        // A plain read: under a shared lock, creating nothing (the cache may be
+        // read-only).
+        let rel = layout::stats_counters();
+        let path = cd.join(&rel);
+        let file = match cd.open_file(&rel, OpenHow::read()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Counters::default()),
+            Err(e) => return Err(super::io_below("opening", cd, &rel, e)),
+        };
+        file.lock_shared()
+            .map_err(|e| Error::io("locking", &path, e))?;
+        return Ok(read_record(&file, &path));
+    }
+    update(cd, |c| {
+        if zero {
+            *c = Counters::default();
+        }
+        for name in &legacy {
+            let rel = Path::new(layout::STATS).join(name);
+            if !zero && name != "stats.lock" {
+                // Lock first, then read: a process of an earlier version still
+                // running keeps its file (and its counts until it ends).
+                let Ok(file) = cd.open_file(&rel, OpenHow::read()) else {
+                    continue;
+                };
+                if file.try_lock().is_err() {
+                    continue;
+                }
+                c.add(&read_record(&file, &cd.join(&rel)));
+            }
+            let _ = cd.remove_file(&rel);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, Arc<Root>) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Arc::new(Root::open(dir.path()).unwrap());
+        (dir, r)
+    }
+
+    #[test]
+    fn counts_survive_the_process_and_zero_resets() {
+        let (_d, cd) = root();
+        {
+            let r = Recorder::new(cd.clone());
+            r.miss(120, Duration::from_millis(3));
+            r.hit(120, Duration::ZERO);
+            r.hit(120, Duration::ZERO);
+            r.memory_hit();
+            r.failed();
+            // Compiles and failures are written at once.
+            let c = collect(&cd, false).unwrap();
+            assert_eq!((c.misses, c.compiles, c.failed_compiles), (2, 1, 1));
+            assert_eq!((c.compile_ms, c.lock_wait_ms), (120, 3));
+        } // dropped: final flush
+        let c = collect(&cd, false).unwrap();
+        assert_eq!((c.hits, c.memory_hits, c.saved_ms), (2, 1, 240));
+        assert_eq!(collect(&cd, false).unwrap(), c, "reading changes nothing");
+
+        // Zero with a live process: only what it counts afterwards remains.
+        let r = Recorder::new(cd.clone());
+        r.miss(10, Duration::ZERO);
+        assert_eq!(collect(&cd, true).unwrap(), Counters::default());
+        r.miss(5, Duration::ZERO);
+        drop(r);
+        let c = collect(&cd, false).unwrap();
+        assert_eq!((c.misses, c.compile_ms), (1, 5));
+    }
+
+    #[test]
+    fn one_file_however_many_processes() {
+        let (_d, cd) = root();
+        for _ in 0..50 {
+            let r = Recorder::new(cd.clone());
+            r.hit(1, Duration::ZERO);
+        }
+        let names: Vec<_> = cd.read_dir(layout::STATS).unwrap();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(collect(&cd, false).unwrap().hits, 50);
+    }
+
+    #[test]
+    fn legacy_files_are_folded_and_damage_counts_from_zero() {
+        let (d, cd) = root();
+        let stats = d.path().join(layout::STATS);
+        std::fs::create_dir(&stats).unwrap();
+        std::fs::write(stats.join("total.json"), r#"{"hits":5}"#).unwrap();
+        std::fs::write(stats.join("123-456.json"), r#"{"misses":2}"#).unwrap();
+        std::fs::write(stats.join("stats.lock"), "").unwrap();
+        std::fs::write(stats.join("notes.txt"), "mine").unwrap();
+        let c = collect(&cd, false).unwrap();
+        assert_eq!((c.hits, c.misses), (5, 2));
+        let mut left: Vec<_> = std::fs::read_dir(&stats)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["counters.json", "notes.txt"]);
+        std::fs::write(stats.join("counters.json"), "{\"hits\":").unwrap();
+        assert_eq!(collect(&cd, false).unwrap(), Counters::default());
+        assert!(is_stats_file("123-456.json") && !is_stats_file("notes.txt"));
+    }
+
+    #[test]
+    fn a_planted_link_is_refused_and_its_target_untouched() {
+        let (d, cd) = root();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::create_dir(d.path().join(layout::STATS)).unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join(layout::stats_counters())).unwrap();
+        let e = collect(&cd, false).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        Recorder::new(cd.clone()).miss(1, Duration::ZERO);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+}
