@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{close, Num, Rng, TestCache, FLOAT_CASES};
+use common::{close, within_ulps, Num, RefFloat, Rng, TestCache, FLOAT_CASES};
 use xcache::cuda::{Cuda, CudaElemwiseFn};
 
 use xcache::{Error, Jit, Language, SourceRequest, TemplateRequest};
@@ -50,6 +50,10 @@ fn req(name: &str, params: &[(&str, &str)]) -> TemplateRequest {
         .iter()
         .fold(TemplateRequest::new(name), |r, (k, v)| r.param(*k, *v))
 }
+
+/// Every function the grammar took from numpy and scipy, in one expression.
+const NUMPY_FUNCTIONS: &str =
+    "floor(a) + ceil(b) - round(a*b) + log1p(abs(a)) * expm1(b) - sigmoid(a) / erf(b)";
 
 #[test]
 fn every_cuda_template_compiles_and_exports_its_entry_points() {
@@ -96,8 +100,52 @@ fn every_cuda_template_compiles_and_exports_its_entry_points() {
         ),
         (
             req(
+                "cuda/elemwise",
+                &[
+                    ("dtype", "float32"),
+                    ("arity", "2"),
+                    ("expr", NUMPY_FUNCTIONS),
+                ],
+            ),
+            &["xc_elemwise"],
+        ),
+        (
+            req(
+                "cuda/elemwise",
+                &[
+                    ("dtype", "float64"),
+                    ("arity", "2"),
+                    ("expr", NUMPY_FUNCTIONS),
+                ],
+            ),
+            &["xc_elemwise"],
+        ),
+        (
+            req(
+                "cuda/elemwise",
+                &[
+                    ("dtype", "int64"),
+                    ("arity", "1"),
+                    ("expr", "floor(a) + ceil(a) - round(a)"),
+                ],
+            ),
+            &["xc_elemwise"],
+        ),
+        (
+            req(
                 "cuda/reduce",
                 &[("dtype", "float32"), ("op", "sum"), ("pre", "x*x")],
+            ),
+            &["xc_reduce"],
+        ),
+        (
+            req(
+                "cuda/reduce",
+                &[
+                    ("dtype", "float64"),
+                    ("op", "max"),
+                    ("pre", "sigmoid(x) - erf(x)"),
+                ],
             ),
             &["xc_reduce"],
         ),
@@ -304,6 +352,63 @@ fn gpu_elemwise_matches_the_cpu_reference() {
             "i={i}"
         );
     }
+}
+
+/// Largest distance from the numpy/scipy reference allowed on the GPU, in ulps: the
+/// CUDA Math API's documented maximum errors (single/double: expf 2/1, log1pf 1/1,
+/// expm1f 1/1, erff 2/2; floor, ceil and rint exact), plus 1 for the reference, which
+/// is within 1 ulp of the correctly rounded value. sigmoid: exp's error, the roundings
+/// of 1 + e and of the division, the reference's.
+fn gpu_ulp_tolerance(func: &str) -> u64 {
+    match func {
+        "floor" | "ceil" | "round" => 0,
+        "log1p" | "expm1" => 2,
+        "erf" => 3,
+        "sigmoid" => 4,
+        _ => panic!("no tolerance for {func}"),
+    }
+}
+
+/// The expression functions on the GPU at the edge values of `expr_references.rs`
+/// (the CPU twin is in tests/templates.rs), through the vector and the scalar kernels.
+fn gpu_functions_at_edge_values<T: RefFloat>(jit: &Jit, cuda: &Cuda) {
+    for (func, pairs) in T::reference_tables() {
+        let k = cuda.elemwise::<T>(jit, &format!("{func}(a)"), 1).unwrap();
+        let tol = gpu_ulp_tolerance(func);
+        // One spare element in front: the view at offset 1 takes the unaligned path.
+        let host: Vec<T> = std::iter::once(T::from_f64(0.0))
+            .chain(pairs.iter().map(|p| p.0))
+            .collect();
+        let input = cuda.upload(&host).unwrap();
+        for offset in [0usize, 1] {
+            // A value no function here returns: an element left unwritten shows.
+            let out = cuda
+                .upload(&vec![T::from_f64(12345.0); host.len()])
+                .unwrap();
+            let n = host.len() - offset;
+            unsafe { k.launch_raw(n, &[input.ptr_at(offset)], out.ptr_at(offset) as *mut _) }
+                .unwrap();
+            let got = out.download().unwrap();
+            for (i, &(x, want)) in pairs.iter().enumerate() {
+                let g = got[i + 1];
+                assert!(
+                    within_ulps(g, want, tol),
+                    "{} {func}({x:?}) offset={offset}: got {g:?}, numpy/scipy say {want:?} (tolerance {tol} ulp)",
+                    T::DTYPE
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_functions_match_numpy_and_scipy_at_edge_values() {
+    let tc = TestCache::new();
+    let Some((jit, cuda)) = gpu_jit(&tc) else {
+        return;
+    };
+    gpu_functions_at_edge_values::<f32>(&jit, &cuda);
+    gpu_functions_at_edge_values::<f64>(&jit, &cuda);
 }
 
 fn gpu_reduce<T: Num>(jit: &Jit, cuda: &Cuda) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{close, Num, Rng, TestCache, FLOAT_CASES, SIZES};
+use common::{close, within_ulps, Num, RefFloat, Rng, TestCache, FLOAT_CASES, SIZES};
 use xcache::{Jit, Request, TemplateRequest};
 
 fn check_float_elemwise<T: Num>(jit: &Jit) {
@@ -44,6 +44,117 @@ fn elemwise_float32_and_float64_match_f64_references() {
     let jit = Jit::new(tc.config()).unwrap();
     check_float_elemwise::<f32>(&jit);
     check_float_elemwise::<f64>(&jit);
+}
+
+/// Largest distance from the numpy/scipy reference allowed on the CPU, in ulps of the
+/// dtype. The references are within 1 ulp of the correctly rounded value
+/// (`scripts/expr-references.py` checks this with mpmath).
+fn cpu_ulp_tolerance(func: &str) -> u64 {
+    match func {
+        // Exact operations: bit for bit, signed zeros included.
+        "floor" | "ceil" | "round" => 0,
+        // The vectorised loop calls libmvec's variants, which glibc documents to within
+        // 4 ulp (the scalar libm functions, for the remainder, are within 1-2): 4 + 1.
+        "log1p" | "expm1" | "erf" => 5,
+        // e/(1+e) with e = exp(-|x|): exp's 4 ulp pass through at most once (the
+        // relative error of e/(1+e) is that of e times 1/(1+e) <= 1, of 1/(1+e) times
+        // e/(1+e) <= 1/2), plus the roundings of 1 + e and of the division: 4 + 1 + 1.
+        "sigmoid" => 6,
+        _ => panic!("no tolerance for {func}"),
+    }
+}
+
+/// Each function of the expression grammar that numpy and scipy also have, through a
+/// compiled elemwise kernel, at the edge values of `expr_references.rs`: signed zeros,
+/// infinities, NaN, subnormals, half-way cases, overflow thresholds. Once as one array
+/// (the vectorised loop and its remainder), once element by element.
+fn check_functions_at_edge_values<T: RefFloat>(jit: &Jit) {
+    for (func, pairs) in T::reference_tables() {
+        let k = jit
+            .elemwise::<T>(&format!("{func}(a)"), 1)
+            .unwrap_or_else(|e| panic!("{func}: {e}"));
+        let tol = cpu_ulp_tolerance(func);
+        let inputs: Vec<T> = pairs.iter().map(|p| p.0).collect();
+        let mut whole = vec![T::from_f64(0.0); inputs.len()];
+        k.call(&[&inputs], &mut whole).unwrap();
+        for (i, &(x, want)) in pairs.iter().enumerate() {
+            let mut one = [T::from_f64(0.0)];
+            k.call(&[&[x]], &mut one).unwrap();
+            for (how, got) in [("in an array", whole[i]), ("alone", one[0])] {
+                assert!(
+                    within_ulps(got, want, tol),
+                    "{} {func}({x:?}) {how}: got {got:?}, numpy/scipy say {want:?} (tolerance {tol} ulp)",
+                    T::DTYPE
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn elemwise_functions_match_numpy_and_scipy_at_edge_values() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    check_functions_at_edge_values::<f32>(&jit);
+    check_functions_at_edge_values::<f64>(&jit);
+}
+
+/// scipy's expit is 1/(1+exp(-x)), which flushes to 0 once exp(-x) overflows; the true
+/// value is a subnormal down to x = -745 (float64) or -103 (float32), and sigmoid keeps
+/// it. The float32 table already holds such cases (its references are computed in
+/// float64); the float64 one leaves them out, so they are here.
+#[test]
+fn sigmoid_keeps_subnormal_results_where_scipy_flushes_to_zero() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let k = jit.elemwise::<f64>("sigmoid(a)", 1).unwrap();
+    let x = [-710.0, -720.0, -740.0, -744.0];
+    let mut out = [0.0; 4];
+    k.call(&[&x], &mut out).unwrap();
+    for (x, got) in x.iter().zip(out) {
+        // 1 + e^x rounds to 1 here: the value is e^x itself.
+        let want = x.exp();
+        assert!(want > 0.0 && want < f64::MIN_POSITIVE);
+        assert!(
+            within_ulps(got, want, cpu_ulp_tolerance("sigmoid")),
+            "sigmoid({x}): got {got:e}, want {want:e}"
+        );
+    }
+}
+
+/// numpy keeps integer dtypes through round, and through floor and ceil in recent
+/// versions (2.4 checked); so do the integer templates (the identity). Functions whose result is no integer are refused, and the
+/// error names the function and the dtype.
+#[test]
+fn elemwise_integer_rounding_is_the_identity_and_float_functions_are_refused() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let k = jit
+        .elemwise::<i64>("floor(a) + ceil(b) - round(a)", 2)
+        .unwrap();
+    let a = [i64::MIN, -3, 0, 7, i64::MAX];
+    let b = [0, -2, 5, i64::MIN, 1];
+    let mut out = [0; 5];
+    k.call(&[&a, &b], &mut out).unwrap();
+    assert_eq!(out, b);
+    let k = jit.elemwise::<i32>("round(a)", 1).unwrap();
+    let a = [i32::MIN, -1, 0, 1, i32::MAX];
+    let mut out = [0; 5];
+    k.call(&[&a], &mut out).unwrap();
+    assert_eq!(out, a);
+    for func in ["log1p", "expm1", "sigmoid", "erf"] {
+        let e = jit
+            .elemwise::<i32>(&format!("a + {func}(a)"), 1)
+            .err()
+            .unwrap_or_else(|| panic!("{func} accepted for int32"))
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "{func}() is defined for float32 and float64 only, not int32"
+            )),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -382,7 +493,7 @@ fn template_text_and_parameters_are_in_the_key() {
 
 /// The point of `elemwise` is one vectorised loop: on x86_64 with glibc, `exp` must be
 /// called through libmvec's vector variants, not the scalar `expf`, and without
-/// `-ffast-math`.
+/// `-ffast-math`. `sigmoid` is built on exp so that it vectorises too.
 #[test]
 fn elemwise_exp_is_vectorised() {
     if !cfg!(all(target_arch = "x86_64", target_env = "gnu")) {
@@ -391,21 +502,23 @@ fn elemwise_exp_is_vectorised() {
     }
     let tc = TestCache::new();
     let jit = Jit::new(tc.config()).unwrap();
-    let k = jit.elemwise::<f32>("a*exp(b)+c", 3).unwrap();
-    let out = std::process::Command::new("nm")
-        .args(["-D", "--undefined-only"])
-        .arg(&k.compiled().path)
-        .output();
-    let Ok(out) = out else {
-        eprintln!("skipped: nm (binutils) is not installed");
-        return;
-    };
-    let syms = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        syms.lines()
-            .any(|l| l.contains("_ZGV") && l.contains("_expf")),
-        "no vector expf imported:\n{syms}"
-    );
+    for expr in ["a*exp(b)+c", "sigmoid(a) * b + c"] {
+        let k = jit.elemwise::<f32>(expr, 3).unwrap();
+        let out = std::process::Command::new("nm")
+            .args(["-D", "--undefined-only"])
+            .arg(&k.compiled().path)
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skipped: nm (binutils) is not installed");
+            return;
+        };
+        let syms = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            syms.lines()
+                .any(|l| l.contains("_ZGV") && l.contains("_expf")),
+            "{expr}: no vector expf imported:\n{syms}"
+        );
+    }
 }
 
 #[test]

@@ -14,12 +14,17 @@
 //! number  := digits ["." digits] [("e" | "E") ["+" | "-"] digits]  |  "." digits [...]
 //! ```
 //!
-//! Functions: `exp log sqrt tanh sin cos abs min max pow where select` (`select` is
-//! `where`). A comparison is 1 when true and 0 when false; `where(c, a, b)` is `a` where
-//! `c` is non-zero, else `b`. `min` and `max` return NaN when either side is NaN.
+//! Functions: `exp log sqrt tanh sin cos abs min max pow where select floor ceil round
+//! log1p expm1 sigmoid erf` (`select` is `where`). A comparison is 1 when true and 0 when
+//! false; `where(c, a, b)` is `a` where `c` is non-zero, else `b`. `min` and `max` return
+//! NaN when either side is NaN. The names follow numpy and scipy, and so do the
+//! semantics: `round` rounds half to even (`np.round`, C's `rint`, not C's `round`),
+//! `sigmoid` is `scipy.special.expit`, computed so that it never overflows.
 //!
 //! Integer dtypes wrap on overflow (two's complement, never undefined behaviour),
-//! divide by zero to 0, and have no transcendental functions.
+//! divide by zero to 0, and have no transcendental functions; `floor`, `ceil` and
+//! `round` of an integer are the integer itself (numpy keeps integer dtypes through
+//! them too: `np.round` always, `np.floor` and `np.ceil` in recent versions).
 
 use std::fmt;
 
@@ -64,6 +69,16 @@ impl Dtype {
             Dtype::F64 => "double",
             Dtype::I32 => "int32_t",
             Dtype::I64 => "int64_t",
+        }
+    }
+
+    /// The template parameter spelling, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F64 => "float64",
+            Dtype::I32 => "int32",
+            Dtype::I64 => "int64",
         }
     }
 
@@ -122,6 +137,20 @@ pub enum Func {
     Pow,
     /// where(c, a, b)
     Where,
+    /// largest integer not above x
+    Floor,
+    /// smallest integer not below x
+    Ceil,
+    /// nearest integer, half-way cases to even (numpy's `round`, C's `rint`)
+    Round,
+    /// ln(1 + x), accurate near 0
+    Log1p,
+    /// e^x - 1, accurate near 0
+    Expm1,
+    /// 1 / (1 + e^-x) (scipy's `expit`)
+    Sigmoid,
+    /// the error function
+    Erf,
 }
 
 const FUNCS: &[(&str, Func, usize)] = &[
@@ -137,6 +166,13 @@ const FUNCS: &[(&str, Func, usize)] = &[
     ("pow", Func::Pow, 2),
     ("where", Func::Where, 3),
     ("select", Func::Where, 3),
+    ("floor", Func::Floor, 1),
+    ("ceil", Func::Ceil, 1),
+    ("round", Func::Round, 1),
+    ("log1p", Func::Log1p, 1),
+    ("expm1", Func::Expm1, 1),
+    ("sigmoid", Func::Sigmoid, 1),
+    ("erf", Func::Erf, 1),
 ];
 
 impl Func {
@@ -147,11 +183,26 @@ impl Func {
             .map(|f| f.0)
             .unwrap_or("?")
     }
+    /// Refused for integer dtypes: the result is not an integer.
     fn transcendental(self) -> bool {
         matches!(
             self,
-            Func::Exp | Func::Log | Func::Sqrt | Func::Tanh | Func::Sin | Func::Cos | Func::Pow
+            Func::Exp
+                | Func::Log
+                | Func::Sqrt
+                | Func::Tanh
+                | Func::Sin
+                | Func::Cos
+                | Func::Pow
+                | Func::Log1p
+                | Func::Expm1
+                | Func::Sigmoid
+                | Func::Erf
         )
+    }
+    /// The identity on integer dtypes: an integer is already integral.
+    fn rounds_to_integer(self) -> bool {
+        matches!(self, Func::Floor | Func::Ceil | Func::Round)
     }
 }
 
@@ -504,9 +555,12 @@ impl Expr {
                 if !dtype.is_float() {
                     let Some(i) = int else {
                         return Err(if value.fract() == 0.0 && value.abs() >= 9.2e18 {
-                            format!("{value} does not fit the dtype {dtype:?}")
+                            format!("{value} does not fit the dtype {}", dtype.name())
                         } else {
-                            format!("{value} is not an integer literal, and the dtype is {dtype:?}")
+                            format!(
+                                "{value} is not an integer literal, and the dtype is {}",
+                                dtype.name()
+                            )
                         });
                     };
                     let max = if dtype == Dtype::I32 {
@@ -515,7 +569,7 @@ impl Expr {
                         i64::MAX as i128
                     };
                     if *i > max {
-                        return Err(format!("{i} does not fit the dtype {dtype:?}"));
+                        return Err(format!("{i} does not fit the dtype {}", dtype.name()));
                     }
                 } else if dtype == Dtype::F32 && (*value as f32).is_infinite() {
                     return Err(format!("{value} does not fit float32"));
@@ -531,8 +585,9 @@ impl Expr {
             Expr::Call(f, args) => {
                 if f.transcendental() && !dtype.is_float() {
                     return Err(format!(
-                        "{}() is defined for float32 and float64 only, not {dtype:?}",
-                        f.name()
+                        "{}() is defined for float32 and float64 only, not {}: use a float dtype",
+                        f.name(),
+                        dtype.name()
                     ));
                 }
                 args.iter().try_for_each(|a| a.check(dtype))
@@ -685,6 +740,10 @@ impl Expr {
                     out.push(')');
                 }
             }
+            // The parser checked the arity: one argument.
+            Expr::Call(func, args) if func.rounds_to_integer() && !float => {
+                args[0].emit_into(dt, names, out);
+            }
             Expr::Call(func, args) => {
                 let name = match func {
                     Func::Exp => format!("exp{suffix}"),
@@ -694,6 +753,15 @@ impl Expr {
                     Func::Sin => format!("sin{suffix}"),
                     Func::Cos => format!("cos{suffix}"),
                     Func::Pow => format!("pow{suffix}"),
+                    Func::Floor => format!("floor{suffix}"),
+                    Func::Ceil => format!("ceil{suffix}"),
+                    // rint rounds in the current rounding mode, which is to nearest,
+                    // half-way cases to even, unless a program changed it (fesetround).
+                    Func::Round => format!("rint{suffix}"),
+                    Func::Log1p => format!("log1p{suffix}"),
+                    Func::Expm1 => format!("expm1{suffix}"),
+                    Func::Erf => format!("erf{suffix}"),
+                    Func::Sigmoid => "xc_sigmoid".into(),
                     Func::Abs => "xc_abs".into(),
                     Func::Min => "xc_min".into(),
                     Func::Max => "xc_max".into(),
@@ -726,35 +794,46 @@ pub fn prelude(dtype: Dtype, cuda: bool) -> String {
     };
     let mut s = String::from("#include <stdint.h>\n#include <math.h>\n");
     if dtype.is_float() {
+        let suffix = if dtype == Dtype::F32 { "f" } else { "" };
+        // On the GPU, expf & co. are device functions: nothing to declare.
+        if !cuda {
+            let fns = [
+                "exp", "log", "sin", "cos", "pow", "tanh", "log1p", "expm1", "erf",
+            ];
+            // libmvec has had exp, log, sin, cos and pow since glibc 2.22, and tanh,
+            // log1p, expm1 and erf since 2.35; the compiledir's name pins the glibc
+            // version, so this cannot drift. The pragma needs -fopenmp-simd, which the
+            // templates pass. floor, ceil and rint need no library: with SSE4.1 they
+            // are one instruction.
+            for f in fns {
+                let since = if matches!(f, "exp" | "log" | "sin" | "cos" | "pow") {
+                    22
+                } else {
+                    35
+                };
+                let args = if f == "pow" {
+                    format!("{t}, {t}")
+                } else {
+                    t.to_string()
+                };
+                s.push_str(&format!(
+                    "#if defined(__x86_64__) && defined(__GLIBC__) && __GLIBC_PREREQ(2, {since})\n\
+                     #pragma omp declare simd notinbranch\n{t} {f}{suffix}({args});\n#endif\n"
+                ));
+            }
+        }
         // min and max propagate NaN whichever side it is on, as numpy does; abs clears
-        // the sign of -0.0 too.
-        let fabs = if dtype == Dtype::F32 { "fabsf" } else { "fabs" };
+        // the sign of -0.0 too. sigmoid takes e = exp(-|x|), which never overflows:
+        // 1/(1+e) for x >= 0, e/(1+e) below, one division either way so that the loop
+        // still vectorises; the result is 0 or 1 only where it rounds there (x = -720
+        // gives exp(-720), a subnormal), and NaN stays NaN.
         s.push_str(&format!(
-            "{q} {t} xc_abs({t} x) {{ return {fabs}(x); }}\n\
+            "{q} {t} xc_abs({t} x) {{ return fabs{suffix}(x); }}\n\
              {q} {t} xc_min({t} x, {t} y) {{ return (x < y || x != x) ? x : y; }}\n\
              {q} {t} xc_max({t} x, {t} y) {{ return (x > y || x != x) ? x : y; }}\n\
-             {q} {t} xc_where({t} c, {t} x, {t} y) {{ return c != 0 ? x : y; }}\n"
+             {q} {t} xc_where({t} c, {t} x, {t} y) {{ return c != 0 ? x : y; }}\n\
+             {q} {t} xc_sigmoid({t} x) {{ {t} e = exp{suffix}(-fabs{suffix}(x)); return (x >= 0 ? ({t})1 : e) / (({t})1 + e); }}\n"
         ));
-        if cuda {
-            return s; // expf & co. are device functions; nothing to declare
-        }
-        let suffix = if dtype == Dtype::F32 { "f" } else { "" };
-        let fns = ["exp", "log", "sin", "cos", "tanh", "pow"];
-        // libmvec has had exp, log, sin, cos and pow since glibc 2.22 and tanh since
-        // 2.35; the compiledir's name pins the glibc version, so this cannot drift.
-        // The pragma needs -fopenmp-simd, which the templates pass.
-        for f in fns {
-            let since = if f == "tanh" { 35 } else { 22 };
-            let args = if f == "pow" {
-                format!("{t}, {t}")
-            } else {
-                t.to_string()
-            };
-            s.push_str(&format!(
-                "#if defined(__x86_64__) && defined(__GLIBC__) && __GLIBC_PREREQ(2, {since})\n\
-                 #pragma omp declare simd notinbranch\n{t} {f}{suffix}({args});\n#endif\n"
-            ));
-        }
     } else {
         let u = if dtype == Dtype::I32 {
             "uint32_t"
@@ -958,6 +1037,12 @@ mod tests {
             ("-(-a)", "--a"),
             ("(a<b)<c", "(a < b) < c"),
             ("a<(b<c)", "a < (b < c)"),
+            (
+                "floor(a)+ceil( b )*round((c))",
+                "floor(a) + ceil(b) * round(c)",
+            ),
+            ("-sigmoid(-(a))", "-sigmoid(-a)"),
+            ("log1p(expm1(erf(a)))", "log1p(expm1(erf(a)))"),
         ] {
             let e = parse(text, IN).unwrap();
             assert_eq!(e.display(IN), canon, "{text}");
@@ -970,6 +1055,61 @@ mod tests {
     }
 
     #[test]
+    fn numpy_functions_emit_c99_and_cuda_names() {
+        assert_eq!(
+            emit("floor(a) + ceil(b) - round(c)", Dtype::F32),
+            "((floorf(a) + ceilf(b)) - rintf(c))",
+            "round is rint: half-way cases to even, as numpy"
+        );
+        assert_eq!(
+            emit("floor(a) + ceil(b) - round(c)", Dtype::F64),
+            "((floor(a) + ceil(b)) - rint(c))"
+        );
+        assert_eq!(
+            emit("log1p(a) * expm1(b) / erf(c)", Dtype::F32),
+            "((log1pf(a) * expm1f(b)) / erff(c))"
+        );
+        assert_eq!(
+            emit("log1p(a) * expm1(b) / erf(c)", Dtype::F64),
+            "((log1p(a) * expm1(b)) / erf(c))"
+        );
+        assert_eq!(emit("sigmoid(a*b)", Dtype::F32), "xc_sigmoid((a * b))");
+        // The same names are device functions in CUDA; sigmoid is a prelude helper
+        // there too, with nothing to declare.
+        for dt in [Dtype::F32, Dtype::F64] {
+            for cuda in [false, true] {
+                let p = prelude(dt, cuda);
+                assert!(p.contains(&format!("{} xc_sigmoid(", dt.ctype())), "{p}");
+                assert_eq!(p.contains("declare simd"), !cuda, "{p}");
+            }
+        }
+        let p = prelude(Dtype::F32, false);
+        for f in ["expf", "log1pf", "expm1f", "erff"] {
+            assert!(p.contains(&format!("float {f}(float);")), "{f}: {p}");
+        }
+        let p = prelude(Dtype::F64, false);
+        assert!(p.contains("double erf(double);"), "{p}");
+        for (text, arity) in [("floor(a, b)", 2), ("sigmoid(a, b, c)", 3)] {
+            let e = parse(text, IN).unwrap_err();
+            let name = &text[..text.find('(').unwrap()];
+            assert!(
+                e.message
+                    .contains(&format!("{name} takes 1 argument(s), got {arity}")),
+                "{text}: {e}"
+            );
+        }
+        assert!(parse("round()", IN).is_err());
+        assert!(parse("erfc(a)", IN)
+            .unwrap_err()
+            .message
+            .contains("sigmoid, erf"));
+        assert!(parse("log1p", IN)
+            .unwrap_err()
+            .message
+            .contains("`log1p` is a function"));
+    }
+
+    #[test]
     fn integer_rules() {
         assert!(parse("exp(a)", IN).unwrap().check(Dtype::I32).is_err());
         assert!(parse("2.5*a", IN).unwrap().check(Dtype::I64).is_err());
@@ -977,5 +1117,34 @@ mod tests {
         assert!(parse("3000000000", IN).unwrap().check(Dtype::I64).is_ok());
         assert_eq!(emit("a/b - c", Dtype::I32), "xc_sub(xc_div(a, b), c)");
         assert_eq!(emit("-a", Dtype::I32), "xc_neg(a)");
+        // An integer is already integral: floor, ceil and round are the identity, and
+        // the canonical spelling keeps them (it is what the key is made of).
+        assert_eq!(
+            emit("floor(a) + ceil(b*2) - round(-c)", Dtype::I64),
+            "xc_sub(xc_add(a, xc_mul(b, INT64_C(2))), xc_neg(c))"
+        );
+        assert_eq!(emit("round(a)", Dtype::I32), "a");
+        assert_eq!(parse("round(a)", IN).unwrap().display(IN), "round(a)");
+        // Functions whose result is no integer are refused, naming both.
+        for f in ["log1p", "expm1", "sigmoid", "erf"] {
+            for dt in [Dtype::I32, Dtype::I64] {
+                let e = parse(&format!("round({f}(a))"), IN)
+                    .unwrap()
+                    .check(dt)
+                    .unwrap_err();
+                assert_eq!(
+                    e,
+                    format!(
+                        "{f}() is defined for float32 and float64 only, not {}: use a float dtype",
+                        dt.name()
+                    )
+                );
+            }
+        }
+        // Arguments are checked too.
+        assert_eq!(
+            parse("floor(2.5)", IN).unwrap().check(Dtype::I32),
+            Err("2.5 is not an integer literal, and the dtype is int32".into())
+        );
     }
 }

@@ -193,3 +193,79 @@ pub const FLOAT_CASES: &[(&str, usize, Ref)] = &[
         v[0] + v[1] * v[2] - v[3] / (1.0 + v[4] * v[4]) + v[5] * v[6] - v[7]
     }),
 ];
+
+pub mod expr_references;
+
+/// A float type of the expression-function reference tables (`expr_references.rs`,
+/// written by `scripts/expr-references.py`), which hold bit patterns.
+pub trait RefFloat: Num {
+    /// (function, [(input, numpy/scipy result)]) for this type.
+    fn reference_tables() -> Vec<(&'static str, Vec<(Self, Self)>)>;
+    /// Position in the order of the floats, so that the distance in ulps is a
+    /// difference; -0.0 and +0.0 share a position.
+    fn ordered(self) -> i64;
+}
+
+impl RefFloat for f32 {
+    fn reference_tables() -> Vec<(&'static str, Vec<(f32, f32)>)> {
+        expr_references::FLOAT32
+            .iter()
+            .map(|(f, t)| {
+                let pairs = t
+                    .iter()
+                    .map(|&(x, y)| (f32::from_bits(x), f32::from_bits(y)));
+                (*f, pairs.collect())
+            })
+            .collect()
+    }
+    fn ordered(self) -> i64 {
+        let b = self.to_bits();
+        let m = i64::from(b & 0x7fff_ffff);
+        if b >> 31 == 1 {
+            -m
+        } else {
+            m
+        }
+    }
+}
+
+impl RefFloat for f64 {
+    fn reference_tables() -> Vec<(&'static str, Vec<(f64, f64)>)> {
+        expr_references::FLOAT64
+            .iter()
+            .map(|(f, t)| {
+                let pairs = t
+                    .iter()
+                    .map(|&(x, y)| (f64::from_bits(x), f64::from_bits(y)));
+                (*f, pairs.collect())
+            })
+            .collect()
+    }
+    fn ordered(self) -> i64 {
+        let b = self.to_bits();
+        let m = (b & 0x7fff_ffff_ffff_ffff) as i64;
+        if b >> 63 == 1 {
+            -m
+        } else {
+            m
+        }
+    }
+}
+
+/// Whether `got` is within `tol` ulps of `want`. NaN matches any NaN (numpy's NaN has
+/// no meaningful sign or payload); infinities must be exact; a zero must keep its sign
+/// where both are zero (floor(-0.5) is -0.0); otherwise the distance in ulps, counted
+/// through the subnormals, so that a subnormal result is held to the same bits.
+pub fn within_ulps<T: RefFloat>(got: T, want: T, tol: u64) -> bool {
+    let (g, w) = (got.to_f64(), want.to_f64());
+    if g.is_nan() || w.is_nan() {
+        return g.is_nan() && w.is_nan();
+    }
+    if g.is_infinite() || w.is_infinite() {
+        return g == w;
+    }
+    if g == 0.0 && w == 0.0 {
+        return g.is_sign_negative() == w.is_sign_negative();
+    }
+    got.ordered().abs_diff(want.ordered()) <= tol
+}
