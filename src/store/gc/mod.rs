@@ -900,3 +900,313 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The store's cleanup operations on a real directory with fake artifacts (no
+    //! compiler: the build step writes the bytes), a manual clock and real locks.
+
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::store::key::{KeyMaterial, Target, Toolchain};
+    use crate::store::Built;
+
+    const T0: u64 = 1_900_000_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        store: Store,
+    }
+
+    fn fixture(settings: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults();
+        config.set_base_dir(dir.path().join("cache"));
+        for (k, v) in settings {
+            config.set(k, v).unwrap();
+        }
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(T0),
+        ));
+        let store = Store::open_with_clock(&config, clock.clone()).unwrap();
+        Fixture {
+            _dir: dir,
+            clock,
+            store,
+        }
+    }
+
+    fn material(n: u32) -> KeyMaterial {
+        KeyMaterial {
+            encoding: 0,
+            layout: 1,
+            language: "c".into(),
+            source_blake3: format!("{n:064x}"),
+            toolchain: Toolchain {
+                path: "/bin/cc".into(),
+                version: "test".into(),
+                binary: "test".into(),
+            },
+            flags: vec![],
+            target: Target {
+                triple: "test".into(),
+                cpu: None,
+            },
+            extra_inputs: vec![],
+            runtime_tag: String::new(),
+            template: None,
+        }
+    }
+
+    /// Publishes an entry of `size` bytes for `n`; fails the build when `fail`.
+    fn build(store: &Store, n: u32, size: usize, fail: bool) -> Result<crate::store::Fetched> {
+        let m = material(n);
+        store.get_or_build(&m.key(), &mut |staging| {
+            let write = |name: &str, bytes: &[u8]| {
+                staging
+                    .create_file(name, 0o644)
+                    .and_then(|mut f| f.write_all(bytes))
+                    .unwrap()
+            };
+            write("source.c", b"int x;");
+            if fail {
+                return Err(Error::Compile(
+                    crate::error::CompileError {
+                        command: "cc".into(),
+                        status: Some(1),
+                        output: "x.c:1: error".into(),
+                        kept_source: staging.join("source.c"),
+                        workdir: staging.path().to_path_buf(),
+                    }
+                    .into(),
+                ));
+            }
+            write(crate::store::entry::ARTIFACT_FILE, &vec![n as u8; size]);
+            Ok(Built {
+                source_name: format!("k{n}.c"),
+                source_file: "source.c".into(),
+                compile_time: Duration::from_millis(1),
+                compiler_output: String::new(),
+                key_material: m.clone(),
+            })
+        })
+    }
+
+    fn publish(f: &Fixture, n: u32, size: usize) -> Key {
+        build(&f.store, n, size, false).unwrap().key
+    }
+
+    fn count(f: &Fixture) -> usize {
+        f.store.entries().unwrap().len()
+    }
+
+    #[test]
+    fn removal_skips_busy_and_handed_out_entries_unless_forced() {
+        let f = fixture(&[("handout_grace", "1m")]);
+        let busy = publish(&f, 1, 100);
+        let handed = publish(&f, 2, 100);
+        let plain = publish(&f, 3, 100);
+        let guard = lock::lock_shared(f.store.root(), &layout::lock(&busy)).unwrap();
+        let mut h = build(&f.store, 2, 100, false).unwrap();
+        assert!(h.hit);
+        let until = h.hand_out().unwrap();
+        drop(h);
+        assert_eq!(until, f.clock.now() + Duration::from_secs(60));
+
+        assert_eq!(f.store.remove_entry(&busy, true).unwrap(), Removal::Busy);
+        assert_eq!(
+            f.store.remove_entry(&handed, false).unwrap(),
+            Removal::HandedOut(until)
+        );
+        assert!(
+            matches!(f.store.remove_entry(&plain, false).unwrap(), Removal::Removed(b) if b >= 100)
+        );
+        assert_eq!(f.store.remove_entry(&plain, false).unwrap(), Removal::Gone);
+
+        // The report of clear says why each was kept.
+        let r = f.store.clear(false, false).unwrap();
+        let skips: Vec<_> = r.actions.iter().map(|a| a.skipped.clone()).collect();
+        assert!(skips.contains(&Some(Skip::InUse)), "{r:?}");
+        assert!(skips.contains(&Some(Skip::HandedOut {
+            until: unix_secs(until)
+        })));
+        assert_eq!((r.removed_entries, r.skipped), (0, 2));
+
+        // After the grace, or forced, the hand-out no longer protects it.
+        f.clock.advance(Duration::from_secs(61));
+        let r = f.store.clear(false, false).unwrap();
+        assert_eq!((r.removed_entries, r.skipped), (1, 1));
+        drop(guard);
+        assert_eq!(f.store.clear(true, false).unwrap().removed_entries, 1);
+        assert_eq!(count(&f), 0);
+        // Removed entries leave no lock file and nothing in tmp/.
+        assert!(f.store.root().read_dir(layout::TMP).unwrap().is_empty());
+        assert!(scan::entry_keys(f.store.root()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn dry_runs_remove_nothing() {
+        let f = fixture(&[]);
+        publish(&f, 1, 10);
+        let r = f.store.clear(false, true).unwrap();
+        assert_eq!(
+            (r.removed_entries, r.actions[0].skipped.clone()),
+            (1, Some(Skip::DryRun))
+        );
+        let r = f.store.purge(true).unwrap();
+        assert_eq!(r.actions[0].skipped, Some(Skip::DryRun));
+        assert_eq!(count(&f), 1);
+        assert!(f.store.compiledir().exists());
+    }
+
+    #[test]
+    fn prune_by_age_then_size_through_the_clock() {
+        let f = fixture(&[("low_water", "0.5")]);
+        for n in 0..4 {
+            publish(&f, n, 1000);
+            f.clock.advance(HOUR * 2); // each entry used two hours after the last
+        }
+        // Ages now: 8h, 6h, 4h, 2h. Older than 5h: entries 0 and 1.
+        let r = f
+            .store
+            .prune(&PruneOptions {
+                older_than: Some(HOUR * 5),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.removed_entries, 2);
+        assert!(r.actions.iter().all(|a| a.reason
+            == Reason::OlderThan {
+                limit_secs: 5 * 3600
+            }));
+        // Over 1500 bytes (2 entries of 1000+): down to 750, least recently used first.
+        let r = f
+            .store
+            .prune(&PruneOptions {
+                max_size: Some(1500),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.removed_entries, 2, "{r:?}");
+        assert_eq!(count(&f), 0);
+    }
+
+    #[test]
+    fn failures_are_kept_up_to_keep_failed_per_key() {
+        let f = fixture(&[("keep_failed", "3")]);
+        for _ in 0..7 {
+            f.clock.advance(Duration::from_secs(1));
+            assert!(matches!(
+                build(&f.store, 9, 1, true),
+                Err(Error::Compile(_))
+            ));
+        }
+        let failed = |f: &Fixture| {
+            f.store
+                .root()
+                .read_dir(layout::TMP)
+                .unwrap()
+                .iter()
+                .filter(|e| e.name_str().is_some_and(|n| n.starts_with("failed-")))
+                .count()
+        };
+        assert_eq!(failed(&f), 3);
+        // Another key's failures are its own.
+        assert!(build(&f.store, 10, 1, true).is_err());
+        assert_eq!(failed(&f), 4);
+        // Prune collects them once kept longer than stale_after.
+        f.clock.advance(Duration::from_secs(31 * 86_400));
+        f.store.prune(&PruneOptions::default()).unwrap();
+        assert_eq!(failed(&f), 0);
+    }
+
+    #[test]
+    fn purge_removes_only_what_xcache_made() {
+        let f = fixture(&[]);
+        publish(&f, 1, 10);
+        let cd = f.store.compiledir().to_path_buf();
+        std::fs::write(cd.join("tmp/notes.txt"), "mine").unwrap();
+        let r = f.store.purge(false).unwrap();
+        let last = r.actions.last().unwrap();
+        assert_eq!(last.kind, ItemKind::Compiledir);
+        assert_eq!(
+            last.skipped,
+            Some(Skip::ForeignFiles {
+                path: cd.join("tmp")
+            })
+        );
+        assert_eq!(
+            std::fs::read_to_string(cd.join("tmp/notes.txt")).unwrap(),
+            "mine"
+        );
+        assert!(!cd.join("entries").exists() && !cd.join("locks").exists());
+        std::fs::remove_file(cd.join("tmp/notes.txt")).unwrap();
+        // Reopen (purge removed the directories) and purge again: now it goes whole.
+        let store = Store::open_with_clock(f.store.config(), f.clock.clone()).unwrap();
+        let r = store.purge(false).unwrap();
+        assert_eq!(r.actions.last().unwrap().skipped, None, "{r:?}");
+        assert!(!cd.exists());
+    }
+
+    #[test]
+    fn a_live_staging_or_removal_is_never_collected() {
+        let f = fixture(&[("staging_grace", "0s")]);
+        // A key being built (or whose entry is being removed): no published entry.
+        let key = material(1).key();
+        let cd = f.store.root();
+        let staging = TmpName::new(TmpKind::Staging, &key).rel();
+        let removal = TmpName::new(TmpKind::Removal, &key).rel();
+        cd.mkdir_all(&staging, 0o755).unwrap();
+        cd.mkdir_all(&removal, 0o755).unwrap();
+        f.clock.advance(HOUR * 48);
+        // Their builder and remover hold the key's lock.
+        let guard = lock::lock_exclusive(cd, &layout::lock(&key), &mut |_| {}).unwrap();
+        f.store.prune(&PruneOptions::default()).unwrap();
+        f.store.verify(true).unwrap();
+        assert!(cd.lstat_fast(&staging).is_ok() && cd.lstat_fast(&removal).is_ok());
+        drop(guard);
+        let r = f.store.verify(true).unwrap();
+        let kinds: Vec<_> = r.problems.iter().map(|p| p.kind).collect();
+        use crate::store::verify::ProblemKind;
+        assert_eq!(
+            kinds,
+            [
+                ProblemKind::OrphanLock,
+                ProblemKind::Leftover,
+                ProblemKind::Leftover
+            ],
+            "{r:?}"
+        );
+        assert!(cd.lstat_fast(&staging).is_err() && cd.lstat_fast(&removal).is_err());
+    }
+
+    #[test]
+    fn auto_prune_runs_when_due_and_over_the_limit() {
+        let f = fixture(&[
+            ("max_size", "10000"),
+            ("low_water", "0.5"),
+            ("auto_prune_interval", "1h"),
+        ]);
+        for n in 0..2 {
+            publish(&f, n, 3000);
+            f.clock.advance(Duration::from_secs(1));
+        }
+        // Under the limit: runs (and records that it ran), removes nothing.
+        assert_eq!(f.store.auto_prune().unwrap().removed_entries, 0);
+        for n in 2..5 {
+            publish(&f, n, 3000);
+            f.clock.advance(Duration::from_secs(1));
+        }
+        assert!(f.store.auto_prune().is_none(), "not due yet");
+        f.clock.advance(HOUR);
+        let r = f.store.auto_prune().unwrap();
+        assert!(r.removed_entries >= 3, "{r:?}");
+        let total: u64 = f.store.entries().unwrap().iter().map(|e| e.size).sum();
+        assert!(total <= 5000, "{total}");
+    }
+}
