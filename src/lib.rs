@@ -48,14 +48,16 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`fsx`], [`platform`], [`clock`], [`error`] | the bottom: file access that never follows a link below a root, platform strings and arch checks, the injectable clock, typed errors |
 //! | [`config`] | settings, their defaults and sources |
-//! | [`platform`] | platform string, compiledir names and parsing them back |
-//! | [`store`] | the on-disk protocol: keys, locks, entries |
-//! | [`compile`] | requests, op templates, the expression grammar, the host C/C++ compiler |
-//! | [`kernels`] | typed handles for the shipped templates: `elemwise`, `reduce`, `gemm` |
+//! | [`store`] | the on-disk protocol and everything it names: [`store::layout`] (every name), [`store::key`], [`store::lock`], [`store::entry`], [`store::trust`], cleanup in [`store::gc`] (pure policy in [`store::gc::policy`]), [`store::scan`], [`store::stats`], [`store::verify`], [`store::private`] |
+//! | [`compile`] | requests, op templates, the expression grammar, the host C/C++ compiler and nvcc, one [`compile::toolchain`] resolver |
+//! | [`kernels`], [`cuda`] | typed handles for the shipped templates: `elemwise`, `reduce`, `gemm` |
 //! | [`runtime`] | [`Jit`]: cache + compiler + loaded-library registry, typed symbols |
-//! | [`ops`] | what the `xcache` command's verbs do |
-//! | [`clock`] | the injectable clock |
+//! | [`ops`] | what the `xcache` command's verbs do, thin over the store, returning data |
+//!
+//! Dependencies point down the table: nothing below [`store`] knows of it, and the
+//! store knows nothing of [`compile`], [`runtime`] or [`ops`].
 
 #![warn(missing_docs)]
 
