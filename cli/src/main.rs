@@ -92,11 +92,12 @@ enum Command {
     /// compiledirs; collect crashed builds.
     Prune {
         /// Evict least recently used entries while the compiledir is larger than this
-        /// (e.g. 500MiB, 2GB). Default: the max_size setting, unless --older-than is given.
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        /// (e.g. 500MiB, 1.5GiB, 2GB; 0: no size limit, as for the max_size setting).
+        /// Default: the max_size setting, unless --older-than is given.
+        #[arg(long, value_name = "SIZE", value_parser = xcache::config::parse_size)]
         max_size: Option<u64>,
-        /// Evict entries unused for longer than this (e.g. 7d, 12h).
-        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        /// Evict entries unused for longer than this (e.g. 7d, 12h, 1.5d).
+        #[arg(long, value_name = "AGE", value_parser = xcache::config::parse_duration)]
         older_than: Option<std::time::Duration>,
         /// Also remove stale compiledirs (old runtimes or kernels, or unused for stale_after).
         #[arg(long)]
@@ -189,18 +190,6 @@ enum BaseAction {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    xcache::config::parse_size(s)
-}
-
-/// Ages on the command line need a unit: a bare `7` would be seconds, never meant.
-fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    if s.trim().chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("give a unit: {s}d, {s}h, {s}m or {s}s"));
-    }
-    xcache::config::parse_duration(s)
 }
 
 fn main() -> ExitCode {

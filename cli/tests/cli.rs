@@ -419,3 +419,83 @@ fn demo_runs_check1_cold_then_warm() {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
 }
+
+#[test]
+fn sizes_and_durations_need_a_unit_everywhere() {
+    let env = Env::new();
+    // The command line: bad usage, with the fix.
+    for (args, fix) in [
+        (&["prune", "--max-size", "5"][..], "5GiB"),
+        (&["prune", "--older-than", "7"][..], "7d"),
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(fix), "{args:?}: {}", stderr(&out));
+    }
+    // XCACHE_FLAGS and the config file: a configuration error, with the fix.
+    let out = env
+        .cmd(&["config"])
+        .env("XCACHE_FLAGS", "max_size=5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("5GiB"), "{}", stderr(&out));
+    let file = env.file("config.toml", "stale_after = 30\n");
+    let out = env
+        .cmd(&["config"])
+        .env("XCACHE_CONFIG", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("config.toml, line 1") && err.contains("30d"),
+        "{err}"
+    );
+    // Fractions of any unit; values shown as they were meant.
+    let v = env.json(&[
+        "prune",
+        "--older-than",
+        "1.5d",
+        "--max-size",
+        "1.5GiB",
+        "--json",
+    ]);
+    assert_eq!(v["removed_entries"], 0);
+    let out = env
+        .cmd(&["config", "--json"])
+        .env("XCACHE_FLAGS", "max_size=5G,stale_after=1.5d")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let value = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(value("max_size"), "5GB");
+    assert_eq!(value("stale_after"), "36h");
+}
+
+#[test]
+fn a_max_size_of_zero_is_no_limit_on_the_command_line_too() {
+    let env = Env::new();
+    let src = env.file("twice.c", SRC);
+    stdout(&env.run(&["compile", src.to_str().unwrap()]));
+    let v = env.json(&["prune", "--max-size", "0", "--json"]);
+    assert_eq!(v["removed_entries"], 0, "{v}");
+    let out = env
+        .cmd(&["prune", "--json"])
+        .env("XCACHE_FLAGS", "max_size=0,handout_grace=0s")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["removed_entries"], 0, "{v}");
+    assert_eq!(env.json(&["list", "--json"]).as_array().unwrap().len(), 1);
+    // A size limit does evict.
+    let v = env.json(&["prune", "--max-size", "1B", "--json"]);
+    assert_eq!(v["removed_entries"], 1, "{v}");
+}

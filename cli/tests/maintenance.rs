@@ -232,20 +232,20 @@ fn prune_by_size_evicts_least_recently_used_down_to_low_water() {
     let dry = env.json(&[
         "prune",
         "--max-size",
-        &max.to_string(),
+        &format!("{max}B"),
         "--dry-run",
         "--json",
     ]);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["removed_entries"], 2);
     assert!(dirs.iter().all(|d| d.exists()), "a dry run removes nothing");
-    let text = stdout(&env.run(&["prune", "--max-size", &max.to_string(), "--dry-run"]));
+    let text = stdout(&env.run(&["prune", "--max-size", &format!("{max}B"), "--dry-run"]));
     assert!(
         text.contains("would remove") && text.contains("would free"),
         "{text}"
     );
 
-    let v = env.json(&["prune", "--max-size", &max.to_string(), "--json"]);
+    let v = env.json(&["prune", "--max-size", &format!("{max}B"), "--json"]);
     assert_eq!(v["removed_entries"], 2);
     assert!(!dirs[0].exists() && !dirs[1].exists() && dirs[2].exists() && dirs[3].exists());
     assert!(v["freed_bytes"].as_u64().unwrap() <= total);
@@ -770,7 +770,11 @@ fn completions_and_man_page() {
     // A bare number of seconds is never what is meant by an age.
     let out = env.run(&["prune", "--older-than", "7"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("give a unit"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no unit: write 7d"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

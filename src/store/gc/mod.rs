@@ -189,7 +189,8 @@ pub enum Removal {
 #[derive(Debug, Clone, Default)]
 pub struct PruneOptions {
     /// Evict least recently used entries while the compiledir exceeds this many bytes.
-    /// `None` with `older_than` also `None`: the `max_size` setting (if not 0).
+    /// `None` with `older_than` also `None`: the `max_size` setting. 0, here as there,
+    /// is no limit.
     pub max_size: Option<u64>,
     /// Evict entries unused for longer than this.
     pub older_than: Option<Duration>,
@@ -720,10 +721,12 @@ impl Store {
         let config = self.config();
         let now = self.clock().now();
         let mut report = CleanReport::dry(opts.dry_run);
+        // 0 is "no limit", as for the max_size setting (and ccache's `-M 0`).
         let max_size = match (opts.max_size, opts.older_than) {
-            (None, None) => (config.max_size > 0).then_some(config.max_size),
+            (None, None) => Some(config.max_size),
             (m, _) => m,
-        };
+        }
+        .filter(|&m| m > 0);
         let policy = Policy {
             max_size,
             low_water: config.low_water,
