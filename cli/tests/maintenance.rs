@@ -807,3 +807,58 @@ fn automatic_prune_keeps_the_compiledir_under_max_size() {
     );
     let _ = keys(&env.json(&["list", "--json"]));
 }
+
+#[test]
+fn warm_takes_a_manifest_named_without_a_directory() {
+    let env = Env::new();
+    src(&env, "kernels/k.c");
+    env.file(
+        "warm.json",
+        r#"{"requests": [{"source": "kernels/k.c"}, {"template": "elemwise", "params": {"dtype": "int32", "arity": 1, "expr": "a+1"}}]}"#,
+    );
+    let out = env
+        .cmd(&["warm", "warm.json", "--json"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["compiled"], 2, "{v}");
+}
+
+#[test]
+fn warm_names_the_request_and_the_field_that_is_wrong() {
+    let env = Env::new();
+    src(&env, "k.c");
+    let cases = [
+        (
+            r#"{"requests": [{"source": "k.c"}, {"sorce": "k.c"}]}"#,
+            &["requests[1]", "unknown field `sorce`", "expected one of"][..],
+        ),
+        (
+            r#"[{"source": "k.c", "flags": "-O2"}]"#,
+            &["requests[0]", "invalid type", "a sequence"][..],
+        ),
+        (
+            r#"{"request": []}"#,
+            &["not a valid manifest", "`requests`"][..],
+        ),
+        (
+            r#"{"requests": [], "extra": 1}"#,
+            &["unknown field `extra`"][..],
+        ),
+        (
+            r#"[{"source": "k.c", "template": "gemm"}]"#,
+            &["requests[0]", "exactly one of"][..],
+        ),
+    ];
+    for (manifest, wants) in cases {
+        let m = env.file("m.json", manifest);
+        let out = env.run(&["warm", m.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{manifest}");
+        let err = stderr(&out);
+        assert!(err.contains("m.json"), "{manifest}: {err}");
+        for want in wants {
+            assert!(err.contains(want), "{manifest}: {want:?} missing in {err}");
+        }
+    }
+}
