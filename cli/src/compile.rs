@@ -54,7 +54,7 @@ pub struct CompileArgs {
     out: Option<PathBuf>,
     /// Print a JSON object instead of the path.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// `KEY=VALUE`, checked by clap so that a malformed one is bad usage (exit 2).

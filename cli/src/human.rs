@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// `1 entry`, `2 entries`, `0 entries`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `1536` → `1.5 KiB`.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -93,6 +98,13 @@ mod tests {
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(size(15 << 20), "15 MiB");
         assert_eq!(size(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(count(1, "entry", "entries"), "1 entry");
+        assert_eq!(count(0, "entry", "entries"), "0 entries");
+        assert_eq!(count(2, "hit", "hits"), "2 hits");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::json;
 use xcache::ops;
 use xcache::{Config, Jit, Store};
 
@@ -38,6 +39,9 @@ enum Command {
     Basecompiledir {
         #[command(subcommand)]
         action: Option<BaseAction>,
+        /// Print JSON (also after `list` or `purge`).
+        #[arg(long, global = true)]
+        json: bool,
     },
     /// Compile a C or C++ source, or a template with parameters, through the cache and
     /// print the shared object's path.
@@ -173,22 +177,38 @@ enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command was asked for JSON: its failures are then JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Compile(a) => a.json,
+            Command::Warm(a) => a.json,
+            Command::Basecompiledir { json, .. }
+            | Command::List { json, .. }
+            | Command::Size { json, .. }
+            | Command::Clear { json, .. }
+            | Command::Purge { json, .. }
+            | Command::Prune { json, .. }
+            | Command::Stats { json, .. }
+            | Command::Verify { json, .. }
+            | Command::Doctor { json }
+            | Command::Config { json, .. }
+            | Command::Templates { json }
+            | Command::Demo { json, .. } => *json,
+            Command::Completions { .. } | Command::Man { .. } => false,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum BaseAction {
     /// List the compiledirs with current / stale / other marks, size, entries, last use.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Remove every compiledir and the CACHEDIR.TAG (refused without xcache's tag).
     Purge {
         /// Only list what would be removed and the bytes it would free.
         #[arg(long)]
         dry_run: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -198,30 +218,76 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS; // --help, --version
+            }
+            // Bad usage of a command asked for JSON: still JSON on stdout.
+            if std::env::args_os().any(|a| a == "--json") {
+                let message = e.render().to_string();
+                let message = message.trim().trim_start_matches("error: ");
+                println!(
+                    "{}",
+                    json!({"error": {"kind": "usage", "message": message, "compiler_output": null}})
+                );
+            }
+            return ExitCode::from(2);
         }
     };
+    let json = cli.command.as_ref().is_some_and(Command::json);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            let top = e.to_string();
-            eprintln!("xcache: error: {top}");
-            for cause in e.chain().skip(1) {
-                let cause = cause.to_string();
-                if !top.contains(&cause) {
-                    eprintln!("  caused by: {cause}");
-                }
+            let causes = error_chain(&e);
+            eprintln!("xcache: error: {}", causes[0]);
+            for cause in &causes[1..] {
+                eprintln!("  caused by: {cause}");
+            }
+            if json {
+                println!("{}", json_error(&e));
             }
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, each once (a message that already contains its cause
+/// does not repeat it).
+fn error_chain(e: &anyhow::Error) -> Vec<String> {
+    let top = e.to_string();
+    let mut out = vec![top.clone()];
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !top.contains(&cause) {
+            out.push(cause);
+        }
+    }
+    out
+}
+
+/// A failure as `--json` prints it: `{"error": {"kind", "message", "compiler_output"}}`,
+/// with the command and the kept source too when the compiler failed.
+fn json_error(e: &anyhow::Error) -> serde_json::Value {
+    let lib = e.chain().find_map(|c| c.downcast_ref::<xcache::Error>());
+    let kind = match lib {
+        Some(l) => l.kind(),
+        None if e.chain().any(|c| c.is::<std::io::Error>()) => "io",
+        None => "error",
+    };
+    let mut error = json!({
+        "kind": kind,
+        "message": error_chain(e).join(": "),
+        "compiler_output": null,
+    });
+    if let Some(xcache::Error::Compile(ce)) = lib {
+        error["message"] = json!(ce.to_string().lines().next().unwrap_or_default());
+        error["compiler_output"] = json!(ce.output);
+        error["command"] = json!(ce.command);
+        error["kept_source"] = json!(ce.kept_source);
+    }
+    json!({ "error": error })
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -257,18 +323,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             writeln!(out, "{}", store.compiledir().display())?;
             ExitCode::SUCCESS
         }
-        Some(Command::Basecompiledir { action }) => {
+        Some(Command::Basecompiledir { action, json }) => {
             let config = config(&cli)?;
             match action {
+                None if *json => {
+                    writeln!(out, "{}", json!({"base_dir": config.base_dir()?}))?;
+                }
                 None => {
                     writeln!(out, "{}", config.base_dir()?.display())?;
                 }
-                Some(BaseAction::List { json }) => {
+                Some(BaseAction::List) => {
                     let store = Store::open(&config)?;
                     let rows = ops::clean::list_compiledirs(&store)?;
                     show::compiledirs(&mut out, &rows, &store, *json)?;
                 }
-                Some(BaseAction::Purge { dry_run, json }) => {
+                Some(BaseAction::Purge { dry_run }) => {
                     // Check before opening: opening would create (and tag) the directory.
                     let base = config.base_dir()?;
                     if !ops::clean::is_xcache_base(&base) {

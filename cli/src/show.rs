@@ -14,7 +14,7 @@ use xcache::store::gc::policy::{RemoveWhy, StaleWhy};
 use crate::human;
 use xcache::ops::size::SizeReport;
 use xcache::ops::stats::StatsRow;
-use xcache::ops::verify::VerifyReport;
+use xcache::ops::verify::{ProblemKind, VerifyReport};
 use xcache::{Config, Store};
 
 /// `xcache templates`.
@@ -227,8 +227,8 @@ pub fn entries(
     write!(out, "{}", human::table(&header, &cells, &[3, 6]))?;
     writeln!(
         out,
-        "{} entries, {} in {}",
-        rows.len(),
+        "{}, {} in {}",
+        human::count(rows.len() as u64, "entry", "entries"),
         human::size(total),
         if all {
             store.base_dir()
@@ -528,14 +528,20 @@ pub fn stats(out: &mut impl Write, rows: &[StatsRow], zeroed: bool, json: bool) 
     Ok(())
 }
 
-/// `xcache verify`.
+/// `xcache verify`. The exit status follows [`VerifyReport::clean`]: a problem left
+/// unrepaired fails it; files that are not xcache's are reported and left alone, and
+/// do not.
 pub fn verify(out: &mut impl Write, r: &VerifyReport, repair: bool, json: bool) -> Result<()> {
     if json {
-        return json_out(out, r);
+        let mut v = serde_json::to_value(r)?;
+        v["clean"] = json!(r.clean());
+        return json_out(out, &v);
     }
+    let foreign = |p: &&xcache::ops::verify::Problem| p.kind == ProblemKind::UnknownFile;
     for p in &r.problems {
         let fix = match &p.repaired {
             Some(what) => format!(" [{what}]"),
+            None if foreign(&p) => String::new(),
             None if repair => {
                 " [not repaired: in use by another process, or not repairable]".into()
             }
@@ -547,18 +553,35 @@ pub fn verify(out: &mut impl Write, r: &VerifyReport, repair: bool, json: bool) 
             .unwrap_or_default();
         writeln!(out, "{kind}: {}: {}{fix}", p.path.display(), p.detail)?;
     }
-    writeln!(
-        out,
-        "{} entries checked, {} ok, {} problems{}",
-        r.entries,
+    let others = r.problems.iter().filter(foreign).count();
+    let problems = r.problems.len() - others;
+    let unrepaired = r
+        .problems
+        .iter()
+        .filter(|p| !foreign(p) && p.repaired.is_none())
+        .count();
+    let mut summary = format!(
+        "{}, {} ok, {}",
+        human::count(r.entries, "entry", "entries") + " checked",
         r.ok,
-        r.problems.len(),
-        if !r.clean() && !repair {
-            " (run `xcache verify --repair` to mend them)"
-        } else {
-            ""
+        match problems {
+            0 => "no problems".to_string(),
+            n => human::count(n as u64, "problem", "problems"),
         }
-    )?;
+    );
+    if repair && problems > 0 {
+        summary += &format!(", {} repaired", problems - unrepaired);
+    }
+    if others > 0 {
+        summary += &format!(
+            "; {} not made by xcache, left alone (remove by hand what is not yours to keep)",
+            human::count(others as u64, "file", "files")
+        );
+    }
+    if unrepaired > 0 && !repair {
+        summary += " (run `xcache verify --repair` to mend them)";
+    }
+    writeln!(out, "{summary}")?;
     Ok(())
 }
 

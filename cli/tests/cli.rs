@@ -499,3 +499,90 @@ fn a_max_size_of_zero_is_no_limit_on_the_command_line_too() {
     let v = env.json(&["prune", "--max-size", "1B", "--json"]);
     assert_eq!(v["removed_entries"], 1, "{v}");
 }
+
+/// A command asked for JSON answers in JSON on stdout even when it fails.
+fn json_error(out: &std::process::Output) -> Value {
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", out.stdout));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    v["error"].clone()
+}
+
+#[test]
+fn json_stays_json_on_failure() {
+    let env = Env::new();
+    let bad = env.file("broken.c", "int f(void) { return nope; }\n");
+    let out = env.run(&["compile", bad.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = json_error(&out);
+    assert_eq!(e["kind"], "compile", "{e}");
+    assert!(
+        e["compiler_output"].as_str().unwrap().contains("nope"),
+        "{e}"
+    );
+    assert!(
+        e["kept_source"].as_str().unwrap().ends_with("source.c"),
+        "{e}"
+    );
+    assert!(
+        stderr(&out).contains("compilation failed"),
+        "people still read stderr"
+    );
+
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = env.run(&[
+        "--dir",
+        home.to_str().unwrap(),
+        "basecompiledir",
+        "purge",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = json_error(&out);
+    assert_eq!(e["kind"], "invalid-request", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("CACHEDIR.TAG"),
+        "{e}"
+    );
+    assert!(e["compiler_output"].is_null());
+
+    let out = env
+        .cmd(&["list", "--json"])
+        .env("XCACHE_FLAGS", "max_size=5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_error(&out)["kind"], "config");
+
+    // Bad usage: exit 2, and JSON too.
+    let out = env.run(&["prune", "--older-than", "7", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = json_error(&out);
+    assert_eq!(e["kind"], "usage");
+    assert!(e["message"].as_str().unwrap().contains("7d"), "{e}");
+    // Without --json, stdout stays empty.
+    let out = env.run(&["compile", bad.to_str().unwrap()]);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn basecompiledir_takes_json_before_or_after_its_action() {
+    let env = Env::new();
+    let v = env.json(&["basecompiledir", "--json"]);
+    assert_eq!(v["base_dir"], env.base().to_str().unwrap());
+    env.compiledir();
+    for args in [
+        &["basecompiledir", "list", "--json"][..],
+        &["basecompiledir", "--json", "list"][..],
+    ] {
+        let v = env.json(args);
+        assert_eq!(v.as_array().unwrap().len(), 1, "{args:?}: {v}");
+        assert_eq!(v[0]["mark"], "current");
+    }
+}

@@ -862,3 +862,51 @@ fn warm_names_the_request_and_the_field_that_is_wrong() {
         }
     }
 }
+
+#[test]
+fn verify_exit_status_follows_what_is_left_unrepaired() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c"]);
+    let cd = env.compiledir();
+    // A file that is not xcache's: reported, left alone, and not a failure.
+    std::fs::write(cd.join("entries/notes.txt"), "mine").unwrap();
+    let out = env.run(&["verify", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], true, "{v}");
+    assert_eq!(v["problems"][0]["kind"], "unknown-file", "{v}");
+    assert!(v["problems"][0]["repaired"].is_null(), "{v}");
+    let text = stdout(&env.run(&["verify"]));
+    assert!(
+        text.contains("1 entry checked, 1 ok, no problems; 1 file not made by xcache, left alone"),
+        "{text}"
+    );
+    // A corrupt entry: exit 1, `repaired` null for everything without --repair.
+    let lib = dirs[0].join("lib.so");
+    let mut bytes = std::fs::read(&lib).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0xff;
+    std::fs::write(&lib, bytes).unwrap();
+    let out = env.run(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], false);
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["repaired"].is_null()),
+        "{v}"
+    );
+    let out = env.run(&["verify", "--repair"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 problem, 1 repaired"), "{text}");
+    assert!(cd.join("entries/notes.txt").exists());
+}

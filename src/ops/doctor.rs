@@ -218,7 +218,10 @@ pub fn doctor(config: &Config, store: &Store) -> Result<DoctorReport> {
     let mut cd = dir_check("compiledir", store.compiledir());
     if cd.status == Status::Ok {
         let n = crate::store::scan::entry_keys(store.root())?.len();
-        cd.detail.push_str(&format!(", {n} entries"));
+        cd.detail.push_str(&format!(
+            ", {n} {}",
+            if n == 1 { "entry" } else { "entries" }
+        ));
     }
     checks.push(cd);
     checks.push(compiler_check("C compiler", Language::C, config, store));
