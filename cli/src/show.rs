@@ -600,6 +600,7 @@ pub fn doctor(out: &mut impl Write, r: &DoctorReport, json: bool) -> Result<()> 
                     Status::Ok => "ok",
                     Status::Warn => "warn",
                     Status::Fail => "FAIL",
+                    Status::Skip => "skip",
                 }
                 .to_string(),
                 c.detail.clone(),

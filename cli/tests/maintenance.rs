@@ -910,3 +910,95 @@ fn verify_exit_status_follows_what_is_left_unrepaired() {
     assert!(text.contains("1 problem, 1 repaired"), "{text}");
     assert!(cd.join("entries/notes.txt").exists());
 }
+
+#[test]
+fn doctor_diagnoses_a_bad_cache_dir_and_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let file = env.file("not-a-dir", "");
+    let open = env.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (dir, fix) in [(&file, "not a directory"), (&open, "chmod go-w")] {
+        let out = env
+            .cmd(&["doctor", "--json"])
+            .env("XCACHE_DIR", dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let get = |name: &str| {
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("{name}: {v}"))
+                .clone()
+        };
+        let base = get("base dir");
+        assert_eq!(base["status"], "fail", "{v}");
+        let detail = base["detail"].as_str().unwrap();
+        assert!(detail.contains(fix) && detail.contains("Fix:"), "{detail}");
+        assert_eq!(get("compiledir")["status"], "skip");
+        // The rest is still checked.
+        assert_eq!(get("C compiler")["status"], "ok", "{v}");
+        for name in ["C++ compiler", "nvcc", "GPU"] {
+            assert_ne!(get(name)["status"], "skip", "{v}");
+        }
+        // And the human table shows each check.
+        let out = env
+            .cmd(&["doctor"])
+            .env("XCACHE_DIR", dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("FAIL") && text.contains("C compiler"),
+            "{text}"
+        );
+    }
+    // Settings it cannot read: reported as a check, the compilers still checked.
+    let out = env
+        .cmd(&["doctor", "--json"])
+        .env("XCACHE_FLAGS", "max_size=5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["checks"][0]["name"], "settings");
+    assert_eq!(v["checks"][0]["status"], "fail");
+    assert!(v["checks"][0]["detail"].as_str().unwrap().contains("5GiB"));
+}
+
+#[test]
+fn doctor_gives_each_missing_tool_its_own_fix() {
+    let env = Env::new();
+    let detail = |flags: &str, name: &str| {
+        let out = env
+            .cmd(&["doctor", "--json"])
+            .env("XCACHE_FLAGS", flags)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let nvcc = detail("nvcc=/nonexistent/bin/nvcc", "nvcc");
+    assert!(
+        nvcc.contains("CUDA toolkit") && !nvcc.contains("install a C compiler"),
+        "{nvcc}"
+    );
+    let cxx = detail("cxx=/nonexistent/bin/g++", "C++ compiler");
+    assert!(cxx.contains("install a C++ compiler"), "{cxx}");
+    let cc = detail("cc=/nonexistent/bin/gcc", "C compiler");
+    assert!(cc.contains("install a C compiler"), "{cc}");
+}
