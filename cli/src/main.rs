@@ -53,7 +53,7 @@ enum Command {
         all: bool,
         /// Order: age (newest first), size (largest first), use (least recently used
         /// first), name.
-        #[arg(long, value_name = "KEY", default_value = "name")]
+        #[arg(long, value_name = "KEY", default_value = "name", value_parser = sort_keys())]
         sort: ops::list::SortBy,
         /// Print a JSON array.
         #[arg(long)]
@@ -175,6 +175,15 @@ enum Command {
         /// The command whose page to print.
         command: Option<String>,
     },
+}
+
+/// The keys of `list --sort`, listed to clap so that help and completions offer them.
+fn sort_keys() -> impl clap::builder::TypedValueParser<Value = ops::list::SortBy> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["name", "age", "size", "use"]).map(|s| {
+        s.parse::<ops::list::SortBy>()
+            .expect("every listed key parses")
+    })
 }
 
 impl Command {
@@ -448,7 +457,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             status(report.ok)
         }
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(*shell, &mut Cli::command(), "xcache", &mut out);
+            // Into a buffer, then written as every other output is: clap_complete panics
+            // on a closed pipe (`xcache completions bash | true`).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "xcache", &mut script);
+            out.write_all(&script)?;
             ExitCode::SUCCESS
         }
         Some(Command::Man { command }) => {

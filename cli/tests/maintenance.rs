@@ -1002,3 +1002,34 @@ fn doctor_gives_each_missing_tool_its_own_fix() {
     let cc = detail("cc=/nonexistent/bin/gcc", "C compiler");
     assert!(cc.contains("install a C compiler"), "{cc}");
 }
+
+#[test]
+fn completions_offer_values_and_survive_a_closed_pipe() {
+    let env = Env::new();
+    let bash = stdout(&env.run(&["completions", "bash"]));
+    assert!(bash.contains("name age size use"), "list --sort keys");
+    for t in ["elemwise", "gemm", "reduce", "cuda/elemwise"] {
+        assert!(bash.contains(t), "compile -t {t}");
+    }
+    let fish = stdout(&env.run(&["completions", "fish"]));
+    assert!(fish.contains("cuda/gemm"), "{fish}");
+    // A template from template_path is still accepted: the list only helps completion.
+    let out = env.run(&["compile", "-t", "nonesuch"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "unknown templates are the library's to refuse"
+    );
+    // `xcache completions bash | true`: the reader is gone before anything is written.
+    for args in [
+        &["completions", "bash"][..],
+        &["man"][..],
+        &["templates"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = env.cmd(args).stdout(writer).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
