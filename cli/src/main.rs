@@ -134,6 +134,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the lock files of the current compiledir: held or free, and who last held
+    /// each. xcache's locks are OS file locks, freed by the kernel when their holder
+    /// exits: none is ever stale, and nothing needs unlocking by hand.
+    Unlock {
+        /// Remove the lock files nobody holds (each under a try-lock; they are recreated
+        /// when needed).
+        #[arg(long)]
+        remove_free: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the platform, the cache directories, the compilers, nvcc and the GPU.
     Doctor {
         /// Print JSON.
@@ -200,6 +212,7 @@ impl Command {
             | Command::Prune { json, .. }
             | Command::Stats { json, .. }
             | Command::Verify { json, .. }
+            | Command::Unlock { json, .. }
             | Command::Doctor { json }
             | Command::Config { json, .. }
             | Command::Templates { json }
@@ -426,6 +439,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let report = ops::verify::verify(&store, *repair)?;
             show::verify(&mut out, &report, *repair, *json)?;
             status(report.clean())
+        }
+        Some(Command::Unlock { remove_free, json }) => {
+            let store = Store::open(&config(&cli)?)?;
+            let report = ops::unlock::unlock(&store, *remove_free)?;
+            show::unlock(&mut out, &report, *remove_free, *json)?;
+            ExitCode::SUCCESS
         }
         Some(Command::Doctor { json }) => {
             // Not `?`: the doctor reports settings it cannot read, and goes on.

@@ -14,6 +14,7 @@ use xcache::store::gc::policy::{RemoveWhy, StaleWhy};
 use crate::human;
 use xcache::ops::size::SizeReport;
 use xcache::ops::stats::StatsRow;
+use xcache::ops::unlock::UnlockReport;
 use xcache::ops::verify::{ProblemKind, VerifyReport};
 use xcache::{Config, Store};
 
@@ -582,6 +583,73 @@ pub fn verify(out: &mut impl Write, r: &VerifyReport, repair: bool, json: bool) 
         summary += " (run `xcache verify --repair` to mend them)";
     }
     writeln!(out, "{summary}")?;
+    Ok(())
+}
+
+/// `xcache unlock`.
+pub fn unlock(out: &mut impl Write, r: &UnlockReport, remove_free: bool, json: bool) -> Result<()> {
+    if json {
+        return json_out(out, r);
+    }
+    let cells: Vec<Vec<String>> = r
+        .locks
+        .iter()
+        .map(|l| {
+            let holder = match &l.last_holder {
+                None => "-".to_string(),
+                Some(h) => format!(
+                    "pid {} on {}{}",
+                    h.pid,
+                    if h.host.is_empty() { "?" } else { &h.host },
+                    match h.running {
+                        Some(true) => " (running)",
+                        Some(false) => " (exited)",
+                        None => " (another host)",
+                    }
+                ),
+            };
+            vec![
+                if l.removed {
+                    "removed".to_string()
+                } else {
+                    serde_json::to_value(l.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                },
+                l.key[..12].to_string(),
+                if l.has_entry { "yes" } else { "no" }.to_string(),
+                holder,
+            ]
+        })
+        .collect();
+    if !cells.is_empty() {
+        write!(
+            out,
+            "{}",
+            human::table(&["", "KEY", "ENTRY", "LAST EXCLUSIVE HOLDER"], &cells, &[])
+        )?;
+    }
+    writeln!(
+        out,
+        "{}: {} held, {} free{}",
+        human::count(r.locks.len() as u64, "lock file", "lock files"),
+        r.held,
+        r.free,
+        if remove_free {
+            format!(", {} removed", r.removed)
+        } else {
+            String::new()
+        }
+    )?;
+    let mut note = "xcache's locks are per key and are freed by the kernel when their holder \
+                    exits, so none is ever stale and nothing needs unlocking: a held lock \
+                    belongs to a running process (a reader, or the holder named)."
+        .to_string();
+    if !remove_free && r.free > 0 {
+        note += " `xcache unlock --remove-free` removes the free lock files.";
+    }
+    writeln!(out, "{note}")?;
     Ok(())
 }
 

@@ -1033,3 +1033,59 @@ fn completions_offer_values_and_survive_a_closed_pipe() {
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn unlock_tells_who_holds_what_and_removes_only_free_lock_files() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c", "ccc.c"]);
+    let cd = env.compiledir();
+    let guard = hold(&dirs[1]);
+    let v = env.json(&["unlock", "--json"]);
+    let locks = v["locks"].as_array().unwrap();
+    assert_eq!(locks.len(), 3, "{v}");
+    assert_eq!(
+        (v["held"].as_u64(), v["free"].as_u64()),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    let held_key = dirs[1].file_name().unwrap().to_str().unwrap();
+    assert_eq!(locks[0]["key"], held_key, "held ones first: {v}");
+    assert_eq!(locks[0]["state"], "held");
+    for l in locks {
+        assert_eq!(l["has_entry"], true);
+        assert_eq!(l["removed"], false);
+        // The compile that built it took it exclusively, wrote its pid, and exited.
+        let h = &l["last_holder"];
+        assert!(h["pid"].as_u64().is_some(), "{l}");
+        assert_eq!(h["running"], false, "{l}");
+    }
+    let text = stdout(&env.run(&["unlock"]));
+    assert!(text.contains("3 lock files: 1 held, 2 free"), "{text}");
+    assert!(
+        text.contains("nothing needs unlocking") && text.contains("--remove-free"),
+        "{text}"
+    );
+    assert!(text.contains("(exited)"), "{text}");
+
+    let v = env.json(&["unlock", "--remove-free", "--json"]);
+    assert_eq!(v["removed"], 2, "{v}");
+    let left: Vec<PathBuf> = std::fs::read_dir(cd.join("locks"))
+        .unwrap()
+        .flat_map(|fan| std::fs::read_dir(fan.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 1, "only the held lock file is left: {left:?}");
+    assert!(left[0].to_str().unwrap().contains(held_key));
+    drop(guard);
+    // The entries are untouched, and their locks come back when used.
+    for d in &dirs {
+        assert!(d.join("lib.so").exists());
+    }
+    let s = src(&env, "a.c");
+    assert_eq!(
+        env.json(&["compile", s.to_str().unwrap(), "--json"])["hit"],
+        true
+    );
+    let v = env.json(&["unlock", "--json"]);
+    assert_eq!(v["held"], 0, "{v}");
+}
