@@ -1089,3 +1089,66 @@ fn unlock_tells_who_holds_what_and_removes_only_free_lock_files() {
     let v = env.json(&["unlock", "--json"]);
     assert_eq!(v["held"], 0, "{v}");
 }
+
+#[test]
+fn dry_runs_of_clear_purge_and_basecompiledir_purge_remove_nothing() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c"]);
+    stdout(
+        &env.cmd(&["compile", src(&env, "c.c").to_str().unwrap()])
+            .env("XCACHE_RUNTIME", "x-1")
+            .output()
+            .unwrap(),
+    );
+    let snapshot = || {
+        let mut all: Vec<PathBuf> = walk(&env.base());
+        all.sort();
+        all
+    };
+    let before = snapshot();
+    for args in [
+        &["clear", "--dry-run"][..],
+        &["purge", "--dry-run"][..],
+        &["basecompiledir", "purge", "--dry-run"][..],
+    ] {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let v = env.json(&with_json);
+        assert_eq!(v["dry_run"], true, "{args:?}: {v}");
+        assert!(v["removed_entries"].as_u64().unwrap() >= 2, "{args:?}: {v}");
+        assert!(v["freed_bytes"].as_u64().unwrap() > 0, "{args:?}: {v}");
+        for a in v["actions"].as_array().unwrap() {
+            assert_eq!(a["skipped"]["why"], "dry-run", "{args:?}: {a}");
+        }
+        let text = stdout(&env.run(args));
+        assert!(
+            text.contains("would remove") && text.contains("would free"),
+            "{args:?}: {text}"
+        );
+        assert_eq!(snapshot(), before, "{args:?} removed something");
+    }
+    assert!(dirs.iter().all(|d| d.join("lib.so").exists()));
+    // A dry run is refused where the real one would be.
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = env.run(&[
+        "--dir",
+        home.to_str().unwrap(),
+        "basecompiledir",
+        "purge",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

@@ -581,11 +581,8 @@ fn remove_compiledir(
         report.push(action);
         return Ok(());
     }
-    if report.dry_run {
-        action.skipped = Some(Skip::DryRun);
-        report.push(action);
-        return Ok(());
-    }
+    // A dry run lists the same entries and leftovers as the real run would.
+    let first = report.actions.len();
     let mut busy = 0;
     for row in scan::entries(&cd)? {
         let before = report.actions.len();
@@ -598,13 +595,24 @@ fn remove_compiledir(
             false,
             report,
         )?;
-        if report.actions[before].skipped.is_some() {
+        if report.actions[before]
+            .skipped
+            .as_ref()
+            .is_some_and(|s| *s != Skip::DryRun)
+        {
             busy += 1;
         }
     }
     let live = collect_leftovers(&cd, Sweep::Purge, &rules(config), now, report)?;
     // What is left besides the entries and leftovers, counted one by one above.
     action.bytes = scan::tree_bytes(&cd, "", &[]).0;
+    if report.dry_run {
+        let listed: u64 = report.actions[first..].iter().map(|a| a.bytes).sum();
+        action.bytes = action.bytes.saturating_sub(listed);
+        action.skipped = Some(Skip::DryRun);
+        report.push(action);
+        return Ok(());
+    }
     if busy > 0 || live > 0 {
         action.skipped = Some(if busy > 0 {
             Skip::EntriesInUse { count: busy }
