@@ -295,24 +295,17 @@ impl Config {
         c.home = get("HOME").map(PathBuf::from);
         c.xdg_cache_home = get("XDG_CACHE_HOME").map(PathBuf::from);
 
-        let file = match get("XCACHE_CONFIG") {
-            Some(p) => {
-                let p = PathBuf::from(p);
+        let file = match file_path(env) {
+            Some(p) if get("XCACHE_CONFIG").is_some() => {
                 if !p.is_file() {
                     return Err(Error::Config(format!(
-                        "XCACHE_CONFIG points at {}, which is not a file. Fix: create it, or unset XCACHE_CONFIG",
+                        "XCACHE_CONFIG points at {}, which is not a file. Fix: create it (`xcache config set KEY VALUE` does), or unset XCACHE_CONFIG",
                         p.display()
                     )));
                 }
                 Some(p)
             }
-            None => {
-                let dir = get("XDG_CONFIG_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| c.home.as_ref().map(|h| h.join(".config")));
-                dir.map(|d| d.join("xcache").join("config.toml"))
-                    .filter(|p| p.is_file())
-            }
+            p => p.filter(|p| p.is_file()),
         };
         if let Some(path) = file {
             c.apply_file(&path)?;
@@ -563,6 +556,61 @@ impl Config {
     }
 }
 
+/// The config file: `$XCACHE_CONFIG`, else `$XDG_CONFIG_HOME/xcache/config.toml`, else
+/// `~/.config/xcache/config.toml` (`None` without HOME), whether it exists or not.
+pub fn file_path(env: &EnvSnapshot) -> Option<PathBuf> {
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    get("XCACHE_CONFIG").or_else(|| {
+        get("XDG_CONFIG_HOME")
+            .or_else(|| get("HOME").map(|h| h.join(".config")))
+            .map(|d| d.join("xcache").join("config.toml"))
+    })
+}
+
+/// Sets `key = "value"` in the TOML config file at `path` (`None` removes the key),
+/// keeping every other key, comment and blank line as they are; the file and its
+/// directory are created if missing, and the file is replaced atomically. The value is
+/// checked as every source's is (an unknown key, a size without a unit, ... is an error
+/// and nothing is written).
+pub fn write_setting(path: &Path, key: &str, value: Option<&str>) -> Result<()> {
+    if let Some(v) = value {
+        Config::defaults().apply(key, v, Origin::File(path.to_path_buf()))?;
+    } else if !SETTINGS.iter().any(|s| s.name == key) {
+        // The same error as for a value, listing the known keys.
+        Config::defaults().apply(key, "", Origin::File(path.to_path_buf()))?;
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io("reading", path, e)),
+    };
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        Error::Config(format!(
+            "{} is not valid TOML, so it is left as it is: {}. Fix it by hand first",
+            path.display(),
+            e.message()
+        ))
+    })?;
+    match value {
+        Some(v) => doc[key] = toml_edit::value(v),
+        None => {
+            doc.remove(key);
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io("creating a file in", dir, e))?;
+    std::io::Write::write_all(&mut tmp, doc.to_string().as_bytes())
+        .map_err(|e| Error::io("writing", tmp.path().to_path_buf(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("replacing", path, e.error))?;
+    Ok(())
+}
+
 /// Splits `1.5GiB` into its number and its unit. The number is decimal, with an
 /// optional fraction; signs and exponents are refused.
 fn split_quantity(t: &str) -> Option<(f64, &str)> {
@@ -778,6 +826,50 @@ mod tests {
         assert!(
             e.contains("c.toml") && e.contains("unknown setting `bogus`"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn settings_are_written_into_the_file_keeping_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sub/config.toml");
+        write_setting(&f, "max_size", Some("5GiB")).unwrap();
+        let load = || Config::load_from(&env(&[("XCACHE_CONFIG", f.to_str().unwrap())])).unwrap();
+        assert_eq!(load().max_size, 5 << 30);
+        std::fs::write(
+            &f,
+            "# mine\ncc = \"clang\" # the fast one\n\nmax_size = \"1GiB\"\n",
+        )
+        .unwrap();
+        write_setting(&f, "max_size", Some("2GB")).unwrap();
+        write_setting(&f, "stale_after", Some("7d")).unwrap();
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.starts_with("# mine\ncc = \"clang\" # the fast one\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("max_size = \"2GB\"") && text.contains("stale_after = \"7d\""),
+            "{text}"
+        );
+        write_setting(&f, "cc", None).unwrap();
+        let c = load();
+        assert_eq!((c.cc, c.max_size), (None, 2_000_000_000));
+        // Checked as every source is; nothing written when refused.
+        let before = std::fs::read_to_string(&f).unwrap();
+        assert!(write_setting(&f, "max_size", Some("5"))
+            .unwrap_err()
+            .to_string()
+            .contains("5GiB"));
+        assert!(write_setting(&f, "maxsize", Some("5GiB"))
+            .unwrap_err()
+            .to_string()
+            .contains("max_size"));
+        assert!(write_setting(&f, "maxsize", None).is_err());
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), before);
+        assert_eq!(
+            file_path(&env(&[("HOME", "/h")])),
+            Some(PathBuf::from("/h/.config/xcache/config.toml"))
         );
     }
 

@@ -152,10 +152,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the effective settings and where each came from.
+    /// Show the effective settings and where each came from; or set one in the config
+    /// file (`xcache config set max_size 5GiB`, as `ccache -M 5G`).
     Config {
+        #[command(subcommand)]
+        action: Option<ConfigAction>,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
     },
     /// List the op templates with their parameters, types and entry points.
@@ -220,6 +223,23 @@ impl Command {
             Command::Completions { .. } | Command::Man { .. } => false,
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Write KEY = VALUE into the config file ($XCACHE_CONFIG, else
+    /// ~/.config/xcache/config.toml), keeping its other keys; the value is checked first.
+    Set {
+        /// The setting (`xcache config` lists them).
+        key: String,
+        /// Its value, as in the file or XCACHE_FLAGS (sizes and durations with a unit).
+        value: String,
+    },
+    /// Remove KEY from the config file: its default applies again.
+    Unset {
+        /// The setting.
+        key: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -452,8 +472,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
             show::doctor(&mut out, &report, *json)?;
             status(report.ok())
         }
-        Some(Command::Config { json }) => {
+        Some(Command::Config { action: None, json }) => {
             show::config(&mut out, &config(&cli)?, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config {
+            action: Some(action),
+            json,
+        }) => {
+            let (key, value) = match action {
+                ConfigAction::Set { key, value } => (key, Some(value.as_str())),
+                ConfigAction::Unset { key } => (key, None),
+            };
+            let env: xcache::config::EnvSnapshot = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect();
+            let file = xcache::config::file_path(&env).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no config file to write: HOME is not set. Fix: set XCACHE_CONFIG to a path"
+                )
+            })?;
+            xcache::config::write_setting(&file, key, value)?;
+            // Say so when another source wins over the file for this key.
+            let effective = config(&cli)?;
+            let origin = effective.origin(key);
+            let shadowed = !matches!(
+                origin,
+                xcache::config::Origin::File(_) | xcache::config::Origin::Default
+            );
+            show::config_written(
+                &mut out,
+                &file,
+                key,
+                value,
+                shadowed.then_some(&origin),
+                *json,
+            )?;
             ExitCode::SUCCESS
         }
         Some(Command::Templates { json }) => {

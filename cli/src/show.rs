@@ -683,6 +683,41 @@ pub fn doctor(out: &mut impl Write, r: &DoctorReport, json: bool) -> Result<()> 
     Ok(())
 }
 
+/// `xcache config set` and `unset`.
+pub fn config_written(
+    out: &mut impl Write,
+    file: &std::path::Path,
+    key: &str,
+    value: Option<&str>,
+    shadowed_by: Option<&xcache::config::Origin>,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let v = json!({
+            "file": file,
+            "name": key,
+            "value": value,
+            "overridden_by": shadowed_by.map(|o| o.to_string()),
+        });
+        return json_out(out, &v);
+    }
+    match value {
+        Some(v) => writeln!(out, "{key} = {v:?} written to {}", file.display())?,
+        None => writeln!(
+            out,
+            "{key} removed from {} (its default applies)",
+            file.display()
+        )?,
+    }
+    if let Some(origin) = shadowed_by {
+        writeln!(
+            out,
+            "note: {origin} also sets {key}, and wins over the file (`xcache config` shows the value in force)"
+        )?;
+    }
+    Ok(())
+}
+
 /// `xcache config`.
 pub fn config(out: &mut impl Write, c: &Config, json: bool) -> Result<()> {
     let rows = c.effective();

@@ -1152,3 +1152,63 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn config_set_writes_the_file_keeping_the_rest() {
+    let env = Env::new();
+    let file = env.file("conf/xcache.toml", "# my settings\ncc = \"cc\"\n");
+    let run = |args: &[&str]| env.cmd(args).env("XCACHE_CONFIG", &file).output().unwrap();
+    let text = stdout(&run(&["config", "set", "max_size", "2GiB"]));
+    assert!(text.contains("max_size = \"2GiB\" written to"), "{text}");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.starts_with("# my settings\ncc = \"cc\"\n"),
+        "{written}"
+    );
+    let v: Value = serde_json::from_str(&stdout(&run(&["config", "--json"]))).unwrap();
+    let row = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "max_size")
+        .unwrap()
+        .clone();
+    assert_eq!(row["value"], "2GiB");
+    assert!(
+        row["origin"].as_str().unwrap().starts_with("file "),
+        "{row}"
+    );
+    // Checked as every source is: nothing written.
+    for (args, want) in [
+        (&["config", "set", "max_size", "5"][..], "5GiB"),
+        (
+            &["config", "set", "maxsize", "5GiB"][..],
+            "unknown setting `maxsize`",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    }
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("max_size = \"2GiB\""));
+    // A key XCACHE_FLAGS also sets: written, with a note that the flag wins.
+    let out = run(&["config", "set", "handout_grace", "2m", "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["overridden_by"], "XCACHE_FLAGS", "{v}");
+    let text = stdout(&run(&["config", "unset", "max_size"]));
+    assert!(text.contains("removed"), "{text}");
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("max_size"));
+    // Without XCACHE_CONFIG: the default file under the XDG config dir, created.
+    let xdg = env.dir.path().join("xdg");
+    let out = env
+        .cmd(&["config", "set", "max_size", "1GiB"])
+        .env("XDG_CONFIG_HOME", &xdg)
+        .output()
+        .unwrap();
+    stdout(&out);
+    assert!(std::fs::read_to_string(xdg.join("xcache/config.toml"))
+        .unwrap()
+        .contains("max_size = \"1GiB\""));
+}
