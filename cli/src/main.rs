@@ -16,6 +16,7 @@ use xcache::{Config, Jit, Store};
 
 mod compile;
 mod human;
+mod progress;
 mod show;
 mod warm;
 
@@ -442,7 +443,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 stale: *stale,
                 dry_run: *dry_run,
             };
-            show::clean(&mut out, &ops::clean::prune(&store, &opts)?, &store, *json)?;
+            let bar = progress::Progress::new("pruning");
+            let report = ops::clean::prune_with_progress(&store, &opts, &|d, t| bar.update(d, t))?;
+            drop(bar);
+            show::clean(&mut out, &report, &store, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::Warm(args)) => warm::run(&mut out, config(&cli)?, args)?,
@@ -456,7 +460,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Verify { repair, json }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
-            let report = ops::verify::verify(&store, *repair)?;
+            let bar = progress::Progress::new("verifying");
+            let report =
+                ops::verify::verify_with_progress(&store, *repair, &|d, t| bar.update(d, t))?;
+            drop(bar);
             show::verify(&mut out, &report, *repair, *json)?;
             status(report.clean())
         }

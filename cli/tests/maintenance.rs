@@ -1212,3 +1212,44 @@ fn config_set_writes_the_file_keeping_the_rest() {
         .unwrap()
         .contains("max_size = \"1GiB\""));
 }
+
+#[test]
+fn prune_and_verify_show_progress_on_a_terminal_only() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c"]);
+    for d in &dirs {
+        set_mtime(&d.join("last-use"), 10 * DAY);
+    }
+    let xcache = env!("CARGO_BIN_EXE_xcache");
+    // Piped: the report alone, nothing on stderr.
+    for args in [&["verify"][..], &["prune", "--older-than", "30d"][..]] {
+        let out = env.run(args);
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+    // On a terminal (script(1) gives the command a pseudo-terminal): a bar.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("script(1) (util-linux) is needed for this test");
+    }
+    for (args, what) in [
+        ("verify", "verifying"),
+        ("prune --older-than 7d", "pruning"),
+    ] {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{xcache} {args}"), "/dev/null"])
+            .env("XCACHE_DIR", env.base())
+            .env("XCACHE_FLAGS", "handout_grace=0s")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(what) && text.contains("entries"),
+            "{args}: {text}"
+        );
+    }
+    assert!(dirs.iter().all(|d| !d.exists()), "the prune ran");
+}

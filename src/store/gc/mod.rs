@@ -726,6 +726,16 @@ impl Store {
     /// ([`policy::select_victims`]), the leftovers that may go, private builds nobody
     /// uses, and with `stale`, stale compiledirs.
     pub fn prune(&self, opts: &PruneOptions) -> Result<CleanReport> {
+        self.prune_with_progress(opts, &|_, _| {})
+    }
+
+    /// [`Store::prune`], calling `progress(done, total)` after each entry chosen for
+    /// eviction is handled.
+    pub fn prune_with_progress(
+        &self,
+        opts: &PruneOptions,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<CleanReport> {
         let config = self.config();
         let now = self.clock().now();
         let mut report = CleanReport::dry(opts.dry_run);
@@ -740,7 +750,7 @@ impl Store {
             low_water: config.low_water,
             older_than: opts.older_than,
         };
-        self.prune_entries(&policy, now, &mut report)?;
+        self.prune_entries(&policy, now, &mut report, progress)?;
         let rules = rules(config);
         collect_leftovers(self.root(), Sweep::Routine, &rules, now, &mut report)?;
         collect_private(now, &rules, &mut report);
@@ -766,6 +776,7 @@ impl Store {
         policy: &Policy,
         now: SystemTime,
         report: &mut CleanReport,
+        progress: &dyn Fn(u64, u64),
     ) -> Result<()> {
         let rows = self.entries()?;
         let gc_entries: Vec<GcEntry> = rows
@@ -775,7 +786,8 @@ impl Store {
                 last_use: SystemTime::UNIX_EPOCH + Duration::from_secs(r.last_touch()),
             })
             .collect();
-        for i in policy::select_victims(&gc_entries, now, policy) {
+        let victims = policy::select_victims(&gc_entries, now, policy);
+        for (done, i) in victims.iter().copied().enumerate() {
             let reason = match policy.older_than {
                 Some(max)
                     if now
@@ -799,6 +811,7 @@ impl Store {
                 false,
                 report,
             )?;
+            progress(done as u64 + 1, victims.len() as u64);
         }
         Ok(())
     }
@@ -885,7 +898,7 @@ impl Store {
                     low_water: config.low_water,
                     older_than: None,
                 };
-                self.prune_entries(&policy, now, &mut report)?;
+                self.prune_entries(&policy, now, &mut report, &|_, _| {})?;
             }
             collect_leftovers(cd, Sweep::Routine, &rules, now, &mut report)
         })();
