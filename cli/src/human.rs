@@ -50,6 +50,49 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// The width to fit tables into: `$COLUMNS` when set, else the terminal's when stdout
+/// is one; `None` (no limit) when writing to a pipe or a file, so that scripts and
+/// `grep` see every character.
+pub fn output_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return Some(n);
+    }
+    console::Term::stdout()
+        .size_checked()
+        .map(|(_rows, cols)| cols as usize)
+}
+
+/// Shortens the cells of column `col` (with an ellipsis) so that the table of `header`
+/// and `rows`, as [`table`] lays it out, fits in `width` characters; the column keeps
+/// at least 12 characters whatever the width.
+pub fn shrink_column(header: &[&str], rows: &mut [Vec<String>], col: usize, width: usize) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| console::measure_text_width(c)))
+                .chain(std::iter::once(console::measure_text_width(header[i])))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let others: usize = widths
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != col)
+        .map(|(_, w)| w)
+        .sum::<usize>()
+        + 2 * (header.len() - 1);
+    let room = width.saturating_sub(others).max(12);
+    if widths[col] <= room {
+        return;
+    }
+    for r in rows.iter_mut() {
+        if let Some(c) = r.get_mut(col) {
+            *c = console::truncate_str(c, room, "…").into_owned();
+        }
+    }
+}
+
 /// Lays out rows in columns: each column as wide as its widest cell; columns listed in
 /// `right` are right-aligned (numbers), the rest left-aligned.
 pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
@@ -122,6 +165,25 @@ mod tests {
         assert_eq!(duration(Duration::from_millis(850)), "850ms");
         assert_eq!(duration(Duration::from_millis(1250)), "1.2s");
         assert_eq!(duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn a_long_column_is_shortened_to_fit() {
+        let header = ["KEY", "SOURCE", "SIZE"];
+        let mut rows = vec![
+            vec!["ab".into(), "x".repeat(100), "1 KiB".into()],
+            vec!["cd".into(), "short.c".into(), "2 KiB".into()],
+        ];
+        shrink_column(&header, &mut rows, 1, 40);
+        let t = table(&header, &rows, &[2]);
+        assert!(t.lines().all(|l| l.chars().count() <= 40), "{t}");
+        assert!(
+            rows[0][1].ends_with('…') && rows[1][1] == "short.c",
+            "{rows:?}"
+        );
+        // Never below 12 characters, however narrow.
+        shrink_column(&header, &mut rows, 1, 5);
+        assert_eq!(rows[0][1].chars().count(), 12);
     }
 
     #[test]

@@ -56,7 +56,11 @@ enum Command {
         /// first), name.
         #[arg(long, value_name = "KEY", default_value = "name", value_parser = sort_keys())]
         sort: ops::list::SortBy,
-        /// Print a JSON array.
+        /// Show whole sources, however wide (by default the SOURCE column is shortened
+        /// to fit the terminal).
+        #[arg(long)]
+        wide: bool,
+        /// Print a JSON array (always complete).
         #[arg(long)]
         json: bool,
     },
@@ -394,11 +398,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Some(Command::Compile(args)) => compile::run(&mut out, config(&cli)?, args)?,
-        Some(Command::List { all, sort, json }) => {
+        Some(Command::List {
+            all,
+            sort,
+            wide,
+            json,
+        }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
             let rows = ops::list::list(&store, *all, *sort)?;
-            show::entries(&mut out, &rows, &store, *all, *json)?;
+            show::entries(&mut out, &rows, &store, *all, *wide, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::Size { all, json }) => {

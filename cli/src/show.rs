@@ -170,6 +170,7 @@ pub fn entries(
     rows: &[EntryRow],
     store: &Store,
     all: bool,
+    wide: bool,
     json: bool,
 ) -> Result<()> {
     if json {
@@ -193,7 +194,7 @@ pub fn entries(
     }
     let now = now_secs(store);
     let total: u64 = rows.iter().map(|r| r.size).sum();
-    let cells: Vec<Vec<String>> = rows
+    let mut cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let mut row = vec![
@@ -224,6 +225,11 @@ pub fn entries(
     ];
     if all {
         header.push("COMPILEDIR");
+    }
+    // A template instance with a long expression would make every row as long: the
+    // source column gives way to fit the terminal (--wide, a pipe or --json: all of it).
+    if let Some(width) = human::output_width().filter(|_| !wide) {
+        human::shrink_column(&header, &mut cells, 1, width);
     }
     write!(out, "{}", human::table(&header, &cells, &[3, 6]))?;
     writeln!(

@@ -586,3 +586,55 @@ fn basecompiledir_takes_json_before_or_after_its_action() {
         assert_eq!(v[0]["mark"], "current");
     }
 }
+
+#[test]
+fn list_fits_the_terminal_unless_wide_or_piped() {
+    let env = Env::new();
+    let expr: Vec<String> = (1..40).map(|i| format!("exp(a*{i})")).collect();
+    let expr = expr.join("+");
+    let param = format!("expr={expr}");
+    stdout(&env.run(&[
+        "compile",
+        "-t",
+        "elemwise",
+        "-p",
+        "dtype=float64",
+        "-p",
+        "arity=1",
+        "-p",
+        &param,
+    ]));
+    let src = env.file("twice.c", SRC);
+    stdout(&env.run(&["compile", src.to_str().unwrap()]));
+    let list = |args: &[&str], columns: Option<&str>| {
+        let mut c = env.cmd(args);
+        match columns {
+            Some(n) => c.env("COLUMNS", n),
+            None => c.env_remove("COLUMNS"),
+        };
+        stdout(&c.output().unwrap())
+    };
+    let text = list(&["list"], Some("100"));
+    let rows: Vec<&str> = text.lines().filter(|l| !l.contains("entries,")).collect();
+    for l in &rows {
+        assert!(l.chars().count() <= 100, "{} chars: {l}", l.chars().count());
+    }
+    assert!(text.contains('…') && text.contains("twice.c"), "{text}");
+    // --wide, and a pipe without COLUMNS: whole sources.
+    for text in [
+        list(&["list", "--wide"], Some("100")),
+        list(&["list"], None),
+    ] {
+        assert!(
+            text.contains("exp(a * 39)") && !text.contains('…'),
+            "{text}"
+        );
+    }
+    // JSON is always complete.
+    let v = env.json(&["list", "--json"]);
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["source"].as_str().unwrap().contains("exp(a * 39)")));
+}
