@@ -38,6 +38,16 @@ pub fn age(then: u64, now: u64) -> String {
     }
 }
 
+/// A span of time, as people say one: `45 s`, `12 min`, `5 h`, `40 days`.
+pub fn span(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        7200..=172_799 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86_400),
+    }
+}
+
 /// `850ms`, `1.2s`, `2m05s`.
 pub fn duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -158,6 +168,14 @@ mod tests {
         assert_eq!(age(0, 2 * 86_400), "2d ago");
         assert_eq!(age(0, 70 * 86_400), "10w ago");
         assert_eq!(age(500, 100), "just now");
+    }
+
+    #[test]
+    fn spans() {
+        assert_eq!(span(45), "45 s");
+        assert_eq!(span(12 * 60), "12 min");
+        assert_eq!(span(5 * 3600), "5 h");
+        assert_eq!(span(40 * 86_400 + 1), "40 days");
     }
 
     #[test]

@@ -293,6 +293,11 @@ fn item_kind(k: ItemKind) -> String {
         .unwrap_or_default()
 }
 
+/// A limit as the settings and options write it (`30d`, `7d`, `90s`).
+fn setting_duration(secs: u64) -> String {
+    xcache::config::format_duration(std::time::Duration::from_secs(secs))
+}
+
 /// Why a compiledir is stale, in words.
 pub fn stale_words(w: &StaleWhy) -> String {
     match w {
@@ -301,8 +306,8 @@ pub fn stale_words(w: &StaleWhy) -> String {
             limit_secs,
         } => format!(
             "unused for {} (stale_after is {})",
-            human::duration(std::time::Duration::from_secs(*unused_secs)),
-            human::duration(std::time::Duration::from_secs(*limit_secs))
+            human::span(*unused_secs),
+            setting_duration(*limit_secs)
         ),
         StaleWhy::OlderRuntime { runtime, current } => {
             format!("older runtime {runtime} (current {current})")
@@ -337,7 +342,7 @@ fn reason_words(a: &Action, now: u64) -> String {
         Reason::OlderThan { limit_secs } => format!(
             "unused since {}, limit {}",
             used(),
-            human::duration(std::time::Duration::from_secs(*limit_secs))
+            setting_duration(*limit_secs)
         ),
         Reason::OverSize { max_size } => format!(
             "least recently used ({}), over {}",
@@ -355,7 +360,7 @@ fn skip_words(s: &Skip, now: u64) -> String {
         Skip::InUse => "in use by another process (its lock is held)".into(),
         Skip::HandedOut { until } => format!(
             "its path was handed out: protected for {} more (--force removes it)",
-            human::duration(std::time::Duration::from_secs(until.saturating_sub(now)))
+            human::span(until.saturating_sub(now))
         ),
         Skip::EntriesInUse { count } => format!(
             "{count} {} in use or handed out",

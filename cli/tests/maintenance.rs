@@ -377,6 +377,10 @@ fn stale_compiledirs_of_older_runtimes_and_kernels() {
         text.contains("older runtime cpython-3.10") && text.contains("older kernel 4.19"),
         "{text}"
     );
+    assert!(
+        text.contains("unused for 40 days (stale_after is 30d)"),
+        "{text}"
+    );
 
     let dry: Value =
         serde_json::from_str(&stdout(&run(&["prune", "--stale", "--dry-run", "--json"]))).unwrap();
