@@ -574,38 +574,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(code)
 }
 
-/// Logs to stderr at the level named by XCACHE_LOG (error, warn, info, debug, trace;
-/// default warn).
+/// Logs to stderr as `xcache: warning: ...`, at the level named by XCACHE_LOG (error,
+/// warn, info, debug, trace, off; default warn), or per module in env_logger's syntax
+/// (`warn,xcache::store=debug`).
 fn init_logging() {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) {
-                let level = match r.level() {
-                    log::Level::Error => "error",
-                    log::Level::Warn => "warning",
-                    log::Level::Info => "info",
-                    log::Level::Debug => "debug",
-                    log::Level::Trace => "trace",
-                };
-                eprintln!("xcache: {level}: {}", r.args());
-            }
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: Stderr = Stderr;
-    let level = match std::env::var("XCACHE_LOG").as_deref() {
-        Ok("error") => log::LevelFilter::Error,
-        Ok("info") => log::LevelFilter::Info,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("trace") => log::LevelFilter::Trace,
-        Ok("off") => log::LevelFilter::Off,
-        _ => log::LevelFilter::Warn,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .parse_filters(&std::env::var("XCACHE_LOG").unwrap_or_default())
+        .format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            writeln!(buf, "xcache: {level}: {}", record.args())
+        })
+        .init();
 }

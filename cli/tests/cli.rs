@@ -196,8 +196,29 @@ fn corrupt_entries_are_reported_as_warnings() {
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["hit"], false);
     let err = stderr(&out);
-    assert!(err.contains("warning: corrupt cache entry"), "{err}");
+    assert!(
+        err.contains("xcache: warning: corrupt cache entry"),
+        "{err}"
+    );
     assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
+    // XCACHE_LOG=off silences the log; the JSON still says it.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let out = env
+        .cmd(&[
+            "compile",
+            src.to_str().unwrap(),
+            "--symbol",
+            "twice",
+            "--json",
+        ])
+        .env("XCACHE_LOG", "off")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
+    assert!(!stderr(&out).contains("corrupt"), "{}", stderr(&out));
 }
 
 #[test]
@@ -637,4 +658,23 @@ fn list_fits_the_terminal_unless_wide_or_piped() {
         .unwrap()
         .iter()
         .any(|r| r["source"].as_str().unwrap().contains("exp(a * 39)")));
+}
+
+#[test]
+fn dtypes_are_named_as_users_write_them_in_errors() {
+    let env = Env::new();
+    let out = env.run(&[
+        "compile",
+        "-t",
+        "elemwise",
+        "-p",
+        "dtype=int32",
+        "-p",
+        "arity=1",
+        "-p",
+        "expr=erf(a)",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("not int32") && !err.contains("I32"), "{err}");
 }
