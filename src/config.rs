@@ -333,7 +333,12 @@ impl Config {
         // Spanned values, so that every error names the line it is about.
         type Spanned = toml::Spanned<toml::Value>;
         let at = |offset: usize| {
-            let before = &text[..offset.min(text.len())];
+            // Never panics on odd input (the config fuzz target feeds anything).
+            let mut end = offset.min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let before = &text[..end];
             let line = before.matches('\n').count() + 1;
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             (line, column)
