@@ -20,8 +20,24 @@ Sources, lowest to highest precedence:
 5. `XCACHE_DIR` (sets `base_dir`), and `--dir` on the command line;
 6. values set by the embedding program (`Config::set`, `Config::set_base_dir`).
 
-An unknown key, from any source, is an error that lists the known ones. Durations
-accept `30s`, `15m`, `1h`, `7d`, `2w`; sizes accept `512MiB`, `5GiB`, `2GB`.
+An unknown key, from any source, is an error that lists the known ones; an error in
+the file names its line.
+
+Sizes and durations need a unit, the same in the file, in `XCACHE_FLAGS`, through the
+API and on the command line: a bare number other than `0` is an error that says how to
+write it (`max_size=5` would be five bytes to one reader and five gigabytes to another).
+
+- **Durations**: a number, fractions allowed, and one of `ms`, `s`, `m` (or `min`), `h`,
+  `d`, `w`: `250ms`, `30s`, `15m`, `1.5h`, `7d`, `2w`.
+- **Sizes**: a number, fractions allowed, and one of `B`; `KiB`, `MiB`, `GiB`, `TiB`
+  (powers of 1024; also `Ki`, `Mi`, …); `kB`, `MB`, `GB`, `TB` (powers of 1000; also
+  `k`, `M`, `G`, `T`), in any case: `4096B`, `512MiB`, `1.5GiB`, `2GB`.
+- **`0`** needs no unit. A `max_size` of `0` means no limit (as ccache's `-M 0`), and so
+  does `prune --max-size 0`.
+
+`xcache config` shows each value in the largest unit that divides it, as it can be
+written back (`5GiB`, `5GB`, `36h`); `xcache config set KEY VALUE` writes one setting
+into the config file, checked as above.
 
 | setting | default | what and why |
 |---|---|---|

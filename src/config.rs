@@ -15,7 +15,10 @@
 //! over everything but the API, because scripts and tests use it to point at a private cache.
 //!
 //! An unknown key from any source is an error that lists the known ones. Durations
-//! accept `30s`, `15m`, `1h`, `7d`, `2w`; sizes accept `512MiB`, `5GiB`, `2GB`, `1000`.
+//! and sizes need a unit, as people write them (`30s`, `15m`, `1.5h`, `7d`, `2w`;
+//! `512MiB`, `1.5GiB`, `2GB`, `4096B`): a bare number other than `0` is an error that
+//! says how to write it, since `max_size=5` or `stale_after=30` is never five bytes or
+//! thirty seconds on purpose. A `max_size` of `0` means no limit, everywhere.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -292,24 +295,17 @@ impl Config {
         c.home = get("HOME").map(PathBuf::from);
         c.xdg_cache_home = get("XDG_CACHE_HOME").map(PathBuf::from);
 
-        let file = match get("XCACHE_CONFIG") {
-            Some(p) => {
-                let p = PathBuf::from(p);
+        let file = match file_path(env) {
+            Some(p) if get("XCACHE_CONFIG").is_some() => {
                 if !p.is_file() {
                     return Err(Error::Config(format!(
-                        "XCACHE_CONFIG points at {}, which is not a file. Fix: create it, or unset XCACHE_CONFIG",
+                        "XCACHE_CONFIG points at {}, which is not a file. Fix: create it (`xcache config set KEY VALUE` does), or unset XCACHE_CONFIG",
                         p.display()
                     )));
                 }
                 Some(p)
             }
-            None => {
-                let dir = get("XDG_CONFIG_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| c.home.as_ref().map(|h| h.join(".config")));
-                dir.map(|d| d.join("xcache").join("config.toml"))
-                    .filter(|p| p.is_file())
-            }
+            p => p.filter(|p| p.is_file()),
         };
         if let Some(path) = file {
             c.apply_file(&path)?;
@@ -334,30 +330,52 @@ impl Config {
 
     /// Applies the text of a TOML config file; `path` is where it came from.
     pub fn apply_toml(&mut self, text: &str, path: &Path) -> Result<()> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            Error::Config(format!(
-                "{} is not valid TOML: {}",
-                path.display(),
-                e.message()
-            ))
-        })?;
+        // Spanned values, so that every error names the line it is about.
+        type Spanned = toml::Spanned<toml::Value>;
+        let at = |offset: usize| {
+            // Never panics on odd input (the config fuzz target feeds anything).
+            let mut end = offset.min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let before = &text[..end];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        };
+        let table: std::collections::BTreeMap<String, Spanned> =
+            toml::from_str(text).map_err(|e: toml::de::Error| {
+                let place = match e.span() {
+                    Some(span) => {
+                        let (line, column) = at(span.start);
+                        format!(", line {line}, column {column}")
+                    }
+                    None => String::new(),
+                };
+                Error::Config(format!(
+                    "{}{place}: not valid TOML: {}",
+                    path.display(),
+                    e.message().trim_end()
+                ))
+            })?;
         for (k, v) in table {
-            let text = match v {
+            let (line, _) = at(v.span().start);
+            let here = format!("{}, line {line}", path.display());
+            let text = match v.into_inner() {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 other => {
                     return Err(Error::Config(format!(
-                        "{}: `{k}` must be a string or a number, not {}",
-                        path.display(),
+                        "{here}: `{k}` must be a string or a number, not {}",
                         other.type_str()
                     )))
                 }
             };
             self.apply(&k, &text, Origin::File(path.to_path_buf()))
                 .map_err(|e| match e {
-                    Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+                    Error::Config(m) => Error::Config(format!("{here}: {m}")),
                     e => e,
                 })?;
         }
@@ -405,6 +423,8 @@ impl Config {
                 "setting `{key}` = {value:?} is invalid: expected {accepts}"
             ))
         };
+        // Sizes and durations say what is wrong themselves (a missing unit, with the fix).
+        let bad_unit = |why: String| Error::Config(format!("setting `{key}`: {why}"));
         let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
         match info.name {
             "base_dir" => self.base_dir = opt(value).map(PathBuf::from),
@@ -426,30 +446,17 @@ impl Config {
                 };
                 self.shared_group_text = value.to_string();
             }
-            "max_size" => {
-                self.max_size = parse_size(value)
-                    .map_err(|_| bad("a size such as 5GiB, 500MB, or 0 for no limit"))?
-            }
+            "max_size" => self.max_size = parse_size(value).map_err(bad_unit)?,
             "low_water" => match value.parse::<f64>() {
                 Ok(v) if v > 0.0 && v <= 1.0 => self.low_water = v,
                 _ => return Err(bad("a fraction in (0, 1], such as 0.8")),
             },
             "auto_prune_interval" => {
-                self.auto_prune_interval =
-                    parse_duration(value).map_err(|_| bad("a duration such as 1h"))?
+                self.auto_prune_interval = parse_duration(value).map_err(bad_unit)?
             }
-            "stale_after" => {
-                self.stale_after =
-                    parse_duration(value).map_err(|_| bad("a duration such as 30d"))?
-            }
-            "staging_grace" => {
-                self.staging_grace =
-                    parse_duration(value).map_err(|_| bad("a duration such as 1h"))?
-            }
-            "handout_grace" => {
-                self.handout_grace =
-                    parse_duration(value).map_err(|_| bad("a duration such as 60s"))?
-            }
+            "stale_after" => self.stale_after = parse_duration(value).map_err(bad_unit)?,
+            "staging_grace" => self.staging_grace = parse_duration(value).map_err(bad_unit)?,
+            "handout_grace" => self.handout_grace = parse_duration(value).map_err(bad_unit)?,
             "keep_failed" => {
                 self.keep_failed = value
                     .parse()
@@ -471,10 +478,11 @@ impl Config {
                 self.opt_level = value.to_string();
             }
             "compile_timeout" => {
-                self.compile_timeout = parse_duration(value)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| bad("a duration such as 10m or 90s"))?
+                let d = parse_duration(value).map_err(bad_unit)?;
+                if d.is_zero() {
+                    return Err(bad("a duration above zero, such as 10m or 90s"));
+                }
+                self.compile_timeout = d;
             }
             "compiler_check" => {
                 self.compiler_check = match value {
@@ -484,8 +492,7 @@ impl Config {
                 }
             }
             "last_use_resolution" => {
-                self.last_use_resolution =
-                    parse_duration(value).map_err(|_| bad("a duration such as 30s, 15m, 1h, 7d"))?
+                self.last_use_resolution = parse_duration(value).map_err(bad_unit)?
             }
             _ => unreachable!("every entry of SETTINGS is handled"),
         }
@@ -554,30 +561,115 @@ impl Config {
     }
 }
 
-/// Parses `500ms`, `30s`, `15m`, `1h`, `7d`, `2w`, or a plain number of seconds.
+/// The config file: `$XCACHE_CONFIG`, else `$XDG_CONFIG_HOME/xcache/config.toml`, else
+/// `~/.config/xcache/config.toml` (`None` without HOME), whether it exists or not.
+pub fn file_path(env: &EnvSnapshot) -> Option<PathBuf> {
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    get("XCACHE_CONFIG").or_else(|| {
+        get("XDG_CONFIG_HOME")
+            .or_else(|| get("HOME").map(|h| h.join(".config")))
+            .map(|d| d.join("xcache").join("config.toml"))
+    })
+}
+
+/// Sets `key = "value"` in the TOML config file at `path` (`None` removes the key),
+/// keeping every other key, comment and blank line as they are; the file and its
+/// directory are created if missing, and the file is replaced atomically. The value is
+/// checked as every source's is (an unknown key, a size without a unit, ... is an error
+/// and nothing is written).
+pub fn write_setting(path: &Path, key: &str, value: Option<&str>) -> Result<()> {
+    if let Some(v) = value {
+        Config::defaults().apply(key, v, Origin::File(path.to_path_buf()))?;
+    } else if !SETTINGS.iter().any(|s| s.name == key) {
+        // The same error as for a value, listing the known keys.
+        Config::defaults().apply(key, "", Origin::File(path.to_path_buf()))?;
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io("reading", path, e)),
+    };
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        Error::Config(format!(
+            "{} is not valid TOML, so it is left as it is: {}. Fix it by hand first",
+            path.display(),
+            e.message()
+        ))
+    })?;
+    match value {
+        Some(v) => doc[key] = toml_edit::value(v),
+        None => {
+            doc.remove(key);
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io("creating a file in", dir, e))?;
+    std::io::Write::write_all(&mut tmp, doc.to_string().as_bytes())
+        .map_err(|e| Error::io("writing", tmp.path().to_path_buf(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("replacing", path, e.error))?;
+    Ok(())
+}
+
+/// Splits `1.5GiB` into its number and its unit. The number is decimal, with an
+/// optional fraction; signs and exponents are refused.
+fn split_quantity(t: &str) -> Option<(f64, &str)> {
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return None;
+    }
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+/// Parses a duration: a number, fractions allowed, and a unit: `ms`, `s`, `m` (or
+/// `min`), `h`, `d`, `w` — `250ms`, `30s`, `15m`, `1.5h`, `7d`, `2w`. A bare number is
+/// refused, with the fix, since no unit is obvious (`30` could be seconds or days);
+/// `0` is the one exception, being the same in every unit.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {text:?}"))?;
-    if unit.trim() == "ms" {
-        return Ok(Duration::from_millis(n));
-    }
-    let mult = match unit.trim() {
-        "" | "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(format!("bad duration unit in {text:?}")),
+    let (n, unit) = split_quantity(t).ok_or_else(|| {
+        format!(
+            "{text:?} is not a duration: write a number and a unit, such as 30s, 15m, 1h, 7d, 2w"
+        )
+    })?;
+    let secs = match unit {
+        "" if n == 0.0 => 0.0,
+        "" => {
+            return Err(format!(
+                "{text:?} has no unit: write {t}d, {t}h, {t}m or {t}s"
+            ))
+        }
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        "w" => 7.0 * 86_400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m, h, d or w"
+            ))
+        }
     };
-    n.checked_mul(mult)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
+    // Whole milliseconds: finer is noise for every duration xcache has.
+    let ms = (n * secs * 1e3).round();
+    if !ms.is_finite() || ms > u64::MAX as f64 {
+        return Err(format!("duration {text:?} is too large"));
+    }
+    Ok(Duration::from_millis(ms as u64))
 }
 
 /// Formats a duration in the largest unit that divides it (`3600s` → `1h`; days are the
-/// largest unit, as people write them: `30d`, not `4w2d`).
+/// largest unit, as people write them: `30d`, not `4w2d`). What it writes,
+/// [`parse_duration`] reads back.
 pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() != 0 {
         return format!("{}ms", d.as_millis());
@@ -591,46 +683,71 @@ pub fn format_duration(d: Duration) -> String {
     format!("{s}s")
 }
 
-/// Formats a size in the largest binary unit that divides it (`5368709120` → `5GiB`).
+/// Size units, as [`parse_size`] reads them (any case) and [`format_size`] writes them:
+/// powers of 1024 for the `i` forms, of 1000 for the others (as ccache and the SI do).
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("TiB", 1 << 40),
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+    ("TB", 1_000_000_000_000),
+    ("GB", 1_000_000_000),
+    ("MB", 1_000_000),
+    ("kB", 1000),
+];
+
+/// Formats a size in the largest unit that divides it, binary first (`5368709120` →
+/// `5GiB`, `5000000000` → `5GB`, `1234` → `1234B`, `0` → `0`). What it writes,
+/// [`parse_size`] reads back.
 pub fn format_size(bytes: u64) -> String {
-    for (unit, n) in [
-        ("TiB", 1u64 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ] {
-        if bytes > 0 && bytes.is_multiple_of(n) {
+    if bytes == 0 {
+        return "0".into();
+    }
+    for (unit, n) in SIZE_UNITS {
+        if bytes.is_multiple_of(*n) {
             return format!("{}{unit}", bytes / n);
         }
     }
-    bytes.to_string()
+    format!("{bytes}B")
 }
 
-/// Parses `512MiB`, `5GiB`, `2GB`, `10k`, or a plain number of bytes.
+/// Parses a size: a number, fractions allowed, and a unit: `B`; `KiB`, `MiB`, `GiB`,
+/// `TiB` (also `Ki`, `Mi`, ...); `kB`, `MB`, `GB`, `TB` (also `k`, `M`, `G`, `T`); any
+/// case — `500MiB`, `1.5GiB`, `2GB`, `4096B`. A bare number is refused, with the fix
+/// (`5` is five bytes to some and five gigabytes to others); `0` is the one exception.
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("bad size {text:?}"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
+    let (n, unit) = split_quantity(t).ok_or_else(|| {
+        format!("{text:?} is not a size: write a number and a unit, such as 500MiB, 5GiB, 2GB")
+    })?;
+    let lower = unit.to_ascii_lowercase();
+    let mult: f64 = match lower.as_str() {
+        "" if n == 0.0 => 1.0,
+        "" => {
+            return Err(format!(
+                "{text:?} has no unit: write {t}GiB, {t}MiB or {t}B"
+            ))
+        }
+        "b" => 1.0,
         "k" | "kb" => 1e3,
         "m" | "mb" => 1e6,
         "g" | "gb" => 1e9,
         "t" | "tb" => 1e12,
         "ki" | "kib" => 1024.0,
         "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0f64.powi(3),
         "ti" | "tib" => 1024.0f64.powi(4),
-        _ => return Err(format!("bad size unit in {text:?}")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
+            ))
+        }
     };
-    let v = n * mult;
-    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
-        return Err(format!("size {text:?} is out of range"));
+    let v = (n * mult).round();
+    if !v.is_finite() || v > u64::MAX as f64 {
+        return Err(format!("size {text:?} is too large"));
     }
-    Ok(v.round() as u64)
+    Ok(v as u64)
 }
 
 #[cfg(test)]
@@ -718,6 +835,74 @@ mod tests {
     }
 
     #[test]
+    fn settings_are_written_into_the_file_keeping_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sub/config.toml");
+        write_setting(&f, "max_size", Some("5GiB")).unwrap();
+        let load = || Config::load_from(&env(&[("XCACHE_CONFIG", f.to_str().unwrap())])).unwrap();
+        assert_eq!(load().max_size, 5 << 30);
+        std::fs::write(
+            &f,
+            "# mine\ncc = \"clang\" # the fast one\n\nmax_size = \"1GiB\"\n",
+        )
+        .unwrap();
+        write_setting(&f, "max_size", Some("2GB")).unwrap();
+        write_setting(&f, "stale_after", Some("7d")).unwrap();
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.starts_with("# mine\ncc = \"clang\" # the fast one\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("max_size = \"2GB\"") && text.contains("stale_after = \"7d\""),
+            "{text}"
+        );
+        write_setting(&f, "cc", None).unwrap();
+        let c = load();
+        assert_eq!((c.cc, c.max_size), (None, 2_000_000_000));
+        // Checked as every source is; nothing written when refused.
+        let before = std::fs::read_to_string(&f).unwrap();
+        assert!(write_setting(&f, "max_size", Some("5"))
+            .unwrap_err()
+            .to_string()
+            .contains("5GiB"));
+        assert!(write_setting(&f, "maxsize", Some("5GiB"))
+            .unwrap_err()
+            .to_string()
+            .contains("max_size"));
+        assert!(write_setting(&f, "maxsize", None).is_err());
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), before);
+        assert_eq!(
+            file_path(&env(&[("HOME", "/h")])),
+            Some(PathBuf::from("/h/.config/xcache/config.toml"))
+        );
+    }
+
+    #[test]
+    fn toml_errors_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Config::load_from(&env(&[("XCACHE_CONFIG", f.to_str().unwrap())]))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = load("opt_level = \"2\"\ncc = \"clang\nmax_size = \"1GiB\"\n");
+        assert!(
+            e.contains("c.toml, line 2") && e.contains("not valid TOML"),
+            "{e}"
+        );
+        let e = load("opt_level = \"2\"\n\nmax_size = 5\n");
+        assert!(e.contains("c.toml, line 3") && e.contains("5GiB"), "{e}");
+        let e = load("# settings\nbogus = 1\n");
+        assert!(
+            e.contains("line 2") && e.contains("unknown setting `bogus`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_values_say_what_is_accepted() {
         let e = Config::load_from(&env(&[("XCACHE_FLAGS", "opt_level=9")]))
             .unwrap_err()
@@ -739,19 +924,94 @@ mod tests {
 
     #[test]
     fn durations_and_sizes() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("15min").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
-        assert!(parse_duration("7y").is_err());
+        assert_eq!(
+            parse_duration("1.5d").unwrap(),
+            Duration::from_secs(36 * 3600)
+        );
+        assert_eq!(
+            parse_duration(" 2w ").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("7y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-1h").is_err());
+        assert!(parse_duration(".5h").is_err());
+        assert!(parse_duration("1e3s").is_err());
+        let e = parse_duration("30").unwrap_err();
+        assert!(
+            e.contains("no unit") && e.contains("30d") && e.contains("30s"),
+            "{e}"
+        );
         assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
         assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(36 * 3600)), "36h");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+
         assert_eq!(parse_size("5GiB").unwrap(), 5 << 30);
+        assert_eq!(parse_size("5gib").unwrap(), 5 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
         assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("5G").unwrap(), 5_000_000_000);
         assert_eq!(parse_size("1.5k").unwrap(), 1500);
-        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("100B").unwrap(), 100);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        let e = parse_size("5").unwrap_err();
+        assert!(e.contains("no unit") && e.contains("5GiB"), "{e}");
         assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("-5GiB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations_are_shown_as_they_are_read() {
+        for text in ["5GiB", "5GB", "1234B", "0", "40KiB", "3kB", "1536MiB"] {
+            assert_eq!(format_size(parse_size(text).unwrap()), text);
+        }
+        assert_eq!(format_size(5_000_000_000), "5GB");
+        for text in ["30d", "1h", "90s", "250ms", "0s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn a_bare_number_for_a_size_or_duration_is_refused_with_the_fix() {
+        let e = Config::load_from(&env(&[("XCACHE_FLAGS", "max_size=5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_size") && e.contains("5GiB"), "{e}");
+        let e = Config::load_from(&env(&[("XCACHE_FLAGS", "stale_after=30")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stale_after") && e.contains("30d"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "max_size = 5\n").unwrap();
+        let e = Config::load_from(&env(&[("XCACHE_CONFIG", f.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml") && e.contains("5GiB"), "{e}");
+        // 0 is 0 in every unit, and max_size=0 is "no limit".
+        let c = Config::load_from(&env(&[("XCACHE_FLAGS", "max_size=0,staging_grace=0")])).unwrap();
+        assert_eq!(c.max_size, 0);
+        assert_eq!(c.staging_grace, Duration::ZERO);
+        // opt_level and keep_failed are counts, not sizes: bare numbers are right there.
+        let c = Config::load_from(&env(&[("XCACHE_FLAGS", "opt_level=2,keep_failed=5")])).unwrap();
+        assert_eq!(c.keep_failed, 5);
+        let c =
+            Config::load_from(&env(&[("XCACHE_FLAGS", "max_size=5G,stale_after=1.5d")])).unwrap();
+        let shown: HashMap<&str, String> = c
+            .effective()
+            .into_iter()
+            .map(|(i, v, _)| (i.name, v))
+            .collect();
+        assert_eq!(shown["max_size"], "5GB");
+        assert_eq!(shown["stale_after"], "36h");
     }
 
     #[test]

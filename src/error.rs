@@ -42,8 +42,12 @@ pub enum Error {
     #[error(transparent)]
     Compile(Box<CompileError>),
 
-    /// The compiler could not be found or run at all.
-    #[error("compiler {compiler:?} could not be run: {message}. Fix: install a C compiler (e.g. `apt-get install gcc`), or set CC / the `cc` setting to one that exists")]
+    /// The compiler could not be found or run at all. The fix named is the tool's own
+    /// (nvcc, a C++ compiler or a C compiler), unless the message already says one.
+    #[error(
+        "compiler {compiler:?} could not be run: {message}{}",
+        no_compiler_fix(compiler, message)
+    )]
     NoCompiler {
         /// The compiler we tried.
         compiler: String,
@@ -96,6 +100,25 @@ pub enum Error {
     InvalidRequest(String),
 }
 
+/// The fix for a compiler that cannot be run, by what the tool is: each missing tool
+/// gets its own (installing gcc does not bring nvcc).
+fn no_compiler_fix(compiler: &str, message: &str) -> &'static str {
+    if message.contains("Fix:") {
+        return "";
+    }
+    let name = Path::new(compiler)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.contains("nvcc") {
+        ". Fix: install the CUDA toolkit (or `pip install nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-crt nvidia-cuda-cccl`), or set the `nvcc` setting to one that exists"
+    } else if name.contains("++") || name.contains("cxx") {
+        ". Fix: install a C++ compiler (e.g. `apt-get install g++`), or set CXX / the `cxx` setting to one that exists"
+    } else {
+        ". Fix: install a C compiler (e.g. `apt-get install gcc`), or set CC / the `cc` setting to one that exists"
+    }
+}
+
 fn io_hint(err: &io::Error, path: &Path) -> String {
     match err.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => format!(
@@ -112,6 +135,24 @@ fn io_hint(err: &io::Error, path: &Path) -> String {
 }
 
 impl Error {
+    /// The variant, in one word, as `--json` error objects name it: `config`, `io`,
+    /// `untrusted`, `compile`, `no-compiler`, `load`, `missing-symbol`, `cuda`,
+    /// `template`, `invalid-request`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Io { .. } => "io",
+            Error::Untrusted { .. } => "untrusted",
+            Error::Compile(_) => "compile",
+            Error::NoCompiler { .. } => "no-compiler",
+            Error::Load { .. } => "load",
+            Error::MissingSymbol { .. } => "missing-symbol",
+            Error::Cuda { .. } => "cuda",
+            Error::Template { .. } => "template",
+            Error::InvalidRequest(_) => "invalid-request",
+        }
+    }
+
     /// Wraps an I/O error with what was being done and to which path.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
@@ -174,5 +215,44 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
         self.map_err(|e| Error::io(op, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no(compiler: &str, message: &str) -> String {
+        Error::NoCompiler {
+            compiler: compiler.into(),
+            message: message.into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn each_missing_tool_gets_its_own_fix() {
+        let e = no("/opt/cuda/bin/nvcc", "No such file or directory");
+        assert!(
+            e.contains("CUDA toolkit") && !e.contains("C compiler"),
+            "{e}"
+        );
+        let e = no("nvcc", "not found anywhere. Fix: install the CUDA toolkit");
+        assert_eq!(e.matches("Fix:").count(), 1, "{e}");
+        let e = no("/usr/bin/c++", "not found in PATH");
+        assert!(e.contains("C++ compiler") && e.contains("`cxx`"), "{e}");
+        let e = no("clang++-17", "not found in PATH");
+        assert!(e.contains("C++ compiler"), "{e}");
+        let e = no("/usr/bin/cc", "not found in PATH");
+        assert!(
+            e.contains("install a C compiler") && e.contains("`cc`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kinds_are_single_words() {
+        assert_eq!(Error::Config("x".into()).kind(), "config");
+        assert_eq!(Error::InvalidRequest("x".into()).kind(), "invalid-request");
     }
 }

@@ -15,7 +15,7 @@ pub struct CompileArgs {
     #[arg(required_unless_present = "template", conflicts_with = "template")]
     source: Option<PathBuf>,
     /// Compile this op template instead of a file (see `xcache templates`).
-    #[arg(long, short = 't', value_name = "NAME")]
+    #[arg(long, short = 't', value_name = "NAME", value_parser = TemplateName, hide_possible_values = true)]
     template: Option<String>,
     /// A template parameter (repeatable).
     #[arg(
@@ -54,7 +54,36 @@ pub struct CompileArgs {
     out: Option<PathBuf>,
     /// Print a JSON object instead of the path.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+}
+
+/// A template name: any is accepted (`template_path` may add templates), and the
+/// shipped ones are offered to shell completion.
+#[derive(Clone)]
+struct TemplateName;
+
+impl clap::builder::TypedValueParser for TemplateName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        // `c/gemm.c` → `gemm` (C is the default device), `cuda/gemm.cu` → `cuda/gemm`.
+        let names = xcache::compile::template::EMBEDDED.iter().map(|(rel, _)| {
+            let stem = rel.rsplit_once('.').map_or(*rel, |(s, _)| s);
+            stem.strip_prefix("c/").unwrap_or(stem)
+        });
+        Some(Box::new(names.map(clap::builder::PossibleValue::new)))
+    }
 }
 
 /// `KEY=VALUE`, checked by clap so that a malformed one is bad usage (exit 2).

@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// `1 entry`, `2 entries`, `0 entries`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `1536` → `1.5 KiB`.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -33,6 +38,16 @@ pub fn age(then: u64, now: u64) -> String {
     }
 }
 
+/// A span of time, as people say one: `45 s`, `12 min`, `5 h`, `40 days`.
+pub fn span(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        7200..=172_799 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86_400),
+    }
+}
+
 /// `850ms`, `1.2s`, `2m05s`.
 pub fn duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -42,6 +57,49 @@ pub fn duration(d: Duration) -> String {
         format!("{:.1}s", d.as_secs_f64())
     } else {
         format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+/// The width to fit tables into: `$COLUMNS` when set, else the terminal's when stdout
+/// is one; `None` (no limit) when writing to a pipe or a file, so that scripts and
+/// `grep` see every character.
+pub fn output_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return Some(n);
+    }
+    console::Term::stdout()
+        .size_checked()
+        .map(|(_rows, cols)| cols as usize)
+}
+
+/// Shortens the cells of column `col` (with an ellipsis) so that the table of `header`
+/// and `rows`, as [`table`] lays it out, fits in `width` characters; the column keeps
+/// at least 12 characters whatever the width.
+pub fn shrink_column(header: &[&str], rows: &mut [Vec<String>], col: usize, width: usize) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| console::measure_text_width(c)))
+                .chain(std::iter::once(console::measure_text_width(header[i])))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let others: usize = widths
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != col)
+        .map(|(_, w)| w)
+        .sum::<usize>()
+        + 2 * (header.len() - 1);
+    let room = width.saturating_sub(others).max(12);
+    if widths[col] <= room {
+        return;
+    }
+    for r in rows.iter_mut() {
+        if let Some(c) = r.get_mut(col) {
+            *c = console::truncate_str(c, room, "…").into_owned();
+        }
     }
 }
 
@@ -96,6 +154,13 @@ mod tests {
     }
 
     #[test]
+    fn counts() {
+        assert_eq!(count(1, "entry", "entries"), "1 entry");
+        assert_eq!(count(0, "entry", "entries"), "0 entries");
+        assert_eq!(count(2, "hit", "hits"), "2 hits");
+    }
+
+    #[test]
     fn ages() {
         assert_eq!(age(100, 100), "just now");
         assert_eq!(age(0, 300), "5m ago");
@@ -106,10 +171,37 @@ mod tests {
     }
 
     #[test]
+    fn spans() {
+        assert_eq!(span(45), "45 s");
+        assert_eq!(span(12 * 60), "12 min");
+        assert_eq!(span(5 * 3600), "5 h");
+        assert_eq!(span(40 * 86_400 + 1), "40 days");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration(Duration::from_millis(850)), "850ms");
         assert_eq!(duration(Duration::from_millis(1250)), "1.2s");
         assert_eq!(duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn a_long_column_is_shortened_to_fit() {
+        let header = ["KEY", "SOURCE", "SIZE"];
+        let mut rows = vec![
+            vec!["ab".into(), "x".repeat(100), "1 KiB".into()],
+            vec!["cd".into(), "short.c".into(), "2 KiB".into()],
+        ];
+        shrink_column(&header, &mut rows, 1, 40);
+        let t = table(&header, &rows, &[2]);
+        assert!(t.lines().all(|l| l.chars().count() <= 40), "{t}");
+        assert!(
+            rows[0][1].ends_with('…') && rows[1][1] == "short.c",
+            "{rows:?}"
+        );
+        // Never below 12 characters, however narrow.
+        shrink_column(&header, &mut rows, 1, 5);
+        assert_eq!(rows[0][1].chars().count(), 12);
     }
 
     #[test]

@@ -10,11 +10,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::json;
 use xcache::ops;
 use xcache::{Config, Jit, Store};
 
 mod compile;
 mod human;
+mod progress;
 mod show;
 mod warm;
 
@@ -38,6 +40,9 @@ enum Command {
     Basecompiledir {
         #[command(subcommand)]
         action: Option<BaseAction>,
+        /// Print JSON (also after `list` or `purge`).
+        #[arg(long, global = true)]
+        json: bool,
     },
     /// Compile a C or C++ source, or a template with parameters, through the cache and
     /// print the shared object's path.
@@ -49,9 +54,13 @@ enum Command {
         all: bool,
         /// Order: age (newest first), size (largest first), use (least recently used
         /// first), name.
-        #[arg(long, value_name = "KEY", default_value = "name")]
+        #[arg(long, value_name = "KEY", default_value = "name", value_parser = sort_keys())]
         sort: ops::list::SortBy,
-        /// Print a JSON array.
+        /// Show whole sources, however wide (by default the SOURCE column is shortened
+        /// to fit the terminal).
+        #[arg(long)]
+        wide: bool,
+        /// Print a JSON array (always complete).
         #[arg(long)]
         json: bool,
     },
@@ -92,11 +101,12 @@ enum Command {
     /// compiledirs; collect crashed builds.
     Prune {
         /// Evict least recently used entries while the compiledir is larger than this
-        /// (e.g. 500MiB, 2GB). Default: the max_size setting, unless --older-than is given.
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        /// (e.g. 500MiB, 1.5GiB, 2GB; 0: no size limit, as for the max_size setting).
+        /// Default: the max_size setting, unless --older-than is given.
+        #[arg(long, value_name = "SIZE", value_parser = xcache::config::parse_size)]
         max_size: Option<u64>,
-        /// Evict entries unused for longer than this (e.g. 7d, 12h).
-        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        /// Evict entries unused for longer than this (e.g. 7d, 12h, 1.5d).
+        #[arg(long, value_name = "AGE", value_parser = xcache::config::parse_duration)]
         older_than: Option<std::time::Duration>,
         /// Also remove stale compiledirs (old runtimes or kernels, or unused for stale_after).
         #[arg(long)]
@@ -129,16 +139,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the lock files of the current compiledir: held or free, and who last held
+    /// each. xcache's locks are OS file locks, freed by the kernel when their holder
+    /// exits: none is ever stale, and nothing needs unlocking by hand.
+    Unlock {
+        /// Remove the lock files nobody holds (each under a try-lock; they are recreated
+        /// when needed).
+        #[arg(long)]
+        remove_free: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the platform, the cache directories, the compilers, nvcc and the GPU.
     Doctor {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Show the effective settings and where each came from.
+    /// Show the effective settings and where each came from; or set one in the config
+    /// file (`xcache config set max_size 5GiB`, as `ccache -M 5G`).
     Config {
+        #[command(subcommand)]
+        action: Option<ConfigAction>,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
     },
     /// List the op templates with their parameters, types and entry points.
@@ -172,35 +197,66 @@ enum Command {
     },
 }
 
+/// The keys of `list --sort`, listed to clap so that help and completions offer them.
+fn sort_keys() -> impl clap::builder::TypedValueParser<Value = ops::list::SortBy> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["name", "age", "size", "use"]).map(|s| {
+        s.parse::<ops::list::SortBy>()
+            .expect("every listed key parses")
+    })
+}
+
+impl Command {
+    /// Whether the command was asked for JSON: its failures are then JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Compile(a) => a.json,
+            Command::Warm(a) => a.json,
+            Command::Basecompiledir { json, .. }
+            | Command::List { json, .. }
+            | Command::Size { json, .. }
+            | Command::Clear { json, .. }
+            | Command::Purge { json, .. }
+            | Command::Prune { json, .. }
+            | Command::Stats { json, .. }
+            | Command::Verify { json, .. }
+            | Command::Unlock { json, .. }
+            | Command::Doctor { json }
+            | Command::Config { json, .. }
+            | Command::Templates { json }
+            | Command::Demo { json, .. } => *json,
+            Command::Completions { .. } | Command::Man { .. } => false,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Write KEY = VALUE into the config file ($XCACHE_CONFIG, else
+    /// ~/.config/xcache/config.toml), keeping its other keys; the value is checked first.
+    Set {
+        /// The setting (`xcache config` lists them).
+        key: String,
+        /// Its value, as in the file or XCACHE_FLAGS (sizes and durations with a unit).
+        value: String,
+    },
+    /// Remove KEY from the config file: its default applies again.
+    Unset {
+        /// The setting.
+        key: String,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum BaseAction {
     /// List the compiledirs with current / stale / other marks, size, entries, last use.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Remove every compiledir and the CACHEDIR.TAG (refused without xcache's tag).
     Purge {
         /// Only list what would be removed and the bytes it would free.
         #[arg(long)]
         dry_run: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    xcache::config::parse_size(s)
-}
-
-/// Ages on the command line need a unit: a bare `7` would be seconds, never meant.
-fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    if s.trim().chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("give a unit: {s}d, {s}h, {s}m or {s}s"));
-    }
-    xcache::config::parse_duration(s)
 }
 
 fn main() -> ExitCode {
@@ -209,30 +265,76 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS; // --help, --version
+            }
+            // Bad usage of a command asked for JSON: still JSON on stdout.
+            if std::env::args_os().any(|a| a == "--json") {
+                let message = e.render().to_string();
+                let message = message.trim().trim_start_matches("error: ");
+                println!(
+                    "{}",
+                    json!({"error": {"kind": "usage", "message": message, "compiler_output": null}})
+                );
+            }
+            return ExitCode::from(2);
         }
     };
+    let json = cli.command.as_ref().is_some_and(Command::json);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            let top = e.to_string();
-            eprintln!("xcache: error: {top}");
-            for cause in e.chain().skip(1) {
-                let cause = cause.to_string();
-                if !top.contains(&cause) {
-                    eprintln!("  caused by: {cause}");
-                }
+            let causes = error_chain(&e);
+            eprintln!("xcache: error: {}", causes[0]);
+            for cause in &causes[1..] {
+                eprintln!("  caused by: {cause}");
+            }
+            if json {
+                println!("{}", json_error(&e));
             }
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, each once (a message that already contains its cause
+/// does not repeat it).
+fn error_chain(e: &anyhow::Error) -> Vec<String> {
+    let top = e.to_string();
+    let mut out = vec![top.clone()];
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !top.contains(&cause) {
+            out.push(cause);
+        }
+    }
+    out
+}
+
+/// A failure as `--json` prints it: `{"error": {"kind", "message", "compiler_output"}}`,
+/// with the command and the kept source too when the compiler failed.
+fn json_error(e: &anyhow::Error) -> serde_json::Value {
+    let lib = e.chain().find_map(|c| c.downcast_ref::<xcache::Error>());
+    let kind = match lib {
+        Some(l) => l.kind(),
+        None if e.chain().any(|c| c.is::<std::io::Error>()) => "io",
+        None => "error",
+    };
+    let mut error = json!({
+        "kind": kind,
+        "message": error_chain(e).join(": "),
+        "compiler_output": null,
+    });
+    if let Some(xcache::Error::Compile(ce)) = lib {
+        error["message"] = json!(ce.to_string().lines().next().unwrap_or_default());
+        error["compiler_output"] = json!(ce.output);
+        error["command"] = json!(ce.command);
+        error["kept_source"] = json!(ce.kept_source);
+    }
+    json!({ "error": error })
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -244,7 +346,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn config(cli: &Cli) -> Result<Config> {
+fn config(cli: &Cli) -> xcache::Result<Config> {
     let mut c = Config::load()?;
     if let Some(d) = &cli.dir {
         c.set_base_dir(d);
@@ -268,18 +370,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             writeln!(out, "{}", store.compiledir().display())?;
             ExitCode::SUCCESS
         }
-        Some(Command::Basecompiledir { action }) => {
+        Some(Command::Basecompiledir { action, json }) => {
             let config = config(&cli)?;
             match action {
+                None if *json => {
+                    writeln!(out, "{}", json!({"base_dir": config.base_dir()?}))?;
+                }
                 None => {
                     writeln!(out, "{}", config.base_dir()?.display())?;
                 }
-                Some(BaseAction::List { json }) => {
+                Some(BaseAction::List) => {
                     let store = Store::open(&config)?;
                     let rows = ops::clean::list_compiledirs(&store)?;
                     show::compiledirs(&mut out, &rows, &store, *json)?;
                 }
-                Some(BaseAction::Purge { dry_run, json }) => {
+                Some(BaseAction::Purge { dry_run }) => {
                     // Check before opening: opening would create (and tag) the directory.
                     let base = config.base_dir()?;
                     if !ops::clean::is_xcache_base(&base) {
@@ -293,11 +398,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Some(Command::Compile(args)) => compile::run(&mut out, config(&cli)?, args)?,
-        Some(Command::List { all, sort, json }) => {
+        Some(Command::List {
+            all,
+            sort,
+            wide,
+            json,
+        }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
             let rows = ops::list::list(&store, *all, *sort)?;
-            show::entries(&mut out, &rows, &store, *all, *json)?;
+            show::entries(&mut out, &rows, &store, *all, *wide, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::Size { all, json }) => {
@@ -342,7 +452,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 stale: *stale,
                 dry_run: *dry_run,
             };
-            show::clean(&mut out, &ops::clean::prune(&store, &opts)?, &store, *json)?;
+            let bar = progress::Progress::new("pruning");
+            let report = ops::clean::prune_with_progress(&store, &opts, &|d, t| bar.update(d, t))?;
+            drop(bar);
+            show::clean(&mut out, &report, &store, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::Warm(args)) => warm::run(&mut out, config(&cli)?, args)?,
@@ -356,19 +469,61 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Verify { repair, json }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
-            let report = ops::verify::verify(&store, *repair)?;
+            let bar = progress::Progress::new("verifying");
+            let report =
+                ops::verify::verify_with_progress(&store, *repair, &|d, t| bar.update(d, t))?;
+            drop(bar);
             show::verify(&mut out, &report, *repair, *json)?;
             status(report.clean())
         }
+        Some(Command::Unlock { remove_free, json }) => {
+            let store = Store::open(&config(&cli)?)?;
+            let report = ops::unlock::unlock(&store, *remove_free)?;
+            show::unlock(&mut out, &report, *remove_free, *json)?;
+            ExitCode::SUCCESS
+        }
         Some(Command::Doctor { json }) => {
-            let config = config(&cli)?;
-            let store = Store::open(&config)?;
-            let report = ops::doctor::doctor(&config, &store)?;
+            // Not `?`: the doctor reports settings it cannot read, and goes on.
+            let report = ops::doctor::doctor(config(&cli));
             show::doctor(&mut out, &report, *json)?;
             status(report.ok())
         }
-        Some(Command::Config { json }) => {
+        Some(Command::Config { action: None, json }) => {
             show::config(&mut out, &config(&cli)?, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config {
+            action: Some(action),
+            json,
+        }) => {
+            let (key, value) = match action {
+                ConfigAction::Set { key, value } => (key, Some(value.as_str())),
+                ConfigAction::Unset { key } => (key, None),
+            };
+            let env: xcache::config::EnvSnapshot = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect();
+            let file = xcache::config::file_path(&env).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no config file to write: HOME is not set. Fix: set XCACHE_CONFIG to a path"
+                )
+            })?;
+            xcache::config::write_setting(&file, key, value)?;
+            // Say so when another source wins over the file for this key.
+            let effective = config(&cli)?;
+            let origin = effective.origin(key);
+            let shadowed = !matches!(
+                origin,
+                xcache::config::Origin::File(_) | xcache::config::Origin::Default
+            );
+            show::config_written(
+                &mut out,
+                &file,
+                key,
+                value,
+                shadowed.then_some(&origin),
+                *json,
+            )?;
             ExitCode::SUCCESS
         }
         Some(Command::Templates { json }) => {
@@ -391,7 +546,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             status(report.ok)
         }
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(*shell, &mut Cli::command(), "xcache", &mut out);
+            // Into a buffer, then written as every other output is: clap_complete panics
+            // on a closed pipe (`xcache completions bash | true`).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "xcache", &mut script);
+            out.write_all(&script)?;
             ExitCode::SUCCESS
         }
         Some(Command::Man { command }) => {
@@ -415,38 +574,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(code)
 }
 
-/// Logs to stderr at the level named by XCACHE_LOG (error, warn, info, debug, trace;
-/// default warn).
+/// Logs to stderr as `xcache: warning: ...`, at the level named by XCACHE_LOG (error,
+/// warn, info, debug, trace, off; default warn), or per module in env_logger's syntax
+/// (`warn,xcache::store=debug`).
 fn init_logging() {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) {
-                let level = match r.level() {
-                    log::Level::Error => "error",
-                    log::Level::Warn => "warning",
-                    log::Level::Info => "info",
-                    log::Level::Debug => "debug",
-                    log::Level::Trace => "trace",
-                };
-                eprintln!("xcache: {level}: {}", r.args());
-            }
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: Stderr = Stderr;
-    let level = match std::env::var("XCACHE_LOG").as_deref() {
-        Ok("error") => log::LevelFilter::Error,
-        Ok("info") => log::LevelFilter::Info,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("trace") => log::LevelFilter::Trace,
-        Ok("off") => log::LevelFilter::Off,
-        _ => log::LevelFilter::Warn,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .parse_filters(&std::env::var("XCACHE_LOG").unwrap_or_default())
+        .format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            writeln!(buf, "xcache: {level}: {}", record.args())
+        })
+        .init();
 }

@@ -14,7 +14,8 @@ use xcache::store::gc::policy::{RemoveWhy, StaleWhy};
 use crate::human;
 use xcache::ops::size::SizeReport;
 use xcache::ops::stats::StatsRow;
-use xcache::ops::verify::VerifyReport;
+use xcache::ops::unlock::UnlockReport;
+use xcache::ops::verify::{ProblemKind, VerifyReport};
 use xcache::{Config, Store};
 
 /// `xcache templates`.
@@ -169,6 +170,7 @@ pub fn entries(
     rows: &[EntryRow],
     store: &Store,
     all: bool,
+    wide: bool,
     json: bool,
 ) -> Result<()> {
     if json {
@@ -192,7 +194,7 @@ pub fn entries(
     }
     let now = now_secs(store);
     let total: u64 = rows.iter().map(|r| r.size).sum();
-    let cells: Vec<Vec<String>> = rows
+    let mut cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let mut row = vec![
@@ -224,11 +226,16 @@ pub fn entries(
     if all {
         header.push("COMPILEDIR");
     }
+    // A template instance with a long expression would make every row as long: the
+    // source column gives way to fit the terminal (--wide, a pipe or --json: all of it).
+    if let Some(width) = human::output_width().filter(|_| !wide) {
+        human::shrink_column(&header, &mut cells, 1, width);
+    }
     write!(out, "{}", human::table(&header, &cells, &[3, 6]))?;
     writeln!(
         out,
-        "{} entries, {} in {}",
-        rows.len(),
+        "{}, {} in {}",
+        human::count(rows.len() as u64, "entry", "entries"),
         human::size(total),
         if all {
             store.base_dir()
@@ -286,6 +293,11 @@ fn item_kind(k: ItemKind) -> String {
         .unwrap_or_default()
 }
 
+/// A limit as the settings and options write it (`30d`, `7d`, `90s`).
+fn setting_duration(secs: u64) -> String {
+    xcache::config::format_duration(std::time::Duration::from_secs(secs))
+}
+
 /// Why a compiledir is stale, in words.
 pub fn stale_words(w: &StaleWhy) -> String {
     match w {
@@ -294,8 +306,8 @@ pub fn stale_words(w: &StaleWhy) -> String {
             limit_secs,
         } => format!(
             "unused for {} (stale_after is {})",
-            human::duration(std::time::Duration::from_secs(*unused_secs)),
-            human::duration(std::time::Duration::from_secs(*limit_secs))
+            human::span(*unused_secs),
+            setting_duration(*limit_secs)
         ),
         StaleWhy::OlderRuntime { runtime, current } => {
             format!("older runtime {runtime} (current {current})")
@@ -330,7 +342,7 @@ fn reason_words(a: &Action, now: u64) -> String {
         Reason::OlderThan { limit_secs } => format!(
             "unused since {}, limit {}",
             used(),
-            human::duration(std::time::Duration::from_secs(*limit_secs))
+            setting_duration(*limit_secs)
         ),
         Reason::OverSize { max_size } => format!(
             "least recently used ({}), over {}",
@@ -348,7 +360,7 @@ fn skip_words(s: &Skip, now: u64) -> String {
         Skip::InUse => "in use by another process (its lock is held)".into(),
         Skip::HandedOut { until } => format!(
             "its path was handed out: protected for {} more (--force removes it)",
-            human::duration(std::time::Duration::from_secs(until.saturating_sub(now)))
+            human::span(until.saturating_sub(now))
         ),
         Skip::EntriesInUse { count } => format!(
             "{count} {} in use or handed out",
@@ -528,14 +540,20 @@ pub fn stats(out: &mut impl Write, rows: &[StatsRow], zeroed: bool, json: bool) 
     Ok(())
 }
 
-/// `xcache verify`.
+/// `xcache verify`. The exit status follows [`VerifyReport::clean`]: a problem left
+/// unrepaired fails it; files that are not xcache's are reported and left alone, and
+/// do not.
 pub fn verify(out: &mut impl Write, r: &VerifyReport, repair: bool, json: bool) -> Result<()> {
     if json {
-        return json_out(out, r);
+        let mut v = serde_json::to_value(r)?;
+        v["clean"] = json!(r.clean());
+        return json_out(out, &v);
     }
+    let foreign = |p: &&xcache::ops::verify::Problem| p.kind == ProblemKind::UnknownFile;
     for p in &r.problems {
         let fix = match &p.repaired {
             Some(what) => format!(" [{what}]"),
+            None if foreign(&p) => String::new(),
             None if repair => {
                 " [not repaired: in use by another process, or not repairable]".into()
             }
@@ -547,18 +565,102 @@ pub fn verify(out: &mut impl Write, r: &VerifyReport, repair: bool, json: bool) 
             .unwrap_or_default();
         writeln!(out, "{kind}: {}: {}{fix}", p.path.display(), p.detail)?;
     }
+    let others = r.problems.iter().filter(foreign).count();
+    let problems = r.problems.len() - others;
+    let unrepaired = r
+        .problems
+        .iter()
+        .filter(|p| !foreign(p) && p.repaired.is_none())
+        .count();
+    let mut summary = format!(
+        "{}, {} ok, {}",
+        human::count(r.entries, "entry", "entries") + " checked",
+        r.ok,
+        match problems {
+            0 => "no problems".to_string(),
+            n => human::count(n as u64, "problem", "problems"),
+        }
+    );
+    if repair && problems > 0 {
+        summary += &format!(", {} repaired", problems - unrepaired);
+    }
+    if others > 0 {
+        summary += &format!(
+            "; {} not made by xcache, left alone (remove by hand what is not yours to keep)",
+            human::count(others as u64, "file", "files")
+        );
+    }
+    if unrepaired > 0 && !repair {
+        summary += " (run `xcache verify --repair` to mend them)";
+    }
+    writeln!(out, "{summary}")?;
+    Ok(())
+}
+
+/// `xcache unlock`.
+pub fn unlock(out: &mut impl Write, r: &UnlockReport, remove_free: bool, json: bool) -> Result<()> {
+    if json {
+        return json_out(out, r);
+    }
+    let cells: Vec<Vec<String>> = r
+        .locks
+        .iter()
+        .map(|l| {
+            let holder = match &l.last_holder {
+                None => "-".to_string(),
+                Some(h) => format!(
+                    "pid {} on {}{}",
+                    h.pid,
+                    if h.host.is_empty() { "?" } else { &h.host },
+                    match h.running {
+                        Some(true) => " (running)",
+                        Some(false) => " (exited)",
+                        None => " (another host)",
+                    }
+                ),
+            };
+            vec![
+                if l.removed {
+                    "removed".to_string()
+                } else {
+                    serde_json::to_value(l.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                },
+                l.key[..12].to_string(),
+                if l.has_entry { "yes" } else { "no" }.to_string(),
+                holder,
+            ]
+        })
+        .collect();
+    if !cells.is_empty() {
+        write!(
+            out,
+            "{}",
+            human::table(&["", "KEY", "ENTRY", "LAST EXCLUSIVE HOLDER"], &cells, &[])
+        )?;
+    }
     writeln!(
         out,
-        "{} entries checked, {} ok, {} problems{}",
-        r.entries,
-        r.ok,
-        r.problems.len(),
-        if !r.clean() && !repair {
-            " (run `xcache verify --repair` to mend them)"
+        "{}: {} held, {} free{}",
+        human::count(r.locks.len() as u64, "lock file", "lock files"),
+        r.held,
+        r.free,
+        if remove_free {
+            format!(", {} removed", r.removed)
         } else {
-            ""
+            String::new()
         }
     )?;
+    let mut note = "xcache's locks are per key and are freed by the kernel when their holder \
+                    exits, so none is ever stale and nothing needs unlocking: a held lock \
+                    belongs to a running process (a reader, or the holder named)."
+        .to_string();
+    if !remove_free && r.free > 0 {
+        note += " `xcache unlock --remove-free` removes the free lock files.";
+    }
+    writeln!(out, "{note}")?;
     Ok(())
 }
 
@@ -577,6 +679,7 @@ pub fn doctor(out: &mut impl Write, r: &DoctorReport, json: bool) -> Result<()> 
                     Status::Ok => "ok",
                     Status::Warn => "warn",
                     Status::Fail => "FAIL",
+                    Status::Skip => "skip",
                 }
                 .to_string(),
                 c.detail.clone(),
@@ -588,6 +691,41 @@ pub fn doctor(out: &mut impl Write, r: &DoctorReport, json: bool) -> Result<()> 
         "{}",
         human::table(&["CHECK", "", "DETAIL"], &cells, &[])
     )?;
+    Ok(())
+}
+
+/// `xcache config set` and `unset`.
+pub fn config_written(
+    out: &mut impl Write,
+    file: &std::path::Path,
+    key: &str,
+    value: Option<&str>,
+    shadowed_by: Option<&xcache::config::Origin>,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let v = json!({
+            "file": file,
+            "name": key,
+            "value": value,
+            "overridden_by": shadowed_by.map(|o| o.to_string()),
+        });
+        return json_out(out, &v);
+    }
+    match value {
+        Some(v) => writeln!(out, "{key} = {v:?} written to {}", file.display())?,
+        None => writeln!(
+            out,
+            "{key} removed from {} (its default applies)",
+            file.display()
+        )?,
+    }
+    if let Some(origin) = shadowed_by {
+        writeln!(
+            out,
+            "note: {origin} also sets {key}, and wins over the file (`xcache config` shows the value in force)"
+        )?;
+    }
     Ok(())
 }
 

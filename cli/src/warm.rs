@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
+
+use crate::human;
 use xcache::ops::warm::{self, WarmItem};
 use xcache::{CacheOutcome, Config, Jit};
 
@@ -20,7 +22,7 @@ pub struct WarmArgs {
     jobs: Option<usize>,
     /// Print the summary as JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs `xcache warm`.
@@ -69,13 +71,14 @@ pub fn run(out: &mut impl Write, config: Config, args: &WarmArgs) -> Result<Exit
         }
         writeln!(
             out,
-            "{} requests: {} hits, {} compiled, {} failed in {:.2} s ({:.2} s in the compiler, {jobs} jobs)",
-            report.requests,
-            report.hits,
+            "{}: {}, {} compiled, {} failed in {:.2} s ({:.2} s in the compiler, {})",
+            human::count(report.requests as u64, "request", "requests"),
+            human::count(report.hits as u64, "hit", "hits"),
             report.compiled,
             report.failed.len(),
             report.elapsed_s,
-            report.compile_s
+            report.compile_s,
+            human::count(jobs as u64, "job", "jobs"),
         )?;
     }
     Ok(if report.failed.is_empty() {

@@ -196,8 +196,29 @@ fn corrupt_entries_are_reported_as_warnings() {
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["hit"], false);
     let err = stderr(&out);
-    assert!(err.contains("warning: corrupt cache entry"), "{err}");
+    assert!(
+        err.contains("xcache: warning: corrupt cache entry"),
+        "{err}"
+    );
     assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
+    // XCACHE_LOG=off silences the log; the JSON still says it.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let out = env
+        .cmd(&[
+            "compile",
+            src.to_str().unwrap(),
+            "--symbol",
+            "twice",
+            "--json",
+        ])
+        .env("XCACHE_LOG", "off")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
+    assert!(!stderr(&out).contains("corrupt"), "{}", stderr(&out));
 }
 
 #[test]
@@ -418,4 +439,242 @@ fn demo_runs_check1_cold_then_warm() {
     ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
+}
+
+#[test]
+fn sizes_and_durations_need_a_unit_everywhere() {
+    let env = Env::new();
+    // The command line: bad usage, with the fix.
+    for (args, fix) in [
+        (&["prune", "--max-size", "5"][..], "5GiB"),
+        (&["prune", "--older-than", "7"][..], "7d"),
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(fix), "{args:?}: {}", stderr(&out));
+    }
+    // XCACHE_FLAGS and the config file: a configuration error, with the fix.
+    let out = env
+        .cmd(&["config"])
+        .env("XCACHE_FLAGS", "max_size=5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("5GiB"), "{}", stderr(&out));
+    let file = env.file("config.toml", "stale_after = 30\n");
+    let out = env
+        .cmd(&["config"])
+        .env("XCACHE_CONFIG", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("config.toml, line 1") && err.contains("30d"),
+        "{err}"
+    );
+    // Fractions of any unit; values shown as they were meant.
+    let v = env.json(&[
+        "prune",
+        "--older-than",
+        "1.5d",
+        "--max-size",
+        "1.5GiB",
+        "--json",
+    ]);
+    assert_eq!(v["removed_entries"], 0);
+    let out = env
+        .cmd(&["config", "--json"])
+        .env("XCACHE_FLAGS", "max_size=5G,stale_after=1.5d")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let value = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(value("max_size"), "5GB");
+    assert_eq!(value("stale_after"), "36h");
+}
+
+#[test]
+fn a_max_size_of_zero_is_no_limit_on_the_command_line_too() {
+    let env = Env::new();
+    let src = env.file("twice.c", SRC);
+    stdout(&env.run(&["compile", src.to_str().unwrap()]));
+    let v = env.json(&["prune", "--max-size", "0", "--json"]);
+    assert_eq!(v["removed_entries"], 0, "{v}");
+    let out = env
+        .cmd(&["prune", "--json"])
+        .env("XCACHE_FLAGS", "max_size=0,handout_grace=0s")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["removed_entries"], 0, "{v}");
+    assert_eq!(env.json(&["list", "--json"]).as_array().unwrap().len(), 1);
+    // A size limit does evict.
+    let v = env.json(&["prune", "--max-size", "1B", "--json"]);
+    assert_eq!(v["removed_entries"], 1, "{v}");
+}
+
+/// A command asked for JSON answers in JSON on stdout even when it fails.
+fn json_error(out: &std::process::Output) -> Value {
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", out.stdout));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    v["error"].clone()
+}
+
+#[test]
+fn json_stays_json_on_failure() {
+    let env = Env::new();
+    let bad = env.file("broken.c", "int f(void) { return nope; }\n");
+    let out = env.run(&["compile", bad.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = json_error(&out);
+    assert_eq!(e["kind"], "compile", "{e}");
+    assert!(
+        e["compiler_output"].as_str().unwrap().contains("nope"),
+        "{e}"
+    );
+    assert!(
+        e["kept_source"].as_str().unwrap().ends_with("source.c"),
+        "{e}"
+    );
+    assert!(
+        stderr(&out).contains("compilation failed"),
+        "people still read stderr"
+    );
+
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = env.run(&[
+        "--dir",
+        home.to_str().unwrap(),
+        "basecompiledir",
+        "purge",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = json_error(&out);
+    assert_eq!(e["kind"], "invalid-request", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("CACHEDIR.TAG"),
+        "{e}"
+    );
+    assert!(e["compiler_output"].is_null());
+
+    let out = env
+        .cmd(&["list", "--json"])
+        .env("XCACHE_FLAGS", "max_size=5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_error(&out)["kind"], "config");
+
+    // Bad usage: exit 2, and JSON too.
+    let out = env.run(&["prune", "--older-than", "7", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = json_error(&out);
+    assert_eq!(e["kind"], "usage");
+    assert!(e["message"].as_str().unwrap().contains("7d"), "{e}");
+    // Without --json, stdout stays empty.
+    let out = env.run(&["compile", bad.to_str().unwrap()]);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn basecompiledir_takes_json_before_or_after_its_action() {
+    let env = Env::new();
+    let v = env.json(&["basecompiledir", "--json"]);
+    assert_eq!(v["base_dir"], env.base().to_str().unwrap());
+    env.compiledir();
+    for args in [
+        &["basecompiledir", "list", "--json"][..],
+        &["basecompiledir", "--json", "list"][..],
+    ] {
+        let v = env.json(args);
+        assert_eq!(v.as_array().unwrap().len(), 1, "{args:?}: {v}");
+        assert_eq!(v[0]["mark"], "current");
+    }
+}
+
+#[test]
+fn list_fits_the_terminal_unless_wide_or_piped() {
+    let env = Env::new();
+    let expr: Vec<String> = (1..40).map(|i| format!("exp(a*{i})")).collect();
+    let expr = expr.join("+");
+    let param = format!("expr={expr}");
+    stdout(&env.run(&[
+        "compile",
+        "-t",
+        "elemwise",
+        "-p",
+        "dtype=float64",
+        "-p",
+        "arity=1",
+        "-p",
+        &param,
+    ]));
+    let src = env.file("twice.c", SRC);
+    stdout(&env.run(&["compile", src.to_str().unwrap()]));
+    let list = |args: &[&str], columns: Option<&str>| {
+        let mut c = env.cmd(args);
+        match columns {
+            Some(n) => c.env("COLUMNS", n),
+            None => c.env_remove("COLUMNS"),
+        };
+        stdout(&c.output().unwrap())
+    };
+    let text = list(&["list"], Some("100"));
+    let rows: Vec<&str> = text.lines().filter(|l| !l.contains("entries,")).collect();
+    for l in &rows {
+        assert!(l.chars().count() <= 100, "{} chars: {l}", l.chars().count());
+    }
+    assert!(text.contains('…') && text.contains("twice.c"), "{text}");
+    // --wide, and a pipe without COLUMNS: whole sources.
+    for text in [
+        list(&["list", "--wide"], Some("100")),
+        list(&["list"], None),
+    ] {
+        assert!(
+            text.contains("exp(a * 39)") && !text.contains('…'),
+            "{text}"
+        );
+    }
+    // JSON is always complete.
+    let v = env.json(&["list", "--json"]);
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["source"].as_str().unwrap().contains("exp(a * 39)")));
+}
+
+#[test]
+fn dtypes_are_named_as_users_write_them_in_errors() {
+    let env = Env::new();
+    let out = env.run(&[
+        "compile",
+        "-t",
+        "elemwise",
+        "-p",
+        "dtype=int32",
+        "-p",
+        "arity=1",
+        "-p",
+        "expr=erf(a)",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("not int32") && !err.contains("I32"), "{err}");
 }

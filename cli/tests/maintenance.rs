@@ -232,20 +232,20 @@ fn prune_by_size_evicts_least_recently_used_down_to_low_water() {
     let dry = env.json(&[
         "prune",
         "--max-size",
-        &max.to_string(),
+        &format!("{max}B"),
         "--dry-run",
         "--json",
     ]);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["removed_entries"], 2);
     assert!(dirs.iter().all(|d| d.exists()), "a dry run removes nothing");
-    let text = stdout(&env.run(&["prune", "--max-size", &max.to_string(), "--dry-run"]));
+    let text = stdout(&env.run(&["prune", "--max-size", &format!("{max}B"), "--dry-run"]));
     assert!(
         text.contains("would remove") && text.contains("would free"),
         "{text}"
     );
 
-    let v = env.json(&["prune", "--max-size", &max.to_string(), "--json"]);
+    let v = env.json(&["prune", "--max-size", &format!("{max}B"), "--json"]);
     assert_eq!(v["removed_entries"], 2);
     assert!(!dirs[0].exists() && !dirs[1].exists() && dirs[2].exists() && dirs[3].exists());
     assert!(v["freed_bytes"].as_u64().unwrap() <= total);
@@ -375,6 +375,10 @@ fn stale_compiledirs_of_older_runtimes_and_kernels() {
     let text = stdout(&run(&["basecompiledir", "list"]));
     assert!(
         text.contains("older runtime cpython-3.10") && text.contains("older kernel 4.19"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unused for 40 days (stale_after is 30d)"),
         "{text}"
     );
 
@@ -770,7 +774,11 @@ fn completions_and_man_page() {
     // A bare number of seconds is never what is meant by an age.
     let out = env.run(&["prune", "--older-than", "7"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("give a unit"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no unit: write 7d"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -802,4 +810,450 @@ fn automatic_prune_keeps_the_compiledir_under_max_size() {
         true
     );
     let _ = keys(&env.json(&["list", "--json"]));
+}
+
+#[test]
+fn warm_takes_a_manifest_named_without_a_directory() {
+    let env = Env::new();
+    src(&env, "kernels/k.c");
+    env.file(
+        "warm.json",
+        r#"{"requests": [{"source": "kernels/k.c"}, {"template": "elemwise", "params": {"dtype": "int32", "arity": 1, "expr": "a+1"}}]}"#,
+    );
+    let out = env
+        .cmd(&["warm", "warm.json", "--json"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["compiled"], 2, "{v}");
+}
+
+#[test]
+fn warm_names_the_request_and_the_field_that_is_wrong() {
+    let env = Env::new();
+    src(&env, "k.c");
+    let cases = [
+        (
+            r#"{"requests": [{"source": "k.c"}, {"sorce": "k.c"}]}"#,
+            &["requests[1]", "unknown field `sorce`", "expected one of"][..],
+        ),
+        (
+            r#"[{"source": "k.c", "flags": "-O2"}]"#,
+            &["requests[0]", "invalid type", "a sequence"][..],
+        ),
+        (
+            r#"{"request": []}"#,
+            &["not a valid manifest", "`requests`"][..],
+        ),
+        (
+            r#"{"requests": [], "extra": 1}"#,
+            &["unknown field `extra`"][..],
+        ),
+        (
+            r#"[{"source": "k.c", "template": "gemm"}]"#,
+            &["requests[0]", "exactly one of"][..],
+        ),
+    ];
+    for (manifest, wants) in cases {
+        let m = env.file("m.json", manifest);
+        let out = env.run(&["warm", m.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{manifest}");
+        let err = stderr(&out);
+        assert!(err.contains("m.json"), "{manifest}: {err}");
+        for want in wants {
+            assert!(err.contains(want), "{manifest}: {want:?} missing in {err}");
+        }
+    }
+}
+
+#[test]
+fn verify_exit_status_follows_what_is_left_unrepaired() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c"]);
+    let cd = env.compiledir();
+    // A file that is not xcache's: reported, left alone, and not a failure.
+    std::fs::write(cd.join("entries/notes.txt"), "mine").unwrap();
+    let out = env.run(&["verify", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], true, "{v}");
+    assert_eq!(v["problems"][0]["kind"], "unknown-file", "{v}");
+    assert!(v["problems"][0]["repaired"].is_null(), "{v}");
+    let text = stdout(&env.run(&["verify"]));
+    assert!(
+        text.contains("1 entry checked, 1 ok, no problems; 1 file not made by xcache, left alone"),
+        "{text}"
+    );
+    // A corrupt entry: exit 1, `repaired` null for everything without --repair.
+    let lib = dirs[0].join("lib.so");
+    let mut bytes = std::fs::read(&lib).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0xff;
+    std::fs::write(&lib, bytes).unwrap();
+    let out = env.run(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], false);
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["repaired"].is_null()),
+        "{v}"
+    );
+    let out = env.run(&["verify", "--repair"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 problem, 1 repaired"), "{text}");
+    assert!(cd.join("entries/notes.txt").exists());
+}
+
+#[test]
+fn doctor_diagnoses_a_bad_cache_dir_and_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let file = env.file("not-a-dir", "");
+    let open = env.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (dir, fix) in [(&file, "not a directory"), (&open, "chmod go-w")] {
+        let out = env
+            .cmd(&["doctor", "--json"])
+            .env("XCACHE_DIR", dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let get = |name: &str| {
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("{name}: {v}"))
+                .clone()
+        };
+        let base = get("base dir");
+        assert_eq!(base["status"], "fail", "{v}");
+        let detail = base["detail"].as_str().unwrap();
+        assert!(detail.contains(fix) && detail.contains("Fix:"), "{detail}");
+        assert_eq!(get("compiledir")["status"], "skip");
+        // The rest is still checked.
+        assert_eq!(get("C compiler")["status"], "ok", "{v}");
+        for name in ["C++ compiler", "nvcc", "GPU"] {
+            assert_ne!(get(name)["status"], "skip", "{v}");
+        }
+        // And the human table shows each check.
+        let out = env
+            .cmd(&["doctor"])
+            .env("XCACHE_DIR", dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("FAIL") && text.contains("C compiler"),
+            "{text}"
+        );
+    }
+    // Settings it cannot read: reported as a check, the compilers still checked.
+    let out = env
+        .cmd(&["doctor", "--json"])
+        .env("XCACHE_FLAGS", "max_size=5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["checks"][0]["name"], "settings");
+    assert_eq!(v["checks"][0]["status"], "fail");
+    assert!(v["checks"][0]["detail"].as_str().unwrap().contains("5GiB"));
+}
+
+#[test]
+fn doctor_gives_each_missing_tool_its_own_fix() {
+    let env = Env::new();
+    let detail = |flags: &str, name: &str| {
+        let out = env
+            .cmd(&["doctor", "--json"])
+            .env("XCACHE_FLAGS", flags)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let nvcc = detail("nvcc=/nonexistent/bin/nvcc", "nvcc");
+    assert!(
+        nvcc.contains("CUDA toolkit") && !nvcc.contains("install a C compiler"),
+        "{nvcc}"
+    );
+    let cxx = detail("cxx=/nonexistent/bin/g++", "C++ compiler");
+    assert!(cxx.contains("install a C++ compiler"), "{cxx}");
+    let cc = detail("cc=/nonexistent/bin/gcc", "C compiler");
+    assert!(cc.contains("install a C compiler"), "{cc}");
+}
+
+#[test]
+fn completions_offer_values_and_survive_a_closed_pipe() {
+    let env = Env::new();
+    let bash = stdout(&env.run(&["completions", "bash"]));
+    assert!(bash.contains("name age size use"), "list --sort keys");
+    for t in ["elemwise", "gemm", "reduce", "cuda/elemwise"] {
+        assert!(bash.contains(t), "compile -t {t}");
+    }
+    let fish = stdout(&env.run(&["completions", "fish"]));
+    assert!(fish.contains("cuda/gemm"), "{fish}");
+    // A template from template_path is still accepted: the list only helps completion.
+    let out = env.run(&["compile", "-t", "nonesuch"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "unknown templates are the library's to refuse"
+    );
+    // `xcache completions bash | true`: the reader is gone before anything is written.
+    for args in [
+        &["completions", "bash"][..],
+        &["man"][..],
+        &["templates"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = env.cmd(args).stdout(writer).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn unlock_tells_who_holds_what_and_removes_only_free_lock_files() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c", "ccc.c"]);
+    let cd = env.compiledir();
+    let guard = hold(&dirs[1]);
+    let v = env.json(&["unlock", "--json"]);
+    let locks = v["locks"].as_array().unwrap();
+    assert_eq!(locks.len(), 3, "{v}");
+    assert_eq!(
+        (v["held"].as_u64(), v["free"].as_u64()),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    let held_key = dirs[1].file_name().unwrap().to_str().unwrap();
+    assert_eq!(locks[0]["key"], held_key, "held ones first: {v}");
+    assert_eq!(locks[0]["state"], "held");
+    for l in locks {
+        assert_eq!(l["has_entry"], true);
+        assert_eq!(l["removed"], false);
+        // The compile that built it took it exclusively, wrote its pid, and exited.
+        let h = &l["last_holder"];
+        assert!(h["pid"].as_u64().is_some(), "{l}");
+        assert_eq!(h["running"], false, "{l}");
+    }
+    let text = stdout(&env.run(&["unlock"]));
+    assert!(text.contains("3 lock files: 1 held, 2 free"), "{text}");
+    assert!(
+        text.contains("nothing needs unlocking") && text.contains("--remove-free"),
+        "{text}"
+    );
+    assert!(text.contains("(exited)"), "{text}");
+
+    let v = env.json(&["unlock", "--remove-free", "--json"]);
+    assert_eq!(v["removed"], 2, "{v}");
+    let left: Vec<PathBuf> = std::fs::read_dir(cd.join("locks"))
+        .unwrap()
+        .flat_map(|fan| std::fs::read_dir(fan.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 1, "only the held lock file is left: {left:?}");
+    assert!(left[0].to_str().unwrap().contains(held_key));
+    drop(guard);
+    // The entries are untouched, and their locks come back when used.
+    for d in &dirs {
+        assert!(d.join("lib.so").exists());
+    }
+    let s = src(&env, "a.c");
+    assert_eq!(
+        env.json(&["compile", s.to_str().unwrap(), "--json"])["hit"],
+        true
+    );
+    let v = env.json(&["unlock", "--json"]);
+    assert_eq!(v["held"], 0, "{v}");
+}
+
+#[test]
+fn dry_runs_of_clear_purge_and_basecompiledir_purge_remove_nothing() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c"]);
+    stdout(
+        &env.cmd(&["compile", src(&env, "c.c").to_str().unwrap()])
+            .env("XCACHE_RUNTIME", "x-1")
+            .output()
+            .unwrap(),
+    );
+    let snapshot = || {
+        let mut all: Vec<PathBuf> = walk(&env.base());
+        all.sort();
+        all
+    };
+    let before = snapshot();
+    for args in [
+        &["clear", "--dry-run"][..],
+        &["purge", "--dry-run"][..],
+        &["basecompiledir", "purge", "--dry-run"][..],
+    ] {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let v = env.json(&with_json);
+        assert_eq!(v["dry_run"], true, "{args:?}: {v}");
+        assert!(v["removed_entries"].as_u64().unwrap() >= 2, "{args:?}: {v}");
+        assert!(v["freed_bytes"].as_u64().unwrap() > 0, "{args:?}: {v}");
+        for a in v["actions"].as_array().unwrap() {
+            assert_eq!(a["skipped"]["why"], "dry-run", "{args:?}: {a}");
+        }
+        let text = stdout(&env.run(args));
+        assert!(
+            text.contains("would remove") && text.contains("would free"),
+            "{args:?}: {text}"
+        );
+        assert_eq!(snapshot(), before, "{args:?} removed something");
+    }
+    assert!(dirs.iter().all(|d| d.join("lib.so").exists()));
+    // A dry run is refused where the real one would be.
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = env.run(&[
+        "--dir",
+        home.to_str().unwrap(),
+        "basecompiledir",
+        "purge",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn config_set_writes_the_file_keeping_the_rest() {
+    let env = Env::new();
+    let file = env.file("conf/xcache.toml", "# my settings\ncc = \"cc\"\n");
+    let run = |args: &[&str]| env.cmd(args).env("XCACHE_CONFIG", &file).output().unwrap();
+    let text = stdout(&run(&["config", "set", "max_size", "2GiB"]));
+    assert!(text.contains("max_size = \"2GiB\" written to"), "{text}");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.starts_with("# my settings\ncc = \"cc\"\n"),
+        "{written}"
+    );
+    let v: Value = serde_json::from_str(&stdout(&run(&["config", "--json"]))).unwrap();
+    let row = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "max_size")
+        .unwrap()
+        .clone();
+    assert_eq!(row["value"], "2GiB");
+    assert!(
+        row["origin"].as_str().unwrap().starts_with("file "),
+        "{row}"
+    );
+    // Checked as every source is: nothing written.
+    for (args, want) in [
+        (&["config", "set", "max_size", "5"][..], "5GiB"),
+        (
+            &["config", "set", "maxsize", "5GiB"][..],
+            "unknown setting `maxsize`",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    }
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("max_size = \"2GiB\""));
+    // A key XCACHE_FLAGS also sets: written, with a note that the flag wins.
+    let out = run(&["config", "set", "handout_grace", "2m", "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["overridden_by"], "XCACHE_FLAGS", "{v}");
+    let text = stdout(&run(&["config", "unset", "max_size"]));
+    assert!(text.contains("removed"), "{text}");
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("max_size"));
+    // Without XCACHE_CONFIG: the default file under the XDG config dir, created.
+    let xdg = env.dir.path().join("xdg");
+    let out = env
+        .cmd(&["config", "set", "max_size", "1GiB"])
+        .env("XDG_CONFIG_HOME", &xdg)
+        .output()
+        .unwrap();
+    stdout(&out);
+    assert!(std::fs::read_to_string(xdg.join("xcache/config.toml"))
+        .unwrap()
+        .contains("max_size = \"1GiB\""));
+}
+
+#[test]
+fn prune_and_verify_show_progress_on_a_terminal_only() {
+    let env = Env::new();
+    let dirs = populate(&env, &["a.c", "bb.c"]);
+    for d in &dirs {
+        set_mtime(&d.join("last-use"), 10 * DAY);
+    }
+    let xcache = env!("CARGO_BIN_EXE_xcache");
+    // Piped: the report alone, nothing on stderr.
+    for args in [&["verify"][..], &["prune", "--older-than", "30d"][..]] {
+        let out = env.run(args);
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+    // On a terminal (script(1) gives the command a pseudo-terminal): a bar.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("script(1) (util-linux) is needed for this test");
+    }
+    for (args, what) in [
+        ("verify", "verifying"),
+        ("prune --older-than 7d", "pruning"),
+    ] {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{xcache} {args}"), "/dev/null"])
+            .env("XCACHE_DIR", env.base())
+            .env("XCACHE_FLAGS", "handout_grace=0s")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(what) && text.contains("entries"),
+            "{args}: {text}"
+        );
+    }
+    assert!(dirs.iter().all(|d| !d.exists()), "the prune ran");
 }

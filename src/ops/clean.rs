@@ -23,6 +23,15 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<CleanReport> {
     store.prune(opts)
 }
 
+/// [`prune`], calling `progress(done, total)` after each entry chosen for eviction.
+pub fn prune_with_progress(
+    store: &Store,
+    opts: &PruneOptions,
+    progress: &dyn Fn(u64, u64),
+) -> Result<CleanReport> {
+    store.prune_with_progress(opts, progress)
+}
+
 /// `xcache purge [--dry-run]`: the current compiledir.
 pub fn purge(store: &Store, dry_run: bool) -> Result<CleanReport> {
     store.purge(dry_run)

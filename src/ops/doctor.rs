@@ -24,6 +24,8 @@ pub enum Status {
     Warn,
     /// xcache cannot work until this is fixed.
     Fail,
+    /// Not checked: something it depends on failed.
+    Skip,
 }
 
 /// One check.
@@ -62,19 +64,26 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 
 fn dir_check(name: &'static str, dir: &Path) -> Check {
     use std::os::unix::fs::MetadataExt;
+    let fail = |detail: String| Check {
+        name,
+        status: Status::Fail,
+        detail,
+    };
     let md = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) => {
-            return Check {
-                name,
-                status: Status::Fail,
-                detail: format!(
-                    "{}: {e}. Fix: set XCACHE_DIR to a directory you can create",
-                    dir.display()
-                ),
-            }
+            return fail(format!(
+                "{}: {e}. Fix: set XCACHE_DIR (or --dir) to a directory you can create",
+                dir.display()
+            ))
         }
     };
+    if !md.is_dir() {
+        return fail(format!(
+            "{}: it is not a directory. Fix: remove it, or set XCACHE_DIR (or --dir) to a directory",
+            dir.display()
+        ));
+    }
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
     if let Some((reason, fix)) = trust::problem(
@@ -85,16 +94,14 @@ fn dir_check(name: &'static str, dir: &Path) -> Check {
         euid,
         trust::shared_group(),
     ) {
-        return Check {
-            name,
-            status: Status::Fail,
-            detail: format!("{}: {reason}. Fix: {fix}", dir.display()),
-        };
+        return fail(format!("{}: {reason}. Fix: {fix}", dir.display()));
     }
     let writable = tempfile::tempfile_in(dir).is_ok();
-    let free = free_bytes(dir)
-        .map(|b| format!("{} MiB", b >> 20))
-        .unwrap_or_else(|| "?".into());
+    let free = match free_bytes(dir) {
+        Some(b) if b >= 10 << 30 => format!("{} GiB", b >> 30),
+        Some(b) => format!("{} MiB", b >> 20),
+        None => "?".into(),
+    };
     Check {
         name,
         status: if writable { Status::Ok } else { Status::Warn },
@@ -111,8 +118,13 @@ fn dir_check(name: &'static str, dir: &Path) -> Check {
     }
 }
 
-fn compiler_check(name: &'static str, lang: Language, config: &Config, store: &Store) -> Check {
-    let tool = match crate::compile::toolchain::resolve(lang, config, Some(store)) {
+fn compiler_check(
+    name: &'static str,
+    lang: Language,
+    config: &Config,
+    store: Option<&Store>,
+) -> Check {
+    let tool = match crate::compile::toolchain::resolve(lang, config, store) {
         Ok(t) => t,
         Err(e) => {
             return Check {
@@ -193,10 +205,59 @@ fn compiler_check(name: &'static str, lang: Language, config: &Config, store: &S
     }
 }
 
-/// Runs every check.
-pub fn doctor(config: &Config, store: &Store) -> Result<DoctorReport> {
+fn skip(name: &'static str, why: &str) -> Check {
+    Check {
+        name,
+        status: Status::Skip,
+        detail: format!("not checked: {why}"),
+    }
+}
+
+/// Where the settings came from, in a line.
+fn settings_check(config: &Config) -> Check {
+    let mut from: Vec<String> = Vec::new();
+    for (_, _, origin) in config.effective() {
+        let o = origin.to_string();
+        if o != "default" && !from.contains(&o) {
+            from.push(o);
+        }
+    }
+    Check {
+        name: "settings",
+        status: Status::Ok,
+        detail: if from.is_empty() {
+            "all defaults (`xcache config` shows them)".into()
+        } else {
+            format!(
+                "defaults, and from {} (`xcache config` shows each)",
+                from.join(", ")
+            )
+        },
+    }
+}
+
+/// Runs every check, whatever fails: the settings as loaded (`config` is what loading
+/// them gave), the platform, the base dir and the compiledir, the compilers, nvcc and
+/// the GPU. A check that depends on a failed one is skipped, saying so; the others run.
+pub fn doctor(config: Result<Config>) -> DoctorReport {
     let mut checks = Vec::new();
-    let p = store.platform();
+    let (config, usable) = match config {
+        Ok(c) => {
+            checks.push(settings_check(&c));
+            (c, true)
+        }
+        Err(e) => {
+            checks.push(Check {
+                name: "settings",
+                status: Status::Fail,
+                detail: e.to_string(),
+            });
+            // The compilers are checked as the defaults would find them.
+            (Config::defaults(), false)
+        }
+    };
+    trust::set_shared_group(config.shared_gid);
+    let p = crate::platform::Platform::detect(&config.runtime_tag);
     checks.push(Check {
         name: "platform",
         status: Status::Ok,
@@ -214,20 +275,65 @@ pub fn doctor(config: &Config, store: &Store) -> Result<DoctorReport> {
             p.layout
         ),
     });
-    checks.push(dir_check("base dir", store.base_dir()));
-    let mut cd = dir_check("compiledir", store.compiledir());
-    if cd.status == Status::Ok {
-        let n = crate::store::scan::entry_keys(store.root())?.len();
-        cd.detail.push_str(&format!(", {n} entries"));
-    }
-    checks.push(cd);
-    checks.push(compiler_check("C compiler", Language::C, config, store));
-    checks.push(compiler_check("C++ compiler", Language::Cxx, config, store));
-    let mut cuda = compiler_check("nvcc", Language::Cuda, config, store);
-    if cuda.status == Status::Ok {
-        cuda.detail = format!("{}; builds for {}", cuda.detail, nvcc::arch(config));
+    let store = if usable {
+        Store::open(&config).map_err(|e| e.to_string())
     } else {
-        cuda.detail.push_str(": CUDA templates unavailable");
+        Err(String::new())
+    };
+    match (usable, config.base_dir()) {
+        (false, _) => {
+            checks.push(skip("base dir", "the settings cannot be read"));
+            checks.push(skip("compiledir", "the settings cannot be read"));
+        }
+        (true, Err(e)) => {
+            checks.push(Check {
+                name: "base dir",
+                status: Status::Fail,
+                detail: e.to_string(),
+            });
+            checks.push(skip("compiledir", "there is no base dir"));
+        }
+        (true, Ok(base)) => {
+            let b = dir_check("base dir", &base);
+            let base_ok = b.status != Status::Fail;
+            checks.push(b);
+            checks.push(match &store {
+                _ if !base_ok => skip("compiledir", "the base dir fails its check"),
+                Err(e) => Check {
+                    name: "compiledir",
+                    status: Status::Fail,
+                    detail: e.clone(),
+                },
+                Ok(store) => {
+                    let mut cd = dir_check("compiledir", store.compiledir());
+                    if cd.status == Status::Ok {
+                        let n = crate::store::scan::entry_keys(store.root())
+                            .map(|k| k.len())
+                            .unwrap_or(0);
+                        cd.detail.push_str(&format!(
+                            ", {n} {}",
+                            if n == 1 { "entry" } else { "entries" }
+                        ));
+                    }
+                    cd
+                }
+            });
+        }
+    }
+    let store = store.ok();
+    let store = store.as_ref();
+    checks.push(compiler_check("C compiler", Language::C, &config, store));
+    checks.push(compiler_check(
+        "C++ compiler",
+        Language::Cxx,
+        &config,
+        store,
+    ));
+    let mut cuda = compiler_check("nvcc", Language::Cuda, &config, store);
+    if cuda.status == Status::Ok {
+        cuda.detail = format!("{}; builds for {}", cuda.detail, nvcc::arch(&config));
+    } else {
+        cuda.detail = format!("CUDA templates unavailable: {}", cuda.detail);
     }
     checks.push(cuda);
     checks.push(match crate::gpu::probe() {
@@ -257,5 +363,5 @@ pub fn doctor(config: &Config, store: &Store) -> Result<DoctorReport> {
             detail: format!("{why}: kernels run on the CPU"),
         },
     });
-    Ok(DoctorReport { checks })
+    DoctorReport { checks }
 }

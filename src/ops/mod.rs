@@ -8,5 +8,6 @@ pub mod doctor;
 pub mod list;
 pub mod size;
 pub mod stats;
+pub mod unlock;
 pub mod verify;
 pub mod warm;

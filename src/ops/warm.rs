@@ -25,13 +25,6 @@ use crate::error::{Error, IoContext, Result};
 use crate::runtime::{CacheOutcome, Jit};
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum ManifestFile {
-    Object { requests: Vec<ManifestRequest> },
-    List(Vec<ManifestRequest>),
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ManifestRequest {
     template: Option<String>,
@@ -53,13 +46,14 @@ pub struct WarmItem {
     pub request: Request,
 }
 
-fn inside(base: &Path, rel: &str, manifest: &Path) -> Result<PathBuf> {
+/// `rel` below the manifest's directory `base`, or why not (the caller names the
+/// manifest and the request).
+fn inside(base: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
     let p = Path::new(rel);
     let refuse = || {
-        Error::InvalidRequest(format!(
-            "{}: path {rel:?} must be relative to the manifest's directory and stay inside it (no absolute paths, no `..`, no symbolic links out of it)",
-            manifest.display()
-        ))
+        format!(
+            "path {rel:?} must be relative to the manifest's directory and stay inside it (no absolute paths, no `..`, no symbolic links out of it)"
+        )
     };
     let escapes = p.is_absolute()
         || p.components().any(|c| {
@@ -72,9 +66,13 @@ fn inside(base: &Path, rel: &str, manifest: &Path) -> Result<PathBuf> {
         return Err(refuse());
     }
     // Symbolic links are followed, then the result must still be inside.
-    let root = base.canonicalize().ctx("resolving", base)?;
+    let root = base
+        .canonicalize()
+        .map_err(|e| format!("resolving {}: {e}", base.display()))?;
     let full = base.join(p);
-    let real = full.canonicalize().ctx("resolving", &full)?;
+    let real = full
+        .canonicalize()
+        .map_err(|e| format!("{rel:?} ({}): {e}", full.display()))?;
     if !real.starts_with(&root) {
         return Err(refuse());
     }
@@ -107,7 +105,7 @@ fn check_flags(flags: &[String], manifest: &Path, i: usize) -> Result<()> {
     for f in flags {
         if let Some(pf) = PATH_FLAGS.iter().find(|p| f.starts_with(**p)) {
             return Err(Error::InvalidRequest(format!(
-                "{} request {i}: flag {f:?} ({pf}…) names a file, which a manifest may not do. Fix: pass headers in `include`, or compile this one with `xcache compile`",
+                "{} requests[{i}]: flag {f:?} ({pf}…) names a file, which a manifest may not do. Fix: pass headers in `include`, or compile this one with `xcache compile`",
                 manifest.display()
             )));
         }
@@ -115,23 +113,59 @@ fn check_flags(flags: &[String], manifest: &Path, i: usize) -> Result<()> {
     Ok(())
 }
 
-/// Reads a manifest into requests. Every problem names the manifest and the request.
-pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
-    let text = std::fs::read_to_string(path).ctx("reading", path)?;
-    let file: ManifestFile = serde_json::from_str(&text).map_err(|e| {
+const MANIFEST_SHAPE: &str = "Expected {\"requests\": [{\"template\": NAME, \"params\": {...}} or {\"source\": PATH, \"include\": [...], \"flags\": [...]}]}, or the array alone";
+
+/// The manifest's requests, each still JSON: read one by one, so that an error names
+/// the request it is in (an untagged enum would only say that nothing matched).
+fn manifest_requests(path: &Path, text: &str) -> Result<Vec<serde_json::Value>> {
+    let bad = |m: String| {
         Error::InvalidRequest(format!(
-            "{} is not a valid manifest: {e}. Expected {{\"requests\": [{{\"template\": NAME, \"params\": {{...}}}} or {{\"source\": PATH, \"flags\": [...]}}]}}",
+            "{} is not a valid manifest: {m}. {MANIFEST_SHAPE}",
             path.display()
         ))
-    })?;
-    let reqs = match file {
-        ManifestFile::Object { requests } => requests,
-        ManifestFile::List(l) => l,
     };
-    let base = path.parent().unwrap_or(Path::new("."));
+    match serde_json::from_str(text).map_err(|e| bad(e.to_string()))? {
+        serde_json::Value::Array(list) => Ok(list),
+        serde_json::Value::Object(mut top) => {
+            let requests = top
+                .remove("requests")
+                .ok_or_else(|| bad("it has no `requests`".into()))?;
+            if let Some(other) = top.keys().next() {
+                return Err(bad(format!(
+                    "unknown field `{other}` at the top (only `requests` is known)"
+                )));
+            }
+            match requests {
+                serde_json::Value::Array(list) => Ok(list),
+                other => Err(bad(format!("`requests` must be an array, not {other}"))),
+            }
+        }
+        other => Err(bad(format!(
+            "it must be an object or an array, not {other}"
+        ))),
+    }
+}
+
+/// The directory that paths in the manifest are relative to: a manifest named without
+/// a directory (`warm.json`) has an empty parent, which is the current directory.
+fn manifest_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Reads a manifest into requests. Every problem names the manifest and the request
+/// (`requests[3]`, counted from 0 as in the JSON), and the field when it is about one.
+pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
+    let text = std::fs::read_to_string(path).ctx("reading", path)?;
+    let base = manifest_dir(path);
     let mut out = Vec::new();
-    for (i, r) in reqs.into_iter().enumerate() {
-        let at = |m: String| Error::InvalidRequest(format!("{} request {i}: {m}", path.display()));
+    for (i, value) in manifest_requests(path, &text)?.into_iter().enumerate() {
+        let at =
+            |m: String| Error::InvalidRequest(format!("{} requests[{i}]: {m}", path.display()));
+        // serde names the field: "unknown field `sorce`, expected one of `template`, ...".
+        let r: ManifestRequest = serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
         check_flags(&r.flags, path, i)?;
         let item = match (r.template, r.source) {
             (Some(name), None) => {
@@ -163,16 +197,20 @@ pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
                 if !r.params.is_empty() {
                     return Err(at("`params` are for template requests".into()));
                 }
-                let file = inside(base, &src, path)?;
-                let mut s = SourceRequest::from_file(&file)?;
+                let file = inside(base, &src).map_err(at)?;
+                let mut s = SourceRequest::from_file(&file).map_err(|e| at(e.to_string()))?;
                 s.flags = r.flags;
                 for h in &r.include {
-                    let hp = inside(base, h, path)?;
+                    let hp = inside(base, h).map_err(at)?;
                     let name = hp
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
-                    s = s.extra_input(name, std::fs::read(&hp).ctx("reading", &hp)?);
+                    s = s.extra_input(
+                        name,
+                        std::fs::read(&hp)
+                            .map_err(|e| at(format!("reading {}: {e}", hp.display())))?,
+                    );
                 }
                 WarmItem {
                     label: src,

@@ -90,6 +90,15 @@ impl VerifyReport {
 impl Store {
     /// Checks (and with `repair`, mends) the current compiledir.
     pub fn verify(&self, repair: bool) -> Result<VerifyReport> {
+        self.verify_with_progress(repair, &|_, _| {})
+    }
+
+    /// [`Store::verify`], calling `progress(done, total)` after each entry checked.
+    pub fn verify_with_progress(
+        &self,
+        repair: bool,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<VerifyReport> {
         let cd = self.root();
         let now = self.clock().now();
         let mut report = VerifyReport::default();
@@ -114,8 +123,9 @@ impl Store {
 
         let keys = scan::entry_keys(cd)?;
         let live: HashSet<Key> = keys.iter().copied().collect();
-        for key in &keys {
+        for (i, key) in keys.iter().enumerate() {
             self.verify_entry(key, repair, &mut report)?;
+            progress(i as u64 + 1, keys.len() as u64);
         }
         self.verify_locks(&live, repair, &mut report)?;
 

@@ -189,7 +189,8 @@ pub enum Removal {
 #[derive(Debug, Clone, Default)]
 pub struct PruneOptions {
     /// Evict least recently used entries while the compiledir exceeds this many bytes.
-    /// `None` with `older_than` also `None`: the `max_size` setting (if not 0).
+    /// `None` with `older_than` also `None`: the `max_size` setting. 0, here as there,
+    /// is no limit.
     pub max_size: Option<u64>,
     /// Evict entries unused for longer than this.
     pub older_than: Option<Duration>,
@@ -580,11 +581,8 @@ fn remove_compiledir(
         report.push(action);
         return Ok(());
     }
-    if report.dry_run {
-        action.skipped = Some(Skip::DryRun);
-        report.push(action);
-        return Ok(());
-    }
+    // A dry run lists the same entries and leftovers as the real run would.
+    let first = report.actions.len();
     let mut busy = 0;
     for row in scan::entries(&cd)? {
         let before = report.actions.len();
@@ -597,13 +595,24 @@ fn remove_compiledir(
             false,
             report,
         )?;
-        if report.actions[before].skipped.is_some() {
+        if report.actions[before]
+            .skipped
+            .as_ref()
+            .is_some_and(|s| *s != Skip::DryRun)
+        {
             busy += 1;
         }
     }
     let live = collect_leftovers(&cd, Sweep::Purge, &rules(config), now, report)?;
     // What is left besides the entries and leftovers, counted one by one above.
     action.bytes = scan::tree_bytes(&cd, "", &[]).0;
+    if report.dry_run {
+        let listed: u64 = report.actions[first..].iter().map(|a| a.bytes).sum();
+        action.bytes = action.bytes.saturating_sub(listed);
+        action.skipped = Some(Skip::DryRun);
+        report.push(action);
+        return Ok(());
+    }
     if busy > 0 || live > 0 {
         action.skipped = Some(if busy > 0 {
             Skip::EntriesInUse { count: busy }
@@ -717,19 +726,31 @@ impl Store {
     /// ([`policy::select_victims`]), the leftovers that may go, private builds nobody
     /// uses, and with `stale`, stale compiledirs.
     pub fn prune(&self, opts: &PruneOptions) -> Result<CleanReport> {
+        self.prune_with_progress(opts, &|_, _| {})
+    }
+
+    /// [`Store::prune`], calling `progress(done, total)` after each entry chosen for
+    /// eviction is handled.
+    pub fn prune_with_progress(
+        &self,
+        opts: &PruneOptions,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<CleanReport> {
         let config = self.config();
         let now = self.clock().now();
         let mut report = CleanReport::dry(opts.dry_run);
+        // 0 is "no limit", as for the max_size setting (and ccache's `-M 0`).
         let max_size = match (opts.max_size, opts.older_than) {
-            (None, None) => (config.max_size > 0).then_some(config.max_size),
+            (None, None) => Some(config.max_size),
             (m, _) => m,
-        };
+        }
+        .filter(|&m| m > 0);
         let policy = Policy {
             max_size,
             low_water: config.low_water,
             older_than: opts.older_than,
         };
-        self.prune_entries(&policy, now, &mut report)?;
+        self.prune_entries(&policy, now, &mut report, progress)?;
         let rules = rules(config);
         collect_leftovers(self.root(), Sweep::Routine, &rules, now, &mut report)?;
         collect_private(now, &rules, &mut report);
@@ -755,6 +776,7 @@ impl Store {
         policy: &Policy,
         now: SystemTime,
         report: &mut CleanReport,
+        progress: &dyn Fn(u64, u64),
     ) -> Result<()> {
         let rows = self.entries()?;
         let gc_entries: Vec<GcEntry> = rows
@@ -764,7 +786,8 @@ impl Store {
                 last_use: SystemTime::UNIX_EPOCH + Duration::from_secs(r.last_touch()),
             })
             .collect();
-        for i in policy::select_victims(&gc_entries, now, policy) {
+        let victims = policy::select_victims(&gc_entries, now, policy);
+        for (done, i) in victims.iter().copied().enumerate() {
             let reason = match policy.older_than {
                 Some(max)
                     if now
@@ -788,6 +811,7 @@ impl Store {
                 false,
                 report,
             )?;
+            progress(done as u64 + 1, victims.len() as u64);
         }
         Ok(())
     }
@@ -874,7 +898,7 @@ impl Store {
                     low_water: config.low_water,
                     older_than: None,
                 };
-                self.prune_entries(&policy, now, &mut report)?;
+                self.prune_entries(&policy, now, &mut report, &|_, _| {})?;
             }
             collect_leftovers(cd, Sweep::Routine, &rules, now, &mut report)
         })();
@@ -1188,7 +1212,7 @@ mod tests {
     #[test]
     fn auto_prune_runs_when_due_and_over_the_limit() {
         let f = fixture(&[
-            ("max_size", "10000"),
+            ("max_size", "10000B"),
             ("low_water", "0.5"),
             ("auto_prune_interval", "1h"),
         ]);

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every test: the workspace's (`cargo test --workspace`), then the CUDA tests this
+# machine can run, then one line with the totals and one per group of tests skipped,
+# with the reason. The README's test command; .ci/run runs exactly this.
+#
+# The CUDA tests (tests/cuda.rs) are #[ignore]d with their reason, so a plain
+# `cargo test` counts them as ignored, never as passed. They are run here with
+# --ignored where `xcache doctor` finds nvcc (and, for the gpu_* ones, a GPU).
+#
+# Arguments go to the first `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
+# To add a suite (Python, ...): run it after the Rust ones, and add to `skipped` what
+# it could not run here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log=$(mktemp)
+probe=$(mktemp -d)
+trap 'rm -rf "$log" "$probe"' EXIT
+
+cargo test --workspace "$@" 2>&1 | tee -a "$log"
+
+# What this machine has, as xcache itself finds it: the nvcc and GPU checks of
+# `xcache doctor` (pretty JSON: each check's status is on the line after its name).
+doctor=$(XCACHE_DIR="$probe/cache" XCACHE_FLAGS= XCACHE_CONFIG= \
+  cargo run -q -p xcache-cli -- doctor --json || true)
+status_of() {
+  printf '%s\n' "$doctor" | grep -A1 "\"name\": \"$1\"" |
+    sed -n 's/.*"status": "\([a-z]*\)".*/\1/p'
+}
+
+first_run=$(grep -cE '^test result:' "$log" || true)
+skipped=()
+if [ "$(status_of nvcc)" = ok ]; then
+  if [ "$(status_of GPU)" = ok ]; then
+    cargo test --test cuda -- --ignored --skip without_a_gpu 2>&1 | tee -a "$log"
+    skipped+=("tests/cuda.rs launches_fail_cleanly_without_a_gpu: this machine has a GPU")
+  else
+    cargo test --test cuda -- --ignored --skip gpu_ 2>&1 | tee -a "$log"
+    skipped+=("tests/cuda.rs gpu_*: no NVIDIA GPU here (they run where one is)")
+  fi
+else
+  skipped+=("tests/cuda.rs, all of it: no nvcc here (install it as the README says)")
+fi
+
+# Totals over every `cargo test` above: what the first run ignored and a later run ran
+# counts once, as run; what stayed ignored (those tests, and doc examples marked
+# `ignore`) is skipped.
+read -r passed failed skipped_n < <(
+  grep -E '^test result:' "$log" |
+    sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1 \2 \3/' |
+    awk -v first="$first_run" '
+      { p += $1; f += $2 }
+      NR <= first { i += $3 }
+      NR > first { i -= $1 + $2 }
+      END { print p + 0, f + 0, i + 0 }'
+)
+for s in "${skipped[@]}"; do
+  echo "skipped: $s"
+done
+echo "tests: $passed passed, $failed failed, $skipped_n skipped"
