@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::clock::{Clock, SystemClock};
 use crate::compile::host::HostTool;
 use crate::compile::template::{self, Template};
-use crate::compile::toolchain;
+use crate::compile::{diagnostics, toolchain};
 use crate::compile::{Language, Request, SourceRequest, TemplateRequest};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
@@ -171,6 +171,10 @@ pub struct CacheOutcome {
 
 type Slot = Arc<Mutex<Option<Arc<LoadedLibrary>>>>;
 
+/// Where the compiler writes the files it read (in the staging directory; removed
+/// before the entry is sealed).
+const DEPS_FILE: &str = "xcache-deps.d";
+
 /// What a request's key covers that can differ between requests to one `Jit` (the
 /// toolchain, config and platform are the Jit's own).
 #[derive(Debug, PartialEq, Eq)]
@@ -180,6 +184,7 @@ struct Fingerprint {
     extra_inputs: Vec<(String, Vec<u8>)>,
     template: Option<crate::store::key::TemplateRef>,
     source: Vec<u8>,
+    origin: Option<PathBuf>,
 }
 
 impl Fingerprint {
@@ -189,6 +194,7 @@ impl Fingerprint {
             && self.flags == r.flags
             && self.extra_inputs == r.extra_inputs
             && self.template == r.template
+            && self.origin == r.origin
     }
 }
 
@@ -290,7 +296,9 @@ impl Jit {
     pub fn key_for(&self, req: &SourceRequest) -> Result<(Key, KeyMaterial, Vec<String>)> {
         req.validate()?;
         let tool = self.host_tool(req.language)?;
-        let flags = tool.full_flags(&req.flags);
+        let mut user_flags = req.origin_flags();
+        user_flags.extend(req.flags.iter().cloned());
+        let flags = tool.full_flags(&user_flags);
         let material = KeyMaterial {
             encoding: KEY_ENCODING,
             layout: LAYOUT_VERSION,
@@ -320,7 +328,8 @@ impl Jit {
     ) -> Result<Fetched> {
         let tool = self.host_tool(req.language)?;
         let source_file = req.language.source_file();
-        let fetched = self.store.get_or_build(&key, &mut |staging| {
+        let display = req.display_name();
+        let fetched = self.store.get_or_build_tracked(&key, &mut |staging| {
             let write = |name: &str, bytes: &[u8]| {
                 let p = staging.join(name);
                 staging
@@ -333,19 +342,44 @@ impl Jit {
                 write(name, bytes)?;
             }
             crate::store::pause_point("source-written");
-            let (compile_time, compiler_output) = tool.compile(
-                staging.path(),
-                source_file,
-                ARTIFACT_FILE,
-                &flags,
-                self.config.compile_timeout,
-            )?;
+            let (compile_time, compiler_output) = tool
+                .compile(
+                    staging.path(),
+                    source_file,
+                    ARTIFACT_FILE,
+                    &flags,
+                    Some(DEPS_FILE),
+                    self.config.compile_timeout,
+                )
+                .map_err(|e| match e {
+                    Error::Compile(mut ce) => {
+                        ce.output = diagnostics::explain(&ce.output, source_file, &display);
+                        Error::Compile(ce)
+                    }
+                    e => e,
+                })?;
+            // The compiler's list of what it read: the headers enter the manifest; the
+            // file itself is not part of the entry.
+            let deps = staging
+                .open_file(DEPS_FILE, crate::fsx::OpenHow::read())
+                .and_then(|mut f| {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut f, &mut text).map(|_| text)
+                })
+                .ctx(
+                    "reading the compiler's dependency list",
+                    &staging.join(DEPS_FILE),
+                )?;
+            let _ = staging.remove_file(DEPS_FILE);
+            let headers =
+                crate::compile::deps::headers(&crate::compile::deps::parse(&deps), staging.path());
             Ok(Built {
                 source_name: req.name.clone(),
                 source_file: source_file.into(),
                 compile_time,
-                compiler_output,
+                compiler_output: diagnostics::rename(&compiler_output, source_file, &display),
                 key_material: material.clone(),
+                headers,
             })
         });
         match &fetched {
@@ -469,6 +503,7 @@ impl Jit {
             extra_inputs: req.extra_inputs.clone(),
             template: req.template.clone(),
             source: req.source.clone(),
+            origin: req.origin.clone(),
         };
         self.memo
             .lock()
@@ -519,6 +554,7 @@ impl Jit {
             flags,
             extra_inputs: Vec::new(),
             template: Some(r.template_ref),
+            origin: None,
         })
     }
 

@@ -67,12 +67,37 @@ fn entry_is_complete_and_explains_itself() {
             .len()
             > 3
     );
-    let (key, material, _) = jit.key_for(&saxpy("meta").flag("-DFOO=1")).unwrap();
-    assert_eq!(key, r.key);
+    let (request, material, _) = jit.key_for(&saxpy("meta").flag("-DFOO=1")).unwrap();
     let stored: xcache::store::key::KeyMaterial =
         serde_json::from_value(meta["key_material"].clone()).unwrap();
-    assert_eq!(stored.key(), key, "stored key material re-derives the key");
+    assert_eq!(
+        stored.key(),
+        request,
+        "stored key material re-derives the request key"
+    );
     assert_eq!(stored, material);
+    assert_eq!(meta["request_key"], request.hex());
+    // The entry's own key is the request key and the headers the compiler read.
+    let headers: Vec<(String, String)> = meta["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["path"].as_str().unwrap().to_string(),
+                h["blake3"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        headers.iter().any(|(p, _)| p.ends_with("/stdint.h")),
+        "saxpy includes stdint.h: {headers:?}"
+    );
+    let digests: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(p, h)| (p.as_str(), h.as_str()))
+        .collect();
+    assert_eq!(xcache::store::key::result_key(&request, &digests), r.key);
     assert!(tc.base().join("CACHEDIR.TAG").is_file());
 }
 
@@ -370,7 +395,7 @@ fn runtime_tag_selects_another_compiledir() {
         .to_str()
         .unwrap()
         .to_string();
-    assert!(name.contains("-cpython-3.11-xc1"), "{name}");
+    assert!(name.contains("-cpython-3.11-xc2"), "{name}");
     assert_ne!(
         plain.key_for(&saxpy("rt")).unwrap().0,
         tagged.key_for(&saxpy("rt")).unwrap().0

@@ -629,7 +629,12 @@ pub fn unlock(out: &mut impl Write, r: &UnlockReport, remove_free: bool, json: b
                         .unwrap_or_default()
                 },
                 l.key[..12].to_string(),
-                if l.has_entry { "yes" } else { "no" }.to_string(),
+                match (l.has_entry, l.has_manifest) {
+                    (true, _) => "entry",
+                    (false, true) => "manifest",
+                    _ => "none",
+                }
+                .to_string(),
                 holder,
             ]
         })
@@ -638,7 +643,7 @@ pub fn unlock(out: &mut impl Write, r: &UnlockReport, remove_free: bool, json: b
         write!(
             out,
             "{}",
-            human::table(&["", "KEY", "ENTRY", "LAST EXCLUSIVE HOLDER"], &cells, &[])
+            human::table(&["", "KEY", "GUARDS", "LAST EXCLUSIVE HOLDER"], &cells, &[])
         )?;
     }
     writeln!(

@@ -222,19 +222,25 @@ impl HostTool {
         }
     }
 
-    /// Runs the compiler in `dir` on `source_file`, producing `output`. Returns the
-    /// compile time and whatever it printed on success.
+    /// Runs the compiler in `dir` on `source_file`, producing `output`. With
+    /// `deps_file`, the compiler also writes there (`-MD -MF`) the files it read; these
+    /// arguments do not change the output and are not in the key. Returns the compile
+    /// time and whatever it printed on success.
     pub fn compile(
         &self,
         dir: &Path,
         source_file: &str,
         output: &str,
         flags: &[String],
+        deps_file: Option<&str>,
         timeout: Duration,
     ) -> Result<(Duration, String)> {
         use std::os::unix::process::CommandExt;
         use std::sync::atomic::{AtomicBool, Ordering};
-        let args = command_args(flags, output, source_file);
+        let mut args = command_args(flags, output, source_file);
+        if let Some(d) = deps_file {
+            args.splice(0..0, ["-MD".to_string(), "-MF".to_string(), d.to_string()]);
+        }
         let mut cmd = Command::new(&self.program);
         // Its own process group: a compiler that hangs is killed with its children
         // (cc1, as, ld), and stops holding the key's lock.

@@ -1,6 +1,8 @@
 //! Requests → artifacts: what to compile ([`SourceRequest`]), with which compiler
 //! ([`host`]), under which key.
 
+pub mod deps;
+pub mod diagnostics;
 pub mod expr;
 pub mod host;
 pub mod nvcc;
@@ -123,6 +125,11 @@ pub struct SourceRequest {
     pub extra_inputs: Vec<(String, Vec<u8>)>,
     /// The template this source was rendered from, if any (recorded in the key).
     pub template: Option<crate::store::key::TemplateRef>,
+    /// The file the source was read from, as the user named it: the compiler's
+    /// diagnostics name it instead of xcache's copy, and its directory is searched for
+    /// `#include "…"` as a plain compile would (`-iquote DIR`; `-I DIR` for nvcc; the
+    /// directory is then part of the key, through the flags).
+    pub origin: Option<std::path::PathBuf>,
 }
 
 impl SourceRequest {
@@ -135,6 +142,7 @@ impl SourceRequest {
             flags: Vec::new(),
             extra_inputs: Vec::new(),
             template: None,
+            origin: None,
         }
     }
 
@@ -153,6 +161,7 @@ impl SourceRequest {
             .unwrap_or_else(|| language.source_file().into());
         Ok(SourceRequest {
             name,
+            origin: Some(path.to_path_buf()),
             ..SourceRequest::new(language, source)
         })
     }
@@ -161,6 +170,41 @@ impl SourceRequest {
     pub fn named(mut self, name: impl Into<String>) -> SourceRequest {
         self.name = name.into();
         self
+    }
+
+    /// Names the file the source came from (see [`SourceRequest::origin`]).
+    pub fn from_origin(mut self, path: impl Into<std::path::PathBuf>) -> SourceRequest {
+        self.origin = Some(path.into());
+        self
+    }
+
+    /// The flags that make the source's own directory searched for quoted includes,
+    /// as a plain compile of the file would: `-iquote DIR` (`-I DIR` for nvcc, which
+    /// has no `-iquote`). Empty without an origin.
+    pub fn origin_flags(&self) -> Vec<String> {
+        let Some(origin) = &self.origin else {
+            return Vec::new();
+        };
+        let dir = origin
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir)
+            .or_else(|_| std::env::current_dir().map(|c| c.join(dir)))
+            .unwrap_or_else(|_| dir.to_path_buf());
+        let dir = dir.to_string_lossy().into_owned();
+        match self.language {
+            Language::Cuda => vec![format!("-I{dir}")],
+            _ => vec!["-iquote".into(), dir],
+        }
+    }
+
+    /// What diagnostics call the source: the origin as the user named it, else the name.
+    pub fn display_name(&self) -> String {
+        self.origin
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| self.name.clone())
     }
 
     /// Appends a compiler flag.

@@ -164,6 +164,7 @@ fn compiler_check(
             src,
             "probe.so",
             &tool.full_flags(&[]),
+            None,
             config.compile_timeout,
         )
         .map_err(|e| e.to_string())?;

@@ -44,8 +44,11 @@ pub struct LockRow {
     pub state: LockState,
     /// The last exclusive holder recorded in the file, if any.
     pub last_holder: Option<Holder>,
-    /// Whether the key has an entry (a free lock of a key without one is an orphan).
+    /// Whether the key has an entry (the lock of a result).
     pub has_entry: bool,
+    /// Whether the key has a manifest (the lock of a request key: its builds and its
+    /// manifest's updates). A free lock with neither is an orphan.
+    pub has_manifest: bool,
     /// Whether `--remove-free` removed it.
     pub removed: bool,
 }
@@ -154,6 +157,7 @@ pub fn unlock(store: &Store, remove_free: bool) -> Result<UnlockReport> {
             }
             report.locks.push(LockRow {
                 has_entry: cd.lstat_fast(layout::entry(&key)).is_ok(),
+                has_manifest: cd.lstat_fast(layout::manifest(&key)).is_ok(),
                 key: key.hex(),
                 path: cd.join(&rel),
                 state,

@@ -56,8 +56,26 @@ pub struct EntryMeta {
     /// sealed, so that listing a large cache needs no stat of each file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FileBytes>,
-    /// Everything the key was derived from.
+    /// Everything the request key was derived from.
     pub key_material: KeyMaterial,
+    /// For a dependency-tracked result: the request key it was built under (the key
+    /// of `key_material`); the entry's own key is [`super::key::result_key`] of it and
+    /// `headers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
+    /// For a dependency-tracked result: the headers the compiler read, with the hash
+    /// each had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderDigest>,
+}
+
+/// A header a result was built from, by path and content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderDigest {
+    /// Absolute path.
+    pub path: String,
+    /// blake3 of its contents when the result was built, hex.
+    pub blake3: String,
 }
 
 /// Apparent and allocated bytes of a set of files.

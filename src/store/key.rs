@@ -266,6 +266,19 @@ impl KeyMaterial {
     }
 }
 
+/// The key of a dependency-tracked result: the request key and the (path, blake3) of
+/// every header the compiler read, in the order it reported them.
+pub fn result_key(request: &Key, headers: &[(&str, &str)]) -> Key {
+    let mut e = Enc(blake3::Hasher::new());
+    e.0.update(b"xcache-result\0");
+    e.0.update(request.as_bytes());
+    e.u64(headers.len() as u64);
+    for (path, hash) in headers {
+        e.str(path).str(hash);
+    }
+    Key(*e.0.finalize().as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,12 +40,16 @@ pub const QUARANTINE: &str = "quarantine";
 pub const TOOLCHAINS: &str = "toolchains";
 /// Usage counters.
 pub const STATS: &str = "stats";
+/// Per-request-key manifests of dependency-tracked results.
+pub const MANIFESTS: &str = "manifests";
 
 /// The files at the top of a compiledir, in the order a removal deletes them
 /// ([`COMPILEDIR_META`] last: it is what marks the directory as xcache's).
 pub const COMPILEDIR_FILES: &[&str] = &[AUTO_PRUNE_MARK, GC_LOCK, LAST_USE, COMPILEDIR_META];
 /// The directories of a compiledir, each trust-checked like the compiledir itself.
-pub const COMPILEDIR_SUBDIRS: &[&str] = &[ENTRIES, LOCKS, TMP, QUARANTINE, TOOLCHAINS, STATS];
+pub const COMPILEDIR_SUBDIRS: &[&str] = &[
+    ENTRIES, MANIFESTS, LOCKS, TMP, QUARANTINE, TOOLCHAINS, STATS,
+];
 
 /// An entry's metadata; its presence marks a complete entry (written last).
 pub const ENTRY_META: &str = "entry.json";
@@ -97,6 +101,21 @@ pub fn lock_file_name(key: &Key) -> String {
 /// The key of a lock file's name.
 pub fn parse_lock_file_name(name: &str) -> Option<Key> {
     name.strip_suffix(".lock")?.parse().ok()
+}
+
+/// `manifests/<fan>`.
+pub fn manifest_fan(key: &Key) -> PathBuf {
+    Path::new(MANIFESTS).join(key.fan())
+}
+
+/// `manifests/<fan>/<key>.manifest`.
+pub fn manifest(key: &Key) -> PathBuf {
+    manifest_fan(key).join(format!("{}.manifest", key.hex()))
+}
+
+/// The key of a manifest file's name.
+pub fn parse_manifest_file_name(name: &str) -> Option<Key> {
+    name.strip_suffix(".manifest")?.parse().ok()
 }
 
 /// `toolchains/<name>`.
@@ -349,12 +368,18 @@ mod tests {
         let h = k.hex();
         assert_eq!(entry(&k), Path::new(&format!("entries/ab/{h}")));
         assert_eq!(lock(&k), Path::new(&format!("locks/ab/{h}.lock")));
+        assert_eq!(
+            manifest(&k),
+            Path::new(&format!("manifests/ab/{h}.manifest"))
+        );
+        assert_eq!(parse_manifest_file_name(&format!("{h}.manifest")), Some(k));
         assert_eq!(stats_counters(), Path::new("stats/counters.json"));
         assert_eq!(toolchain_record("x.json"), Path::new("toolchains/x.json"));
         assert_eq!(
             COMPILEDIR_SUBDIRS,
             &[
                 "entries",
+                "manifests",
                 "locks",
                 "tmp",
                 "quarantine",

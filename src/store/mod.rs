@@ -134,9 +134,11 @@ pub mod gc;
 pub mod key;
 pub mod layout;
 pub mod lock;
+pub mod manifest;
 pub mod private;
 pub mod scan;
 pub mod stats;
+mod tracked;
 pub mod trust;
 pub mod verify;
 
@@ -188,6 +190,9 @@ pub struct Built {
     pub compiler_output: String,
     /// The key material (stored in `entry.json`).
     pub key_material: KeyMaterial,
+    /// The headers the compiler read (absolute paths), for a dependency-tracked build
+    /// ([`Store::get_or_build_tracked`]); empty otherwise.
+    pub headers: Vec<PathBuf>,
 }
 
 /// An entry that is ready: found or freshly built. Holds the key's lock (shared for a
@@ -540,7 +545,7 @@ impl Store {
             }
         };
         pause_point("compiled");
-        let meta = seal(&staging.root, key, built, self.clock.now())?;
+        let meta = seal(&staging.root, key, built, self.clock.now(), None)?;
         pause_point("sealed");
         self.publish(&mut staging, key)?;
         pause_point("published");
@@ -548,11 +553,26 @@ impl Store {
             .cd
             .open_dir(&entry_rel)
             .map_err(|e| io_below("opening", &self.cd, &entry_rel, e))?;
-        Ok(Fetched {
-            key: *key,
-            dir: self.cd.join(&entry_rel),
+        Ok(self.fetched(*key, entry, meta, false, warnings, lock_wait, guard))
+    }
+
+    /// An entry ready to hand out, with the lock that keeps it.
+    #[allow(clippy::too_many_arguments)]
+    fn fetched(
+        &self,
+        key: Key,
+        entry: Root,
+        meta: EntryMeta,
+        hit: bool,
+        warnings: Vec<String>,
+        lock_wait: Duration,
+        guard: LockGuard,
+    ) -> Fetched {
+        Fetched {
+            key,
+            dir: entry.path().to_path_buf(),
             meta,
-            hit: false,
+            hit,
             warnings,
             lock_wait,
             entry: Some(entry),
@@ -560,7 +580,7 @@ impl Store {
             clock: self.clock.clone(),
             handout_grace: self.config.handout_grace,
             _guard: guard,
-        })
+        }
     }
 
     /// Builds into a private directory outside the cache.
@@ -585,7 +605,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let meta = seal(p.root(), key, built, now)?;
+        let meta = seal(p.root(), key, built, now, None)?;
         Ok(Fetched {
             key: *key,
             dir: p.path().to_path_buf(),
@@ -616,19 +636,7 @@ impl Store {
         if entry::touch_last_use(&entry, "", now, res) {
             entry::touch_last_use(&self.cd, "", now, res);
         }
-        Fetched {
-            key: *key,
-            dir: entry.path().to_path_buf(),
-            meta,
-            hit: true,
-            warnings,
-            lock_wait,
-            entry: Some(entry),
-            private: None,
-            clock: self.clock.clone(),
-            handout_grace: self.config.handout_grace,
-            _guard: guard,
-        }
+        self.fetched(*key, entry, meta, true, warnings, lock_wait, guard)
     }
 
     fn new_staging(&self, key: &Key) -> Result<Staging> {
@@ -948,7 +956,13 @@ fn is_cache_fault(e: &Error) -> bool {
 /// Hashes the artifact, writes `last-use`, `handed-out` (never: the epoch) and
 /// `entry.json`, sets modes,
 /// syncs everything.
-fn seal(staging: &Root, key: &Key, built: Built, now: SystemTime) -> Result<EntryMeta> {
+fn seal(
+    staging: &Root,
+    key: &Key,
+    built: Built,
+    now: SystemTime,
+    provenance: Option<(Key, Vec<entry::HeaderDigest>)>,
+) -> Result<EntryMeta> {
     let io = |op, name: &str, e| Error::io(op, staging.join(name), e);
     let artifact = staging
         .open_file(ARTIFACT_FILE, OpenHow::read())
@@ -1010,6 +1024,8 @@ fn seal(staging: &Root, key: &Key, built: Built, now: SystemTime) -> Result<Entr
         compiler_output: built.compiler_output,
         files: Some(files),
         key_material: built.key_material,
+        request_key: provenance.as_ref().map(|(k, _)| k.hex()),
+        headers: provenance.map(|(_, h)| h).unwrap_or_default(),
     };
     entry::write_meta(staging, &meta)?;
     staging

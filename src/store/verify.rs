@@ -42,6 +42,9 @@ pub enum ProblemKind {
     OrphanLock,
     /// Something under `tmp/` or `quarantine/` that may go.
     Leftover,
+    /// A manifest that fails its hash or names another key: never trusted; the next
+    /// build of its request rewrites it.
+    CorruptManifest,
 }
 
 /// One problem found.
@@ -122,12 +125,31 @@ impl Store {
         walk_for_planted(cd, Path::new(""), 0, repair, &mut report);
 
         let keys = scan::entry_keys(cd)?;
-        let live: HashSet<Key> = keys.iter().copied().collect();
+        // A lock file guards an entry, or the manifest of a request key.
+        let live: HashSet<Key> = keys.iter().copied().chain(gc::manifest_keys(cd)).collect();
         for (i, key) in keys.iter().enumerate() {
             self.verify_entry(key, repair, &mut report)?;
             progress(i as u64 + 1, keys.len() as u64);
         }
         self.verify_locks(&live, repair, &mut report)?;
+
+        for key in gc::manifest_keys(cd) {
+            let rel = layout::manifest(&key);
+            let why = match super::manifest::read(cd, &key) {
+                Ok(super::manifest::Lookup::Corrupt(why)) => why,
+                Ok(_) => continue,
+                Err(e) => e.to_string(),
+            };
+            let mut repaired = None;
+            if repair {
+                if let Some(_g) = lock::try_lock_exclusive(cd, &layout::lock(&key))? {
+                    cd.remove_file(&rel)
+                        .map_err(|e| super::io_below("removing", cd, &rel, e))?;
+                    repaired = Some("removed (rebuilt by the next request)".into());
+                }
+            }
+            report.push(ProblemKind::CorruptManifest, cd.join(&rel), why, repaired);
+        }
 
         let rules = gc::rules(self.config());
         for f in gc::leftovers(cd, now) {
@@ -227,7 +249,9 @@ impl Store {
                 let Some(guard) = lock::try_lock_exclusive(cd, &rel)? else {
                     continue;
                 };
-                if cd.lstat_fast(layout::entry(&key)).is_ok() {
+                if cd.lstat_fast(layout::entry(&key)).is_ok()
+                    || cd.lstat_fast(layout::manifest(&key)).is_ok()
+                {
                     continue; // published since the scan
                 }
                 let mut repaired = None;

@@ -411,6 +411,63 @@ fn collect_leftovers(
     Ok(live)
 }
 
+/// The request keys that have a manifest in `cd`.
+pub(crate) fn manifest_keys(cd: &Root) -> Vec<Key> {
+    let mut out = Vec::new();
+    for (fan, kind) in names(cd, layout::MANIFESTS) {
+        if kind != Kind::Dir || !layout::is_fan(&fan) {
+            continue;
+        }
+        for (name, kind) in names(cd, Path::new(layout::MANIFESTS).join(&fan)) {
+            if kind != Kind::File {
+                continue;
+            }
+            if let Some(k) = layout::parse_manifest_file_name(&name) {
+                if k.fan() == fan {
+                    out.push(k);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Drops from the manifests of `cd` the results whose entries are gone, and removes a
+/// manifest left with none (or that is not to be trusted), each under a try-lock on its
+/// request key (a build in progress holds it: that manifest is left for next time).
+/// With `Sweep::Purge`, every manifest goes. Returns how many were busy.
+fn collect_manifests(cd: &Root, sweep: Sweep) -> usize {
+    let mut busy = 0;
+    for key in manifest_keys(cd) {
+        let rel = layout::manifest(&key);
+        let Ok(Some(_guard)) = lock::try_lock_exclusive(cd, &layout::lock(&key)) else {
+            busy += 1;
+            continue;
+        };
+        let keep = match super::manifest::read(cd, &key) {
+            Ok(super::manifest::Lookup::Found(mut m)) if sweep == Sweep::Routine => {
+                let before = m.results.len();
+                m.results.retain(|r| {
+                    r.key
+                        .parse::<Key>()
+                        .is_ok_and(|k| cd.lstat_fast(layout::entry(&k)).is_ok())
+                });
+                if !m.results.is_empty() && m.results.len() != before {
+                    let _ = super::manifest::write(cd, &m, &key);
+                }
+                !m.results.is_empty()
+            }
+            _ => false,
+        };
+        if !keep {
+            let _ = cd.remove_file(&rel);
+            // The request key's lock file keyed nothing else: safe to remove under it.
+            let _ = cd.remove_file(layout::lock(&key));
+        }
+    }
+    busy
+}
+
 /// Collects private builds (in `$TMPDIR/xcache-private-<uid>/`) that nobody uses any
 /// more. Never fails: the private root is a convenience of this user's.
 pub fn collect_private(now: SystemTime, rules: &LeftoverRules, report: &mut CleanReport) {
@@ -508,6 +565,12 @@ fn remove_compiledir_rest(cd: &Root) -> Option<PathBuf> {
         }
     }
     rmdir(Path::new(layout::ENTRIES));
+    for (fan, kind) in names(cd, layout::MANIFESTS) {
+        if layout::is_fan(&fan) && kind == Kind::Dir {
+            rmdir(&Path::new(layout::MANIFESTS).join(fan));
+        }
+    }
+    rmdir(Path::new(layout::MANIFESTS));
     for (fan, kind) in names(cd, layout::LOCKS) {
         if !layout::is_fan(&fan) || kind != Kind::Dir {
             continue;
@@ -603,7 +666,10 @@ fn remove_compiledir(
             busy += 1;
         }
     }
-    let live = collect_leftovers(&cd, Sweep::Purge, &rules(config), now, report)?;
+    let mut live = collect_leftovers(&cd, Sweep::Purge, &rules(config), now, report)?;
+    if !report.dry_run {
+        live += collect_manifests(&cd, Sweep::Purge);
+    }
     // What is left besides the entries and leftovers, counted one by one above.
     action.bytes = scan::tree_bytes(&cd, "", &[]).0;
     if report.dry_run {
@@ -719,6 +785,9 @@ impl Store {
             now,
             &mut report,
         )?;
+        if !dry_run {
+            collect_manifests(self.root(), Sweep::Routine);
+        }
         Ok(report)
     }
 
@@ -900,6 +969,7 @@ impl Store {
                 };
                 self.prune_entries(&policy, now, &mut report, &|_, _| {})?;
             }
+            collect_manifests(cd, Sweep::Routine);
             collect_leftovers(cd, Sweep::Routine, &rules, now, &mut report)
         })();
         collect_private(now, &rules, &mut report);
@@ -1017,6 +1087,7 @@ mod tests {
                 compile_time: Duration::from_millis(1),
                 compiler_output: String::new(),
                 key_material: m.clone(),
+                headers: Vec::new(),
             })
         })
     }

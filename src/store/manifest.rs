@@ -1,0 +1,435 @@
+//! Dependency-tracked results (ccache's direct mode): for each *request key* (source,
+//! flags, toolchain, target, explicit inputs, runtime tag), a small manifest lists the
+//! results built under it, each with the headers the compiler read and, per header,
+//! its blake3 and a stat signature. A request takes the first result whose headers all
+//! still match; each result is an ordinary entry under its *result key*, the blake3 of
+//! the request key and the headers' paths and hashes ([`super::key::result_key`]).
+//!
+//! Checking a header costs one `stat` while its signature (size, mtime, ctime, inode,
+//! device) is unchanged; a changed signature means hashing it and comparing. A header
+//! whose mtime or ctime was within [`TOO_NEW`] of the build's start when it was
+//! recorded is hashed every time ("file too new", as ccache says: a write in the same
+//! timestamp tick would not show in the signature), until a check finds it settled and
+//! refreshes the record.
+//!
+//! The file, `manifests/<fan>/<request key>.manifest`, is one line
+//! `xcache-manifest <format> <blake3 of the rest>` and then JSON. It is written whole
+//! (a temporary file renamed over it) under the request key's exclusive lock, and read
+//! without a lock: a reader sees the old or the new file, never a mix. One whose hash
+//! does not match is treated as missing (with a warning) and rewritten by the next
+//! build; it is never trusted.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::key::Key;
+use super::layout;
+use crate::fsx::{OpenHow, Root};
+
+/// Format of the manifest file.
+pub const FORMAT: u32 = 1;
+
+/// At most this many results are kept per request key (the least recently used goes).
+pub const MAX_RESULTS: usize = 8;
+
+/// A header changed within this long before a build started is not trusted by its stat
+/// signature: file systems with coarse timestamps could hide a second write.
+pub const TOO_NEW: Duration = Duration::from_secs(2);
+
+/// One header a result was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderRecord {
+    /// Absolute path, as the compiler reported it.
+    pub path: String,
+    /// blake3 of its contents, hex.
+    pub blake3: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, ns since the epoch.
+    pub ctime_ns: i128,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number.
+    pub dev: u64,
+    /// False when the signature cannot vouch for the contents (the file was too new
+    /// when recorded): then the check always hashes.
+    pub stat_trusted: bool,
+}
+
+fn ns(secs: i64, nsec: i64) -> i128 {
+    secs as i128 * 1_000_000_000 + nsec as i128
+}
+
+fn signature(md: &std::fs::Metadata) -> (u64, i128, i128, u64, u64) {
+    (
+        md.size(),
+        ns(md.mtime(), md.mtime_nsec()),
+        ns(md.ctime(), md.ctime_nsec()),
+        md.ino(),
+        md.dev(),
+    )
+}
+
+fn too_new(md: &std::fs::Metadata, since: SystemTime) -> bool {
+    let limit = since
+        .checked_sub(TOO_NEW)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let (_, mtime, ctime, _, _) = signature(md);
+    mtime >= limit || ctime >= limit
+}
+
+/// blake3 of a file (headers live outside the cache: followed as the compiler did).
+fn hash(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+impl HeaderRecord {
+    /// Records a header read by a build that started at `build_start`.
+    pub fn record(path: &Path, build_start: SystemTime) -> std::io::Result<HeaderRecord> {
+        // Stat before and after hashing: a header rewritten meanwhile is not trusted.
+        let before = std::fs::metadata(path)?;
+        let blake3 = hash(path)?;
+        let after = std::fs::metadata(path)?;
+        let (size, mtime_ns, ctime_ns, ino, dev) = signature(&after);
+        Ok(HeaderRecord {
+            path: path.to_string_lossy().into_owned(),
+            blake3,
+            size,
+            mtime_ns,
+            ctime_ns,
+            ino,
+            dev,
+            stat_trusted: signature(&before) == signature(&after) && !too_new(&after, build_start),
+        })
+    }
+
+    /// Checks the header on disk against the record: by signature when it vouches, else
+    /// by hash.
+    pub fn check(&self, now: SystemTime) -> HeaderCheck {
+        let md = match std::fs::metadata(&self.path) {
+            Ok(md) => md,
+            Err(_) => return HeaderCheck::Changed { now: None },
+        };
+        let sig = signature(&md);
+        if self.stat_trusted && sig == (self.size, self.mtime_ns, self.ctime_ns, self.ino, self.dev)
+        {
+            return HeaderCheck::Same;
+        }
+        match hash(Path::new(&self.path)) {
+            Ok(h) if h == self.blake3 => {
+                let (size, mtime_ns, ctime_ns, ino, dev) = sig;
+                HeaderCheck::SameContent {
+                    refreshed: HeaderRecord {
+                        size,
+                        mtime_ns,
+                        ctime_ns,
+                        ino,
+                        dev,
+                        stat_trusted: !too_new(&md, now),
+                        ..self.clone()
+                    },
+                }
+            }
+            Ok(h) => HeaderCheck::Changed { now: Some(h) },
+            Err(_) => HeaderCheck::Changed { now: None },
+        }
+    }
+}
+
+/// What a header check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderCheck {
+    /// Its stat signature is unchanged.
+    Same,
+    /// Its signature changed but its contents did not: the record should become this.
+    SameContent {
+        /// The record with the current signature.
+        refreshed: HeaderRecord,
+    },
+    /// Its contents changed: its hash now (`None`: it is gone or unreadable).
+    Changed {
+        /// The current hash.
+        now: Option<String>,
+    },
+}
+
+/// One result built under a request key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// The entry's key (the result key), hex.
+    pub key: String,
+    /// The headers the compiler read, in the order it reported them.
+    pub headers: Vec<HeaderRecord>,
+    /// When it was built, Unix seconds.
+    pub created: u64,
+    /// When a request last took it, Unix seconds (recorded at `last_use_resolution`).
+    pub last_used: u64,
+}
+
+/// How a result compares with the headers on disk now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultCheck {
+    /// Every header matches; `refreshed` holds the records whose signatures changed
+    /// though their contents did not (by index).
+    Match {
+        /// Updated records, to write back when convenient.
+        refreshed: Vec<(usize, HeaderRecord)>,
+    },
+    /// The first header that differs: its path, its recorded hash, and its hash now.
+    Differs {
+        /// The header.
+        path: String,
+        /// Its hash when the result was built.
+        was: String,
+        /// Its hash now (`None`: gone or unreadable).
+        now: Option<String>,
+    },
+}
+
+impl ResultRecord {
+    /// Checks every header, stopping at the first that changed.
+    pub fn check(&self, now: SystemTime) -> ResultCheck {
+        let mut refreshed = Vec::new();
+        for (i, h) in self.headers.iter().enumerate() {
+            match h.check(now) {
+                HeaderCheck::Same => {}
+                HeaderCheck::SameContent { refreshed: r } => refreshed.push((i, r)),
+                HeaderCheck::Changed { now } => {
+                    return ResultCheck::Differs {
+                        path: h.path.clone(),
+                        was: h.blake3.clone(),
+                        now,
+                    }
+                }
+            }
+        }
+        ResultCheck::Match { refreshed }
+    }
+
+    /// The (path, hash) pairs the result key is derived from.
+    pub fn digests(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|h| (h.path.as_str(), h.blake3.as_str()))
+            .collect()
+    }
+}
+
+/// The manifest of one request key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The request key, hex; equals the file name.
+    pub request_key: String,
+    /// Results, most recently used first; at most [`MAX_RESULTS`].
+    pub results: Vec<ResultRecord>,
+}
+
+impl Manifest {
+    /// An empty manifest for `key`.
+    pub fn new(key: &Key) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            request_key: key.hex(),
+            results: Vec::new(),
+        }
+    }
+
+    /// Puts `r` first (replacing a result with the same key) and drops the least
+    /// recently used beyond [`MAX_RESULTS`].
+    pub fn insert(&mut self, r: ResultRecord) {
+        self.results.retain(|x| x.key != r.key);
+        self.results.insert(0, r);
+        self.results.truncate(MAX_RESULTS);
+    }
+
+    /// Moves result `i` first, marking it used at `now` (Unix seconds).
+    pub fn touch(&mut self, i: usize, now: u64) {
+        let mut r = self.results.remove(i);
+        r.last_used = now;
+        self.results.insert(0, r);
+    }
+
+    /// The file's bytes: the header line with the hash of the JSON, then the JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(self).expect("serialises");
+        let mut out = format!(
+            "xcache-manifest {FORMAT} {}\n",
+            blake3::hash(&body).to_hex()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Parses a manifest file of `key`, checking its hash; `Err` says why it is not
+    /// trusted.
+    pub fn decode(bytes: &[u8], key: &Key) -> Result<Manifest, String> {
+        let nl = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("no header line")?;
+        let head =
+            std::str::from_utf8(&bytes[..nl]).map_err(|_| "a header line that is not text")?;
+        let body = &bytes[nl + 1..];
+        let mut parts = head.split(' ');
+        if parts.next() != Some("xcache-manifest") {
+            return Err("not an xcache manifest".into());
+        }
+        if parts.next() != Some(&FORMAT.to_string()) {
+            return Err(format!("not format {FORMAT}"));
+        }
+        if parts.next() != Some(blake3::hash(body).to_hex().as_str()) {
+            return Err("its contents do not match its hash".into());
+        }
+        let m: Manifest = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+        if m.request_key != key.hex() {
+            return Err(format!("it belongs to key {}", m.request_key));
+        }
+        Ok(m)
+    }
+}
+
+/// What reading a manifest found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// There is none.
+    Missing,
+    /// A valid manifest.
+    Found(Manifest),
+    /// One that must not be trusted, and why.
+    Corrupt(String),
+}
+
+/// Reads the manifest of `key` in the compiledir `cd` (no lock needed: it is replaced
+/// whole).
+pub fn read(cd: &Root, key: &Key) -> std::io::Result<Lookup> {
+    let rel = layout::manifest(key);
+    let mut f = match cd.open_file(&rel, OpenHow::read()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Missing),
+        Err(e) if crate::fsx::is_link_refusal(&e) => {
+            return Ok(Lookup::Corrupt(
+                "it is a symbolic link, which xcache never makes or follows".into(),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    if !f.metadata()?.is_file() {
+        return Ok(Lookup::Corrupt("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(match Manifest::decode(&bytes, key) {
+        Ok(m) => Lookup::Found(m),
+        Err(why) => Lookup::Corrupt(why),
+    })
+}
+
+/// Writes the manifest whole (temporary file, rename). Call it under the request key's
+/// exclusive lock.
+pub fn write(cd: &Root, m: &Manifest, key: &Key) -> std::io::Result<()> {
+    let rel = layout::manifest(key);
+    if let Some(parent) = rel.parent() {
+        cd.mkdir_all(parent, super::trust::dir_mode())?;
+    }
+    cd.write_atomic(&rel, &m.encode(), super::trust::file_mode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Key {
+        "cd".repeat(32).parse().unwrap()
+    }
+
+    fn old() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn signatures_vouch_unless_too_new_and_content_decides() {
+        let d = tempfile::tempdir().unwrap();
+        let h = d.path().join("h.h");
+        std::fs::write(&h, "#define V 1\n").unwrap();
+        // Recorded by a build that started long after the write: trusted.
+        let r = HeaderRecord::record(&h, old()).unwrap();
+        assert!(r.stat_trusted);
+        assert_eq!(r.check(old()), HeaderCheck::Same);
+        // Recorded by a build that started right after the write: too new.
+        let fresh = HeaderRecord::record(&h, SystemTime::now()).unwrap();
+        assert!(!fresh.stat_trusted);
+        assert!(
+            matches!(fresh.check(old()), HeaderCheck::SameContent { refreshed } if refreshed.stat_trusted)
+        );
+        // Touched, same contents: a hash, and a refreshed record.
+        let f = std::fs::File::options().write(true).open(&h).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        assert!(matches!(r.check(old()), HeaderCheck::SameContent { .. }));
+        // Changed contents (same size): changed, whatever the stat says.
+        std::fs::write(&h, "#define V 2\n").unwrap();
+        let HeaderCheck::Changed { now: Some(now) } = r.check(old()) else {
+            panic!()
+        };
+        assert_ne!(now, r.blake3);
+        std::fs::remove_file(&h).unwrap();
+        assert_eq!(r.check(old()), HeaderCheck::Changed { now: None });
+    }
+
+    #[test]
+    fn flipped_bytes_are_never_trusted() {
+        let mut m = Manifest::new(&key());
+        m.insert(ResultRecord {
+            key: "ab".repeat(32),
+            headers: vec![],
+            created: 1,
+            last_used: 1,
+        });
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes, &key()).unwrap(), m);
+        for i in [0, 20, bytes.len() / 2, bytes.len() - 2] {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(Manifest::decode(&b, &key()).is_err(), "flip at {i}");
+        }
+        let other: Key = "ef".repeat(32).parse().unwrap();
+        assert!(Manifest::decode(&bytes, &other)
+            .unwrap_err()
+            .contains("belongs"));
+    }
+
+    #[test]
+    fn bounded_most_recent_first() {
+        let mut m = Manifest::new(&key());
+        let r = |n: u8| ResultRecord {
+            key: format!("{n:02x}").repeat(32),
+            headers: vec![],
+            created: n as u64,
+            last_used: n as u64,
+        };
+        for n in 0..20 {
+            m.insert(r(n));
+        }
+        assert_eq!(m.results.len(), MAX_RESULTS);
+        assert_eq!(m.results[0].created, 19);
+        m.insert(r(15));
+        assert_eq!(m.results.len(), MAX_RESULTS);
+        assert_eq!(m.results[0].created, 15);
+        m.touch(3, 99);
+        assert_eq!(m.results[0].last_used, 99);
+    }
+}

@@ -1,0 +1,292 @@
+//! The dependency-tracked protocol ([`Store::get_or_build_tracked`]): a request key's
+//! manifest names its results; a request takes the first whose headers all match the
+//! files now, and otherwise builds a new result and adds it. See the store module's
+//! doc ("Tracked requests") for the steps, and [`super::manifest`] for the manifest.
+
+use std::time::SystemTime;
+
+use super::entry::{HeaderDigest, VerifyError};
+use super::key::{result_key, Key};
+use super::manifest::{self, HeaderRecord, Lookup, Manifest, ResultCheck, ResultRecord};
+use super::{check_entry_in, is_cache_fault, layout, lock, nearly_full, Built, Fetched, Store};
+use crate::clock::unix_secs;
+use crate::error::{Error, Result};
+use crate::fsx::Root;
+
+impl Store {
+    /// Returns a result of the request `request` whose headers match the files on disk
+    /// now, building one with `build` if none does.
+    ///
+    /// `build` gets an empty staging directory; it must leave the source and the
+    /// artifact there, and list in [`Built::headers`] every header the compiler read
+    /// (absolute paths; from the compiler's dependency output). It runs under the
+    /// request key's exclusive lock, once (a second time only into a private directory,
+    /// if the cache turns out not to be writable). The entry returned is keyed by its
+    /// result key and holds that key's lock, as [`Store::get_or_build`]'s does.
+    pub fn get_or_build_tracked(
+        &self,
+        request: &Key,
+        build: &mut dyn FnMut(&Root) -> Result<Built>,
+    ) -> Result<Fetched> {
+        match self.tracked_cached(request, build) {
+            Err(e)
+                if is_cache_fault(&e)
+                    || (matches!(e, Error::Compile(_)) && nearly_full(self.compiledir())) =>
+            {
+                let w = format!(
+                    "the cache cannot be written ({e}); compiled into a private directory instead"
+                );
+                log::warn!("{w}");
+                let mut f = self.build_private(request, build)?;
+                f.warnings.push(w);
+                Ok(f)
+            }
+            r => r,
+        }
+    }
+
+    fn tracked_cached(
+        &self,
+        request: &Key,
+        build: &mut dyn FnMut(&Root) -> Result<Built>,
+    ) -> Result<Fetched> {
+        let mut warnings = Vec::new();
+        if let Some(f) = self.lookup(request, &mut warnings)? {
+            return Ok(f);
+        }
+
+        // Miss: the request key's exclusive lock serialises its builders and the
+        // updates of its manifest; look again under it.
+        let short = &request.hex()[..16];
+        let guard = lock::lock_exclusive(self.root(), &layout::lock(request), &mut |holder| {
+            log::warn!(
+                "waiting for the lock on {short}… held by {}",
+                holder.unwrap_or("another process")
+            )
+        })?;
+        if let Some(mut f) = self.lookup(request, &mut warnings)? {
+            f.lock_wait += guard.waited();
+            return Ok(f);
+        }
+
+        // File times are compared with the file system's clock, not the policy clock.
+        let build_start = SystemTime::now();
+        let mut staging = self.new_staging(request)?;
+        let mut built = match build(&staging.root) {
+            Ok(b) => b,
+            Err(e) => {
+                if matches!(manifest::read(self.root(), request), Ok(Lookup::Missing)) {
+                    // Nothing will be keyed by this lock: no orphan lock file.
+                    let _ = self.root().remove_file(layout::lock(request));
+                }
+                return Err(self.keep_failed(staging, request, e));
+            }
+        };
+        super::pause_point("compiled");
+        let headers = built
+            .headers
+            .drain(..)
+            .map(|p| {
+                HeaderRecord::record(&p, build_start)
+                    .map_err(|e| Error::io("reading the header", &p, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let digests: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|h| (h.path.as_str(), h.blake3.as_str()))
+            .collect();
+        let key = result_key(request, &digests);
+
+        // Publish under the result key's own lock (always taken after the request
+        // key's), so that no collector removes it before the caller loads it.
+        let rguard = lock::lock_exclusive(self.root(), &layout::lock(&key), &mut |_| {})?;
+        let lock_wait = guard.waited() + rguard.waited();
+        let meta = match check_entry_in(self.root(), &key) {
+            // Built before, its manifest lost: the same headers give the same result.
+            Ok(Some((_, meta))) => meta,
+            Ok(None) | Err(VerifyError::Corrupt(_)) => {
+                if check_entry_in(self.root(), &key).is_err() {
+                    self.quarantine_entry(&key)?;
+                }
+                let provenance = (
+                    *request,
+                    headers
+                        .iter()
+                        .map(|h| HeaderDigest {
+                            path: h.path.clone(),
+                            blake3: h.blake3.clone(),
+                        })
+                        .collect(),
+                );
+                let meta = super::seal(
+                    &staging.root,
+                    &key,
+                    built,
+                    self.clock().now(),
+                    Some(provenance),
+                )?;
+                super::pause_point("sealed");
+                self.publish(&mut staging, &key)?;
+                meta
+            }
+            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+        };
+
+        // Record the result in the manifest: most recent first, bounded.
+        let now = unix_secs(self.clock().now());
+        let mut m = match manifest::read(self.root(), request) {
+            Ok(Lookup::Found(m)) => m,
+            _ => Manifest::new(request),
+        };
+        m.insert(ResultRecord {
+            key: key.hex(),
+            headers,
+            created: now,
+            last_used: now,
+        });
+        if let Err(e) = manifest::write(self.root(), &m, request) {
+            // The entry is published; without its manifest line the next request
+            // compiles again, and records it then.
+            log::warn!("could not record {} in its manifest: {e}", &key.hex()[..16]);
+        }
+        // A crash before this point costs the next request a compile (which finds the
+        // entry published and records it); never a wrong or partial result.
+        super::pause_point("published");
+        drop(guard);
+        let entry = self
+            .root()
+            .open_dir(layout::entry(&key))
+            .map_err(|e| super::io_below("opening", self.root(), &layout::entry(&key), e))?;
+        Ok(self.fetched(key, entry, meta, false, warnings, lock_wait, rguard))
+    }
+
+    /// The first result of `request` whose headers match the files now, verified and
+    /// held (shared) as any hit; `None` when none does. A manifest that fails its
+    /// checks is not trusted: a warning, and `None` (the next build rewrites it).
+    fn lookup(&self, request: &Key, warnings: &mut Vec<String>) -> Result<Option<Fetched>> {
+        let short = &request.hex()[..16];
+        let m = match manifest::read(self.root(), request) {
+            Ok(Lookup::Found(m)) => m,
+            Ok(Lookup::Missing) => return Ok(None),
+            Ok(Lookup::Corrupt(why)) => {
+                let w = format!("the manifest of {short}… is not trusted ({why}): rebuilt");
+                log::warn!("{w}");
+                warnings.push(w);
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "reading",
+                    self.root().join(layout::manifest(request)),
+                    e,
+                ))
+            }
+        };
+        let now = SystemTime::now();
+        for (i, r) in m.results.iter().enumerate() {
+            let ResultCheck::Match { refreshed } = r.check(now) else {
+                continue;
+            };
+            // The result key must be what the request and these headers give: a
+            // manifest can never send a request to another result.
+            let Ok(key) = r.key.parse::<Key>() else {
+                continue;
+            };
+            if result_key(request, &r.digests()) != key {
+                let w = format!(
+                    "the manifest of {short}… names a result that its headers do not give: ignored"
+                );
+                log::warn!("{w}");
+                warnings.push(w);
+                continue;
+            }
+            let Some(mut f) = self.get_existing(&key, warnings)? else {
+                continue; // removed by a collector, or corrupt: build it again
+            };
+            if f.meta.request_key.as_deref() != Some(request.hex().as_str()) {
+                continue;
+            }
+            self.refresh_manifest(request, i, refreshed);
+            f.warnings.splice(0..0, warnings.drain(..));
+            return Ok(Some(f));
+        }
+        Ok(None)
+    }
+
+    /// Writes back what a hit learned (headers whose signature changed but not their
+    /// contents; the use of a result), if the request's lock is free right now and
+    /// there is something worth writing. Never waits, never fails the caller.
+    fn refresh_manifest(&self, request: &Key, index: usize, refreshed: Vec<(usize, HeaderRecord)>) {
+        let now = unix_secs(self.clock().now());
+        let resolution = self.config().last_use_resolution.as_secs();
+        let Ok(Lookup::Found(m)) = manifest::read(self.root(), request) else {
+            return;
+        };
+        let Some(taken) = m.results.get(index) else {
+            return;
+        };
+        let rkey = taken.key.clone();
+        let stale_use = now.saturating_sub(taken.last_used) >= resolution.max(1);
+        if refreshed.is_empty() && index == 0 && !stale_use {
+            return;
+        }
+        let Ok(Some(_guard)) = lock::try_lock_exclusive(self.root(), &layout::lock(request)) else {
+            return;
+        };
+        // Again under the lock: the manifest may have changed since.
+        let Ok(Lookup::Found(mut m)) = manifest::read(self.root(), request) else {
+            return;
+        };
+        let Some(i) = m.results.iter().position(|r| r.key == rkey) else {
+            return;
+        };
+        for (h, rec) in refreshed {
+            if let Some(slot) = m.results[i].headers.get_mut(h) {
+                if slot.path == rec.path && slot.blake3 == rec.blake3 {
+                    *slot = rec;
+                }
+            }
+        }
+        m.touch(i, now);
+        let _ = manifest::write(self.root(), &m, request);
+    }
+
+    /// A hit only: the entry of `key`, verified under a shared lock; `None` when it is
+    /// missing. A corrupt one is quarantined (under the exclusive lock), with a warning,
+    /// and `None` returned.
+    pub(crate) fn get_existing(
+        &self,
+        key: &Key,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Fetched>> {
+        if self.root().lstat_fast(layout::entry(key)).is_err() {
+            return Ok(None);
+        }
+        let lock_rel = layout::lock(key);
+        let guard = lock::lock_shared(self.root(), &lock_rel)?;
+        let waited = guard.waited();
+        match check_entry_in(self.root(), key) {
+            Ok(Some((root, meta))) => {
+                return Ok(Some(self.hit(key, root, meta, Vec::new(), waited, guard)))
+            }
+            Ok(None) => return Ok(None),
+            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+            Err(VerifyError::Corrupt(_)) => {}
+        }
+        drop(guard);
+        let _guard = lock::lock_exclusive(self.root(), &lock_rel, &mut |_| {})?;
+        if let Err(VerifyError::Corrupt(c)) = check_entry_in(self.root(), key) {
+            let short = &key.hex()[..16];
+            let w = match self.quarantine_entry(key)? {
+                Some(moved) => format!(
+                    "corrupt cache entry {short}… ({c}): moved to {} and rebuilt",
+                    moved.display()
+                ),
+                None => format!("corrupt cache entry {short}… ({c}): removed and rebuilt"),
+            };
+            log::warn!("{w}");
+            warnings.push(w);
+        }
+        Ok(None)
+    }
+}
