@@ -7,10 +7,12 @@
 //!
 //! Checking a header costs one `stat` while its signature (size, mtime, ctime, inode,
 //! device) is unchanged; a changed signature means hashing it and comparing. A header
-//! whose mtime or ctime was within [`TOO_NEW`] of the build's start when it was
-//! recorded is hashed every time ("file too new", as ccache says: a write in the same
-//! timestamp tick would not show in the signature), until a check finds it settled and
-//! refreshes the record.
+//! whose mtime or ctime was within its timestamps' granularity (50 ms; 2 s on file
+//! systems without sub-second times) of the build's start when it was recorded is hashed
+//! every time ("file too new", as ccache says: a write in the same timestamp tick would
+//! not show in the signature), until a check finds it settled and refreshes the record.
+//! A header *modified* after the build started may not be what the compiler read: that
+//! result is handed to its caller but never recorded (see [`super::tracked`]).
 //!
 //! The file, `manifests/<fan>/<request key>.manifest`, is one line
 //! `xcache-manifest <format> <blake3 of the rest>` and then JSON. It is written whole
@@ -36,9 +38,16 @@ pub const FORMAT: u32 = 1;
 /// At most this many results are kept per request key (the least recently used goes).
 pub const MAX_RESULTS: usize = 8;
 
-/// A header changed within this long before a build started is not trusted by its stat
-/// signature: file systems with coarse timestamps could hide a second write.
-pub const TOO_NEW: Duration = Duration::from_secs(2);
+/// How close to a moment a file's timestamps may be before they cannot tell whether it
+/// changed after that moment: the kernel stamps files with a coarse clock (one tick,
+/// 1-10 ms, behind), and file systems without sub-second timestamps round to seconds.
+fn granularity(md: &std::fs::Metadata) -> Duration {
+    if md.mtime_nsec() == 0 && md.ctime_nsec() == 0 {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(50)
+    }
+}
 
 /// One header a result was built from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,15 +85,26 @@ fn signature(md: &std::fs::Metadata) -> (u64, i128, i128, u64, u64) {
     )
 }
 
+/// True when `md`'s mtime or ctime is within its timestamps' granularity of `since`,
+/// or later: its signature cannot vouch for its contents as of `since`.
 fn too_new(md: &std::fs::Metadata, since: SystemTime) -> bool {
-    let limit = since
-        .checked_sub(TOO_NEW)
+    let (_, _, ctime, _, _) = signature(md);
+    modified_since(md, since) || ctime >= nanos(since, granularity(md))
+}
+
+/// True when `md`'s mtime is within its granularity of `since`, or later: it may have
+/// been written after `since`.
+fn modified_since(md: &std::fs::Metadata, since: SystemTime) -> bool {
+    let (_, mtime, _, _, _) = signature(md);
+    mtime >= nanos(since, granularity(md))
+}
+
+fn nanos(t: SystemTime, minus: Duration) -> i128 {
+    t.checked_sub(minus)
         .unwrap_or(SystemTime::UNIX_EPOCH)
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    let (_, mtime, ctime, _, _) = signature(md);
-    mtime >= limit || ctime >= limit
+        .unwrap_or(0)
 }
 
 /// blake3 of a file (headers live outside the cache: followed as the compiler did).
@@ -95,14 +115,18 @@ fn hash(path: &Path) -> std::io::Result<String> {
 }
 
 impl HeaderRecord {
-    /// Records a header read by a build that started at `build_start`.
-    pub fn record(path: &Path, build_start: SystemTime) -> std::io::Result<HeaderRecord> {
+    /// Records a header read by a build that started at `build_start`. The flag says
+    /// whether it may have been written after the build started (while the compiler
+    /// read it, or since): then the hash taken now need not be what the compiler saw,
+    /// and the result must not be recorded under it.
+    pub fn record(path: &Path, build_start: SystemTime) -> std::io::Result<(HeaderRecord, bool)> {
         // Stat before and after hashing: a header rewritten meanwhile is not trusted.
         let before = std::fs::metadata(path)?;
         let blake3 = hash(path)?;
         let after = std::fs::metadata(path)?;
+        let racy = signature(&before) != signature(&after) || modified_since(&after, build_start);
         let (size, mtime_ns, ctime_ns, ino, dev) = signature(&after);
-        Ok(HeaderRecord {
+        let rec = HeaderRecord {
             path: path.to_string_lossy().into_owned(),
             blake3,
             size,
@@ -110,8 +134,9 @@ impl HeaderRecord {
             ctime_ns,
             ino,
             dev,
-            stat_trusted: signature(&before) == signature(&after) && !too_new(&after, build_start),
-        })
+            stat_trusted: !racy && !too_new(&after, build_start),
+        };
+        Ok((rec, racy))
     }
 
     /// Checks the header on disk against the record: by signature when it vouches, else
@@ -366,12 +391,24 @@ mod tests {
         let h = d.path().join("h.h");
         std::fs::write(&h, "#define V 1\n").unwrap();
         // Recorded by a build that started long after the write: trusted.
-        let r = HeaderRecord::record(&h, old()).unwrap();
+        let set_old = |p: &Path| {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(60))
+                .unwrap();
+        };
+        set_old(&h);
+        let (r, racy) = HeaderRecord::record(&h, SystemTime::now()).unwrap();
+        assert!(!racy, "written before the build");
+        // Its ctime is now (the mtime was just set): not trusted by signature yet.
+        assert!(!r.stat_trusted);
+        let (r, _) = HeaderRecord::record(&h, old()).unwrap();
         assert!(r.stat_trusted);
         assert_eq!(r.check(old()), HeaderCheck::Same);
-        // Recorded by a build that started right after the write: too new.
-        let fresh = HeaderRecord::record(&h, SystemTime::now()).unwrap();
-        assert!(!fresh.stat_trusted);
+        // Written after the build started: racy, and too new.
+        let start = SystemTime::now() - Duration::from_secs(1);
+        std::fs::write(&h, "#define V 1\n").unwrap();
+        let (fresh, racy) = HeaderRecord::record(&h, start).unwrap();
+        assert!(racy && !fresh.stat_trusted);
         assert!(
             matches!(fresh.check(old()), HeaderCheck::SameContent { refreshed } if refreshed.stat_trusted)
         );

@@ -83,18 +83,31 @@ impl Store {
             }
         };
         super::pause_point("compiled");
+        let mut racy = false;
         let headers = built
             .headers
             .drain(..)
             .map(|p| {
-                HeaderRecord::record(&p, build_start)
-                    .map_err(|e| Error::io("reading the header", &p, e))
+                let (rec, r) = HeaderRecord::record(&p, build_start)
+                    .map_err(|e| Error::io("reading the header", &p, e))?;
+                racy |= r;
+                Ok(rec)
             })
             .collect::<Result<Vec<_>>>()?;
-        let digests: Vec<(&str, &str)> = headers
+        let mut digests: Vec<(&str, &str)> = headers
             .iter()
             .map(|h| (h.path.as_str(), h.blake3.as_str()))
             .collect();
+        // A header written after the build started may not be what the compiler read:
+        // the result goes to this caller under a key nobody can look up, and is not
+        // recorded (the next request compiles again, from settled headers).
+        let unique = super::layout::unique();
+        if racy {
+            log::info!(
+                "a header of {short}… changed while it was compiled: the result is not recorded"
+            );
+            digests.push(("xcache-unrecorded", &unique));
+        }
         let key = result_key(request, &digests);
 
         // Publish under the result key's own lock (always taken after the request
@@ -144,7 +157,12 @@ impl Store {
             created: now,
             last_used: now,
         });
-        if let Err(e) = manifest::write(self.root(), &m, request) {
+        let write = if racy {
+            Ok(())
+        } else {
+            manifest::write(self.root(), &m, request)
+        };
+        if let Err(e) = write {
             // The entry is published; without its manifest line the next request
             // compiles again, and records it then.
             log::warn!("could not record {} in its manifest: {e}", &key.hex()[..16]);
