@@ -40,6 +40,7 @@ doc = "ieee: the dtype's own multiply-add on the SIMT units; tf32: float32 A and
 #include <cuda_runtime.h>
 #include <stdint.h>
 {%- set t = {"float32": "float", "float64": "double"}[dtype] %}
+{%- set ptx = {"ieee": "", "tf32": "tf32", "bf16": "bf16", "fp16": "f16"}[precision] %}
 {%- if precision != "ieee" and dtype != "float32" %}
 #error "cuda/gemm: precision {{ precision }} needs dtype float32 (the tensor cores accumulate in float32)"
 {%- endif %}
@@ -318,7 +319,7 @@ static __device__ __forceinline__ void xc_mma(float (&d)[4], const uint32_t (&a)
 {%- if precision == "tf32" %}
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 { %0, %1, %2, %3}, { %4, %5, %6, %7}, { %8, %9}, { %0, %1, %2, %3};\n"
 {%- else %}
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.{{ precision }}.{{ precision }}.f32 { %0, %1, %2, %3}, { %4, %5, %6, %7}, { %8, %9}, { %0, %1, %2, %3};\n"
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.{{ ptx }}.{{ ptx }}.f32 { %0, %1, %2, %3}, { %4, %5, %6, %7}, { %8, %9}, { %0, %1, %2, %3};\n"
 {%- endif %}
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -554,19 +555,19 @@ static const xc_launch_fn xc_configs[] = {
 
 #define XC_CONFIGS ((int)(sizeof(xc_configs) / sizeof(xc_configs[0])))
 
-/* The size class: the largest tile that still gives every multiprocessor work. */
+/* The size class, from timings of every config on an H200 (benches/gpu_check.py): the
+ * largest tile while its tiles still give (most) multiprocessors a block, else the
+ * smallest. float32: 256x128 tiles of 16x8 per thread reach cuBLAS at 2048^3 and
+ * above; at 1024^3 (32 such tiles) 64x64 tiles of 4x4 are fastest. Tensor cores:
+ * 128x128 (bf16, fp16) or 128x256 (tf32) from about one tile per multiprocessor, else
+ * 64x64. */
 static int xc_pick(int64_t m, int64_t n, int sms) {
-    const int64_t big = xc_cdiv(m, 128) * xc_cdiv(n, 128);
 {%- if precision == "ieee" and dtype == "float32" %}
-    if (big >= 2 * sms) return 0;
-    if (xc_cdiv(m, 128) * xc_cdiv(n, 64) >= 2 * sms) return 4;
-    return 6;
+    return xc_cdiv(m, 256) * xc_cdiv(n, 128) * 3 >= 2 * (int64_t)sms ? 3 : 7;
 {%- elif precision == "ieee" %}
-    return big * 4 >= 2 * sms ? 0 : 1;
+    return xc_cdiv(m, 64) * xc_cdiv(n, 64) >= 2 * (int64_t)sms ? 0 : 1;
 {%- else %}
-    if (big >= sms) return 0;
-    if (xc_cdiv(m, 64) * xc_cdiv(n, 128) >= sms) return 4;
-    return 5;
+    return xc_cdiv(m, 128) * xc_cdiv(n, 128) >= sms ? {{ 1 if precision == "tf32" else 0 }} : 5;
 {%- endif %}
 }
 

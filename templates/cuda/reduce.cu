@@ -277,16 +277,21 @@ __global__ void __launch_bounds__(XC_THREADS) xc_rows_block(int64_t rows, int64_
     }
 }
 
-/* Second pass of a split row reduction: a warp per row over its chunks' partials. */
+/* Second pass of a split row reduction: a block per row over its chunks' partials,
+ * four loads in flight per thread (a single row can have thousands of chunks). */
 __global__ void __launch_bounds__(XC_THREADS) xc_rows_finish(int64_t rows, int64_t cols,
         int64_t chunks, const xc_acc *__restrict__ part, xc_t *__restrict__ out) {
-    const int lane = threadIdx.x & 31;
-    const int64_t warps = ((int64_t)gridDim.x * XC_THREADS) >> 5;
-    for (int64_t r = ((int64_t)blockIdx.x * XC_THREADS + threadIdx.x) >> 5; r < rows; r += warps) {
+    __shared__ xc_acc red[XC_THREADS / 32];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const xc_acc *p = part + r * chunks;
         xc_acc a = {{ init }};
-        for (int64_t c = lane; c < chunks; c += 32) a = xc_combine(a, part[r * chunks + c]);
-        a = xc_warp_reduce<32>(a);
-        if (lane == 0) out[r] = xc_final(a, cols);
+        int64_t c = threadIdx.x;
+        for (; c + 3 * XC_THREADS < chunks; c += 4 * XC_THREADS)
+            a = xc_combine(a, xc_combine(xc_combine(p[c], p[c + XC_THREADS]),
+                                         xc_combine(p[c + 2 * XC_THREADS], p[c + 3 * XC_THREADS])));
+        for (; c < chunks; c += XC_THREADS) a = xc_combine(a, p[c]);
+        a = xc_block_reduce(a, red);
+        if (threadIdx.x == 0) out[r] = xc_final(a, cols);
     }
 }
 
@@ -329,7 +334,7 @@ static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int 
     const unsigned grid = (unsigned)xc_min64(rows * chunks, slots);
     if (part) {
         xc_rows_block<true><<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, part, chunks, chunk_units);
-        xc_rows_finish<<<(unsigned)xc_min64(xc_cdiv(rows, XC_THREADS / 32), slots), XC_THREADS, 0, s>>>(
+        xc_rows_finish<<<(unsigned)xc_min64(rows, slots), XC_THREADS, 0, s>>>(
             rows, cols, chunks, part, out);
         const cudaError_t e = cudaGetLastError();
         (void)cudaFreeAsync(part, s);
@@ -415,23 +420,45 @@ __global__ void __launch_bounds__(XC_THREADS) xc_cols(int64_t rows, int64_t cols
     }
 }
 
-/* Second pass of a split column reduction: a thread per column over the chunks. */
+/* Second pass of a split column reduction over the (chunks x cols) partials: block
+ * (TX, TY) as in xc_cols, thread y taking every TY-th chunk, four loads in flight. */
 __global__ void __launch_bounds__(XC_THREADS) xc_cols_finish(int64_t rows, int64_t cols,
         int64_t chunks, const xc_acc *__restrict__ part, xc_t *__restrict__ out) {
-    const int64_t stride = (int64_t)gridDim.x * XC_THREADS;
-    for (int64_t c = (int64_t)blockIdx.x * XC_THREADS + threadIdx.x; c < cols; c += stride) {
-        xc_acc a = {{ init }};
-        for (int64_t ch = 0; ch < chunks; ch++) a = xc_combine(a, part[ch * cols + c]);
-        out[c] = xc_final(a, rows);
+    __shared__ xc_acc red[XC_THREADS];
+    const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
+    const int64_t col = (int64_t)blockIdx.x * TX + tx;
+    xc_acc a = {{ init }};
+    if (col < cols) {
+        int64_t ch = ty;
+        for (; ch + 3 * TY < chunks; ch += 4 * TY)
+            a = xc_combine(a, xc_combine(xc_combine(part[ch * cols + col], part[(ch + TY) * cols + col]),
+                                         xc_combine(part[(ch + 2 * TY) * cols + col], part[(ch + 3 * TY) * cols + col])));
+        for (; ch < chunks; ch += TY) a = xc_combine(a, part[ch * cols + col]);
     }
+    red[ty * TX + tx] = a;
+    __syncthreads();
+    for (int s = TY / 2; s > 0; s >>= 1) {
+        if (ty < s) red[ty * TX + tx] = a = xc_combine(a, red[(ty + s) * TX + tx]);
+        __syncthreads();
+    }
+    if (ty == 0 && col < cols) out[col] = xc_final(a, rows);
+}
+
+/* Block shape for a (rows x units) problem: TX units wide (32, fewer for narrow
+ * matrices), TY = 256 / TX rows deep, fewer (and TX wider) for short ones. */
+static dim3 xc_cols_block(int64_t rows, int64_t units) {
+    int tx = 32;
+    while (tx > 1 && tx / 2 >= units) tx /= 2;
+    int ty = XC_THREADS / tx;
+    while (ty > 1 && ty > rows) ty /= 2;
+    return dim3(XC_THREADS / ty, ty);
 }
 
 static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int dev, int sms, cudaStream_t s) {
     const bool vector = ((uintptr_t)in & 15) == 0 && cols % XC_VEC == 0;
     const int64_t units = vector ? cols / XC_VEC : cols;
-    int tx = 32;
-    while (tx > 1 && tx / 2 >= units) tx /= 2;
-    const int ty = XC_THREADS / tx;
+    const dim3 block = xc_cols_block(rows, units);
+    const int tx = (int)block.x, ty = (int)block.y;
     const int64_t col_blocks = xc_cdiv(units, tx);
     const int64_t slots = (int64_t)sms * (vector ? xc_per_sm<xc_cols<true, true>>() : xc_per_sm<xc_cols<false, true>>());
     /* Enough blocks for two rounds of resident blocks, each thread keeping >= 16 rows. */
@@ -442,12 +469,12 @@ static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int 
     if (!part) chunks = 1;
     const int64_t rows_per_chunk = xc_max64(1, xc_cdiv(rows, chunks));
     chunks = xc_max64(1, xc_cdiv(rows, rows_per_chunk));
-    const dim3 grid((unsigned)col_blocks, (unsigned)chunks), block(tx, ty);
+    const dim3 grid((unsigned)col_blocks, (unsigned)chunks);
     if (part) {
         if (vector) xc_cols<true, true><<<grid, block, 0, s>>>(rows, cols, in, out, part, rows_per_chunk);
         else xc_cols<false, true><<<grid, block, 0, s>>>(rows, cols, in, out, part, rows_per_chunk);
-        xc_cols_finish<<<(unsigned)xc_min64(xc_cdiv(cols, XC_THREADS), slots), XC_THREADS, 0, s>>>(
-            rows, cols, chunks, part, out);
+        const dim3 fblock = xc_cols_block(chunks, cols);
+        xc_cols_finish<<<(unsigned)xc_cdiv(cols, fblock.x), fblock, 0, s>>>(rows, cols, chunks, part, out);
         const cudaError_t e = cudaGetLastError();
         (void)cudaFreeAsync(part, s);
         return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
