@@ -20,7 +20,7 @@ for axis in 0 1; do
 done
 v g_f32 cuda/gemm dtype=float32
 v g_f32r cuda/gemm dtype=float32 relu=true
-v g_f64 cuda/gemm dtype=float64 relu=true
+v g_f64r cuda/gemm dtype=float64 relu=true
 v g_tf32 cuda/gemm dtype=float32 precision=tf32
 v g_tf32r cuda/gemm dtype=float32 precision=tf32 relu=true
 v g_bf16 cuda/gemm dtype=float32 precision=bf16

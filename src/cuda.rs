@@ -494,10 +494,8 @@ impl<T: Element> CudaReduce<T> {
     ) -> Result<()> {
         let rows = if self.axis == 1 {
             out.len
-        } else if cols == 0 {
-            0
         } else {
-            input.len / cols
+            input.len.checked_div(cols).unwrap_or(0)
         };
         if rows.checked_mul(cols) != Some(input.len) || (self.axis == 0 && out.len != cols) {
             return Err(Error::InvalidRequest(format!(
@@ -515,6 +513,23 @@ impl<T: Element> CudaReduce<T> {
                 std::ptr::null_mut(),
             )
         };
+        self.cuda.launched(code, "xc_reduce")
+    }
+
+    /// Queues the reduction of a `rows x cols` matrix at raw device addresses (any
+    /// element alignment, e.g. a view one element in).
+    ///
+    /// # Safety
+    /// `input` must address `rows * cols` elements of `T` and `out` the result's
+    /// `rows` (axis 1) or `cols` (axis 0) elements, on the current device.
+    pub unsafe fn launch_raw(
+        &self,
+        rows: usize,
+        cols: usize,
+        input: *const c_void,
+        out: *mut c_void,
+    ) -> Result<()> {
+        let code = (self.f)(rows as i64, cols as i64, input, out, std::ptr::null_mut());
         self.cuda.launched(code, "xc_reduce")
     }
 

@@ -19,16 +19,25 @@ inputs = ["x"]
 dtype = "dtype"
 default = "x"
 doc = "element-wise expression applied before reducing, e.g. x*x"
+
+[params.axis]
+type = "int"
+min = 0
+max = 1
+default = 1
+doc = "1: reduce along each row (out has rows elements, as numpy's sum(axis=1)); 0: reduce along the leading axis, down each column (out has cols elements, as sum(axis=0))"
 */
 /* ABI: int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out)
  *   in   rows*cols elements of `dtype`, row-major
- *   out  rows elements of `dtype`: out[r] = op over c of pre(in[r*cols + c])
- * Floats are summed in vector lanes of their own type over blocks of 1024 elements
- * and the block sums in double, so long float32 rows keep about float32 accuracy
- * (like numpy's pairwise sums); int sums wrap (two's complement), and an int mean is
- * the wrapped sum divided by cols, truncated. max and min return NaN if any element is
- * NaN. An empty row gives 0 for sum, NaN (or 0 for ints) for mean, and -inf/+inf (or
- * the int's min/max) for max/min.
+ *   out  axis=1: rows elements, out[r] = op over c of pre(in[r*cols + c]);
+ *        axis=0: cols elements, out[c] = op over r of pre(in[r*cols + c])
+ * axis=1: floats are summed in vector lanes of their own type over blocks of 1024
+ * elements and the block sums in double, so long float32 rows keep about float32
+ * accuracy (like numpy's pairwise sums). axis=0: every column accumulates in double,
+ * the rows streamed through a block of 512 column accumulators. Int sums wrap (two's
+ * complement), and an int mean is the wrapped sum divided by the count, truncated.
+ * max and min return NaN if any element is NaN. An empty reduction gives 0 for sum,
+ * NaN (or 0 for ints) for mean, and -inf/+inf (or the int's min/max) for max/min.
  * Returns 0 on success, 1 if rows < 0 or cols < 0, 2 if a pointer is NULL. */
 {{ xc_prelude }}
 #include <float.h>
@@ -42,6 +51,7 @@ doc = "element-wise expression applied before reducing, e.g. x*x"
 
 static inline {{ ctype }} xc_pre({{ ctype }} x) { return {{ pre }}; }
 
+{%- if axis == 1 %}
 int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out) {
     if (rows < 0 || cols < 0) return 1;
     if (rows == 0) return 0;
@@ -87,3 +97,42 @@ int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out) {
     }
     return 0;
 }
+{%- else %}
+
+#define XC_COLS 512
+
+int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out) {
+    if (rows < 0 || cols < 0) return 1;
+    if (cols == 0) return 0;
+    if (!out || (!in && rows > 0)) return 2;
+    const {{ ctype }} *src = (const {{ ctype }} *)in;
+    {{ ctype }} *dst = ({{ ctype }} *)out;
+    for (int64_t c0 = 0; c0 < cols; c0 += XC_COLS) {
+        const int64_t cb = cols - c0 < XC_COLS ? cols - c0 : XC_COLS;
+        {{ acc }} a[XC_COLS];
+        for (int64_t c = 0; c < cb; c++) a[c] = {{ "0" if op in ["sum", "mean"] else (lowest if op == "max" else highest) }};
+        for (int64_t r = 0; r < rows; r++) {
+            const {{ ctype }} *row = src + r * cols + c0;
+#pragma omp simd
+            for (int64_t c = 0; c < cb; c++) {
+{%- if op in ["sum", "mean"] %}
+                a[c] += ({{ acc }})xc_pre(row[c]);
+{%- else %}
+                const {{ ctype }} v = xc_pre(row[c]);
+                a[c] = (v {{ ">" if op == "max" else "<" }} a[c] || v != v) ? v : a[c];
+{%- endif %}
+            }
+        }
+        for (int64_t c = 0; c < cb; c++) {
+{%- if op == "mean" and is_float %}
+            dst[c0 + c] = ({{ ctype }})(rows > 0 ? a[c] / (double)rows : NAN);
+{%- elif op == "mean" %}
+            dst[c0 + c] = rows > 0 ? ({{ ctype }})((int64_t)a[c] / rows) : 0;
+{%- else %}
+            dst[c0 + c] = ({{ ctype }})a[c];
+{%- endif %}
+        }
+    }
+    return 0;
+}
+{%- endif %}

@@ -502,14 +502,14 @@ static int xc_run(int m, int n, int k, const void *a, const void *b, const xc_t 
 /* BM, BN, BK, TM, TN, min blocks per SM; the size classes below pick among them. */
 {%- if dtype == "float32" %}
 static const xc_launch_fn xc_configs[] = {
-    xc_run<128, 128, 8, 8, 8, 2>,     /* 0: 256 threads, large problems */
+    xc_run<128, 128, 8, 8, 8, 2>,     /* 0: 256 threads of 8x8 */
     xc_run<128, 128, 16, 8, 8, 2>,    /* 1 */
     xc_run<128, 256, 8, 8, 16, 1>,    /* 2: 256 threads, 128 accumulators each */
-    xc_run<256, 128, 8, 16, 8, 1>,    /* 3 */
-    xc_run<128, 64, 8, 8, 8, 4>,      /* 4: 128 threads, medium problems */
+    xc_run<256, 128, 8, 16, 8, 1>,    /* 3: the large size class */
+    xc_run<128, 64, 8, 8, 8, 4>,      /* 4: 128 threads */
     xc_run<64, 128, 8, 8, 8, 4>,      /* 5 */
-    xc_run<64, 64, 8, 8, 8, 8>,       /* 6: 64 threads, small problems */
-    xc_run<64, 64, 16, 4, 4, 2>,      /* 7: 256 threads of 4x4 */
+    xc_run<64, 64, 8, 8, 8, 8>,       /* 6: 64 threads */
+    xc_run<64, 64, 16, 4, 4, 2>,      /* 7: 256 threads of 4x4, the small size class */
     xc_run<128, 128, 8, 8, 8, 1>,     /* 8: as 0, registers unbounded */
     xc_run<128, 128, 16, 8, 8, 1>,    /* 9: as 1, registers unbounded */
 };
@@ -547,8 +547,15 @@ static const xc_launch_fn xc_configs[] = {
     xc_run<128, 256, 32, 64, 64, 3>,  /* 1: 8 warps */
     xc_run<256, 128, 32, 64, 64, 3>,  /* 2: 8 warps */
     xc_run<128, 128, 32, 64, 32, 4>,  /* 3: 8 warps of 64x32 */
-    xc_run<64, 128, 32, 32, 64, 4>,   /* 4: 4 warps, medium problems */
-    xc_run<64, 64, 32, 32, 32, 4>,    /* 5: 4 warps, small problems */
+    xc_run<64, 128, 32, 32, 64, 4>,   /* 4: 4 warps */
+    xc_run<64, 64, 32, 32, 32, 4>,    /* 5: 4 warps, the small size class */
+{%- if precision == "tf32" %}
+    xc_run<128, 128, 64, 64, 64, 3>,  /* 6: longer k-slices, 209 KiB */
+    xc_run<128, 256, 32, 64, 64, 4>,  /* 7: as 1, a stage deeper */
+{%- else %}
+    xc_run<128, 128, 64, 64, 64, 3>,  /* 6: longer k-slices */
+    xc_run<128, 256, 64, 64, 64, 3>,  /* 7: 8 warps, longer k-slices */
+{%- endif %}
 };
 #define XC_NEEDS_SM80 1
 {%- endif %}
