@@ -45,6 +45,15 @@ fn gpu_jit(tc: &TestCache) -> Option<(Jit, Cuda)> {
     Some((jit, cuda))
 }
 
+/// Compiles `reqs` in parallel (the GPU tests need dozens of variants; serially their
+/// nvcc runs would dominate), so that the handles' own requests are hits.
+fn warm(jit: &Jit, reqs: Vec<TemplateRequest>) {
+    let reqs: Vec<xcache::Request> = reqs.into_iter().map(Into::into).collect();
+    for r in jit.compile_many(&reqs, 8) {
+        r.unwrap();
+    }
+}
+
 fn req(name: &str, params: &[(&str, &str)]) -> TemplateRequest {
     params
         .iter()
@@ -476,6 +485,23 @@ fn gpu_reduce_matches_the_cpu_reference() {
     let Some((jit, cuda)) = gpu_jit(&tc) else {
         return;
     };
+    let mut reqs = Vec::new();
+    for dtype in ["float32", "float64"] {
+        for op in ["sum", "max", "min", "mean"] {
+            for axis in ["1", "0"] {
+                reqs.push(req(
+                    "cuda/reduce",
+                    &[
+                        ("dtype", dtype),
+                        ("op", op),
+                        ("pre", "x*x - 0.25"),
+                        ("axis", axis),
+                    ],
+                ));
+            }
+        }
+    }
+    warm(&jit, reqs);
     gpu_reduce::<f32>(&jit, &cuda);
     gpu_reduce::<f64>(&jit, &cuda);
     // Integer sums wrap; both axes.
@@ -524,9 +550,9 @@ fn to_fp16(x: f32) -> u16 {
     sign | ((exp as u16) << 10) | ((bits >> 13) & 0x3ff) as u16 // normal, exact here
 }
 
-fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda) {
+fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda, relus: &[bool]) {
     let mut rng = Rng(8);
-    for relu in [false, true] {
+    for &relu in relus {
         let g = cuda.gemm::<T>(jit, relu).unwrap();
         for (m, n, k) in [
             (1, 1, 1),
@@ -580,14 +606,17 @@ fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda) {
 }
 
 /// The tensor-core precisions, on exact inputs; a NaN in A gives a NaN row, relu keeps it.
+const TENSOR_CORE_CASES: [(GemmPrecision, bool); 4] = [
+    (GemmPrecision::Tf32, true),
+    (GemmPrecision::Tf32, false),
+    (GemmPrecision::Bf16, false),
+    (GemmPrecision::Fp16, true),
+];
+
 fn gpu_gemm_tensor_cores(jit: &Jit, cuda: &Cuda) {
     let mut rng = Rng(9);
-    for precision in [
-        GemmPrecision::Tf32,
-        GemmPrecision::Bf16,
-        GemmPrecision::Fp16,
-    ] {
-        for relu in [false, true] {
+    for (precision, relu) in TENSOR_CORE_CASES {
+        {
             let g = cuda.gemm_with::<f32>(jit, relu, precision).unwrap();
             assert_eq!(g.precision(), precision);
             for (m, n, k) in [
@@ -670,9 +699,49 @@ fn gpu_gemm_matches_the_cpu_reference() {
     let Some((jit, cuda)) = gpu_jit(&tc) else {
         return;
     };
-    gpu_gemm::<f32>(&jit, &cuda);
-    gpu_gemm::<f64>(&jit, &cuda);
-    if cuda.device().unwrap().major >= 8 {
+    let tensor_cores = cuda.device().unwrap().major >= 8;
+    let mut reqs = vec![
+        req(
+            "cuda/gemm",
+            &[
+                ("dtype", "float32"),
+                ("relu", "false"),
+                ("precision", "ieee"),
+            ],
+        ),
+        req(
+            "cuda/gemm",
+            &[
+                ("dtype", "float32"),
+                ("relu", "true"),
+                ("precision", "ieee"),
+            ],
+        ),
+        req(
+            "cuda/gemm",
+            &[
+                ("dtype", "float64"),
+                ("relu", "true"),
+                ("precision", "ieee"),
+            ],
+        ),
+    ];
+    if tensor_cores {
+        for (precision, relu) in TENSOR_CORE_CASES {
+            reqs.push(req(
+                "cuda/gemm",
+                &[
+                    ("dtype", "float32"),
+                    ("relu", if relu { "true" } else { "false" }),
+                    ("precision", precision.as_str()),
+                ],
+            ));
+        }
+    }
+    warm(&jit, reqs);
+    gpu_gemm::<f32>(&jit, &cuda, &[false, true]);
+    gpu_gemm::<f64>(&jit, &cuda, &[true]);
+    if tensor_cores {
         gpu_gemm_tensor_cores(&jit, &cuda);
     } else {
         eprintln!("SKIPPED: tensor-core GEMM needs compute capability 8.0");
