@@ -333,8 +333,11 @@ def check_gemm(name, g, config, prec, relu, m, n, k, offset=0, bias=True, nan=Fa
         fail(f"{what}: NaN pattern differs ({int(cp.isnan(got).sum())} NaN vs {int(nanmask.sum())} expected)")
         return None
     refz, gotz = cp.where(nanmask, 0, ref), cp.where(nanmask, 0, got)
-    # Error bound scale: sum_p |a||b| per element (inputs in [-1, 1]).
-    scale = float(cp.max(cp.abs(cp.where(cp.isnan(a64), 0, a64)) @ cp.abs(b64))) if k else 1.0
+    # Error bound scale: sum_p |a||b| (+ |bias|) per element.
+    mags = cp.abs(cp.where(cp.isnan(a64), 0, a64)) @ cp.abs(b64) if k else cp.zeros((m, n))
+    if bias:
+        mags = mags + cp.abs(bv.astype(cp.float64))[None, :]
+    scale = max(float(cp.max(mags)), 1e-30)
     err = float(cp.max(cp.abs(gotz - refz))) / max(scale, 1e-30)
     tol = 1e-12 if prec == "f64" else 2e-6
     if not err <= tol:
