@@ -40,17 +40,20 @@ def stream():
     return cp.cuda.get_current_stream().ptr
 
 
-def time_ms(fn, reps=20, warmup=3, min_ms=1.0):
-    """Median per-call time: CUDA events around enough back-to-back calls to take min_ms."""
-    for _ in range(warmup):
-        fn()
-    cp.cuda.Device().synchronize()
+def time_ms(fn, reps=20, warmup_ms=30.0, min_ms=1.0):
+    """Median per-call time: after >= warmup_ms of calls (with a 3-call warm-up, the first
+    timing of a section once ran up to 15% slower than the same kernel timed right after
+    it), CUDA events around enough back-to-back calls to take min_ms."""
     s, e = cp.cuda.Event(), cp.cuda.Event()
-    s.record()
-    fn()
-    e.record()
-    e.synchronize()
-    inner = max(1, min(200, int(min_ms / max(cp.cuda.get_elapsed_time(s, e), 1e-3))))
+    spent, calls = 0.0, 0
+    while calls < 3 or (spent < warmup_ms and calls < 500):
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        last = cp.cuda.get_elapsed_time(s, e)
+        spent, calls = spent + last, calls + 1
+    inner = max(1, min(200, int(min_ms / max(last, 1e-3))))
     times = []
     for _ in range(reps):
         s.record()
@@ -228,8 +231,8 @@ def main():
         for _ in range(iters):
             cp.exp(x, out=y)
 
-    t_loop = time_ms(loop_ours, reps=5, warmup=1)
-    t_loop_cupy = time_ms(loop_cupy, reps=5, warmup=1)
+    t_loop = time_ms(loop_ours, reps=5)
+    t_loop_cupy = time_ms(loop_cupy, reps=5)
     cerr = float(cp.max(cp.abs(y - cp.exp(x.astype(cp.float64))) / cp.exp(x.astype(cp.float64))))
 
     lines += [
