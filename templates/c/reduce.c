@@ -34,7 +34,7 @@ doc = "1: reduce along each row (out has rows elements, as numpy's sum(axis=1));
  * axis=1: floats are summed in vector lanes of their own type over blocks of 1024
  * elements and the block sums in double, so long float32 rows keep about float32
  * accuracy (like numpy's pairwise sums). axis=0: every column accumulates in double,
- * the rows streamed through a block of 512 column accumulators. Int sums wrap (two's
+ * four rows folded at a time into a block of 2048 column accumulators. Int sums wrap (two's
  * complement), and an int mean is the wrapped sum divided by the count, truncated.
  * max and min return NaN if any element is NaN. An empty reduction gives 0 for sum,
  * NaN (or 0 for ints) for mean, and -inf/+inf (or the int's min/max) for max/min.
@@ -45,6 +45,7 @@ doc = "1: reduce along each row (out has rows elements, as numpy's sum(axis=1));
 {%- set is_float = dtype in ["float32", "float64"] %}
 {%- set acc = "double" if is_float else ("uint64_t" if op in ["sum", "mean"] else ctype) %}
 {%- set lowest = {"float32": "-INFINITY", "float64": "-INFINITY", "int32": "INT32_MIN", "int64": "INT64_MIN"}[dtype] %}
+{%- set cacc = acc if op in ["sum", "mean"] else ctype %}
 {%- set highest = {"float32": "INFINITY", "float64": "INFINITY", "int32": "INT32_MAX", "int64": "INT64_MAX"}[dtype] %}
 
 #define XC_BLOCK 1024
@@ -99,7 +100,15 @@ int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out) {
 }
 {%- else %}
 
-#define XC_COLS 512
+#define XC_COLS 2048 /* column accumulators: 16 KiB of doubles, in L1 */
+
+static inline {{ cacc }} xc_fold({{ cacc }} p, {{ cacc }} q) {
+{%- if op in ["sum", "mean"] %}
+    return p + q;
+{%- else %}
+    return q != q ? q : (q {{ ">" if op == "max" else "<" }} p ? q : p); /* NaN sticks; this form vectorises */
+{%- endif %}
+}
 
 int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out) {
     if (rows < 0 || cols < 0) return 1;
@@ -107,21 +116,26 @@ int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out) {
     if (!out || (!in && rows > 0)) return 2;
     const {{ ctype }} *src = (const {{ ctype }} *)in;
     {{ ctype }} *dst = ({{ ctype }} *)out;
+    {{ cacc }} a[XC_COLS];
     for (int64_t c0 = 0; c0 < cols; c0 += XC_COLS) {
         const int64_t cb = cols - c0 < XC_COLS ? cols - c0 : XC_COLS;
-        {{ acc }} a[XC_COLS];
         for (int64_t c = 0; c < cb; c++) a[c] = {{ "0" if op in ["sum", "mean"] else (lowest if op == "max" else highest) }};
-        for (int64_t r = 0; r < rows; r++) {
-            const {{ ctype }} *row = src + r * cols + c0;
+        int64_t r = 0;
+        /* Four rows at a time: one load and store of each accumulator per four rows,
+         * the rows read as four sequential streams. */
+        for (; r + 4 <= rows; r += 4) {
+            const {{ ctype }} *p0 = src + r * cols + c0, *p1 = p0 + cols, *p2 = p1 + cols, *p3 = p2 + cols;
 #pragma omp simd
             for (int64_t c = 0; c < cb; c++) {
-{%- if op in ["sum", "mean"] %}
-                a[c] += ({{ acc }})xc_pre(row[c]);
-{%- else %}
-                const {{ ctype }} v = xc_pre(row[c]);
-                a[c] = (v {{ ">" if op == "max" else "<" }} a[c] || v != v) ? v : a[c];
-{%- endif %}
+                const {{ cacc }} x01 = xc_fold(({{ cacc }})xc_pre(p0[c]), ({{ cacc }})xc_pre(p1[c]));
+                const {{ cacc }} x23 = xc_fold(({{ cacc }})xc_pre(p2[c]), ({{ cacc }})xc_pre(p3[c]));
+                a[c] = xc_fold(a[c], xc_fold(x01, x23));
             }
+        }
+        for (; r < rows; r++) {
+            const {{ ctype }} *p = src + r * cols + c0;
+#pragma omp simd
+            for (int64_t c = 0; c < cb; c++) a[c] = xc_fold(a[c], ({{ cacc }})xc_pre(p[c]));
         }
         for (int64_t c = 0; c < cb; c++) {
 {%- if op == "mean" and is_float %}
