@@ -2,7 +2,8 @@
 # Runs the whole benchmark suite and rewrites docs/BENCHMARKS.md, one section per
 # script. Every figure is a median next to a baseline measured in the same run.
 # Takes about 10 minutes here (the 100k-entry cache is written twice a run). The GPU
-# section comes from benches/cuda_bench.py, run on a GPU machine.
+# section comes from benches/cuda_bench.py (and its checks and tile sweep from
+# benches/gpu_check.py), run on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v ccache >/dev/null || apt-get install -y -qq ccache
@@ -16,5 +17,6 @@ python3 benches/process_hit.py --write "$out"
 python3 benches/concurrency.py --write "$out"
 python3 benches/scale.py --write "$out"
 python3 benches/check1.py --write "$out"
+python3 benches/cpu_kernels.py --write "$out"
 python3 benches/peers.py --write "$out"
 echo "wrote $out"

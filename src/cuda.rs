@@ -49,6 +49,53 @@ pub type CudaGemmFn = unsafe extern "C" fn(
     *mut c_void,
     *mut c_void,
 ) -> i32;
+/// `int xc_gemm_bias(int64_t m, int64_t n, int64_t k, const void *a, const void *b, const void *bias, void *c, void *stream)`
+pub type CudaGemmBiasFn = unsafe extern "C" fn(
+    i64,
+    i64,
+    i64,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *mut c_void,
+    *mut c_void,
+) -> i32;
+
+/// Element types a [`DeviceBuffer`] can hold: the templates' element types, and `u16`
+/// for the bits of bf16 or fp16 GEMM inputs ([`GemmPrecision::Bf16`], [`GemmPrecision::Fp16`]).
+pub trait DeviceElement: Copy + Send + Sync + 'static {}
+impl<T: Element> DeviceElement for T {}
+impl DeviceElement for u16 {}
+
+/// How `cuda/gemm` multiplies (its `precision` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// The element type's own multiply-add on the SIMT units (float32 or float64).
+    Ieee,
+    /// float32 A and B rounded to TF32 on the tensor cores, float32 accumulation.
+    Tf32,
+    /// A and B hold bf16 bits (`u16`); tensor cores, float32 accumulation and C.
+    Bf16,
+    /// A and B hold IEEE half bits (`u16`); tensor cores, float32 accumulation and C.
+    Fp16,
+}
+
+impl GemmPrecision {
+    /// The template's parameter value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GemmPrecision::Ieee => "ieee",
+            GemmPrecision::Tf32 => "tf32",
+            GemmPrecision::Bf16 => "bf16",
+            GemmPrecision::Fp16 => "fp16",
+        }
+    }
+
+    /// True when A and B are 16-bit (`u16` buffers).
+    pub fn half_inputs(self) -> bool {
+        matches!(self, GemmPrecision::Bf16 | GemmPrecision::Fp16)
+    }
+}
 
 struct Support {
     _lib: Compiled,
@@ -165,7 +212,7 @@ impl Cuda {
     }
 
     /// `n` uninitialised elements on the device.
-    pub fn alloc<T: Element>(&self, n: usize) -> Result<DeviceBuffer<T>> {
+    pub fn alloc<T: DeviceElement>(&self, n: usize) -> Result<DeviceBuffer<T>> {
         let mut ptr = std::ptr::null_mut();
         let bytes = n
             .checked_mul(std::mem::size_of::<T>())
@@ -183,7 +230,7 @@ impl Cuda {
     }
 
     /// A device copy of `host`.
-    pub fn upload<T: Element>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
+    pub fn upload<T: DeviceElement>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
         let buf = self.alloc::<T>(host.len())?;
         // SAFETY: both ranges hold `host.len()` elements; kind 1 is host to device.
         let rc = unsafe {
@@ -221,33 +268,62 @@ impl Cuda {
         })
     }
 
-    /// Compiles (once) and loads the `cuda/reduce` template for `T`.
+    /// Compiles (once) and loads the `cuda/reduce` template for `T`, reducing each row.
     pub fn reduce<T: Element>(&self, jit: &Jit, op: &str, pre: &str) -> Result<CudaReduce<T>> {
+        self.reduce_axis(jit, op, pre, 1)
+    }
+
+    /// Compiles (once) and loads the `cuda/reduce` template for `T` over `axis`: 1
+    /// reduces each row (one result per row), 0 the leading axis (one per column).
+    pub fn reduce_axis<T: Element>(
+        &self,
+        jit: &Jit,
+        op: &str,
+        pre: &str,
+        axis: usize,
+    ) -> Result<CudaReduce<T>> {
         let req = TemplateRequest::new("cuda/reduce")
             .param("dtype", T::DTYPE)
             .param("op", op)
-            .param("pre", pre);
+            .param("pre", pre)
+            .param("axis", axis);
         let compiled = jit.compile_template(&req)?;
         // SAFETY: the template exports xc_reduce with this ABI.
         let f = unsafe { compiled.symbol::<CudaReduceFn>("xc_reduce")? };
         Ok(CudaReduce {
             f,
+            axis,
             compiled,
             cuda: self.clone(),
             _t: PhantomData,
         })
     }
 
-    /// Compiles (once) and loads the `cuda/gemm` template for `T` (f32 or f64).
+    /// Compiles (once) and loads the `cuda/gemm` template for `T` (f32 or f64), in
+    /// `T`'s own arithmetic.
     pub fn gemm<T: Element>(&self, jit: &Jit, relu: bool) -> Result<CudaGemm<T>> {
+        self.gemm_with(jit, relu, GemmPrecision::Ieee)
+    }
+
+    /// Compiles (once) and loads the `cuda/gemm` template for C of type `T` with the
+    /// given precision (the tensor-core ones need `T = f32` and a GPU of compute
+    /// capability 8.0 or later).
+    pub fn gemm_with<T: Element>(
+        &self,
+        jit: &Jit,
+        relu: bool,
+        precision: GemmPrecision,
+    ) -> Result<CudaGemm<T>> {
         let req = TemplateRequest::new("cuda/gemm")
             .param("dtype", T::DTYPE)
-            .param("relu", relu);
+            .param("relu", relu)
+            .param("precision", precision.as_str());
         let compiled = jit.compile_template(&req)?;
-        // SAFETY: the template exports xc_gemm with this ABI.
-        let f = unsafe { compiled.symbol::<CudaGemmFn>("xc_gemm")? };
+        // SAFETY: the template exports xc_gemm_bias with this ABI.
+        let f = unsafe { compiled.symbol::<CudaGemmBiasFn>("xc_gemm_bias")? };
         Ok(CudaGemm {
             f,
+            precision,
             compiled,
             cuda: self.clone(),
             _t: PhantomData,
@@ -255,13 +331,18 @@ impl Cuda {
     }
 
     fn launched(&self, code: i32, kernel: &str) -> Result<()> {
+        // The launchers return their own refusals as negative codes, a CUDA error as
+        // the (positive) cudaError_t.
         match code {
             0 => Ok(()),
-            1 => Err(Error::InvalidRequest(format!(
+            -1 => Err(Error::InvalidRequest(format!(
                 "{kernel}: a size is negative or too large"
             ))),
-            2 => Err(Error::InvalidRequest(format!(
+            -2 => Err(Error::InvalidRequest(format!(
                 "{kernel}: a pointer is NULL"
+            ))),
+            c if c < 0 => Err(Error::InvalidRequest(format!(
+                "{kernel}: refused the call (code {c})"
             ))),
             c => self.support.check(c, &format!("launching {kernel}")),
         }
@@ -287,7 +368,7 @@ impl<T> std::fmt::Debug for DeviceBuffer<T> {
     }
 }
 
-impl<T: Element> DeviceBuffer<T> {
+impl<T: DeviceElement> DeviceBuffer<T> {
     /// Elements.
     pub fn len(&self) -> usize {
         self.len
@@ -395,29 +476,37 @@ impl<T: Element> CudaElemwise<T> {
 #[derive(Debug)]
 pub struct CudaReduce<T> {
     f: Symbol<CudaReduceFn>,
+    axis: usize,
     compiled: Compiled,
     cuda: Cuda,
     _t: PhantomData<T>,
 }
 
 impl<T: Element> CudaReduce<T> {
-    /// Queues one result per row of the `out.len() x cols` matrix `input`.
+    /// Queues the reduction of the row-major matrix `input` with `cols` columns: for
+    /// axis 1, one result per row (`out.len()` rows); for axis 0, one per column
+    /// (`out.len() == cols`, `input.len() / cols` rows).
     pub fn launch(
         &self,
         input: &DeviceBuffer<T>,
         cols: usize,
         out: &mut DeviceBuffer<T>,
     ) -> Result<()> {
-        if out.len.checked_mul(cols) != Some(input.len) {
+        let rows = if self.axis == 1 {
+            out.len
+        } else {
+            input.len.checked_div(cols).unwrap_or(0)
+        };
+        if rows.checked_mul(cols) != Some(input.len) || (self.axis == 0 && out.len != cols) {
             return Err(Error::InvalidRequest(format!(
-                "reduce: {} elements are not {} rows of {cols}",
-                input.len, out.len
+                "reduce over axis {}: {} elements in, {} out, {cols} columns do not fit",
+                self.axis, input.len, out.len
             )));
         }
         // SAFETY: sizes checked; device pointers.
         let code = unsafe {
             (self.f)(
-                out.len as i64,
+                rows as i64,
                 cols as i64,
                 input.ptr,
                 out.ptr,
@@ -425,6 +514,28 @@ impl<T: Element> CudaReduce<T> {
             )
         };
         self.cuda.launched(code, "xc_reduce")
+    }
+
+    /// Queues the reduction of a `rows x cols` matrix at raw device addresses (any
+    /// element alignment, e.g. a view one element in).
+    ///
+    /// # Safety
+    /// `input` must address `rows * cols` elements of `T` and `out` the result's
+    /// `rows` (axis 1) or `cols` (axis 0) elements, on the current device.
+    pub unsafe fn launch_raw(
+        &self,
+        rows: usize,
+        cols: usize,
+        input: *const c_void,
+        out: *mut c_void,
+    ) -> Result<()> {
+        let code = (self.f)(rows as i64, cols as i64, input, out, std::ptr::null_mut());
+        self.cuda.launched(code, "xc_reduce")
+    }
+
+    /// The axis reduced: 1 (each row) or 0 (the leading axis).
+    pub fn axis(&self) -> usize {
+        self.axis
     }
 
     /// The compiled library.
@@ -436,7 +547,8 @@ impl<T: Element> CudaReduce<T> {
 /// A compiled `cuda/gemm` kernel.
 #[derive(Debug)]
 pub struct CudaGemm<T> {
-    f: Symbol<CudaGemmFn>,
+    f: Symbol<CudaGemmBiasFn>,
+    precision: GemmPrecision,
     compiled: Compiled,
     cuda: Cuda,
     _t: PhantomData<T>,
@@ -446,30 +558,91 @@ impl<T: Element> CudaGemm<T> {
     /// Queues `c = a · b`, row-major, a m×k, b k×n, c m×n.
     pub fn launch(
         &self,
-        (m, n, k): (usize, usize, usize),
+        dims: (usize, usize, usize),
         a: &DeviceBuffer<T>,
         b: &DeviceBuffer<T>,
         c: &mut DeviceBuffer<T>,
     ) -> Result<()> {
+        self.launch_bias(dims, a, b, None, c)
+    }
+
+    /// Queues `c = a · b + bias` (bias broadcast over the rows: one value per column
+    /// of c), then relu if the kernel was compiled with it.
+    pub fn launch_bias(
+        &self,
+        dims: (usize, usize, usize),
+        a: &DeviceBuffer<T>,
+        b: &DeviceBuffer<T>,
+        bias: Option<&DeviceBuffer<T>>,
+        c: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
+        if self.precision.half_inputs() {
+            return Err(Error::InvalidRequest(format!(
+                "gemm with precision {}: A and B are 16-bit; use launch_half",
+                self.precision.as_str()
+            )));
+        }
+        self.launch_inner(dims, (a.ptr, a.len), (b.ptr, b.len), bias, c)
+    }
+
+    /// Queues `c = a · b (+ bias)` for the bf16 and fp16 precisions: `a` and `b` hold
+    /// the 16-bit values' bits.
+    pub fn launch_half(
+        &self,
+        dims: (usize, usize, usize),
+        a: &DeviceBuffer<u16>,
+        b: &DeviceBuffer<u16>,
+        bias: Option<&DeviceBuffer<T>>,
+        c: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
+        if !self.precision.half_inputs() {
+            return Err(Error::InvalidRequest(format!(
+                "gemm with precision {}: A and B are not 16-bit; use launch",
+                self.precision.as_str()
+            )));
+        }
+        self.launch_inner(dims, (a.ptr, a.len), (b.ptr, b.len), bias, c)
+    }
+
+    fn launch_inner(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        (a, a_len): (*mut c_void, usize),
+        (b, b_len): (*mut c_void, usize),
+        bias: Option<&DeviceBuffer<T>>,
+        c: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
         let fits = |len: usize, x: usize, y: usize| x.checked_mul(y) == Some(len);
-        if !fits(a.len, m, k) || !fits(b.len, k, n) || !fits(c.len, m, n) {
+        if !fits(a_len, m, k) || !fits(b_len, k, n) || !fits(c.len, m, n) {
             return Err(Error::InvalidRequest(format!(
                 "gemm {m}x{n}x{k}: buffer sizes do not match"
             )));
         }
+        if bias.is_some_and(|v| v.len != n) {
+            return Err(Error::InvalidRequest(format!(
+                "gemm {m}x{n}x{k}: the bias needs {n} elements"
+            )));
+        }
+        let bias = bias.map_or(std::ptr::null(), |v| v.ptr as *const c_void);
         // SAFETY: sizes checked; device pointers.
         let code = unsafe {
             (self.f)(
                 m as i64,
                 n as i64,
                 k as i64,
-                a.ptr,
-                b.ptr,
+                a,
+                b,
+                bias,
                 c.ptr,
                 std::ptr::null_mut(),
             )
         };
         self.cuda.launched(code, "xc_gemm")
+    }
+
+    /// The precision it was compiled for.
+    pub fn precision(&self) -> GemmPrecision {
+        self.precision
     }
 
     /// The compiled library.

@@ -28,6 +28,16 @@ pub type ReduceFn = unsafe extern "C" fn(i64, i64, *const c_void, *mut c_void) -
 /// `int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c)`
 pub type GemmFn =
     unsafe extern "C" fn(i64, i64, i64, *const c_void, *const c_void, *mut c_void) -> i32;
+/// `int xc_gemm_bias(int64_t m, int64_t n, int64_t k, const void *a, const void *b, const void *bias, void *c)`
+pub type GemmBiasFn = unsafe extern "C" fn(
+    i64,
+    i64,
+    i64,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *mut c_void,
+) -> i32;
 
 /// An element type the templates support.
 pub trait Element: Copy + Send + Sync + 'static {
@@ -108,18 +118,27 @@ impl<T: Element> Elemwise<T> {
 #[derive(Debug, Clone)]
 pub struct Reduce<T> {
     f: Symbol<ReduceFn>,
+    axis: usize,
     compiled: Compiled,
     _t: PhantomData<T>,
 }
 
 impl<T: Element> Reduce<T> {
-    /// One result per row of the row-major `rows x cols` matrix `input`.
+    /// Reduces the row-major matrix `input` with `cols` columns: for axis 1, one
+    /// result per row (`out.len()` rows); for axis 0, one per column (`out.len() ==
+    /// cols`, `input.len() / cols` rows).
     pub fn call(&self, input: &[T], cols: usize, out: &mut [T]) -> Result<()> {
-        let rows = out.len();
-        if rows.checked_mul(cols) != Some(input.len()) {
+        let rows = if self.axis == 1 {
+            out.len()
+        } else {
+            input.len().checked_div(cols).unwrap_or(0)
+        };
+        if rows.checked_mul(cols) != Some(input.len()) || (self.axis == 0 && out.len() != cols) {
             return Err(Error::InvalidRequest(format!(
-                "reduce: {} elements are not {rows} rows of {cols}",
-                input.len()
+                "reduce over axis {}: {} elements in, {} out, {cols} columns do not fit",
+                self.axis,
+                input.len(),
+                out.len()
             )));
         }
         // SAFETY: ABI of the shipped template; sizes checked above.
@@ -134,6 +153,11 @@ impl<T: Element> Reduce<T> {
         status("xc_reduce", code)
     }
 
+    /// The axis reduced: 1 (each row) or 0 (the leading axis).
+    pub fn axis(&self) -> usize {
+        self.axis
+    }
+
     /// The compiled library.
     pub fn compiled(&self) -> &Compiled {
         &self.compiled
@@ -143,7 +167,7 @@ impl<T: Element> Reduce<T> {
 /// A compiled `gemm` kernel for `T`.
 #[derive(Debug, Clone)]
 pub struct Gemm<T> {
-    f: Symbol<GemmFn>,
+    f: Symbol<GemmBiasFn>,
     compiled: Compiled,
     _t: PhantomData<T>,
 }
@@ -151,10 +175,27 @@ pub struct Gemm<T> {
 impl<T: Element> Gemm<T> {
     /// `c = a · b` with `a` m×k, `b` k×n, `c` m×n, all row-major.
     pub fn call(&self, m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [T]) -> Result<()> {
+        self.call_bias(m, n, k, a, b, None, c)
+    }
+
+    /// `c = a · b + bias`, the bias broadcast over the rows (one value per column of
+    /// c), then relu if the kernel was compiled with it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn call_bias(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[T],
+        b: &[T],
+        bias: Option<&[T]>,
+        c: &mut [T],
+    ) -> Result<()> {
         for (name, got, want) in [
             ("a", a.len(), m.checked_mul(k)),
             ("b", b.len(), k.checked_mul(n)),
             ("c", c.len(), m.checked_mul(n)),
+            ("bias", bias.map_or(n, <[T]>::len), Some(n)),
         ] {
             if Some(got) != want {
                 return Err(Error::InvalidRequest(format!(
@@ -170,6 +211,7 @@ impl<T: Element> Gemm<T> {
                 len_i64(k),
                 a.as_ptr().cast(),
                 b.as_ptr().cast(),
+                bias.map_or(std::ptr::null(), |v| v.as_ptr().cast()),
                 c.as_mut_ptr().cast(),
             )
         };
@@ -204,15 +246,23 @@ impl Jit {
     /// Compiles (once) and loads the `reduce` template for `T`: `op` (sum, max, min,
     /// mean) over `pre(x)` for each row.
     pub fn reduce<T: Element>(&self, op: &str, pre: &str) -> Result<Reduce<T>> {
+        self.reduce_axis(op, pre, 1)
+    }
+
+    /// As [`Jit::reduce`], over `axis`: 1 reduces each row, 0 the leading axis (one
+    /// result per column).
+    pub fn reduce_axis<T: Element>(&self, op: &str, pre: &str, axis: usize) -> Result<Reduce<T>> {
         let req = TemplateRequest::new("reduce")
             .param("dtype", T::DTYPE)
             .param("op", op)
-            .param("pre", pre);
+            .param("pre", pre)
+            .param("axis", axis);
         let compiled = self.compile_template(&req)?;
         // SAFETY: the shipped template exports xc_reduce with this ABI.
         let f = unsafe { compiled.symbol::<ReduceFn>("xc_reduce")? };
         Ok(Reduce {
             f,
+            axis,
             compiled,
             _t: PhantomData,
         })
@@ -224,8 +274,8 @@ impl Jit {
             .param("dtype", T::DTYPE)
             .param("relu", relu);
         let compiled = self.compile_template(&req)?;
-        // SAFETY: the shipped template exports xc_gemm with this ABI.
-        let f = unsafe { compiled.symbol::<GemmFn>("xc_gemm")? };
+        // SAFETY: the shipped template exports xc_gemm_bias with this ABI.
+        let f = unsafe { compiled.symbol::<GemmBiasFn>("xc_gemm_bias")? };
         Ok(Gemm {
             f,
             compiled,

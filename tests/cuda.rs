@@ -12,7 +12,7 @@
 mod common;
 
 use common::{close, within_ulps, Num, RefFloat, Rng, TestCache, FLOAT_CASES};
-use xcache::cuda::{Cuda, CudaElemwiseFn};
+use xcache::cuda::{Cuda, CudaElemwiseFn, GemmPrecision};
 
 use xcache::{Error, Jit, Language, SourceRequest, TemplateRequest};
 
@@ -44,6 +44,15 @@ fn gpu_jit(tc: &TestCache) -> (Jit, Cuda) {
         Err(e) => {
             panic!("needs an NVIDIA GPU (scripts/test.sh runs it where one is); none here: {e}")
         }
+    }
+}
+
+/// Compiles `reqs` in parallel (the GPU tests need dozens of variants; serially their
+/// nvcc runs would dominate), so that the handles' own requests are hits.
+fn warm(jit: &Jit, reqs: Vec<TemplateRequest>) {
+    let reqs: Vec<xcache::Request> = reqs.into_iter().map(Into::into).collect();
+    for r in jit.compile_many(&reqs, 8) {
+        r.unwrap();
     }
 }
 
@@ -164,6 +173,63 @@ fn every_cuda_template_compiles_and_exports_its_entry_points() {
         ),
         (req("cuda/gemm", &[("dtype", "float64")]), &["xc_gemm"]),
         (
+            req(
+                "cuda/reduce",
+                &[("dtype", "float32"), ("op", "sum"), ("axis", "0")],
+            ),
+            &["xc_reduce"],
+        ),
+        (
+            req(
+                "cuda/reduce",
+                &[
+                    ("dtype", "int32"),
+                    ("op", "min"),
+                    ("axis", "0"),
+                    ("pre", "x*x"),
+                ],
+            ),
+            &["xc_reduce"],
+        ),
+        (
+            req(
+                "cuda/gemm",
+                &[
+                    ("dtype", "float32"),
+                    ("precision", "tf32"),
+                    ("relu", "true"),
+                ],
+            ),
+            &[
+                "xc_gemm",
+                "xc_gemm_bias",
+                "xc_gemm_config",
+                "xc_gemm_configs",
+            ],
+        ),
+        (
+            req("cuda/gemm", &[("dtype", "float32"), ("precision", "bf16")]),
+            &[
+                "xc_gemm",
+                "xc_gemm_bias",
+                "xc_gemm_config",
+                "xc_gemm_configs",
+            ],
+        ),
+        (
+            req("cuda/gemm", &[("dtype", "float32"), ("precision", "fp16")]),
+            &[
+                "xc_gemm",
+                "xc_gemm_bias",
+                "xc_gemm_config",
+                "xc_gemm_configs",
+            ],
+        ),
+        (
+            req("cuda/gemm", &[("dtype", "float64"), ("relu", "true")]),
+            &["xc_gemm_bias", "xc_gemm_config"],
+        ),
+        (
             req("cuda/support", &[]),
             &[
                 "xc_cuda_malloc",
@@ -231,6 +297,21 @@ fn nvcc_errors_come_back_whole() {
     assert!(ce.kept_source.to_str().unwrap().ends_with("source.cu"));
     assert_eq!(std::fs::read_to_string(&ce.kept_source).unwrap(), src);
     assert!(tc.entry_dirs().is_empty());
+}
+
+#[test]
+#[ignore = "needs nvcc: scripts/test.sh runs it where nvcc is found"]
+fn a_tensor_core_precision_needs_float32() {
+    let tc = TestCache::new();
+    let jit = jit_with_nvcc(&tc);
+    let err = jit
+        .compile_template(&req(
+            "cuda/gemm",
+            &[("dtype", "float64"), ("precision", "bf16")],
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("precision bf16 needs dtype float32"), "{err}");
 }
 
 #[test]
@@ -408,36 +489,92 @@ fn gpu_functions_match_numpy_and_scipy_at_edge_values() {
     gpu_functions_at_edge_values::<f64>(&jit, &cuda);
 }
 
+fn reduce_want(op: &str, v: &[f64]) -> f64 {
+    match op {
+        "sum" => v.iter().sum(),
+        "mean" => v.iter().sum::<f64>() / v.len() as f64,
+        "max" => v.iter().copied().fold(f64::NEG_INFINITY, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        }),
+        _ => v.iter().copied().fold(f64::INFINITY, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.min(b)
+            }
+        }),
+    }
+}
+
+/// Every strategy of cuda/reduce: a team of lanes per short row (vector and scalar),
+/// a block per long row, rows split across blocks (one row: a full reduction), and
+/// columns with and without split rows; aligned and one-element-in views; NaN rows.
 fn gpu_reduce<T: Num>(jit: &Jit, cuda: &Cuda) {
     let mut rng = Rng(5);
-    for op in ["sum", "max", "min", "mean"] {
-        let k = cuda.reduce::<T>(jit, op, "x*x - 0.25").unwrap();
-        for (rows, cols) in [(1, 1), (3, 0), (5, 7), (33, 1000), (4, 1 << 20), (5000, 3)] {
-            let host: Vec<T> = (0..rows * cols)
-                .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
-                .collect();
-            let input = cuda.upload(&host).unwrap();
-            let mut out = cuda.alloc::<T>(rows).unwrap();
-            k.launch(&input, cols, &mut out).unwrap();
-            let got = out.download().unwrap();
-            for r in 0..rows {
-                let v: Vec<f64> = host[r * cols..(r + 1) * cols]
-                    .iter()
-                    .map(|x| x.to_f64() * x.to_f64() - 0.25)
-                    .collect();
-                let want = match op {
-                    "sum" => v.iter().sum(),
-                    "mean" => v.iter().sum::<f64>() / v.len() as f64,
-                    "max" => v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                    _ => v.iter().copied().fold(f64::INFINITY, f64::min),
-                };
-                let g = got[r].to_f64();
-                let ok = if want.is_infinite() || want.is_nan() {
-                    g == want || (g.is_nan() && want.is_nan())
-                } else {
-                    close(g, want, T::TOL * 10.0)
-                };
-                assert!(ok, "{} {op} {rows}x{cols} row {r}: {g} vs {want}", T::DTYPE);
+    let shapes = [
+        (1, 1),
+        (3, 0),
+        (0, 4),
+        (5, 7),
+        (4097, 16),
+        (1000, 257),
+        (33, 1000),
+        (5000, 3),
+        (33, 4096),
+        (4, 1 << 20),
+        (1, (1 << 21) + 3),
+        (100_003, 5),
+    ];
+    for axis in [1, 0] {
+        for op in ["sum", "max", "min", "mean"] {
+            let k = cuda.reduce_axis::<T>(jit, op, "x*x - 0.25", axis).unwrap();
+            for (rows, cols) in shapes {
+                for offset in [0usize, 1] {
+                    let mut host: Vec<T> = (0..rows * cols + 1)
+                        .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+                        .collect();
+                    if rows * cols > 2 && offset == 1 {
+                        host[1 + (rows * cols) / 2] = T::from_f64(f64::NAN);
+                    }
+                    let nout = if axis == 1 { rows } else { cols };
+                    let input = cuda.upload(&host).unwrap();
+                    let out = cuda.upload(&vec![T::from_f64(f64::NAN); nout + 1]).unwrap();
+                    unsafe {
+                        k.launch_raw(rows, cols, input.ptr_at(offset), out.ptr_at(1) as *mut _)
+                    }
+                    .unwrap();
+                    let got = out.download().unwrap();
+                    assert!(got[0].to_f64().is_nan(), "wrote before the output");
+                    for o in 0..nout {
+                        let v: Vec<f64> = (0..if axis == 1 { cols } else { rows })
+                            .map(|i| {
+                                let idx = if axis == 1 {
+                                    o * cols + i
+                                } else {
+                                    i * cols + o
+                                };
+                                let x = host[offset + idx].to_f64();
+                                x * x - 0.25
+                            })
+                            .collect();
+                        let want = reduce_want(op, &v);
+                        let g = got[1 + o].to_f64();
+                        let ok = if want.is_infinite() || want.is_nan() {
+                            g == want || (g.is_nan() && want.is_nan())
+                        } else {
+                            close(g, want, T::TOL * 10.0)
+                        };
+                        assert!(
+                            ok,
+                            "{} {op} axis={axis} {rows}x{cols} offset={offset} [{o}]: {g} vs {want}",
+                            T::DTYPE
+                        );
+                    }
+                }
             }
         }
     }
@@ -448,13 +585,74 @@ fn gpu_reduce<T: Num>(jit: &Jit, cuda: &Cuda) {
 fn gpu_reduce_matches_the_cpu_reference() {
     let tc = TestCache::new();
     let (jit, cuda) = gpu_jit(&tc);
+    let mut reqs = Vec::new();
+    for dtype in ["float32", "float64"] {
+        for op in ["sum", "max", "min", "mean"] {
+            for axis in ["1", "0"] {
+                reqs.push(req(
+                    "cuda/reduce",
+                    &[
+                        ("dtype", dtype),
+                        ("op", op),
+                        ("pre", "x*x - 0.25"),
+                        ("axis", axis),
+                    ],
+                ));
+            }
+        }
+    }
+    warm(&jit, reqs);
     gpu_reduce::<f32>(&jit, &cuda);
     gpu_reduce::<f64>(&jit, &cuda);
+    // Integer sums wrap; both axes.
+    for axis in [1, 0] {
+        let k = cuda.reduce_axis::<i32>(&jit, "sum", "x", axis).unwrap();
+        let (rows, cols) = (3, 1001);
+        let host: Vec<i32> = (0..rows * cols).map(|i| i32::MAX - i as i32).collect();
+        let input = cuda.upload(&host).unwrap();
+        let mut out = cuda
+            .alloc::<i32>(if axis == 1 { rows } else { cols })
+            .unwrap();
+        k.launch(&input, cols, &mut out).unwrap();
+        let got = out.download().unwrap();
+        for (o, g) in got.iter().enumerate() {
+            let want = if axis == 1 {
+                host[o * cols..(o + 1) * cols]
+                    .iter()
+                    .fold(0i32, |a, &b| a.wrapping_add(b))
+            } else {
+                (0..rows).fold(0i32, |a, r| a.wrapping_add(host[r * cols + o]))
+            };
+            assert_eq!(*g, want, "axis={axis} [{o}]");
+        }
+    }
 }
 
-fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda) {
+/// Values k/256 with |k| <= 256: exact in bf16, fp16 and tf32, so every precision's
+/// products are exact and only the float32 accumulation differs from float64.
+fn exact_inputs(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| ((rng.next() % 513) as i32 - 256) as f32 / 256.0)
+        .collect()
+}
+
+fn to_bf16(x: f32) -> u16 {
+    (x.to_bits() >> 16) as u16 // exact for these inputs
+}
+
+fn to_fp16(x: f32) -> u16 {
+    if x == 0.0 {
+        return 0;
+    }
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+    sign | ((exp as u16) << 10) | ((bits >> 13) & 0x3ff) as u16 // normal, exact here
+}
+
+fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda, relus: &[bool]) {
     let mut rng = Rng(8);
-    for relu in [false, true] {
+    for &relu in relus {
         let g = cuda.gemm::<T>(jit, relu).unwrap();
         for (m, n, k) in [
             (1, 1, 1),
@@ -469,26 +667,127 @@ fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda) {
             let b: Vec<T> = (0..k * n)
                 .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
                 .collect();
-            let (da, db) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
+            let bias: Vec<T> = (0..n)
+                .map(|_| T::from_f64(rng.uniform(-1.0, 1.0)))
+                .collect();
+            let (da, db, dbias) = (
+                cuda.upload(&a).unwrap(),
+                cuda.upload(&b).unwrap(),
+                cuda.upload(&bias).unwrap(),
+            );
             let mut dc = cuda.alloc::<T>(m * n).unwrap();
-            g.launch((m, n, k), &da, &db, &mut dc).unwrap();
-            let c = dc.download().unwrap();
-            // Every element for small sizes; a deterministic sample for the large one.
-            let step = if m * n > 100_000 { 997 } else { 1 };
-            for idx in (0..m * n).step_by(step) {
-                let (i, j) = (idx / n, idx % n);
-                let mut want: f64 = (0..k)
-                    .map(|p| a[i * k + p].to_f64() * b[p * n + j].to_f64())
-                    .sum();
-                if relu {
-                    want = want.max(0.0);
+            for with_bias in [false, true] {
+                g.launch_bias((m, n, k), &da, &db, with_bias.then_some(&dbias), &mut dc)
+                    .unwrap();
+                let c = dc.download().unwrap();
+                // Every element for small sizes; a deterministic sample for the large one.
+                let step = if m * n > 100_000 { 997 } else { 1 };
+                for idx in (0..m * n).step_by(step) {
+                    let (i, j) = (idx / n, idx % n);
+                    let mut want: f64 = (0..k)
+                        .map(|p| a[i * k + p].to_f64() * b[p * n + j].to_f64())
+                        .sum();
+                    if with_bias {
+                        want += bias[j].to_f64();
+                    }
+                    if relu {
+                        want = want.max(0.0);
+                    }
+                    let got = c[idx].to_f64();
+                    assert!(
+                        (got - want).abs() <= T::TOL * 4.0 * k as f64,
+                        "{} relu={relu} bias={with_bias} {m}x{n}x{k} [{i},{j}]: {got} vs {want}",
+                        T::DTYPE
+                    );
                 }
-                let got = c[idx].to_f64();
-                assert!(
-                    (got - want).abs() <= T::TOL * 4.0 * k as f64,
-                    "{} relu={relu} {m}x{n}x{k} [{i},{j}]: {got} vs {want}",
-                    T::DTYPE
-                );
+            }
+        }
+    }
+}
+
+/// The tensor-core precisions, on exact inputs; a NaN in A gives a NaN row, relu keeps it.
+const TENSOR_CORE_CASES: [(GemmPrecision, bool); 4] = [
+    (GemmPrecision::Tf32, true),
+    (GemmPrecision::Tf32, false),
+    (GemmPrecision::Bf16, false),
+    (GemmPrecision::Fp16, true),
+];
+
+fn gpu_gemm_tensor_cores(jit: &Jit, cuda: &Cuda) {
+    let mut rng = Rng(9);
+    for (precision, relu) in TENSOR_CORE_CASES {
+        {
+            let g = cuda.gemm_with::<f32>(jit, relu, precision).unwrap();
+            assert_eq!(g.precision(), precision);
+            for (m, n, k) in [
+                (1, 1, 1),
+                (3, 5, 7),
+                (67, 129, 65),
+                (257, 300, 136),
+                (512, 1024, 768),
+            ] {
+                let mut a = exact_inputs(&mut rng, m * k);
+                let b = exact_inputs(&mut rng, k * n);
+                let bias = exact_inputs(&mut rng, n);
+                if m > 2 {
+                    a[2 * k] = f32::NAN;
+                }
+                let mut dc = cuda.alloc::<f32>(m * n).unwrap();
+                let dbias = cuda.upload(&bias).unwrap();
+                if precision.half_inputs() {
+                    let conv = if precision == GemmPrecision::Bf16 {
+                        to_bf16
+                    } else {
+                        to_fp16
+                    };
+                    let nan16 = if precision == GemmPrecision::Bf16 {
+                        0x7fc0
+                    } else {
+                        0x7e00
+                    };
+                    let a16: Vec<u16> = a
+                        .iter()
+                        .map(|&x| if x.is_nan() { nan16 } else { conv(x) })
+                        .collect();
+                    let b16: Vec<u16> = b.iter().map(|&x| conv(x)).collect();
+                    let (da, db) = (cuda.upload(&a16).unwrap(), cuda.upload(&b16).unwrap());
+                    g.launch_half((m, n, k), &da, &db, Some(&dbias), &mut dc)
+                        .unwrap();
+                    assert!(g
+                        .launch(
+                            (m, n, k),
+                            &cuda.upload(&a).unwrap(),
+                            &cuda.upload(&b).unwrap(),
+                            &mut dc
+                        )
+                        .is_err());
+                } else {
+                    let (da, db) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
+                    g.launch_bias((m, n, k), &da, &db, Some(&dbias), &mut dc)
+                        .unwrap();
+                }
+                let c = dc.download().unwrap();
+                let step = if m * n > 100_000 { 991 } else { 1 };
+                for idx in (0..m * n).step_by(step) {
+                    let (i, j) = (idx / n, idx % n);
+                    let mut want: f64 = (0..k)
+                        .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                        .sum::<f64>()
+                        + bias[j] as f64;
+                    if relu && want < 0.0 {
+                        want = 0.0;
+                    }
+                    let got = c[idx] as f64;
+                    let ok = if want.is_nan() {
+                        got.is_nan()
+                    } else {
+                        (got - want).abs() <= 2e-6 * k as f64
+                    };
+                    assert!(
+                        ok,
+                        "{precision:?} relu={relu} {m}x{n}x{k} [{i},{j}]: {got} vs {want}"
+                    );
+                }
             }
         }
     }
@@ -499,8 +798,53 @@ fn gpu_gemm<T: Num>(jit: &Jit, cuda: &Cuda) {
 fn gpu_gemm_matches_the_cpu_reference() {
     let tc = TestCache::new();
     let (jit, cuda) = gpu_jit(&tc);
-    gpu_gemm::<f32>(&jit, &cuda);
-    gpu_gemm::<f64>(&jit, &cuda);
+    let tensor_cores = cuda.device().unwrap().major >= 8;
+    let mut reqs = vec![
+        req(
+            "cuda/gemm",
+            &[
+                ("dtype", "float32"),
+                ("relu", "false"),
+                ("precision", "ieee"),
+            ],
+        ),
+        req(
+            "cuda/gemm",
+            &[
+                ("dtype", "float32"),
+                ("relu", "true"),
+                ("precision", "ieee"),
+            ],
+        ),
+        req(
+            "cuda/gemm",
+            &[
+                ("dtype", "float64"),
+                ("relu", "true"),
+                ("precision", "ieee"),
+            ],
+        ),
+    ];
+    if tensor_cores {
+        for (precision, relu) in TENSOR_CORE_CASES {
+            reqs.push(req(
+                "cuda/gemm",
+                &[
+                    ("dtype", "float32"),
+                    ("relu", if relu { "true" } else { "false" }),
+                    ("precision", precision.as_str()),
+                ],
+            ));
+        }
+    }
+    warm(&jit, reqs);
+    gpu_gemm::<f32>(&jit, &cuda, &[false, true]);
+    gpu_gemm::<f64>(&jit, &cuda, &[true]);
+    if tensor_cores {
+        gpu_gemm_tensor_cores(&jit, &cuda);
+    } else {
+        eprintln!("SKIPPED: tensor-core GEMM needs compute capability 8.0");
+    }
 }
 
 #[test]

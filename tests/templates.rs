@@ -547,3 +547,105 @@ fn nan_propagates_through_min_max_and_reductions() {
         assert_eq!(out[1], if op == "max" { 5.0 } else { 2.0 });
     }
 }
+
+#[test]
+fn reduce_over_the_leading_axis_matches_column_references() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let mut rng = Rng(17);
+    // Empty both ways, one row, one column, odd, wider than the 512-column block.
+    let shapes = [(0, 5), (5, 0), (1, 9), (9, 1), (7, 13), (300, 3), (3, 1100)];
+    for op in ["sum", "max", "min", "mean"] {
+        let k = jit.reduce_axis::<f64>(op, "x*x - 0.5", 0).unwrap();
+        assert_eq!(k.axis(), 0);
+        let ki = jit.reduce_axis::<i32>(op, "x", 0).unwrap();
+        for (rows, cols) in shapes {
+            let input: Vec<f64> = (0..rows * cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let mut out = vec![f64::NAN; cols];
+            k.call(&input, cols, &mut out).unwrap();
+            let ints: Vec<i32> = (0..rows * cols)
+                .map(|_| (rng.next() % 2001) as i32 - 1000)
+                .collect();
+            let mut outi = vec![7i32; cols];
+            ki.call(&ints, cols, &mut outi).unwrap();
+            for c in 0..cols {
+                let col: Vec<f64> = (0..rows)
+                    .map(|r| input[r * cols + c] * input[r * cols + c] - 0.5)
+                    .collect();
+                let want = reduce_reference(op, &col);
+                let ok = if want.is_infinite() || want.is_nan() {
+                    out[c] == want || (out[c].is_nan() && want.is_nan())
+                } else {
+                    close(out[c], want, 1e-12)
+                };
+                assert!(ok, "{op} {rows}x{cols} column {c}: {} vs {want}", out[c]);
+                let coli: Vec<i64> = (0..rows).map(|r| ints[r * cols + c] as i64).collect();
+                let wanti = match op {
+                    "sum" => coli.iter().sum::<i64>(),
+                    "mean" if rows == 0 => 0,
+                    "mean" => coli.iter().sum::<i64>() / rows as i64,
+                    "max" => coli.iter().copied().max().unwrap_or(i32::MIN as i64),
+                    _ => coli.iter().copied().min().unwrap_or(i32::MAX as i64),
+                };
+                assert_eq!(outi[c] as i64, wanti, "int32 {op} {rows}x{cols} column {c}");
+            }
+        }
+        // NaN in a column wins for max and min, as numpy's.
+        let input = [1.0, f64::NAN, 3.0, 2.0];
+        let mut out = [0.0; 2];
+        let plain = jit.reduce_axis::<f64>(op, "x", 0).unwrap();
+        plain.call(&input, 2, &mut out).unwrap();
+        assert!(out[1].is_nan() && !out[0].is_nan(), "{op}: {out:?}");
+    }
+    let k = jit.reduce_axis::<f32>("sum", "x", 0).unwrap();
+    let e = k.call(&[1.0; 6], 3, &mut [0.0; 2]).unwrap_err().to_string();
+    assert!(e.contains("axis 0"), "{e}");
+}
+
+#[test]
+fn gemm_bias_and_relu_keep_nan_as_numpy() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    let mut rng = Rng(23);
+    for relu in [false, true] {
+        let g = jit.gemm::<f64>(relu).unwrap();
+        let (m, n, k) = (37, 70, 300); // past one packed panel of A rows and of B columns
+        let mut a: Vec<f64> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let b: Vec<f64> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let bias: Vec<f64> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        a[3 * k + 5] = f64::NAN;
+        let mut c = vec![0.0; m * n];
+        g.call_bias(m, n, k, &a, &b, Some(&bias), &mut c).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let mut want: f64 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                want += bias[j];
+                if relu && want < 0.0 {
+                    want = 0.0;
+                }
+                let got = c[i * n + j];
+                if i == 3 {
+                    assert!(got.is_nan(), "relu={relu} row with NaN [{i},{j}]: {got}");
+                } else {
+                    assert!(
+                        (got - want).abs() <= 1e-12 * k as f64,
+                        "[{i},{j}] {got} vs {want}"
+                    );
+                }
+            }
+        }
+        let e = g
+            .call_bias(
+                2,
+                2,
+                2,
+                &[0.0; 4],
+                &[0.0; 4],
+                Some(&[0.0; 3]),
+                &mut [0.0; 4],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bias"), "{e}");
+    }
+}

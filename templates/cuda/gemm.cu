@@ -1,105 +1,622 @@
 /* xcache-template
-description = "Row-major matrix product C = A*B on the GPU: 128x128 tiles in shared memory, 8x8 outputs per thread in registers, optional fused relu"
-entry = ["int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream)"]
+description = "Row-major matrix product C = A*B on the GPU, with optional fused bias and relu: double-buffered SIMT tiles in the dtype's own arithmetic, or tensor cores (TF32, bf16, fp16 inputs, float32 accumulation); tile shape chosen from the problem's size at launch"
+entry = [
+  "int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream)",
+  "int xc_gemm_bias(int64_t m, int64_t n, int64_t k, const void *a, const void *b, const void *bias, void *c, void *stream)",
+  "int xc_gemm_config(int config, int64_t m, int64_t n, int64_t k, const void *a, const void *b, const void *bias, void *c, void *stream)",
+  "int xc_gemm_configs(void)",
+]
 
 [params.dtype]
 type = "choice"
 values = ["float32", "float64"]
-doc = "element type of A, B and C"
+doc = "element type of C and of the bias (and of A and B with precision ieee or tf32)"
 
 [params.relu]
 type = "bool"
 default = false
-doc = "apply max(0, x) to every element of C"
+doc = "apply relu to every element of C (after the bias); NaN stays NaN, as numpy's maximum(x, 0)"
+
+[params.precision]
+type = "choice"
+values = ["ieee", "tf32", "bf16", "fp16"]
+default = "ieee"
+doc = "ieee: the dtype's own multiply-add on the SIMT units; tf32: float32 A and B rounded to TF32 on the tensor cores; bf16 / fp16: A and B are arrays of that 16-bit type, multiplied on the tensor cores. The last three accumulate in float32 and need dtype float32 and a GPU of compute capability 8.0 or later"
 */
-/* ABI: int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream)
- *   a  DEVICE, m*k row-major; b  DEVICE, k*n row-major; c  DEVICE, m*n, written (not
- *   accumulated into), must not overlap a or b. Dimensions up to 2^31-1.
+/* ABI:
+ * int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream)
+ *   a  DEVICE, m*k row-major; b  DEVICE, k*n row-major (both of `dtype`, or of the 16-bit
+ *   type that `precision` names); c  DEVICE, m*n `dtype`, written (not accumulated
+ *   into), must not overlap a or b. Dimensions up to 2^31-1.
+ * int xc_gemm_bias(..., const void *bias, void *c, void *stream)
+ *   the same with c[i][j] += bias[j] before relu; bias is a DEVICE vector of n `dtype`
+ *   values, or NULL for none.
+ * int xc_gemm_config(int config, ...): xc_gemm_bias with tile configuration `config`
+ *   (0 .. xc_gemm_configs()-1) instead of the one chosen from the size: for tuning and
+ *   tests; -3 for an unknown config.
  * Returns 0 once queued, -1 for a bad dimension, -2 for a NULL pointer, else the
- * (positive) cudaError_t of the launch. */
+ * (positive) cudaError_t of the launch (cudaErrorNotSupported for a tensor-core
+ * precision on a GPU older than compute capability 8.0). */
 #include <cuda_runtime.h>
 #include <stdint.h>
 {%- set t = {"float32": "float", "float64": "double"}[dtype] %}
-
-#define BM 128
-#define BN 128
-#define BK 8
-
-/* 256 threads as 16x16; thread (tx, ty) owns rows {ty*4+i, 64+ty*4+i} and columns
- * {tx*4+j, 64+tx*4+j} of the block's 128x128 tile: its shared-memory reads of a k-slice
- * are 4 consecutive values twice, so a warp reads without bank conflicts. */
-__global__ void __launch_bounds__(256) xc_gemm_kernel(int m, int n, int k,
-        const {{ t }} *__restrict__ A, const {{ t }} *__restrict__ B, {{ t }} *__restrict__ C) {
-    __shared__ {{ t }} As[BK][BM];
-    __shared__ {{ t }} Bs[BK][BN];
-    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-    const int64_t row0 = (int64_t)blockIdx.x * BM;
-    for (int64_t tile_n = blockIdx.y; tile_n * BN < n; tile_n += gridDim.y) {
-    const int64_t col0 = tile_n * BN;
-    {{ t }} acc[8][8];
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-#pragma unroll
-        for (int j = 0; j < 8; j++) acc[i][j] = 0;
-
-    for (int64_t kt = 0; kt < k; kt += BK) {
-#pragma unroll
-        for (int l = 0; l < 4; l++) {
-            const int e = tid + l * 256;
-            const int ar = e / BK, ac = e % BK;          /* A tile: 128 rows x 8 */
-            const int64_t gr = row0 + ar, gc = kt + ac;
-            As[ac][ar] = (gr < m && gc < k) ? A[gr * k + gc] : ({{ t }})0;
-            const int br = e / BN, bc = e % BN;          /* B tile: 8 rows x 128 */
-            const int64_t hr = kt + br, hc = col0 + bc;
-            Bs[br][bc] = (hr < k && hc < n) ? B[hr * n + hc] : ({{ t }})0;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; kk++) {
-            {{ t }} a[8], b[8];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                a[i] = As[kk][ty * 4 + i];
-                a[4 + i] = As[kk][64 + ty * 4 + i];
-                b[i] = Bs[kk][tx * 4 + i];
-                b[4 + i] = Bs[kk][64 + tx * 4 + i];
-            }
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-#pragma unroll
-                for (int j = 0; j < 8; j++) acc[i][j] += a[i] * b[j];
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const int64_t r = row0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4));
-        if (r >= m) continue;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int64_t c = col0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + (j - 4));
-            if (c < n) {
-                {{ t }} v = acc[i][j];
-{%- if relu %}
-                v = v > 0 ? v : ({{ t }})0;
+{%- set ptx = {"ieee": "", "tf32": "tf32", "bf16": "bf16", "fp16": "f16"}[precision] %}
+{%- if precision != "ieee" and dtype != "float32" %}
+#error "cuda/gemm: precision {{ precision }} needs dtype float32 (the tensor cores accumulate in float32)"
 {%- endif %}
-                C[r * n + c] = v;
+
+typedef {{ t }} xc_t;
+
+#define XC_RELU {{ 1 if relu else 0 }}
+
+static __device__ __forceinline__ xc_t xc_epilogue(xc_t v, const xc_t *bias, int64_t col) {
+    if (bias) v += bias[col];
+#if XC_RELU
+    v = v < 0 ? (xc_t)0 : v; /* NaN stays NaN */
+#endif
+    return v;
+}
+
+static __host__ __device__ __forceinline__ int64_t xc_cdiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+/* Maps a linear tile index to (tile_m, tile_n) in groups of GROUP row tiles, so that
+ * blocks resident together share rows of A and columns of B in L2. */
+static __device__ __forceinline__ void xc_tile(int64_t t, int64_t tiles_m, int64_t tiles_n, int64_t *tm, int64_t *tn) {
+    const int64_t GROUP = 8;
+    const int64_t per_group = GROUP * tiles_n;
+    const int64_t first = (t / per_group) * GROUP;
+    const int64_t rows = tiles_m - first < GROUP ? tiles_m - first : GROUP;
+    const int64_t r = t % per_group;
+    *tm = first + r % rows;
+    *tn = r / rows;
+}
+
+/* Resident blocks per multiprocessor of kernel K with `threads` threads and `smem`
+ * bytes of dynamic shared memory (raising K's limit above 48 KiB once), computed once. */
+template <auto K>
+static int xc_prepare(int threads, int smem) {
+    static const int n = [&] {
+        if (smem > 48 * 1024)
+            (void)cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        int b = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, K, threads, smem) != cudaSuccess) b = 0;
+        (void)cudaGetLastError();
+        return b;
+    }();
+    return n;
+}
+
+{%- if precision == "ieee" %}
+
+/* ---------------------------------------------------------------------------------
+ * SIMT kernel: block tile BM x BN, k-slices of BK, each thread TM x TN outputs in
+ * registers as (TM/4) x (TN/4) strips of 4 x 4 spread across the tile, so that its
+ * shared-memory reads are 16-byte vectors and a warp's reads are conflict-free
+ * (lanes as 4 x 8, warps tiled over the block). A is stored transposed (k-major) in
+ * shared memory, B as is; two shared buffers: while the block multiplies one k-slice,
+ * the next is already loaded into registers (VEC: 16-byte global loads) and is stored
+ * into the other buffer before the single barrier per slice.
+ * ------------------------------------------------------------------------------- */
+
+template <typename T> struct xc_quad;
+template <> struct xc_quad<float> {
+    static __device__ __forceinline__ void load(const float *p, float *d) {
+        const float4 v = *reinterpret_cast<const float4 *>(p);
+        d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
+    }
+    static __device__ __forceinline__ void store(float *p, const float *d) {
+        *reinterpret_cast<float4 *>(p) = make_float4(d[0], d[1], d[2], d[3]);
+    }
+};
+template <> struct xc_quad<double> {
+    static __device__ __forceinline__ void load(const double *p, double *d) {
+        const double2 v0 = reinterpret_cast<const double2 *>(p)[0], v1 = reinterpret_cast<const double2 *>(p)[1];
+        d[0] = v0.x; d[1] = v0.y; d[2] = v1.x; d[3] = v1.y;
+    }
+    static __device__ __forceinline__ void store(double *p, const double *d) {
+        reinterpret_cast<double2 *>(p)[0] = make_double2(d[0], d[1]);
+        reinterpret_cast<double2 *>(p)[1] = make_double2(d[2], d[3]);
+    }
+};
+
+template <int BM, int BN, int BK, int TM, int TN, int MINB, bool VEC>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB) xc_gemm_simt(int m, int n, int k,
+        const xc_t *__restrict__ A, const xc_t *__restrict__ B, const xc_t *__restrict__ bias,
+        xc_t *__restrict__ C) {
+    constexpr int TX = BN / TN, TY = BM / TM, THREADS = TX * TY;
+    constexpr int SM_ = TM / 4, SN = TN / 4;          /* strips per thread */
+    constexpr int AP = BM + 4;                        /* padded row of the transposed A */
+    constexpr int LA = BM * BK / 4 / THREADS;         /* 4-element loads per thread */
+    constexpr int LB = BK * BN / 4 / THREADS;
+    static_assert(TX % 8 == 0 && TY % 4 == 0, "lanes are 4 x 8");
+    static_assert(LA * 4 * THREADS == BM * BK && LB * 4 * THREADS == BK * BN, "loads");
+    extern __shared__ __align__(16) unsigned char xc_smem[];
+    xc_t *As = reinterpret_cast<xc_t *>(xc_smem);     /* [2][BK][AP] */
+    xc_t *Bs = As + 2 * BK * AP;                      /* [2][BK][BN] */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tx = (warp % (TX / 8)) * 8 + (lane & 7);
+    const int ty = (warp / (TX / 8)) * 4 + (lane >> 3);
+    const int64_t tiles_m = xc_cdiv(m, BM), tiles_n = xc_cdiv(n, BN);
+
+    for (int64_t t = blockIdx.x; t < tiles_m * tiles_n; t += gridDim.x) {
+        int64_t tm, tn;
+        xc_tile(t, tiles_m, tiles_n, &tm, &tn);
+        const int64_t row0 = tm * BM, col0 = tn * BN;
+        xc_t acc[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int j = 0; j < TN; j++) acc[i][j] = 0;
+        xc_t ra[LA][4], rb[LB][4];
+
+        auto load = [&](int64_t kt) {
+#pragma unroll
+            for (int l = 0; l < LA; l++) {
+                const int e = tid + l * THREADS;
+                const int r = e / (BK / 4), q = (e % (BK / 4)) * 4;
+                const int64_t gr = row0 + r, gc = kt + q;
+                if (VEC) {
+                    if (gr < m && gc < k) xc_quad<xc_t>::load(A + gr * k + gc, ra[l]);
+                    else ra[l][0] = ra[l][1] = ra[l][2] = ra[l][3] = 0;
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) ra[l][i] = (gr < m && gc + i < k) ? A[gr * k + gc + i] : (xc_t)0;
+                }
+            }
+#pragma unroll
+            for (int l = 0; l < LB; l++) {
+                const int e = tid + l * THREADS;
+                const int r = e / (BN / 4), q = (e % (BN / 4)) * 4;
+                const int64_t gr = kt + r, gc = col0 + q;
+                if (VEC) {
+                    if (gr < k && gc < n) xc_quad<xc_t>::load(B + gr * n + gc, rb[l]);
+                    else rb[l][0] = rb[l][1] = rb[l][2] = rb[l][3] = 0;
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) rb[l][i] = (gr < k && gc + i < n) ? B[gr * n + gc + i] : (xc_t)0;
+                }
+            }
+        };
+        auto store = [&](int buf) {
+            xc_t *as = As + buf * BK * AP;
+            xc_t *bs = Bs + buf * BK * BN;
+#pragma unroll
+            for (int l = 0; l < LA; l++) {
+                const int e = tid + l * THREADS;
+                const int r = e / (BK / 4), q = (e % (BK / 4)) * 4;
+#pragma unroll
+                for (int i = 0; i < 4; i++) as[(q + i) * AP + r] = ra[l][i];
+            }
+#pragma unroll
+            for (int l = 0; l < LB; l++) {
+                const int e = tid + l * THREADS;
+                const int r = e / (BN / 4), q = (e % (BN / 4)) * 4;
+                xc_quad<xc_t>::store(bs + r * BN + q, rb[l]);
+            }
+        };
+
+        load(0);
+        store(0);
+        __syncthreads();
+        int buf = 0;
+        for (int64_t kt = 0; kt < k; kt += BK) {
+            const bool more = kt + BK < k;
+            if (more) load(kt + BK);
+            const xc_t *as = As + buf * BK * AP;
+            const xc_t *bs = Bs + buf * BK * BN;
+#pragma unroll
+            for (int kk = 0; kk < BK; kk++) {
+                xc_t a[TM], b[TN];
+#pragma unroll
+                for (int s = 0; s < SM_; s++) xc_quad<xc_t>::load(as + kk * AP + s * (BM / SM_) + ty * 4, a + s * 4);
+#pragma unroll
+                for (int s = 0; s < SN; s++) xc_quad<xc_t>::load(bs + kk * BN + s * (BN / SN) + tx * 4, b + s * 4);
+#pragma unroll
+                for (int i = 0; i < TM; i++)
+#pragma unroll
+                    for (int j = 0; j < TN; j++) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+            }
+            if (more) store(buf ^ 1);
+            __syncthreads();
+            buf ^= 1;
+        }
+
+#pragma unroll
+        for (int i = 0; i < TM; i++) {
+            const int64_t r = row0 + (i / 4) * (BM / SM_) + ty * 4 + (i % 4);
+            if (r >= m) continue;
+#pragma unroll
+            for (int s = 0; s < SN; s++) {
+                const int64_t c = col0 + s * (BN / SN) + tx * 4;
+                xc_t v[4];
+#pragma unroll
+                for (int j = 0; j < 4; j++) v[j] = c + j < n ? xc_epilogue(acc[i][s * 4 + j], bias, c + j) : (xc_t)0;
+                if (VEC && c < n) {
+                    xc_quad<xc_t>::store(C + r * n + c, v);   /* n % 4 == 0: all four in range */
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        if (c + j < n) C[r * n + c + j] = v[j];
+                }
             }
         }
-    }
-    __syncthreads(); /* the next column tile reuses the shared tiles */
     }
 }
 
-extern "C" int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream) {
+{%- else %}
+
+/* ---------------------------------------------------------------------------------
+ * Tensor-core kernel (mma.sync, sm_80+): block tile BM x BN, k-slices of BK, warps of
+ * WM x WN each, STAGES shared-memory stages filled by cp.async (16-byte copies with
+ * zero fill past the edges; ALIGNED is false when a row is not a whole number of
+ * 16-byte chunks or a pointer is misaligned: then plain loads fill the stage).
+ * A is kept row-major [BM][BK + pad], B row-major [BK][BN + pad]; the pads make the
+ * ldmatrix and fragment reads conflict-free.
+ * ------------------------------------------------------------------------------- */
+{%- if precision == "tf32" %}
+typedef float xc_in;               /* A and B elements */
+#define XC_KSTEP 8                 /* k per mma: m16n8k8 */
+#define XC_APAD 4                  /* 36-float rows: ldmatrix rows in distinct banks */
+#define XC_BPAD 8                  /* row stride = 8 mod 32 floats: fragment reads conflict-free */
+{%- else %}
+typedef unsigned short xc_in;      /* {{ precision }} bits */
+#define XC_KSTEP 16                /* m16n8k16 */
+#define XC_APAD 8
+#define XC_BPAD 8
+{%- endif %}
+#define XC_ELEMS (16 / (int)sizeof(xc_in))   /* elements per 16-byte chunk */
+
+static __device__ __forceinline__ uint32_t xc_smem_addr(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+static __device__ __forceinline__ void xc_cp16(void *dst, const void *src, bool valid) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(xc_smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+#endif
+}
+static __device__ __forceinline__ void xc_cp_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+static __device__ __forceinline__ void xc_cp_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+static __device__ __forceinline__ void xc_ldsm4(uint32_t (&r)[4], const void *p) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 { %0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(xc_smem_addr(p)));
+#endif
+}
+{%- if precision != "tf32" %}
+static __device__ __forceinline__ void xc_ldsm4_t(uint32_t (&r)[4], const void *p) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 { %0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(xc_smem_addr(p)));
+#endif
+}
+{%- endif %}
+
+{%- if precision == "tf32" %}
+static __device__ __forceinline__ uint32_t xc_tf32(uint32_t bits) {
+    uint32_t r = bits;
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(__uint_as_float(bits)));
+#endif
+    return r;
+}
+{%- endif %}
+
+static __device__ __forceinline__ void xc_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if __CUDA_ARCH__ >= 800
+{%- if precision == "tf32" %}
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 { %0, %1, %2, %3}, { %4, %5, %6, %7}, { %8, %9}, { %0, %1, %2, %3};\n"
+{%- else %}
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.{{ ptx }}.{{ ptx }}.f32 { %0, %1, %2, %3}, { %4, %5, %6, %7}, { %8, %9}, { %0, %1, %2, %3};\n"
+{%- endif %}
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, bool ALIGNED>
+__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32) xc_gemm_tc(int m, int n, int k,
+        const xc_in *__restrict__ A, const xc_in *__restrict__ B, const float *__restrict__ bias,
+        float *__restrict__ C) {
+#if __CUDA_ARCH__ >= 800
+    constexpr int WARPS_N = BN / WN, THREADS = (BM / WM) * WARPS_N * 32;
+    constexpr int MT = WM / 16, NT = WN / 8;          /* mma tiles per warp */
+    constexpr int AS = BK + XC_APAD, BS = BN + XC_BPAD;
+    constexpr int STAGE = BM * AS + BK * BS;          /* elements per stage */
+    static_assert(NT % 2 == 0 && BK % XC_KSTEP == 0, "shape");
+    static_assert((BM * BK / XC_ELEMS) % THREADS == 0 && (BK * BN / XC_ELEMS) % THREADS == 0, "loads");
+    extern __shared__ __align__(16) unsigned char xc_smem[];
+    xc_in *smem = reinterpret_cast<xc_in *>(xc_smem);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int wm0 = (warp / WARPS_N) * WM, wn0 = (warp % WARPS_N) * WN;
+    const int64_t tiles_m = xc_cdiv(m, BM), tiles_n = xc_cdiv(n, BN);
+    const int64_t ktiles = xc_cdiv(k, BK);
+
+    for (int64_t t = blockIdx.x; t < tiles_m * tiles_n; t += gridDim.x) {
+        int64_t tm, tn;
+        xc_tile(t, tiles_m, tiles_n, &tm, &tn);
+        const int64_t row0 = tm * BM, col0 = tn * BN;
+
+        auto load_stage = [&](int stage, int64_t kt) {
+            xc_in *as = smem + stage * STAGE;
+            xc_in *bs = as + BM * AS;
+            const int64_t k0 = kt * BK;
+            if (ALIGNED) {
+#pragma unroll
+                for (int l = 0; l < BM * BK / XC_ELEMS / THREADS; l++) {
+                    const int e = tid + l * THREADS;
+                    const int r = e / (BK / XC_ELEMS), q = (e % (BK / XC_ELEMS)) * XC_ELEMS;
+                    const int64_t gr = row0 + r, gc = k0 + q;
+                    const bool ok = gr < m && gc < k;
+                    xc_cp16(as + r * AS + q, ok ? A + gr * k + gc : A, ok);
+                }
+#pragma unroll
+                for (int l = 0; l < BK * BN / XC_ELEMS / THREADS; l++) {
+                    const int e = tid + l * THREADS;
+                    const int r = e / (BN / XC_ELEMS), q = (e % (BN / XC_ELEMS)) * XC_ELEMS;
+                    const int64_t gr = k0 + r, gc = col0 + q;
+                    const bool ok = gr < k && gc < n;
+                    xc_cp16(bs + r * BS + q, ok ? B + gr * n + gc : B, ok);
+                }
+            } else {
+                for (int e = tid; e < BM * BK; e += THREADS) {
+                    const int r = e / BK, q = e % BK;
+                    const int64_t gr = row0 + r, gc = k0 + q;
+                    as[r * AS + q] = (gr < m && gc < k) ? A[gr * k + gc] : (xc_in)0;
+                }
+                for (int e = tid; e < BK * BN; e += THREADS) {
+                    const int r = e / BN, q = e % BN;
+                    const int64_t gr = k0 + r, gc = col0 + q;
+                    bs[r * BS + q] = (gr < k && gc < n) ? B[gr * n + gc] : (xc_in)0;
+                }
+            }
+        };
+
+        float acc[MT][NT][4];
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
+
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; s++) {
+            if (s < ktiles) load_stage(s, s);
+            xc_cp_commit();
+        }
+        for (int64_t kt = 0; kt < ktiles; kt++) {
+            xc_cp_wait<STAGES - 2>();
+            __syncthreads(); /* stage kt is complete for all, stage kt-1 free for all */
+            {
+                const int64_t next = kt + STAGES - 1;
+                if (next < ktiles) load_stage((int)(next % STAGES), next);
+                xc_cp_commit();
+            }
+            const xc_in *as = smem + (int)(kt % STAGES) * STAGE;
+            const xc_in *bs = as + BM * AS;
+#pragma unroll
+            for (int ks = 0; ks < BK; ks += XC_KSTEP) {
+                uint32_t af[MT][4], bf[NT][2];
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    /* lanes 0-15: rows 0-15 at k; lanes 16-31: rows 0-15 at k + KSTEP/2 */
+                    xc_ldsm4(af[i], as + (wm0 + i * 16 + (lane & 15)) * AS + ks + (lane >> 4) * (XC_KSTEP / 2));
+{%- if precision == "tf32" %}
+#pragma unroll
+                    for (int q = 0; q < 4; q++) af[i][q] = xc_tf32(af[i][q]);
+{%- endif %}
+                }
+{%- if precision == "tf32" %}
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    const xc_in *p = bs + (ks + (lane & 3)) * BS + wn0 + j * 8 + (lane >> 2);
+                    bf[j][0] = xc_tf32(__float_as_uint(p[0]));
+                    bf[j][1] = xc_tf32(__float_as_uint(p[4 * BS]));
+                }
+{%- else %}
+#pragma unroll
+                for (int j = 0; j < NT; j += 2) {
+                    /* four 8x8 matrices: k 0-7 and 8-15 of n-tile j, then of n-tile j+1 */
+                    uint32_t r[4];
+                    xc_ldsm4_t(r, bs + (ks + (lane & 7) + ((lane >> 3) & 1) * 8) * BS + wn0 + j * 8 + (lane >> 4) * 8);
+                    bf[j][0] = r[0]; bf[j][1] = r[1]; bf[j + 1][0] = r[2]; bf[j + 1][1] = r[3];
+                }
+{%- endif %}
+#pragma unroll
+                for (int i = 0; i < MT; i++)
+#pragma unroll
+                    for (int j = 0; j < NT; j++) xc_mma(acc[i][j], af[i], bf[j]);
+            }
+        }
+        xc_cp_wait<0>();
+        __syncthreads(); /* the next tile's prologue overwrites the stages */
+
+        /* Accumulator (i, j): rows +lane/4 and +8, columns +2*(lane%4) and +1. */
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int64_t r = row0 + wm0 + i * 16 + (lane >> 2) + h * 8;
+                if (r >= m) continue;
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    const int64_t c = col0 + wn0 + j * 8 + (lane & 3) * 2;
+                    if (ALIGNED && c + 1 < n) {
+                        *reinterpret_cast<float2 *>(C + r * n + c) =
+                            make_float2(xc_epilogue(acc[i][j][h * 2], bias, c), xc_epilogue(acc[i][j][h * 2 + 1], bias, c + 1));
+                    } else {
+                        if (c < n) C[r * n + c] = xc_epilogue(acc[i][j][h * 2], bias, c);
+                        if (c + 1 < n) C[r * n + c + 1] = xc_epilogue(acc[i][j][h * 2 + 1], bias, c + 1);
+                    }
+                }
+            }
+        }
+    }
+#endif
+}
+
+{%- endif %}
+
+/* ---------------------------------------------------------------------------------
+ * Configurations and the launcher. Each config is one kernel shape; the size class
+ * picks one (xc_pick) unless xc_gemm_config names it.
+ * ------------------------------------------------------------------------------- */
+typedef int (*xc_launch_fn)(int m, int n, int k, const void *a, const void *b, const xc_t *bias,
+                            xc_t *c, bool vec, int sms, cudaStream_t s);
+
+{%- if precision == "ieee" %}
+template <int BM, int BN, int BK, int TM, int TN, int MINB>
+static int xc_run(int m, int n, int k, const void *a, const void *b, const xc_t *bias, xc_t *c,
+                  bool vec, int sms, cudaStream_t s) {
+    constexpr int THREADS = (BM / TM) * (BN / TN);
+    constexpr int SMEM = (2 * BK * (BM + 4) + 2 * BK * BN) * (int)sizeof(xc_t);
+    const int64_t tiles = xc_cdiv(m, BM) * xc_cdiv(n, BN);
+    int per_sm = vec ? xc_prepare<xc_gemm_simt<BM, BN, BK, TM, TN, MINB, true>>(THREADS, SMEM)
+                     : xc_prepare<xc_gemm_simt<BM, BN, BK, TM, TN, MINB, false>>(THREADS, SMEM);
+    if (per_sm <= 0) per_sm = 1;
+    const int64_t cap = (int64_t)sms * per_sm * 64;   /* the kernel loops past it */
+    const unsigned grid = (unsigned)(tiles < cap ? tiles : cap);
+    if (vec)
+        xc_gemm_simt<BM, BN, BK, TM, TN, MINB, true><<<grid, THREADS, SMEM, s>>>(
+            m, n, k, (const xc_t *)a, (const xc_t *)b, bias, c);
+    else
+        xc_gemm_simt<BM, BN, BK, TM, TN, MINB, false><<<grid, THREADS, SMEM, s>>>(
+            m, n, k, (const xc_t *)a, (const xc_t *)b, bias, c);
+    return (int)cudaGetLastError();
+}
+
+/* BM, BN, BK, TM, TN, min blocks per SM; the size classes below pick among them. */
+{%- if dtype == "float32" %}
+static const xc_launch_fn xc_configs[] = {
+    xc_run<128, 128, 8, 8, 8, 2>,     /* 0: 256 threads of 8x8 */
+    xc_run<128, 128, 16, 8, 8, 2>,    /* 1 */
+    xc_run<128, 256, 8, 8, 16, 1>,    /* 2: 256 threads, 128 accumulators each */
+    xc_run<256, 128, 8, 16, 8, 1>,    /* 3: the large size class */
+    xc_run<128, 64, 8, 8, 8, 4>,      /* 4: 128 threads */
+    xc_run<64, 128, 8, 8, 8, 4>,      /* 5 */
+    xc_run<64, 64, 8, 8, 8, 8>,       /* 6: 64 threads */
+    xc_run<64, 64, 16, 4, 4, 2>,      /* 7: 256 threads of 4x4, the small size class */
+    xc_run<128, 128, 8, 8, 8, 1>,     /* 8: as 0, registers unbounded */
+    xc_run<128, 128, 16, 8, 8, 1>,    /* 9: as 1, registers unbounded */
+};
+{%- else %}
+static const xc_launch_fn xc_configs[] = {
+    xc_run<64, 64, 16, 4, 4, 2>,      /* 0: 256 threads of 4x4 doubles */
+    xc_run<32, 64, 16, 4, 4, 4>,      /* 1: 128 threads, small problems */
+};
+{%- endif %}
+#define XC_NEEDS_SM80 0
+{%- else %}
+template <int BM, int BN, int BK, int WM, int WN, int STAGES>
+static int xc_run(int m, int n, int k, const void *a, const void *b, const xc_t *bias, xc_t *c,
+                  bool vec, int sms, cudaStream_t s) {
+    constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
+    constexpr int SMEM = STAGES * (BM * (BK + XC_APAD) + BK * (BN + XC_BPAD)) * (int)sizeof(xc_in);
+    const int64_t tiles = xc_cdiv(m, BM) * xc_cdiv(n, BN);
+    int per_sm = vec ? xc_prepare<xc_gemm_tc<BM, BN, BK, WM, WN, STAGES, true>>(THREADS, SMEM)
+                     : xc_prepare<xc_gemm_tc<BM, BN, BK, WM, WN, STAGES, false>>(THREADS, SMEM);
+    if (per_sm <= 0) return (int)cudaErrorInvalidConfiguration; /* the shared memory does not fit */
+    const int64_t cap = (int64_t)sms * per_sm * 64;
+    const unsigned grid = (unsigned)(tiles < cap ? tiles : cap);
+    if (vec)
+        xc_gemm_tc<BM, BN, BK, WM, WN, STAGES, true><<<grid, THREADS, SMEM, s>>>(
+            m, n, k, (const xc_in *)a, (const xc_in *)b, bias, c);
+    else
+        xc_gemm_tc<BM, BN, BK, WM, WN, STAGES, false><<<grid, THREADS, SMEM, s>>>(
+            m, n, k, (const xc_in *)a, (const xc_in *)b, bias, c);
+    return (int)cudaGetLastError();
+}
+
+/* BM, BN, BK, warp WM x WN, stages. */
+static const xc_launch_fn xc_configs[] = {
+    xc_run<128, 128, 32, 64, 64, 4>,  /* 0: 4 warps of 64x64 */
+    xc_run<128, 256, 32, 64, 64, 3>,  /* 1: 8 warps */
+    xc_run<256, 128, 32, 64, 64, 3>,  /* 2: 8 warps */
+    xc_run<128, 128, 32, 64, 32, 4>,  /* 3: 8 warps of 64x32 */
+    xc_run<64, 128, 32, 32, 64, 4>,   /* 4: 4 warps */
+    xc_run<64, 64, 32, 32, 32, 4>,    /* 5: 4 warps, the small size class */
+{%- if precision == "tf32" %}
+    xc_run<128, 128, 64, 64, 64, 3>,  /* 6: longer k-slices, 209 KiB */
+    xc_run<128, 256, 32, 64, 64, 4>,  /* 7: as 1, a stage deeper */
+{%- else %}
+    xc_run<128, 128, 64, 64, 64, 3>,  /* 6: longer k-slices */
+    xc_run<128, 256, 64, 64, 64, 3>,  /* 7: 8 warps, longer k-slices */
+{%- endif %}
+};
+#define XC_NEEDS_SM80 1
+{%- endif %}
+
+#define XC_CONFIGS ((int)(sizeof(xc_configs) / sizeof(xc_configs[0])))
+
+/* The size class, from timings of every config on an H200 (benches/gpu_check.py): the
+ * largest tile while its tiles still give (most) multiprocessors a block, else the
+ * smallest. float32: 256x128 tiles of 16x8 per thread reach cuBLAS at 2048^3 and
+ * above; at 1024^3 (32 such tiles) 64x64 tiles of 4x4 are fastest. Tensor cores:
+ * 128x128 (bf16, fp16) or 128x256 (tf32) from about one tile per multiprocessor, else
+ * 64x64. */
+static int xc_pick(int64_t m, int64_t n, int sms) {
+{%- if precision == "ieee" and dtype == "float32" %}
+    return xc_cdiv(m, 256) * xc_cdiv(n, 128) * 3 >= 2 * (int64_t)sms ? 3 : 7;
+{%- elif precision == "ieee" %}
+    return xc_cdiv(m, 64) * xc_cdiv(n, 64) >= 2 * (int64_t)sms ? 0 : 1;
+{%- else %}
+    return xc_cdiv(m, 128) * xc_cdiv(n, 128) >= sms ? {{ 1 if precision == "tf32" else 0 }} : 5;
+{%- endif %}
+}
+
+extern "C" int xc_gemm_configs(void) { return XC_CONFIGS; }
+
+extern "C" int xc_gemm_config(int config, int64_t m, int64_t n, int64_t k, const void *a, const void *b,
+                              const void *bias, void *c, void *stream) {
     if (m < 0 || n < 0 || k < 0 || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX) return -1;
+    if (config >= XC_CONFIGS) return -3;
     if (m == 0 || n == 0) return 0;
     if (!c || (k > 0 && (!a || !b))) return -2;
     (void)cudaGetLastError(); /* clear an error left by earlier calls on this thread */
-    /* Row tiles on x (up to 2^31-1 blocks), column tiles on y, looped past 65535. */
-    const int64_t tiles_n = (n + BN - 1) / BN;
-    dim3 grid((unsigned)((m + BM - 1) / BM), (unsigned)(tiles_n < 65535 ? tiles_n : 65535));
-    xc_gemm_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>((int)m, (int)n, (int)k,
-        (const {{ t }} *)a, (const {{ t }} *)b, ({{ t }} *)c);
-    return (int)cudaGetLastError();
+    int dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
+        sms = 32;
+        (void)cudaGetLastError(); /* not the launch's error */
+    }
+#if XC_NEEDS_SM80
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        major = 0;
+    }
+    if (major < 8) return (int)cudaErrorNotSupported;
+    const int64_t chunk = 16 / (int64_t)sizeof(xc_in);
+    const bool vec = k % chunk == 0 && n % chunk == 0 && ((uintptr_t)a & 15) == 0 && ((uintptr_t)b & 15) == 0 &&
+                     ((uintptr_t)c & 7) == 0 && ((uintptr_t)bias & 7) == 0;
+#else
+    const bool vec = k % 4 == 0 && n % 4 == 0 && ((uintptr_t)a & 15) == 0 && ((uintptr_t)b & 15) == 0 &&
+                     ((uintptr_t)c & 15) == 0;
+#endif
+    if (config < 0) config = xc_pick(m, n, sms);
+    return xc_configs[config]((int)m, (int)n, (int)k, a, b, (const xc_t *)bias, (xc_t *)c, vec, sms,
+                              (cudaStream_t)stream);
+}
+
+extern "C" int xc_gemm_bias(int64_t m, int64_t n, int64_t k, const void *a, const void *b, const void *bias,
+                            void *c, void *stream) {
+    return xc_gemm_config(-1, m, n, k, a, b, bias, c, stream);
+}
+
+extern "C" int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream) {
+    return xc_gemm_config(-1, m, n, k, a, b, nullptr, c, stream);
 }

@@ -1,5 +1,5 @@
 /* xcache-template
-description = "Row reduction of a row-major matrix on the GPU, with an optional element-wise pre-expression over x: one block per row, warp-shuffle tree"
+description = "Reduction of a row-major matrix on the GPU over its last axis (one result per row) or its leading axis (one per column), with an optional element-wise pre-expression over x; the kernel is chosen from the shape at launch"
 entry = ["int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out, void *stream)"]
 
 [params.dtype]
@@ -18,27 +18,65 @@ inputs = ["x"]
 dtype = "dtype"
 default = "x"
 doc = "element-wise expression applied before reducing, e.g. x*x"
+
+[params.axis]
+type = "int"
+min = 0
+max = 1
+default = 1
+doc = "1: reduce along each row (out has rows elements, as numpy's sum(axis=1)); 0: reduce along the leading axis, down each column (out has cols elements, as sum(axis=0))"
 */
 /* ABI: int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out, void *stream)
- *   in   DEVICE pointer to rows*cols elements of `dtype`, row-major
- *   out  DEVICE pointer to rows elements: out[r] = op over c of pre(in[r*cols + c])
+ *   in   DEVICE pointer to rows*cols elements of `dtype`, row-major, naturally aligned
+ *   out  DEVICE pointer to rows elements (axis=1: out[r] = op over c of pre(in[r*cols + c]))
+ *        or cols elements (axis=0: out[c] = op over r of pre(in[r*cols + c]))
  *   stream  a cudaStream_t or NULL; asynchronous
  * Floats accumulate in double; int sums wrap (an int mean divides the wrapped sum).
- * max and min return NaN if any element is NaN. Empty rows: sum 0, mean NaN (0 for
- * ints), max -inf / min +inf (the int's MIN / MAX).
+ * max and min return NaN if any element is NaN (numpy's max/min). Empty reductions:
+ * sum 0, mean NaN (0 for ints), max -inf / min +inf (the int's MIN / MAX).
  * Returns 0 once queued, -1 for a negative size, -2 for a NULL pointer, else the
- * (positive) cudaError_t of the launch. */
+ * (positive) cudaError_t of the launch.
+ *
+ * Strategy, chosen from the shape at launch (every kernel reads 16-byte vectors where
+ * the data allows, with several loads in flight per thread, on a grid sized to the
+ * GPU's resident blocks):
+ *   axis=1, rows of <= 256 vectors: a team of 1..32 lanes of a warp per row, four
+ *     rows per team in flight (a warp per row for rows of a few hundred elements,
+ *     4 lanes for 16 float32s, one lane for a single column);
+ *   axis=1, longer rows: a 256-thread block per row; when there are too few rows to
+ *     fill the GPU (down to a single row: a full reduction), each row is split into
+ *     chunks reduced by separate blocks, and a second small kernel combines the
+ *     chunks' partial results (kept in a stream-ordered workspace from a private pool);
+ *   axis=0: a block of 256 threads covers up to 32 column vectors by 8..256 rows
+ *     (wider and shallower for matrices of fewer rows); the rows are split into chunks
+ *     when there are too few columns to fill the GPU, again with a second pass over the
+ *     chunks' partials.
+ * On an H200, every shape of 2^28 float32 over the rows, and all but a single row over
+ * the leading axis, reads at 94-107% of the device-to-device copy bandwidth
+ * (docs/BENCHMARKS.md). */
 #include <cuda_runtime.h>
+#include <stdint.h>
+#include <mutex>
 {{ xc_prelude }}
 {%- set ctype = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t"}[dtype] %}
+{%- set vtype = {"float32": "float4", "float64": "double2", "int32": "int4", "int64": "longlong2"}[dtype] %}
+{%- set lanes = {"float32": 4, "float64": 2, "int32": 4, "int64": 2}[dtype] %}
 {%- set is_float = dtype in ["float32", "float64"] %}
 {%- set additive = op in ["sum", "mean"] %}
 {%- set acc = ("double" if is_float else "unsigned long long") if additive else ctype %}
 {%- set init = "0" if additive else {"max": {"float32": "-INFINITY", "float64": "-INFINITY", "int32": "INT32_MIN", "int64": "INT64_MIN"}, "min": {"float32": "INFINITY", "float64": "INFINITY", "int32": "INT32_MAX", "int64": "INT64_MAX"}}[op][dtype] %}
 
-static __device__ __forceinline__ {{ ctype }} xc_pre({{ ctype }} x) { return {{ pre }}; }
+#define XC_VEC {{ lanes }}      /* elements per 16-byte vector */
+#define XC_THREADS 256
+#define XC_UNROLL 4             /* independent loads in flight per thread */
 
-static __device__ __forceinline__ {{ acc }} xc_combine({{ acc }} p, {{ acc }} q) {
+typedef {{ ctype }} xc_t;
+typedef {{ acc }} xc_acc;
+typedef {{ vtype }} xc_v;
+
+static __device__ __forceinline__ xc_t xc_pre(xc_t x) { return {{ pre }}; }
+
+static __device__ __forceinline__ xc_acc xc_combine(xc_acc p, xc_acc q) {
 {%- if additive %}
     return p + q;
 {%- elif op == "max" %}
@@ -48,40 +86,413 @@ static __device__ __forceinline__ {{ acc }} xc_combine({{ acc }} p, {{ acc }} q)
 {%- endif %}
 }
 
-__global__ void __launch_bounds__(256) xc_rows(int64_t rows, int64_t cols, const {{ ctype }} *__restrict__ in, {{ ctype }} *out) {
-    __shared__ {{ acc }} part[8];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const {{ ctype }} *row = in + r * cols;
-        {{ acc }} a = {{ init }};
-        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-            a = xc_combine(a, ({{ acc }})xc_pre(row[c]));
-        for (int off = 16; off > 0; off >>= 1)
-            a = xc_combine(a, __shfl_down_sync(0xffffffffu, a, off));
-        if (lane == 0) part[warp] = a;
-        __syncthreads();
-        if (warp == 0) {
-            a = lane < 8 ? part[lane] : ({{ acc }}){{ init }};
-            for (int off = 4; off > 0; off >>= 1)
-                a = xc_combine(a, __shfl_down_sync(0xffffffffu, a, off));
-            if (lane == 0) {
+static __device__ __forceinline__ xc_acc xc_one(xc_t x) { return (xc_acc)xc_pre(x); }
+
+static __device__ __forceinline__ xc_t xc_final(xc_acc a, int64_t count) {
 {%- if op == "mean" and is_float %}
-                out[r] = ({{ ctype }})(cols > 0 ? a / (double)cols : NAN);
+    return (xc_t)(count > 0 ? a / (double)count : NAN);
 {%- elif op == "mean" %}
-                out[r] = cols > 0 ? ({{ ctype }})((long long)a / cols) : 0;
+    return count > 0 ? (xc_t)((long long)a / count) : 0;
 {%- else %}
-                out[r] = ({{ ctype }})a;
+    (void)count;
+    return (xc_t)a;
 {%- endif %}
+}
+
+static int64_t xc_min64(int64_t x, int64_t y) { return x < y ? x : y; }
+static int64_t xc_max64(int64_t x, int64_t y) { return x > y ? x : y; }
+static int64_t xc_cdiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+/* Resident 256-thread blocks per multiprocessor for kernel K, computed once. */
+template <auto K>
+static int xc_per_sm() {
+    static const int n = [] {
+        int b = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, K, XC_THREADS, 0) != cudaSuccess || b <= 0) {
+            (void)cudaGetLastError();
+            b = 4;
+        }
+        return b;
+    }();
+    return n;
+}
+
+/* A private stream-ordered memory pool per device for the partials of split
+ * reductions: it keeps its memory between calls (the default pool would hand it back
+ * at every synchronisation) and leaves the application's default pool alone. NULL
+ * where pools are unsupported: the caller then does not split. */
+static cudaMemPool_t xc_pool(int dev) {
+    static std::mutex lock;
+    static cudaMemPool_t pools[64];
+    static bool tried[64];
+    if (dev < 0 || dev >= 64) return nullptr;
+    std::lock_guard<std::mutex> guard(lock);
+    if (!tried[dev]) {
+        tried[dev] = true;
+        int ok = 0;
+        cudaMemPoolProps props = {};
+        props.allocType = cudaMemAllocationTypePinned;
+        props.location.type = cudaMemLocationTypeDevice;
+        props.location.id = dev;
+        cudaMemPool_t p = nullptr;
+        if (cudaDeviceGetAttribute(&ok, cudaDevAttrMemoryPoolsSupported, dev) == cudaSuccess && ok &&
+            cudaMemPoolCreate(&p, &props) == cudaSuccess) {
+            uint64_t keep = UINT64_MAX;
+            (void)cudaMemPoolSetAttribute(p, cudaMemPoolAttrReleaseThreshold, &keep);
+            pools[dev] = p;
+        }
+        (void)cudaGetLastError(); /* not the launch's error */
+    }
+    return pools[dev];
+}
+
+static xc_acc *xc_workspace(int dev, size_t count, cudaStream_t s) {
+    cudaMemPool_t pool = xc_pool(dev);
+    void *p = nullptr;
+    if (!pool || cudaMallocFromPoolAsync(&p, count * sizeof(xc_acc), pool, s) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return nullptr;
+    }
+    return (xc_acc *)p;
+}
+{%- if axis == 1 %}
+
+/* The vector's elements combined as a tree (shorter dependency chains). */
+static __device__ __forceinline__ xc_acc xc_vec(xc_v v) {
+{%- if lanes == 4 %}
+    return xc_combine(xc_combine(xc_one(v.x), xc_one(v.y)), xc_combine(xc_one(v.z), xc_one(v.w)));
+{%- else %}
+    return xc_combine(xc_one(v.x), xc_one(v.y));
+{%- endif %}
+}
+
+template <int WIDTH>
+static __device__ __forceinline__ xc_acc xc_warp_reduce(xc_acc a) {
+#pragma unroll
+    for (int off = WIDTH / 2; off > 0; off >>= 1)
+        a = xc_combine(a, __shfl_xor_sync(0xffffffffu, a, off));
+    return a;
+}
+
+/* The block's combined value, in thread 0. Every thread of the block must call it. */
+static __device__ __forceinline__ xc_acc xc_block_reduce(xc_acc a, xc_acc *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    a = xc_warp_reduce<32>(a);
+    if (lane == 0) red[warp] = a;
+    __syncthreads();
+    if (warp == 0) {
+        a = lane < XC_THREADS / 32 ? red[lane] : (xc_acc){{ init }};
+        a = xc_warp_reduce<XC_THREADS / 32>(a);
+    }
+    __syncthreads(); /* red is reused by the caller's next row */
+    return a;
+}
+
+/* Short rows: TEAM consecutive lanes per row; a warp takes 32/TEAM consecutive rows per
+ * step and XC_UNROLL steps at once. VECTOR: every row starts 16-byte aligned (aligned
+ * base, cols a multiple of XC_VEC). */
+template <int TEAM, bool VECTOR>
+__global__ void __launch_bounds__(XC_THREADS) xc_rows_team(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    constexpr int PER_WARP = 32 / TEAM;
+    const int lane = threadIdx.x & (TEAM - 1);
+    const int team = (threadIdx.x & 31) / TEAM;
+    const int64_t warp = ((int64_t)blockIdx.x * XC_THREADS + threadIdx.x) >> 5;
+    const int64_t warps = ((int64_t)gridDim.x * XC_THREADS) >> 5;
+    const int64_t groups = (rows + PER_WARP - 1) / PER_WARP;
+    const int64_t units = VECTOR ? cols / XC_VEC : cols;
+    for (int64_t g = warp; g < groups; g += XC_UNROLL * warps) { /* uniform in the warp */
+        xc_acc a[XC_UNROLL];
+        const xc_t *row[XC_UNROLL];
+        bool ok[XC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++) {
+            const int64_t r = (g + u * warps) * PER_WARP + team;
+            ok[u] = g + u * warps < groups && r < rows;
+            row[u] = in + (ok[u] ? r : 0) * cols;
+            a[u] = {{ init }};
+        }
+        for (int64_t j = lane; j < units; j += TEAM) {
+            if (VECTOR) {
+                xc_v v[XC_UNROLL];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) v[u] = reinterpret_cast<const xc_v *>(row[u])[j];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) a[u] = xc_combine(a[u], xc_vec(v[u]));
+            } else {
+                xc_t v[XC_UNROLL];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) v[u] = row[u][j];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) a[u] = xc_combine(a[u], xc_one(v[u]));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++) {
+            const xc_acc s = xc_warp_reduce<TEAM>(a[u]);
+            if (lane == 0 && ok[u]) out[(g + u * warps) * PER_WARP + team] = xc_final(s, cols);
+        }
+    }
+}
+
+/* Long rows: a block per (row, chunk). Each row is read as a scalar head up to its
+ * first 16-byte boundary, a body of vectors split into `chunks` ranges of `chunk_units`
+ * vectors, and a scalar tail. SPLIT: write the chunk's partial to
+ * part[row * chunks + chunk]; else the row's result. */
+template <bool SPLIT>
+__global__ void __launch_bounds__(XC_THREADS) xc_rows_block(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out, xc_acc *__restrict__ part,
+        int64_t chunks, int64_t chunk_units) {
+    __shared__ xc_acc red[XC_THREADS / 32];
+    const int tid = threadIdx.x;
+    const int64_t items = rows * chunks;
+    for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
+        const int64_t r = w / chunks, ch = w - r * chunks;
+        const xc_t *row = in + r * cols;
+        int64_t head = (int64_t)(((16 - ((uintptr_t)row & 15)) & 15) / sizeof(xc_t));
+        if (head > cols) head = cols;
+        const int64_t units = (cols - head) / XC_VEC;
+        const int64_t tail = head + units * XC_VEC;
+        const int64_t u0 = ch * chunk_units;
+        const int64_t u1 = u0 + chunk_units < units ? u0 + chunk_units : units;
+        xc_acc a = {{ init }};
+        if (ch == 0) {
+            if (tid < head) a = xc_combine(a, xc_one(row[tid]));
+            if (tail + tid < cols) a = xc_combine(a, xc_one(row[tail + tid]));
+        }
+        const xc_v *body = reinterpret_cast<const xc_v *>(row + head);
+        int64_t j = u0 + tid;
+        for (; j + 3 * XC_THREADS < u1; j += 4 * XC_THREADS) {
+            const xc_v v0 = body[j], v1 = body[j + XC_THREADS];
+            const xc_v v2 = body[j + 2 * XC_THREADS], v3 = body[j + 3 * XC_THREADS];
+            a = xc_combine(a, xc_combine(xc_combine(xc_vec(v0), xc_vec(v1)),
+                                         xc_combine(xc_vec(v2), xc_vec(v3))));
+        }
+        for (; j < u1; j += XC_THREADS) a = xc_combine(a, xc_vec(body[j]));
+        a = xc_block_reduce(a, red);
+        if (tid == 0) {
+            if (SPLIT) part[w] = a;
+            else out[r] = xc_final(a, cols);
+        }
+    }
+}
+
+/* Second pass of a split row reduction: a block per row over its chunks' partials,
+ * four loads in flight per thread (a single row can have thousands of chunks). */
+__global__ void __launch_bounds__(XC_THREADS) xc_rows_finish(int64_t rows, int64_t cols,
+        int64_t chunks, const xc_acc *__restrict__ part, xc_t *__restrict__ out) {
+    __shared__ xc_acc red[XC_THREADS / 32];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const xc_acc *p = part + r * chunks;
+        xc_acc a = {{ init }};
+        int64_t c = threadIdx.x;
+        for (; c + 3 * XC_THREADS < chunks; c += 4 * XC_THREADS)
+            a = xc_combine(a, xc_combine(xc_combine(p[c], p[c + XC_THREADS]),
+                                         xc_combine(p[c + 2 * XC_THREADS], p[c + 3 * XC_THREADS])));
+        for (; c < chunks; c += XC_THREADS) a = xc_combine(a, p[c]);
+        a = xc_block_reduce(a, red);
+        if (threadIdx.x == 0) out[r] = xc_final(a, cols);
+    }
+}
+
+template <int TEAM, bool VECTOR>
+static void xc_launch_team(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int sms, cudaStream_t s) {
+    const int64_t per_block = (XC_THREADS / 32) * (32 / TEAM) * XC_UNROLL; /* rows per block step */
+    const int64_t want = xc_cdiv(rows, per_block);
+    const int64_t cap = (int64_t)sms * xc_per_sm<xc_rows_team<TEAM, VECTOR>>();
+    xc_rows_team<TEAM, VECTOR><<<(unsigned)xc_max64(1, xc_min64(want, cap)), XC_THREADS, 0, s>>>(rows, cols, in, out);
+}
+
+template <bool VECTOR>
+static void xc_launch_team_for(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int sms, cudaStream_t s) {
+    const int64_t units = VECTOR ? cols / XC_VEC : cols;
+    if (units <= 1) xc_launch_team<1, VECTOR>(rows, cols, in, out, sms, s);
+    else if (units <= 2) xc_launch_team<2, VECTOR>(rows, cols, in, out, sms, s);
+    else if (units <= 4) xc_launch_team<4, VECTOR>(rows, cols, in, out, sms, s);
+    else if (units <= 8) xc_launch_team<8, VECTOR>(rows, cols, in, out, sms, s);
+    else if (units <= 16) xc_launch_team<16, VECTOR>(rows, cols, in, out, sms, s);
+    else xc_launch_team<32, VECTOR>(rows, cols, in, out, sms, s);
+}
+
+static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int dev, int sms, cudaStream_t s) {
+    const bool vector = ((uintptr_t)in & 15) == 0 && cols % XC_VEC == 0;
+    if ((vector ? cols / XC_VEC : cols) <= 256) {
+        if (vector) xc_launch_team_for<true>(rows, cols, in, out, sms, s);
+        else xc_launch_team_for<false>(rows, cols, in, out, sms, s);
+        return (int)cudaGetLastError();
+    }
+    /* Long rows: split each into chunks when the rows alone leave resident blocks idle,
+     * keeping a chunk at >= 8 vectors per thread. */
+    const int64_t slots = (int64_t)sms * xc_per_sm<xc_rows_block<true>>();
+    const int64_t max_units = cols / XC_VEC;
+    int64_t chunks = 1;
+    if (rows < 2 * slots)
+        chunks = xc_max64(1, xc_min64(xc_cdiv(2 * slots, rows), max_units / (8 * XC_THREADS)));
+    xc_acc *part = chunks > 1 ? xc_workspace(dev, (size_t)(rows * chunks), s) : nullptr;
+    if (!part) chunks = 1;
+    const int64_t chunk_units = xc_cdiv(max_units, chunks);
+    const unsigned grid = (unsigned)xc_min64(rows * chunks, slots);
+    if (part) {
+        xc_rows_block<true><<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, part, chunks, chunk_units);
+        xc_rows_finish<<<(unsigned)xc_min64(rows, slots), XC_THREADS, 0, s>>>(
+            rows, cols, chunks, part, out);
+        const cudaError_t e = cudaGetLastError();
+        (void)cudaFreeAsync(part, s);
+        return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
+    }
+    xc_rows_block<false><<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, nullptr, 1, chunk_units);
+    return (int)cudaGetLastError();
+}
+{%- else %}
+
+/* Block (TX, TY) with TX*TY = 256; thread x owns a unit of columns (a vector of XC_VEC
+ * columns when VECTOR, else one column), thread y every TY-th row of the block's range
+ * [blockIdx.y * rows_per_chunk, +rows_per_chunk). The TY partials are combined in
+ * shared memory. SPLIT: write part[blockIdx.y * cols + col]; else the column's result. */
+template <bool VECTOR, bool SPLIT>
+__global__ void __launch_bounds__(XC_THREADS) xc_cols(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out, xc_acc *__restrict__ part,
+        int64_t rows_per_chunk) {
+    constexpr int W = VECTOR ? XC_VEC : 1;
+    __shared__ xc_acc red[XC_THREADS * W];
+    const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
+    const int64_t unit = (int64_t)blockIdx.x * TX + tx;
+    const int64_t units = VECTOR ? cols / XC_VEC : cols;
+    const int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
+    const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+    xc_acc a[W];
+#pragma unroll
+    for (int w = 0; w < W; w++) a[w] = {{ init }};
+    if (unit < units) {
+        const xc_t *p = in + unit * W;
+        int64_t r = r0 + ty;
+        if (VECTOR) {
+            for (; r + 3 * TY < r1; r += 4 * TY) {
+                xc_v v[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                    v[u] = *reinterpret_cast<const xc_v *>(p + (r + (int64_t)u * TY) * cols);
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+{%- for c in ["x", "y", "z", "w"][:lanes] %}
+                    a[{{ loop.index0 }}] = xc_combine(a[{{ loop.index0 }}], xc_one(v[u].{{ c }}));
+{%- endfor %}
+                }
+            }
+            for (; r < r1; r += TY) {
+                const xc_v v = *reinterpret_cast<const xc_v *>(p + r * cols);
+{%- for c in ["x", "y", "z", "w"][:lanes] %}
+                a[{{ loop.index0 }}] = xc_combine(a[{{ loop.index0 }}], xc_one(v.{{ c }}));
+{%- endfor %}
+            }
+        } else {
+            for (; r + 3 * TY < r1; r += 4 * TY) {
+                xc_t v[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++) v[u] = p[(r + (int64_t)u * TY) * cols];
+#pragma unroll
+                for (int u = 0; u < 4; u++) a[0] = xc_combine(a[0], xc_one(v[u]));
+            }
+            for (; r < r1; r += TY) a[0] = xc_combine(a[0], xc_one(p[r * cols]));
+        }
+    }
+    /* Tree over y in shared memory (TY is a power of two). */
+#pragma unroll
+    for (int w = 0; w < W; w++) red[(ty * TX + tx) * W + w] = a[w];
+    __syncthreads();
+    for (int s = TY / 2; s > 0; s >>= 1) {
+        if (ty < s) {
+#pragma unroll
+            for (int w = 0; w < W; w++) {
+                a[w] = xc_combine(a[w], red[((ty + s) * TX + tx) * W + w]);
+                red[(ty * TX + tx) * W + w] = a[w];
             }
         }
         __syncthreads();
     }
+    if (ty == 0 && unit < units) {
+#pragma unroll
+        for (int w = 0; w < W; w++) {
+            const int64_t col = unit * W + w;
+            if (SPLIT) part[(int64_t)blockIdx.y * cols + col] = a[w];
+            else out[col] = xc_final(a[w], rows);
+        }
+    }
 }
+
+/* Second pass of a split column reduction over the (chunks x cols) partials: block
+ * (TX, TY) as in xc_cols, thread y taking every TY-th chunk, four loads in flight. */
+__global__ void __launch_bounds__(XC_THREADS) xc_cols_finish(int64_t rows, int64_t cols,
+        int64_t chunks, const xc_acc *__restrict__ part, xc_t *__restrict__ out) {
+    __shared__ xc_acc red[XC_THREADS];
+    const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
+    const int64_t col = (int64_t)blockIdx.x * TX + tx;
+    xc_acc a = {{ init }};
+    if (col < cols) {
+        int64_t ch = ty;
+        for (; ch + 3 * TY < chunks; ch += 4 * TY)
+            a = xc_combine(a, xc_combine(xc_combine(part[ch * cols + col], part[(ch + TY) * cols + col]),
+                                         xc_combine(part[(ch + 2 * TY) * cols + col], part[(ch + 3 * TY) * cols + col])));
+        for (; ch < chunks; ch += TY) a = xc_combine(a, part[ch * cols + col]);
+    }
+    red[ty * TX + tx] = a;
+    __syncthreads();
+    for (int s = TY / 2; s > 0; s >>= 1) {
+        if (ty < s) red[ty * TX + tx] = a = xc_combine(a, red[(ty + s) * TX + tx]);
+        __syncthreads();
+    }
+    if (ty == 0 && col < cols) out[col] = xc_final(a, rows);
+}
+
+/* Block shape for a (rows x units) problem: TX units wide (32, fewer for narrow
+ * matrices), TY = 256 / TX rows deep, fewer (and TX wider) for short ones. */
+static dim3 xc_cols_block(int64_t rows, int64_t units) {
+    int tx = 32;
+    while (tx > 1 && tx / 2 >= units) tx /= 2;
+    int ty = XC_THREADS / tx;
+    while (ty > 1 && ty > rows) ty /= 2;
+    return dim3(XC_THREADS / ty, ty);
+}
+
+static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int dev, int sms, cudaStream_t s) {
+    const bool vector = ((uintptr_t)in & 15) == 0 && cols % XC_VEC == 0;
+    const int64_t units = vector ? cols / XC_VEC : cols;
+    const dim3 block = xc_cols_block(rows, units);
+    const int tx = (int)block.x, ty = (int)block.y;
+    const int64_t col_blocks = xc_cdiv(units, tx);
+    const int64_t slots = (int64_t)sms * (vector ? xc_per_sm<xc_cols<true, true>>() : xc_per_sm<xc_cols<false, true>>());
+    /* Enough blocks for two rounds of resident blocks, each thread keeping >= 16 rows. */
+    int64_t chunks = 1;
+    if (col_blocks < 2 * slots)
+        chunks = xc_max64(1, xc_min64(xc_min64(xc_cdiv(2 * slots, col_blocks), rows / (16 * ty)), 65535));
+    xc_acc *part = chunks > 1 ? xc_workspace(dev, (size_t)(chunks * cols), s) : nullptr;
+    if (!part) chunks = 1;
+    const int64_t rows_per_chunk = xc_max64(1, xc_cdiv(rows, chunks));
+    chunks = xc_max64(1, xc_cdiv(rows, rows_per_chunk));
+    const dim3 grid((unsigned)col_blocks, (unsigned)chunks);
+    if (part) {
+        if (vector) xc_cols<true, true><<<grid, block, 0, s>>>(rows, cols, in, out, part, rows_per_chunk);
+        else xc_cols<false, true><<<grid, block, 0, s>>>(rows, cols, in, out, part, rows_per_chunk);
+        const dim3 fblock = xc_cols_block(chunks, cols);
+        xc_cols_finish<<<(unsigned)xc_cdiv(cols, fblock.x), fblock, 0, s>>>(rows, cols, chunks, part, out);
+        const cudaError_t e = cudaGetLastError();
+        (void)cudaFreeAsync(part, s);
+        return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
+    }
+    if (vector) xc_cols<true, false><<<grid, block, 0, s>>>(rows, cols, in, out, nullptr, xc_max64(rows, 1));
+    else xc_cols<false, false><<<grid, block, 0, s>>>(rows, cols, in, out, nullptr, xc_max64(rows, 1));
+    return (int)cudaGetLastError();
+}
+{%- endif %}
 
 extern "C" int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out, void *stream) {
     if (rows < 0 || cols < 0) return -1;
-    if (rows == 0) return 0;
-    if (!out || (!in && cols > 0)) return -2;
+    if ({{ "rows" if axis == 1 else "cols" }} == 0) return 0; /* no outputs */
+    if (!out || (!in && rows > 0 && cols > 0)) return -2;
     (void)cudaGetLastError(); /* clear an error left by earlier calls on this thread */
     int dev = 0, sms = 0;
     cudaGetDevice(&dev);
@@ -89,8 +500,5 @@ extern "C" int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out, 
         sms = 32;
         (void)cudaGetLastError(); /* not the launch's error */
     }
-    const int64_t cap = (int64_t)sms * 16;
-    const int blocks = (int)(rows < cap ? rows : cap);
-    xc_rows<<<blocks, 256, 0, (cudaStream_t)stream>>>(rows, cols, (const {{ ctype }} *)in, ({{ ctype }} *)out);
-    return (int)cudaGetLastError();
+    return xc_launch(rows, cols, (const xc_t *)in, (xc_t *)out, dev, sms, (cudaStream_t)stream);
 }
