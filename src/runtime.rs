@@ -321,11 +321,24 @@ impl Jit {
         Ok((material.key(), material, flags))
     }
 
+    /// Why `req` would hit or miss now, without compiling anything (see
+    /// [`crate::store::explain`]).
+    pub fn explain(&self, req: &SourceRequest) -> Result<crate::store::explain::Explanation> {
+        let (key, material, _) = self.key_for(req)?;
+        self.store.explain(&key, &material, &req.name)
+    }
+
     fn fetch(
         &self,
         req: &SourceRequest,
         (key, material, flags): (Key, KeyMaterial, Vec<String>),
     ) -> Result<Fetched> {
+        if log::log_enabled!(log::Level::Debug) {
+            match self.store.explain(&key, &material, &req.name) {
+                Ok(e) => log::debug!("{}: {e}", req.name),
+                Err(e) => log::debug!("{}: cannot explain: {e}", req.name),
+            }
+        }
         let tool = self.host_tool(req.language)?;
         let source_file = req.language.source_file();
         let display = req.display_name();

@@ -52,6 +52,12 @@ pub struct CompileArgs {
     /// handout_grace (60s by default) against clear, prune and purge.
     #[arg(long, value_name = "FILE", conflicts_with = "symbols")]
     out: Option<PathBuf>,
+    /// Say on stderr whether the request hits, and for a miss why: the header that
+    /// changed since the last build of this request (old and new hash), or what differs
+    /// from the closest earlier build of a source of the same name (flags, compiler,
+    /// source, target, runtime tag). With --json, also as "explain".
+    #[arg(long)]
+    explain: bool,
     /// Print a JSON object instead of the path.
     #[arg(long)]
     pub json: bool,
@@ -117,6 +123,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         includes,
         symbols,
         out: out_file,
+        explain,
         json,
     } = args;
 
@@ -145,6 +152,14 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             jit.render(&t)?
         }
         (None, None) => unreachable!("clap requires a source or a template"),
+    };
+    // Asked before the request is served: afterwards it would be a hit.
+    let explanation = if *explain {
+        let e = jit.explain(&req)?;
+        eprintln!("xcache: explain: {}: {e}", req.display_name());
+        Some(e)
+    } else {
+        None
     };
     let mut valid_until = None;
     let report = if symbols.is_empty() {
@@ -192,7 +207,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         eprint!("{}", report.compiler_output);
     }
     if *json {
-        let v = json!({
+        let mut v = json!({
             "key": report.key.hex(),
             "path": report.path,
             "hit": report.hit,
@@ -206,6 +221,9 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             "valid_until": valid_until.map(xcache::clock::unix_secs),
             "private_copy": out_file.is_some(),
         });
+        if let Some(e) = explanation {
+            v["explain"] = serde_json::to_value(e)?;
+        }
         writeln!(out, "{v}")?;
     } else {
         writeln!(out, "{}", report.path.display())?;

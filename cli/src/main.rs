@@ -139,6 +139,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show an entry (its key material, the headers it was built from and whether they
+    /// changed since) or a request's manifest (its results), by key or key prefix.
+    Show {
+        /// The key, or its first digits (at least 2), as `list` shows it.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the lock files of the current compiledir: held or free, and who last held
     /// each. xcache's locks are OS file locks, freed by the kernel when their holder
     /// exits: none is ever stale, and nothing needs unlocking by hand.
@@ -221,6 +230,7 @@ impl Command {
             | Command::Stats { json, .. }
             | Command::Verify { json, .. }
             | Command::Unlock { json, .. }
+            | Command::Show { json, .. }
             | Command::Doctor { json }
             | Command::Config { json, .. }
             | Command::Templates { json }
@@ -475,6 +485,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             drop(bar);
             show::verify(&mut out, &report, *repair, *json)?;
             status(report.clean())
+        }
+        Some(Command::Show { key, json }) => {
+            let store = Store::open(&config(&cli)?)?;
+            let report = store.show(key)?;
+            show::shown(&mut out, &report, &store, *json)?;
+            ExitCode::SUCCESS
         }
         Some(Command::Unlock { remove_free, json }) => {
             let store = Store::open(&config(&cli)?)?;

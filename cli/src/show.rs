@@ -757,3 +757,152 @@ pub fn config(out: &mut impl Write, c: &Config, json: bool) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// `xcache show KEY`.
+pub fn shown(
+    out: &mut impl Write,
+    r: &xcache::store::explain::ShowReport,
+    store: &Store,
+    json: bool,
+) -> Result<()> {
+    use xcache::store::explain::HeaderNow;
+    if json {
+        return json_out(out, r);
+    }
+    let now = now_secs(store);
+    for e in &r.entries {
+        let m = &e.meta;
+        let k = &m.key_material;
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        writeln!(out, "entry     {}", m.key)?;
+        writeln!(out, "path      {}", e.path.display())?;
+        writeln!(
+            out,
+            "source    {} ({}), built {}, compiled in {} ms",
+            m.source_name,
+            k.language,
+            human::age(m.created, now),
+            m.compile_ms
+        )?;
+        writeln!(
+            out,
+            "artifact  {}, {}, blake3 {}",
+            m.artifact.file,
+            human::size(m.artifact.size),
+            m.artifact.blake3
+        )?;
+        writeln!(
+            out,
+            "request   {}",
+            m.request_key
+                .as_deref()
+                .unwrap_or("- (not dependency-tracked)")
+        )?;
+        writeln!(out, "key material")?;
+        writeln!(out, "  source        blake3 {}", k.source_blake3)?;
+        writeln!(out, "  compiler      {}", k.toolchain.path)?;
+        writeln!(
+            out,
+            "  version       {}",
+            k.toolchain.version.lines().next().unwrap_or("")
+        )?;
+        writeln!(out, "  binary        {}", k.toolchain.binary)?;
+        writeln!(out, "  flags         {}", k.flags.join(" "))?;
+        writeln!(
+            out,
+            "  target        {}{}",
+            k.target.triple,
+            k.target
+                .cpu
+                .as_deref()
+                .map(|c| format!(" (cpu: {c})"))
+                .unwrap_or_default()
+        )?;
+        let inputs: Vec<String> = k
+            .extra_inputs
+            .iter()
+            .map(|x| format!("{} {}", x.name, &x.blake3[..16.min(x.blake3.len())]))
+            .collect();
+        writeln!(out, "  extra inputs  {}", dash(&inputs.join(", ")))?;
+        writeln!(out, "  runtime tag   {}", dash(&k.runtime_tag))?;
+        writeln!(
+            out,
+            "  template      {}",
+            k.template
+                .as_ref()
+                .map(|t| t.display())
+                .unwrap_or_else(|| "-".into())
+        )?;
+        let changed = e
+            .headers
+            .iter()
+            .filter(|h| h.now != HeaderNow::Same)
+            .count();
+        writeln!(
+            out,
+            "headers   {} read by the compiler{}",
+            e.headers.len(),
+            if changed > 0 {
+                format!(", {changed} changed since")
+            } else {
+                String::new()
+            }
+        )?;
+        for h in &e.headers {
+            let state = match h.now {
+                HeaderNow::Same => "",
+                HeaderNow::Changed => "  CHANGED",
+                HeaderNow::Missing => "  MISSING",
+            };
+            writeln!(
+                out,
+                "  {}  {}{state}",
+                &h.blake3[..16.min(h.blake3.len())],
+                h.path
+            )?;
+        }
+        writeln!(out)?;
+    }
+    for m in &r.manifests {
+        writeln!(out, "request   {}", m.request_key)?;
+        writeln!(out, "manifest  {}", m.path.display())?;
+        let cells: Vec<Vec<String>> = m
+            .results
+            .iter()
+            .map(|x| {
+                vec![
+                    x.key[..12].to_string(),
+                    x.headers.to_string(),
+                    human::age(x.created, now),
+                    human::age(x.last_used, now),
+                    if x.entry_exists { "yes" } else { "removed" }.to_string(),
+                    if x.matches_now { "yes" } else { "no" }.to_string(),
+                ]
+            })
+            .collect();
+        write!(
+            out,
+            "{}",
+            human::table(
+                &[
+                    "RESULT",
+                    "HEADERS",
+                    "BUILT",
+                    "LAST USED",
+                    "ENTRY",
+                    "MATCHES NOW"
+                ],
+                &cells,
+                &[1]
+            )
+        )?;
+        writeln!(out)?;
+    }
+    Ok(())
+}

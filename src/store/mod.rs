@@ -130,6 +130,7 @@
 //! See [`trust`] for the shared-group mode.
 
 pub mod entry;
+pub mod explain;
 pub mod gc;
 pub mod key;
 pub mod layout;

@@ -3,8 +3,6 @@
 //! files now, and otherwise builds a new result and adds it. See the store module's
 //! doc ("Tracked requests") for the steps, and [`super::manifest`] for the manifest.
 
-use std::time::SystemTime;
-
 use super::entry::{HeaderDigest, VerifyError};
 use super::key::{result_key, Key};
 use super::manifest::{self, HeaderRecord, Lookup, Manifest, ResultCheck, ResultRecord};
@@ -69,8 +67,9 @@ impl Store {
             return Ok(f);
         }
 
-        // File times are compared with the file system's clock, not the policy clock.
-        let build_start = SystemTime::now();
+        // Compared with files' own timestamps: the kernel's file clock, not the policy
+        // clock.
+        let build_start = manifest::file_clock();
         let mut staging = self.new_staging(request)?;
         let mut built = match build(&staging.root) {
             Ok(b) => b,
@@ -200,7 +199,7 @@ impl Store {
                 ))
             }
         };
-        let now = SystemTime::now();
+        let now = manifest::file_clock();
         for (i, r) in m.results.iter().enumerate() {
             let ResultCheck::Match { refreshed } = r.check(now) else {
                 continue;
