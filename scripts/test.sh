@@ -42,6 +42,15 @@ else
   skipped+=("tests/cuda.rs, all of it: no nvcc here (install it as the README says)")
 fi
 
+# Python extension modules with numpy's headers (tests/pyext.rs): where a Python with
+# its headers and numpy is found (XCACHE_TEST_PYTHON, else python3).
+py="${XCACHE_TEST_PYTHON:-python3}"
+if "$py" -c 'import numpy, sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+  XCACHE_TEST_PYTHON="$py" cargo test --test pyext -- --ignored 2>&1 | tee -a "$log"
+else
+  skipped+=("tests/pyext.rs: no Python with its headers and numpy here (set XCACHE_TEST_PYTHON)")
+fi
+
 # Totals over every `cargo test` above: what the first run ignored and a later run ran
 # counts once, as run; what stayed ignored (those tests, and doc examples marked
 # `ignore`) is skipped.

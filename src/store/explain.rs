@@ -211,7 +211,7 @@ fn header_now(h: &entry::HeaderDigest) -> HeaderNow {
         dev: 0,
         stat_trusted: false,
     };
-    match rec.check(manifest::file_clock()) {
+    match rec.check(std::time::SystemTime::now()) {
         HeaderCheck::Same | HeaderCheck::SameContent { .. } => HeaderNow::Same,
         HeaderCheck::Changed { now: Some(_) } => HeaderNow::Changed,
         HeaderCheck::Changed { now: None } => HeaderNow::Missing,
@@ -234,7 +234,7 @@ impl Store {
             Ok(Lookup::Found(m)) => {
                 let mut first_change = None;
                 for r in &m.results {
-                    match r.check(manifest::file_clock()) {
+                    match r.check(std::time::SystemTime::now()) {
                         ResultCheck::Match { .. } => {
                             let exists = r
                                 .key
@@ -367,7 +367,7 @@ impl Store {
                 Ok(Lookup::Missing) => continue,
                 Err(e) => return Err(Error::io("reading", cd.join(&rel), e)),
             };
-            let now = manifest::file_clock();
+            let now = std::time::SystemTime::now();
             let results = m
                 .results
                 .iter()

@@ -7,12 +7,13 @@
 //!
 //! Checking a header costs one `stat` while its signature (size, mtime, ctime, inode,
 //! device) is unchanged; a changed signature means hashing it and comparing. Times are
-//! compared on the clock the kernel stamps files with ([`file_clock`]). A header whose
-//! mtime or ctime is at or after the build's start (in the same tick, or later; within
-//! the second on file systems without sub-second times) may have been written while the
-//! compiler read it ("file too new", as ccache says): its hash need not be what the
-//! compiler saw, so that result is handed to its caller but never recorded (see
-//! [`super::tracked`]), and its signature never vouches for it.
+//! compared on the clock the kernel stamps files with ([`file_clock`]), and a build
+//! starts at a fresh tick of it ([`build_start`]). A header whose mtime or ctime is at
+//! or after the build's start (within the second before, on file systems without
+//! sub-second times) may have been written while the compiler read it ("file too new",
+//! as ccache says): its hash need not be what the compiler saw, so that result is handed
+//! to its caller but never recorded (see [`super::Store::get_or_build_tracked`]), and its signature never
+//! vouches for it. The file server's clock must agree with this machine's, as for make.
 //!
 //! The file, `manifests/<fan>/<request key>.manifest`, is one line
 //! `xcache-manifest <format> <blake3 of the rest>` and then JSON. It is written whole
@@ -38,10 +39,8 @@ pub const FORMAT: u32 = 1;
 /// At most this many results are kept per request key (the least recently used goes).
 pub const MAX_RESULTS: usize = 8;
 
-/// Now, by the clock the kernel stamps files with (`CLOCK_REALTIME_COARSE`, which
-/// lags the precise clock by up to one tick): a file written at or after this moment
-/// gets an mtime and ctime at or after it. Builds take their start from this clock, so
-/// that "written after the build started" can be told from the file's own timestamps.
+/// Now, by the coarse clock the kernel stamps most file writes with
+/// (`CLOCK_REALTIME_COARSE`, which lags the precise clock by up to one tick).
 pub fn file_clock() -> SystemTime {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -90,6 +89,23 @@ fn signature(md: &std::fs::Metadata) -> (u64, i128, i128, u64, u64) {
     )
 }
 
+/// The start of a build, as header timestamps are compared with it: now, by the
+/// precise clock, returned once the kernel's coarse file clock has caught up with it
+/// (a wait of at most one tick, 1-10 ms).
+///
+/// A file written before this moment carries a timestamp at or before it (whether the
+/// kernel stamps it from its coarse clock or, with multigrain timestamps, a fine one);
+/// a file written after the wait carries one at or after it. So "written while the
+/// compiler read it" is told by comparing timestamps, and a header written just before
+/// a build is not mistaken for one written during it.
+pub fn build_start() -> SystemTime {
+    let start = SystemTime::now();
+    while file_clock() < start {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    start
+}
+
 /// True when `md`'s mtime or ctime is at or after `since` (a [`file_clock`] reading):
 /// the file may have been written (or had its times set) at or after that moment, so
 /// neither its contents nor its signature can be vouched for as of then. A file system
@@ -118,8 +134,8 @@ fn hash(path: &Path) -> std::io::Result<String> {
 }
 
 impl HeaderRecord {
-    /// Records a header read by a build that started at `build_start` (a [`file_clock`]
-    /// reading). The flag says whether it may have been written after the build
+    /// Records a header read by a build that started at `build_start` (a
+    /// [`build_start`] reading). The flag says whether it may have been written after the build
     /// started (while the compiler read it, or since): then the hash taken now need not
     /// be what the compiler saw, and the result must not be recorded under it. Its
     /// signature vouches for its contents only if it was last changed before then.
@@ -144,8 +160,8 @@ impl HeaderRecord {
     }
 
     /// Checks the header on disk against the record: by signature when it vouches, else
-    /// by hash. `now` is a [`file_clock`] reading: a header that changed in this very
-    /// tick cannot be vouched for by a refreshed signature.
+    /// by hash. A header changed at or after `now` cannot be vouched for by a refreshed
+    /// signature.
     pub fn check(&self, now: SystemTime) -> HeaderCheck {
         let md = match std::fs::metadata(&self.path) {
             Ok(md) => md,
@@ -392,7 +408,7 @@ mod tests {
         let h = d.path().join("h.h");
         std::fs::write(&h, "#define V 1\n").unwrap();
         // A build that started a tick after the write: the header is settled.
-        let later = file_clock() + Duration::from_secs(1);
+        let later = SystemTime::now() + Duration::from_secs(1);
         let (r, racy) = HeaderRecord::record(&h, later).unwrap();
         assert!(!racy && r.stat_trusted);
         assert_eq!(r.check(later), HeaderCheck::Same);

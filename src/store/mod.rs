@@ -15,6 +15,7 @@
 //!     gc.lock                         try-locked by the automatic prune
 //!     entries/<fan>/<key>/            one directory per key, published whole by rename
 //!         lib.so  source.c|.cpp|.cu  [headers]  entry.json  last-use  handed-out
+//!     manifests/<fan>/<key>.manifest  results of a request key and the headers they read
 //!     locks/<fan>/<key>.lock          per-key lock files ("pid=N host=H" of a writer)
 //!     toolchains/host-<lang>-<h>.json resolved compiler command lines and versions
 //!     tmp/build-<key>-<unique>/       staging of a build in progress (or crashed)
@@ -27,7 +28,8 @@
 //! ```
 //!
 //! `<key>` is 64 hex digits of blake3 (see [`key`]); `<fan>` its first two; `<unique>`
-//! is `<pid>-<counter>-<time>` ([`layout::unique`]).
+//! is `<pid>-<counter>-<time>` ([`layout::unique`]). Layout version 2: version 1 had no
+//! manifests and keyed entries by the request alone (its compiledirs are stale).
 //!
 //! # Protocol
 //!
@@ -60,6 +62,41 @@
 //!    equivalent, and the staging copy is removed.
 //! 6. The caller loads under the exclusive lock, then releases it.
 //!
+//! **Tracked requests** ([`Store::get_or_build_tracked`], what [`crate::Jit`] uses: the
+//! header-aware form of the two above). A *request key* covers the source, flags,
+//! toolchain, target, explicit inputs and runtime tag; the headers the compiler reads
+//! are found only by compiling, so each request key has a manifest
+//! (`manifests/<fan>/<request key>.manifest`, see [`manifest`]) listing up to 8 results,
+//! each with the headers it read and their blake3 and stat signatures. An entry's key is
+//! then a *result key*: blake3 of the request key and those (path, hash) pairs
+//! ([`key::result_key`]).
+//! 1. Read the manifest, without a lock (it is replaced whole). One whose hash fails is
+//!    not trusted: a warning, and on to step 3. Take the first result whose headers all
+//!    match the files now (a stat when the signature vouches, else a hash) and whose key
+//!    is what the request key and those hashes give; do a Hit on its result key (which
+//!    must name the request key in its `entry.json`). A removed or corrupt result: the
+//!    next one.
+//! 2. Nothing matches: take the request key's *exclusive* lock (builds and manifest
+//!    updates of one request are serialised, distinct requests never wait), and look
+//!    again.
+//! 3. Wait until the kernel's file clock has caught up with now, and call that the
+//!    build's start ([`manifest::build_start`]). Compile into
+//!    `tmp/build-<request key>-<unique>` with `-MD -MF`; hash every header it read.
+//! 4. Derive the result key. If a header's mtime or ctime is at or after the build's
+//!    start, it may not be what the compiler read: the result gets a key nobody can
+//!    look up (a unique tail in its derivation) and is not recorded.
+//! 5. Take the result key's *exclusive* lock (always after the request key's); seal and
+//!    publish the entry as in a Miss (an entry already there, with the same headers, is
+//!    used as it is).
+//! 6. Insert the result first in the manifest (dropping the least recently used beyond
+//!    8) and write it whole; release the request key. The caller loads under the result
+//!    key's lock. A crash between the publish and the manifest costs the next request a
+//!    compile (which finds the entry published and records it), never a wrong result.
+//!
+//! A hit whose headers matched by hash though their signatures changed, or whose use is
+//! older than `last_use_resolution`, refreshes the manifest if the request key's lock is
+//! free at that moment; it never waits for it.
+//!
 //! A failed compile publishes nothing: its staging directory is renamed to
 //! `tmp/failed-<key>-<unique>` with the source and the compiler's output, the error names
 //! it, and only the newest `keep_failed` failures of a key are kept (trimmed under the
@@ -91,6 +128,10 @@
 //!   directory under `tmp/`, which no reader ever looks at.
 //! - An artifact whose blake3 differs from its metadata is never handed out: it is
 //!   quarantined, a warning is reported, and it is rebuilt.
+//! - A tracked request is served a result only if every header that result was built
+//!   from has the same contents now; a result is recorded only if no header it read
+//!   changed after its build started. No header is trusted by the toolchain's identity:
+//!   system and toolkit headers are tracked like the user's.
 //! - Distinct keys never wait for each other: there is no compiledir-wide lock.
 //! - N processes (or threads, since each lock opens its own file description) asking for
 //!   one key cost one compile.
@@ -121,7 +162,7 @@
 //! # Trust
 //!
 //! dlopen runs code. The base dir, the compiledir, and each of its directories
-//! (`entries/`, `locks/`, `tmp/`, `quarantine/`, `toolchains/`, `stats/`) must be real
+//! (`entries/`, `manifests/`, `locks/`, `tmp/`, `quarantine/`, `toolchains/`, `stats/`) must be real
 //! directories owned by the current user and not writable by group or others;
 //! otherwise [`Store::open`] refuses them with an error naming the directory and the
 //! fix. Every directory xcache creates is 0755 and every file 0644 whatever the umask

@@ -69,7 +69,7 @@ impl Store {
 
         // Compared with files' own timestamps: the kernel's file clock, not the policy
         // clock.
-        let build_start = manifest::file_clock();
+        let build_start = manifest::build_start();
         let mut staging = self.new_staging(request)?;
         let mut built = match build(&staging.root) {
             Ok(b) => b,
@@ -82,14 +82,16 @@ impl Store {
             }
         };
         super::pause_point("compiled");
-        let mut racy = false;
+        let mut racy: Option<String> = None;
         let headers = built
             .headers
             .drain(..)
             .map(|p| {
                 let (rec, r) = HeaderRecord::record(&p, build_start)
                     .map_err(|e| Error::io("reading the header", &p, e))?;
-                racy |= r;
+                if r && racy.is_none() {
+                    racy = Some(rec.path.clone());
+                }
                 Ok(rec)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -101,10 +103,8 @@ impl Store {
         // the result goes to this caller under a key nobody can look up, and is not
         // recorded (the next request compiles again, from settled headers).
         let unique = super::layout::unique();
-        if racy {
-            log::info!(
-                "a header of {short}… changed while it was compiled: the result is not recorded"
-            );
+        if let Some(h) = &racy {
+            log::info!("{h} changed while {short}… was compiled: the result is not recorded");
             digests.push(("xcache-unrecorded", &unique));
         }
         let key = result_key(request, &digests);
@@ -156,7 +156,7 @@ impl Store {
             created: now,
             last_used: now,
         });
-        let write = if racy {
+        let write = if racy.is_some() {
             Ok(())
         } else {
             manifest::write(self.root(), &m, request)
@@ -199,7 +199,7 @@ impl Store {
                 ))
             }
         };
-        let now = manifest::file_clock();
+        let now = std::time::SystemTime::now();
         for (i, r) in m.results.iter().enumerate() {
             let ResultCheck::Match { refreshed } = r.check(now) else {
                 continue;
