@@ -223,7 +223,7 @@ impl Store {
             if f.meta.request_key.as_deref() != Some(request.hex().as_str()) {
                 continue;
             }
-            self.refresh_manifest(request, i, refreshed);
+            self.refresh_manifest(request, &m, i, refreshed);
             f.warnings.splice(0..0, warnings.drain(..));
             return Ok(Some(f));
         }
@@ -233,12 +233,15 @@ impl Store {
     /// Writes back what a hit learned (headers whose signature changed but not their
     /// contents; the use of a result), if the request's lock is free right now and
     /// there is something worth writing. Never waits, never fails the caller.
-    fn refresh_manifest(&self, request: &Key, index: usize, refreshed: Vec<(usize, HeaderRecord)>) {
+    fn refresh_manifest(
+        &self,
+        request: &Key,
+        m: &Manifest,
+        index: usize,
+        refreshed: Vec<(usize, HeaderRecord)>,
+    ) {
         let now = unix_secs(self.clock().now());
         let resolution = self.config().last_use_resolution.as_secs();
-        let Ok(Lookup::Found(m)) = manifest::read(self.root(), request) else {
-            return;
-        };
         let Some(taken) = m.results.get(index) else {
             return;
         };
