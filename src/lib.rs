@@ -73,6 +73,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod ops;
 pub mod platform;
+pub mod remote;
 pub mod runtime;
 
 pub mod store;

@@ -103,6 +103,7 @@ fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
 /// What `xcache compile` reports, loaded or not.
 struct CompileReport {
     key: xcache::Key,
+    tier: xcache::store::remote::Tier,
     path: PathBuf,
     hit: bool,
     compile_ms: u64,
@@ -170,6 +171,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         valid_until = r.valid_until;
         CompileReport {
             key: r.key,
+            tier: r.tier,
             compile_ms: r.meta.compile_ms,
             compiler_output: if r.hit {
                 String::new()
@@ -191,6 +193,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         }
         CompileReport {
             key: c.key,
+            tier: c.tier,
             path: c.path,
             hit: c.hit,
             compile_ms: c.compile_ms,
@@ -211,6 +214,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             "key": report.key.hex(),
             "path": report.path,
             "hit": report.hit,
+            "tier": report.tier,
             "compile_ms": report.compile_ms,
             "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
             "lock_wait_ms": report.lock_wait.as_secs_f64() * 1e3,

@@ -126,6 +126,12 @@ fn changed_since(md: &std::fs::Metadata, since: SystemTime) -> bool {
     mtime >= limit || ctime >= limit
 }
 
+/// blake3 of a file, hex (headers live outside the cache: followed as the compiler
+/// did).
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    hash(path)
+}
+
 /// blake3 of a file (headers live outside the cache: followed as the compiler did).
 fn hash(path: &Path) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();

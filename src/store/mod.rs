@@ -173,11 +173,14 @@
 pub mod entry;
 pub mod explain;
 pub mod gc;
+pub mod import;
 pub mod key;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod pack;
 pub mod private;
+pub mod remote;
 pub mod scan;
 pub mod stats;
 mod tracked;
@@ -255,6 +258,8 @@ pub struct Fetched {
     pub warnings: Vec<String>,
     /// Time spent waiting for other processes' locks.
     pub lock_wait: Duration,
+    /// Where it came from: this machine, or the remote tier.
+    pub tier: remote::Tier,
     entry: Option<Root>,
     private: Option<private::PrivateBuild>,
     clock: Arc<dyn Clock>,
@@ -335,6 +340,7 @@ pub struct Store {
     platform: Platform,
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
+    remote: Option<Arc<dyn remote::Remote>>,
 }
 
 /// The staging directory of a build; removed on drop unless published or kept.
@@ -398,7 +404,19 @@ impl Store {
             platform,
             clock,
             config: Arc::new(config.clone()),
+            remote: None,
         })
+    }
+
+    /// Adds a remote tier: tracked requests that miss here ask it before compiling, and
+    /// upload what they compile (see [`remote`]).
+    pub fn set_remote(&mut self, remote: Option<Arc<dyn remote::Remote>>) {
+        self.remote = remote;
+    }
+
+    /// The remote tier, if one is set.
+    pub fn remote(&self) -> Option<&Arc<dyn remote::Remote>> {
+        self.remote.as_ref()
     }
 
     /// The base dir.
@@ -617,6 +635,7 @@ impl Store {
             hit,
             warnings,
             lock_wait,
+            tier: remote::Tier::Local,
             entry: Some(entry),
             private: None,
             clock: self.clock.clone(),
@@ -655,6 +674,7 @@ impl Store {
             hit: false,
             warnings: Vec::new(),
             lock_wait: Duration::ZERO,
+            tier: remote::Tier::Local,
             entry: None,
             private: Some(p),
             clock: self.clock.clone(),

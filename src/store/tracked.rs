@@ -66,6 +66,12 @@ impl Store {
             f.lock_wait += guard.waited();
             return Ok(f);
         }
+        // Not here: the remote tier, if any, before the compiler.
+        if let Some(mut f) = self.fetch_remote(request)? {
+            f.lock_wait += guard.waited();
+            f.warnings.splice(0..0, warnings.drain(..));
+            return Ok(f);
+        }
 
         // Compared with files' own timestamps: the kernel's file clock, not the policy
         // clock.
@@ -174,6 +180,21 @@ impl Store {
             .root()
             .open_dir(layout::entry(&key))
             .map_err(|e| super::io_below("opening", self.root(), &layout::entry(&key), e))?;
+        // Share it, under the result's lock (nothing removes it meanwhile); bounded by
+        // the remote's timeout, never failing the request.
+        if let (Some(remote), None) = (&self.remote, &racy) {
+            match super::import::pack_dir(&entry) {
+                Ok(packed) => {
+                    let digests: Vec<(String, String)> = meta
+                        .headers
+                        .iter()
+                        .map(|h| (h.path.clone(), h.blake3.clone()))
+                        .collect();
+                    remote.upload(request, &key, &digests, &packed);
+                }
+                Err(e) => log::debug!("not uploading {}: {e}", &key.hex()[..16]),
+            }
+        }
         Ok(self.fetched(key, entry, meta, false, warnings, lock_wait, rguard))
     }
 
@@ -227,6 +248,39 @@ impl Store {
             f.warnings.splice(0..0, warnings.drain(..));
             return Ok(Some(f));
         }
+        Ok(None)
+    }
+
+    /// Asks the remote tier for a result of `request` whose headers match the files here
+    /// (by hash: this runs only on a local miss), fetches it, and imports it (which
+    /// checks everything it claims). The caller holds the request key's exclusive lock.
+    fn fetch_remote(&self, request: &Key) -> Result<Option<Fetched>> {
+        let Some(remote) = self.remote.clone() else {
+            return Ok(None);
+        };
+        for (key, headers) in remote.results(request) {
+            let same_here = headers.iter().all(|(path, hash)| {
+                manifest::hash_file(std::path::Path::new(path)).is_ok_and(|h| h == *hash)
+            });
+            if !same_here {
+                continue;
+            }
+            let Some(packed) = remote.fetch(&key) else {
+                continue;
+            };
+            match self.import_result(&packed, Some(&key), true)? {
+                super::import::Imported::Taken(f) => {
+                    let mut f = *f;
+                    f.hit = true;
+                    f.tier = super::remote::Tier::Remote;
+                    return Ok(Some(f));
+                }
+                super::import::Imported::Refused(why) => {
+                    remote.refused(request, &key, &why.to_string())
+                }
+            }
+        }
+        remote.missed(request);
         Ok(None)
     }
 
