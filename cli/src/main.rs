@@ -60,6 +60,10 @@ enum Command {
         /// to fit the terminal).
         #[arg(long)]
         wide: bool,
+        /// List what the remote tier holds for this platform instead (keys, sizes,
+        /// expiry), with its address and round trip.
+        #[arg(long, conflicts_with_all = ["all", "wide"])]
+        remote: bool,
         /// Print a JSON array (always complete).
         #[arg(long)]
         json: bool,
@@ -409,10 +413,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Compile(args)) => compile::run(&mut out, config(&cli)?, args)?,
         Some(Command::List {
+            remote: true, json, ..
+        }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let namespace = store
+                .compiledir()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stats =
+                std::sync::Arc::new(xcache::store::stats::Recorder::new(store.root().clone()));
+            let tier = xcache::remote::redis_from_config(
+                &config,
+                &namespace,
+                std::sync::Arc::new(xcache::clock::SystemClock),
+                stats,
+            )?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no remote tier is configured (the `remote` setting); see docs/REMOTE.md"
+                )
+            })?;
+            let probe = tier
+                .probe(true)
+                .map_err(|e| anyhow::anyhow!("remote: {e}"))?;
+            show::remote_entries(&mut out, &probe, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::List {
             all,
             sort,
             wide,
             json,
+            ..
         }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;

@@ -537,6 +537,111 @@ pub fn stats(out: &mut impl Write, rows: &[StatsRow], zeroed: bool, json: bool) 
             &[1, 2, 3, 4, 5, 6, 7, 8, 9]
         )
     )?;
+    // The remote tier, for the compiledirs that used one.
+    let remote: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|r| {
+            let c = &r.counters;
+            c.remote_hits + c.remote_misses + c.remote_uploads + c.remote_skipped > 0
+                || remote_errors(c) > 0
+        })
+        .map(|r| {
+            let c = &r.counters;
+            let errors = [
+                ("connect", c.remote_err_connect),
+                ("timeout", c.remote_err_timeout),
+                ("auth", c.remote_err_auth),
+                ("full", c.remote_err_full),
+                ("refused values", c.remote_rejected),
+                ("other", c.remote_err_other),
+                ("skipped (breaker open)", c.remote_skipped),
+            ]
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+            vec![
+                r.compiledir.clone(),
+                c.remote_hits.to_string(),
+                c.remote_misses.to_string(),
+                c.remote_uploads.to_string(),
+                human::size(c.remote_bytes_in),
+                human::size(c.remote_bytes_out),
+                ms(c.remote_ms),
+                if errors.is_empty() {
+                    "-".into()
+                } else {
+                    errors
+                },
+            ]
+        })
+        .collect();
+    if !remote.is_empty() {
+        writeln!(out)?;
+        write!(
+            out,
+            "{}",
+            human::table(
+                &["REMOTE", "HITS", "MISSES", "UPLOADS", "IN", "OUT", "TIME", "FAILURES"],
+                &remote,
+                &[1, 2, 3, 4, 5, 6]
+            )
+        )?;
+    }
+    Ok(())
+}
+
+fn remote_errors(c: &xcache::store::stats::Counters) -> u64 {
+    c.remote_err_connect
+        + c.remote_err_timeout
+        + c.remote_err_auth
+        + c.remote_err_full
+        + c.remote_rejected
+        + c.remote_err_other
+}
+
+/// `xcache list --remote`.
+pub fn remote_entries(
+    out: &mut impl Write,
+    p: &xcache::remote::redis::Probe,
+    json: bool,
+) -> Result<()> {
+    if json {
+        return json_out(out, p);
+    }
+    let rows = p.entries.as_deref().unwrap_or_default();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|e| {
+            vec![
+                e.key[..12.min(e.key.len())].to_string(),
+                human::size(e.bytes),
+                e.ttl_secs
+                    .map(|t| human::duration(std::time::Duration::from_secs(t)))
+                    .unwrap_or_else(|| "never".into()),
+            ]
+        })
+        .collect();
+    if !cells.is_empty() {
+        write!(
+            out,
+            "{}",
+            human::table(&["KEY", "SIZE", "EXPIRES IN"], &cells, &[1])
+        )?;
+    }
+    let total: u64 = rows.iter().map(|e| e.bytes).sum();
+    writeln!(
+        out,
+        "{} {}, {} on {} for {} ({}, PING {:.1} ms)",
+        rows.len(),
+        if rows.len() == 1 { "entry" } else { "entries" },
+        human::size(total),
+        p.address,
+        p.namespace.trim_end_matches(':'),
+        p.mode,
+        p.latency_ms
+    )?;
     Ok(())
 }
 
