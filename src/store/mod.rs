@@ -93,6 +93,16 @@
 //!    key's lock. A crash between the publish and the manifest costs the next request a
 //!    compile (which finds the entry published and records it), never a wrong result.
 //!
+//! **Remote tier** ([`Store::set_remote`], see [`remote`]). Between steps 2 and 3, still
+//! under the request key's exclusive lock, a remote tier is asked for the results it
+//! knows for the request; the first whose headers have the same contents here (hashed:
+//! this runs only on a local miss) is fetched and handed to [`Store::import_result`],
+//! which believes nothing it claims (keys re-derived, artifact hash, every header
+//! re-hashed here, plain file names) and publishes it by steps 5 and 6. After step 6 of
+//! a compile, the entry is uploaded (not a racy one), bounded by the remote's timeout.
+//! A remote that fails, stalls or lies costs at most its timeouts and never fails the
+//! request; values come in only through the import.
+//!
 //! A hit whose headers matched by hash though their signatures changed, or whose use is
 //! older than `last_use_resolution`, refreshes the manifest if the request key's lock is
 //! free at that moment; it never waits for it.
