@@ -72,6 +72,8 @@ impl Redis {
                 };
             }
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not start on port {port}:\n{seen}");
     }
 
