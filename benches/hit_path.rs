@@ -119,7 +119,10 @@ fn parts(c: &mut Criterion) {
         b.iter(|| black_box(xcache::store::entry::read_meta(&entry, &key).is_ok()))
     });
     g.bench_function("verify (meta + blake3 of lib.so)", |b| {
-        b.iter(|| black_box(xcache::store::entry::verify(&entry, &key).is_ok()))
+        b.iter(|| black_box(xcache::store::entry::verify(&entry, &key, true).is_ok()))
+    });
+    g.bench_function("verify (meta + verified record, no hash)", |b| {
+        b.iter(|| black_box(xcache::store::entry::verify(&entry, &key, false).is_ok()))
     });
     g.finish();
 }

@@ -312,6 +312,17 @@ pub struct Config {
     xdg_cache_home: Option<PathBuf>,
 }
 
+/// The environment variables configuration reads.
+const ENV_VARS: &[&str] = &[
+    "HOME",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XCACHE_CONFIG",
+    "XCACHE_RUNTIME",
+    "XCACHE_FLAGS",
+    "XCACHE_DIR",
+];
+
 /// A snapshot of the environment variables that configuration reads.
 pub type EnvSnapshot = HashMap<String, String>;
 
@@ -360,10 +371,13 @@ impl Config {
 
     /// Reads the file, the environment and `XCACHE_FLAGS` of this process.
     pub fn load() -> Result<Config> {
-        // vars_os: one variable that is not UTF-8 (anywhere in the environment) must not
-        // stop xcache; ours are read as UTF-8 and a bad one is reported below.
-        let env: EnvSnapshot = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        // Only the variables configuration reads (a process's environment can be large,
+        // and this runs on every hit of a fresh process). One that is not UTF-8 elsewhere
+        // in the environment must not stop xcache; ours are read as UTF-8 and a bad one
+        // is reported below.
+        let env: EnvSnapshot = ENV_VARS
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var_os(k)?.into_string().ok()?)))
             .collect();
         for var in [
             "XCACHE_DIR",

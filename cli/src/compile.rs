@@ -63,6 +63,35 @@ pub struct CompileArgs {
     pub json: bool,
 }
 
+impl CompileArgs {
+    /// The arguments of the commonest call, `xcache compile FILE [--json]` (what scripts
+    /// run on every request), recognised without building the whole command tree: the
+    /// hit path of a fresh process then pays for none of it. `None` for anything else
+    /// (clap then parses, and words any error, as always).
+    pub fn plain(args: &[std::ffi::OsString]) -> Option<CompileArgs> {
+        let (json, file) = match args {
+            [verb, file] if verb == "compile" => (false, file),
+            [verb, file, j] | [verb, j, file] if verb == "compile" && j == "--json" => (true, file),
+            _ => return None,
+        };
+        // A leading '-' is an option (or a typo): clap's business.
+        if file.is_empty() || file.as_encoded_bytes().starts_with(b"-") {
+            return None;
+        }
+        Some(CompileArgs {
+            source: Some(PathBuf::from(file)),
+            template: None,
+            params: Vec::new(),
+            flags: Vec::new(),
+            includes: Vec::new(),
+            symbols: Vec::new(),
+            out: None,
+            explain: false,
+            json,
+        })
+    }
+}
+
 /// A template name: any is accepted (`template_path` may add templates), and the
 /// shipped ones are offered to shell completion.
 #[derive(Clone)]
@@ -233,4 +262,52 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         writeln!(out, "{}", report.path.display())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<std::ffi::OsString> {
+        v.iter().map(Into::into).collect()
+    }
+
+    /// Only the plainest calls skip clap; everything else is parsed (and checked) by it.
+    #[test]
+    fn plain_calls_are_recognised_and_nothing_else() {
+        let a = CompileArgs::plain(&os(&["compile", "k.c"])).unwrap();
+        assert_eq!(
+            (a.source.as_deref(), a.json),
+            (Some(std::path::Path::new("k.c")), false)
+        );
+        for v in [["compile", "k.c", "--json"], ["compile", "--json", "k.c"]] {
+            let a = CompileArgs::plain(&os(&v)).unwrap();
+            assert_eq!(
+                (a.source.as_deref(), a.json),
+                (Some(std::path::Path::new("k.c")), true)
+            );
+        }
+        for v in [
+            &["compile"][..],
+            &["compile", "-t", "elemwise"],
+            &["compile", "--json"],
+            &["compile", "-k.c"],
+            &["compile", "k.c", "--explain"],
+            &["compile", "k.c", "-f", "-O2"],
+            &["compile", "a.c", "b.c"],
+            &["list", "k.c"],
+            &["--dir", "/x", "compile", "k.c"],
+        ] {
+            assert!(CompileArgs::plain(&os(v)).is_none(), "{v:?}");
+        }
+        // Whatever clap would make of it, the plain form means the same.
+        let parsed =
+            <crate::Cli as clap::Parser>::try_parse_from(["xcache", "compile", "k.c", "--json"])
+                .unwrap();
+        let Some(crate::Command::Compile(c)) = parsed.command else {
+            panic!()
+        };
+        let plain = CompileArgs::plain(&os(&["compile", "k.c", "--json"])).unwrap();
+        assert_eq!(format!("{c:?}"), format!("{plain:?}"));
+    }
 }

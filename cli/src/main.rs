@@ -275,6 +275,16 @@ enum BaseAction {
 
 fn main() -> ExitCode {
     init_logging();
+    // `xcache compile FILE [--json]`: straight to the verb, without the command tree.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(plain) = compile::CompileArgs::plain(&args) {
+        let json = plain.json;
+        let cli = Cli {
+            dir: None,
+            command: Some(Command::Compile(plain)),
+        };
+        return finish(run(cli), json);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -295,7 +305,12 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.command.as_ref().is_some_and(Command::json);
-    match run(cli) {
+    finish(run(cli), json)
+}
+
+/// The exit status of a run, with its error (if any) printed, as JSON too when asked.
+fn finish(result: Result<ExitCode>, json: bool) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             if is_broken_pipe(&e) {

@@ -144,6 +144,7 @@ fn entry_reserved(name: &str) -> bool {
         layout::ENTRY_META,
         layout::LAST_USE,
         layout::HANDED_OUT,
+        layout::VERIFIED,
         layout::COMPILER_OUTPUT,
     ]
     .contains(&name)
@@ -189,11 +190,11 @@ impl Store {
             )?)
         };
         let guard = lock::lock_exclusive(self.root(), &layout::lock(&key), &mut |_| {})?;
-        let meta = match check_entry_in(self.root(), &key) {
+        let meta = match check_entry_in(self.root(), &key, false) {
             Ok(Some((_, here))) => here,
             Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
             Ok(None) | Err(VerifyError::Corrupt(_)) => {
-                if check_entry_in(self.root(), &key).is_err() {
+                if check_entry_in(self.root(), &key, false).is_err() {
                     self.quarantine_entry(&key)?;
                 }
                 let mut staging = self.new_staging(&request)?;
@@ -263,7 +264,7 @@ impl Store {
             return Ok(None);
         }
         let _guard = lock::lock_shared(self.root(), &layout::lock(key))?;
-        let (dir, meta) = match check_entry_in(self.root(), key) {
+        let (dir, meta) = match check_entry_in(self.root(), key, false) {
             Ok(Some(x)) => x,
             Ok(None) | Err(VerifyError::Corrupt(_)) => return Ok(None),
             Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),

@@ -58,13 +58,23 @@ pub const ARTIFACT: &str = "lib.so";
 /// Empty file whose mtime is when the entry's path was last handed out to a caller
 /// that does not hold the key's lock (`xcache compile`, `Jit::build`).
 pub const HANDED_OUT: &str = "handed-out";
+/// The identity (inode, ctime, size) of the artifact when it was last hashed and matched
+/// its metadata: a hit of the very same file need not hash it again.
+pub const VERIFIED: &str = "verified";
 /// The source file of each language, inside an entry or a staging directory.
 pub const SOURCE_FILES: &[&str] = &["source.c", "source.cpp", "source.cu"];
 /// What the compiler printed, kept in a failed build's directory.
 pub const COMPILER_OUTPUT: &str = "compiler-output.txt";
 /// Names an entry holds besides the source and extra inputs: extra inputs may not use
 /// them.
-pub const ENTRY_FILES: &[&str] = &[ENTRY_META, ARTIFACT, LAST_USE, HANDED_OUT, COMPILER_OUTPUT];
+pub const ENTRY_FILES: &[&str] = &[
+    ENTRY_META,
+    ARTIFACT,
+    LAST_USE,
+    HANDED_OUT,
+    VERIFIED,
+    COMPILER_OUTPUT,
+];
 
 /// The counters of every process, under the file's own lock.
 pub const STATS_COUNTERS: &str = "counters.json";
@@ -398,6 +408,7 @@ mod tests {
                 "lib.so",
                 "last-use",
                 "handed-out",
+                "verified",
                 "compiler-output.txt"
             ]
         );

@@ -547,7 +547,7 @@ impl Store {
         &self,
         key: &Key,
     ) -> std::result::Result<Option<(Root, EntryMeta)>, VerifyError> {
-        check_entry_in(&self.cd, key)
+        check_entry_in(&self.cd, key, false)
     }
 
     fn get_or_build_cached(
@@ -564,7 +564,7 @@ impl Store {
         if self.cd.lstat_fast(&entry_rel).is_ok() {
             let guard = lock::lock_shared(&self.cd, &lock_rel)?;
             lock_wait += guard.waited();
-            match check_entry_in(&self.cd, key) {
+            match check_entry_in(&self.cd, key, false) {
                 Ok(Some((root, meta))) => {
                     return Ok(self.hit(key, root, meta, warnings, lock_wait, guard))
                 }
@@ -583,7 +583,7 @@ impl Store {
             )
         })?;
         lock_wait += guard.waited();
-        match check_entry_in(&self.cd, key) {
+        match check_entry_in(&self.cd, key, false) {
             Ok(Some((root, meta))) => {
                 return Ok(self.hit(key, root, meta, warnings, lock_wait, guard))
             }
@@ -810,9 +810,12 @@ impl Store {
 }
 
 /// The hit check of [`Store::check_entry`], in any compiledir.
+/// With `full`, the artifact is hashed whatever its `verified` record says (see
+/// [`entry::verify`]).
 pub fn check_entry_in(
     cd: &Root,
     key: &Key,
+    full: bool,
 ) -> std::result::Result<Option<(Root, EntryMeta)>, VerifyError> {
     let rel = layout::entry(key);
     let root = match cd.open_dir(&rel) {
@@ -835,7 +838,7 @@ pub fn check_entry_in(
     if let Some(why) = trust::untrusted_stat("the entry directory", &st) {
         return Err(entry::Corruption::Untrusted(why).into());
     }
-    let meta = entry::verify(&root, key)?;
+    let meta = entry::verify(&root, key, full)?;
     Ok(Some((root, meta)))
 }
 
@@ -1080,6 +1083,15 @@ fn seal(
         let md = f.metadata().map_err(|e| io("inspecting", &name, e))?;
         files.apparent += md.len();
         files.disk += md.blocks() * 512;
+    }
+    // The artifact's final state (its mode set, synced): hashed just now. The record is
+    // one of the entry's files: counted like them.
+    if let Ok(md) = artifact.metadata() {
+        entry::record_verified(staging, &entry::FileIdentity::of(&md), &blake3);
+        if let Ok(st) = staging.lstat_fast(layout::VERIFIED) {
+            files.apparent += st.st_size as u64;
+            files.disk += st.st_blocks as u64 * 512;
+        }
     }
     let meta = EntryMeta {
         format: LAYOUT_VERSION,

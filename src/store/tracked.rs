@@ -119,11 +119,11 @@ impl Store {
         // key's), so that no collector removes it before the caller loads it.
         let rguard = lock::lock_exclusive(self.root(), &layout::lock(&key), &mut |_| {})?;
         let lock_wait = guard.waited() + rguard.waited();
-        let meta = match check_entry_in(self.root(), &key) {
+        let meta = match check_entry_in(self.root(), &key, false) {
             // Built before, its manifest lost: the same headers give the same result.
             Ok(Some((_, meta))) => meta,
             Ok(None) | Err(VerifyError::Corrupt(_)) => {
-                if check_entry_in(self.root(), &key).is_err() {
+                if check_entry_in(self.root(), &key, false).is_err() {
                     self.quarantine_entry(&key)?;
                 }
                 let provenance = (
@@ -339,7 +339,7 @@ impl Store {
         let lock_rel = layout::lock(key);
         let guard = lock::lock_shared(self.root(), &lock_rel)?;
         let waited = guard.waited();
-        match check_entry_in(self.root(), key) {
+        match check_entry_in(self.root(), key, false) {
             Ok(Some((root, meta))) => {
                 return Ok(Some(self.hit(key, root, meta, Vec::new(), waited, guard)))
             }
@@ -349,7 +349,7 @@ impl Store {
         }
         drop(guard);
         let _guard = lock::lock_exclusive(self.root(), &lock_rel, &mut |_| {})?;
-        if let Err(VerifyError::Corrupt(c)) = check_entry_in(self.root(), key) {
+        if let Err(VerifyError::Corrupt(c)) = check_entry_in(self.root(), key, false) {
             let short = &key.hex()[..16];
             let w = match self.quarantine_entry(key)? {
                 Some(moved) => format!(

@@ -178,7 +178,7 @@ impl Store {
         let path = cd.join(layout::entry(key));
         // Shared, as a reader: a build in progress never holds a published entry.
         let guard = lock::lock_shared(cd, &layout::lock(key))?;
-        let corruption = match check_entry_in(cd, key) {
+        let corruption = match check_entry_in(cd, key, true) {
             Ok(None) => return Ok(()), // pruned meanwhile
             Ok(Some(_)) => {
                 report.entries += 1;
@@ -199,7 +199,7 @@ impl Store {
             if let Some(_g) = lock::try_lock_exclusive(cd, &layout::lock(key))? {
                 // Look again under the exclusive lock: another process may have
                 // rebuilt it since.
-                if !matches!(check_entry_in(cd, key), Err(VerifyError::Corrupt(_))) {
+                if !matches!(check_entry_in(cd, key, true), Err(VerifyError::Corrupt(_))) {
                     repaired = Some("rebuilt by another process meanwhile".into());
                 } else {
                     repaired = Some(match quarantine_entry_in(cd, key, self.clock().now())? {
