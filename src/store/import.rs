@@ -258,21 +258,27 @@ impl Store {
     /// (not the markers). `None` when it is missing, corrupt, or not dependency-tracked.
     /// Read under its shared lock, after the full hit check.
     pub fn export_result(&self, key: &Key) -> Result<Option<(EntryMeta, Packed)>> {
-        if self.root().lstat_fast(layout::entry(key)).is_err() {
-            return Ok(None);
-        }
-        let _guard = lock::lock_shared(self.root(), &layout::lock(key))?;
-        let (dir, meta) = match check_entry_in(self.root(), key) {
-            Ok(Some(x)) => x,
-            Ok(None) | Err(VerifyError::Corrupt(_)) => return Ok(None),
-            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
-        };
-        if meta.request_key.is_none() {
-            return Ok(None);
-        }
-        let packed = pack_dir(&dir)?;
-        Ok(Some((meta, packed)))
+        export_result_in(self.root(), key)
     }
+}
+
+/// [`Store::export_result`] in any compiledir `cd` (bundles export other platforms'
+/// compiledirs too).
+pub fn export_result_in(cd: &crate::fsx::Root, key: &Key) -> Result<Option<(EntryMeta, Packed)>> {
+    if cd.lstat_fast(layout::entry(key)).is_err() {
+        return Ok(None);
+    }
+    let _guard = lock::lock_shared(cd, &layout::lock(key))?;
+    let (dir, meta) = match check_entry_in(cd, key) {
+        Ok(Some(x)) => x,
+        Ok(None) | Err(VerifyError::Corrupt(_)) => return Ok(None),
+        Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+    };
+    if meta.request_key.is_none() {
+        return Ok(None);
+    }
+    let packed = pack_dir(&dir)?;
+    Ok(Some((meta, packed)))
 }
 
 /// Packs the entry directory `dir` (its caller holds the entry's lock): `entry.json`
