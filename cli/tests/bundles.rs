@@ -400,6 +400,31 @@ fn since_selects_entries_by_last_use() {
         &["export", "--out", s(&out), "--since", "60d", "--json"],
     ));
     assert_eq!(e["entries"].as_array().unwrap().len(), 2, "{e}");
+
+    // An imported entry keeps its age: the next run's `export --since` leaves it out
+    // again (what no CI run uses ages out of a bundle passed from run to run).
+    let i = ok_json(xc(&env, "b", &["import", s(&out), "--json"]));
+    assert_eq!(count(&i, "imported"), 2, "{i}");
+    let e = ok_json(xc(
+        &env,
+        "b",
+        &["export", "--out", s(&out), "--since", "7d", "--json"],
+    ));
+    assert_eq!(
+        outcomes(&e),
+        vec![(
+            fresh["key"].as_str().unwrap().to_string(),
+            "exported".to_string()
+        )]
+    );
+    // Until a run uses it: a hit records the use, and it is in the bundle again.
+    assert_eq!(compile(&env, "b", &reqs[0], &[])["hit"], true);
+    let e = ok_json(xc(
+        &env,
+        "b",
+        &["export", "--out", s(&out), "--since", "7d", "--json"],
+    ));
+    assert_eq!(e["entries"].as_array().unwrap().len(), 2, "{e}");
     // Age without a unit is refused, as everywhere.
     let o = xc(&env, "a", &["export", "--out", s(&out), "--since", "7"])
         .output()

@@ -12,12 +12,15 @@
 //!     …
 //! ))
 //! index.json = {"format": 1, "xcache_version", "created",
-//!               "entries": [{"compiledir", "key", "request_key", "source", "size", "blake3"}]}
+//!               "entries": [{"compiledir", "key", "request_key", "source", "size", "blake3",
+//!                            "last_use"}]}
 //! ```
 //!
 //! An entry is named by its compiledir (the platform identity: OS, kernel, arch, libc,
 //! runtime tag, layout) and its result key; `size` and `blake3` are those of its packed
-//! value (the `.xce` member, as [`Packed::encode`] wrote it). The MAC is blake3 in keyed
+//! value (the `.xce` member, as [`Packed::encode`] wrote it); `last_use` is when it was
+//! last used where it was exported, and an imported entry keeps it (so that what no CI
+//! run uses ages out of a bundle that each run imports and exports). The MAC is blake3 in keyed
 //! mode under the `remote_sign_key` secret (the remote tier's key), over a fixed prefix
 //! and the index's bytes: a signed index vouches for every value's hash. Each value is
 //! signed on its own as well, as the remote tier signs them.
@@ -120,6 +123,9 @@ pub struct IndexEntry {
     pub size: u64,
     /// blake3 of its packed value, hex.
     pub blake3: String,
+    /// Its last use where it was exported (or its creation), Unix seconds: an import
+    /// keeps it, so that `export --since` ages out what no run uses.
+    pub last_use: u64,
 }
 
 impl IndexEntry {
@@ -589,6 +595,7 @@ pub fn export_bundle(
                         source: meta.source_name.clone(),
                         size: value.len() as u64,
                         blake3: blake3::hash(&value).to_hex().to_string(),
+                        last_use: row.last_touch(),
                     });
                     entry.request_key = Some(request_key);
                     entry.source = meta.source_name;
@@ -897,6 +904,7 @@ pub fn import_bundle(store: &Store, path: &Path) -> Result<ImportReport> {
         verification: &verification,
         report,
         outcomes: Vec::new(),
+        last_uses: Vec::new(),
     };
     let end = read_bundle(
         path,
@@ -940,6 +948,8 @@ struct ImportVisit<'a> {
     verification: &'a Verification,
     report: ImportReport,
     outcomes: Vec<Option<ImportOutcome>>,
+    /// Each entry's last use where it was exported.
+    last_uses: Vec<u64>,
 }
 
 impl Visit for ImportVisit<'_> {
@@ -960,6 +970,7 @@ impl Visit for ImportVisit<'_> {
                 outcome: ImportOutcome::OtherPlatform,
             })
             .collect();
+        self.last_uses = index.entries.iter().map(|e| e.last_use).collect();
         self.outcomes = index
             .entries
             .iter()
@@ -978,6 +989,7 @@ impl Visit for ImportVisit<'_> {
                 self.store,
                 self.verification,
                 &self.report.entries[i],
+                self.last_uses[i],
                 &bytes,
             )?,
             Err(reason) => ImportOutcome::Corrupt { reason },
@@ -991,6 +1003,7 @@ fn import_value(
     store: &Store,
     verification: &Verification,
     entry: &ImportedEntry,
+    last_use: u64,
     bytes: &[u8],
 ) -> Result<ImportOutcome> {
     let refused = |refusal, reason: String| Ok(ImportOutcome::Refused { refusal, reason });
@@ -1031,12 +1044,15 @@ fn import_value(
     let existed = matches!(store.check_entry(&key), Ok(Some(_)));
     Ok(match store.import_result(&packed, Some(&key), false)? {
         Imported::Taken(fetched) => {
-            drop(fetched); // releases the entry's lock
-            if existed {
+            let outcome = if existed {
                 ImportOutcome::AlreadyHere
             } else {
+                let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(last_use);
+                store.backdate_last_use(&key, t);
                 ImportOutcome::Imported
-            }
+            };
+            drop(fetched); // releases the entry's lock
+            outcome
         }
         Imported::Refused(r) => ImportOutcome::Refused {
             refusal: match r {
@@ -1061,6 +1077,7 @@ mod tests {
             source: format!("k{n}.c"),
             size: value.len() as u64,
             blake3: blake3::hash(value).to_hex().to_string(),
+            last_use: 1_600_000_000,
         }
     }
 

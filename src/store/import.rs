@@ -262,6 +262,23 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Moves the last use of the entry `key` back to `t`, if that is earlier than the
+    /// one recorded: an entry taken from a bundle keeps the age it had where it was
+    /// exported, so that what nobody uses still ages out across CI runs that import and
+    /// export one bundle. Best effort (a read-only cache keeps its record); returns
+    /// whether it was written.
+    pub fn backdate_last_use(&self, key: &Key, t: std::time::SystemTime) -> bool {
+        let dir = layout::entry(key);
+        match super::entry::last_use(self.root(), &dir) {
+            Some(recorded) if t < recorded => {
+                self.root().set_mtime(dir.join(layout::LAST_USE), t).is_ok()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// [`Store::export_result`] in any compiledir `cd` (bundles export other platforms'
 /// compiledirs too).
 pub fn export_result_in(cd: &crate::fsx::Root, key: &Key) -> Result<Option<(EntryMeta, Packed)>> {
