@@ -266,6 +266,9 @@ impl Verification {
         mac: Option<&str>,
     ) -> std::result::Result<Signature, String> {
         match (&self.key, mac) {
+            (None, _) if self.required => Err(
+                "signatures are required (remote_verify = required) and no remote_sign_key is set to check them".into(),
+            ),
             (Some(k), Some(mac)) => {
                 let good = blake3::Hash::from_hex(mac.trim())
                     .is_ok_and(|m| m == blake3::Hash::from_hex(index_mac(k, index)).expect("hex"));
@@ -520,8 +523,7 @@ fn why_not_exported(cd: &Root, key: &Key) -> String {
         }
         Err(VerifyError::Io(p, e)) => format!("unreadable: {}: {e}", p.display()),
         Ok(Some((_, m))) if m.request_key.is_none() => {
-            "not dependency-tracked (built by an older xcache): it cannot be checked elsewhere"
-                .into()
+            "not dependency-tracked: another machine could not check its headers".into()
         }
         Ok(Some(_)) => "changed while exporting".into(),
     }
@@ -1272,6 +1274,13 @@ mod tests {
         assert!(with(&k, true)
             .check_index(&index.encode(), Some("not hex"))
             .is_err());
+        // Required, and nothing to check with: nothing passes.
+        let blind = Verification {
+            key: None,
+            required: true,
+        };
+        assert!(blind.check_index(&index.encode(), Some(&m)).is_err());
+        assert!(blind.check_index(&index.encode(), None).is_err());
     }
 
     #[test]
