@@ -124,6 +124,43 @@ enum Command {
     },
     /// Compile every request of a JSON manifest, in parallel (for CI cache warming).
     Warm(warm::WarmArgs),
+    /// Write the cache's entries to one portable file (a bundle), for CI caches.
+    ///
+    /// A bundle is a zstd-compressed tar of packed entries with an index of their keys,
+    /// platforms (compiledirs) and hashes; it is signed when remote_sign_key is set.
+    /// In CI: restore the file, `xcache import` it, build, `xcache export` it again.
+    Export {
+        /// The bundle to write (e.g. cache.tar.zst); written to a temporary file beside
+        /// it, then renamed over it.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Only entries used (or built) within this age (e.g. 7d, 12h).
+        #[arg(long, value_name = "AGE", value_parser = xcache::config::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Export this compiledir instead of the current one (`xcache basecompiledir
+        /// list` names them).
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        compiledir: Option<String>,
+        /// Export every compiledir under the base dir.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a bundle written by `xcache export`, checking every entry.
+    ///
+    /// Every entry for this platform is checked (its hash against the index, its keys,
+    /// the headers it was built from, signatures as remote_verify says) and published;
+    /// entries for other platforms are skipped with a note. Exit status 1 if an entry
+    /// was refused or corrupt (the others are imported all the same).
+    Import {
+        /// The bundle.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hits, misses, compiles, compile time spent and saved, lock waits.
     Stats {
         /// Reset the counters.
@@ -231,6 +268,8 @@ impl Command {
             | Command::Clear { json, .. }
             | Command::Purge { json, .. }
             | Command::Prune { json, .. }
+            | Command::Export { json, .. }
+            | Command::Import { json, .. }
             | Command::Stats { json, .. }
             | Command::Verify { json, .. }
             | Command::Unlock { json, .. }
@@ -518,6 +557,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Some(Command::Warm(args)) => warm::run(&mut out, config(&cli)?, args)?,
+        Some(Command::Export {
+            out: file,
+            since,
+            compiledir,
+            all,
+            json,
+        }) => {
+            use xcache::remote::bundle::{self, Compiledirs};
+            let store = Store::open(&config(&cli)?)?;
+            let which = match (compiledir, all) {
+                (Some(name), _) => Compiledirs::Named(name.clone()),
+                (None, true) => Compiledirs::All,
+                (None, false) => Compiledirs::Current,
+            };
+            let report = bundle::export_bundle(&store, file, *since, &which)?;
+            show::exported(&mut out, &report, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Import { file, json }) => {
+            let store = Store::open(&config(&cli)?)?;
+            let report = xcache::remote::bundle::import_bundle(&store, file)?;
+            show::imported(&mut out, &report, *json)?;
+            status(report.clean())
+        }
         Some(Command::Stats { zero, json }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;

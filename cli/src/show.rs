@@ -1011,3 +1011,188 @@ pub fn shown(
     }
     Ok(())
 }
+
+/// A table whose last column may be empty in some rows, without trailing spaces.
+fn table_trimmed(header: &[&str], cells: &[Vec<String>], right: &[usize]) -> String {
+    human::table(header, cells, right)
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// Drops the last column of a table when no row has anything in it.
+fn drop_empty_last(header: &mut Vec<&str>, cells: &mut [Vec<String>]) {
+    if cells.iter().all(|r| r.last().is_none_or(|c| c.is_empty())) {
+        header.pop();
+        for r in cells.iter_mut() {
+            r.pop();
+        }
+    }
+}
+
+/// `xcache export`.
+pub fn exported(
+    out: &mut impl Write,
+    r: &xcache::remote::bundle::ExportReport,
+    json: bool,
+) -> Result<()> {
+    use xcache::remote::bundle::ExportOutcome;
+    if json {
+        return json_out(out, r);
+    }
+    let several = r
+        .entries
+        .iter()
+        .map(|e| &e.compiledir)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        > 1;
+    let mut cells: Vec<Vec<String>> = r
+        .entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![
+                match e.outcome {
+                    ExportOutcome::Exported => "exported",
+                    ExportOutcome::Skipped { .. } => "skipped",
+                }
+                .to_string(),
+                e.key[..12].to_string(),
+                e.source.clone(),
+            ];
+            if several {
+                row.push(e.compiledir.clone());
+            }
+            row.push(if e.bytes > 0 {
+                human::size(e.bytes)
+            } else {
+                "-".into()
+            });
+            row.push(match &e.outcome {
+                ExportOutcome::Skipped { reason } => reason.clone(),
+                ExportOutcome::Exported => String::new(),
+            });
+            row
+        })
+        .collect();
+    let mut header = vec!["", "KEY", "SOURCE"];
+    if several {
+        header.push("COMPILEDIR");
+    }
+    header.extend(["SIZE", "NOTE"]);
+    let size_col = header.len() - 2;
+    drop_empty_last(&mut header, &mut cells);
+    if !cells.is_empty() {
+        write!(out, "{}", table_trimmed(&header, &cells, &[size_col]))?;
+    }
+    let exported = r.exported().count() as u64;
+    let skipped = r.entries.len() as u64 - exported;
+    let mut total = format!(
+        "{} exported to {} ({}, {})",
+        human::count(exported, "entry", "entries"),
+        r.path.display(),
+        human::size(r.bytes),
+        if r.signed { "signed" } else { "unsigned" }
+    );
+    if skipped > 0 {
+        total += &format!("; {skipped} skipped (see NOTE)");
+    }
+    if let (Some(since), true) = (r.since_secs, r.older > 0) {
+        total += &format!(
+            "; {} unused for longer than {} left out",
+            human::count(r.older, "entry", "entries"),
+            setting_duration(since)
+        );
+    }
+    writeln!(out, "{total}")?;
+    Ok(())
+}
+
+/// `xcache import`. The exit status follows [`ImportReport::clean`].
+///
+/// [`ImportReport::clean`]: xcache::remote::bundle::ImportReport::clean
+pub fn imported(
+    out: &mut impl Write,
+    r: &xcache::remote::bundle::ImportReport,
+    json: bool,
+) -> Result<()> {
+    use xcache::remote::bundle::{ImportOutcome as O, Signature};
+    if json {
+        let mut v = serde_json::to_value(r)?;
+        v["clean"] = json!(r.clean());
+        return json_out(out, &v);
+    }
+    let mut cells: Vec<Vec<String>> = r
+        .entries
+        .iter()
+        .map(|e| {
+            let (word, note) = match &e.outcome {
+                O::Imported => ("imported", String::new()),
+                O::AlreadyHere => ("already here", String::new()),
+                O::OtherPlatform => ("skipped", format!("for another platform: {}", e.compiledir)),
+                O::Refused { reason, .. } => ("REFUSED", reason.clone()),
+                O::Corrupt { reason } => ("CORRUPT", reason.clone()),
+            };
+            vec![
+                word.to_string(),
+                e.key[..12].to_string(),
+                e.source.clone(),
+                human::size(e.bytes),
+                note,
+            ]
+        })
+        .collect();
+    let mut header = vec!["", "KEY", "SOURCE", "SIZE", "NOTE"];
+    drop_empty_last(&mut header, &mut cells);
+    if !cells.is_empty() {
+        write!(out, "{}", table_trimmed(&header, &cells, &[3]))?;
+    }
+    let counts: Vec<String> = [
+        (r.count(|o| *o == O::Imported), "imported"),
+        (r.count(|o| *o == O::AlreadyHere), "already here"),
+        (
+            r.count(|o| *o == O::OtherPlatform),
+            "skipped (another platform)",
+        ),
+        (r.count(|o| matches!(o, O::Refused { .. })), "refused"),
+        (r.count(|o| matches!(o, O::Corrupt { .. })), "corrupt"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    writeln!(
+        out,
+        "{} in {} ({}){}{}",
+        human::count(r.entries.len() as u64, "entry", "entries"),
+        r.path.display(),
+        match r.signature {
+            Signature::Verified => "signature verified",
+            Signature::Unsigned => "unsigned",
+            Signature::NotChecked => "signed; not checked: no remote_sign_key here",
+        },
+        if counts.is_empty() { "" } else { ": " },
+        counts.join(", ")
+    )?;
+    if r.count(|o| *o == O::OtherPlatform) > 0 {
+        writeln!(
+            out,
+            "note: entries for another platform (OS, kernel, arch, libc or runtime tag) are skipped: this machine imports into {}",
+            r.compiledir
+        )?;
+    }
+    if let Some(d) = &r.damaged {
+        writeln!(
+            out,
+            "the bundle is damaged ({d}): the entries after the damage were not read"
+        )?;
+    }
+    if r.unexpected_count > 0 {
+        writeln!(
+            out,
+            "note: {} that the index does not list ignored",
+            human::count(r.unexpected_count, "member", "members")
+        )?;
+    }
+    Ok(())
+}

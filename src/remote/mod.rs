@@ -6,6 +6,7 @@
 //! request. `docs/REMOTE.md` says how to set one up, its security model and how it fails.
 
 pub mod breaker;
+pub mod bundle;
 pub mod redis;
 
 use std::sync::Arc;

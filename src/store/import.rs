@@ -260,21 +260,44 @@ impl Store {
     /// (not the markers). `None` when it is missing, corrupt, or not dependency-tracked.
     /// Read under its shared lock, after the full hit check.
     pub fn export_result(&self, key: &Key) -> Result<Option<(EntryMeta, Packed)>> {
-        if self.root().lstat_fast(layout::entry(key)).is_err() {
-            return Ok(None);
-        }
-        let _guard = lock::lock_shared(self.root(), &layout::lock(key))?;
-        let (dir, meta) = match check_entry_in(self.root(), key, false) {
-            Ok(Some(x)) => x,
-            Ok(None) | Err(VerifyError::Corrupt(_)) => return Ok(None),
-            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
-        };
-        if meta.request_key.is_none() {
-            return Ok(None);
-        }
-        let packed = pack_dir(&dir)?;
-        Ok(Some((meta, packed)))
+        export_result_in(self.root(), key)
     }
+}
+
+impl Store {
+    /// Moves the last use of the entry `key` back to `t`, if that is earlier than the
+    /// one recorded: an entry taken from a bundle keeps the age it had where it was
+    /// exported, so that what nobody uses still ages out across CI runs that import and
+    /// export one bundle. Best effort (a read-only cache keeps its record); returns
+    /// whether it was written.
+    pub fn backdate_last_use(&self, key: &Key, t: std::time::SystemTime) -> bool {
+        let dir = layout::entry(key);
+        match super::entry::last_use(self.root(), &dir) {
+            Some(recorded) if t < recorded => {
+                self.root().set_mtime(dir.join(layout::LAST_USE), t).is_ok()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// [`Store::export_result`] in any compiledir `cd` (bundles export other platforms'
+/// compiledirs too).
+pub fn export_result_in(cd: &crate::fsx::Root, key: &Key) -> Result<Option<(EntryMeta, Packed)>> {
+    if cd.lstat_fast(layout::entry(key)).is_err() {
+        return Ok(None);
+    }
+    let _guard = lock::lock_shared(cd, &layout::lock(key))?;
+    let (dir, meta) = match check_entry_in(cd, key, false) {
+        Ok(Some(x)) => x,
+        Ok(None) | Err(VerifyError::Corrupt(_)) => return Ok(None),
+        Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+    };
+    if meta.request_key.is_none() {
+        return Ok(None);
+    }
+    let packed = pack_dir(&dir)?;
+    Ok(Some((meta, packed)))
 }
 
 /// Packs the entry directory `dir` (its caller holds the entry's lock): `entry.json`

@@ -38,7 +38,8 @@ impl SignKey {
         SignKey(blake3::derive_key("xcache remote signing v1", s))
     }
 
-    fn mac(&self, body: &[u8]) -> [u8; 32] {
+    /// The MAC of `body` (bundles sign their index with it, under a prefix of their own).
+    pub(crate) fn mac(&self, body: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.0, body).as_bytes()
     }
 }
