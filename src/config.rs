@@ -169,12 +169,12 @@ pub const SETTINGS: &[SettingInfo] = &[
     SettingInfo {
         name: "remote_sign_key",
         default: "",
-        doc: "A file holding a secret: uploads are signed with a MAC under it, and fetched values are checked against it. Writers (CI) and readers share it; nobody without it can publish a value that verifies.",
+        doc: "A file holding a secret: uploads and exported bundles are signed with a MAC under it, and fetched values and imported bundles are checked against it. Writers (CI) and readers share it; nobody without it can publish a value that verifies.",
     },
     SettingInfo {
         name: "remote_verify",
         default: "if-signed",
-        doc: "`required`: refuse any value that is not signed with remote_sign_key (a read-only team that trusts only CI). `if-signed`: check signatures where there are any.",
+        doc: "`required`: refuse any remote value or bundle that is not signed with remote_sign_key (a read-only team that trusts only CI). `if-signed`: check signatures where there are any.",
     },
 ];
 
