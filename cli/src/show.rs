@@ -358,6 +358,10 @@ fn skip_words(s: &Skip, now: u64) -> String {
     match s {
         Skip::DryRun => "dry run".into(),
         Skip::InUse => "in use by another process (its lock is held)".into(),
+        Skip::UsedSince { last_use } => format!(
+            "used {} ago, after it was chosen: kept",
+            human::span(now.saturating_sub(*last_use))
+        ),
         Skip::HandedOut { until } => format!(
             "its path was handed out: protected for {} more (--force removes it)",
             human::span(until.saturating_sub(now))

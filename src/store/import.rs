@@ -274,7 +274,12 @@ impl Store {
         let dir = layout::entry(key);
         match super::entry::last_use(self.root(), &dir) {
             Some(recorded) if t < recorded => {
-                self.root().set_mtime(dir.join(layout::LAST_USE), t).is_ok()
+                let done = self.root().set_mtime(dir.join(layout::LAST_USE), t).is_ok();
+                if done {
+                    super::index::Writer::new(self.root())
+                        .append(&super::index::use_record(key, crate::clock::unix_secs(t)));
+                }
+                done
             }
             _ => false,
         }

@@ -27,6 +27,10 @@ pub const LAST_USE: &str = "last-use";
 pub const AUTO_PRUNE_MARK: &str = "auto-prune";
 /// Lock file taken (with a try) by the automatic prune, so that one process prunes.
 pub const GC_LOCK: &str = "gc.lock";
+/// The compiledir's index of its entries (see [`super::index`]).
+pub const INDEX: &str = "index";
+/// Lock file of the index: shared by appenders, exclusive for a rewrite.
+pub const INDEX_LOCK: &str = "index.lock";
 
 /// One directory per key, published whole by rename.
 pub const ENTRIES: &str = "entries";
@@ -45,7 +49,14 @@ pub const MANIFESTS: &str = "manifests";
 
 /// The files at the top of a compiledir, in the order a removal deletes them
 /// ([`COMPILEDIR_META`] last: it is what marks the directory as xcache's).
-pub const COMPILEDIR_FILES: &[&str] = &[AUTO_PRUNE_MARK, GC_LOCK, LAST_USE, COMPILEDIR_META];
+pub const COMPILEDIR_FILES: &[&str] = &[
+    AUTO_PRUNE_MARK,
+    GC_LOCK,
+    INDEX,
+    INDEX_LOCK,
+    LAST_USE,
+    COMPILEDIR_META,
+];
 /// The directories of a compiledir, each trust-checked like the compiledir itself.
 pub const COMPILEDIR_SUBDIRS: &[&str] = &[
     ENTRIES, MANIFESTS, LOCKS, TMP, QUARANTINE, TOOLCHAINS, STATS,
@@ -399,7 +410,14 @@ mod tests {
         );
         assert_eq!(
             COMPILEDIR_FILES,
-            &["auto-prune", "gc.lock", "last-use", "compiledir.json"]
+            &[
+                "auto-prune",
+                "gc.lock",
+                "index",
+                "index.lock",
+                "last-use",
+                "compiledir.json"
+            ]
         );
         assert_eq!(
             ENTRY_FILES,

@@ -184,6 +184,7 @@ pub mod entry;
 pub mod explain;
 pub mod gc;
 pub mod import;
+pub mod index;
 pub mod key;
 pub mod layout;
 pub mod lock;
@@ -274,6 +275,9 @@ pub struct Fetched {
     private: Option<private::PrivateBuild>,
     clock: Arc<dyn Clock>,
     handout_grace: Duration,
+    /// The compiledir, when a hand-out is worth a record in its index: the entry is new
+    /// or its last use was just rewritten (the index is as coarse as `last-use`).
+    index_due: Option<Arc<Root>>,
     _guard: LockGuard,
 }
 
@@ -304,7 +308,13 @@ impl Fetched {
             return Some(until);
         }
         let entry = self.entry.as_ref()?;
-        entry::touch(entry, layout::HANDED_OUT, now).then_some(until)
+        if !entry::touch(entry, layout::HANDED_OUT, now) {
+            return None;
+        }
+        if let Some(cd) = self.index_due.take() {
+            index::Writer::new(&cd).append(&index::hand_out_record(&self.key, unix_secs(now)));
+        }
+        Some(until)
     }
 
     /// Places a private copy of the artifact at `dest`, atomically (a temporary name
@@ -650,6 +660,7 @@ impl Store {
             private: None,
             clock: self.clock.clone(),
             handout_grace: self.config.handout_grace,
+            index_due: (!hit).then(|| self.cd.clone()),
             _guard: guard,
         }
     }
@@ -689,6 +700,7 @@ impl Store {
             private: Some(p),
             clock: self.clock.clone(),
             handout_grace: self.config.handout_grace,
+            index_due: None,
             _guard: LockGuard::none(&self.lock_path(key)),
         })
     }
@@ -705,10 +717,16 @@ impl Store {
     ) -> Fetched {
         let now = self.clock.now();
         let res = self.config.last_use_resolution;
-        if entry::touch_last_use(&entry, "", now, res) {
+        let touched = entry::touch_last_use(&entry, "", now, res);
+        if touched {
             entry::touch_last_use(&self.cd, "", now, res);
+            index::Writer::new(&self.cd).append(&index::use_record(key, unix_secs(now)));
         }
-        self.fetched(*key, entry, meta, true, warnings, lock_wait, guard)
+        let mut fetched = self.fetched(*key, entry, meta, true, warnings, lock_wait, guard);
+        if touched {
+            fetched.index_due = Some(self.cd.clone());
+        }
+        fetched
     }
 
     fn new_staging(&self, key: &Key) -> Result<Staging> {
@@ -743,6 +761,8 @@ impl Store {
                 if new_fan {
                     self.sync_dir(Path::new(layout::ENTRIES))?;
                 }
+                pause_point("published-unindexed");
+                index::published(&self.cd, key);
                 Ok(())
             }
             // Someone published the same key without our lock (a file system without
@@ -849,14 +869,16 @@ pub fn quarantine_entry_in(cd: &Root, key: &Key, now: SystemTime) -> Result<Opti
     cd.mkdir(layout::QUARANTINE, trust::dir_mode())
         .map_err(|e| io_below("creating directory", cd, Path::new(layout::QUARANTINE), e))?;
     let dest = QuarantineName::new(key, unix_secs(now)).rel();
-    match cd.rename(&rel, &dest) {
-        Ok(()) => Ok(Some(cd.join(dest))),
+    let moved = match cd.rename(&rel, &dest) {
+        Ok(()) => Some(cd.join(dest)),
         Err(_) => {
             cd.remove_tree(&rel)
                 .map_err(|e| io_below("removing corrupt entry", cd, &rel, e))?;
-            Ok(None)
+            None
         }
-    }
+    };
+    index::Writer::new(cd).append(&index::remove_record(key));
+    Ok(moved)
 }
 
 /// Opens the base dir (creating it if missing), checks it, and tags it.

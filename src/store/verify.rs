@@ -45,6 +45,10 @@ pub enum ProblemKind {
     /// A manifest that fails its hash or names another key: never trusted; the next
     /// build of its request rewrites it.
     CorruptManifest,
+    /// The compiledir's index is missing, unreadable or says other than the entries:
+    /// listings read those entries from their own files until it is rebuilt (any
+    /// listing mends it; `--repair` rebuilds it whole).
+    StaleIndex,
 }
 
 /// One problem found.
@@ -167,6 +171,21 @@ impl Store {
                 ProblemKind::Leftover,
                 cd.join(&f.rel),
                 describe_leftover(why).into(),
+                repaired,
+            );
+        }
+
+        // Last, after any repair above has appended its records.
+        if let Some(why) = super::index::check(cd)? {
+            let mut repaired = None;
+            if repair {
+                let n = super::index::rebuild(cd)?;
+                repaired = Some(format!("rebuilt from the entries ({n} listed)"));
+            }
+            report.push(
+                ProblemKind::StaleIndex,
+                super::index::path(cd),
+                format!("the index does not match the entries: {why}"),
                 repaired,
             );
         }
