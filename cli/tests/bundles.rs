@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{set_mtime, stderr, Env};
+use common::{age_entry, set_mtime, stderr, Env};
 use serde_json::Value;
 
 /// `xcache ARGS` against the base dir `base` (a name inside the test's temp dir).
@@ -366,7 +366,7 @@ fn since_selects_entries_by_last_use() {
     let fresh = compile(&env, "a", &reqs[1], &[]);
     // A month unused: its `last-use` says so.
     let entry = Path::new(old["path"].as_str().unwrap()).parent().unwrap();
-    set_mtime(&entry.join("last-use"), 30 * 86_400);
+    age_entry(&entry, 30 * 86_400);
 
     let out = bundle(&env, "recent.tar.zst");
     let e = ok_json(xc(

@@ -1178,6 +1178,34 @@ mod tests {
         assert!(scan::entry_keys(f.store.root()).unwrap().is_empty());
     }
 
+    /// Prune chooses by the last use the index records; a use since, seen on the
+    /// marker under the lock, keeps the entry.
+    #[test]
+    fn an_entry_used_since_it_was_chosen_stays() {
+        let f = fixture(&[]);
+        let k = publish(&f, 1, 10);
+        let chosen = unix_secs(f.clock.now());
+        f.clock.advance(Duration::from_secs(3600));
+        let mut h = build(&f.store, 1, 10, false).unwrap();
+        assert!(h.hit);
+        assert!(h.hand_out().is_some());
+        drop(h);
+        let used = f.clock.now();
+        let now = used + Duration::from_secs(1);
+        let mut r = Remover::new(f.store.root(), now, Duration::ZERO, false);
+        assert_eq!(
+            r.remove(&k, Some(chosen)).unwrap(),
+            Removal::UsedSince(used)
+        );
+        assert!(matches!(
+            r.remove(&k, Some(unix_secs(used))).unwrap(),
+            Removal::Removed(_)
+        ));
+        drop(r);
+        assert_eq!(count(&f), 0);
+        assert_eq!(index::check(f.store.root()).unwrap(), None);
+    }
+
     #[test]
     fn dry_runs_remove_nothing() {
         let f = fixture(&[]);
