@@ -506,6 +506,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let store = Store::open(&config)?;
             let rows = ops::list::list(&store, *all, *sort)?;
             show::entries(&mut out, &rows, &store, *all, *wide, *json)?;
+            // The process ends here: freeing a million rows one by one would cost more
+            // than printing them.
+            std::mem::forget(rows);
             ExitCode::SUCCESS
         }
         Some(Command::Size { all, json }) => {

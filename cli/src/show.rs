@@ -151,8 +151,10 @@ pub fn demo(out: &mut impl Write, r: &DemoReport, json: bool) -> Result<()> {
 }
 
 fn json_out(out: &mut impl Write, v: &impl serde::Serialize) -> Result<()> {
-    serde_json::to_writer_pretty(&mut *out, v)?;
-    writeln!(out)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut *out);
+    serde_json::to_writer_pretty(&mut w, v)?;
+    writeln!(w)?;
+    w.flush()?;
     Ok(())
 }
 
@@ -162,6 +164,44 @@ fn now_secs(store: &Store) -> u64 {
 
 fn age_or_dash(t: Option<u64>, now: u64) -> String {
     t.map(|t| human::age(t, now)).unwrap_or_else(|| "-".into())
+}
+
+/// `rows` as one compact JSON array; a large listing is encoded on every CPU, in
+/// chunks written in order.
+fn json_rows(out: &mut impl Write, rows: &[EntryRow]) -> Result<()> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = rows.len().div_ceil(workers).max(4096);
+    let encode = |part: &[EntryRow]| -> serde_json::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(part.len() * 512);
+        for r in part {
+            buf.push(b',');
+            serde_json::to_writer(&mut buf, r)?;
+        }
+        Ok(buf)
+    };
+    let parts: Vec<serde_json::Result<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| s.spawn(move || encode(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("JSON encoder"))
+            .collect()
+    });
+    out.write_all(b"[")?;
+    let mut first = true;
+    for part in parts {
+        let part = part?;
+        if part.is_empty() {
+            continue;
+        }
+        // Each chunk starts with a comma; the first one's is dropped.
+        out.write_all(if first { &part[1..] } else { &part[..] })?;
+        first = false;
+    }
+    out.write_all(b"]\n")?;
+    Ok(())
 }
 
 /// `xcache list`.
@@ -174,10 +214,9 @@ pub fn entries(
     json: bool,
 ) -> Result<()> {
     if json {
-        // Compact: a large cache lists 100,000 entries.
-        serde_json::to_writer(&mut *out, &rows)?;
-        writeln!(out)?;
-        return Ok(());
+        // Compact, and buffered: a large cache lists a million entries, and a locked
+        // stdout writes line by line.
+        return json_rows(out, rows);
     }
     if rows.is_empty() {
         writeln!(
@@ -231,7 +270,7 @@ pub fn entries(
     if let Some(width) = human::output_width().filter(|_| !wide) {
         human::shrink_column(&header, &mut cells, 1, width);
     }
-    write!(out, "{}", human::table(&header, &cells, &[3, 6]))?;
+    out.write_all(human::table(&header, &cells, &[3, 6]).as_bytes())?;
     writeln!(
         out,
         "{}, {} in {}",

@@ -84,7 +84,8 @@ pub fn list_compiledirs(store: &Store) -> Result<Vec<CompiledirRow>> {
         };
         let (entries, bytes) = match store.base_root().open_dir(&cd.name) {
             Ok(root) => {
-                let listed = crate::store::scan::entries(&root)?;
+                let snap = crate::store::index::snapshot(&root)?;
+                let listed = snap.items();
                 let rest =
                     crate::store::scan::tree_bytes(&root, "", &[crate::store::layout::ENTRIES]).0;
                 (

@@ -47,7 +47,8 @@ pub fn size(store: &Store, all: bool) -> Result<SizeReport> {
             ..SizeRow::default()
         };
         // From the index (sizes recorded at publish), reconciled with the fans.
-        let listed = scan::entries(&root)?;
+        let snap = crate::store::index::snapshot(&root)?;
+        let listed = snap.items();
         row.entries = listed.len() as u64;
         row.entries_bytes = listed.iter().map(|r| r.size).sum();
         let entries_disk: u64 = listed.iter().map(|r| r.disk_size).sum();

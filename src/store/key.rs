@@ -23,12 +23,13 @@ pub struct Key([u8; 32]);
 impl Key {
     /// The key as hex.
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            use fmt::Write;
-            let _ = write!(s, "{b:02x}");
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 15)];
         }
-        s
+        String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
     }
 
     /// The fan-out directory name: the first two hex digits.
@@ -70,17 +71,20 @@ impl FromStr for Key {
                 bytes.len()
             ));
         }
+        let hex = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => 0xff,
+        };
         let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            let hex = |c: u8| match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                _ => None,
-            };
-            match (hex(pair[0]), hex(pair[1])) {
-                (Some(h), Some(l)) => out[i] = h << 4 | l,
-                _ => return Err(format!("{s:?} is not lowercase hex")),
-            }
+        let mut bad = 0u8;
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let (h, l) = (hex(pair[0]), hex(pair[1]));
+            bad |= (h | l) & 0xf0;
+            *o = h << 4 | l;
+        }
+        if bad != 0 {
+            return Err(format!("{s:?} is not lowercase hex"));
         }
         Ok(Key(out))
     }

@@ -754,6 +754,10 @@ impl Store {
         self.cd
             .mkdir_all(&fan, trust::dir_mode())
             .map_err(|e| io_below("creating directory", &self.cd, &fan, e))?;
+        // The intent first: a crash between the rename and the record leaves a key
+        // whose last record is an intent, which readers settle by looking.
+        let mut index = index::Writer::new(&self.cd);
+        index.append(&index::intent_record(key));
         match self.cd.rename(staging.name.rel(), layout::entry(key)) {
             Ok(()) => {
                 staging.done = true; // it is the entry now
@@ -762,7 +766,7 @@ impl Store {
                     self.sync_dir(Path::new(layout::ENTRIES))?;
                 }
                 pause_point("published-unindexed");
-                index::published(&self.cd, key);
+                index.published(key);
                 Ok(())
             }
             // Someone published the same key without our lock (a file system without
@@ -869,6 +873,8 @@ pub fn quarantine_entry_in(cd: &Root, key: &Key, now: SystemTime) -> Result<Opti
     cd.mkdir(layout::QUARANTINE, trust::dir_mode())
         .map_err(|e| io_below("creating directory", cd, Path::new(layout::QUARANTINE), e))?;
     let dest = QuarantineName::new(key, unix_secs(now)).rel();
+    let mut index = index::Writer::new(cd);
+    index.append(&index::intent_record(key));
     let moved = match cd.rename(&rel, &dest) {
         Ok(()) => Some(cd.join(dest)),
         Err(_) => {
@@ -877,7 +883,7 @@ pub fn quarantine_entry_in(cd: &Root, key: &Key, now: SystemTime) -> Result<Opti
             None
         }
     };
-    index::Writer::new(cd).append(&index::remove_record(key));
+    index.append(&index::remove_record(key));
     Ok(moved)
 }
 
@@ -955,6 +961,7 @@ fn ensure_compiledir(
         }
     }
     if cd.lstat_fast(layout::COMPILEDIR_META).is_err() {
+        index::create(&cd);
         write_compiledir_meta(&cd, platform, now, "")?;
         entry::touch_last_use(&cd, here, now, Duration::ZERO);
     }

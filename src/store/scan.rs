@@ -96,7 +96,7 @@ pub fn compiledirs(
 
 /// One entry as `list` shows it. The JSON schema of `xcache list --json` is an array
 /// of these.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct EntryRow {
     /// The key, hex.
     pub key: String,
@@ -176,8 +176,8 @@ pub fn entry_keys(cd: &Root) -> Result<Vec<Key>> {
 }
 
 /// Every entry of the compiledir `cd`, with its metadata (no hashing), sorted by key:
-/// from the compiledir's index, reconciled with the fan directories
-/// ([`super::index::load`]).
+/// from the compiledir's index ([`super::index::load`]), which is rebuilt from the
+/// entries when it is missing or damaged.
 pub fn entries(cd: &Root) -> Result<Vec<EntryRow>> {
     Ok(super::index::load(cd)?.rows)
 }

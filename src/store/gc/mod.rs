@@ -288,10 +288,11 @@ impl<'a> Remover<'a> {
                 let trash = TmpName::new(TmpKind::Removal, key);
                 cd.mkdir(layout::TMP, super::trust::dir_mode())
                     .map_err(|e| io_below("creating directory", cd, Path::new(layout::TMP), e))?;
+                self.index.append(&index::intent_record(key));
                 cd.rename(&rel, trash.rel())
                     .map_err(|e| io_below("removing", cd, &rel, e))?;
-                self.index.append(&index::remove_record(key));
                 super::pause_point("renamed-for-removal");
+                self.index.append(&index::remove_record(key));
                 // The entry is gone from entries/ now; what is left in tmp/ is ours to
                 // delete while we hold the key's lock (collectors leave it alone until
                 // then).
@@ -888,8 +889,10 @@ impl Store {
         report: &mut CleanReport,
         progress: &dyn Fn(u64, u64),
     ) -> Result<()> {
-        let rows = self.entries()?;
-        let gc_entries: Vec<GcEntry> = rows
+        // Numbers from the index; names only for what goes.
+        let snap = index::snapshot(self.root())?;
+        let gc_entries: Vec<GcEntry> = snap
+            .items()
             .iter()
             .map(|r| GcEntry {
                 size: r.size,
@@ -913,7 +916,7 @@ impl Store {
                     max_size: policy.max_size.unwrap_or(0),
                 },
             };
-            remover.remove_row(&rows[i], reason, report)?;
+            remover.remove_row(&snap.row(i), reason, report)?;
             progress(done as u64 + 1, victims.len() as u64);
         }
         Ok(())
@@ -994,7 +997,11 @@ impl Store {
         let mut report = CleanReport::default();
         let rules = rules(config);
         let r = (|| {
-            let total: u64 = self.entries()?.iter().map(|r| r.size).sum();
+            let total: u64 = index::snapshot(self.root())?
+                .items()
+                .iter()
+                .map(|r| r.size)
+                .sum();
             if total > config.max_size {
                 let policy = Policy {
                     max_size: Some(config.max_size),
