@@ -3,7 +3,7 @@
 //! is in [`layout`]) and its cleanup ([`gc`]): nothing outside this module creates,
 //! renames or removes anything under the base dir.
 //!
-//! # Layout (layout version 1)
+//! # Layout (layout version 2)
 //!
 //! ```text
 //! <base>/
@@ -13,8 +13,11 @@
 //!     last-use                        mtime = last use of anything in this compiledir
 //!     auto-prune                      mtime = when the automatic prune last ran
 //!     gc.lock                         try-locked by the automatic prune
+//!     index                           log of the entries' facts, what listings read
+//!     index.lock                      shared by index appenders, exclusive for a rewrite
 //!     entries/<fan>/<key>/            one directory per key, published whole by rename
 //!         lib.so  source.c|.cpp|.cu  [headers]  entry.json  last-use  handed-out
+//!         verified                    identity of the artifact when last hashed
 //!     manifests/<fan>/<key>.manifest  results of a request key and the headers they read
 //!     locks/<fan>/<key>.lock          per-key lock files ("pid=N host=H" of a writer)
 //!     toolchains/host-<lang>-<h>.json resolved compiler command lines and versions
@@ -57,7 +60,8 @@
 //! 3. Create a fresh staging directory `tmp/build-<key>-<unique>`; compile into it.
 //! 4. Compute the artifact's blake3; write `last-use` and `handed-out`, then
 //!    `entry.json` last; fsync every file and the staging directory.
-//! 5. `rename` the staging directory to `entries/<fan>/<key>`; fsync `entries/<fan>`. A
+//! 5. Append an intent record for the key to `index`; `rename` the staging directory to
+//!    `entries/<fan>/<key>`; fsync `entries/<fan>`; append the entry's record. A
 //!    destination that already exists is success: content addressing makes the two
 //!    equivalent, and the staging copy is removed.
 //! 6. The caller loads under the exclusive lock, then releases it.
@@ -123,9 +127,18 @@
 //!
 //! **Removal** (clear, prune, purge, the automatic prune): an entry is removed only
 //! under a *try* exclusive lock on its key (busy entries are skipped), and not within
-//! `handout_grace` of its last hand-out (unless forced). It is first renamed to
+//! `handout_grace` of its last hand-out (unless forced), nor, when it was chosen by its
+//! last use, if its `last-use` says it was used since. It is first renamed to
 //! `tmp/delete-<key>-<unique>` (one atomic step: readers see the whole entry or none),
-//! then deleted, then its lock file, still under the lock.
+//! between an intent and a removal record in `index`, then deleted, then its lock file,
+//! still under the lock.
+//!
+//! **Index** ([`index`]): `list`, `size`, `prune` and `clear` read `index`, a log of
+//! records appended under a shared lock on `index.lock` (intent, publish, use,
+//! hand-out, removal), instead of every entry. A key whose last record is an intent is
+//! settled by looking at its entry; a missing or damaged index is rebuilt from the
+//! entries under the exclusive lock; `verify` compares it with the entries. Loading never
+//! reads it.
 //!
 //! **Leftovers** under `tmp/`, `quarantine/` and the private root are judged by one pure
 //! function, [`gc::policy::leftover_verdict`], from their kind, age and whether the
@@ -142,7 +155,11 @@
 //!   from has the same contents now; a result is recorded only if no header it read
 //!   changed after its build started. No header is trusted by the toolchain's identity:
 //!   system and toolkit headers are tracked like the user's.
-//! - Distinct keys never wait for each other: there is no compiledir-wide lock.
+//! - Distinct keys never wait for each other: there is no compiledir-wide lock (the
+//!   index lock is shared by every writer; only a rewrite of the index takes it
+//!   exclusively, and a hit that must append then waits for it).
+//! - The index lists what is on disk after any crash of an xcache process; it never
+//!   decides what is loaded.
 //! - N processes (or threads, since each lock opens its own file description) asking for
 //!   one key cost one compile.
 //! - A dead process holds no lock: flock locks die with their last descriptor.
