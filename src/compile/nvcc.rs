@@ -24,11 +24,16 @@ pub fn arch(config: &Config) -> String {
     if let Some(a) = &config.cuda_arch {
         return a.clone();
     }
+    detected_arch().unwrap_or_else(|| DEFAULT_ARCH.to_string())
+}
+
+/// The local GPU's arch (`sm_90`), asked of the driver once per process; `None`
+/// without a usable GPU.
+pub fn detected_arch() -> Option<String> {
     static DETECTED: OnceLock<Option<String>> = OnceLock::new();
     DETECTED
         .get_or_init(|| crate::gpu::probe().ok().map(|i| i.devices[0].arch()))
         .clone()
-        .unwrap_or_else(|| DEFAULT_ARCH.to_string())
 }
 
 /// Finds and fingerprints nvcc and its host compiler.

@@ -995,6 +995,26 @@ fn is_cache_fault(e: &Error) -> bool {
     }
 }
 
+/// The artifact a build left in `staging`: the one of [`layout::ARTIFACTS`] there (a
+/// shared object, or a CUDA module from NVRTC). None is the missing shared object's
+/// error, as before; two are refused (which one would `entry.json` name?).
+fn artifact_in(staging: &Root) -> Result<&'static str> {
+    let present: Vec<&'static str> = layout::ARTIFACTS
+        .iter()
+        .copied()
+        .filter(|a| staging.lstat_fast(a).is_ok())
+        .collect();
+    match present[..] {
+        [] => Ok(ARTIFACT_FILE),
+        [one] => Ok(one),
+        _ => Err(Error::InvalidRequest(format!(
+            "the build left several artifacts in {} ({}); an entry holds one",
+            staging.path().display(),
+            present.join(", ")
+        ))),
+    }
+}
+
 /// Hashes the artifact, writes `last-use`, `handed-out` (never: the epoch) and
 /// `entry.json`, sets modes,
 /// syncs everything.
@@ -1006,11 +1026,12 @@ fn seal(
     provenance: Option<(Key, Vec<entry::HeaderDigest>)>,
 ) -> Result<EntryMeta> {
     let io = |op, name: &str, e| Error::io(op, staging.join(name), e);
+    let artifact_file = artifact_in(staging)?;
     let artifact = staging
-        .open_file(ARTIFACT_FILE, OpenHow::read())
-        .map_err(|e| io("opening", ARTIFACT_FILE, e))?;
+        .open_file(artifact_file, OpenHow::read())
+        .map_err(|e| io("opening", artifact_file, e))?;
     let (blake3, size) =
-        entry::hash_open_file(&artifact).map_err(|e| io("hashing", ARTIFACT_FILE, e))?;
+        entry::hash_open_file(&artifact).map_err(|e| io("hashing", artifact_file, e))?;
     // `handed-out` starts at the epoch (never handed out): a hand-out then costs one
     // utimensat under the lock, no create.
     for (marker, t) in [
@@ -1057,7 +1078,7 @@ fn seal(
         source_name: built.source_name,
         source_file: built.source_file,
         artifact: Artifact {
-            file: ARTIFACT_FILE.into(),
+            file: artifact_file.into(),
             blake3,
             size,
         },
