@@ -28,7 +28,13 @@ doc = "the element-wise expression, e.g. a*exp(b)+c"
  *   stream  a cudaStream_t, or NULL for the default stream; the call is asynchronous
  * Returns 0 once the kernel is queued, -1 if n < 0, -2 if a pointer is NULL while
  * n > 0, else the (positive) cudaError_t of the launch (cudaGetErrorString explains it). */
+/* NVRTC (cuda_compiler=nvrtc) compiles the kernels alone, into a cubin that xcache's
+ * launcher (src/cuda_launch.rs) launches through the driver with the same grid as
+ * xc_elemwise below; nvcc also compiles the host launcher. The kernels are extern "C"
+ * so that both find them by these names: xc_vector, xc_scalar. */
+#ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
+#endif
 {{ xc_prelude }}
 {%- set ctype = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t"}[dtype] %}
 {%- set vtype = {"float32": "float4", "float64": "double2", "int32": "int4", "int64": "longlong2"}[dtype] %}
@@ -42,14 +48,14 @@ static __device__ __forceinline__ {{ ctype }} xc_op(
     return {{ expr }};
 }
 
-__global__ void __launch_bounds__(256) xc_scalar(int64_t start, int64_t n,
+extern "C" __global__ void __launch_bounds__(256) xc_scalar(int64_t start, int64_t n,
 {%- for i in range(arity) %} const {{ ctype }} *in_{{ names[i] }},{% endfor %} {{ ctype }} *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = start + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         out[i] = xc_op({% for i in range(arity) %}in_{{ names[i] }}[i]{% if not loop.last %}, {% endif %}{% endfor %});
 }
 
-__global__ void __launch_bounds__(256) xc_vector(int64_t nv,
+extern "C" __global__ void __launch_bounds__(256) xc_vector(int64_t nv,
 {%- for i in range(arity) %} const {{ vtype }} *in_{{ names[i] }},{% endfor %} {{ vtype }} *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += stride) {
@@ -64,6 +70,7 @@ __global__ void __launch_bounds__(256) xc_vector(int64_t nv,
     }
 }
 
+#ifndef __CUDACC_RTC__
 static int xc_blocks(int64_t work) {
     int dev = 0, sms = 0;
     cudaGetDevice(&dev);
@@ -102,3 +109,4 @@ extern "C" int xc_elemwise(int64_t n, const void *const *inputs, void *out, void
 {%- for i in range(arity) %} in_{{ names[i] }},{% endfor %} o);
     return (int)cudaGetLastError();
 }
+#endif
