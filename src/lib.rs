@@ -65,6 +65,9 @@ pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod cuda;
+pub mod cuda_launch;
+pub mod cuda_module;
+pub mod driver;
 pub mod error;
 pub mod fsx;
 #[doc(hidden)]

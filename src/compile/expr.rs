@@ -800,8 +800,12 @@ typedef unsigned long uintptr_t;
 #define INT64_MAX 9223372036854775807L
 #define UINT32_MAX 4294967295U
 #define UINT64_MAX 18446744073709551615UL
-#define INFINITY __builtin_huge_valf()
-#define NAN __builtin_nanf(\"\")
+#define INT32_C(c) c
+#define INT64_C(c) c##L
+#define UINT32_C(c) c##U
+#define UINT64_C(c) c##UL
+#define INFINITY __int_as_float(0x7f800000)
+#define NAN __int_as_float(0x7fc00000)
 #else
 #include <stdint.h>
 #include <math.h>

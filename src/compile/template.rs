@@ -447,9 +447,13 @@ impl Template {
         let cuda = self.language == Language::Cuda;
         ctx.insert(
             "xc_prelude".into(),
-            minijinja::Value::from(
-                prelude.unwrap_or_else(|| if cuda { expr::CUDA_LIBC.into() } else { String::new() }),
-            ),
+            minijinja::Value::from(prelude.unwrap_or_else(|| {
+                if cuda {
+                    expr::CUDA_LIBC.into()
+                } else {
+                    String::new()
+                }
+            })),
         );
 
         let mut env = minijinja::Environment::new();

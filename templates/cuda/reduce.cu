@@ -72,12 +72,19 @@ doc = "1: reduce along each row (out has rows elements, as numpy's sum(axis=1));
 {%- set acc = ("double" if is_float else "unsigned long long") if additive else ctype %}
 {%- set init = "0" if additive else {"max": {"float32": "-INFINITY", "float64": "-INFINITY", "int32": "INT32_MIN", "int64": "INT64_MIN"}, "min": {"float32": "INFINITY", "float64": "INFINITY", "int32": "INT32_MAX", "int64": "INT64_MAX"}}[op][dtype] %}
 
+{%- set threads = 256 %}
+{%- set unroll = 4 %}
+{%- set acc_bytes = 8 if additive or dtype in ["float64", "int64"] else 4 %}
 #define XC_VEC {{ lanes }}      /* elements per 16-byte vector */
-#define XC_THREADS 256
-#define XC_UNROLL 4             /* independent loads in flight per thread */
+#define XC_THREADS {{ threads }}
+#define XC_UNROLL {{ unroll }}             /* independent loads in flight per thread */
+/* The launch data xcache's launcher reads:
+xcache-launch reduce axis={{ axis }} vec={{ lanes }} threads={{ threads }} unroll={{ unroll }} acc={{ acc_bytes }}
+*/
 
 typedef {{ ctype }} xc_t;
 typedef {{ acc }} xc_acc;
+static_assert(sizeof(xc_acc) == {{ acc_bytes }}, "the launch data's partial size");
 typedef {{ vtype }} xc_v;
 
 static __device__ __forceinline__ xc_t xc_pre(xc_t x) { return {{ pre }}; }
