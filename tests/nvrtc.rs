@@ -374,3 +374,20 @@ fn headers_nvrtc_reads_are_tracked() {
             .contains("1.0f")
     );
 }
+
+/// The templates include nothing NVRTC compiles (their includes are for nvcc's host
+/// code): so they build on any NVRTC, one too old to report headers included, and
+/// NVRTC's header trace of them lists nothing of the user's.
+#[test]
+fn the_cuda_templates_include_nothing_under_nvrtc() {
+    let tc = TestCache::new();
+    let jit = Jit::new(tc.config()).unwrap();
+    for r in every_template() {
+        let src = jit.render(&r).unwrap();
+        assert!(
+            !xcache::compile::nvrtc::may_include(&src.source, &src.flags),
+            "{}",
+            src.name
+        );
+    }
+}

@@ -473,23 +473,51 @@ unsafe extern "C" fn past_deadline(payload: *mut c_void, _reserved: *mut c_void)
     (Instant::now() >= d.until) as c_int
 }
 
-/// True when `source` (or an option) can make the compiler read a file: an `#include`
-/// directive (continuation lines joined), `__has_include`, or a pre-include option.
+/// True when `source` (or an option) can make NVRTC read a file: an `#include`
+/// directive (continuation lines joined) outside the branches NVRTC never compiles
+/// (`#ifndef __CUDACC_RTC__`, the `#else` of `#ifdef __CUDACC_RTC__`), `__has_include`,
+/// or a pre-include option.
 pub fn may_include(source: &[u8], options: &[String]) -> bool {
     let text = String::from_utf8_lossy(source)
         .replace("\\\r\n", "")
         .replace("\\\n", "");
-    let directive = text.lines().any(|l| {
-        let l = l.trim_start();
-        l.strip_prefix('#')
-            .map(|r| {
-                let r = r.trim_start();
-                r.starts_with("include") || r.starts_with("import")
-            })
-            .unwrap_or(false)
-    });
-    directive
-        || text.contains("__has_include")
+    // Per open conditional: Some(true) when its current branch is dead under NVRTC,
+    // Some(false) when live, None when it depends on anything else (taken as live).
+    let mut stack: Vec<Option<bool>> = Vec::new();
+    for l in text.lines() {
+        let Some(d) = l.trim_start().strip_prefix('#') else {
+            continue;
+        };
+        let d = d.trim_start();
+        let word = |w: &str| d.strip_prefix(w).map(str::trim);
+        if let Some(rest) = word("ifndef") {
+            stack.push((rest == "__CUDACC_RTC__").then_some(true));
+        } else if let Some(rest) = word("ifdef") {
+            stack.push((rest == "__CUDACC_RTC__").then_some(false));
+        } else if let Some(rest) = word("if") {
+            let rest = rest.replace(' ', "");
+            stack.push(match rest.as_str() {
+                "!defined(__CUDACC_RTC__)" => Some(true),
+                "defined(__CUDACC_RTC__)" => Some(false),
+                _ => None,
+            });
+        } else if word("elif").is_some() {
+            if let Some(top) = stack.last_mut() {
+                *top = None;
+            }
+        } else if word("else").is_some() {
+            if let Some(top) = stack.last_mut() {
+                *top = top.map(|dead| !dead);
+            }
+        } else if word("endif").is_some() {
+            stack.pop();
+        } else if (word("include").is_some() || word("import").is_some())
+            && !stack.contains(&Some(true))
+        {
+            return true;
+        }
+    }
+    text.contains("__has_include")
         || options
             .iter()
             .any(|o| o.starts_with("-include") || o.starts_with("--pre-include"))
@@ -896,6 +924,17 @@ mod tests {
         assert!(may_include(b"#if __has_include(<x>)\n#endif\n", &o));
         assert!(!may_include(b"__global__ void k() {}\n// include\n", &o));
         assert!(may_include(b"", &["-include".into(), "/x.h".into()]));
+        // What NVRTC never compiles does not count.
+        let host =
+            b"#ifndef __CUDACC_RTC__\n#include <cuda_runtime.h>\n#endif\n__global__ void k() {}\n";
+        assert!(!may_include(host, &o));
+        let both =
+            b"#ifdef __CUDACC_RTC__\ntypedef long int64_t;\n#else\n#include <stdint.h>\n#endif\n";
+        assert!(!may_include(both, &o));
+        let live = b"#ifndef __CUDACC_RTC__\n#else\n#include \"a.h\"\n#endif\n";
+        assert!(may_include(live, &o));
+        let other = b"#ifndef X\n#include \"a.h\"\n#endif\n";
+        assert!(may_include(other, &o));
     }
 
     #[test]
