@@ -58,8 +58,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--json")
     args = ap.parse_args()
-    more = 5 if args.quick else 20
-    procs = 2 if args.quick else 5
+    more = 5 if args.quick else 10
+    procs = 2 if args.quick else 3
 
     # CuPy first, then xcache, then CuPy again: both measured twice around the other.
     cupy_cold, cupy_warm = [], []
@@ -70,8 +70,11 @@ def main():
                 cupy_cold.append(cupy([tag, more], cache))
                 cupy_warm.append(cupy([tag, 0], cache)["first_ms"])  # in its disk cache now
         if round_ == 0:
-            xc = json.loads(subprocess.run([BIN] + (["--quick"] if args.quick else []),
-                                           capture_output=True, text=True, check=True).stdout)
+            extra = os.environ.get("XCACHE_NVRTC_BENCH_ARGS", "").split()
+            r = subprocess.run([BIN] + extra + (["--quick"] if args.quick else []), capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"{BIN} failed ({r.returncode}):\n{r.stderr}")
+            xc = json.loads(r.stdout)
     raw = {"xcache": xc, "cupy_cold": cupy_cold, "cupy_warm_ms": cupy_warm}
     if args.json:
         with open(args.json, "w") as f:

@@ -4,12 +4,14 @@
 //! - cold: in a process that has already used CUDA (context made, buffers allocated),
 //!   the wall time from asking for a fused `a*exp(b)+c` kernel to the end of its first
 //!   launch (render, key, NVRTC, publish, cuModuleLoadData, launch, synchronise); the
-//!   first kernel of the process (NVRTC's own loading included) and 20 more, each new;
+//!   first kernel of the process (NVRTC's own loading included) and 10 more, each new;
 //!   in a brand-new cache and in one that has met NVRTC before; nvcc for comparison;
 //! - warm: a fresh process asking for a kernel in the cache, to a launchable kernel;
 //! - speed: the same kernels built by NVRTC and by nvcc, timed alternately.
 //!
-//! Usage: `nvrtc_bench [--quick] > report.json` (children: `--cold DIR TAG`, `--warm DIR`).
+//! Usage: `nvrtc_bench [--quick] [--dir D] [--speed-only] > report.json` (children:
+//! `--cold DIR TAG`, `--warm DIR TAG`; `--cubin OUT minimal|plain TEMPLATE k=v...` writes
+//! NVRTC's module of a template).
 
 use std::process::Command;
 use std::time::Instant;
@@ -88,7 +90,7 @@ fn child_cold(dir: &str, tag: usize, compiler: &str, more: usize) {
     println!("{j}");
 }
 
-fn child_warm(dir: &str) {
+fn child_warm(dir: &str, tag: usize) {
     let t = Instant::now();
     let jit = jit(dir, "nvrtc");
     let jit_ms = ms(t);
@@ -97,9 +99,9 @@ fn child_warm(dir: &str) {
     let mut x = inputs(&cuda, 1 << 20);
     let context_ms = ms(t);
     let t = Instant::now();
-    let k = cuda.elemwise::<f32>(&jit, &expr(0), 3).unwrap();
+    let k = cuda.elemwise::<f32>(&jit, &expr(tag), 3).unwrap();
     let launchable_ms = ms(t);
-    assert!(k.compiled().hit);
+    assert!(k.compiled().hit, "the kernel of tag {tag} is in the cache");
     let t = Instant::now();
     k.launch(&[&x.a, &x.a, &x.a], &mut x.out).unwrap();
     cuda.sync().unwrap();
@@ -258,18 +260,48 @@ fn main() {
             let more = args.get(5).and_then(|m| m.parse().ok()).unwrap_or(20);
             return child_cold(&args[2], args[3].parse().unwrap(), compiler, more);
         }
-        Some("--warm") => return child_warm(&args[2]),
+        Some("--cubin") => {
+            // --cubin OUT minimal|plain TEMPLATE k=v...: NVRTC's module for a template.
+            let dir = tempfile::tempdir().unwrap();
+            let j = jit(dir.path().to_str().unwrap(), "nvrtc");
+            let mut r = xcache::TemplateRequest::new(&args[4]);
+            for p in &args[5..] {
+                let (k, v) = p.split_once('=').unwrap();
+                r = r.param(k, v);
+            }
+            let mut src = j.render(&r).unwrap();
+            if args[3] == "minimal" {
+                src.flags.push("-minimal".into());
+            }
+            let m = j.cuda_module(&src).unwrap();
+            std::fs::write(&args[2], m.image()).unwrap();
+            return println!("{} ms", m.compile_ms);
+        }
+        Some("--warm") => return child_warm(&args[2], args[3].parse().unwrap()),
         _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
     let base = tempfile::tempdir().unwrap();
-    let dir = base.path().to_str().unwrap().to_string();
-    let more = if quick { "5" } else { "20" };
+    // `--dir D`: a cache to use (and keep), e.g. for a second run with `--speed-only`.
+    let dir = match args.iter().position(|a| a == "--dir") {
+        Some(i) => args[i + 1].clone(),
+        None => base.path().to_str().unwrap().to_string(),
+    };
+    if args.iter().any(|a| a == "--speed-only") {
+        let j = jit(&dir, "nvrtc");
+        let tool = j.nvrtc().unwrap();
+        let cold = run_child(&["--cold", &dir, "50000", "nvrtc", "10"]);
+        return println!(
+            "{}",
+            serde_json::json!({"nvrtc": tool.version_text(), "nvrtc_library": tool.library, "cold": cold, "speed": speed(&dir, quick)})
+        );
+    }
+    let more = if quick { "5" } else { "10" };
     // A brand-new cache (NVRTC is probed and recorded there), then one that has met
     // NVRTC before; each child a fresh process with new kernels.
     let fresh_cache = run_child(&["--cold", &dir, "1000", "nvrtc", more]);
     let mut cold = Vec::new();
-    for i in 0..if quick { 2 } else { 5 } {
+    for i in 0..if quick { 2 } else { 3 } {
         cold.push(run_child(&[
             "--cold",
             &dir,
@@ -279,8 +311,8 @@ fn main() {
         ]));
     }
     let nvcc = run_child(&["--cold", &dir, "9000", "nvcc", "1"]);
-    let warm: Vec<serde_json::Value> = (0..if quick { 2 } else { 7 })
-        .map(|_| run_child(&["--warm", &dir]))
+    let warm: Vec<serde_json::Value> = (0..if quick { 2 } else { 5 })
+        .map(|_| run_child(&["--warm", &dir, "1000"]))
         .collect();
     let speed = if args.iter().any(|a| a == "--no-speed") {
         serde_json::Value::Null

@@ -150,7 +150,8 @@ impl std::fmt::Debug for Cuda {
 impl Jit {
     /// A handle on the GPU of the current CUDA context (else the first GPU, through its
     /// primary context, which the CUDA runtime shares). An error says why there is none
-    /// (no driver, no device). Compiles nothing.
+    /// (no driver, no device). Compiles nothing; with `cuda_compiler=nvrtc`, starts
+    /// loading libnvrtc in the background ([`crate::compile::nvrtc::preload_in_background`]).
     pub fn cuda(&self) -> Result<Cuda> {
         let no_gpu = |why: String| {
             Error::Cuda {
@@ -162,6 +163,12 @@ impl Jit {
         }
         };
         let driver = Driver::get().map_err(no_gpu)?;
+        if self.config().cuda_compiler == CudaCompiler::Nvrtc {
+            crate::compile::nvrtc::preload_in_background(
+                self.config().clone(),
+                self.store().clone(),
+            );
+        }
         let (device, ctx) = driver.primary_context(0)?;
         driver.enter(ctx)?;
         let info = DeviceInfo {
@@ -538,7 +545,7 @@ impl Cuda {
             }
             CudaCompiler::Nvrtc => {
                 let (k, src, build) = self.nvrtc_kernels(jit, &req, &["xc_vector", "xc_scalar"])?;
-                (Backend::Nvrtc(k, ElemwisePlan::parse(&src)?), build)
+                (Backend::Nvrtc(Box::new(k), ElemwisePlan::parse(&src)?), build)
             }
         };
         Ok(CudaElemwise {
@@ -583,7 +590,7 @@ impl Cuda {
                     "xc_cols_finish"
                 };
                 let (k, src, build) = self.nvrtc_kernels(jit, &req, &[first])?;
-                (Backend::Nvrtc(k, ReducePlan::parse(&src)?), build)
+                (Backend::Nvrtc(Box::new(k), ReducePlan::parse(&src)?), build)
             }
         };
         Ok(CudaReduce {
@@ -623,7 +630,7 @@ impl Cuda {
             }
             CudaCompiler::Nvrtc => {
                 let (k, src, build) = self.nvrtc_kernels(jit, &req, &["xc_gemm_c0_v"])?;
-                (Backend::Nvrtc(k, GemmPlan::parse(&src)?), build)
+                (Backend::Nvrtc(Box::new(k), GemmPlan::parse(&src)?), build)
             }
         };
         Ok(CudaGemm {
@@ -765,7 +772,7 @@ impl<T> Drop for DeviceBuffer<T> {
 /// kernels with the template's launch data.
 enum Backend<F: Copy, P> {
     Nvcc(Symbol<F>),
-    Nvrtc(CudaKernels, P),
+    Nvrtc(Box<CudaKernels>, P),
 }
 
 impl<F: Copy, P> std::fmt::Debug for Backend<F, P> {

@@ -227,7 +227,7 @@ impl ReducePlan {
             s if s > 0 => s,
             _ => 32,
         };
-        let vector = input % 16 == 0 && cols % self.vec == 0;
+        let vector = input.is_multiple_of(16) && cols % self.vec == 0;
         if self.axis == 1 {
             self.rows(d, sms, vector, rows, cols, input, out)
         } else {
@@ -373,10 +373,8 @@ impl ReducePlan {
         // Enough blocks for two rounds of resident blocks, each thread keeping >= 16 rows.
         let mut chunks = 1;
         if col_blocks < 2 * slots {
-            chunks = cdiv(2 * slots, col_blocks)
-                .min(rows / (16 * ty as i64))
-                .min(65535)
-                .max(1);
+            let most = (rows / (16 * ty as i64)).min(65535);
+            chunks = std::cmp::max(1, cdiv(2 * slots, col_blocks).min(most));
         }
         let part = if chunks > 1 {
             d.workspace((chunks * cols * self.acc_bytes) as usize)

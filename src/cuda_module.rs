@@ -108,13 +108,16 @@ impl CudaModule {
     }
 }
 
+/// A template's name, text hash and canonical parameters.
+type TemplateId = (String, String, Vec<(String, String)>);
+
 /// What of a request the memo compares (the Jit's config and NVRTC are fixed).
 #[derive(PartialEq, Eq, Hash)]
 struct Fingerprint {
     source: Vec<u8>,
     flags: Vec<String>,
     extra_inputs: Vec<(String, Vec<u8>)>,
-    template: Option<(String, String, Vec<(String, String)>)>,
+    template: Option<TemplateId>,
     origin: Option<PathBuf>,
 }
 
@@ -295,15 +298,23 @@ impl Jit {
 
     /// Renders a CUDA template and compiles its kernels with NVRTC through the cache, as
     /// the [`crate::cuda`] handles do (with `-minimal` where this NVRTC takes it: the
-    /// templates use no textures, device runtime or device-side launches). Returns the
+    /// templates use no textures, device runtime or device-side launches; and for
+    /// `cuda/elemwise`, `--Ofast-compile=min`). Returns the
     /// module and the rendered request (whose source holds the template's launch data).
     pub fn nvrtc_template(
         &self,
         req: &crate::compile::TemplateRequest,
     ) -> Result<(CudaModule, SourceRequest)> {
         let mut src = self.render(req)?;
-        if self.nvrtc()?.minimal {
+        let tool = self.nvrtc()?;
+        if tool.minimal {
             src.flags.push("-minimal".into());
+        }
+        // A fused element-wise kernel is bound by memory: less optimisation effort
+        // halves NVRTC's time on it (mostly ptxas's) for the same bandwidth. The other
+        // templates are compute-bound or rarely new, and get NVRTC's full effort.
+        if tool.fast_compile && req.name.trim_start_matches("cuda/") == "elemwise" {
+            src.flags.push("--Ofast-compile=min".into());
         }
         Ok((self.cuda_module(&src)?, src))
     }

@@ -8,6 +8,10 @@
 //! (CuPy, PyTorch, nvcc-built launchers) uses too, so device pointers pass freely
 //! between them. A module is loaded once per context it is used in.
 
+// The handles (contexts, modules, functions, pools) are opaque pointers that only the
+// driver interprets; Rust never dereferences them, and the driver checks them.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::OnceLock;
 
@@ -303,6 +307,19 @@ impl Driver {
         let rc = unsafe { (self.device_get_attribute)(&mut v, attr, dev) };
         self.check(rc, || format!("reading attribute {attr} of GPU {dev}"))?;
         Ok(v)
+    }
+
+    /// `sm_90` for GPU `ordinal` (compute capability 9.0).
+    pub fn arch(&self, ordinal: i32) -> Result<String> {
+        let mut dev = 0;
+        // SAFETY: a valid out-pointer.
+        let rc = unsafe { (self.device_get)(&mut dev, ordinal) };
+        self.check(rc, || format!("opening GPU {ordinal}"))?;
+        Ok(format!(
+            "sm_{}{}",
+            self.attribute(dev, ATTR_CC_MAJOR)?,
+            self.attribute(dev, ATTR_CC_MINOR)?
+        ))
     }
 
     /// The device's marketing name.

@@ -31,8 +31,10 @@ pub fn arch(config: &Config) -> String {
 /// without a usable GPU.
 pub fn detected_arch() -> Option<String> {
     static DETECTED: OnceLock<Option<String>> = OnceLock::new();
+    // Through the driver this process loads once anyway (no second dlopen, which would
+    // wait on the loader's lock while another thread loads a library).
     DETECTED
-        .get_or_init(|| crate::gpu::probe().ok().map(|i| i.devices[0].arch()))
+        .get_or_init(|| crate::driver::Driver::get().ok()?.arch(0).ok())
         .clone()
 }
 

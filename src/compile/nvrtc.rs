@@ -104,6 +104,10 @@ pub struct NvrtcTool {
     pub minimal: bool,
     /// Whether it takes `--fdevice-time-trace` (the list of headers it read).
     pub time_trace: bool,
+    /// Whether it takes `--Ofast-compile=min` (less optimisation effort where the
+    /// kernel is bound by memory anyway: `cuda/elemwise`).
+    #[serde(default)]
+    pub fast_compile: bool,
     /// The fingerprint that enters keys.
     pub toolchain: Toolchain,
 }
@@ -405,6 +409,15 @@ fn load(path: &Path) -> std::result::Result<Arc<Library>, String> {
     if let Some(l) = map.lock().unwrap().get(path) {
         return Ok(Arc::clone(l));
     }
+    // libnvrtc opens its builtins library by name when it first compiles; some
+    // releases look only on the loader's path, so the one beside it is loaded first
+    // (a second dlopen by that name then finds it loaded). Never unloaded.
+    if let Some(b) = builtins_beside(path) {
+        // SAFETY: NVRTC's own builtins library, loaded as libnvrtc would load it.
+        if let Ok(l) = unsafe { libloading::Library::new(&b) } {
+            std::mem::forget(l);
+        }
+    }
     let lib = Arc::new(Library::open(path)?);
     Ok(Arc::clone(
         map.lock().unwrap().entry(path.to_path_buf()).or_insert(lib),
@@ -550,6 +563,35 @@ pub fn trace_headers(trace: &[u8]) -> std::result::Result<Vec<PathBuf>, String> 
     Ok(out)
 }
 
+static COMPILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many programs NVRTC compiled in this process (probes included): a warm hit must
+/// leave it at zero.
+pub fn compiles() -> u64 {
+    COMPILES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Loads libnvrtc (and its builtins) on a background thread, once per process, when
+/// the compiledir's record already names it: NVRTC's loading, a few tens of
+/// milliseconds, then overlaps whatever the program does before its first compile
+/// (CuPy loads NVRTC at import for the same reason). Nothing is compiled: a process
+/// that only hits never calls into it.
+pub fn preload_in_background(config: Config, store: Store) {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("xcache-nvrtc-preload".into())
+        .spawn(move || {
+            let inputs = resolution_inputs(&config);
+            let name = format!("nvrtc-{inputs}.json");
+            if let Some(tool) = read_record(&store, &name, &inputs, &config) {
+                let _ = load(&tool.library);
+            }
+        });
+}
+
 /// The trace file's name in the staging directory (NVRTC appends `.json`); removed
 /// before the entry is sealed.
 pub const TRACE_FILE: &str = "xcache-nvrtc-trace";
@@ -559,6 +601,7 @@ impl NvrtcTool {
     /// (from [`NvrtcTool::options`]); `extra` are headers handed over in memory by name.
     /// `dir` is the staging directory, where the source is kept and the header trace is
     /// written. A compile running past `timeout` is cancelled (where NVRTC can be).
+    #[allow(clippy::too_many_arguments)]
     pub fn compile(
         &self,
         dir: &Path,
@@ -658,6 +701,7 @@ impl NvrtcTool {
                 )
             };
         }
+        COMPILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let start = Instant::now();
         // SAFETY: a valid program and `opts.len()` NUL-terminated options.
         let rc = unsafe { (lib.compile)(prog.p, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
@@ -750,7 +794,7 @@ fn resolution_inputs(config: &Config) -> String {
         h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     };
-    put("nvrtc-v1");
+    put("nvrtc-v2");
     put(config.nvrtc.as_deref().unwrap_or(""));
     put(match config.compiler_check {
         CompilerCheck::Mtime => "mtime",
@@ -865,6 +909,7 @@ pub fn resolve_fresh(config: &Config) -> Result<NvrtcTool> {
         include_dir,
         minimal: false,
         time_trace: false,
+        fast_compile: false,
         toolchain: Toolchain {
             path: library.display().to_string(),
             version: format!(
@@ -879,22 +924,30 @@ pub fn resolve_fresh(config: &Config) -> Result<NvrtcTool> {
             binary,
         },
     };
-    let accepts = |tool: &NvrtcTool, opt: &str| {
+    let try_compile = |tool: &NvrtcTool, opt: Option<&str>| {
+        let mut opts = vec![format!("--gpu-architecture={DEFAULT_PTX_ARCH}")];
+        opts.extend(opt.map(String::from));
         tool.compile(
             probe_dir.path(),
             "probe.cu",
             b"extern \"C\" __global__ void xc_probe() {}\n",
             &[],
-            &[
-                format!("--gpu-architecture={DEFAULT_PTX_ARCH}"),
-                opt.to_string(),
-            ],
+            &opts,
             Output::Ptx,
             Duration::from_secs(60),
         )
-        .is_ok()
     };
+    // It must compile at all (its builtins library found, ...) before its options are
+    // asked about.
+    if let Err(e) = try_compile(&probe, None) {
+        return Err(fail(format!(
+            "NVRTC {}.{} cannot compile an empty kernel: {e}",
+            version.0, version.1
+        )));
+    }
+    let accepts = |tool: &NvrtcTool, opt: &str| try_compile(tool, Some(opt)).is_ok();
     probe.minimal = accepts(&probe, "-minimal");
+    probe.fast_compile = accepts(&probe, "--Ofast-compile=min");
     probe.time_trace = accepts(
         &probe,
         &format!(
