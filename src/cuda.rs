@@ -545,7 +545,10 @@ impl Cuda {
             }
             CudaCompiler::Nvrtc => {
                 let (k, src, build) = self.nvrtc_kernels(jit, &req, &["xc_vector", "xc_scalar"])?;
-                (Backend::Nvrtc(Box::new(k), ElemwisePlan::parse(&src)?), build)
+                (
+                    Backend::Nvrtc(Box::new(k), ElemwisePlan::parse(&src)?),
+                    build,
+                )
             }
         };
         Ok(CudaElemwise {
