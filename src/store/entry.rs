@@ -1,4 +1,4 @@
-//! One entry: `lib.so`, the source, `entry.json` (written last), `last-use` and
+//! One entry: the artifact (`lib.so`, or `kernel.cubin` / `kernel.ptx` from NVRTC), the source, `entry.json` (written last), `last-use` and
 //! `handed-out`. Everything is read through the entry directory's descriptor, without
 //! following links (see [`crate::fsx`]).
 
@@ -285,9 +285,11 @@ pub fn verify(entry: &Root, key: &Key, full: bool) -> std::result::Result<EntryM
     let path = || entry.join(&meta.artifact.file);
     let md = file.metadata().map_err(|e| VerifyError::Io(path(), e))?;
     if !md.is_file() {
-        return Err(Corruption::Untrusted(format!("{ARTIFACT_FILE} is not a regular file")).into());
+        return Err(
+            Corruption::Untrusted(format!("{} is not a regular file", meta.artifact.file)).into(),
+        );
     }
-    if let Some(why) = untrusted(ARTIFACT_FILE, &md) {
+    if let Some(why) = untrusted(&meta.artifact.file, &md) {
         return Err(Corruption::Untrusted(why).into());
     }
     let identity = FileIdentity::of(&md);

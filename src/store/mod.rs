@@ -16,11 +16,14 @@
 //!     index                           log of the entries' facts, what listings read
 //!     index.lock                      shared by index appenders, exclusive for a rewrite
 //!     entries/<fan>/<key>/            one directory per key, published whole by rename
-//!         lib.so  source.c|.cpp|.cu  [headers]  entry.json  last-use  handed-out
+//!         lib.so|kernel.cubin|kernel.ptx  source.c|.cpp|.cu  [headers]  entry.json
+//!         last-use  handed-out        (the artifact: a shared object, or a CUDA module
+//!                                     from NVRTC; exactly one, named in entry.json)
 //!         verified                    identity of the artifact when last hashed
 //!     manifests/<fan>/<key>.manifest  results of a request key and the headers they read
 //!     locks/<fan>/<key>.lock          per-key lock files ("pid=N host=H" of a writer)
 //!     toolchains/host-<lang>-<h>.json resolved compiler command lines and versions
+//!     toolchains/nvrtc-<h>.json       resolved libnvrtc: path, version, accepted options
 //!     tmp/build-<key>-<unique>/       staging of a build in progress (or crashed)
 //!     tmp/failed-<key>-<unique>/      a failed build (source, compiler-output.txt)
 //!     tmp/delete-<key>-<unique>/      an entry being removed, renamed out first
@@ -44,7 +47,9 @@
 //!    size and hash with the metadata. Any failure: release, go to Miss (which
 //!    quarantines).
 //! 4. The caller dlopens the artifact while the lock is held ([`Fetched`] owns the
-//!    guard), so no collector can remove the file between the check and the load.
+//!    guard), so no collector can remove the file between the check and the load. A
+//!    CUDA module (`kernel.cubin`, `kernel.ptx`) is read into memory under the lock, its
+//!    bytes checked against the hash again, and loaded from them (`cuModuleLoadData`).
 //!    A caller that hands the *path* on instead (`xcache compile`, [`crate::Jit::build`])
 //!    records the hand-out in `handed-out` under the lock ([`Fetched::hand_out`]):
 //!    collectors leave the entry alone for `handout_grace` after that.
@@ -86,6 +91,13 @@
 //! 3. Wait until the kernel's file clock has caught up with now, and call that the
 //!    build's start ([`manifest::build_start`]). Compile into
 //!    `tmp/build-<request key>-<unique>` with `-MD -MF`; hash every header it read.
+//!    NVRTC, which has no `-MD`, reports the headers it opened through its time profiler
+//!    (`--fdevice-time-trace`: one "Processing Header File" event per file, nested and
+//!    guarded ones included), and is given every search path explicitly
+//!    (`-no-source-include`, the source's directory as an absolute `-I`); explicit extra
+//!    inputs are handed to it in memory by name (they are in the request key already).
+//!    An NVRTC without the profiler compiles only sources that include nothing it would
+//!    compile ([`crate::compile::nvrtc::may_include`]), and refuses the others.
 //! 4. Derive the result key. If a header's mtime or ctime is at or after the build's
 //!    start, it may not be what the compiler read: the result gets a key nobody can
 //!    look up (a unique tail in its derivation) and is not recorded.
@@ -1074,6 +1086,26 @@ fn is_cache_fault(e: &Error) -> bool {
     }
 }
 
+/// The artifact a build left in `staging`: the one of [`layout::ARTIFACTS`] there (a
+/// shared object, or a CUDA module from NVRTC). None is the missing shared object's
+/// error, as before; two are refused (which one would `entry.json` name?).
+fn artifact_in(staging: &Root) -> Result<&'static str> {
+    let present: Vec<&'static str> = layout::ARTIFACTS
+        .iter()
+        .copied()
+        .filter(|a| staging.lstat_fast(a).is_ok())
+        .collect();
+    match present[..] {
+        [] => Ok(ARTIFACT_FILE),
+        [one] => Ok(one),
+        _ => Err(Error::InvalidRequest(format!(
+            "the build left several artifacts in {} ({}); an entry holds one",
+            staging.path().display(),
+            present.join(", ")
+        ))),
+    }
+}
+
 /// Hashes the artifact, writes `last-use`, `handed-out` (never: the epoch) and
 /// `entry.json`, sets modes,
 /// syncs everything.
@@ -1085,11 +1117,12 @@ fn seal(
     provenance: Option<(Key, Vec<entry::HeaderDigest>)>,
 ) -> Result<EntryMeta> {
     let io = |op, name: &str, e| Error::io(op, staging.join(name), e);
+    let artifact_file = artifact_in(staging)?;
     let artifact = staging
-        .open_file(ARTIFACT_FILE, OpenHow::read())
-        .map_err(|e| io("opening", ARTIFACT_FILE, e))?;
+        .open_file(artifact_file, OpenHow::read())
+        .map_err(|e| io("opening", artifact_file, e))?;
     let (blake3, size) =
-        entry::hash_open_file(&artifact).map_err(|e| io("hashing", ARTIFACT_FILE, e))?;
+        entry::hash_open_file(&artifact).map_err(|e| io("hashing", artifact_file, e))?;
     // `handed-out` starts at the epoch (never handed out): a hand-out then costs one
     // utimensat under the lock, no create.
     for (marker, t) in [
@@ -1145,7 +1178,7 @@ fn seal(
         source_name: built.source_name,
         source_file: built.source_file,
         artifact: Artifact {
-            file: ARTIFACT_FILE.into(),
+            file: artifact_file.into(),
             blake3,
             size,
         },
