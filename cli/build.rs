@@ -1,4 +1,5 @@
-//! Links the `xcache` binary as a position-dependent executable (`-no-pie`).
+//! Links the `xcache` binary as a position-dependent executable (`-no-pie`), unless
+//! `XCACHE_LINK_PIE` is set at build time (for distributions whose policy requires PIE).
 //!
 //! A fresh-process cache hit is mostly process start: a PIE binary of this size carries
 //! some 9,000 relative relocations that the dynamic loader applies at every start,
@@ -10,5 +11,8 @@
 //! extension stay position-independent.
 
 fn main() {
-    println!("cargo:rustc-link-arg-bins=-no-pie");
+    println!("cargo:rerun-if-env-changed=XCACHE_LINK_PIE");
+    if std::env::var_os("XCACHE_LINK_PIE").is_none() {
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
 }
