@@ -367,11 +367,16 @@ fn read_verified(entry: &Root) -> Option<(FileIdentity, String)> {
 /// metadata records. Written whole (a temporary file renamed into place); a failure (a
 /// read-only cache) is ignored.
 pub fn record_verified(entry: &Root, identity: &FileIdentity, hash: &str) {
-    let text = format!(
+    let text = verified_record(identity, hash);
+    let _ = entry.write_atomic(layout::VERIFIED, text.as_bytes(), super::trust::file_mode());
+}
+
+/// The contents of a `verified` record.
+pub fn verified_record(identity: &FileIdentity, hash: &str) -> String {
+    format!(
         "xcache-verified 1 {} {} {} {} {hash}\n",
         identity.dev, identity.ino, identity.ctime_ns, identity.size
-    );
-    let _ = entry.write_atomic(layout::VERIFIED, text.as_bytes(), super::trust::file_mode());
+    )
 }
 
 /// Writes `entry.json` into a staging directory and fsyncs it.

@@ -1109,6 +1109,17 @@ fn artifact_in(staging: &Root) -> Result<&'static str> {
 /// Hashes the artifact, writes `last-use`, `handed-out` (never: the epoch) and
 /// `entry.json`, sets modes,
 /// syncs everything.
+/// Sets a staging file's mode to the one xcache gives files, only if it differs: a chmod
+/// changes the ctime even to the same mode, and the artifact's ctime is part of the
+/// identity its `verified` record names.
+fn set_mode(f: &File) -> std::io::Result<()> {
+    let want = trust::file_mode();
+    if f.metadata()?.mode() & 0o7777 != want {
+        rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(want))?;
+    }
+    Ok(())
+}
+
 fn seal(
     staging: &Root,
     key: &Key,
@@ -1123,6 +1134,19 @@ fn seal(
         .map_err(|e| io("opening", artifact_file, e))?;
     let (blake3, size) =
         entry::hash_open_file(&artifact).map_err(|e| io("hashing", artifact_file, e))?;
+    // The artifact's final mode first, so that its identity (inode, ctime, size) is final
+    // when the `verified` record takes it: nothing below changes its ctime again (the
+    // loop only sets modes that differ). The record is one of the staging files, synced
+    // with them: no write of its own to make atomic.
+    set_mode(&artifact).map_err(|e| io("setting the mode of", artifact_file, e))?;
+    let identity = artifact
+        .metadata()
+        .map(|md| entry::FileIdentity::of(&md))
+        .map_err(|e| io("inspecting", artifact_file, e))?;
+    staging
+        .create_file(layout::VERIFIED, trust::file_mode())
+        .and_then(|mut f| f.write_all(entry::verified_record(&identity, &blake3).as_bytes()))
+        .map_err(|e| io("writing", layout::VERIFIED, e))?;
     // `handed-out` starts at the epoch (never handed out): a hand-out then costs one
     // utimensat under the lock, no create.
     for (marker, t) in [
@@ -1155,22 +1179,18 @@ fn seal(
         let f = staging
             .open_file(&e.name, OpenHow::read())
             .map_err(|e| io("opening", &name, e))?;
-        rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(trust::file_mode()))
-            .map_err(|e| io("setting the mode of", &name, e.into()))?;
-        f.sync_all().map_err(|e| io("syncing", &name, e))?;
+        set_mode(&f).map_err(|e| io("setting the mode of", &name, e))?;
+        // The markers are empty and the `verified` record is advice: after a crash, one
+        // missing or empty costs a default (never used, never handed out) or a hash.
+        // Everything the entry's correctness rests on is synced.
+        let advisory = [layout::LAST_USE, layout::HANDED_OUT, layout::VERIFIED];
+        if !advisory.contains(&name.as_str()) {
+            f.sync_all().map_err(|e| io("syncing", &name, e))?;
+        }
         // Measured after the sync: allocated blocks are known by then.
         let md = f.metadata().map_err(|e| io("inspecting", &name, e))?;
         files.apparent += md.len();
         files.disk += md.blocks() * 512;
-    }
-    // The artifact's final state (its mode set, synced): hashed just now. The record is
-    // one of the entry's files: counted like them.
-    if let Ok(md) = artifact.metadata() {
-        entry::record_verified(staging, &entry::FileIdentity::of(&md), &blake3);
-        if let Ok(st) = staging.lstat_fast(layout::VERIFIED) {
-            files.apparent += st.st_size as u64;
-            files.disk += st.st_blocks as u64 * 512;
-        }
     }
     let meta = EntryMeta {
         format: LAYOUT_VERSION,
