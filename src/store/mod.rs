@@ -88,8 +88,9 @@
 //! 2. Nothing matches: take the request key's *exclusive* lock (builds and manifest
 //!    updates of one request are serialised, distinct requests never wait), and look
 //!    again.
-//! 3. Wait until the kernel's file clock has caught up with now, and call that the
-//!    build's start ([`manifest::build_start`]). Compile into
+//! 3. The build's start is the kernel's file clock as read when the request arrived
+//!    (before step 1; re-read after a wait for the lock: [`manifest::build_start`]).
+//!    Compile into
 //!    `tmp/build-<request key>-<unique>` with `-MD -MF`; hash every header it read.
 //!    NVRTC, which has no `-MD`, reports the headers it opened through its time profiler
 //!    (`--fdevice-time-trace`: one "Processing Header File" event per file, nested and

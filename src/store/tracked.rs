@@ -49,8 +49,8 @@ impl Store {
         build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
         // A miss's build starts here as far as header timestamps go (see
-        // `manifest::build_start_at`): its wait for the file clock overlaps the lookup.
-        let arrived = std::time::SystemTime::now();
+        // `manifest::build_start`): a header written from now on is "too new".
+        let arrived = manifest::build_start();
         let mut warnings = Vec::new();
         if let Some(f) = self.lookup(request, &mut warnings)? {
             return Ok(f);
@@ -81,7 +81,7 @@ impl Store {
         // After a wait for another builder, a fresh start: headers may have been edited
         // meanwhile, and none of that was read by our compiler.
         let build_start = if guard.waited().is_zero() {
-            manifest::build_start_at(arrived)
+            arrived
         } else {
             manifest::build_start()
         };

@@ -233,7 +233,7 @@ pub fn remove_entry(
     handout_grace: Duration,
     force: bool,
 ) -> Result<Removal> {
-    Remover::new(cd, now, handout_grace, force).remove(key, None)
+    Remover::new(cd, now, handout_grace, force).remove(key, None, None)
 }
 
 /// Removes entries of one compiledir, appending their `D` records to its index through
@@ -260,7 +260,10 @@ impl<'a> Remover<'a> {
     /// Removes `key` under a try-lock. `chosen_at`: the last use (Unix seconds) it was
     /// chosen for, by age or size; if its `last-use` marker, read under the lock, is
     /// newer, it was used since and stays.
-    fn remove(&mut self, key: &Key, chosen_at: Option<u64>) -> Result<Removal> {
+    ///
+    /// `bytes`: its size as listed, when known (what a sweep reports); else it is
+    /// measured.
+    fn remove(&mut self, key: &Key, chosen_at: Option<u64>, bytes: Option<u64>) -> Result<Removal> {
         let cd = self.cd;
         let lock_rel = layout::lock(key);
         let Some(guard) = lock::try_lock_exclusive(cd, &lock_rel)? else {
@@ -284,7 +287,7 @@ impl<'a> Remover<'a> {
                         return Ok(Removal::UsedSince(used));
                     }
                 }
-                let bytes = scan::tree_bytes(cd, &rel, &[]).0;
+                let bytes = bytes.unwrap_or_else(|| scan::tree_bytes(cd, &rel, &[]).0);
                 let trash = TmpName::new(TmpKind::Removal, key);
                 cd.mkdir(layout::TMP, super::trust::dir_mode())
                     .map_err(|e| io_below("creating directory", cd, Path::new(layout::TMP), e))?;
@@ -322,7 +325,7 @@ impl<'a> Remover<'a> {
         let skipped = if report.dry_run {
             Some(Skip::DryRun)
         } else {
-            match self.remove(&key, chosen_at)? {
+            match self.remove(&key, chosen_at, Some(row.size))? {
                 Removal::Removed(_) | Removal::Gone => None,
                 Removal::Busy => Some(Skip::InUse),
                 Removal::HandedOut(until) => Some(Skip::HandedOut {
@@ -1201,11 +1204,11 @@ mod tests {
         let now = used + Duration::from_secs(1);
         let mut r = Remover::new(f.store.root(), now, Duration::ZERO, false);
         assert_eq!(
-            r.remove(&k, Some(chosen)).unwrap(),
+            r.remove(&k, Some(chosen), None).unwrap(),
             Removal::UsedSince(used)
         );
         assert!(matches!(
-            r.remove(&k, Some(unix_secs(used))).unwrap(),
+            r.remove(&k, Some(unix_secs(used)), None).unwrap(),
             Removal::Removed(_)
         ));
         drop(r);
