@@ -98,6 +98,18 @@ pub enum Error {
     /// The request itself is malformed (bad source name, bad flag, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+
+    /// A lock wait reached the limit the caller set
+    /// ([`crate::store::lock::with_wait_limit`]).
+    #[error("gave up waiting for the lock {} after {:.1} s (held by {}). Fix: wait for that process, or raise the lock timeout", path.display(), waited.as_secs_f64(), holder.as_deref().unwrap_or("another process"))]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// What the lock file says about its holder (`pid=N host=H`), when it says.
+        holder: Option<String>,
+    },
 }
 
 /// The fix for a compiler that cannot be run, by what the tool is: each missing tool
@@ -137,7 +149,7 @@ fn io_hint(err: &io::Error, path: &Path) -> String {
 impl Error {
     /// The variant, in one word, as `--json` error objects name it: `config`, `io`,
     /// `untrusted`, `compile`, `no-compiler`, `load`, `missing-symbol`, `cuda`,
-    /// `template`, `invalid-request`.
+    /// `template`, `invalid-request`, `lock-timeout`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Config(_) => "config",
@@ -150,6 +162,7 @@ impl Error {
             Error::Cuda { .. } => "cuda",
             Error::Template { .. } => "template",
             Error::InvalidRequest(_) => "invalid-request",
+            Error::LockTimeout { .. } => "lock-timeout",
         }
     }
 

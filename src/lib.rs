@@ -54,6 +54,7 @@
 //! | [`compile`] | requests, op templates, the expression grammar, the host C/C++ compiler and nvcc, one [`compile::toolchain`] resolver |
 //! | [`kernels`], [`cuda`] | typed handles for the shipped templates: `elemwise`, `reduce`, `gemm` |
 //! | [`runtime`] | [`Jit`]: cache + compiler + loaded-library registry, typed symbols |
+//! | [`embed`] | handles for the Python package and the C ABI: a loaded library whose file stays while the handle lives ([`store::pin`]) |
 //! | [`ops`] | what the `xcache` command's verbs do, thin over the store, returning data |
 //!
 //! Dependencies point down the table: nothing below [`store`] knows of it, and the
@@ -65,6 +66,7 @@ pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod cuda;
+pub mod embed;
 pub mod error;
 pub mod fsx;
 #[doc(hidden)]

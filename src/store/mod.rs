@@ -135,6 +135,7 @@ pub mod key;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod pin;
 pub mod private;
 pub mod scan;
 pub mod stats;
