@@ -166,6 +166,25 @@ impl Error {
         }
     }
 
+    /// For a template error about one parameter: the parameter's name, and, when its
+    /// value is an expression refused at some point, the byte offset in that value
+    /// (what the Python package's `TemplateError` carries as `.parameter`, `.offset`).
+    pub fn template_parameter(&self) -> Option<(&str, Option<usize>)> {
+        let Error::Template { message, .. } = self else {
+            return None;
+        };
+        let start = message.find("parameter `")? + "parameter `".len();
+        let len = message[start..].find('`')?;
+        let offset = message
+            .find("at offset ")
+            .map(|i| &message[i + "at offset ".len()..])
+            .and_then(|rest| {
+                let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+                rest[..digits].parse().ok()
+            });
+        Some((&message[start..start + len], offset))
+    }
+
     /// Wraps an I/O error with what was being done and to which path.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
@@ -261,6 +280,22 @@ mod tests {
             e.contains("install a C compiler") && e.contains("`cc`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn template_errors_name_their_parameter_and_offset() {
+        let t = |m: &str| Error::Template {
+            template: "c/elemwise".into(),
+            message: m.into(),
+        };
+        let e = t("parameter `expr` = \"a+\" is invalid: at offset 2: expected a value");
+        assert_eq!(e.template_parameter(), Some(("expr", Some(2))));
+        let e = t("parameter `dtype` = \"float16\" is invalid: expected one of float32");
+        assert_eq!(e.template_parameter(), Some(("dtype", None)));
+        let e = t("has no parameter `dtyp`; its parameters are: arity, dtype, expr");
+        assert_eq!(e.template_parameter(), Some(("dtyp", None)));
+        assert_eq!(t("no template named x").template_parameter(), None);
+        assert_eq!(Error::Config("x".into()).template_parameter(), None);
     }
 
     #[test]
