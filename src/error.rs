@@ -179,7 +179,9 @@ impl Error {
             .find("at offset ")
             .map(|i| &message[i + "at offset ".len()..])
             .and_then(|rest| {
-                let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+                let digits = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
                 rest[..digits].parse().ok()
             });
         Some((&message[start..start + len], offset))

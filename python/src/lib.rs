@@ -72,7 +72,10 @@ fn to_py(e: xcache::Error) -> PyErr {
         let set = |k: &str, val: Py<PyAny>| {
             let _ = v.setattr(k, val);
         };
-        set("kind", e.kind().into_pyobject(py).unwrap().into_any().unbind());
+        set(
+            "kind",
+            e.kind().into_pyobject(py).unwrap().into_any().unbind(),
+        );
         let s = |x: &str| PyString::new(py, x).into_any().unbind();
         let p = |x: &std::path::Path| s(&x.to_string_lossy());
         match &e {
@@ -93,8 +96,14 @@ fn to_py(e: xcache::Error) -> PyErr {
                 };
                 set("template", s(template));
                 set("message", s(message));
-                set("parameter", param.into_pyobject(py).unwrap().into_any().unbind());
-                set("offset", offset.into_pyobject(py).unwrap().into_any().unbind());
+                set(
+                    "parameter",
+                    param.into_pyobject(py).unwrap().into_any().unbind(),
+                );
+                set(
+                    "offset",
+                    offset.into_pyobject(py).unwrap().into_any().unbind(),
+                );
             }
             xcache::Error::Untrusted { path, reason, fix } => {
                 set("path", p(path));
@@ -109,9 +118,22 @@ fn to_py(e: xcache::Error) -> PyErr {
                 set("path", p(path));
                 set(
                     "waited",
-                    waited.as_secs_f64().into_pyobject(py).unwrap().into_any().unbind(),
+                    waited
+                        .as_secs_f64()
+                        .into_pyobject(py)
+                        .unwrap()
+                        .into_any()
+                        .unbind(),
                 );
-                set("holder", holder.clone().into_pyobject(py).unwrap().into_any().unbind());
+                set(
+                    "holder",
+                    holder
+                        .clone()
+                        .into_pyobject(py)
+                        .unwrap()
+                        .into_any()
+                        .unbind(),
+                );
             }
             _ => {}
         }
@@ -150,8 +172,11 @@ struct PyBufferRaw {
 }
 
 extern "C" {
-    fn PyObject_GetBuffer(obj: *mut pyo3::ffi::PyObject, view: *mut PyBufferRaw, flags: c_int)
-        -> c_int;
+    fn PyObject_GetBuffer(
+        obj: *mut pyo3::ffi::PyObject,
+        view: *mut PyBufferRaw,
+        flags: c_int,
+    ) -> c_int;
     fn PyBuffer_Release(view: *mut PyBufferRaw);
 }
 
@@ -182,7 +207,8 @@ impl Buffer {
         let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), raw.as_mut_ptr(), flags) };
         if rc != 0 {
             let cause = PyErr::take(obj.py());
-            let msg = format!(
+            let msg =
+                format!(
                 "{what} must be a{} array supporting the buffer protocol (a numpy array), got {}",
                 if writable { " writable" } else { "n" },
                 obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
@@ -387,9 +413,15 @@ fn launch_stream(explicit: Option<usize>, out: &DeviceArray) -> *mut c_void {
 fn cuda_status(kernel: &str, code: i32) -> PyResult<()> {
     match code {
         0 => Ok(()),
-        -1 => Err(PyValueError::new_err(format!("{kernel}: a size is negative or too large"))),
-        -2 => Err(PyValueError::new_err(format!("{kernel}: a NULL device pointer"))),
-        -3 => Err(PyValueError::new_err(format!("{kernel}: no GEMM configuration for this shape"))),
+        -1 => Err(PyValueError::new_err(format!(
+            "{kernel}: a size is negative or too large"
+        ))),
+        -2 => Err(PyValueError::new_err(format!(
+            "{kernel}: a NULL device pointer"
+        ))),
+        -3 => Err(PyValueError::new_err(format!(
+            "{kernel}: no GEMM configuration for this shape"
+        ))),
         c => {
             let err = Error::new_err(format!(
                 "{kernel}: the CUDA launch failed with cudaError_t {c}"
@@ -516,7 +548,11 @@ impl Library {
             "<xcache.Library {} key={} {}>",
             self.held.path.display(),
             &self.held.compiled.key.hex()[..12],
-            if self.held.compiled.hit { "hit" } else { "compiled" }
+            if self.held.compiled.hit {
+                "hit"
+            } else {
+                "compiled"
+            }
         )
     }
 }
@@ -536,7 +572,11 @@ struct Cache {
 
 impl Cache {
     /// Runs `f` without the GIL, with this cache's lock wait limit.
-    fn run<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&Jit) -> xcache::Result<T> + Send) -> PyResult<T> {
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Jit) -> xcache::Result<T> + Send,
+    ) -> PyResult<T> {
         let jit = &self.jit;
         let limit = self.lock_timeout;
         py.detach(|| with_wait_limit(limit, || f(jit))).or_py()
@@ -555,11 +595,7 @@ impl Cache {
         req
     }
 
-    fn compile_template_held(
-        &self,
-        py: Python<'_>,
-        req: TemplateRequest,
-    ) -> PyResult<HeldLibrary> {
+    fn compile_template_held(&self, py: Python<'_>, req: TemplateRequest) -> PyResult<HeldLibrary> {
         self.run(py, move |jit| {
             let src = jit.render(&req)?;
             jit.compile_held(&src)
@@ -611,7 +647,10 @@ fn headers(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Stri
     let mut out = Vec::new();
     if let Ok(d) = obj.cast::<PyDict>() {
         for (k, v) in d.iter() {
-            out.push((k.extract::<String>()?, text_or_bytes(&v, "a header's content")?));
+            out.push((
+                k.extract::<String>()?,
+                text_or_bytes(&v, "a header's content")?,
+            ));
         }
         return Ok(out);
     }
@@ -703,11 +742,15 @@ impl Cache {
         }
         let lock_timeout = match lock_timeout {
             Some(s) if !(s.is_finite() && s >= 0.0) => {
-                return Err(PyValueError::new_err("lock_timeout must be a number of seconds >= 0"))
+                return Err(PyValueError::new_err(
+                    "lock_timeout must be a number of seconds >= 0",
+                ))
             }
             s => s.map(Duration::from_secs_f64),
         };
-        let jit = py.detach(|| with_wait_limit(lock_timeout, || Jit::new(config))).or_py()?;
+        let jit = py
+            .detach(|| with_wait_limit(lock_timeout, || Jit::new(config)))
+            .or_py()?;
         Ok(Cache {
             jit: Arc::new(jit),
             lock_timeout,
@@ -794,7 +837,12 @@ impl Cache {
 
     /// The source `template` renders to with `params`, without compiling it.
     #[pyo3(signature = (name, params=None))]
-    fn render(&self, py: Python<'_>, name: &str, params: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+    fn render(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        params: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
         let mut ps = Vec::new();
         if let Some(d) = params {
             for (k, v) in d.iter() {
@@ -931,7 +979,8 @@ impl Cache {
         let max_size = match max_size {
             None => None,
             Some(v) if v.is_instance_of::<PyString>() => Some(
-                xcache::config::parse_size(&v.extract::<String>()?).map_err(PyValueError::new_err)?,
+                xcache::config::parse_size(&v.extract::<String>()?)
+                    .map_err(PyValueError::new_err)?,
             ),
             Some(v) => Some(v.extract::<u64>()?),
         };
@@ -962,7 +1011,9 @@ impl Cache {
     /// `xcache clear --json`, as JSON text.
     #[pyo3(signature = (force=false, dry_run=false))]
     fn _clear_json(&self, py: Python<'_>, force: bool, dry_run: bool) -> PyResult<String> {
-        let r = self.run(py, move |jit| xcache::ops::clean::clear(jit.store(), force, dry_run))?;
+        let r = self.run(py, move |jit| {
+            xcache::ops::clean::clear(jit.store(), force, dry_run)
+        })?;
         Ok(serde_json::to_string(&r).expect("report serialises"))
     }
 
@@ -1210,15 +1261,21 @@ impl Reduce {
                 want_out(rows, cols)
             )));
         }
-        if partially_overlap((xb.ptr(), xb.bytes()), (ob.ptr(), ob.bytes()))
-            || xb.ptr() == ob.ptr()
+        if partially_overlap((xb.ptr(), xb.bytes()), (ob.ptr(), ob.bytes())) || xb.ptr() == ob.ptr()
         {
             return Err(PyValueError::new_err("out overlaps x"));
         }
         // SAFETY: the template's ABI; sizes checked above.
         let f: ReduceFn = unsafe { std::mem::transmute(self.f) };
         let (xp, op) = (xb.ptr() as usize, ob.ptr() as usize);
-        let call = move || unsafe { f(rows as i64, cols as i64, xp as *const c_void, op as *mut c_void) };
+        let call = move || unsafe {
+            f(
+                rows as i64,
+                cols as i64,
+                xp as *const c_void,
+                op as *mut c_void,
+            )
+        };
         let code = if rows * cols >= DETACH_ELEMENTS {
             py.detach(call)
         } else {
@@ -1371,7 +1428,11 @@ impl Gemm {
         stream: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
         // bf16/fp16 inputs hold 16-bit patterns: CuPy float16 ("<f2") or uint16 views.
-        let in_dtype = if self.half_inputs { None } else { Some(self.dtype) };
+        let in_dtype = if self.half_inputs {
+            None
+        } else {
+            Some(self.dtype)
+        };
         let get_in = |x: &Bound<'py, PyAny>, what: &str| -> PyResult<DeviceArray> {
             match in_dtype {
                 Some(d) => device_array(x, d, what),
@@ -1395,7 +1456,9 @@ impl Gemm {
         let aa = get_in(a, "a")?;
         let ba = get_in(b, "b")?;
         let (m, n, k) = mnk(&aa.shape, &ba.shape)?;
-        let biasa = bias.map(|x| device_array(x, self.dtype, "bias")).transpose()?;
+        let biasa = bias
+            .map(|x| device_array(x, self.dtype, "bias"))
+            .transpose()?;
         let out = match out {
             Some(o) => o,
             None => cupy_empty(py, &[m, n], self.dtype)?,
@@ -1416,7 +1479,9 @@ impl Gemm {
                 k as i64,
                 aa.ptr as *const c_void,
                 ba.ptr as *const c_void,
-                biasa.as_ref().map_or(std::ptr::null(), |x| x.ptr as *const c_void),
+                biasa
+                    .as_ref()
+                    .map_or(std::ptr::null(), |x| x.ptr as *const c_void),
                 oa.ptr as *mut c_void,
                 launch_stream(stream, &oa),
             )

@@ -41,9 +41,7 @@ def test_bytes_flags_languages_and_names(cache: xcache.Cache) -> None:
     assert f() == 7
     other = cache.compile(b"int f(void) { return N; }", flags=["-DN=8", "-O2"])
     assert other.key != lib.key
-    cxx = cache.compile(
-        'extern "C" int g() { return static_cast<int>(sizeof(bool)); }', lang="c++"
-    )
+    cxx = cache.compile('extern "C" int g() { return static_cast<int>(sizeof(bool)); }', lang="c++")
     assert cxx.ctypes_function("g", ctypes.c_int, [])() == 1
     with pytest.raises(ValueError, match="unknown language"):
         cache.compile("", lang="fortran")
@@ -51,9 +49,7 @@ def test_bytes_flags_languages_and_names(cache: xcache.Cache) -> None:
         cache.compile("int x;", flags="-O2")  # type: ignore[arg-type]
 
 
-def test_include_dirs_and_headers_are_in_the_identity(
-    cache: xcache.Cache, tmp_path: Path
-) -> None:
+def test_include_dirs_and_headers_are_in_the_identity(cache: xcache.Cache, tmp_path: Path) -> None:
     inc = tmp_path / "inc"
     inc.mkdir()
     (inc / "k.h").write_text("#define K 3\n")
@@ -265,9 +261,7 @@ def test_module_entry_point_runs_the_cli(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)
     assert len(rows) == 1 and rows[0]["language"] == "c"
-    p = subprocess.run(
-        [sys.executable, "-m", "xcache", "nonsense"], capture_output=True, text=True
-    )
+    p = subprocess.run([sys.executable, "-m", "xcache", "nonsense"], capture_output=True, text=True)
     assert p.returncode == 2 and "nonsense" in p.stderr
     p = subprocess.run(
         [sys.executable, "-m", "xcache", "basecompiledir"],

@@ -26,13 +26,19 @@ ALL = ["elemwise", "reductions", "mlp_grad"]
 
 
 def graphs(
-    out: Path, names: List[str], pytensor_dir: Path, xcache_dir: Path, adapter: bool,
+    out: Path,
+    names: List[str],
+    pytensor_dir: Path,
+    xcache_dir: Path,
+    adapter: bool,
     extra_flags: str = "",
 ) -> subprocess.Popen:
     flags = f"base_compiledir={pytensor_dir}" + (f",{extra_flags}" if extra_flags else "")
     env = {**os.environ, "PYTENSOR_FLAGS": flags, "XCACHE_DIR": str(xcache_dir)}
     args = [sys.executable, GRAPHS_SCRIPT, str(out), *names] + (["--adapter"] if adapter else [])
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(p: subprocess.Popen, timeout: float = 600) -> Dict:

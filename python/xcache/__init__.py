@@ -66,7 +66,9 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
-Headers = Union[Mapping[str, Union[str, bytes]], Sequence[Union[PathLike, Tuple[str, Union[str, bytes]]]]]
+Headers = Union[
+    Mapping[str, Union[str, bytes]], Sequence[Union[PathLike, Tuple[str, Union[str, bytes]]]]
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +203,7 @@ class Cache(_native.Cache):
             sys.modules[name] = module
         return module
 
-    def list(self, all: bool = False, sort: str = "name") -> List[Entry]:  # noqa: A002
+    def list(self, all: bool = False, sort: str = "name") -> List[Entry]:
         """The entries of the current compiledir (of every compiledir with ``all``),
         sorted by ``name``, ``age`` (newest first), ``size`` (largest first) or ``use``
         (least recently used first)."""

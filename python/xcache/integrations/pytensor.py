@@ -84,9 +84,7 @@ def install(cache: Optional[Cache] = None) -> Cache:
     from pytensor.link.c import cmodule
 
     if not config.cxx:
-        raise RuntimeError(
-            "PyTensor has no C++ compiler (config.cxx is empty): nothing to compile"
-        )
+        raise RuntimeError("PyTensor has no C++ compiler (config.cxx is empty): nothing to compile")
     if cache is None:
         tag = f"cpython-{sys.version_info[0]}.{sys.version_info[1]}"
         cache = Cache(runtime_tag=tag, flags={"cxx": config.cxx})
@@ -95,8 +93,8 @@ def install(cache: Optional[Cache] = None) -> Cache:
             _originals["compile_str"] = cmodule.GCC_compiler.__dict__["compile_str"]
             _originals["module_from_key"] = cmodule.ModuleCache.module_from_key
             _originals["march_flags"] = cmodule.GCC_compiler.march_flags
-        cmodule.GCC_compiler.compile_str = staticmethod(_compile_str)  # type: ignore[method-assign]
-        cmodule.ModuleCache.module_from_key = _module_from_key  # type: ignore[method-assign]
+        cmodule.GCC_compiler.compile_str = staticmethod(_compile_str)
+        cmodule.ModuleCache.module_from_key = _module_from_key
         user_march = any(
             f.startswith(("-march=", "--march=")) for f in config.gcc__cxxflags.split()
         )
@@ -113,8 +111,8 @@ def uninstall() -> None:
 
     with _lock:
         if _originals:
-            cmodule.GCC_compiler.compile_str = _originals["compile_str"]  # type: ignore[method-assign]
-            cmodule.ModuleCache.module_from_key = _originals["module_from_key"]  # type: ignore[method-assign]
+            cmodule.GCC_compiler.compile_str = _originals["compile_str"]
+            cmodule.ModuleCache.module_from_key = _originals["module_from_key"]
             if cmodule.GCC_compiler.march_flags == ["-march=native"]:
                 cmodule.GCC_compiler.march_flags = _originals["march_flags"]
             _originals.clear()
@@ -250,4 +248,3 @@ def _module_from_key(self: Any, key: Any, lnk: Any) -> types.ModuleType:
     except TypeError:  # an unhashable key: not remembered
         pass
     return module
-
