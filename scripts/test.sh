@@ -63,7 +63,9 @@ elif ! "$py" -c 'import pytest, numpy' >/dev/null 2>&1; then
   skipped+=("python/tests, all of it: $py has no pytest or numpy (.ci/run installs them: pip install maturin numpy pytest pytensor)")
 else
   if "$py" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
-    # A virtual environment: install the package as it is now (incremental builds).
+    # A virtual environment: install the package as it is now (incremental builds),
+    # with its own tools (maturin) on PATH.
+    PATH="$("$py" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
     isolation=()
     "$py" -c 'import maturin' >/dev/null 2>&1 && isolation=(--no-build-isolation)
     "$py" -m pip install -q --disable-pip-version-check --no-deps "${isolation[@]}" ./python

@@ -41,6 +41,21 @@ impl HeldLibrary {
 const PIN_ATTEMPTS: usize = 8;
 
 impl Jit {
+    /// The fast path of [`Jit::compile_held`]: the request was loaded by this `Jit` and
+    /// its entry is pinned by this process already. Nothing blocks; `None` means "call
+    /// `compile_held`".
+    pub fn held_if_loaded(&self, req: &SourceRequest) -> Option<HeldLibrary> {
+        let compiled = self.loaded(req)?;
+        let pin = self.store().live_pin(&compiled.path)?;
+        self.stats().memory_hit();
+        Some(HeldLibrary {
+            path: compiled.path.clone(),
+            compiled,
+            valid_until: None,
+            pin: Some(pin),
+        })
+    }
+
     /// [`Jit::compile`], and a pin that keeps the artifact's file in place while the
     /// returned handle (or a clone) lives. See the [module docs](self).
     pub fn compile_held(&self, req: &SourceRequest) -> Result<HeldLibrary> {

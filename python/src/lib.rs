@@ -12,13 +12,15 @@
 //!   and, for the CUDA templates, through `__cuda_array_interface__` (CuPy, PyTorch,
 //!   Numba).
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use xcache::embed::HeldLibrary;
@@ -450,8 +452,9 @@ fn host_status(kernel: &str, code: i32) -> PyResult<()> {
 #[pyclass(module = "xcache", name = "Library", frozen)]
 struct Library {
     held: HeldLibrary,
-    path: Py<PyString>,
-    key: Py<PyString>,
+    // Made on first use: most hits never read them.
+    path: PyOnceLock<Py<PyString>>,
+    key: PyOnceLock<Py<PyString>>,
 }
 
 #[pymethods]
@@ -459,13 +462,21 @@ impl Library {
     /// The shared object's path; valid while this object lives.
     #[getter]
     fn path(&self, py: Python<'_>) -> Py<PyString> {
-        self.path.clone_ref(py)
+        self.path
+            .get_or_init(py, || {
+                PyString::new(py, &self.held.path.to_string_lossy()).unbind()
+            })
+            .clone_ref(py)
     }
 
     /// The request's key (64 hex digits).
     #[getter]
     fn key(&self, py: Python<'_>) -> Py<PyString> {
-        self.key.clone_ref(py)
+        self.key
+            .get_or_init(py, || {
+                PyString::new(py, &self.held.compiled.key.hex()).unbind()
+            })
+            .clone_ref(py)
     }
 
     /// True when no compiler ran for this request.
@@ -558,9 +569,14 @@ impl Library {
 }
 
 fn library(py: Python<'_>, held: HeldLibrary) -> PyResult<Py<Library>> {
-    let path = PyString::new(py, &held.path.to_string_lossy()).unbind();
-    let key = PyString::new(py, &held.compiled.key.hex()).unbind();
-    Py::new(py, Library { held, path, key })
+    Py::new(
+        py,
+        Library {
+            held,
+            path: PyOnceLock::new(),
+            key: PyOnceLock::new(),
+        },
+    )
 }
 
 /// The cache and compile service: settings, the compiledir, loaded libraries.
@@ -568,9 +584,32 @@ fn library(py: Python<'_>, held: HeldLibrary) -> PyResult<Py<Library>> {
 struct Cache {
     jit: Arc<Jit>,
     lock_timeout: Option<Duration>,
+    /// Template requests rendered by this cache: rendering is a pure function of the
+    /// request for one `Jit` (which parses each template once), and kernel constructors
+    /// get called in loops.
+    rendered: Mutex<HashMap<TemplateRequest, Arc<SourceRequest>>>,
 }
 
 impl Cache {
+    /// `compile_held`, without releasing the GIL when the request is loaded and pinned
+    /// already (a map lookup: releasing and taking back the GIL would cost more).
+    fn held(&self, py: Python<'_>, req: &SourceRequest) -> PyResult<HeldLibrary> {
+        if let Some(h) = self.jit.held_if_loaded(req) {
+            return Ok(h);
+        }
+        self.run(py, |jit| jit.compile_held(req))
+    }
+
+    fn render_memo(&self, py: Python<'_>, req: TemplateRequest) -> PyResult<Arc<SourceRequest>> {
+        if let Some(src) = self.rendered.lock().unwrap().get(&req) {
+            return Ok(Arc::clone(src));
+        }
+        let key = req.clone();
+        let src = Arc::new(self.run(py, move |jit| jit.render(&req))?);
+        self.rendered.lock().unwrap().insert(key, Arc::clone(&src));
+        Ok(src)
+    }
+
     /// Runs `f` without the GIL, with this cache's lock wait limit.
     fn run<T: Send>(
         &self,
@@ -596,10 +635,8 @@ impl Cache {
     }
 
     fn compile_template_held(&self, py: Python<'_>, req: TemplateRequest) -> PyResult<HeldLibrary> {
-        self.run(py, move |jit| {
-            let src = jit.render(&req)?;
-            jit.compile_held(&src)
-        })
+        let src = self.render_memo(py, req)?;
+        self.held(py, &src)
     }
 }
 
@@ -663,9 +700,7 @@ fn headers(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Stri
             continue;
         }
         let path: String = os.call_method1("fspath", (&item,))?.extract()?;
-        let bytes = std::fs::read(&path)
-            .map_err(|e| PyErr::from(e).into_value(py))
-            .map_err(|v| PyErr::from_value(v.into_any().into_bound(py)))?;
+        let bytes = std::fs::read(&path).map_err(PyErr::from)?;
         let name = std::path::Path::new(&path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -754,6 +789,7 @@ impl Cache {
         Ok(Cache {
             jit: Arc::new(jit),
             lock_timeout,
+            rendered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -805,7 +841,7 @@ impl Cache {
         }
         req.flags.extend(strings(flags, "flags")?);
         req.extra_inputs = self::headers(py, headers)?;
-        let held = self.run(py, move |jit| jit.compile_held(&req))?;
+        let held = self.held(py, &req)?;
         library(py, held)
     }
 
@@ -865,13 +901,7 @@ impl Cache {
         dtype: &str,
         device: &str,
     ) -> PyResult<Elemwise> {
-        let arity = match arity {
-            Some(a) => a,
-            None => (b'a'..=b'h')
-                .rev()
-                .find(|c| expr.as_bytes().iter().any(|x| x == c))
-                .map_or(1, |c| (c - b'a') as usize + 1),
-        };
+        let arity = arity.unwrap_or_else(|| inputs_named(expr));
         let prefix = device_templates(device)?;
         let req = TemplateRequest::new(format!("{prefix}elemwise"))
             .param("dtype", dtype)
@@ -1020,6 +1050,18 @@ impl Cache {
     fn __repr__(&self) -> String {
         format!("<xcache.Cache {}>", self.jit.store().compiledir().display())
     }
+}
+
+/// The arity an expression implies: one past its last input (a..h) named as a whole
+/// identifier (`exp(a)` has one input, not five), at least 1.
+fn inputs_named(expr: &str) -> usize {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter_map(|word| match word.as_bytes() {
+            [c @ b'a'..=b'h'] => Some((c - b'a') as usize + 1),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(1)
 }
 
 fn static_dtype(d: &str) -> &'static str {

@@ -34,6 +34,8 @@ def test_elemwise_integers_in_place_and_arity_from_expr(cache: xcache.Cache) -> 
     b = np.full(10, 4, dtype=np.int64)
     f(a, b, out=a)  # in place
     np.testing.assert_array_equal(a, np.arange(10) * 4 - 3)
+    assert cache.elemwise("exp(a) + 1", dtype="float64").arity == 1  # not e of exp
+    assert cache.elemwise("select(c, a, b)", dtype="float64").arity == 3
     g = cache.elemwise("where(a > 2, a, -a)", 1, dtype="int32")
     x = np.array([1, 2, 3, 4], dtype=np.int32)
     np.testing.assert_array_equal(g(x), [-1, -2, 3, 4])

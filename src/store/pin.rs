@@ -85,6 +85,12 @@ impl Store {
         (entries == layout::ENTRIES && fan == key.fan() && file == layout::ARTIFACT).then_some(key)
     }
 
+    /// This process's live pin of the entry holding `artifact`, if there is one: a map
+    /// lookup, never a lock.
+    pub fn live_pin(&self, artifact: &Path) -> Option<Arc<Pin>> {
+        pins().lock().unwrap().get(artifact).and_then(Weak::upgrade)
+    }
+
     /// Pins the entry holding `artifact` (see the module docs): takes a shared lock on
     /// its key, then checks the artifact is still there. Reuses this process's pin of
     /// the same entry when one is alive.
@@ -92,7 +98,7 @@ impl Store {
         let Some(key) = self.entry_of_artifact(artifact) else {
             return Ok(Pinned::NotAnEntry);
         };
-        if let Some(p) = pins().lock().unwrap().get(artifact).and_then(Weak::upgrade) {
+        if let Some(p) = self.live_pin(artifact) {
             return Ok(Pinned::Held(p));
         }
         let guard = lock::lock_shared(self.root(), &layout::lock(&key))?;
