@@ -73,7 +73,9 @@ fn the_example_compiles_once_then_hits() {
     let exe = tmp.path().join("xcache_capi");
     build_c(&repo().join("examples/xcache_capi.c"), &exe, &[]);
     let cache = tmp.path().join("cache");
-    let first = run(&exe, &cache, &[]);
+    let inc = repo().join("examples/include");
+    let env_cache = Path::new("");
+    let first = run(&exe, &cache, &[env_cache, &inc]);
     assert!(first.contains("miss: compiled"), "{first}");
     assert!(first.contains("axpy(3, 4, 1) = 25"), "{first}");
     assert!(
@@ -81,13 +83,21 @@ fn the_example_compiles_once_then_hits() {
         "{first}"
     );
     // A second process: the cache answers.
-    let second = run(&exe, &cache, &[]);
+    let second = run(&exe, &cache, &[env_cache, &inc]);
     assert!(second.contains("hit: no compiler ran"), "{second}");
     // The base dir as an argument instead of XCACHE_DIR.
     let other = tmp.path().join("other");
-    let third = run(&exe, &tmp.path().join("unused"), &[&other]);
+    let third = run(&exe, &tmp.path().join("unused"), &[&other, &inc]);
     assert!(third.contains("miss: compiled"), "{third}");
     assert!(third.contains(&other.display().to_string()), "{third}");
+    // The header is in the result's identity: another include dir holding another
+    // header is another result.
+    let inc2 = tmp.path().join("inc2");
+    std::fs::create_dir(&inc2).unwrap();
+    std::fs::write(inc2.join("xcache_example.h"), "#define SCALE 3.0\n").unwrap();
+    let fourth = run(&exe, &cache, &[env_cache, &inc2]);
+    assert!(fourth.contains("miss: compiled"), "{fourth}");
+    assert!(fourth.contains("axpy(3, 4, 1) = 37"), "{fourth}");
 }
 
 #[test]
