@@ -74,14 +74,16 @@ else
     skipped+=("python/tests, all of it: the xcache package is not installed for $py (pip install ./python)")
   else
     "$py" -m pytest python/tests -q -rs -p no:cacheprovider 2>&1 | tee "$pylog" || true
-    last=$(grep -E '^=+ .* in [0-9.]+s' "$pylog" | tail -n 1 || true)
+    # pytest's closing line: "36 passed, 2 skipped in 76.02s" (with -q, undecorated).
+    last=$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$pylog" | tail -n 1 || true)
     count() { printf '%s\n' "$last" | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0; }
     py_passed=$(count passed)
     py_failed=$(( $(count failed) + $(count error) ))
     py_skipped=$(count skipped)
     if [ -z "$last" ]; then py_failed=$((py_failed + 1)); fi
     while IFS= read -r line; do
-      skipped+=("python/tests ${line#SKIPPED }")
+      line=${line#SKIPPED }
+      skipped+=("${line#\[*\] }")
     done < <(grep -E '^SKIPPED ' "$pylog" || true)
   fi
 fi

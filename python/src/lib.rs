@@ -336,7 +336,6 @@ const DETACH_ELEMENTS: usize = 1 << 15;
 struct DeviceArray {
     ptr: usize,
     shape: Vec<usize>,
-    dtype: &'static str,
     stream: Option<usize>,
 }
 
@@ -381,20 +380,7 @@ fn device_array(obj: &Bound<'_, PyAny>, dtype: &str, what: &str) -> PyResult<Dev
         Ok(s) if !s.is_none() => Some(s.extract::<usize>()?),
         _ => None,
     };
-    Ok(DeviceArray {
-        ptr,
-        shape,
-        dtype: if dtype == "float32" {
-            "float32"
-        } else if dtype == "float64" {
-            "float64"
-        } else if dtype == "int32" {
-            "int32"
-        } else {
-            "int64"
-        },
-        stream,
-    })
+    Ok(DeviceArray { ptr, shape, stream })
 }
 
 fn cupy_empty<'py>(py: Python<'py>, shape: &[usize], dtype: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -1208,7 +1194,6 @@ impl Elemwise {
             ptrs[i] = a.ptr as *const c_void;
         }
         let n: usize = oa.shape.iter().product();
-        let _ = oa.dtype;
         type F = xcache::cuda::CudaElemwiseFn;
         // SAFETY: the CUDA template's ABI: a host array of device pointers, checked.
         let f: F = unsafe { std::mem::transmute(self.f) };
@@ -1489,7 +1474,6 @@ impl Gemm {
                     Ok(DeviceArray {
                         ptr: iface.get_item("data")?.extract::<(usize, bool)>()?.0,
                         shape: iface.get_item("shape")?.extract()?,
-                        dtype: "float32",
                         stream: None,
                     })
                 }
