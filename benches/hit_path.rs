@@ -65,18 +65,23 @@ fn benches(c: &mut Criterion) {
             drop(lib);
         })
     });
-    g.bench_function("hit+load: lock, entry.json, blake3, dlopen, dlsym", |b| {
-        b.iter(|| {
-            let f = store
-                .get_or_build(&key, &mut |_| unreachable!("cached"))
-                .unwrap();
-            let lib = std::sync::Arc::new(LoadedLibrary::open(key, &f.artifact_path()).unwrap());
-            let sym = unsafe { xcache::runtime::symbol::<unsafe extern "C" fn()>(&lib, "kernel") }
-                .unwrap();
-            black_box(*sym);
-            drop(f);
-        })
-    });
+    g.bench_function(
+        "hit+load: manifest, headers, lock, entry.json, blake3, dlopen, dlsym",
+        |b| {
+            b.iter(|| {
+                let f = store
+                    .get_or_build_tracked(&key, &mut |_| unreachable!("cached"))
+                    .unwrap();
+                let lib =
+                    std::sync::Arc::new(LoadedLibrary::open(key, &f.artifact_path()).unwrap());
+                let sym =
+                    unsafe { xcache::runtime::symbol::<unsafe extern "C" fn()>(&lib, "kernel") }
+                        .unwrap();
+                black_box(*sym);
+                drop(f);
+            })
+        },
+    );
     g.finish();
 }
 
@@ -89,13 +94,22 @@ fn parts(c: &mut Criterion) {
     config.set_base_dir(dir.path().join("cache"));
     let jit = Jit::new(config).unwrap();
     let req = SourceRequest::new(Language::C, source_4k());
-    let (key, _, _) = jit.key_for(&req).unwrap();
-    jit.build(&req).unwrap();
+    let (request, _, _) = jit.key_for(&req).unwrap();
+    let key = jit.build(&req).unwrap().key;
     let store = jit.store().clone();
     let entry = xcache::fsx::Root::open(&store.entry_dir(&key)).unwrap();
     let lock = xcache::store::layout::lock(&key);
     let mut g = c.benchmark_group("hit_parts");
-    g.bench_function("get_or_build (hit, no load)", |b| {
+    g.bench_function("get_or_build_tracked (hit, no load)", |b| {
+        b.iter(|| {
+            black_box(
+                store
+                    .get_or_build_tracked(&request, &mut |_| unreachable!())
+                    .unwrap(),
+            )
+        })
+    });
+    g.bench_function("get_or_build (the entry's own key: no manifest)", |b| {
         b.iter(|| black_box(store.get_or_build(&key, &mut |_| unreachable!()).unwrap()))
     });
     g.bench_function("lock_shared + unlock", |b| {
@@ -105,7 +119,10 @@ fn parts(c: &mut Criterion) {
         b.iter(|| black_box(xcache::store::entry::read_meta(&entry, &key).is_ok()))
     });
     g.bench_function("verify (meta + blake3 of lib.so)", |b| {
-        b.iter(|| black_box(xcache::store::entry::verify(&entry, &key).is_ok()))
+        b.iter(|| black_box(xcache::store::entry::verify(&entry, &key, true).is_ok()))
+    });
+    g.bench_function("verify (meta + verified record, no hash)", |b| {
+        b.iter(|| black_box(xcache::store::entry::verify(&entry, &key, false).is_ok()))
     });
     g.finish();
 }

@@ -48,6 +48,22 @@ else
   skipped+=("tests/cuda.rs, all of it: no nvcc here (install it as the README says)")
 fi
 
+# The remote tier against a real redis-server (cli/tests/remote.rs), where one is.
+if command -v redis-server >/dev/null 2>&1; then
+  cargo test -p xcache-cli --test remote -- --ignored 2>&1 | tee -a "$log"
+else
+  skipped+=("cli/tests/remote.rs: no redis-server here (apt-get install redis-server)")
+fi
+
+# Python extension modules with numpy's headers (tests/pyext.rs): where a Python with
+# its headers and numpy is found (XCACHE_TEST_PYTHON, else python3).
+py="${XCACHE_TEST_PYTHON:-python3}"
+if "$py" -c 'import numpy, sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+  XCACHE_TEST_PYTHON="$py" cargo test --test pyext -- --ignored 2>&1 | tee -a "$log"
+else
+  skipped+=("tests/pyext.rs: no Python with its headers and numpy here (set XCACHE_TEST_PYTHON)")
+fi
+
 # The C ABI: compile the C example and the threaded C test against include/xcache.h
 # with cc, link them with the freshly built libxcache.so, run them.
 cargo build -q -p xcache-capi

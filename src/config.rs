@@ -141,7 +141,78 @@ pub const SETTINGS: &[SettingInfo] = &[
         default: "1h",
         doc: "Last use of an entry is written at most this often, so that hits almost never write; pruning decisions work in hours and days.",
     },
+    SettingInfo {
+        name: "remote",
+        default: "",
+        doc: "A shared remote tier, `redis://[user:password@]host:port/db` (the password may come from XCACHE_REMOTE_PASSWORD instead; it is never printed). A local miss asks it before compiling; a compile uploads to it. Unset: local only.",
+    },
+    SettingInfo {
+        name: "remote_mode",
+        default: "read-write",
+        doc: "`read-write`, `read-only` (fetch, never upload: developers reading what CI publishes) or `off`.",
+    },
+    SettingInfo {
+        name: "remote_connect_timeout",
+        default: "1s",
+        doc: "Longest wait to connect to the remote: a dead remote must cost a compile no more than this (and, after repeated failures, nothing: the circuit breaker stops asking for a while).",
+    },
+    SettingInfo {
+        name: "remote_timeout",
+        default: "5s",
+        doc: "Longest wait for one remote operation (a fetch or an upload of one library).",
+    },
+    SettingInfo {
+        name: "remote_ttl",
+        default: "30d",
+        doc: "How long the remote keeps what is uploaded (renewed by each upload of it); 0 keeps it until the remote evicts it.",
+    },
+    SettingInfo {
+        name: "remote_sign_key",
+        default: "",
+        doc: "A file holding a secret: uploads and exported bundles are signed with a MAC under it, and fetched values and imported bundles are checked against it. Writers (CI) and readers share it; nobody without it can publish a value that verifies.",
+    },
+    SettingInfo {
+        name: "remote_verify",
+        default: "if-signed",
+        doc: "`required`: refuse any remote value or bundle that is not signed with remote_sign_key (a read-only team that trusts only CI). `if-signed`: check signatures where there are any.",
+    },
 ];
+
+/// Whether the remote tier is read, written, or neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteMode {
+    /// Fetch on local misses, upload compiles.
+    ReadWrite,
+    /// Fetch only.
+    ReadOnly,
+    /// Neither.
+    Off,
+}
+
+impl RemoteMode {
+    /// As written in the setting.
+    pub fn name(self) -> &'static str {
+        match self {
+            RemoteMode::ReadWrite => "read-write",
+            RemoteMode::ReadOnly => "read-only",
+            RemoteMode::Off => "off",
+        }
+    }
+}
+
+/// A remote address with its password replaced by `***`, for display.
+pub fn redact(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => {
+            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+            format!("redis://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
 
 /// Where a setting's effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,10 +293,35 @@ pub struct Config {
     pub handout_grace: Duration,
     /// Failed builds kept per key.
     pub keep_failed: u32,
+    /// The remote tier's address (with its password, if any: never print it).
+    pub remote: Option<String>,
+    /// Whether the remote is read, written or neither.
+    pub remote_mode: RemoteMode,
+    /// Connect timeout of the remote.
+    pub remote_connect_timeout: Duration,
+    /// Per-operation timeout of the remote.
+    pub remote_timeout: Duration,
+    /// Expiry of uploaded values; zero: none.
+    pub remote_ttl: Duration,
+    /// The signing secret's file.
+    pub remote_sign_key: Option<PathBuf>,
+    /// Whether unsigned values are refused.
+    pub remote_verify_required: bool,
     origins: HashMap<&'static str, Origin>,
     home: Option<PathBuf>,
     xdg_cache_home: Option<PathBuf>,
 }
+
+/// The environment variables configuration reads.
+const ENV_VARS: &[&str] = &[
+    "HOME",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XCACHE_CONFIG",
+    "XCACHE_RUNTIME",
+    "XCACHE_FLAGS",
+    "XCACHE_DIR",
+];
 
 /// A snapshot of the environment variables that configuration reads.
 pub type EnvSnapshot = HashMap<String, String>;
@@ -255,6 +351,13 @@ impl Config {
             staging_grace: Duration::ZERO,
             handout_grace: Duration::ZERO,
             keep_failed: 0,
+            remote: None,
+            remote_mode: RemoteMode::ReadWrite,
+            remote_connect_timeout: Duration::ZERO,
+            remote_timeout: Duration::ZERO,
+            remote_ttl: Duration::ZERO,
+            remote_sign_key: None,
+            remote_verify_required: false,
             origins: HashMap::new(),
             home: None,
             xdg_cache_home: None,
@@ -268,10 +371,13 @@ impl Config {
 
     /// Reads the file, the environment and `XCACHE_FLAGS` of this process.
     pub fn load() -> Result<Config> {
-        // vars_os: one variable that is not UTF-8 (anywhere in the environment) must not
-        // stop xcache; ours are read as UTF-8 and a bad one is reported below.
-        let env: EnvSnapshot = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        // Only the variables configuration reads (a process's environment can be large,
+        // and this runs on every hit of a fresh process). One that is not UTF-8 elsewhere
+        // in the environment must not stop xcache; ours are read as UTF-8 and a bad one
+        // is reported below.
+        let env: EnvSnapshot = ENV_VARS
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var_os(k)?.into_string().ok()?)))
             .collect();
         for var in [
             "XCACHE_DIR",
@@ -462,6 +568,41 @@ impl Config {
                     .parse()
                     .map_err(|_| bad("a count of failed builds, such as 3 (0 keeps none)"))?
             }
+            "remote" => {
+                if !value.is_empty() && !value.starts_with("redis://") {
+                    return Err(bad(
+                        "a redis:// address, such as redis://cache.example:6379/0 (or empty for none)",
+                    ));
+                }
+                self.remote = opt(value);
+            }
+            "remote_mode" => {
+                self.remote_mode = match value {
+                    "read-write" => RemoteMode::ReadWrite,
+                    "read-only" => RemoteMode::ReadOnly,
+                    "off" => RemoteMode::Off,
+                    _ => return Err(bad("`read-write`, `read-only` or `off`")),
+                }
+            }
+            "remote_connect_timeout" => {
+                self.remote_connect_timeout = parse_duration(value)
+                    .map_err(bad_unit)?
+                    .max(Duration::from_millis(1))
+            }
+            "remote_timeout" => {
+                self.remote_timeout = parse_duration(value)
+                    .map_err(bad_unit)?
+                    .max(Duration::from_millis(1))
+            }
+            "remote_ttl" => self.remote_ttl = parse_duration(value).map_err(bad_unit)?,
+            "remote_sign_key" => self.remote_sign_key = opt(value).map(PathBuf::from),
+            "remote_verify" => {
+                self.remote_verify_required = match value {
+                    "required" => true,
+                    "if-signed" => false,
+                    _ => return Err(bad("`required` or `if-signed`")),
+                }
+            }
             "cc" => self.cc = opt(value),
             "cxx" => self.cxx = opt(value),
             "nvcc" => self.nvcc = opt(value),
@@ -553,6 +694,23 @@ impl Config {
                     "staging_grace" => format_duration(self.staging_grace),
                     "handout_grace" => format_duration(self.handout_grace),
                     "keep_failed" => self.keep_failed.to_string(),
+                    "remote" => self.remote.as_deref().map(redact).unwrap_or_default(),
+                    "remote_mode" => self.remote_mode.name().into(),
+                    "remote_connect_timeout" => format_duration(self.remote_connect_timeout),
+                    "remote_timeout" => format_duration(self.remote_timeout),
+                    "remote_ttl" => format_duration(self.remote_ttl),
+                    "remote_sign_key" => self
+                        .remote_sign_key
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    "remote_verify" => {
+                        if self.remote_verify_required {
+                            "required".into()
+                        } else {
+                            "if-signed".into()
+                        }
+                    }
                     _ => unreachable!(),
                 };
                 (s, value, self.origin(s.name))

@@ -53,6 +53,7 @@
 //! | [`store`] | the on-disk protocol and everything it names: [`store::layout`] (every name), [`store::key`], [`store::lock`], [`store::entry`], [`store::trust`], cleanup in [`store::gc`] (pure policy in [`store::gc::policy`]), [`store::scan`], [`store::stats`], [`store::verify`], [`store::private`] |
 //! | [`compile`] | requests, op templates, the expression grammar, the host C/C++ compiler and nvcc, one [`compile::toolchain`] resolver |
 //! | [`kernels`], [`cuda`] | typed handles for the shipped templates: `elemwise`, `reduce`, `gemm` |
+//! | [`remote`] | remote tiers (Redis), with timeouts and a circuit breaker; bundles for CI caches |
 //! | [`runtime`] | [`Jit`]: cache + compiler + loaded-library registry, typed symbols |
 //! | [`embed`] | handles for the Python package and the C ABI: a loaded library whose file stays while the handle lives ([`store::pin`]) |
 //! | [`ops`] | what the `xcache` command's verbs do, thin over the store, returning data |
@@ -75,6 +76,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod ops;
 pub mod platform;
+pub mod remote;
 pub mod runtime;
 
 pub mod store;

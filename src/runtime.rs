@@ -25,6 +25,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::platform::LAYOUT_VERSION;
 use crate::store::entry::{EntryMeta, ARTIFACT_FILE};
 use crate::store::key::{ExtraInput, Key, KeyMaterial, KEY_ENCODING};
+use crate::store::remote::Tier;
 use crate::store::{Built, Fetched, Store};
 
 /// A dlopened artifact.
@@ -112,8 +113,10 @@ pub unsafe fn symbol<T: Copy>(lib: &Arc<LoadedLibrary>, name: &str) -> Result<Sy
 /// A compiled and loaded request.
 #[derive(Debug, Clone)]
 pub struct Compiled {
-    /// The key.
+    /// The entry's key (a result key: see [`crate::store::manifest`]).
     pub key: Key,
+    /// Where it came from: this machine's cache (or compile), or the remote tier.
+    pub tier: Tier,
     /// The shared object in the cache.
     pub path: PathBuf,
     /// True when no compiler ran for this request.
@@ -150,8 +153,10 @@ impl Compiled {
 /// does).
 #[derive(Debug, Clone)]
 pub struct CacheOutcome {
-    /// The key.
+    /// The entry's key (a result key: see [`crate::store::manifest`]).
     pub key: Key,
+    /// Where it came from: this machine's cache (or compile), or the remote tier.
+    pub tier: Tier,
     /// The shared object in the cache.
     pub path: PathBuf,
     /// True when no compiler ran.
@@ -201,7 +206,7 @@ impl Fingerprint {
 /// Requests this `Jit` has loaded, found again without deriving their key: a fast
 /// non-cryptographic hash to find candidates, then a byte-for-byte comparison, so a
 /// collision costs a comparison, never a wrong library.
-type Memo = HashMap<u64, Vec<(Fingerprint, Key, Arc<LoadedLibrary>)>>;
+type Memo = HashMap<u64, Vec<(Fingerprint, Arc<LoadedLibrary>)>>;
 
 /// FxHash-style mixing, 8 bytes at a time: ~10x cheaper than blake3 on a 4 KiB source.
 fn fast_hash(r: &SourceRequest) -> u64 {
@@ -238,7 +243,7 @@ pub struct Jit {
     templates: Mutex<HashMap<String, Arc<Template>>>,
     loaded: Mutex<HashMap<Key, Slot>>,
     memo: Mutex<Memo>,
-    stats: crate::store::stats::Recorder,
+    stats: Arc<crate::store::stats::Recorder>,
 }
 
 impl Jit {
@@ -254,8 +259,19 @@ impl Jit {
 
     /// Like [`Jit::new`], with an injected clock.
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Jit> {
-        let store = Store::open_with_clock(&config, clock)?;
-        let stats = crate::store::stats::Recorder::new(store.root().clone());
+        let mut store = Store::open_with_clock(&config, clock.clone())?;
+        let stats = Arc::new(crate::store::stats::Recorder::new(store.root().clone()));
+        // The remote tier, if configured; a remote that cannot be set up (an unreadable
+        // signing key, a bad address) is said once and left out: local work goes on.
+        let namespace = store
+            .compiledir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match crate::remote::from_config(&config, &namespace, clock, stats.clone()) {
+            Ok(remote) => store.set_remote(remote),
+            Err(e) => log::warn!("the remote tier is off: {e}"),
+        }
         Ok(Jit {
             stats,
             config,
@@ -321,11 +337,24 @@ impl Jit {
         Ok((material.key(), material, flags))
     }
 
+    /// Why `req` would hit or miss now, without compiling anything (see
+    /// [`crate::store::explain`]).
+    pub fn explain(&self, req: &SourceRequest) -> Result<crate::store::explain::Explanation> {
+        let (key, material, _) = self.key_for(req)?;
+        self.store.explain(&key, &material, &req.name)
+    }
+
     fn fetch(
         &self,
         req: &SourceRequest,
         (key, material, flags): (Key, KeyMaterial, Vec<String>),
     ) -> Result<Fetched> {
+        if log::log_enabled!(log::Level::Debug) {
+            match self.store.explain(&key, &material, &req.name) {
+                Ok(e) => log::debug!("{}: {e}", req.name),
+                Err(e) => log::debug!("{}: cannot explain: {e}", req.name),
+            }
+        }
         let tool = self.host_tool(req.language)?;
         let source_file = req.language.source_file();
         let display = req.display_name();
@@ -411,6 +440,7 @@ impl Jit {
         let valid_until = f.hand_out();
         Ok(CacheOutcome {
             valid_until,
+            tier: f.tier,
             key: f.key,
             path: f.artifact_path(),
             hit: f.hit,
@@ -431,6 +461,7 @@ impl Jit {
         f.place_copy(dest)?;
         Ok(CacheOutcome {
             valid_until: None,
+            tier: f.tier,
             key: f.key,
             path: dest.to_path_buf(),
             hit: f.hit,
@@ -443,18 +474,23 @@ impl Jit {
 
     /// Compiles through the cache (if needed) and loads the result (if not already
     /// loaded by this `Jit`).
+    ///
+    /// A request this `Jit` has loaded is served from memory without looking at the
+    /// disk again (that is what makes it cost about a microsecond): headers edited
+    /// since are seen by the next process, or by a new `Jit`, which compiles again.
     pub fn compile(&self, req: &SourceRequest) -> Result<Compiled> {
         let start = Instant::now();
         // Fast path: this exact request was loaded before by this Jit.
         let h = fast_hash(req);
-        if let Some((key, lib)) = self.memo.lock().unwrap().get(&h).and_then(|v| {
+        if let Some(lib) = self.memo.lock().unwrap().get(&h).and_then(|v| {
             v.iter()
-                .find(|(fp, _, _)| fp.matches(req))
-                .map(|(_, k, l)| (*k, Arc::clone(l)))
+                .find(|(fp, _)| fp.matches(req))
+                .map(|(_, l)| Arc::clone(l))
         }) {
             self.stats.memory_hit();
             return Ok(Compiled {
-                key,
+                key: lib.key,
+                tier: Tier::Local,
                 path: lib.path.clone(),
                 hit: true,
                 compile_ms: 0,
@@ -473,7 +509,8 @@ impl Jit {
         if let Some(lib) = loaded.as_ref() {
             self.stats.memory_hit();
             return Ok(Compiled {
-                key,
+                key: lib.key,
+                tier: Tier::Local,
                 path: lib.path.clone(),
                 hit: true,
                 compile_ms: 0,
@@ -488,12 +525,13 @@ impl Jit {
         let path = fetched.artifact_path();
         // Loaded while `fetched` holds the key's lock: nobody can remove or replace the
         // file between the hash check and the dlopen.
-        let lib = Arc::new(LoadedLibrary::open(key, &path)?);
+        let lib = Arc::new(LoadedLibrary::open(fetched.key, &path)?);
         let Fetched {
             hit,
             meta,
             warnings,
             lock_wait,
+            tier,
             ..
         } = fetched; // releases the lock
         *loaded = Some(Arc::clone(&lib));
@@ -510,9 +548,10 @@ impl Jit {
             .unwrap()
             .entry(h)
             .or_default()
-            .push((fp, key, Arc::clone(&lib)));
+            .push((fp, Arc::clone(&lib)));
         Ok(Compiled {
-            key,
+            key: lib.key,
+            tier,
             path,
             hit,
             compile_ms: meta.compile_ms,
@@ -617,13 +656,14 @@ impl Jit {
     pub fn loaded(&self, req: &SourceRequest) -> Option<Compiled> {
         let start = Instant::now();
         let h = fast_hash(req);
-        let (key, lib) = self.memo.lock().unwrap().get(&h).and_then(|v| {
+        let lib = self.memo.lock().unwrap().get(&h).and_then(|v| {
             v.iter()
-                .find(|(fp, _, _)| fp.matches(req))
-                .map(|(_, k, l)| (*k, Arc::clone(l)))
+                .find(|(fp, _)| fp.matches(req))
+                .map(|(_, l)| Arc::clone(l))
         })?;
         Some(Compiled {
-            key,
+            key: lib.key,
+            tier: Tier::Local,
             path: lib.path.clone(),
             hit: true,
             compile_ms: 0,

@@ -276,6 +276,50 @@ fn every_cuda_template_compiles_and_exports_its_entry_points() {
     assert_ne!(jit.key_for(&src).unwrap().0, jit90.key_for(&src).unwrap().0);
 }
 
+/// A CUDA source including a header beside it, and the toolkit's own headers: every
+/// header nvcc read is tracked, so a changed header is a miss and its name shows.
+#[test]
+#[ignore = "needs nvcc: scripts/test.sh runs it where nvcc is found"]
+fn cuda_headers_beside_the_source_and_of_the_toolkit_are_tracked() {
+    let tc = TestCache::new();
+    let jit = jit_with_nvcc(&tc);
+    let dir = tc.dir.path().join("kern");
+    std::fs::create_dir_all(&dir).unwrap();
+    let h = dir.join("defs.cuh");
+    let settle = |p: &std::path::Path, text: &str| {
+        std::fs::write(p, text).unwrap();
+    };
+    settle(&h, "#define SCALE 2.0f\n");
+    let k = dir.join("scale.cu");
+    std::fs::write(
+        &k,
+        "#include <cuda_runtime.h>\n#include \"defs.cuh\"\n__global__ void scale(float *x) { x[threadIdx.x] *= SCALE; }\n",
+    )
+    .unwrap();
+    let req = || SourceRequest::from_file(&k).unwrap();
+    let first = jit.build(&req()).unwrap();
+    let paths: Vec<&str> = first.meta.headers.iter().map(|h| h.path.as_str()).collect();
+    assert!(paths.contains(&h.to_str().unwrap()), "{paths:?}");
+    assert!(
+        paths.iter().any(|p| p.ends_with("/cuda_runtime.h")),
+        "the toolkit's headers are tracked: {paths:?}"
+    );
+    let fresh = || Jit::new(jit.config().clone()).unwrap();
+    assert!(fresh().build(&req()).unwrap().hit);
+    settle(&h, "#define SCALE 3.0f\n");
+    let why = fresh().explain(&req()).unwrap().to_string();
+    assert!(why.contains("defs.cuh changed"), "{why}");
+    let second = fresh().build(&req()).unwrap();
+    assert!(!second.hit);
+    assert_ne!(second.key, first.key);
+    // An error in the header names it.
+    settle(&h, "#define SCALE (2.0f +\n");
+    let Err(Error::Compile(ce)) = fresh().build(&req()) else {
+        panic!("a broken header must fail the compile")
+    };
+    assert!(ce.output.contains("scale.cu"), "{}", ce.output);
+}
+
 #[test]
 #[ignore = "needs nvcc: scripts/test.sh runs it where nvcc is found"]
 fn nvcc_errors_come_back_whole() {

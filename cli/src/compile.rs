@@ -52,9 +52,44 @@ pub struct CompileArgs {
     /// handout_grace (60s by default) against clear, prune and purge.
     #[arg(long, value_name = "FILE", conflicts_with = "symbols")]
     out: Option<PathBuf>,
+    /// Say on stderr whether the request hits, and for a miss why: the header that
+    /// changed since the last build of this request (old and new hash), or what differs
+    /// from the closest earlier build of a source of the same name (flags, compiler,
+    /// source, target, runtime tag). With --json, also as "explain".
+    #[arg(long)]
+    explain: bool,
     /// Print a JSON object instead of the path.
     #[arg(long)]
     pub json: bool,
+}
+
+impl CompileArgs {
+    /// The arguments of the commonest call, `xcache compile FILE [--json]` (what scripts
+    /// run on every request), recognised without building the whole command tree: the
+    /// hit path of a fresh process then pays for none of it. `None` for anything else
+    /// (clap then parses, and words any error, as always).
+    pub fn plain(args: &[std::ffi::OsString]) -> Option<CompileArgs> {
+        let (json, file) = match args {
+            [verb, file] if verb == "compile" => (false, file),
+            [verb, file, j] | [verb, j, file] if verb == "compile" && j == "--json" => (true, file),
+            _ => return None,
+        };
+        // A leading '-' is an option (or a typo): clap's business.
+        if file.is_empty() || file.as_encoded_bytes().starts_with(b"-") {
+            return None;
+        }
+        Some(CompileArgs {
+            source: Some(PathBuf::from(file)),
+            template: None,
+            params: Vec::new(),
+            flags: Vec::new(),
+            includes: Vec::new(),
+            symbols: Vec::new(),
+            out: None,
+            explain: false,
+            json,
+        })
+    }
 }
 
 /// A template name: any is accepted (`template_path` may add templates), and the
@@ -97,6 +132,7 @@ fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
 /// What `xcache compile` reports, loaded or not.
 struct CompileReport {
     key: xcache::Key,
+    tier: xcache::store::remote::Tier,
     path: PathBuf,
     hit: bool,
     compile_ms: u64,
@@ -117,6 +153,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         includes,
         symbols,
         out: out_file,
+        explain,
         json,
     } = args;
 
@@ -146,6 +183,14 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         }
         (None, None) => unreachable!("clap requires a source or a template"),
     };
+    // Asked before the request is served: afterwards it would be a hit.
+    let explanation = if *explain {
+        let e = jit.explain(&req)?;
+        eprintln!("xcache: explain: {}: {e}", req.display_name());
+        Some(e)
+    } else {
+        None
+    };
     let mut valid_until = None;
     let report = if symbols.is_empty() {
         let r = match out_file {
@@ -155,6 +200,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         valid_until = r.valid_until;
         CompileReport {
             key: r.key,
+            tier: r.tier,
             compile_ms: r.meta.compile_ms,
             compiler_output: if r.hit {
                 String::new()
@@ -176,6 +222,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         }
         CompileReport {
             key: c.key,
+            tier: c.tier,
             path: c.path,
             hit: c.hit,
             compile_ms: c.compile_ms,
@@ -192,10 +239,11 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         eprint!("{}", report.compiler_output);
     }
     if *json {
-        let v = json!({
+        let mut v = json!({
             "key": report.key.hex(),
             "path": report.path,
             "hit": report.hit,
+            "tier": report.tier,
             "compile_ms": report.compile_ms,
             "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
             "lock_wait_ms": report.lock_wait.as_secs_f64() * 1e3,
@@ -206,9 +254,60 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             "valid_until": valid_until.map(xcache::clock::unix_secs),
             "private_copy": out_file.is_some(),
         });
+        if let Some(e) = explanation {
+            v["explain"] = serde_json::to_value(e)?;
+        }
         writeln!(out, "{v}")?;
     } else {
         writeln!(out, "{}", report.path.display())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<std::ffi::OsString> {
+        v.iter().map(Into::into).collect()
+    }
+
+    /// Only the plainest calls skip clap; everything else is parsed (and checked) by it.
+    #[test]
+    fn plain_calls_are_recognised_and_nothing_else() {
+        let a = CompileArgs::plain(&os(&["compile", "k.c"])).unwrap();
+        assert_eq!(
+            (a.source.as_deref(), a.json),
+            (Some(std::path::Path::new("k.c")), false)
+        );
+        for v in [["compile", "k.c", "--json"], ["compile", "--json", "k.c"]] {
+            let a = CompileArgs::plain(&os(&v)).unwrap();
+            assert_eq!(
+                (a.source.as_deref(), a.json),
+                (Some(std::path::Path::new("k.c")), true)
+            );
+        }
+        for v in [
+            &["compile"][..],
+            &["compile", "-t", "elemwise"],
+            &["compile", "--json"],
+            &["compile", "-k.c"],
+            &["compile", "k.c", "--explain"],
+            &["compile", "k.c", "-f", "-O2"],
+            &["compile", "a.c", "b.c"],
+            &["list", "k.c"],
+            &["--dir", "/x", "compile", "k.c"],
+        ] {
+            assert!(CompileArgs::plain(&os(v)).is_none(), "{v:?}");
+        }
+        // Whatever clap would make of it, the plain form means the same.
+        let parsed =
+            <crate::Cli as clap::Parser>::try_parse_from(["xcache", "compile", "k.c", "--json"])
+                .unwrap();
+        let Some(crate::Command::Compile(c)) = parsed.command else {
+            panic!()
+        };
+        let plain = CompileArgs::plain(&os(&["compile", "k.c", "--json"])).unwrap();
+        assert_eq!(format!("{c:?}"), format!("{plain:?}"));
+    }
 }

@@ -60,6 +60,10 @@ enum Command {
         /// to fit the terminal).
         #[arg(long)]
         wide: bool,
+        /// List what the remote tier holds for this platform instead (keys, sizes,
+        /// expiry), with its address and round trip.
+        #[arg(long, conflicts_with_all = ["all", "wide"])]
+        remote: bool,
         /// Print a JSON array (always complete).
         #[arg(long)]
         json: bool,
@@ -120,6 +124,43 @@ enum Command {
     },
     /// Compile every request of a JSON manifest, in parallel (for CI cache warming).
     Warm(warm::WarmArgs),
+    /// Write the cache's entries to one portable file (a bundle), for CI caches.
+    ///
+    /// A bundle is a zstd-compressed tar of packed entries with an index of their keys,
+    /// platforms (compiledirs) and hashes; it is signed when remote_sign_key is set.
+    /// In CI: restore the file, `xcache import` it, build, `xcache export` it again.
+    Export {
+        /// The bundle to write (e.g. cache.tar.zst); written to a temporary file beside
+        /// it, then renamed over it.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Only entries used (or built) within this age (e.g. 7d, 12h).
+        #[arg(long, value_name = "AGE", value_parser = xcache::config::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Export this compiledir instead of the current one (`xcache basecompiledir
+        /// list` names them).
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        compiledir: Option<String>,
+        /// Export every compiledir under the base dir.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a bundle written by `xcache export`, checking every entry.
+    ///
+    /// Every entry for this platform is checked (its hash against the index, its keys,
+    /// the headers it was built from, signatures as remote_verify says) and published;
+    /// entries for other platforms are skipped with a note. Exit status 1 if an entry
+    /// was refused or corrupt (the others are imported all the same).
+    Import {
+        /// The bundle.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hits, misses, compiles, compile time spent and saved, lock waits.
     Stats {
         /// Reset the counters.
@@ -135,6 +176,15 @@ enum Command {
         /// Quarantine corrupt entries, remove orphan locks and stale staging.
         #[arg(long)]
         repair: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an entry (its key material, the headers it was built from and whether they
+    /// changed since) or a request's manifest (its results), by key or key prefix.
+    Show {
+        /// The key, or its first digits (at least 2), as `list` shows it.
+        key: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -218,9 +268,12 @@ impl Command {
             | Command::Clear { json, .. }
             | Command::Purge { json, .. }
             | Command::Prune { json, .. }
+            | Command::Export { json, .. }
+            | Command::Import { json, .. }
             | Command::Stats { json, .. }
             | Command::Verify { json, .. }
             | Command::Unlock { json, .. }
+            | Command::Show { json, .. }
             | Command::Doctor { json }
             | Command::Config { json, .. }
             | Command::Templates { json }
@@ -267,6 +320,16 @@ fn main() -> ExitCode {
 /// and, through the library target (`src/lib.rs`), `python -m xcache`.
 pub fn run_command_line(args: Vec<std::ffi::OsString>) -> ExitCode {
     init_logging();
+    // `xcache compile FILE [--json]`: straight to the verb, without the command tree.
+    let rest: Vec<std::ffi::OsString> = args.iter().skip(1).cloned().collect();
+    if let Some(plain) = compile::CompileArgs::plain(&rest) {
+        let json = plain.json;
+        let cli = Cli {
+            dir: None,
+            command: Some(Command::Compile(plain)),
+        };
+        return finish(run(cli), json);
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -287,7 +350,12 @@ pub fn run_command_line(args: Vec<std::ffi::OsString>) -> ExitCode {
         }
     };
     let json = cli.command.as_ref().is_some_and(Command::json);
-    match run(cli) {
+    finish(run(cli), json)
+}
+
+/// The exit status of a run, with its error (if any) printed, as JSON too when asked.
+fn finish(result: Result<ExitCode>, json: bool) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             if is_broken_pipe(&e) {
@@ -405,15 +473,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Compile(args)) => compile::run(&mut out, config(&cli)?, args)?,
         Some(Command::List {
+            remote: true, json, ..
+        }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let namespace = store
+                .compiledir()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stats =
+                std::sync::Arc::new(xcache::store::stats::Recorder::new(store.root().clone()));
+            let tier = xcache::remote::redis_from_config(
+                &config,
+                &namespace,
+                std::sync::Arc::new(xcache::clock::SystemClock),
+                stats,
+            )?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no remote tier is configured (the `remote` setting); see docs/REMOTE.md"
+                )
+            })?;
+            let probe = tier
+                .probe(true)
+                .map_err(|e| anyhow::anyhow!("remote: {e}"))?;
+            show::remote_entries(&mut out, &probe, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::List {
             all,
             sort,
             wide,
             json,
+            ..
         }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
             let rows = ops::list::list(&store, *all, *sort)?;
             show::entries(&mut out, &rows, &store, *all, *wide, *json)?;
+            // The process ends here: freeing a million rows one by one would cost more
+            // than printing them.
+            std::mem::forget(rows);
             ExitCode::SUCCESS
         }
         Some(Command::Size { all, json }) => {
@@ -465,6 +566,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Some(Command::Warm(args)) => warm::run(&mut out, config(&cli)?, args)?,
+        Some(Command::Export {
+            out: file,
+            since,
+            compiledir,
+            all,
+            json,
+        }) => {
+            use xcache::remote::bundle::{self, Compiledirs};
+            let store = Store::open(&config(&cli)?)?;
+            let which = match (compiledir, all) {
+                (Some(name), _) => Compiledirs::Named(name.clone()),
+                (None, true) => Compiledirs::All,
+                (None, false) => Compiledirs::Current,
+            };
+            let report = bundle::export_bundle(&store, file, *since, &which)?;
+            show::exported(&mut out, &report, *json)?;
+            ExitCode::SUCCESS
+        }
+        Some(Command::Import { file, json }) => {
+            let store = Store::open(&config(&cli)?)?;
+            let report = xcache::remote::bundle::import_bundle(&store, file)?;
+            show::imported(&mut out, &report, *json)?;
+            status(report.clean())
+        }
         Some(Command::Stats { zero, json }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
@@ -481,6 +606,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             drop(bar);
             show::verify(&mut out, &report, *repair, *json)?;
             status(report.clean())
+        }
+        Some(Command::Show { key, json }) => {
+            let store = Store::open(&config(&cli)?)?;
+            let report = store.show(key)?;
+            show::shown(&mut out, &report, &store, *json)?;
+            ExitCode::SUCCESS
         }
         Some(Command::Unlock { remove_free, json }) => {
             let store = Store::open(&config(&cli)?)?;

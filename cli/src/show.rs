@@ -151,8 +151,10 @@ pub fn demo(out: &mut impl Write, r: &DemoReport, json: bool) -> Result<()> {
 }
 
 fn json_out(out: &mut impl Write, v: &impl serde::Serialize) -> Result<()> {
-    serde_json::to_writer_pretty(&mut *out, v)?;
-    writeln!(out)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut *out);
+    serde_json::to_writer_pretty(&mut w, v)?;
+    writeln!(w)?;
+    w.flush()?;
     Ok(())
 }
 
@@ -162,6 +164,44 @@ fn now_secs(store: &Store) -> u64 {
 
 fn age_or_dash(t: Option<u64>, now: u64) -> String {
     t.map(|t| human::age(t, now)).unwrap_or_else(|| "-".into())
+}
+
+/// `rows` as one compact JSON array; a large listing is encoded on every CPU, in
+/// chunks written in order.
+fn json_rows(out: &mut impl Write, rows: &[EntryRow]) -> Result<()> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = rows.len().div_ceil(workers).max(4096);
+    let encode = |part: &[EntryRow]| -> serde_json::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(part.len() * 512);
+        for r in part {
+            buf.push(b',');
+            serde_json::to_writer(&mut buf, r)?;
+        }
+        Ok(buf)
+    };
+    let parts: Vec<serde_json::Result<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| s.spawn(move || encode(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("JSON encoder"))
+            .collect()
+    });
+    out.write_all(b"[")?;
+    let mut first = true;
+    for part in parts {
+        let part = part?;
+        if part.is_empty() {
+            continue;
+        }
+        // Each chunk starts with a comma; the first one's is dropped.
+        out.write_all(if first { &part[1..] } else { &part[..] })?;
+        first = false;
+    }
+    out.write_all(b"]\n")?;
+    Ok(())
 }
 
 /// `xcache list`.
@@ -174,10 +214,9 @@ pub fn entries(
     json: bool,
 ) -> Result<()> {
     if json {
-        // Compact: a large cache lists 100,000 entries.
-        serde_json::to_writer(&mut *out, &rows)?;
-        writeln!(out)?;
-        return Ok(());
+        // Compact, and buffered: a large cache lists a million entries, and a locked
+        // stdout writes line by line.
+        return json_rows(out, rows);
     }
     if rows.is_empty() {
         writeln!(
@@ -231,7 +270,7 @@ pub fn entries(
     if let Some(width) = human::output_width().filter(|_| !wide) {
         human::shrink_column(&header, &mut cells, 1, width);
     }
-    write!(out, "{}", human::table(&header, &cells, &[3, 6]))?;
+    out.write_all(human::table(&header, &cells, &[3, 6]).as_bytes())?;
     writeln!(
         out,
         "{}, {} in {}",
@@ -358,6 +397,10 @@ fn skip_words(s: &Skip, now: u64) -> String {
     match s {
         Skip::DryRun => "dry run".into(),
         Skip::InUse => "in use by another process (its lock is held)".into(),
+        Skip::UsedSince { last_use } => format!(
+            "used {} ago, after it was chosen: kept",
+            human::span(now.saturating_sub(*last_use))
+        ),
         Skip::HandedOut { until } => format!(
             "its path was handed out: protected for {} more (--force removes it)",
             human::span(until.saturating_sub(now))
@@ -536,6 +579,111 @@ pub fn stats(out: &mut impl Write, rows: &[StatsRow], zeroed: bool, json: bool) 
             &cells,
             &[1, 2, 3, 4, 5, 6, 7, 8, 9]
         )
+    )?;
+    // The remote tier, for the compiledirs that used one.
+    let remote: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|r| {
+            let c = &r.counters;
+            c.remote_hits + c.remote_misses + c.remote_uploads + c.remote_skipped > 0
+                || remote_errors(c) > 0
+        })
+        .map(|r| {
+            let c = &r.counters;
+            let errors = [
+                ("connect", c.remote_err_connect),
+                ("timeout", c.remote_err_timeout),
+                ("auth", c.remote_err_auth),
+                ("full", c.remote_err_full),
+                ("refused values", c.remote_rejected),
+                ("other", c.remote_err_other),
+                ("skipped (breaker open)", c.remote_skipped),
+            ]
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+            vec![
+                r.compiledir.clone(),
+                c.remote_hits.to_string(),
+                c.remote_misses.to_string(),
+                c.remote_uploads.to_string(),
+                human::size(c.remote_bytes_in),
+                human::size(c.remote_bytes_out),
+                ms(c.remote_ms),
+                if errors.is_empty() {
+                    "-".into()
+                } else {
+                    errors
+                },
+            ]
+        })
+        .collect();
+    if !remote.is_empty() {
+        writeln!(out)?;
+        write!(
+            out,
+            "{}",
+            human::table(
+                &["REMOTE", "HITS", "MISSES", "UPLOADS", "IN", "OUT", "TIME", "FAILURES"],
+                &remote,
+                &[1, 2, 3, 4, 5, 6]
+            )
+        )?;
+    }
+    Ok(())
+}
+
+fn remote_errors(c: &xcache::store::stats::Counters) -> u64 {
+    c.remote_err_connect
+        + c.remote_err_timeout
+        + c.remote_err_auth
+        + c.remote_err_full
+        + c.remote_rejected
+        + c.remote_err_other
+}
+
+/// `xcache list --remote`.
+pub fn remote_entries(
+    out: &mut impl Write,
+    p: &xcache::remote::redis::Probe,
+    json: bool,
+) -> Result<()> {
+    if json {
+        return json_out(out, p);
+    }
+    let rows = p.entries.as_deref().unwrap_or_default();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|e| {
+            vec![
+                e.key[..12.min(e.key.len())].to_string(),
+                human::size(e.bytes),
+                e.ttl_secs
+                    .map(|t| human::duration(std::time::Duration::from_secs(t)))
+                    .unwrap_or_else(|| "never".into()),
+            ]
+        })
+        .collect();
+    if !cells.is_empty() {
+        write!(
+            out,
+            "{}",
+            human::table(&["KEY", "SIZE", "EXPIRES IN"], &cells, &[1])
+        )?;
+    }
+    let total: u64 = rows.iter().map(|e| e.bytes).sum();
+    writeln!(
+        out,
+        "{} {}, {} on {} for {} ({}, PING {:.1} ms)",
+        rows.len(),
+        if rows.len() == 1 { "entry" } else { "entries" },
+        human::size(total),
+        p.address,
+        p.namespace.trim_end_matches(':'),
+        p.mode,
+        p.latency_ms
     )?;
     Ok(())
 }
@@ -755,5 +903,339 @@ pub fn config(out: &mut impl Write, c: &Config, json: bool) -> Result<()> {
         "{}",
         human::table(&["SETTING", "VALUE", "FROM"], &cells, &[])
     )?;
+    Ok(())
+}
+
+/// `xcache show KEY`.
+pub fn shown(
+    out: &mut impl Write,
+    r: &xcache::store::explain::ShowReport,
+    store: &Store,
+    json: bool,
+) -> Result<()> {
+    use xcache::store::explain::HeaderNow;
+    if json {
+        return json_out(out, r);
+    }
+    let now = now_secs(store);
+    for e in &r.entries {
+        let m = &e.meta;
+        let k = &m.key_material;
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        writeln!(out, "entry     {}", m.key)?;
+        writeln!(out, "path      {}", e.path.display())?;
+        writeln!(
+            out,
+            "source    {} ({}), built {}, compiled in {} ms",
+            m.source_name,
+            k.language,
+            human::age(m.created, now),
+            m.compile_ms
+        )?;
+        writeln!(
+            out,
+            "artifact  {}, {}, blake3 {}",
+            m.artifact.file,
+            human::size(m.artifact.size),
+            m.artifact.blake3
+        )?;
+        writeln!(
+            out,
+            "request   {}",
+            m.request_key
+                .as_deref()
+                .unwrap_or("- (not dependency-tracked)")
+        )?;
+        writeln!(out, "key material")?;
+        writeln!(out, "  source        blake3 {}", k.source_blake3)?;
+        writeln!(out, "  compiler      {}", k.toolchain.path)?;
+        writeln!(
+            out,
+            "  version       {}",
+            k.toolchain.version.lines().next().unwrap_or("")
+        )?;
+        writeln!(out, "  binary        {}", k.toolchain.binary)?;
+        writeln!(out, "  flags         {}", k.flags.join(" "))?;
+        writeln!(
+            out,
+            "  target        {}{}",
+            k.target.triple,
+            k.target
+                .cpu
+                .as_deref()
+                .map(|c| format!(" (cpu: {c})"))
+                .unwrap_or_default()
+        )?;
+        let inputs: Vec<String> = k
+            .extra_inputs
+            .iter()
+            .map(|x| format!("{} {}", x.name, &x.blake3[..16.min(x.blake3.len())]))
+            .collect();
+        writeln!(out, "  extra inputs  {}", dash(&inputs.join(", ")))?;
+        writeln!(out, "  runtime tag   {}", dash(&k.runtime_tag))?;
+        writeln!(
+            out,
+            "  template      {}",
+            k.template
+                .as_ref()
+                .map(|t| t.display())
+                .unwrap_or_else(|| "-".into())
+        )?;
+        let changed = e
+            .headers
+            .iter()
+            .filter(|h| h.now != HeaderNow::Same)
+            .count();
+        writeln!(
+            out,
+            "headers   {} read by the compiler{}",
+            e.headers.len(),
+            if changed > 0 {
+                format!(", {changed} changed since")
+            } else {
+                String::new()
+            }
+        )?;
+        for h in &e.headers {
+            let state = match h.now {
+                HeaderNow::Same => "",
+                HeaderNow::Changed => "  CHANGED",
+                HeaderNow::Missing => "  MISSING",
+            };
+            writeln!(
+                out,
+                "  {}  {}{state}",
+                &h.blake3[..16.min(h.blake3.len())],
+                h.path
+            )?;
+        }
+        writeln!(out)?;
+    }
+    for m in &r.manifests {
+        writeln!(out, "request   {}", m.request_key)?;
+        writeln!(out, "manifest  {}", m.path.display())?;
+        let cells: Vec<Vec<String>> = m
+            .results
+            .iter()
+            .map(|x| {
+                vec![
+                    x.key[..12].to_string(),
+                    x.headers.to_string(),
+                    human::age(x.created, now),
+                    human::age(x.last_used, now),
+                    if x.entry_exists { "yes" } else { "removed" }.to_string(),
+                    if x.matches_now { "yes" } else { "no" }.to_string(),
+                ]
+            })
+            .collect();
+        write!(
+            out,
+            "{}",
+            human::table(
+                &[
+                    "RESULT",
+                    "HEADERS",
+                    "BUILT",
+                    "LAST USED",
+                    "ENTRY",
+                    "MATCHES NOW"
+                ],
+                &cells,
+                &[1]
+            )
+        )?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// A table whose last column may be empty in some rows, without trailing spaces.
+fn table_trimmed(header: &[&str], cells: &[Vec<String>], right: &[usize]) -> String {
+    human::table(header, cells, right)
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// Drops the last column of a table when no row has anything in it.
+fn drop_empty_last(header: &mut Vec<&str>, cells: &mut [Vec<String>]) {
+    if cells.iter().all(|r| r.last().is_none_or(|c| c.is_empty())) {
+        header.pop();
+        for r in cells.iter_mut() {
+            r.pop();
+        }
+    }
+}
+
+/// `xcache export`.
+pub fn exported(
+    out: &mut impl Write,
+    r: &xcache::remote::bundle::ExportReport,
+    json: bool,
+) -> Result<()> {
+    use xcache::remote::bundle::ExportOutcome;
+    if json {
+        return json_out(out, r);
+    }
+    let several = r
+        .entries
+        .iter()
+        .map(|e| &e.compiledir)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        > 1;
+    let mut cells: Vec<Vec<String>> = r
+        .entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![
+                match e.outcome {
+                    ExportOutcome::Exported => "exported",
+                    ExportOutcome::Skipped { .. } => "skipped",
+                }
+                .to_string(),
+                e.key[..12].to_string(),
+                e.source.clone(),
+            ];
+            if several {
+                row.push(e.compiledir.clone());
+            }
+            row.push(if e.bytes > 0 {
+                human::size(e.bytes)
+            } else {
+                "-".into()
+            });
+            row.push(match &e.outcome {
+                ExportOutcome::Skipped { reason } => reason.clone(),
+                ExportOutcome::Exported => String::new(),
+            });
+            row
+        })
+        .collect();
+    let mut header = vec!["", "KEY", "SOURCE"];
+    if several {
+        header.push("COMPILEDIR");
+    }
+    header.extend(["SIZE", "NOTE"]);
+    let size_col = header.len() - 2;
+    drop_empty_last(&mut header, &mut cells);
+    if !cells.is_empty() {
+        write!(out, "{}", table_trimmed(&header, &cells, &[size_col]))?;
+    }
+    let exported = r.exported().count() as u64;
+    let skipped = r.entries.len() as u64 - exported;
+    let mut total = format!(
+        "{} exported to {} ({}, {})",
+        human::count(exported, "entry", "entries"),
+        r.path.display(),
+        human::size(r.bytes),
+        if r.signed { "signed" } else { "unsigned" }
+    );
+    if skipped > 0 {
+        total += &format!("; {skipped} skipped (see NOTE)");
+    }
+    if let (Some(since), true) = (r.since_secs, r.older > 0) {
+        total += &format!(
+            "; {} unused for longer than {} left out",
+            human::count(r.older, "entry", "entries"),
+            setting_duration(since)
+        );
+    }
+    writeln!(out, "{total}")?;
+    Ok(())
+}
+
+/// `xcache import`. The exit status follows [`ImportReport::clean`].
+///
+/// [`ImportReport::clean`]: xcache::remote::bundle::ImportReport::clean
+pub fn imported(
+    out: &mut impl Write,
+    r: &xcache::remote::bundle::ImportReport,
+    json: bool,
+) -> Result<()> {
+    use xcache::remote::bundle::{ImportOutcome as O, Signature};
+    if json {
+        let mut v = serde_json::to_value(r)?;
+        v["clean"] = json!(r.clean());
+        return json_out(out, &v);
+    }
+    let mut cells: Vec<Vec<String>> = r
+        .entries
+        .iter()
+        .map(|e| {
+            let (word, note) = match &e.outcome {
+                O::Imported => ("imported", String::new()),
+                O::AlreadyHere => ("already here", String::new()),
+                O::OtherPlatform => ("skipped", format!("for another platform: {}", e.compiledir)),
+                O::Refused { reason, .. } => ("REFUSED", reason.clone()),
+                O::Corrupt { reason } => ("CORRUPT", reason.clone()),
+            };
+            vec![
+                word.to_string(),
+                e.key[..12].to_string(),
+                e.source.clone(),
+                human::size(e.bytes),
+                note,
+            ]
+        })
+        .collect();
+    let mut header = vec!["", "KEY", "SOURCE", "SIZE", "NOTE"];
+    drop_empty_last(&mut header, &mut cells);
+    if !cells.is_empty() {
+        write!(out, "{}", table_trimmed(&header, &cells, &[3]))?;
+    }
+    let counts: Vec<String> = [
+        (r.count(|o| *o == O::Imported), "imported"),
+        (r.count(|o| *o == O::AlreadyHere), "already here"),
+        (
+            r.count(|o| *o == O::OtherPlatform),
+            "skipped (another platform)",
+        ),
+        (r.count(|o| matches!(o, O::Refused { .. })), "refused"),
+        (r.count(|o| matches!(o, O::Corrupt { .. })), "corrupt"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    writeln!(
+        out,
+        "{} in {} ({}){}{}",
+        human::count(r.entries.len() as u64, "entry", "entries"),
+        r.path.display(),
+        match r.signature {
+            Signature::Verified => "signature verified",
+            Signature::Unsigned => "unsigned",
+            Signature::NotChecked => "signed; not checked: no remote_sign_key here",
+        },
+        if counts.is_empty() { "" } else { ": " },
+        counts.join(", ")
+    )?;
+    if r.count(|o| *o == O::OtherPlatform) > 0 {
+        writeln!(
+            out,
+            "note: entries for another platform (OS, kernel, arch, libc or runtime tag) are skipped: this machine imports into {}",
+            r.compiledir
+        )?;
+    }
+    if let Some(d) = &r.damaged {
+        writeln!(
+            out,
+            "the bundle is damaged ({d}): the entries after the damage were not read"
+        )?;
+    }
+    if r.unexpected_count > 0 {
+        writeln!(
+            out,
+            "note: {} that the index does not list ignored",
+            human::count(r.unexpected_count, "member", "members")
+        )?;
+    }
     Ok(())
 }

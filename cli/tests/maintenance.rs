@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{set_mtime, stderr, stdout, Env};
+use common::{age_entry, set_mtime, stderr, stdout, Env};
 use serde_json::Value;
 
 const DAY: u64 = 86_400;
@@ -67,9 +67,9 @@ fn list_sorts_and_lists_every_compiledir() {
     let env = Env::new();
     let dirs = populate(&env, &["a.c", "bb.c", "ccc.c"]);
     // a: used long ago; bb: recently; ccc: in between.
-    set_mtime(&dirs[0].join("last-use"), 10 * DAY);
-    set_mtime(&dirs[1].join("last-use"), 60);
-    set_mtime(&dirs[2].join("last-use"), DAY);
+    age_entry(&dirs[0], 10 * DAY);
+    age_entry(&dirs[1], 60);
+    age_entry(&dirs[2], DAY);
     let by_use = env.json(&["list", "--sort", "use", "--json"]);
     let sources: Vec<&str> = by_use
         .as_array()
@@ -216,7 +216,7 @@ fn prune_by_size_evicts_least_recently_used_down_to_low_water() {
     let env = Env::new();
     let dirs = populate(&env, &["a.c", "bb.c", "ccc.c", "dddd.c"]);
     for (i, d) in dirs.iter().enumerate() {
-        set_mtime(&d.join("last-use"), (10 - i as u64) * DAY); // a oldest, dddd newest
+        age_entry(d, (10 - i as u64) * DAY); // a oldest, dddd newest
     }
     let sizes: Vec<u64> = env
         .json(&["list", "--json"])
@@ -255,8 +255,8 @@ fn prune_by_size_evicts_least_recently_used_down_to_low_water() {
 fn prune_by_age_and_while_another_process_loads() {
     let env = Env::new();
     let dirs = populate(&env, &["a.c", "bb.c", "ccc.c"]);
-    set_mtime(&dirs[0].join("last-use"), 40 * DAY);
-    set_mtime(&dirs[1].join("last-use"), 40 * DAY);
+    age_entry(&dirs[0], 40 * DAY);
+    age_entry(&dirs[1], 40 * DAY);
     let guard = hold(&dirs[1]); // being loaded right now
     let v = env.json(&["prune", "--older-than", "30d", "--json"]);
     assert_eq!(v["removed_entries"], 1);
@@ -1229,7 +1229,7 @@ fn prune_and_verify_show_progress_on_a_terminal_only() {
     let env = Env::new();
     let dirs = populate(&env, &["a.c", "bb.c"]);
     for d in &dirs {
-        set_mtime(&d.join("last-use"), 10 * DAY);
+        age_entry(d, 10 * DAY);
     }
     let xcache = env!("CARGO_BIN_EXE_xcache");
     // Piped: the report alone, nothing on stderr.

@@ -16,13 +16,20 @@ use std::time::Duration;
 use serde_json::Value;
 
 const WRAPPER: &str = r#"#!/bin/sh
-# Test compiler: counts and optionally holds compiles (not --version or probes).
+# Test compiler: counts and optionally holds compiles (not --version or probes), before
+# the compiler runs (XC_TEST_HOLD) or after it has read its inputs (XC_TEST_HOLD_AFTER).
 case " $* " in
   *" -shared "*)
     if [ -n "$XC_TEST_COUNT" ]; then echo compile >> "$XC_TEST_COUNT"; fi
     if [ -n "$XC_TEST_HOLD" ]; then
       echo started > "$XC_TEST_HOLD/started"
       read line < "$XC_TEST_HOLD/release"
+    fi
+    if [ -n "$XC_TEST_HOLD_AFTER" ]; then
+      cc "$@"; status=$?
+      echo started > "$XC_TEST_HOLD_AFTER/started"
+      read line < "$XC_TEST_HOLD_AFTER/release"
+      exit $status
     fi ;;
 esac
 exec cc "$@"
@@ -83,6 +90,7 @@ impl Env {
             )
             .env_remove("XCACHE_CONFIG")
             .env_remove("XC_TEST_HOLD")
+            .env_remove("XC_TEST_HOLD_AFTER")
             .env_remove("XC_TEST_COUNT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -172,6 +180,71 @@ fn assert_complete(entry: &Path) {
             entry.display()
         );
     }
+}
+
+/// dlopens `lib` and returns what `sym()` returns.
+fn call_int(lib: &str, sym: &str) -> i32 {
+    // SAFETY: test libraries built from known sources.
+    unsafe {
+        let l = libloading::Library::new(lib).unwrap();
+        let f: libloading::Symbol<unsafe extern "C" fn() -> i32> = l.get(sym.as_bytes()).unwrap();
+        f()
+    }
+}
+
+/// Two processes on one request key while its header changes under them: each gets a
+/// library built from the header it read, and a result whose header changed during its
+/// build is never recorded (a later request could otherwise get it for the new header).
+#[test]
+fn racing_processes_with_different_header_contents_each_get_their_own() {
+    let env = Env::new();
+    let inc = env.path("inc");
+    std::fs::create_dir(&inc).unwrap();
+    let h = inc.join("h.h");
+    std::fs::write(&h, "#define VAL 1\n").unwrap();
+    let k = env.path("k.c");
+    std::fs::write(&k, "#include \"h.h\"\nint val(void) { return VAL; }\n").unwrap();
+    let flag = format!("--flag=-I{}", inc.display());
+    let args = ["compile", k.to_str().unwrap(), flag.as_str(), "--json"];
+    // P1 compiles with VAL 1 and stops right after the compiler read it.
+    let p1 = env
+        .xcache(&args)
+        .env("XC_TEST_HOLD_AFTER", env.dir.path())
+        .spawn()
+        .unwrap();
+    assert_eq!(env.read_started(), "started");
+    // The header changes while P1 is in its build; P2 asks for the same request.
+    std::fs::write(&h, "#define VAL 2\n").unwrap();
+    let p2 = env.xcache(&args).spawn().unwrap();
+    env.release_held_compile();
+    let r1 = json_of(&p1.wait_with_output().unwrap());
+    let r2 = json_of(&p2.wait_with_output().unwrap());
+    assert_eq!(call_int(r1["path"].as_str().unwrap(), "val"), 1, "{r1}");
+    assert_eq!(call_int(r2["path"].as_str().unwrap(), "val"), 2, "{r2}");
+    assert_ne!(r1["key"], r2["key"]);
+    // Later requests see the header as it is: 2, never P1's result.
+    let r3 = json_of(&env.xcache(&args).output().unwrap());
+    assert_eq!(call_int(r3["path"].as_str().unwrap(), "val"), 2, "{r3}");
+    let shown = json_of(
+        &env.xcache(&["show", r1["key"].as_str().unwrap(), "--json"])
+            .output()
+            .unwrap(),
+    );
+    let request = shown["entries"][0]["meta"]["request_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = json_of(&env.xcache(&["show", &request, "--json"]).output().unwrap());
+    let recorded: Vec<&Value> = m["manifests"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["key"])
+        .collect();
+    assert!(
+        !recorded.contains(&&r1["key"]),
+        "P1's result was recorded: {m}"
+    );
 }
 
 #[test]

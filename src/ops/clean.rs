@@ -83,10 +83,16 @@ pub fn list_compiledirs(store: &Store) -> Result<Vec<CompiledirRow>> {
             Standing::Other => (Mark::Other, None),
         };
         let (entries, bytes) = match store.base_root().open_dir(&cd.name) {
-            Ok(root) => (
-                crate::store::scan::entry_keys(&root)?.len() as u64,
-                crate::store::scan::tree_bytes(&root, "", &[]).0,
-            ),
+            Ok(root) => {
+                let snap = crate::store::index::snapshot(&root)?;
+                let listed = snap.items();
+                let rest =
+                    crate::store::scan::tree_bytes(&root, "", &[crate::store::layout::ENTRIES]).0;
+                (
+                    listed.len() as u64,
+                    listed.iter().map(|r| r.size).sum::<u64>() + rest,
+                )
+            }
             Err(_) => (0, 0),
         };
         out.push(CompiledirRow {

@@ -46,11 +46,12 @@ pub fn size(store: &Store, all: bool) -> Result<SizeReport> {
             current: cd.current,
             ..SizeRow::default()
         };
-        let keys = scan::entry_keys(&root)?;
-        let sizes = scan::parallel_map(&keys, |k| crate::store::dir_bytes(&root, layout::entry(k)));
-        row.entries = keys.len() as u64;
-        row.entries_bytes = sizes.iter().map(|s| s.0).sum();
-        let entries_disk: u64 = sizes.iter().map(|s| s.1).sum();
+        // From the index (sizes recorded at publish), reconciled with the fans.
+        let snap = crate::store::index::snapshot(&root)?;
+        let listed = snap.items();
+        row.entries = listed.len() as u64;
+        row.entries_bytes = listed.iter().map(|r| r.size).sum();
+        let entries_disk: u64 = listed.iter().map(|r| r.disk_size).sum();
         // Everything else (staging, locks, quarantine, ...): small, walked once.
         let (other_apparent, other_disk) = scan::tree_bytes(&root, "", &[layout::ENTRIES]);
         row.apparent_bytes = row.entries_bytes + other_apparent;

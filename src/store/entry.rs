@@ -272,7 +272,14 @@ pub fn read_listed(compiledir: &Root, key: &Key) -> std::result::Result<ListedMe
 }
 
 /// Full check of an entry: metadata, the artifact's owner and mode, its size and blake3.
-pub fn verify(entry: &Root, key: &Key) -> std::result::Result<EntryMeta, VerifyError> {
+///
+/// Unless `full`, the blake3 is skipped when the entry's `verified` record says that this
+/// very file — same inode, same ctime, same size — was hashed before and matched (see
+/// [`record_verified`]): any write to the file, a chmod, a rename over it or a
+/// replacement changes its inode or ctime, which user programs cannot set back. `full`
+/// (what `xcache verify` asks) always hashes: it is also what finds bits rotted on disk
+/// without a write.
+pub fn verify(entry: &Root, key: &Key, full: bool) -> std::result::Result<EntryMeta, VerifyError> {
     let meta = read_meta(entry, key)?;
     let file = open_in_entry(entry, &meta.artifact.file, Corruption::MissingArtifact)?;
     let path = || entry.join(&meta.artifact.file);
@@ -282,6 +289,13 @@ pub fn verify(entry: &Root, key: &Key) -> std::result::Result<EntryMeta, VerifyE
     }
     if let Some(why) = untrusted(ARTIFACT_FILE, &md) {
         return Err(Corruption::Untrusted(why).into());
+    }
+    let identity = FileIdentity::of(&md);
+    if !full
+        && read_verified(entry)
+            .is_some_and(|(id, hash)| id == identity && hash == meta.artifact.blake3)
+    {
+        return Ok(meta);
     }
     let (hash, size) = hash_open_file(&file).map_err(|e| VerifyError::Io(path(), e))?;
     if size != meta.artifact.size || hash != meta.artifact.blake3 {
@@ -295,7 +309,67 @@ pub fn verify(entry: &Root, key: &Key) -> std::result::Result<EntryMeta, VerifyE
         }
         .into());
     }
+    // Matched: record it, so that the next hit of this same file need not hash it. A
+    // read-only cache keeps hashing, which is correct, only slower.
+    record_verified(entry, &identity, &hash);
     Ok(meta)
+}
+
+/// What identifies one state of a file: inode, device, ctime and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    ctime_ns: i128,
+    size: u64,
+}
+
+impl FileIdentity {
+    /// The identity of the file `md` describes.
+    pub fn of(md: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: md.dev(),
+            ino: md.ino(),
+            ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
+            size: md.size(),
+        }
+    }
+}
+
+/// The entry's `verified` record: the identity of the artifact when it was last hashed
+/// and found to match, and that hash.
+fn read_verified(entry: &Root) -> Option<(FileIdentity, String)> {
+    let mut f = entry.open_file(layout::VERIFIED, OpenHow::read()).ok()?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).ok()?;
+    let mut w = text.split_ascii_whitespace();
+    if (w.next(), w.next()) != (Some("xcache-verified"), Some("1")) {
+        return None;
+    }
+    let mut num = || w.next()?.parse::<i128>().ok();
+    let (dev, ino, ctime_ns, size) = (num()?, num()?, num()?, num()?);
+    let hash = text.split_ascii_whitespace().nth(6)?.to_string();
+    Some((
+        FileIdentity {
+            dev: dev as u64,
+            ino: ino as u64,
+            ctime_ns,
+            size: size as u64,
+        },
+        hash,
+    ))
+}
+
+/// Records that the artifact, as `identity` describes it, hashed to `hash`, which its
+/// metadata records. Written whole (a temporary file renamed into place); a failure (a
+/// read-only cache) is ignored.
+pub fn record_verified(entry: &Root, identity: &FileIdentity, hash: &str) {
+    let text = format!(
+        "xcache-verified 1 {} {} {} {} {hash}\n",
+        identity.dev, identity.ino, identity.ctime_ns, identity.size
+    );
+    let _ = entry.write_atomic(layout::VERIFIED, text.as_bytes(), super::trust::file_mode());
 }
 
 /// Writes `entry.json` into a staging directory and fsyncs it.
@@ -395,5 +469,83 @@ mod tests {
             std::fs::metadata(&victim).unwrap().modified().unwrap(),
             before
         );
+    }
+
+    /// The `verified` record spares the hash of the very file it names, and of nothing
+    /// else: any write changes the ctime; a record that lies about the hash is ignored.
+    #[test]
+    fn the_verified_record_spares_the_hash_of_the_same_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Root::open(dir.path()).unwrap();
+        let key: Key = "ab".repeat(32).parse().unwrap();
+        let lib = b"a shared object".to_vec();
+        std::fs::write(dir.path().join(ARTIFACT_FILE), &lib).unwrap();
+        let meta = EntryMeta {
+            format: crate::platform::LAYOUT_VERSION,
+            key: key.hex(),
+            source_name: "k.c".into(),
+            source_file: "source.c".into(),
+            artifact: Artifact {
+                file: ARTIFACT_FILE.into(),
+                blake3: blake3::hash(&lib).to_hex().to_string(),
+                size: lib.len() as u64,
+            },
+            created: 0,
+            compile_ms: 0,
+            compiler_output: String::new(),
+            files: None,
+            key_material: KeyMaterial {
+                encoding: 0,
+                layout: 2,
+                language: "c".into(),
+                source_blake3: String::new(),
+                toolchain: crate::store::key::Toolchain {
+                    path: "/bin/cc".into(),
+                    version: String::new(),
+                    binary: String::new(),
+                },
+                flags: vec![],
+                target: crate::store::key::Target {
+                    triple: "t".into(),
+                    cpu: None,
+                },
+                extra_inputs: vec![],
+                runtime_tag: String::new(),
+                template: None,
+            },
+            request_key: None,
+            headers: Vec::new(),
+        };
+        write_meta(&r, &meta).unwrap();
+        let record = || std::fs::read_to_string(dir.path().join(layout::VERIFIED));
+        assert!(record().is_err());
+        verify(&r, &key, false).unwrap();
+        let first = record().unwrap();
+        assert!(first.starts_with("xcache-verified 1 "), "{first}");
+        // Same file: verified without hashing (the record is not rewritten).
+        verify(&r, &key, false).unwrap();
+        assert_eq!(record().unwrap(), first);
+        // Same size, other bytes: the write moved the ctime; the hash runs and fails.
+        std::fs::write(dir.path().join(ARTIFACT_FILE), b"A shared object").unwrap();
+        assert!(matches!(
+            verify(&r, &key, false),
+            Err(VerifyError::Corrupt(Corruption::HashMismatch { .. }))
+        ));
+        // A record claiming this file's state with the right hash, forged after the
+        // write: `full` (what `xcache verify` does) still hashes, and finds it.
+        let md = std::fs::metadata(dir.path().join(ARTIFACT_FILE)).unwrap();
+        record_verified(&r, &FileIdentity::of(&md), &meta.artifact.blake3);
+        assert!(matches!(
+            verify(&r, &key, true),
+            Err(VerifyError::Corrupt(Corruption::HashMismatch { .. }))
+        ));
+        // A record whose hash is not the metadata's is ignored.
+        std::fs::write(dir.path().join(ARTIFACT_FILE), &lib).unwrap();
+        let md = std::fs::metadata(dir.path().join(ARTIFACT_FILE)).unwrap();
+        record_verified(&r, &FileIdentity::of(&md), &"0".repeat(64));
+        verify(&r, &key, false).unwrap();
+        assert!(record()
+            .unwrap()
+            .ends_with(&format!("{}\n", meta.artifact.blake3)));
     }
 }

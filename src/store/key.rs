@@ -23,12 +23,13 @@ pub struct Key([u8; 32]);
 impl Key {
     /// The key as hex.
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            use fmt::Write;
-            let _ = write!(s, "{b:02x}");
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 15)];
         }
-        s
+        String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
     }
 
     /// The fan-out directory name: the first two hex digits.
@@ -70,17 +71,20 @@ impl FromStr for Key {
                 bytes.len()
             ));
         }
+        let hex = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => 0xff,
+        };
         let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            let hex = |c: u8| match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                _ => None,
-            };
-            match (hex(pair[0]), hex(pair[1])) {
-                (Some(h), Some(l)) => out[i] = h << 4 | l,
-                _ => return Err(format!("{s:?} is not lowercase hex")),
-            }
+        let mut bad = 0u8;
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let (h, l) = (hex(pair[0]), hex(pair[1]));
+            bad |= (h | l) & 0xf0;
+            *o = h << 4 | l;
+        }
+        if bad != 0 {
+            return Err(format!("{s:?} is not lowercase hex"));
         }
         Ok(Key(out))
     }
@@ -237,6 +241,91 @@ impl KeyMaterial {
         Key(*e.0.finalize().as_bytes())
     }
 
+    /// What differs from `was` (an earlier request's material), field by field, with
+    /// the old and new values in short form: why this request got another key.
+    pub fn differences(&self, was: &KeyMaterial) -> Vec<Difference> {
+        let mut d = Vec::new();
+        let mut put = |field: &'static str, old: String, new: String| {
+            if old != new {
+                d.push(Difference {
+                    field,
+                    was: old,
+                    now: new,
+                })
+            }
+        };
+        let short = |h: &str| h.get(..16).unwrap_or(h).to_string();
+        let first_line = |s: &str| s.lines().next().unwrap_or("").to_string();
+        put("layout", was.layout.to_string(), self.layout.to_string());
+        put("language", was.language.clone(), self.language.clone());
+        put(
+            "source",
+            short(&was.source_blake3),
+            short(&self.source_blake3),
+        );
+        put(
+            "compiler",
+            was.toolchain.path.clone(),
+            self.toolchain.path.clone(),
+        );
+        put(
+            "compiler version",
+            first_line(&was.toolchain.version),
+            first_line(&self.toolchain.version),
+        );
+        put(
+            "compiler binary",
+            was.toolchain.binary.clone(),
+            self.toolchain.binary.clone(),
+        );
+        if was.flags != self.flags {
+            let gone: Vec<&str> = was
+                .flags
+                .iter()
+                .filter(|f| !self.flags.contains(f))
+                .map(String::as_str)
+                .collect();
+            let new: Vec<&str> = self
+                .flags
+                .iter()
+                .filter(|f| !was.flags.contains(f))
+                .map(String::as_str)
+                .collect();
+            if gone.is_empty() && new.is_empty() {
+                put("flags (order)", was.flags.join(" "), self.flags.join(" "));
+            } else {
+                put("flags", gone.join(" "), new.join(" "));
+            }
+        }
+        put(
+            "target",
+            was.target.triple.clone(),
+            self.target.triple.clone(),
+        );
+        put(
+            "target cpu",
+            was.target.cpu.clone().unwrap_or_default(),
+            self.target.cpu.clone().unwrap_or_default(),
+        );
+        let inputs = |m: &KeyMaterial| {
+            m.extra_inputs
+                .iter()
+                .map(|x| format!("{}:{}", x.name, short(&x.blake3)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        put("extra inputs", inputs(was), inputs(self));
+        put(
+            "runtime tag",
+            was.runtime_tag.clone(),
+            self.runtime_tag.clone(),
+        );
+        let template =
+            |m: &KeyMaterial| m.template.as_ref().map(|t| t.display()).unwrap_or_default();
+        put("template", template(was), template(self));
+        d
+    }
+
     /// Names the fields that differ from `other`: why two requests got different keys.
     pub fn diff(&self, other: &KeyMaterial) -> Vec<&'static str> {
         let mut d = Vec::new();
@@ -264,6 +353,17 @@ impl KeyMaterial {
         check("template", self.template == other.template);
         d
     }
+}
+
+/// One ingredient of a key that differs between two requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// Which (`flags`, `source`, `compiler version`, …).
+    pub field: &'static str,
+    /// Its value in the earlier request (for flags: the ones it had that are gone).
+    pub was: String,
+    /// Its value now (for flags: the ones added).
+    pub now: String,
 }
 
 /// The key of a dependency-tracked result: the request key and the (path, blake3) of

@@ -27,6 +27,10 @@ pub const LAST_USE: &str = "last-use";
 pub const AUTO_PRUNE_MARK: &str = "auto-prune";
 /// Lock file taken (with a try) by the automatic prune, so that one process prunes.
 pub const GC_LOCK: &str = "gc.lock";
+/// The compiledir's index of its entries (see [`super::index`]).
+pub const INDEX: &str = "index";
+/// Lock file of the index: shared by appenders, exclusive for a rewrite.
+pub const INDEX_LOCK: &str = "index.lock";
 
 /// One directory per key, published whole by rename.
 pub const ENTRIES: &str = "entries";
@@ -45,7 +49,14 @@ pub const MANIFESTS: &str = "manifests";
 
 /// The files at the top of a compiledir, in the order a removal deletes them
 /// ([`COMPILEDIR_META`] last: it is what marks the directory as xcache's).
-pub const COMPILEDIR_FILES: &[&str] = &[AUTO_PRUNE_MARK, GC_LOCK, LAST_USE, COMPILEDIR_META];
+pub const COMPILEDIR_FILES: &[&str] = &[
+    AUTO_PRUNE_MARK,
+    GC_LOCK,
+    INDEX,
+    INDEX_LOCK,
+    LAST_USE,
+    COMPILEDIR_META,
+];
 /// The directories of a compiledir, each trust-checked like the compiledir itself.
 pub const COMPILEDIR_SUBDIRS: &[&str] = &[
     ENTRIES, MANIFESTS, LOCKS, TMP, QUARANTINE, TOOLCHAINS, STATS,
@@ -58,13 +69,23 @@ pub const ARTIFACT: &str = "lib.so";
 /// Empty file whose mtime is when the entry's path was last handed out to a caller
 /// that does not hold the key's lock (`xcache compile`, `Jit::build`).
 pub const HANDED_OUT: &str = "handed-out";
+/// The identity (inode, ctime, size) of the artifact when it was last hashed and matched
+/// its metadata: a hit of the very same file need not hash it again.
+pub const VERIFIED: &str = "verified";
 /// The source file of each language, inside an entry or a staging directory.
 pub const SOURCE_FILES: &[&str] = &["source.c", "source.cpp", "source.cu"];
 /// What the compiler printed, kept in a failed build's directory.
 pub const COMPILER_OUTPUT: &str = "compiler-output.txt";
 /// Names an entry holds besides the source and extra inputs: extra inputs may not use
 /// them.
-pub const ENTRY_FILES: &[&str] = &[ENTRY_META, ARTIFACT, LAST_USE, HANDED_OUT, COMPILER_OUTPUT];
+pub const ENTRY_FILES: &[&str] = &[
+    ENTRY_META,
+    ARTIFACT,
+    LAST_USE,
+    HANDED_OUT,
+    VERIFIED,
+    COMPILER_OUTPUT,
+];
 
 /// The counters of every process, under the file's own lock.
 pub const STATS_COUNTERS: &str = "counters.json";
@@ -389,7 +410,14 @@ mod tests {
         );
         assert_eq!(
             COMPILEDIR_FILES,
-            &["auto-prune", "gc.lock", "last-use", "compiledir.json"]
+            &[
+                "auto-prune",
+                "gc.lock",
+                "index",
+                "index.lock",
+                "last-use",
+                "compiledir.json"
+            ]
         );
         assert_eq!(
             ENTRY_FILES,
@@ -398,6 +426,7 @@ mod tests {
                 "lib.so",
                 "last-use",
                 "handed-out",
+                "verified",
                 "compiler-output.txt"
             ]
         );

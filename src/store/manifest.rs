@@ -6,13 +6,14 @@
 //! the request key and the headers' paths and hashes ([`super::key::result_key`]).
 //!
 //! Checking a header costs one `stat` while its signature (size, mtime, ctime, inode,
-//! device) is unchanged; a changed signature means hashing it and comparing. A header
-//! whose mtime or ctime was within its timestamps' granularity (50 ms; 2 s on file
-//! systems without sub-second times) of the build's start when it was recorded is hashed
-//! every time ("file too new", as ccache says: a write in the same timestamp tick would
-//! not show in the signature), until a check finds it settled and refreshes the record.
-//! A header *modified* after the build started may not be what the compiler read: that
-//! result is handed to its caller but never recorded (see [`super::tracked`]).
+//! device) is unchanged; a changed signature means hashing it and comparing. Times are
+//! compared on the clock the kernel stamps files with ([`file_clock`]), and a build
+//! starts at a fresh tick of it ([`build_start`]). A header whose mtime or ctime is at
+//! or after the build's start (within the second before, on file systems without
+//! sub-second times) may have been written while the compiler read it ("file too new",
+//! as ccache says): its hash need not be what the compiler saw, so that result is handed
+//! to its caller but never recorded (see [`super::Store::get_or_build_tracked`]), and its signature never
+//! vouches for it. The file server's clock must agree with this machine's, as for make.
 //!
 //! The file, `manifests/<fan>/<request key>.manifest`, is one line
 //! `xcache-manifest <format> <blake3 of the rest>` and then JSON. It is written whole
@@ -38,15 +39,18 @@ pub const FORMAT: u32 = 1;
 /// At most this many results are kept per request key (the least recently used goes).
 pub const MAX_RESULTS: usize = 8;
 
-/// How close to a moment a file's timestamps may be before they cannot tell whether it
-/// changed after that moment: the kernel stamps files with a coarse clock (one tick,
-/// 1-10 ms, behind), and file systems without sub-second timestamps round to seconds.
-fn granularity(md: &std::fs::Metadata) -> Duration {
-    if md.mtime_nsec() == 0 && md.ctime_nsec() == 0 {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_millis(50)
+/// Now, by the coarse clock the kernel stamps most file writes with
+/// (`CLOCK_REALTIME_COARSE`, which lags the precise clock by up to one tick).
+pub fn file_clock() -> SystemTime {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec; CLOCK_REALTIME_COARSE exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        return SystemTime::now() - Duration::from_millis(20);
     }
+    SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// One header a result was built from.
@@ -85,26 +89,47 @@ fn signature(md: &std::fs::Metadata) -> (u64, i128, i128, u64, u64) {
     )
 }
 
-/// True when `md`'s mtime or ctime is within its timestamps' granularity of `since`,
-/// or later: its signature cannot vouch for its contents as of `since`.
-fn too_new(md: &std::fs::Metadata, since: SystemTime) -> bool {
-    let (_, _, ctime, _, _) = signature(md);
-    modified_since(md, since) || ctime >= nanos(since, granularity(md))
+/// The start of a build, as header timestamps are compared with it: now, by the
+/// precise clock, returned once the kernel's coarse file clock has caught up with it
+/// (a wait of at most one tick, 1-10 ms).
+///
+/// A file written before this moment carries a timestamp at or before it (whether the
+/// kernel stamps it from its coarse clock or, with multigrain timestamps, a fine one);
+/// a file written after the wait carries one at or after it. So "written while the
+/// compiler read it" is told by comparing timestamps, and a header written just before
+/// a build is not mistaken for one written during it.
+pub fn build_start() -> SystemTime {
+    let start = SystemTime::now();
+    while file_clock() < start {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    start
 }
 
-/// True when `md`'s mtime is within its granularity of `since`, or later: it may have
-/// been written after `since`.
-fn modified_since(md: &std::fs::Metadata, since: SystemTime) -> bool {
-    let (_, mtime, _, _, _) = signature(md);
-    mtime >= nanos(since, granularity(md))
-}
-
-fn nanos(t: SystemTime, minus: Duration) -> i128 {
-    t.checked_sub(minus)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
+/// True when `md`'s mtime or ctime is at or after `since` (a [`file_clock`] reading):
+/// the file may have been written (or had its times set) at or after that moment, so
+/// neither its contents nor its signature can be vouched for as of then. A file system
+/// without sub-second timestamps rounds down: there, anything within the second before
+/// counts as well.
+fn changed_since(md: &std::fs::Metadata, since: SystemTime) -> bool {
+    let (_, mtime, ctime, _, _) = signature(md);
+    let since = since
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let coarse = md.mtime_nsec() == 0 && md.ctime_nsec() == 0;
+    let limit = if coarse {
+        (since / 1_000_000_000 - 1) * 1_000_000_000
+    } else {
+        since
+    };
+    mtime >= limit || ctime >= limit
+}
+
+/// blake3 of a file, hex (headers live outside the cache: followed as the compiler
+/// did).
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    hash(path)
 }
 
 /// blake3 of a file (headers live outside the cache: followed as the compiler did).
@@ -115,16 +140,17 @@ fn hash(path: &Path) -> std::io::Result<String> {
 }
 
 impl HeaderRecord {
-    /// Records a header read by a build that started at `build_start`. The flag says
-    /// whether it may have been written after the build started (while the compiler
-    /// read it, or since): then the hash taken now need not be what the compiler saw,
-    /// and the result must not be recorded under it.
+    /// Records a header read by a build that started at `build_start` (a
+    /// [`build_start`] reading). The flag says whether it may have been written after the build
+    /// started (while the compiler read it, or since): then the hash taken now need not
+    /// be what the compiler saw, and the result must not be recorded under it. Its
+    /// signature vouches for its contents only if it was last changed before then.
     pub fn record(path: &Path, build_start: SystemTime) -> std::io::Result<(HeaderRecord, bool)> {
         // Stat before and after hashing: a header rewritten meanwhile is not trusted.
         let before = std::fs::metadata(path)?;
         let blake3 = hash(path)?;
         let after = std::fs::metadata(path)?;
-        let racy = signature(&before) != signature(&after) || modified_since(&after, build_start);
+        let racy = signature(&before) != signature(&after) || changed_since(&after, build_start);
         let (size, mtime_ns, ctime_ns, ino, dev) = signature(&after);
         let rec = HeaderRecord {
             path: path.to_string_lossy().into_owned(),
@@ -134,13 +160,14 @@ impl HeaderRecord {
             ctime_ns,
             ino,
             dev,
-            stat_trusted: !racy && !too_new(&after, build_start),
+            stat_trusted: !racy,
         };
         Ok((rec, racy))
     }
 
     /// Checks the header on disk against the record: by signature when it vouches, else
-    /// by hash.
+    /// by hash. A header changed at or after `now` cannot be vouched for by a refreshed
+    /// signature.
     pub fn check(&self, now: SystemTime) -> HeaderCheck {
         let md = match std::fs::metadata(&self.path) {
             Ok(md) => md,
@@ -161,7 +188,7 @@ impl HeaderRecord {
                         ctime_ns,
                         ino,
                         dev,
-                        stat_trusted: !too_new(&md, now),
+                        stat_trusted: !changed_since(&md, now),
                         ..self.clone()
                     },
                 }
@@ -381,50 +408,40 @@ mod tests {
         "cd".repeat(32).parse().unwrap()
     }
 
-    fn old() -> SystemTime {
-        SystemTime::now() + Duration::from_secs(3600)
-    }
-
     #[test]
     fn signatures_vouch_unless_too_new_and_content_decides() {
         let d = tempfile::tempdir().unwrap();
         let h = d.path().join("h.h");
         std::fs::write(&h, "#define V 1\n").unwrap();
-        // Recorded by a build that started long after the write: trusted.
-        let set_old = |p: &Path| {
-            let f = std::fs::File::options().write(true).open(p).unwrap();
-            f.set_modified(SystemTime::now() - Duration::from_secs(60))
-                .unwrap();
-        };
-        set_old(&h);
-        let (r, racy) = HeaderRecord::record(&h, SystemTime::now()).unwrap();
-        assert!(!racy, "written before the build");
-        // Its ctime is now (the mtime was just set): not trusted by signature yet.
-        assert!(!r.stat_trusted);
-        let (r, _) = HeaderRecord::record(&h, old()).unwrap();
-        assert!(r.stat_trusted);
-        assert_eq!(r.check(old()), HeaderCheck::Same);
-        // Written after the build started: racy, and too new.
-        let start = SystemTime::now() - Duration::from_secs(1);
-        std::fs::write(&h, "#define V 1\n").unwrap();
-        let (fresh, racy) = HeaderRecord::record(&h, start).unwrap();
+        // A build that started a tick after the write: the header is settled.
+        let later = SystemTime::now() + Duration::from_secs(1);
+        let (r, racy) = HeaderRecord::record(&h, later).unwrap();
+        assert!(!racy && r.stat_trusted);
+        assert_eq!(r.check(later), HeaderCheck::Same);
+        // A build that started before the write: racy, and not vouched for.
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let (fresh, racy) = HeaderRecord::record(&h, before).unwrap();
         assert!(racy && !fresh.stat_trusted);
         assert!(
-            matches!(fresh.check(old()), HeaderCheck::SameContent { refreshed } if refreshed.stat_trusted)
+            matches!(fresh.check(later), HeaderCheck::SameContent { refreshed } if refreshed.stat_trusted)
         );
-        // Touched, same contents: a hash, and a refreshed record.
+        // Even a backdated mtime is seen: its ctime moves.
         let f = std::fs::File::options().write(true).open(&h).unwrap();
         f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
             .unwrap();
-        assert!(matches!(r.check(old()), HeaderCheck::SameContent { .. }));
+        drop(f);
+        let (_, racy) = HeaderRecord::record(&h, before).unwrap();
+        assert!(racy, "a backdated write during a build is still a change");
+        // Touched, same contents: a hash, and a refreshed record.
+        assert!(matches!(r.check(later), HeaderCheck::SameContent { .. }));
         // Changed contents (same size): changed, whatever the stat says.
         std::fs::write(&h, "#define V 2\n").unwrap();
-        let HeaderCheck::Changed { now: Some(now) } = r.check(old()) else {
+        let HeaderCheck::Changed { now: Some(now) } = r.check(later) else {
             panic!()
         };
         assert_ne!(now, r.blake3);
         std::fs::remove_file(&h).unwrap();
-        assert_eq!(r.check(old()), HeaderCheck::Changed { now: None });
+        assert_eq!(r.check(later), HeaderCheck::Changed { now: None });
     }
 
     #[test]

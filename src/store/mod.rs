@@ -15,6 +15,7 @@
 //!     gc.lock                         try-locked by the automatic prune
 //!     entries/<fan>/<key>/            one directory per key, published whole by rename
 //!         lib.so  source.c|.cpp|.cu  [headers]  entry.json  last-use  handed-out
+//!     manifests/<fan>/<key>.manifest  results of a request key and the headers they read
 //!     locks/<fan>/<key>.lock          per-key lock files ("pid=N host=H" of a writer)
 //!     toolchains/host-<lang>-<h>.json resolved compiler command lines and versions
 //!     tmp/build-<key>-<unique>/       staging of a build in progress (or crashed)
@@ -27,7 +28,8 @@
 //! ```
 //!
 //! `<key>` is 64 hex digits of blake3 (see [`key`]); `<fan>` its first two; `<unique>`
-//! is `<pid>-<counter>-<time>` ([`layout::unique`]).
+//! is `<pid>-<counter>-<time>` ([`layout::unique`]). Layout version 2: version 1 had no
+//! manifests and keyed entries by the request alone (its compiledirs are stale).
 //!
 //! # Protocol
 //!
@@ -60,6 +62,51 @@
 //!    equivalent, and the staging copy is removed.
 //! 6. The caller loads under the exclusive lock, then releases it.
 //!
+//! **Tracked requests** ([`Store::get_or_build_tracked`], what [`crate::Jit`] uses: the
+//! header-aware form of the two above). A *request key* covers the source, flags,
+//! toolchain, target, explicit inputs and runtime tag; the headers the compiler reads
+//! are found only by compiling, so each request key has a manifest
+//! (`manifests/<fan>/<request key>.manifest`, see [`manifest`]) listing up to 8 results,
+//! each with the headers it read and their blake3 and stat signatures. An entry's key is
+//! then a *result key*: blake3 of the request key and those (path, hash) pairs
+//! ([`key::result_key`]).
+//! 1. Read the manifest, without a lock (it is replaced whole). One whose hash fails is
+//!    not trusted: a warning, and on to step 3. Take the first result whose headers all
+//!    match the files now (a stat when the signature vouches, else a hash) and whose key
+//!    is what the request key and those hashes give; do a Hit on its result key (which
+//!    must name the request key in its `entry.json`). A removed or corrupt result: the
+//!    next one.
+//! 2. Nothing matches: take the request key's *exclusive* lock (builds and manifest
+//!    updates of one request are serialised, distinct requests never wait), and look
+//!    again.
+//! 3. Wait until the kernel's file clock has caught up with now, and call that the
+//!    build's start ([`manifest::build_start`]). Compile into
+//!    `tmp/build-<request key>-<unique>` with `-MD -MF`; hash every header it read.
+//! 4. Derive the result key. If a header's mtime or ctime is at or after the build's
+//!    start, it may not be what the compiler read: the result gets a key nobody can
+//!    look up (a unique tail in its derivation) and is not recorded.
+//! 5. Take the result key's *exclusive* lock (always after the request key's); seal and
+//!    publish the entry as in a Miss (an entry already there, with the same headers, is
+//!    used as it is).
+//! 6. Insert the result first in the manifest (dropping the least recently used beyond
+//!    8) and write it whole; release the request key. The caller loads under the result
+//!    key's lock. A crash between the publish and the manifest costs the next request a
+//!    compile (which finds the entry published and records it), never a wrong result.
+//!
+//! **Remote tier** ([`Store::set_remote`], see [`remote`]). Between steps 2 and 3, still
+//! under the request key's exclusive lock, a remote tier is asked for the results it
+//! knows for the request; the first whose headers have the same contents here (hashed:
+//! this runs only on a local miss) is fetched and handed to [`Store::import_result`],
+//! which believes nothing it claims (keys re-derived, artifact hash, every header
+//! re-hashed here, plain file names) and publishes it by steps 5 and 6. After step 6 of
+//! a compile, the entry is uploaded (not a racy one), bounded by the remote's timeout.
+//! A remote that fails, stalls or lies costs at most its timeouts and never fails the
+//! request; values come in only through the import.
+//!
+//! A hit whose headers matched by hash though their signatures changed, or whose use is
+//! older than `last_use_resolution`, refreshes the manifest if the request key's lock is
+//! free at that moment; it never waits for it.
+//!
 //! A failed compile publishes nothing: its staging directory is renamed to
 //! `tmp/failed-<key>-<unique>` with the source and the compiler's output, the error names
 //! it, and only the newest `keep_failed` failures of a key are kept (trimmed under the
@@ -91,6 +138,10 @@
 //!   directory under `tmp/`, which no reader ever looks at.
 //! - An artifact whose blake3 differs from its metadata is never handed out: it is
 //!   quarantined, a warning is reported, and it is rebuilt.
+//! - A tracked request is served a result only if every header that result was built
+//!   from has the same contents now; a result is recorded only if no header it read
+//!   changed after its build started. No header is trusted by the toolchain's identity:
+//!   system and toolkit headers are tracked like the user's.
 //! - Distinct keys never wait for each other: there is no compiledir-wide lock.
 //! - N processes (or threads, since each lock opens its own file description) asking for
 //!   one key cost one compile.
@@ -121,7 +172,7 @@
 //! # Trust
 //!
 //! dlopen runs code. The base dir, the compiledir, and each of its directories
-//! (`entries/`, `locks/`, `tmp/`, `quarantine/`, `toolchains/`, `stats/`) must be real
+//! (`entries/`, `manifests/`, `locks/`, `tmp/`, `quarantine/`, `toolchains/`, `stats/`) must be real
 //! directories owned by the current user and not writable by group or others;
 //! otherwise [`Store::open`] refuses them with an error naming the directory and the
 //! fix. Every directory xcache creates is 0755 and every file 0644 whatever the umask
@@ -130,13 +181,18 @@
 //! See [`trust`] for the shared-group mode.
 
 pub mod entry;
+pub mod explain;
 pub mod gc;
+pub mod import;
+pub mod index;
 pub mod key;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod pack;
 pub mod pin;
 pub mod private;
+pub mod remote;
 pub mod scan;
 pub mod stats;
 mod tracked;
@@ -214,10 +270,15 @@ pub struct Fetched {
     pub warnings: Vec<String>,
     /// Time spent waiting for other processes' locks.
     pub lock_wait: Duration,
+    /// Where it came from: this machine, or the remote tier.
+    pub tier: remote::Tier,
     entry: Option<Root>,
     private: Option<private::PrivateBuild>,
     clock: Arc<dyn Clock>,
     handout_grace: Duration,
+    /// The compiledir, when a hand-out is worth a record in its index: the entry is new
+    /// or its last use was just rewritten (the index is as coarse as `last-use`).
+    index_due: Option<Arc<Root>>,
     _guard: LockGuard,
 }
 
@@ -248,7 +309,13 @@ impl Fetched {
             return Some(until);
         }
         let entry = self.entry.as_ref()?;
-        entry::touch(entry, layout::HANDED_OUT, now).then_some(until)
+        if !entry::touch(entry, layout::HANDED_OUT, now) {
+            return None;
+        }
+        if let Some(cd) = self.index_due.take() {
+            index::Writer::new(&cd).append(&index::hand_out_record(&self.key, unix_secs(now)));
+        }
+        Some(until)
     }
 
     /// Places a private copy of the artifact at `dest`, atomically (a temporary name
@@ -294,6 +361,7 @@ pub struct Store {
     platform: Platform,
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
+    remote: Option<Arc<dyn remote::Remote>>,
 }
 
 /// The staging directory of a build; removed on drop unless published or kept.
@@ -357,7 +425,19 @@ impl Store {
             platform,
             clock,
             config: Arc::new(config.clone()),
+            remote: None,
         })
+    }
+
+    /// Adds a remote tier: tracked requests that miss here ask it before compiling, and
+    /// upload what they compile (see [`remote`]).
+    pub fn set_remote(&mut self, remote: Option<Arc<dyn remote::Remote>>) {
+        self.remote = remote;
+    }
+
+    /// The remote tier, if one is set.
+    pub fn remote(&self) -> Option<&Arc<dyn remote::Remote>> {
+        self.remote.as_ref()
     }
 
     /// The base dir.
@@ -478,7 +558,7 @@ impl Store {
         &self,
         key: &Key,
     ) -> std::result::Result<Option<(Root, EntryMeta)>, VerifyError> {
-        check_entry_in(&self.cd, key)
+        check_entry_in(&self.cd, key, false)
     }
 
     fn get_or_build_cached(
@@ -495,7 +575,7 @@ impl Store {
         if self.cd.lstat_fast(&entry_rel).is_ok() {
             let guard = lock::lock_shared(&self.cd, &lock_rel)?;
             lock_wait += guard.waited();
-            match check_entry_in(&self.cd, key) {
+            match check_entry_in(&self.cd, key, false) {
                 Ok(Some((root, meta))) => {
                     return Ok(self.hit(key, root, meta, warnings, lock_wait, guard))
                 }
@@ -514,7 +594,7 @@ impl Store {
             )
         })?;
         lock_wait += guard.waited();
-        match check_entry_in(&self.cd, key) {
+        match check_entry_in(&self.cd, key, false) {
             Ok(Some((root, meta))) => {
                 return Ok(self.hit(key, root, meta, warnings, lock_wait, guard))
             }
@@ -576,10 +656,12 @@ impl Store {
             hit,
             warnings,
             lock_wait,
+            tier: remote::Tier::Local,
             entry: Some(entry),
             private: None,
             clock: self.clock.clone(),
             handout_grace: self.config.handout_grace,
+            index_due: (!hit).then(|| self.cd.clone()),
             _guard: guard,
         }
     }
@@ -614,10 +696,12 @@ impl Store {
             hit: false,
             warnings: Vec::new(),
             lock_wait: Duration::ZERO,
+            tier: remote::Tier::Local,
             entry: None,
             private: Some(p),
             clock: self.clock.clone(),
             handout_grace: self.config.handout_grace,
+            index_due: None,
             _guard: LockGuard::none(&self.lock_path(key)),
         })
     }
@@ -634,10 +718,16 @@ impl Store {
     ) -> Fetched {
         let now = self.clock.now();
         let res = self.config.last_use_resolution;
-        if entry::touch_last_use(&entry, "", now, res) {
+        let touched = entry::touch_last_use(&entry, "", now, res);
+        if touched {
             entry::touch_last_use(&self.cd, "", now, res);
+            index::Writer::new(&self.cd).append(&index::use_record(key, unix_secs(now)));
         }
-        self.fetched(*key, entry, meta, true, warnings, lock_wait, guard)
+        let mut fetched = self.fetched(*key, entry, meta, true, warnings, lock_wait, guard);
+        if touched {
+            fetched.index_due = Some(self.cd.clone());
+        }
+        fetched
     }
 
     fn new_staging(&self, key: &Key) -> Result<Staging> {
@@ -665,6 +755,10 @@ impl Store {
         self.cd
             .mkdir_all(&fan, trust::dir_mode())
             .map_err(|e| io_below("creating directory", &self.cd, &fan, e))?;
+        // The intent first: a crash between the rename and the record leaves a key
+        // whose last record is an intent, which readers settle by looking.
+        let mut index = index::Writer::new(&self.cd);
+        index.append(&index::intent_record(key));
         match self.cd.rename(staging.name.rel(), layout::entry(key)) {
             Ok(()) => {
                 staging.done = true; // it is the entry now
@@ -672,6 +766,8 @@ impl Store {
                 if new_fan {
                     self.sync_dir(Path::new(layout::ENTRIES))?;
                 }
+                pause_point("published-unindexed");
+                index.published(key);
                 Ok(())
             }
             // Someone published the same key without our lock (a file system without
@@ -739,9 +835,12 @@ impl Store {
 }
 
 /// The hit check of [`Store::check_entry`], in any compiledir.
+/// With `full`, the artifact is hashed whatever its `verified` record says (see
+/// [`entry::verify`]).
 pub fn check_entry_in(
     cd: &Root,
     key: &Key,
+    full: bool,
 ) -> std::result::Result<Option<(Root, EntryMeta)>, VerifyError> {
     let rel = layout::entry(key);
     let root = match cd.open_dir(&rel) {
@@ -764,7 +863,7 @@ pub fn check_entry_in(
     if let Some(why) = trust::untrusted_stat("the entry directory", &st) {
         return Err(entry::Corruption::Untrusted(why).into());
     }
-    let meta = entry::verify(&root, key)?;
+    let meta = entry::verify(&root, key, full)?;
     Ok(Some((root, meta)))
 }
 
@@ -775,14 +874,18 @@ pub fn quarantine_entry_in(cd: &Root, key: &Key, now: SystemTime) -> Result<Opti
     cd.mkdir(layout::QUARANTINE, trust::dir_mode())
         .map_err(|e| io_below("creating directory", cd, Path::new(layout::QUARANTINE), e))?;
     let dest = QuarantineName::new(key, unix_secs(now)).rel();
-    match cd.rename(&rel, &dest) {
-        Ok(()) => Ok(Some(cd.join(dest))),
+    let mut index = index::Writer::new(cd);
+    index.append(&index::intent_record(key));
+    let moved = match cd.rename(&rel, &dest) {
+        Ok(()) => Some(cd.join(dest)),
         Err(_) => {
             cd.remove_tree(&rel)
                 .map_err(|e| io_below("removing corrupt entry", cd, &rel, e))?;
-            Ok(None)
+            None
         }
-    }
+    };
+    index.append(&index::remove_record(key));
+    Ok(moved)
 }
 
 /// Opens the base dir (creating it if missing), checks it, and tags it.
@@ -859,6 +962,7 @@ fn ensure_compiledir(
         }
     }
     if cd.lstat_fast(layout::COMPILEDIR_META).is_err() {
+        index::create(&cd);
         write_compiledir_meta(&cd, platform, now, "")?;
         entry::touch_last_use(&cd, here, now, Duration::ZERO);
     }
@@ -1009,6 +1113,15 @@ fn seal(
         let md = f.metadata().map_err(|e| io("inspecting", &name, e))?;
         files.apparent += md.len();
         files.disk += md.blocks() * 512;
+    }
+    // The artifact's final state (its mode set, synced): hashed just now. The record is
+    // one of the entry's files: counted like them.
+    if let Ok(md) = artifact.metadata() {
+        entry::record_verified(staging, &entry::FileIdentity::of(&md), &blake3);
+        if let Ok(st) = staging.lstat_fast(layout::VERIFIED) {
+            files.apparent += st.st_size as u64;
+            files.disk += st.st_blocks as u64 * 512;
+        }
     }
     let meta = EntryMeta {
         format: LAYOUT_VERSION,

@@ -96,7 +96,7 @@ pub fn compiledirs(
 
 /// One entry as `list` shows it. The JSON schema of `xcache list --json` is an array
 /// of these.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct EntryRow {
     /// The key, hex.
     pub key: String,
@@ -175,20 +175,15 @@ pub fn entry_keys(cd: &Root) -> Result<Vec<Key>> {
     Ok(out)
 }
 
-/// Every entry of the compiledir `cd`, with its metadata (no hashing), sorted by key.
+/// Every entry of the compiledir `cd`, with its metadata (no hashing), sorted by key:
+/// from the compiledir's index ([`super::index::load`]), which is rebuilt from the
+/// entries when it is missing or damaged.
 pub fn entries(cd: &Root) -> Result<Vec<EntryRow>> {
-    let compiledir = cd
-        .path()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let keys = entry_keys(cd)?;
-    let mut rows: Vec<EntryRow> = parallel_map(&keys, |key| entry_row(cd, key, &compiledir));
-    rows.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(rows)
+    Ok(super::index::load(cd)?.rows)
 }
 
-fn entry_row(cd: &Root, key: &Key, compiledir: &str) -> EntryRow {
+/// One entry's row, read from its own files.
+pub fn entry_row(cd: &Root, key: &Key, compiledir: &str) -> EntryRow {
     let rel = layout::entry(key);
     let path = cd.join(&rel);
     let listed = entry::read_listed(cd, key);

@@ -29,42 +29,80 @@ use super::layout;
 use crate::error::{Error, Result};
 use crate::fsx::{Kind, OpenHow, Root};
 
-/// The counters. `xcache stats --json` reports these per compiledir.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Counters {
+/// Declares [`Counters`] and the index of each field, from one list.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $field:ident = $idx:ident),* $(,)?) => {
+        /// The counters. `xcache stats --json` reports these per compiledir.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct Counters {
+            $($(#[doc = $doc])* pub $field: u64,)*
+        }
+
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[derive(Clone, Copy)]
+        enum Field { $($idx,)* }
+
+        const FIELDS: usize = [$(Field::$idx),*].len();
+
+        impl Counters {
+            fn fields(&mut self) -> [&mut u64; FIELDS] {
+                [$(&mut self.$field,)*]
+            }
+
+            fn from_slots(v: &[u64; FIELDS]) -> Counters {
+                Counters { $($field: v[Field::$idx as usize],)* }
+            }
+        }
+    };
+}
+
+counters! {
     /// Requests served from the disk cache.
-    pub hits: u64,
+    hits = HITS,
     /// Requests served by a library already loaded in the process.
-    pub memory_hits: u64,
+    memory_hits = MEMORY_HITS,
     /// Requests that had to compile.
-    pub misses: u64,
+    misses = MISSES,
     /// Compiles that succeeded.
-    pub compiles: u64,
+    compiles = COMPILES,
     /// Compiles that failed.
-    pub failed_compiles: u64,
+    failed_compiles = FAILED,
     /// Time spent in the compiler, ms.
-    pub compile_ms: u64,
+    compile_ms = COMPILE_MS,
     /// Compile time that hits saved (the recorded compile time of each entry hit), ms.
-    pub saved_ms: u64,
+    saved_ms = SAVED_MS,
     /// Time spent waiting for other processes' locks, ms.
-    pub lock_wait_ms: u64,
+    lock_wait_ms = LOCK_WAIT_MS,
+    /// Local misses served by the remote tier (fetched, checked, published here).
+    remote_hits = REMOTE_HITS,
+    /// Local misses the remote tier could not serve (then compiled here).
+    remote_misses = REMOTE_MISSES,
+    /// Results uploaded to the remote tier.
+    remote_uploads = REMOTE_UPLOADS,
+    /// Bytes fetched from the remote tier.
+    remote_bytes_in = REMOTE_BYTES_IN,
+    /// Bytes uploaded to the remote tier.
+    remote_bytes_out = REMOTE_BYTES_OUT,
+    /// Time spent talking to the remote tier, ms.
+    remote_ms = REMOTE_MS,
+    /// Remote failures: could not connect (refused, unreachable, connect timeout).
+    remote_err_connect = REMOTE_ERR_CONNECT,
+    /// Remote failures: an operation ran past `remote_timeout`.
+    remote_err_timeout = REMOTE_ERR_TIMEOUT,
+    /// Remote failures: authentication refused (wrong password).
+    remote_err_auth = REMOTE_ERR_AUTH,
+    /// Remote failures: the remote refused to store (full, out of memory, read-only replica).
+    remote_err_full = REMOTE_ERR_FULL,
+    /// Values refused: corrupt, unsigned, wrongly signed, for another key or platform.
+    remote_rejected = REMOTE_REJECTED,
+    /// Remote failures of any other kind (protocol, I/O after connecting).
+    remote_err_other = REMOTE_ERR_OTHER,
+    /// Requests that did not ask the remote because its circuit breaker was open.
+    remote_skipped = REMOTE_SKIPPED,
 }
 
 impl Counters {
-    fn fields(&mut self) -> [&mut u64; 8] {
-        [
-            &mut self.hits,
-            &mut self.memory_hits,
-            &mut self.misses,
-            &mut self.compiles,
-            &mut self.failed_compiles,
-            &mut self.compile_ms,
-            &mut self.saved_ms,
-            &mut self.lock_wait_ms,
-        ]
-    }
-
     /// Adds `o` field by field.
     pub fn add(&mut self, o: &Counters) {
         let mut o = *o;
@@ -83,8 +121,33 @@ impl Counters {
     }
 }
 
+/// A remote tier event, counted by [`Recorder::remote`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteEvent {
+    /// A result fetched and taken.
+    Hit,
+    /// Asked, and nothing usable.
+    Miss,
+    /// A result uploaded.
+    Upload,
+    /// Could not connect.
+    ErrConnect,
+    /// An operation timed out.
+    ErrTimeout,
+    /// Authentication refused.
+    ErrAuth,
+    /// The remote refused to store.
+    ErrFull,
+    /// A value refused by the checks.
+    Rejected,
+    /// Any other failure.
+    ErrOther,
+    /// Not asked: the breaker is open.
+    Skipped,
+}
+
 /// Width of the record, so that one `pwrite` replaces it whole.
-const RECORD_LEN: usize = 512;
+const RECORD_LEN: usize = 1024;
 
 /// True for the names xcache keeps (or kept, in earlier versions) under `stats/`.
 pub fn is_stats_file(name: &str) -> bool {
@@ -106,20 +169,11 @@ fn legacy_process_file(name: &str) -> bool {
         })
 }
 
-const HITS: usize = 0;
-const MEMORY_HITS: usize = 1;
-const MISSES: usize = 2;
-const COMPILES: usize = 3;
-const FAILED: usize = 4;
-const COMPILE_MS: usize = 5;
-const SAVED_MS: usize = 6;
-const LOCK_WAIT_MS: usize = 7;
-
 /// A process's counters for one compiledir.
 #[derive(Debug)]
 pub struct Recorder {
     cd: Arc<Root>,
-    live: [AtomicU64; 8],
+    live: [AtomicU64; FIELDS],
     /// What was already added to the file.
     written: Mutex<Counters>,
     last_flush_ms: AtomicU64,
@@ -138,57 +192,68 @@ impl Recorder {
         }
     }
 
-    fn bump(&self, i: usize, by: u64) {
-        self.live[i].fetch_add(by, Ordering::Relaxed);
+    fn bump(&self, f: Field, by: u64) {
+        self.live[f as usize].fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// A remote tier event; `bytes` moved and time spent with it.
+    pub fn remote(&self, event: RemoteEvent, bytes: u64, spent: Duration) {
+        let (field, bytes_field) = match event {
+            RemoteEvent::Hit => (Field::REMOTE_HITS, Some(Field::REMOTE_BYTES_IN)),
+            RemoteEvent::Miss => (Field::REMOTE_MISSES, None),
+            RemoteEvent::Upload => (Field::REMOTE_UPLOADS, Some(Field::REMOTE_BYTES_OUT)),
+            RemoteEvent::ErrConnect => (Field::REMOTE_ERR_CONNECT, None),
+            RemoteEvent::ErrTimeout => (Field::REMOTE_ERR_TIMEOUT, None),
+            RemoteEvent::ErrAuth => (Field::REMOTE_ERR_AUTH, None),
+            RemoteEvent::ErrFull => (Field::REMOTE_ERR_FULL, None),
+            RemoteEvent::Rejected => (Field::REMOTE_REJECTED, None),
+            RemoteEvent::ErrOther => (Field::REMOTE_ERR_OTHER, None),
+            RemoteEvent::Skipped => (Field::REMOTE_SKIPPED, None),
+        };
+        self.bump(field, 1);
+        if let Some(b) = bytes_field {
+            self.bump(b, bytes);
+        }
+        self.bump(Field::REMOTE_MS, spent.as_millis() as u64);
     }
 
     /// A request served from disk.
     pub fn hit(&self, saved_ms: u64, lock_wait: Duration) {
-        self.bump(HITS, 1);
-        self.bump(SAVED_MS, saved_ms);
-        self.bump(LOCK_WAIT_MS, lock_wait.as_millis() as u64);
+        self.bump(Field::HITS, 1);
+        self.bump(Field::SAVED_MS, saved_ms);
+        self.bump(Field::LOCK_WAIT_MS, lock_wait.as_millis() as u64);
         self.flush_if_due();
     }
 
     /// A request served from memory.
     pub fn memory_hit(&self) {
-        self.bump(MEMORY_HITS, 1);
+        self.bump(Field::MEMORY_HITS, 1);
         self.flush_if_due();
     }
 
     /// A request that compiled.
     pub fn miss(&self, compile_ms: u64, lock_wait: Duration) {
-        self.bump(MISSES, 1);
-        self.bump(COMPILES, 1);
-        self.bump(COMPILE_MS, compile_ms);
-        self.bump(LOCK_WAIT_MS, lock_wait.as_millis() as u64);
+        self.bump(Field::MISSES, 1);
+        self.bump(Field::COMPILES, 1);
+        self.bump(Field::COMPILE_MS, compile_ms);
+        self.bump(Field::LOCK_WAIT_MS, lock_wait.as_millis() as u64);
         self.flush();
     }
 
     /// A compile that failed.
     pub fn failed(&self) {
-        self.bump(MISSES, 1);
-        self.bump(FAILED, 1);
+        self.bump(Field::MISSES, 1);
+        self.bump(Field::FAILED, 1);
         self.flush();
     }
 
     /// What this process counted so far.
     pub fn snapshot(&self) -> Counters {
-        let v: Vec<u64> = self
-            .live
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect();
-        Counters {
-            hits: v[HITS],
-            memory_hits: v[MEMORY_HITS],
-            misses: v[MISSES],
-            compiles: v[COMPILES],
-            failed_compiles: v[FAILED],
-            compile_ms: v[COMPILE_MS],
-            saved_ms: v[SAVED_MS],
-            lock_wait_ms: v[LOCK_WAIT_MS],
+        let mut v = [0u64; FIELDS];
+        for (slot, a) in v.iter_mut().zip(&self.live) {
+            *slot = a.load(Ordering::Relaxed);
         }
+        Counters::from_slots(&v)
     }
 
     fn flush_if_due(&self) {

@@ -3,8 +3,6 @@
 //! files now, and otherwise builds a new result and adds it. See the store module's
 //! doc ("Tracked requests") for the steps, and [`super::manifest`] for the manifest.
 
-use std::time::SystemTime;
-
 use super::entry::{HeaderDigest, VerifyError};
 use super::key::{result_key, Key};
 use super::manifest::{self, HeaderRecord, Lookup, Manifest, ResultCheck, ResultRecord};
@@ -68,9 +66,16 @@ impl Store {
             f.lock_wait += guard.waited();
             return Ok(f);
         }
+        // Not here: the remote tier, if any, before the compiler.
+        if let Some(mut f) = self.fetch_remote(request)? {
+            f.lock_wait += guard.waited();
+            f.warnings.splice(0..0, warnings.drain(..));
+            return Ok(f);
+        }
 
-        // File times are compared with the file system's clock, not the policy clock.
-        let build_start = SystemTime::now();
+        // Compared with files' own timestamps: the kernel's file clock, not the policy
+        // clock.
+        let build_start = manifest::build_start();
         let mut staging = self.new_staging(request)?;
         let mut built = match build(&staging.root) {
             Ok(b) => b,
@@ -83,14 +88,16 @@ impl Store {
             }
         };
         super::pause_point("compiled");
-        let mut racy = false;
+        let mut racy: Option<String> = None;
         let headers = built
             .headers
             .drain(..)
             .map(|p| {
                 let (rec, r) = HeaderRecord::record(&p, build_start)
                     .map_err(|e| Error::io("reading the header", &p, e))?;
-                racy |= r;
+                if r && racy.is_none() {
+                    racy = Some(rec.path.clone());
+                }
                 Ok(rec)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -102,10 +109,8 @@ impl Store {
         // the result goes to this caller under a key nobody can look up, and is not
         // recorded (the next request compiles again, from settled headers).
         let unique = super::layout::unique();
-        if racy {
-            log::info!(
-                "a header of {short}… changed while it was compiled: the result is not recorded"
-            );
+        if let Some(h) = &racy {
+            log::info!("{h} changed while {short}… was compiled: the result is not recorded");
             digests.push(("xcache-unrecorded", &unique));
         }
         let key = result_key(request, &digests);
@@ -114,11 +119,11 @@ impl Store {
         // key's), so that no collector removes it before the caller loads it.
         let rguard = lock::lock_exclusive(self.root(), &layout::lock(&key), &mut |_| {})?;
         let lock_wait = guard.waited() + rguard.waited();
-        let meta = match check_entry_in(self.root(), &key) {
+        let meta = match check_entry_in(self.root(), &key, false) {
             // Built before, its manifest lost: the same headers give the same result.
             Ok(Some((_, meta))) => meta,
             Ok(None) | Err(VerifyError::Corrupt(_)) => {
-                if check_entry_in(self.root(), &key).is_err() {
+                if check_entry_in(self.root(), &key, false).is_err() {
                     self.quarantine_entry(&key)?;
                 }
                 let provenance = (
@@ -157,7 +162,7 @@ impl Store {
             created: now,
             last_used: now,
         });
-        let write = if racy {
+        let write = if racy.is_some() {
             Ok(())
         } else {
             manifest::write(self.root(), &m, request)
@@ -175,6 +180,21 @@ impl Store {
             .root()
             .open_dir(layout::entry(&key))
             .map_err(|e| super::io_below("opening", self.root(), &layout::entry(&key), e))?;
+        // Share it, under the result's lock (nothing removes it meanwhile); bounded by
+        // the remote's timeout, never failing the request.
+        if let (Some(remote), None) = (&self.remote, &racy) {
+            match super::import::pack_dir(&entry) {
+                Ok(packed) => {
+                    let digests: Vec<(String, String)> = meta
+                        .headers
+                        .iter()
+                        .map(|h| (h.path.clone(), h.blake3.clone()))
+                        .collect();
+                    remote.upload(request, &key, &digests, &packed);
+                }
+                Err(e) => log::debug!("not uploading {}: {e}", &key.hex()[..16]),
+            }
+        }
         Ok(self.fetched(key, entry, meta, false, warnings, lock_wait, rguard))
     }
 
@@ -200,7 +220,7 @@ impl Store {
                 ))
             }
         };
-        let now = SystemTime::now();
+        let now = std::time::SystemTime::now();
         for (i, r) in m.results.iter().enumerate() {
             let ResultCheck::Match { refreshed } = r.check(now) else {
                 continue;
@@ -224,22 +244,58 @@ impl Store {
             if f.meta.request_key.as_deref() != Some(request.hex().as_str()) {
                 continue;
             }
-            self.refresh_manifest(request, i, refreshed);
+            self.refresh_manifest(request, &m, i, refreshed);
             f.warnings.splice(0..0, warnings.drain(..));
             return Ok(Some(f));
         }
         Ok(None)
     }
 
+    /// Asks the remote tier for a result of `request` whose headers match the files here
+    /// (by hash: this runs only on a local miss), fetches it, and imports it (which
+    /// checks everything it claims). The caller holds the request key's exclusive lock.
+    fn fetch_remote(&self, request: &Key) -> Result<Option<Fetched>> {
+        let Some(remote) = self.remote.clone() else {
+            return Ok(None);
+        };
+        for (key, headers) in remote.results(request) {
+            let same_here = headers.iter().all(|(path, hash)| {
+                manifest::hash_file(std::path::Path::new(path)).is_ok_and(|h| h == *hash)
+            });
+            if !same_here {
+                continue;
+            }
+            let Some(packed) = remote.fetch(&key) else {
+                continue;
+            };
+            match self.import_result(&packed, Some(&key), true)? {
+                super::import::Imported::Taken(f) => {
+                    let mut f = *f;
+                    f.hit = true;
+                    f.tier = super::remote::Tier::Remote;
+                    return Ok(Some(f));
+                }
+                super::import::Imported::Refused(why) => {
+                    remote.refused(request, &key, &why.to_string())
+                }
+            }
+        }
+        remote.missed(request);
+        Ok(None)
+    }
+
     /// Writes back what a hit learned (headers whose signature changed but not their
     /// contents; the use of a result), if the request's lock is free right now and
     /// there is something worth writing. Never waits, never fails the caller.
-    fn refresh_manifest(&self, request: &Key, index: usize, refreshed: Vec<(usize, HeaderRecord)>) {
+    fn refresh_manifest(
+        &self,
+        request: &Key,
+        m: &Manifest,
+        index: usize,
+        refreshed: Vec<(usize, HeaderRecord)>,
+    ) {
         let now = unix_secs(self.clock().now());
         let resolution = self.config().last_use_resolution.as_secs();
-        let Ok(Lookup::Found(m)) = manifest::read(self.root(), request) else {
-            return;
-        };
         let Some(taken) = m.results.get(index) else {
             return;
         };
@@ -283,7 +339,7 @@ impl Store {
         let lock_rel = layout::lock(key);
         let guard = lock::lock_shared(self.root(), &lock_rel)?;
         let waited = guard.waited();
-        match check_entry_in(self.root(), key) {
+        match check_entry_in(self.root(), key, false) {
             Ok(Some((root, meta))) => {
                 return Ok(Some(self.hit(key, root, meta, Vec::new(), waited, guard)))
             }
@@ -293,7 +349,7 @@ impl Store {
         }
         drop(guard);
         let _guard = lock::lock_exclusive(self.root(), &lock_rel, &mut |_| {})?;
-        if let Err(VerifyError::Corrupt(c)) = check_entry_in(self.root(), key) {
+        if let Err(VerifyError::Corrupt(c)) = check_entry_in(self.root(), key, false) {
             let short = &key.hex()[..16];
             let w = match self.quarantine_entry(key)? {
                 Some(moved) => format!(

@@ -45,6 +45,10 @@ pub enum ProblemKind {
     /// A manifest that fails its hash or names another key: never trusted; the next
     /// build of its request rewrites it.
     CorruptManifest,
+    /// The compiledir's index is missing, unreadable or says other than the entries:
+    /// listings read those entries from their own files until it is rebuilt (any
+    /// listing mends it; `--repair` rebuilds it whole).
+    StaleIndex,
 }
 
 /// One problem found.
@@ -170,6 +174,21 @@ impl Store {
                 repaired,
             );
         }
+
+        // Last, after any repair above has appended its records.
+        if let Some(why) = super::index::check(cd)? {
+            let mut repaired = None;
+            if repair {
+                let n = super::index::rebuild(cd)?;
+                repaired = Some(format!("rebuilt from the entries ({n} listed)"));
+            }
+            report.push(
+                ProblemKind::StaleIndex,
+                super::index::path(cd),
+                format!("the index does not match the entries: {why}"),
+                repaired,
+            );
+        }
         Ok(report)
     }
 
@@ -178,7 +197,7 @@ impl Store {
         let path = cd.join(layout::entry(key));
         // Shared, as a reader: a build in progress never holds a published entry.
         let guard = lock::lock_shared(cd, &layout::lock(key))?;
-        let corruption = match check_entry_in(cd, key) {
+        let corruption = match check_entry_in(cd, key, true) {
             Ok(None) => return Ok(()), // pruned meanwhile
             Ok(Some(_)) => {
                 report.entries += 1;
@@ -199,7 +218,7 @@ impl Store {
             if let Some(_g) = lock::try_lock_exclusive(cd, &layout::lock(key))? {
                 // Look again under the exclusive lock: another process may have
                 // rebuilt it since.
-                if !matches!(check_entry_in(cd, key), Err(VerifyError::Corrupt(_))) {
+                if !matches!(check_entry_in(cd, key, true), Err(VerifyError::Corrupt(_))) {
                     repaired = Some("rebuilt by another process meanwhile".into());
                 } else {
                     repaired = Some(match quarantine_entry_in(cd, key, self.clock().now())? {

@@ -84,3 +84,21 @@ pub fn set_mtime(path: &Path, secs_ago: u64) {
     };
     f.set_modified(t).unwrap();
 }
+
+/// Makes the entry directory `entry` look unused for `secs_ago`: sets its `last-use`
+/// marker and removes its compiledir's index. The index records last uses as xcache
+/// writes them; a marker set by hand is seen once a listing rebuilds the index from
+/// the entries, which it does when the index is missing.
+pub fn age_entry(entry: &Path, secs_ago: u64) {
+    set_mtime(&entry.join("last-use"), secs_ago);
+    let cd = entry
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .unwrap();
+    match std::fs::remove_file(cd.join("index")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("{e}"),
+    }
+}

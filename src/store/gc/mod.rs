@@ -9,7 +9,10 @@
 //! - an entry is removed only under a *try* exclusive lock on its key (busy entries are
 //!   skipped and reported), and not within `handout_grace` of its last hand-out unless
 //!   forced; it is renamed to `tmp/delete-<key>-…` first (readers see it whole or not at
-//!   all), then deleted, then its lock file, still under the lock;
+//!   all), then deleted, then its lock file, still under the lock; its `D` record goes
+//!   to the compiledir's index right after the rename ([`super::index`]);
+//! - an entry chosen by its last use (prune by age or size, from the index) is kept if
+//!   its `last-use` marker, read under the lock, says it was used since;
 //! - a leftover goes only when [`policy::leftover_verdict`] says so;
 //! - nothing is removed that xcache did not make: names are parsed ([`super::layout`]),
 //!   compiledirs must carry `compiledir.json`, a base dir xcache's `CACHEDIR.TAG`; a
@@ -30,7 +33,7 @@ use super::key::Key;
 use super::layout::{self, QuarantineName, TmpKind, TmpName};
 use super::lock::{self, LockState};
 use super::scan::{self, EntryRow};
-use super::{entry, io_below, private, Store};
+use super::{entry, index, io_below, private, Store};
 use crate::clock::unix_secs;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -96,6 +99,11 @@ pub enum Skip {
     HandedOut {
         /// Unix seconds until which it is protected.
         until: u64,
+    },
+    /// Chosen by its last use, but used again since the listing: kept.
+    UsedSince {
+        /// Unix seconds of that use.
+        last_use: u64,
     },
     /// A compiledir with entries in use by other processes.
     EntriesInUse {
@@ -181,6 +189,8 @@ pub enum Removal {
     Busy,
     /// Handed out recently: protected until then.
     HandedOut(SystemTime),
+    /// Chosen for its age, but used since (its last use, read under the lock): kept.
+    UsedSince(SystemTime),
     /// It was already gone.
     Gone,
 }
@@ -223,74 +233,118 @@ pub fn remove_entry(
     handout_grace: Duration,
     force: bool,
 ) -> Result<Removal> {
-    let lock_rel = layout::lock(key);
-    let Some(guard) = lock::try_lock_exclusive(cd, &lock_rel)? else {
-        return Ok(Removal::Busy);
-    };
-    let rel = layout::entry(key);
-    let removal = match cd.lstat_fast(&rel) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Removal::Gone,
-        Err(e) => return Err(io_below("inspecting", cd, &rel, e)),
-        Ok(_) => {
-            let handed = entry::mtime(cd, rel.join(layout::HANDED_OUT));
-            match handed.map(|t| t + handout_grace) {
-                Some(until) if !force && until > now => return Ok(Removal::HandedOut(until)),
-                _ => {}
-            }
-            let bytes = scan::tree_bytes(cd, &rel, &[]).0;
-            let trash = TmpName::new(TmpKind::Removal, key);
-            cd.mkdir(layout::TMP, super::trust::dir_mode())
-                .map_err(|e| io_below("creating directory", cd, Path::new(layout::TMP), e))?;
-            cd.rename(&rel, trash.rel())
-                .map_err(|e| io_below("removing", cd, &rel, e))?;
-            super::pause_point("renamed-for-removal");
-            // The entry is gone from entries/ now; what is left in tmp/ is ours to
-            // delete while we hold the key's lock (collectors leave it alone until then).
-            if let Err(e) = cd.remove_tree(trash.rel()) {
-                log::warn!("could not remove {}: {e}", cd.join(trash.rel()).display());
-            }
-            Removal::Removed(bytes)
-        }
-    };
-    // Safe under the lock: a waiter on this file re-checks the inode (see `lock`).
-    let _ = cd.remove_file(&lock_rel);
-    drop(guard);
-    Ok(removal)
+    Remover::new(cd, now, handout_grace, force).remove(key, None)
 }
 
-/// Removes (or reports) one listed entry, recording what happened.
-fn remove_row(
-    cd: &Root,
-    row: &EntryRow,
-    reason: Reason,
+/// Removes entries of one compiledir, appending their `D` records to its index through
+/// one writer.
+struct Remover<'a> {
+    cd: &'a Root,
     now: SystemTime,
     handout_grace: Duration,
     force: bool,
-    report: &mut CleanReport,
-) -> Result<()> {
-    let Some(key) = row.key() else { return Ok(()) };
-    let skipped = if report.dry_run {
-        Some(Skip::DryRun)
-    } else {
-        match remove_entry(cd, &key, now, handout_grace, force)? {
-            Removal::Removed(_) | Removal::Gone => None,
-            Removal::Busy => Some(Skip::InUse),
-            Removal::HandedOut(until) => Some(Skip::HandedOut {
-                until: unix_secs(until),
-            }),
+    index: index::Writer<'a>,
+}
+
+impl<'a> Remover<'a> {
+    fn new(cd: &'a Root, now: SystemTime, handout_grace: Duration, force: bool) -> Self {
+        Remover {
+            cd,
+            now,
+            handout_grace,
+            force,
+            index: index::Writer::new(cd),
         }
-    };
-    report.push(Action {
-        kind: ItemKind::Entry,
-        name: row.key.clone(),
-        source: row.source.clone(),
-        path: row.path.clone(),
-        bytes: row.size,
-        last_use: Some(row.last_touch()),
-        reason,
-        skipped,
-    });
-    Ok(())
+    }
+
+    /// Removes `key` under a try-lock. `chosen_at`: the last use (Unix seconds) it was
+    /// chosen for, by age or size; if its `last-use` marker, read under the lock, is
+    /// newer, it was used since and stays.
+    fn remove(&mut self, key: &Key, chosen_at: Option<u64>) -> Result<Removal> {
+        let cd = self.cd;
+        let lock_rel = layout::lock(key);
+        let Some(guard) = lock::try_lock_exclusive(cd, &lock_rel)? else {
+            return Ok(Removal::Busy);
+        };
+        let rel = layout::entry(key);
+        let removal = match cd.lstat_fast(&rel) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Removal::Gone,
+            Err(e) => return Err(io_below("inspecting", cd, &rel, e)),
+            Ok(_) => {
+                let handed = entry::mtime(cd, rel.join(layout::HANDED_OUT));
+                match handed.map(|t| t + self.handout_grace) {
+                    Some(until) if !self.force && until > self.now => {
+                        return Ok(Removal::HandedOut(until))
+                    }
+                    _ => {}
+                }
+                let used = entry::last_use(cd, &rel);
+                if let (Some(chosen), Some(used)) = (chosen_at, used) {
+                    if unix_secs(used) > chosen {
+                        return Ok(Removal::UsedSince(used));
+                    }
+                }
+                let bytes = scan::tree_bytes(cd, &rel, &[]).0;
+                let trash = TmpName::new(TmpKind::Removal, key);
+                cd.mkdir(layout::TMP, super::trust::dir_mode())
+                    .map_err(|e| io_below("creating directory", cd, Path::new(layout::TMP), e))?;
+                self.index.append(&index::intent_record(key));
+                cd.rename(&rel, trash.rel())
+                    .map_err(|e| io_below("removing", cd, &rel, e))?;
+                super::pause_point("renamed-for-removal");
+                self.index.append(&index::remove_record(key));
+                // The entry is gone from entries/ now; what is left in tmp/ is ours to
+                // delete while we hold the key's lock (collectors leave it alone until
+                // then).
+                if let Err(e) = cd.remove_tree(trash.rel()) {
+                    log::warn!("could not remove {}: {e}", cd.join(trash.rel()).display());
+                }
+                Removal::Removed(bytes)
+            }
+        };
+        // Safe under the lock: a waiter on this file re-checks the inode (see `lock`).
+        let _ = cd.remove_file(&lock_rel);
+        drop(guard);
+        Ok(removal)
+    }
+
+    /// Removes (or reports) one listed entry, recording what happened.
+    fn remove_row(
+        &mut self,
+        row: &EntryRow,
+        reason: Reason,
+        report: &mut CleanReport,
+    ) -> Result<()> {
+        let Some(key) = row.key() else { return Ok(()) };
+        // Chosen by its age: a use since the listing saves it.
+        let chosen_at = matches!(reason, Reason::OlderThan { .. } | Reason::OverSize { .. })
+            .then(|| row.last_touch());
+        let skipped = if report.dry_run {
+            Some(Skip::DryRun)
+        } else {
+            match self.remove(&key, chosen_at)? {
+                Removal::Removed(_) | Removal::Gone => None,
+                Removal::Busy => Some(Skip::InUse),
+                Removal::HandedOut(until) => Some(Skip::HandedOut {
+                    until: unix_secs(until),
+                }),
+                Removal::UsedSince(t) => Some(Skip::UsedSince {
+                    last_use: unix_secs(t),
+                }),
+            }
+        };
+        report.push(Action {
+            kind: ItemKind::Entry,
+            name: row.key.clone(),
+            source: row.source.clone(),
+            path: row.path.clone(),
+            bytes: row.size,
+            last_use: Some(row.last_touch()),
+            reason,
+            skipped,
+        });
+        Ok(())
+    }
 }
 
 /// One leftover found on disk, with the facts its verdict needs.
@@ -647,17 +701,10 @@ fn remove_compiledir(
     // A dry run lists the same entries and leftovers as the real run would.
     let first = report.actions.len();
     let mut busy = 0;
+    let mut remover = Remover::new(&cd, now, config.handout_grace, false);
     for row in scan::entries(&cd)? {
         let before = report.actions.len();
-        remove_row(
-            &cd,
-            &row,
-            Reason::Purge,
-            now,
-            config.handout_grace,
-            false,
-            report,
-        )?;
+        remover.remove_row(&row, Reason::Purge, report)?;
         if report.actions[before]
             .skipped
             .as_ref()
@@ -666,6 +713,7 @@ fn remove_compiledir(
             busy += 1;
         }
     }
+    drop(remover);
     let mut live = collect_leftovers(&cd, Sweep::Purge, &rules(config), now, report)?;
     if !report.dry_run {
         live += collect_manifests(&cd, Sweep::Purge);
@@ -767,17 +815,11 @@ impl Store {
     pub fn clear(&self, force: bool, dry_run: bool) -> Result<CleanReport> {
         let now = self.clock().now();
         let mut report = CleanReport::dry(dry_run);
+        let mut remover = Remover::new(self.root(), now, self.config().handout_grace, force);
         for row in self.entries()? {
-            remove_row(
-                self.root(),
-                &row,
-                Reason::Clear,
-                now,
-                self.config().handout_grace,
-                force,
-                &mut report,
-            )?;
+            remover.remove_row(&row, Reason::Clear, &mut report)?;
         }
+        drop(remover);
         collect_leftovers(
             self.root(),
             Sweep::Routine,
@@ -847,8 +889,10 @@ impl Store {
         report: &mut CleanReport,
         progress: &dyn Fn(u64, u64),
     ) -> Result<()> {
-        let rows = self.entries()?;
-        let gc_entries: Vec<GcEntry> = rows
+        // Numbers from the index; names only for what goes.
+        let snap = index::snapshot(self.root())?;
+        let gc_entries: Vec<GcEntry> = snap
+            .items()
             .iter()
             .map(|r| GcEntry {
                 size: r.size,
@@ -856,6 +900,7 @@ impl Store {
             })
             .collect();
         let victims = policy::select_victims(&gc_entries, now, policy);
+        let mut remover = Remover::new(self.root(), now, self.config().handout_grace, false);
         for (done, i) in victims.iter().copied().enumerate() {
             let reason = match policy.older_than {
                 Some(max)
@@ -871,15 +916,7 @@ impl Store {
                     max_size: policy.max_size.unwrap_or(0),
                 },
             };
-            remove_row(
-                self.root(),
-                &rows[i],
-                reason,
-                now,
-                self.config().handout_grace,
-                false,
-                report,
-            )?;
+            remover.remove_row(&snap.row(i), reason, report)?;
             progress(done as u64 + 1, victims.len() as u64);
         }
         Ok(())
@@ -960,7 +997,11 @@ impl Store {
         let mut report = CleanReport::default();
         let rules = rules(config);
         let r = (|| {
-            let total: u64 = self.entries()?.iter().map(|r| r.size).sum();
+            let total: u64 = index::snapshot(self.root())?
+                .items()
+                .iter()
+                .map(|r| r.size)
+                .sum();
             if total > config.max_size {
                 let policy = Policy {
                     max_size: Some(config.max_size),
@@ -1142,6 +1183,34 @@ mod tests {
         // Removed entries leave no lock file and nothing in tmp/.
         assert!(f.store.root().read_dir(layout::TMP).unwrap().is_empty());
         assert!(scan::entry_keys(f.store.root()).unwrap().is_empty());
+    }
+
+    /// Prune chooses by the last use the index records; a use since, seen on the
+    /// marker under the lock, keeps the entry.
+    #[test]
+    fn an_entry_used_since_it_was_chosen_stays() {
+        let f = fixture(&[]);
+        let k = publish(&f, 1, 10);
+        let chosen = unix_secs(f.clock.now());
+        f.clock.advance(Duration::from_secs(3600));
+        let mut h = build(&f.store, 1, 10, false).unwrap();
+        assert!(h.hit);
+        assert!(h.hand_out().is_some());
+        drop(h);
+        let used = f.clock.now();
+        let now = used + Duration::from_secs(1);
+        let mut r = Remover::new(f.store.root(), now, Duration::ZERO, false);
+        assert_eq!(
+            r.remove(&k, Some(chosen)).unwrap(),
+            Removal::UsedSince(used)
+        );
+        assert!(matches!(
+            r.remove(&k, Some(unix_secs(used))).unwrap(),
+            Removal::Removed(_)
+        ));
+        drop(r);
+        assert_eq!(count(&f), 0);
+        assert_eq!(index::check(f.store.root()).unwrap(), None);
     }
 
     #[test]
