@@ -39,16 +39,19 @@ SRC = "int add(int a, int b) { return a + b; }\n" + "/* padding */\n" * 250  # ~
 NOTES = """Notes. The in-process hit is a map lookup made without releasing the GIL (the request
 loaded by this `Cache` and its entry pinned by a live handle); without a live handle
 the entry is pinned again (its lock file opened and flock'd). A hit that must load
-pays the protocol (toolchain record, the dependency-tracked manifest, which the hit
-reads twice, the entry's lock, `entry.json`, blake3 of the artifact, dlopen) and the
-pin (a second open and flock of the lock file, ~15 µs): that is what separates it from
-the floor; the first load of a process also faults in the package's code. PyTensor's
+pays the protocol (toolchain record, the dependency-tracked manifest and its headers'
+stat checks, the entry's lock, `entry.json`, the artifact's hash or its verified
+record, dlopen) and the pin (a second open and flock of the lock file, ~15 µs): that
+is what separates it from the floor; the first load of a process also faults in the
+package's code. PyTensor's
 own warm path skips code generation by finding its key among the key files it
 unpickled; the adapter generates each module's source again (PyTensor's code
 generation) and finds it in xcache by content, with every header checked, and never
 runs the compiler probe (about 350 ms of the first graph of each PyTensor process).
-The concurrent pair shares two cores with the machine's other users: its figures move
-most between runs.
+The concurrent pair shares two cores with the machine's other users (load above):
+its figures move most between runs, and it gains nothing when those cores are already
+busy; `python/tests/test_pytensor.py` shows the property itself (one process stopped
+inside its compiler, the other compiling a whole graph meanwhile).
 """
 
 
