@@ -4,7 +4,12 @@ miss, next to the bare compiler command that builds the same shared object and t
 C program that only dlopens + dlsyms it. Every figure is the median of repeated runs
 measured in this one run, so the ratios compare like with like.
 
-Usage: benches/process_hit.py [--runs N] [--write docs/BENCHMARKS.md]
+The fresh-process rows (hits, `--version`, the floors) are measured interleaved: each
+round runs every command once, in turn, so that drift in the machine's load touches
+them alike. `--compare NAME=PATH` adds the hit of another build of `xcache` (an older
+commit, the same code linked differently) to those rounds.
+
+Usage: benches/process_hit.py [--runs N] [--compare NAME=PATH]... [--write docs/BENCHMARKS.md]
 Needs: a release build of the CLI (cargo build --release -p xcache-cli) and cc.
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -53,6 +58,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--write", help="markdown file to (re)write the section in")
+    ap.add_argument("--compare", action="append", default=[],
+                    help="NAME=PATH of another xcache binary whose hit to time alongside")
     args = ap.parse_args()
     if not os.path.exists(XCACHE):
         sys.exit("build first: cargo build --release -p xcache-cli")
@@ -95,19 +102,35 @@ def main():
         subprocess.run([XCACHE, "compile", src], env=env, check=True, stdout=subprocess.DEVNULL)
         so = json.loads(subprocess.run([XCACHE, "compile", src, "--json"], env=env, check=True,
                                        capture_output=True, text=True).stdout)["path"]
-        r["xcache_hit"] = median_time([XCACHE, "compile", src], args.runs * 3, env)
-        r["xcache_hit_load"] = median_time([XCACHE, "compile", src, "--symbol", "kernel"],
-                                           args.runs * 3, env)
-        embed = os.path.join(ROOT, "target", "release", "examples", "embed_hit")
-        if os.path.exists(embed):
-            r["embed_hit"] = median_time([embed, src], args.runs * 3, env)
-        r["dlopen_only"] = median_time([loader, so], args.runs * 3)
-        r["true"] = median_time(["/bin/true"], args.runs * 3)
         hello_rs = os.path.join(work, "hello.rs")
         open(hello_rs, "w").write('fn main() { println!("hi"); }\n')
         hello = os.path.join(work, "hello")
         subprocess.run(["rustc", "-O", "-o", hello, hello_rs], check=True)
-        r["rust_hello"] = median_time([hello], args.runs * 3)
+        interleaved = {
+            "xcache_hit": ([XCACHE, "compile", src], env),
+            "xcache_hit_load": ([XCACHE, "compile", src, "--symbol", "kernel"], env),
+            "version": ([XCACHE, "--version"], env),
+            "dlopen_only": ([loader, so], None),
+            "true": (["/bin/true"], None),
+            "rust_hello": ([hello], None),
+        }
+        embed = os.path.join(ROOT, "target", "release", "examples", "embed_hit")
+        if os.path.exists(embed):
+            interleaved["embed_hit"] = ([embed, src], env)
+        compared = []
+        for spec in args.compare:
+            name, path = spec.split("=", 1)
+            subprocess.run([path, "compile", src], env=env, check=True, stdout=subprocess.DEVNULL)
+            interleaved["cmp:" + name] = ([path, "compile", src], env)
+            compared.append(name)
+        times = {k: [] for k in interleaved}
+        for _ in range(args.runs * 3):
+            for k, (cmd, e) in interleaved.items():
+                t = time.perf_counter()
+                subprocess.run(cmd, check=True, env=e, stdout=subprocess.DEVNULL)
+                times[k].append(time.perf_counter() - t)
+        for k, v in times.items():
+            r[k] = statistics.median(v)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -125,16 +148,20 @@ def main():
          f"**{ms['xcache_hit_load'] / ms['dlopen_only']:.2f}×** dlopen-only (budget ≤ 1.2×)"),
         *([("minimal embedding binary (`examples/embed_hit.rs`): hit, dlopen, dlsym", ms["embed_hit"],
             f"**{ms['embed_hit'] / ms['dlopen_only']:.2f}×** dlopen-only (budget ≤ 1.2×)")] if "embed_hit" in ms else []),
+        ("`xcache --version`", ms["version"], f"{ms['version'] / ms['dlopen_only']:.2f}× dlopen-only"),
+        *[(f"`xcache compile`, hit, fresh process: {name}", ms["cmp:" + name],
+           f"{ms['cmp:' + name] / ms['dlopen_only']:.2f}× dlopen-only") for name in compared],
         ("C program: dlopen + dlsym only", ms["dlopen_only"], "1.00×  (process floor)"),
         ("`/bin/true`", ms["true"], "spawn floor"),
-        ("Rust `fn main() { println!(\"hi\") }`", ms["rust_hello"], "a Rust process's own floor"),
+        ("Rust `fn main() { println!(\"hi\") }`", ms["rust_hello"],
+         f"{ms['rust_hello'] / ms['dlopen_only']:.2f}× dlopen-only: a Rust process's own floor"),
     ]
     lines = [
         "## Whole-process: hit and miss of `xcache compile`",
         "",
-        f"Machine: {machine()}. "
-        f"Median of {args.runs} runs (misses, bare compile) or {args.runs * 3} (hits); "
-        "all measured in the same run.",
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.2f} at the end. "
+        f"Median of {args.runs} runs (misses, bare compile) or {args.runs * 3} interleaved "
+        "rounds (hits, `--version` and the floors); all measured in the same run.",
         "Reproduce: `cargo build --release -p xcache-cli && python3 benches/process_hit.py`.",
         "",
         "| what | median | ratio |",

@@ -3,9 +3,10 @@
 # machine can run, then one line with the totals and one per group of tests skipped,
 # with the reason. The README's test command; .ci/run runs exactly this.
 #
-# The CUDA tests (tests/cuda.rs) are #[ignore]d with their reason, so a plain
-# `cargo test` counts them as ignored, never as passed. They are run here with
-# --ignored where `xcache doctor` finds nvcc (and, for the gpu_* ones, a GPU).
+# The CUDA tests (tests/cuda.rs, tests/nvrtc.rs) are #[ignore]d with their reason, so
+# a plain `cargo test` counts them as ignored, never as passed. They are run here with
+# --ignored where `xcache doctor` finds nvcc (tests/cuda.rs; for the gpu_* ones also
+# libnvrtc and a GPU) and libnvrtc (tests/nvrtc.rs).
 #
 # Then the C ABI test (capi/tests/c_abi.rs, also #[ignore]d in the first run: it needs
 # libxcache.so, built here first) and the Python tests (python/tests, pytest) with the
@@ -25,7 +26,7 @@ trap 'rm -rf "$log" "$probe"' EXIT
 
 cargo test --workspace "$@" 2>&1 | tee -a "$log"
 
-# What this machine has, as xcache itself finds it: the nvcc and GPU checks of
+# What this machine has, as xcache itself finds it: the nvcc, NVRTC and GPU checks of
 # `xcache doctor` (pretty JSON: each check's status is on the line after its name).
 doctor=$(XCACHE_DIR="$probe/cache" XCACHE_FLAGS= XCACHE_CONFIG= \
   cargo run -q -p xcache-cli -- doctor --json || true)
@@ -37,15 +38,24 @@ status_of() {
 first_run=$(grep -cE '^test result:' "$log" || true)
 skipped=()
 if [ "$(status_of nvcc)" = ok ]; then
-  if [ "$(status_of GPU)" = ok ]; then
+  if [ "$(status_of GPU)" = ok ] && [ "$(status_of NVRTC)" = ok ]; then
     cargo test --test cuda -- --ignored --skip without_a_gpu 2>&1 | tee -a "$log"
     skipped+=("tests/cuda.rs launches_fail_cleanly_without_a_gpu: this machine has a GPU")
   else
     cargo test --test cuda -- --ignored --skip gpu_ 2>&1 | tee -a "$log"
-    skipped+=("tests/cuda.rs gpu_*: no NVIDIA GPU here (they run where one is)")
+    if [ "$(status_of GPU)" = ok ]; then
+      skipped+=("tests/cuda.rs gpu_*: no libnvrtc here (they run both compilers; install it as the README says)")
+    else
+      skipped+=("tests/cuda.rs gpu_*: no NVIDIA GPU here (they run where one is)")
+    fi
   fi
 else
   skipped+=("tests/cuda.rs, all of it: no nvcc here (install it as the README says)")
+fi
+if [ "$(status_of NVRTC)" = ok ]; then
+  cargo test --test nvrtc -- --ignored 2>&1 | tee -a "$log"
+else
+  skipped+=("tests/nvrtc.rs, all of it: no libnvrtc here (pip install nvidia-cuda-nvrtc, as the README says)")
 fi
 
 # The remote tier against a real redis-server (cli/tests/remote.rs), where one is.

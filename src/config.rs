@@ -74,7 +74,17 @@ pub const SETTINGS: &[SettingInfo] = &[
     SettingInfo {
         name: "cuda_arch",
         default: "",
-        doc: "GPU arch to build for (sm_90). Unset means the local GPU's, asked of the driver, else sm_80, whose PTX any newer GPU can run.",
+        doc: "GPU arch to build for (sm_90). Unset means the local GPU's, asked of the driver, else sm_80 for nvcc (SASS and PTX) and compute_80 PTX for NVRTC, which any newer GPU can run. compute_NN asks NVRTC for PTX only.",
+    },
+    SettingInfo {
+        name: "cuda_compiler",
+        default: "nvrtc",
+        doc: "How the CUDA templates are compiled: `nvrtc` (device code only, in-process, to a cubin launched through the driver: no host compiler, tens of milliseconds cold) or `nvcc` (a shared object holding the template's own host launchers, about a second cold). Sources with host code always go through nvcc.",
+    },
+    SettingInfo {
+        name: "nvrtc",
+        default: "",
+        doc: "The NVRTC library (libnvrtc.so, or a directory holding it). Unset means $CUDA_HOME/lib64, $CUDA_PATH/lib64, a pip-installed nvidia-cuda-nvrtc wheel, then LD_LIBRARY_PATH, beside nvcc, /usr/local/cuda and the system's library directories.",
     },
     SettingInfo {
         name: "opt_level",
@@ -250,6 +260,26 @@ pub enum CompilerCheck {
     Content,
 }
 
+/// Which compiler builds the CUDA templates (the `cuda_compiler` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CudaCompiler {
+    /// NVRTC, in-process, to a cubin launched through the driver by xcache's launcher.
+    Nvrtc,
+    /// nvcc, to a shared object holding the template's host launchers.
+    Nvcc,
+}
+
+impl CudaCompiler {
+    /// `nvrtc` or `nvcc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CudaCompiler::Nvrtc => "nvrtc",
+            CudaCompiler::Nvcc => "nvcc",
+        }
+    }
+}
+
 /// The effective settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -266,6 +296,10 @@ pub struct Config {
     pub nvcc: Option<String>,
     /// GPU arch override.
     pub cuda_arch: Option<String>,
+    /// Which compiler builds the CUDA templates.
+    pub cuda_compiler: CudaCompiler,
+    /// libnvrtc override.
+    pub nvrtc: Option<String>,
     /// Optimisation level handed to the compiler.
     pub opt_level: String,
     /// How the compiler binary is fingerprinted.
@@ -337,6 +371,8 @@ impl Config {
             cxx: None,
             nvcc: None,
             cuda_arch: None,
+            cuda_compiler: CudaCompiler::Nvrtc,
+            nvrtc: None,
             opt_level: String::new(),
             compiler_check: CompilerCheck::Mtime,
             compile_timeout: Duration::ZERO,
@@ -612,6 +648,14 @@ impl Config {
                 }
                 self.cuda_arch = opt(value);
             }
+            "cuda_compiler" => {
+                self.cuda_compiler = match value {
+                    "nvrtc" => CudaCompiler::Nvrtc,
+                    "nvcc" => CudaCompiler::Nvcc,
+                    _ => return Err(bad("`nvrtc` or `nvcc`")),
+                }
+            }
+            "nvrtc" => self.nvrtc = opt(value),
             "opt_level" => {
                 if !matches!(value, "0" | "1" | "2" | "3" | "s" | "z") {
                     return Err(bad("one of 0, 1, 2, 3, s, z"));
@@ -678,6 +722,8 @@ impl Config {
                     "cxx" => self.cxx.clone().unwrap_or_default(),
                     "nvcc" => self.nvcc.clone().unwrap_or_default(),
                     "cuda_arch" => self.cuda_arch.clone().unwrap_or_default(),
+                    "cuda_compiler" => self.cuda_compiler.as_str().into(),
+                    "nvrtc" => self.nvrtc.clone().unwrap_or_default(),
                     "opt_level" => self.opt_level.clone(),
                     "compile_timeout" => format_duration(self.compile_timeout),
                     "compiler_check" => match self.compiler_check {

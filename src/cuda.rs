@@ -1,6 +1,16 @@
-//! Running the CUDA templates from Rust, without a CUDA crate: device memory and
-//! synchronisation come from the `cuda/support` template, compiled through the cache
-//! like any other (its static CUDA runtime needs only the driver at run time).
+//! Running the CUDA templates from Rust, without a CUDA crate: device memory, contexts
+//! and launches go through the driver API ([`crate::driver`], `libcuda.so.1` loaded at
+//! run time), and each template's kernels are built one of two ways, per the
+//! `cuda_compiler` setting:
+//!
+//! - `nvrtc` (the default): the template's kernels alone, compiled in-process by NVRTC
+//!   to a cubin ([`crate::cuda_module`]), loaded with `cuModuleLoadData` and launched by
+//!   xcache's launcher ([`crate::cuda_launch`]), which makes the template's launch
+//!   decisions (kernel, grid, shared memory, workspace) in Rust. No host compiler runs.
+//! - `nvcc`: the template with its own host launcher (`xc_elemwise`, ...), compiled by
+//!   nvcc into a shared object and called through its C ABI.
+//!
+//! Both give the same results (the same kernels, the same grids) and the same API.
 //!
 //! ```no_run
 //! # fn main() -> xcache::Result<()> {
@@ -14,24 +24,24 @@
 //! # Ok(()) }
 //! ```
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::collections::HashMap;
+use std::ffi::c_void;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::compile::TemplateRequest;
+use crate::config::CudaCompiler;
+use crate::cuda_launch::{Arg, ElemwisePlan, GemmPlan, Launch, ReducePlan};
+use crate::cuda_module::CudaModule;
+use crate::driver::{Context, Driver, Function, MemPool};
 use crate::error::{Error, Result};
 use crate::kernels::Element;
 use crate::runtime::{Compiled, Jit, Symbol};
-
-type MallocFn = unsafe extern "C" fn(*mut *mut c_void, usize) -> c_int;
-type FreeFn = unsafe extern "C" fn(*mut c_void) -> c_int;
-type CopyFn = unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int;
-type SyncFn = unsafe extern "C" fn() -> c_int;
-type DeviceFn =
-    unsafe extern "C" fn(*mut c_int, *mut c_int, *mut c_int, *mut c_char, c_int) -> c_int;
-type ErrorStringFn = unsafe extern "C" fn(c_int) -> *const c_char;
+use crate::store::key::Key;
 
 /// `int xc_elemwise(int64_t n, const void *const *inputs, void *out, void *stream)`
 pub type CudaElemwiseFn =
@@ -97,34 +107,7 @@ impl GemmPrecision {
     }
 }
 
-struct Support {
-    _lib: Compiled,
-    malloc: Symbol<MallocFn>,
-    free: Symbol<FreeFn>,
-    copy: Symbol<CopyFn>,
-    sync: Symbol<SyncFn>,
-    device: Symbol<DeviceFn>,
-    error_string: Symbol<ErrorStringFn>,
-}
-
-impl Support {
-    fn check(&self, code: c_int, what: &str) -> Result<()> {
-        if code == 0 {
-            return Ok(());
-        }
-        // SAFETY: cudaGetErrorString returns a static string for any code.
-        let msg = unsafe { CStr::from_ptr((self.error_string)(code)) }
-            .to_string_lossy()
-            .into_owned();
-        Err(Error::Cuda {
-            what: what.to_string(),
-            code,
-            message: msg,
-        })
-    }
-}
-
-/// The GPU the CUDA runtime uses.
+/// The GPU the handle uses.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceInfo {
     /// Marketing name.
@@ -137,94 +120,364 @@ pub struct DeviceInfo {
     pub sms: i32,
 }
 
-/// A handle on the CUDA runtime through the `cuda/support` template.
+struct Inner {
+    driver: &'static Driver,
+    /// The device's primary context (retained for the life of the process).
+    ctx: usize,
+    device: i32,
+    info: DeviceInfo,
+}
+
+impl Inner {
+    /// The context to work in: the current one, else ours made current.
+    fn enter(&self) -> Result<Context> {
+        self.driver.enter(self.ctx as Context)
+    }
+}
+
+/// A handle on a GPU through the driver API.
 #[derive(Clone)]
 pub struct Cuda {
-    support: Arc<Support>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Cuda")
+        write!(f, "Cuda({})", self.inner.info.name)
     }
 }
 
 impl Jit {
-    /// Compiles (once) the CUDA support library and checks that a GPU is usable: an
-    /// error says why not (no nvcc, no driver, no device).
+    /// A handle on the GPU of the current CUDA context (else the first GPU, through its
+    /// primary context, which the CUDA runtime shares). An error says why there is none
+    /// (no driver, no device). Compiles nothing; with `cuda_compiler=nvrtc`, starts
+    /// loading libnvrtc in the background ([`crate::compile::nvrtc::preload_in_background`]).
     pub fn cuda(&self) -> Result<Cuda> {
-        if let Err(why) = crate::gpu::probe() {
-            return Err(Error::Cuda {
-                what: "looking for a GPU".into(),
-                code: 100,
-                message: format!(
-                    "{why}. Fix: run on a machine with an NVIDIA GPU and its driver, or use the C templates (--device cpu)"
-                ),
-            });
+        let no_gpu = |why: String| {
+            Error::Cuda {
+            what: "looking for a GPU".into(),
+            code: 100,
+            message: format!(
+                "{why}. Fix: run on a machine with an NVIDIA GPU and its driver, or use the C templates (--device cpu)"
+            ),
         }
-        let lib = self.compile_template(&TemplateRequest::new("cuda/support"))?;
-        // SAFETY: the support template exports these with these signatures.
-        let support = unsafe {
-            Support {
-                malloc: lib.symbol("xc_cuda_malloc")?,
-                free: lib.symbol("xc_cuda_free")?,
-                copy: lib.symbol("xc_cuda_copy")?,
-                sync: lib.symbol("xc_cuda_sync")?,
-                device: lib.symbol("xc_cuda_device")?,
-                error_string: lib.symbol("xc_cuda_error_string")?,
-                _lib: lib,
-            }
         };
-        let cuda = Cuda {
-            support: Arc::new(support),
+        let driver = Driver::get().map_err(no_gpu)?;
+        if self.config().cuda_compiler == CudaCompiler::Nvrtc {
+            crate::compile::nvrtc::preload_in_background(
+                self.config().clone(),
+                self.store().clone(),
+            );
+        }
+        let (device, ctx) = driver.primary_context(0)?;
+        driver.enter(ctx)?;
+        let info = DeviceInfo {
+            name: driver.device_name(device)?,
+            major: driver.attribute(device, crate::driver::ATTR_CC_MAJOR)?,
+            minor: driver.attribute(device, crate::driver::ATTR_CC_MINOR)?,
+            sms: driver.attribute(device, crate::driver::ATTR_MULTIPROCESSOR_COUNT)?,
         };
-        cuda.device()?;
-        Ok(cuda)
+        Ok(Cuda {
+            inner: Arc::new(Inner {
+                driver,
+                ctx: ctx as usize,
+                device,
+                info,
+            }),
+        })
+    }
+}
+
+/// What a kernel handle was built from: the entry, whether this request compiled it,
+/// and by which compiler.
+#[derive(Debug, Clone)]
+pub struct CudaBuild {
+    /// The key.
+    pub key: Key,
+    /// The artifact in the cache: a cubin (NVRTC) or a shared object (nvcc).
+    pub path: PathBuf,
+    /// True when no compiler ran for this request.
+    pub hit: bool,
+    /// How long the compile took when the entry was built (what a hit saved), in ms.
+    pub compile_ms: u64,
+    /// Wall time of this request, the module's load through the driver included.
+    pub elapsed: Duration,
+    /// Time spent waiting for other processes' locks.
+    pub lock_wait: Duration,
+    /// What the compiler printed although it succeeded (only when it ran now).
+    pub compiler_output: String,
+    /// Cache faults repaired while serving it.
+    pub warnings: Vec<String>,
+    /// Which compiler built it.
+    pub compiler: CudaCompiler,
+}
+
+impl CudaBuild {
+    fn nvcc(c: &Compiled) -> CudaBuild {
+        CudaBuild {
+            key: c.key,
+            path: c.path.clone(),
+            hit: c.hit,
+            compile_ms: c.compile_ms,
+            elapsed: c.elapsed,
+            lock_wait: c.lock_wait,
+            compiler_output: c.compiler_output.clone(),
+            warnings: c.warnings.clone(),
+            compiler: CudaCompiler::Nvcc,
+        }
+    }
+
+    fn nvrtc(m: &CudaModule, elapsed: Duration) -> CudaBuild {
+        CudaBuild {
+            key: m.key,
+            path: m.path.clone(),
+            hit: m.hit,
+            compile_ms: m.compile_ms,
+            elapsed,
+            lock_wait: m.lock_wait,
+            compiler_output: m.compiler_output.clone(),
+            warnings: m.warnings.clone(),
+            compiler: CudaCompiler::Nvrtc,
+        }
+    }
+}
+
+/// A kernel function of a loaded module, per context, with what the launcher asked of
+/// it (occupancies, a raised shared-memory limit).
+struct FuncState {
+    f: Function,
+    smem_limit: u32,
+    occupancy: Vec<((u32, u32), Option<i32>)>,
+}
+
+/// A module loaded through the driver, and its kernels found by name.
+pub struct CudaKernels {
+    module: CudaModule,
+    cuda: Cuda,
+    funcs: Mutex<HashMap<(usize, String), FuncState>>,
+}
+
+// SAFETY: function handles are usable from any thread of their context's process; the
+// map is behind a mutex.
+unsafe impl Send for CudaKernels {}
+// SAFETY: as above.
+unsafe impl Sync for CudaKernels {}
+
+impl std::fmt::Debug for CudaKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaKernels({:?})", self.module.path)
+    }
+}
+
+/// Stream-ordered pools for launch workspaces, one per device, kept for the life of the
+/// process (as the nvcc launchers keep theirs).
+fn pool(d: &Driver, dev: i32) -> Option<MemPool> {
+    static POOLS: OnceLock<Mutex<HashMap<i32, Option<usize>>>> = OnceLock::new();
+    let mut m = POOLS.get_or_init(Default::default).lock().unwrap();
+    m.entry(dev)
+        .or_insert_with(|| d.create_pool(dev).map(|p| p as usize))
+        .map(|p| p as MemPool)
+}
+
+impl CudaKernels {
+    fn with_func<R>(
+        &self,
+        ctx: Context,
+        name: &str,
+        f: impl FnOnce(&Driver, &mut FuncState) -> Result<R>,
+    ) -> Result<R> {
+        let d = self.cuda.inner.driver;
+        let mut funcs = self.funcs.lock().unwrap();
+        let key = (ctx as usize, name.to_string());
+        if !funcs.contains_key(&key) {
+            let m = self.module.image.module_in(d, ctx)?;
+            let func = d.function(m, name)?;
+            funcs.insert(
+                key.clone(),
+                FuncState {
+                    f: func,
+                    smem_limit: 48 * 1024,
+                    occupancy: Vec::new(),
+                },
+            );
+        }
+        f(d, funcs.get_mut(&key).expect("inserted"))
+    }
+
+    /// Loads the module into the current context and finds `names` there, so that
+    /// errors (a missing kernel, a module this GPU cannot run) show at once.
+    fn prepare(&self, names: &[&str]) -> Result<()> {
+        let ctx = self.cuda.inner.enter()?;
+        for n in names {
+            self.with_func(ctx, n, |_, _| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Queues `launches` on the default stream.
+    fn run(&self, ctx: Context, launches: &[Launch]) -> Result<()> {
+        for l in launches {
+            self.with_func(ctx, &l.kernel, |d, fs| {
+                if l.smem > fs.smem_limit {
+                    d.set_max_dynamic_shared(fs.f, l.smem as i32)?;
+                    fs.smem_limit = l.smem;
+                }
+                let mut slots: Vec<u64> = l
+                    .args
+                    .iter()
+                    .map(|a| match *a {
+                        Arg::I64(v) => v as u64,
+                        // Little-endian: the int's bytes first, where the driver reads it.
+                        Arg::I32(v) => v as u32 as u64,
+                        Arg::Ptr(p) => p,
+                    })
+                    .collect();
+                let mut params: Vec<*mut c_void> = slots
+                    .iter_mut()
+                    .map(|s| s as *mut u64 as *mut c_void)
+                    .collect();
+                // SAFETY: the plan's arguments have the kernel's parameter types (the
+                // templates' signatures, mirrored by `cuda_launch`); each slot holds one.
+                let rc = unsafe {
+                    d.launch(
+                        fs.f,
+                        l.grid,
+                        l.block,
+                        l.smem,
+                        std::ptr::null_mut(),
+                        &mut params,
+                    )
+                };
+                d.check(rc, || format!("launching {}", l.kernel))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Plans with `plan` (asking this module's kernels' occupancy and the pool's
+    /// workspace), queues the launches, then frees the workspace in stream order.
+    fn plan_and_run(
+        &self,
+        plan: impl FnOnce(&mut dyn crate::cuda_launch::Device) -> Result<Vec<Launch>>,
+    ) -> Result<()> {
+        let ctx = self.cuda.inner.enter()?;
+        let mut dev = Planner {
+            kernels: self,
+            ctx,
+            dev: self
+                .cuda
+                .inner
+                .driver
+                .current_device()
+                .unwrap_or(self.cuda.inner.device),
+            taken: Vec::new(),
+        };
+        let launches = plan(&mut dev);
+        let r = launches.and_then(|l| self.run(ctx, &l));
+        let d = self.cuda.inner.driver;
+        for p in dev.taken {
+            d.free_async(p, std::ptr::null_mut());
+        }
+        r
+    }
+
+    /// The module these kernels come from.
+    pub fn module(&self) -> &CudaModule {
+        &self.module
+    }
+
+    /// Queues the kernel `name` (an extern "C" `__global__` function of the module) on
+    /// the default stream.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number and type, and every pointer
+    /// must address what the kernel will touch.
+    pub unsafe fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        let ctx = self.cuda.inner.enter()?;
+        self.run(
+            ctx,
+            &[Launch {
+                kernel: name.into(),
+                grid,
+                block,
+                smem,
+                args: args.to_vec(),
+            }],
+        )
+    }
+}
+
+/// The device as a plan sees it.
+struct Planner<'k> {
+    kernels: &'k CudaKernels,
+    ctx: Context,
+    dev: i32,
+    taken: Vec<u64>,
+}
+
+impl crate::cuda_launch::Device for Planner<'_> {
+    fn sms(&self) -> i64 {
+        self.kernels.cuda.inner.info.sms as i64
+    }
+
+    fn per_sm(&mut self, kernel: &str, threads: u32, smem: u32) -> Option<i32> {
+        self.kernels
+            .with_func(self.ctx, kernel, |d, fs| {
+                if let Some((_, n)) = fs.occupancy.iter().find(|(k, _)| *k == (threads, smem)) {
+                    return Ok(*n);
+                }
+                if smem > fs.smem_limit {
+                    // As the C launcher: raise the limit, then ask (a failure is 0).
+                    if d.set_max_dynamic_shared(fs.f, smem as i32).is_ok() {
+                        fs.smem_limit = smem;
+                    }
+                }
+                let n = d.occupancy(fs.f, threads as i32, smem as usize).ok();
+                fs.occupancy.push(((threads, smem), n));
+                Ok(n)
+            })
+            .ok()
+            .flatten()
+    }
+
+    fn workspace(&mut self, bytes: usize) -> Option<u64> {
+        let d = self.kernels.cuda.inner.driver;
+        let p = d.alloc_async(pool(d, self.dev)?, bytes, std::ptr::null_mut())?;
+        self.taken.push(p);
+        Some(p)
     }
 }
 
 impl Cuda {
-    /// The current device.
+    /// The GPU.
     pub fn device(&self) -> Result<DeviceInfo> {
-        let (mut major, mut minor, mut sms) = (0, 0, 0);
-        let mut name = [0 as c_char; 256];
-        // SAFETY: valid out-pointers and buffer length.
-        let rc = unsafe {
-            (self.support.device)(&mut major, &mut minor, &mut sms, name.as_mut_ptr(), 256)
-        };
-        self.support.check(rc, "querying the GPU")?;
-        Ok(DeviceInfo {
-            // SAFETY: NUL-terminated by the support library.
-            name: unsafe { CStr::from_ptr(name.as_ptr()) }
-                .to_string_lossy()
-                .into_owned(),
-            major,
-            minor,
-            sms,
-        })
+        Ok(self.inner.info.clone())
     }
 
     /// Waits for every queued kernel; reports the first asynchronous error.
     pub fn sync(&self) -> Result<()> {
-        // SAFETY: no arguments.
-        self.support
-            .check(unsafe { (self.support.sync)() }, "synchronising")
+        self.inner.enter()?;
+        self.inner.driver.synchronize()
     }
 
     /// `n` uninitialised elements on the device.
     pub fn alloc<T: DeviceElement>(&self, n: usize) -> Result<DeviceBuffer<T>> {
-        let mut ptr = std::ptr::null_mut();
         let bytes = n
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| Error::InvalidRequest(format!("{n} elements do not fit in memory")))?;
-        // SAFETY: a valid out-pointer.
-        let rc = unsafe { (self.support.malloc)(&mut ptr, bytes.max(1)) };
-        self.support
-            .check(rc, &format!("allocating {bytes} bytes on the GPU"))?;
+        self.inner.enter()?;
+        let p = self.inner.driver.alloc(bytes.max(1))?;
         Ok(DeviceBuffer {
-            ptr,
+            ptr: p as usize as *mut c_void,
             len: n,
-            support: Arc::clone(&self.support),
+            inner: Arc::clone(&self.inner),
             _t: PhantomData,
         })
     }
@@ -232,17 +485,44 @@ impl Cuda {
     /// A device copy of `host`.
     pub fn upload<T: DeviceElement>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
         let buf = self.alloc::<T>(host.len())?;
-        // SAFETY: both ranges hold `host.len()` elements; kind 1 is host to device.
-        let rc = unsafe {
-            (self.support.copy)(
-                buf.ptr,
+        // SAFETY: both ranges hold `host.len()` elements.
+        unsafe {
+            self.inner.driver.copy_to_device(
+                buf.ptr as u64,
                 host.as_ptr().cast(),
                 std::mem::size_of_val(host),
-                1,
-            )
+            )?
         };
-        self.support.check(rc, "copying to the GPU")?;
         Ok(buf)
+    }
+
+    /// Loads a module built by NVRTC ([`Jit::cuda_module`]) into the current context;
+    /// its kernels are then found by name ([`CudaKernels::launch`]).
+    pub fn load(&self, module: &CudaModule) -> Result<CudaKernels> {
+        let k = CudaKernels {
+            module: module.clone(),
+            cuda: self.clone(),
+            funcs: Mutex::new(HashMap::new()),
+        };
+        let ctx = self.inner.enter()?;
+        module.image.module_in(self.inner.driver, ctx)?;
+        Ok(k)
+    }
+
+    /// Renders, compiles with NVRTC (through the cache) and loads `req`, checking that
+    /// `kernels` are there.
+    fn nvrtc_kernels(
+        &self,
+        jit: &Jit,
+        req: &TemplateRequest,
+        kernels: &[&str],
+    ) -> Result<(CudaKernels, String, CudaBuild)> {
+        let start = std::time::Instant::now();
+        let (module, src) = jit.nvrtc_template(req)?;
+        let k = self.load(&module)?;
+        k.prepare(kernels)?;
+        let build = CudaBuild::nvrtc(&module, start.elapsed());
+        Ok((k, String::from_utf8_lossy(&src.source).into_owned(), build))
     }
 
     /// Compiles (once) and loads the `cuda/elemwise` template for `T`.
@@ -256,13 +536,25 @@ impl Cuda {
             .param("dtype", T::DTYPE)
             .param("arity", arity)
             .param("expr", expr);
-        let compiled = jit.compile_template(&req)?;
-        // SAFETY: the template exports xc_elemwise with this ABI.
-        let f = unsafe { compiled.symbol::<CudaElemwiseFn>("xc_elemwise")? };
+        let (launcher, build) = match jit.config().cuda_compiler {
+            CudaCompiler::Nvcc => {
+                let compiled = jit.compile_template(&req)?;
+                // SAFETY: the template exports xc_elemwise with this ABI.
+                let f = unsafe { compiled.symbol::<CudaElemwiseFn>("xc_elemwise")? };
+                (Backend::Nvcc(f), CudaBuild::nvcc(&compiled))
+            }
+            CudaCompiler::Nvrtc => {
+                let (k, src, build) = self.nvrtc_kernels(jit, &req, &["xc_vector", "xc_scalar"])?;
+                (
+                    Backend::Nvrtc(Box::new(k), ElemwisePlan::parse(&src)?),
+                    build,
+                )
+            }
+        };
         Ok(CudaElemwise {
-            f,
+            launcher,
             arity,
-            compiled,
+            build,
             cuda: self.clone(),
             _t: PhantomData,
         })
@@ -287,13 +579,27 @@ impl Cuda {
             .param("op", op)
             .param("pre", pre)
             .param("axis", axis);
-        let compiled = jit.compile_template(&req)?;
-        // SAFETY: the template exports xc_reduce with this ABI.
-        let f = unsafe { compiled.symbol::<CudaReduceFn>("xc_reduce")? };
+        let (launcher, build) = match jit.config().cuda_compiler {
+            CudaCompiler::Nvcc => {
+                let compiled = jit.compile_template(&req)?;
+                // SAFETY: the template exports xc_reduce with this ABI.
+                let f = unsafe { compiled.symbol::<CudaReduceFn>("xc_reduce")? };
+                (Backend::Nvcc(f), CudaBuild::nvcc(&compiled))
+            }
+            CudaCompiler::Nvrtc => {
+                let first = if axis == 1 {
+                    "xc_rows_finish"
+                } else {
+                    "xc_cols_finish"
+                };
+                let (k, src, build) = self.nvrtc_kernels(jit, &req, &[first])?;
+                (Backend::Nvrtc(Box::new(k), ReducePlan::parse(&src)?), build)
+            }
+        };
         Ok(CudaReduce {
-            f,
+            launcher,
             axis,
-            compiled,
+            build,
             cuda: self.clone(),
             _t: PhantomData,
         })
@@ -318,21 +624,30 @@ impl Cuda {
             .param("dtype", T::DTYPE)
             .param("relu", relu)
             .param("precision", precision.as_str());
-        let compiled = jit.compile_template(&req)?;
-        // SAFETY: the template exports xc_gemm_bias with this ABI.
-        let f = unsafe { compiled.symbol::<CudaGemmBiasFn>("xc_gemm_bias")? };
+        let (launcher, build) = match jit.config().cuda_compiler {
+            CudaCompiler::Nvcc => {
+                let compiled = jit.compile_template(&req)?;
+                // SAFETY: the template exports xc_gemm_bias with this ABI.
+                let f = unsafe { compiled.symbol::<CudaGemmBiasFn>("xc_gemm_bias")? };
+                (Backend::Nvcc(f), CudaBuild::nvcc(&compiled))
+            }
+            CudaCompiler::Nvrtc => {
+                let (k, src, build) = self.nvrtc_kernels(jit, &req, &["xc_gemm_c0_v"])?;
+                (Backend::Nvrtc(Box::new(k), GemmPlan::parse(&src)?), build)
+            }
+        };
         Ok(CudaGemm {
-            f,
+            launcher,
             precision,
-            compiled,
+            build,
             cuda: self.clone(),
             _t: PhantomData,
         })
     }
 
+    /// Maps an nvcc launcher's return code: its own refusals are negative, a CUDA
+    /// runtime error positive (a `cudaError_t`).
     fn launched(&self, code: i32, kernel: &str) -> Result<()> {
-        // The launchers return their own refusals as negative codes, a CUDA error as
-        // the (positive) cudaError_t.
         match code {
             0 => Ok(()),
             -1 => Err(Error::InvalidRequest(format!(
@@ -344,16 +659,45 @@ impl Cuda {
             c if c < 0 => Err(Error::InvalidRequest(format!(
                 "{kernel}: refused the call (code {c})"
             ))),
-            c => self.support.check(c, &format!("launching {kernel}")),
+            c => Err(Error::Cuda {
+                what: format!("launching {kernel}"),
+                code: c,
+                message: runtime_error_name(c),
+            }),
         }
     }
+}
+
+/// The names of common `cudaError_t` values (the nvcc launchers return them; xcache
+/// loads no CUDA runtime of its own to ask).
+pub fn runtime_error_name(code: i32) -> String {
+    let name = match code {
+        1 => "cudaErrorInvalidValue",
+        2 => "cudaErrorMemoryAllocation",
+        3 => "cudaErrorInitializationError",
+        9 => "cudaErrorInvalidConfiguration",
+        35 => "cudaErrorInsufficientDriver",
+        98 => "cudaErrorInvalidDeviceFunction",
+        100 => "cudaErrorNoDevice",
+        101 => "cudaErrorInvalidDevice",
+        209 => "cudaErrorNoKernelImageForDevice",
+        222 => "cudaErrorUnsupportedPtxVersion",
+        400 => "cudaErrorInvalidResourceHandle",
+        700 => "cudaErrorIllegalAddress",
+        701 => "cudaErrorLaunchOutOfResources",
+        719 => "cudaErrorLaunchFailure",
+        801 => "cudaErrorNotSupported",
+        999 => "cudaErrorUnknown",
+        _ => return format!("cudaError_t {code} (see the CUDA runtime's cudaError enum)"),
+    };
+    format!("{name} ({code})")
 }
 
 /// Elements of `T` in GPU memory, freed on drop.
 pub struct DeviceBuffer<T> {
     ptr: *mut c_void,
     len: usize,
-    support: Arc<Support>,
+    inner: Arc<Inner>,
     _t: PhantomData<T>,
 }
 
@@ -389,6 +733,11 @@ impl<T: DeviceElement> DeviceBuffer<T> {
         self.ptr
     }
 
+    /// The device address as a kernel argument ([`CudaKernels::launch`]).
+    pub fn arg(&self) -> Arg {
+        Arg::Ptr(self.ptr as u64)
+    }
+
     /// A device address `offset` elements in (for misaligned views in tests).
     pub fn ptr_at(&self, offset: usize) -> *const c_void {
         assert!(offset <= self.len);
@@ -399,16 +748,14 @@ impl<T: DeviceElement> DeviceBuffer<T> {
     /// Copies the buffer back (waits for queued work on the default stream).
     pub fn download(&self) -> Result<Vec<T>> {
         let mut out: Vec<T> = Vec::with_capacity(self.len);
-        // SAFETY: `out` has room for len elements; kind 2 is device to host; set_len
-        // only after the copy succeeded.
+        self.inner.enter()?;
+        // SAFETY: `out` has room for len elements; set_len only after the copy succeeded.
         unsafe {
-            let rc = (self.support.copy)(
+            self.inner.driver.copy_to_host(
                 out.as_mut_ptr().cast(),
-                self.ptr,
+                self.ptr as u64,
                 self.len * std::mem::size_of::<T>(),
-                2,
-            );
-            self.support.check(rc, "copying from the GPU")?;
+            )?;
             out.set_len(self.len);
         }
         Ok(out)
@@ -417,17 +764,35 @@ impl<T: DeviceElement> DeviceBuffer<T> {
 
 impl<T> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
-        // SAFETY: allocated by xc_cuda_malloc, freed once.
-        unsafe { (self.support.free)(self.ptr) };
+        // A context must be current to free (ours, when the thread has none).
+        if self.inner.enter().is_ok() {
+            self.inner.driver.free(self.ptr as u64);
+        }
+    }
+}
+
+/// How a handle launches: an nvcc launcher's symbol, or xcache's launcher over NVRTC's
+/// kernels with the template's launch data.
+enum Backend<F: Copy, P> {
+    Nvcc(Symbol<F>),
+    Nvrtc(Box<CudaKernels>, P),
+}
+
+impl<F: Copy, P> std::fmt::Debug for Backend<F, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Nvcc(_) => f.write_str("nvcc"),
+            Backend::Nvrtc(k, _) => write!(f, "nvrtc({k:?})"),
+        }
     }
 }
 
 /// A compiled `cuda/elemwise` kernel.
 #[derive(Debug)]
 pub struct CudaElemwise<T> {
-    f: Symbol<CudaElemwiseFn>,
+    launcher: Backend<CudaElemwiseFn, ElemwisePlan>,
     arity: usize,
-    compiled: Compiled,
+    build: CudaBuild,
     cuda: Cuda,
     _t: PhantomData<T>,
 }
@@ -462,22 +827,34 @@ impl<T: Element> CudaElemwise<T> {
                 inputs.len()
             )));
         }
-        let code = (self.f)(n as i64, inputs.as_ptr(), out, std::ptr::null_mut());
-        self.cuda.launched(code, "xc_elemwise")
+        match &self.launcher {
+            Backend::Nvcc(f) => {
+                let code = f(n as i64, inputs.as_ptr(), out, std::ptr::null_mut());
+                self.cuda.launched(code, "xc_elemwise")
+            }
+            Backend::Nvrtc(k, plan) => {
+                let ins: Vec<u64> = inputs.iter().map(|&p| p as u64).collect();
+                let sms = self.cuda.inner.info.sms as i64;
+                let n = i64::try_from(n).map_err(|_| {
+                    Error::InvalidRequest("xc_elemwise: a size is negative or too large".into())
+                })?;
+                k.plan_and_run(|_| plan.plan(sms, n, &ins, out as u64))
+            }
+        }
     }
 
-    /// The compiled library.
-    pub fn compiled(&self) -> &Compiled {
-        &self.compiled
+    /// What the kernel was built from, and how.
+    pub fn compiled(&self) -> &CudaBuild {
+        &self.build
     }
 }
 
 /// A compiled `cuda/reduce` kernel.
 #[derive(Debug)]
 pub struct CudaReduce<T> {
-    f: Symbol<CudaReduceFn>,
+    launcher: Backend<CudaReduceFn, ReducePlan>,
     axis: usize,
-    compiled: Compiled,
+    build: CudaBuild,
     cuda: Cuda,
     _t: PhantomData<T>,
 }
@@ -504,16 +881,7 @@ impl<T: Element> CudaReduce<T> {
             )));
         }
         // SAFETY: sizes checked; device pointers.
-        let code = unsafe {
-            (self.f)(
-                rows as i64,
-                cols as i64,
-                input.ptr,
-                out.ptr,
-                std::ptr::null_mut(),
-            )
-        };
-        self.cuda.launched(code, "xc_reduce")
+        unsafe { self.launch_raw(rows, cols, input.ptr, out.ptr) }
     }
 
     /// Queues the reduction of a `rows x cols` matrix at raw device addresses (any
@@ -529,8 +897,21 @@ impl<T: Element> CudaReduce<T> {
         input: *const c_void,
         out: *mut c_void,
     ) -> Result<()> {
-        let code = (self.f)(rows as i64, cols as i64, input, out, std::ptr::null_mut());
-        self.cuda.launched(code, "xc_reduce")
+        match &self.launcher {
+            Backend::Nvcc(f) => {
+                let code = f(rows as i64, cols as i64, input, out, std::ptr::null_mut());
+                self.cuda.launched(code, "xc_reduce")
+            }
+            Backend::Nvrtc(k, plan) => {
+                let size = |x: usize| {
+                    i64::try_from(x).map_err(|_| {
+                        Error::InvalidRequest("xc_reduce: a size is negative or too large".into())
+                    })
+                };
+                let (rows, cols) = (size(rows)?, size(cols)?);
+                k.plan_and_run(|d| plan.plan(d, rows, cols, input as u64, out as u64))
+            }
+        }
     }
 
     /// The axis reduced: 1 (each row) or 0 (the leading axis).
@@ -538,18 +919,18 @@ impl<T: Element> CudaReduce<T> {
         self.axis
     }
 
-    /// The compiled library.
-    pub fn compiled(&self) -> &Compiled {
-        &self.compiled
+    /// What the kernel was built from, and how.
+    pub fn compiled(&self) -> &CudaBuild {
+        &self.build
     }
 }
 
 /// A compiled `cuda/gemm` kernel.
 #[derive(Debug)]
 pub struct CudaGemm<T> {
-    f: Symbol<CudaGemmBiasFn>,
+    launcher: Backend<CudaGemmBiasFn, GemmPlan>,
     precision: GemmPrecision,
-    compiled: Compiled,
+    build: CudaBuild,
     cuda: Cuda,
     _t: PhantomData<T>,
 }
@@ -624,20 +1005,30 @@ impl<T: Element> CudaGemm<T> {
             )));
         }
         let bias = bias.map_or(std::ptr::null(), |v| v.ptr as *const c_void);
-        // SAFETY: sizes checked; device pointers.
-        let code = unsafe {
-            (self.f)(
-                m as i64,
-                n as i64,
-                k as i64,
-                a,
-                b,
-                bias,
-                c.ptr,
-                std::ptr::null_mut(),
-            )
-        };
-        self.cuda.launched(code, "xc_gemm")
+        match &self.launcher {
+            Backend::Nvcc(f) => {
+                // SAFETY: sizes checked; device pointers.
+                let code = unsafe {
+                    f(
+                        m as i64,
+                        n as i64,
+                        k as i64,
+                        a,
+                        b,
+                        bias,
+                        c.ptr,
+                        std::ptr::null_mut(),
+                    )
+                };
+                self.cuda.launched(code, "xc_gemm")
+            }
+            Backend::Nvrtc(kernels, plan) => {
+                let major = self.cuda.inner.info.major;
+                let dims = (m as i64, n as i64, k as i64);
+                let ptrs = (a as u64, b as u64, bias as u64, c.ptr as u64);
+                kernels.plan_and_run(|d| plan.plan(d, major, None, dims, ptrs))
+            }
+        }
     }
 
     /// The precision it was compiled for.
@@ -645,8 +1036,8 @@ impl<T: Element> CudaGemm<T> {
         self.precision
     }
 
-    /// The compiled library.
-    pub fn compiled(&self) -> &Compiled {
-        &self.compiled
+    /// What the kernel was built from, and how.
+    pub fn compiled(&self) -> &CudaBuild {
+        &self.build
     }
 }

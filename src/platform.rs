@@ -373,10 +373,12 @@ impl fmt::Display for Platform {
     }
 }
 
-/// Checks a `cuda_arch` value: `sm_` then digits, optionally a letter (`sm_90a`).
+/// Checks a `cuda_arch` value: `sm_` (or `compute_`, PTX only) then digits, optionally a
+/// letter (`sm_90a`).
 pub fn check_cuda_arch(a: &str) -> std::result::Result<(), String> {
     let rest = a
         .strip_prefix("sm_")
+        .or_else(|| a.strip_prefix("compute_"))
         .ok_or("an arch such as sm_80 or sm_90a")?;
     let digits = rest.trim_end_matches(|c: char| c.is_ascii_lowercase());
     if digits.len() >= 2

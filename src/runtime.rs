@@ -244,6 +244,7 @@ pub struct Jit {
     loaded: Mutex<HashMap<Key, Slot>>,
     memo: Mutex<Memo>,
     stats: Arc<crate::store::stats::Recorder>,
+    cuda_modules: crate::cuda_module::JitModules,
 }
 
 impl Jit {
@@ -280,7 +281,13 @@ impl Jit {
             templates: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             memo: Mutex::new(HashMap::new()),
+            cuda_modules: Default::default(),
         })
+    }
+
+    /// This Jit's NVRTC library and modules (see [`crate::cuda_module`]).
+    pub(crate) fn cuda_modules(&self) -> &crate::cuda_module::JitModules {
+        &self.cuda_modules
     }
 
     /// The store.

@@ -32,24 +32,54 @@ fn jit_with_nvcc(tc: &TestCache) -> Jit {
     jit
 }
 
-/// A Jit for the local GPU's own arch (no override), with nvcc and a GPU; as above, a
-/// test asked for where they are not fails.
-fn gpu_jit(tc: &TestCache) -> (Jit, Cuda) {
-    let jit = Jit::new(tc.config()).unwrap();
-    if let Err(e) = jit.host_tool(Language::Cuda) {
-        panic!("{NEEDS_NVCC}; none here: {e}");
-    }
-    match jit.cuda() {
-        Ok(cuda) => (jit, cuda),
-        Err(e) => {
-            panic!("needs an NVIDIA GPU (scripts/test.sh runs it where one is); none here: {e}")
-        }
-    }
+/// A Jit for the local GPU's own arch (no override) with each CUDA compiler, and a
+/// GPU handle: every GPU test runs the templates through NVRTC (xcache's launcher) and
+/// through nvcc (the templates' own launchers), against the same references. As above,
+/// a test asked for where nvcc, NVRTC or a GPU is missing fails.
+fn gpu_jits(tc: &TestCache) -> Vec<(Jit, Cuda)> {
+    // XC_GPU_COMPILERS=nvrtc (or nvcc) runs one of them, for a quick check.
+    let wanted = std::env::var("XC_GPU_COMPILERS").unwrap_or_else(|_| "nvrtc,nvcc".into());
+    ["nvrtc", "nvcc"]
+        .into_iter()
+        .filter(|c| wanted.split(',').any(|w| w.trim() == *c))
+        .map(|compiler| {
+            let mut c = tc.config();
+            c.set("cuda_compiler", compiler).unwrap();
+            let jit = Jit::new(c).unwrap();
+            if let Err(e) = jit.host_tool(Language::Cuda) {
+                panic!("{NEEDS_NVCC}; none here: {e}");
+            }
+            if let Err(e) = jit.nvrtc() {
+                panic!(
+                    "needs libnvrtc (scripts/test.sh runs it where it is found); none here: {e}"
+                );
+            }
+            match jit.cuda() {
+                Ok(cuda) => (jit, cuda),
+                Err(e) => panic!(
+                    "needs an NVIDIA GPU (scripts/test.sh runs it where one is); none here: {e}"
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Compiles `reqs` in parallel (the GPU tests need dozens of variants; serially their
-/// nvcc runs would dominate), so that the handles' own requests are hits.
+/// compiles would dominate), with the Jit's CUDA compiler, so that the handles' own
+/// requests are hits.
 fn warm(jit: &Jit, reqs: Vec<TemplateRequest>) {
+    if jit.config().cuda_compiler == xcache::config::CudaCompiler::Nvrtc {
+        std::thread::scope(|s| {
+            for chunk in reqs.chunks(reqs.len().div_ceil(8).max(1)) {
+                s.spawn(move || {
+                    for r in chunk {
+                        jit.nvrtc_template(r).unwrap();
+                    }
+                });
+            }
+        });
+        return;
+    }
     let reqs: Vec<xcache::Request> = reqs.into_iter().map(Into::into).collect();
     for r in jit.compile_many(&reqs, 8) {
         r.unwrap();
@@ -437,43 +467,44 @@ fn gpu_elemwise<T: Num>(jit: &Jit, cuda: &Cuda) {
 #[ignore = "needs nvcc and an NVIDIA GPU: scripts/test.sh runs it where they are"]
 fn gpu_elemwise_matches_the_cpu_reference() {
     let tc = TestCache::new();
-    let (jit, cuda) = gpu_jit(&tc);
-    gpu_elemwise::<f32>(&jit, &cuda);
-    gpu_elemwise::<f64>(&jit, &cuda);
-    // int32 through the 16-byte vector path (and its scalar tail).
-    let k = cuda.elemwise::<i32>(&jit, "a*3 - b", 2).unwrap();
-    let a: Vec<i32> = (0..1003).map(|i| i * 7 - 500).collect();
-    let b: Vec<i32> = (0..1003).map(|i| 1000 - i).collect();
-    let (da, db) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
-    let mut out = cuda.alloc::<i32>(a.len()).unwrap();
-    k.launch(&[&da, &db], &mut out).unwrap();
-    let got = out.download().unwrap();
-    for i in 0..a.len() {
-        assert_eq!(got[i], a[i] * 3 - b[i], "i={i}");
-    }
-    // Integers: wrapping and safe division, as on the CPU.
-    let k = cuda.elemwise::<i64>(&jit, "a*b - a/b + abs(a)", 2).unwrap();
-    let a: Vec<i64> = vec![i64::MAX, 7, -9, i64::MIN, 5, 0];
-    let b: Vec<i64> = vec![2, 0, -1, -1, 3, 4];
-    let (da, db) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
-    let mut out = cuda.alloc::<i64>(a.len()).unwrap();
-    k.launch(&[&da, &db], &mut out).unwrap();
-    let got = out.download().unwrap();
-    for i in 0..a.len() {
-        let (x, y) = (a[i], b[i]);
-        let div = if y == 0 {
-            0
-        } else if y == -1 {
-            x.wrapping_neg()
-        } else {
-            x / y
-        };
-        let abs = if x == i64::MIN { x } else { x.abs() };
-        assert_eq!(
-            got[i],
-            x.wrapping_mul(y).wrapping_sub(div).wrapping_add(abs),
-            "i={i}"
-        );
+    for (jit, cuda) in gpu_jits(&tc) {
+        gpu_elemwise::<f32>(&jit, &cuda);
+        gpu_elemwise::<f64>(&jit, &cuda);
+        // int32 through the 16-byte vector path (and its scalar tail).
+        let k = cuda.elemwise::<i32>(&jit, "a*3 - b", 2).unwrap();
+        let a: Vec<i32> = (0..1003).map(|i| i * 7 - 500).collect();
+        let b: Vec<i32> = (0..1003).map(|i| 1000 - i).collect();
+        let (da, db) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
+        let mut out = cuda.alloc::<i32>(a.len()).unwrap();
+        k.launch(&[&da, &db], &mut out).unwrap();
+        let got = out.download().unwrap();
+        for i in 0..a.len() {
+            assert_eq!(got[i], a[i] * 3 - b[i], "i={i}");
+        }
+        // Integers: wrapping and safe division, as on the CPU.
+        let k = cuda.elemwise::<i64>(&jit, "a*b - a/b + abs(a)", 2).unwrap();
+        let a: Vec<i64> = vec![i64::MAX, 7, -9, i64::MIN, 5, 0];
+        let b: Vec<i64> = vec![2, 0, -1, -1, 3, 4];
+        let (da, db) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
+        let mut out = cuda.alloc::<i64>(a.len()).unwrap();
+        k.launch(&[&da, &db], &mut out).unwrap();
+        let got = out.download().unwrap();
+        for i in 0..a.len() {
+            let (x, y) = (a[i], b[i]);
+            let div = if y == 0 {
+                0
+            } else if y == -1 {
+                x.wrapping_neg()
+            } else {
+                x / y
+            };
+            let abs = if x == i64::MIN { x } else { x.abs() };
+            assert_eq!(
+                got[i],
+                x.wrapping_mul(y).wrapping_sub(div).wrapping_add(abs),
+                "i={i}"
+            );
+        }
     }
 }
 
@@ -528,9 +559,10 @@ fn gpu_functions_at_edge_values<T: RefFloat>(jit: &Jit, cuda: &Cuda) {
 #[ignore = "needs nvcc and an NVIDIA GPU: scripts/test.sh runs it where they are"]
 fn gpu_functions_match_numpy_and_scipy_at_edge_values() {
     let tc = TestCache::new();
-    let (jit, cuda) = gpu_jit(&tc);
-    gpu_functions_at_edge_values::<f32>(&jit, &cuda);
-    gpu_functions_at_edge_values::<f64>(&jit, &cuda);
+    for (jit, cuda) in gpu_jits(&tc) {
+        gpu_functions_at_edge_values::<f32>(&jit, &cuda);
+        gpu_functions_at_edge_values::<f64>(&jit, &cuda);
+    }
 }
 
 fn reduce_want(op: &str, v: &[f64]) -> f64 {
@@ -628,46 +660,47 @@ fn gpu_reduce<T: Num>(jit: &Jit, cuda: &Cuda) {
 #[ignore = "needs nvcc and an NVIDIA GPU: scripts/test.sh runs it where they are"]
 fn gpu_reduce_matches_the_cpu_reference() {
     let tc = TestCache::new();
-    let (jit, cuda) = gpu_jit(&tc);
-    let mut reqs = Vec::new();
-    for dtype in ["float32", "float64"] {
-        for op in ["sum", "max", "min", "mean"] {
-            for axis in ["1", "0"] {
-                reqs.push(req(
-                    "cuda/reduce",
-                    &[
-                        ("dtype", dtype),
-                        ("op", op),
-                        ("pre", "x*x - 0.25"),
-                        ("axis", axis),
-                    ],
-                ));
+    for (jit, cuda) in gpu_jits(&tc) {
+        let mut reqs = Vec::new();
+        for dtype in ["float32", "float64"] {
+            for op in ["sum", "max", "min", "mean"] {
+                for axis in ["1", "0"] {
+                    reqs.push(req(
+                        "cuda/reduce",
+                        &[
+                            ("dtype", dtype),
+                            ("op", op),
+                            ("pre", "x*x - 0.25"),
+                            ("axis", axis),
+                        ],
+                    ));
+                }
             }
         }
-    }
-    warm(&jit, reqs);
-    gpu_reduce::<f32>(&jit, &cuda);
-    gpu_reduce::<f64>(&jit, &cuda);
-    // Integer sums wrap; both axes.
-    for axis in [1, 0] {
-        let k = cuda.reduce_axis::<i32>(&jit, "sum", "x", axis).unwrap();
-        let (rows, cols) = (3, 1001);
-        let host: Vec<i32> = (0..rows * cols).map(|i| i32::MAX - i as i32).collect();
-        let input = cuda.upload(&host).unwrap();
-        let mut out = cuda
-            .alloc::<i32>(if axis == 1 { rows } else { cols })
-            .unwrap();
-        k.launch(&input, cols, &mut out).unwrap();
-        let got = out.download().unwrap();
-        for (o, g) in got.iter().enumerate() {
-            let want = if axis == 1 {
-                host[o * cols..(o + 1) * cols]
-                    .iter()
-                    .fold(0i32, |a, &b| a.wrapping_add(b))
-            } else {
-                (0..rows).fold(0i32, |a, r| a.wrapping_add(host[r * cols + o]))
-            };
-            assert_eq!(*g, want, "axis={axis} [{o}]");
+        warm(&jit, reqs);
+        gpu_reduce::<f32>(&jit, &cuda);
+        gpu_reduce::<f64>(&jit, &cuda);
+        // Integer sums wrap; both axes.
+        for axis in [1, 0] {
+            let k = cuda.reduce_axis::<i32>(&jit, "sum", "x", axis).unwrap();
+            let (rows, cols) = (3, 1001);
+            let host: Vec<i32> = (0..rows * cols).map(|i| i32::MAX - i as i32).collect();
+            let input = cuda.upload(&host).unwrap();
+            let mut out = cuda
+                .alloc::<i32>(if axis == 1 { rows } else { cols })
+                .unwrap();
+            k.launch(&input, cols, &mut out).unwrap();
+            let got = out.download().unwrap();
+            for (o, g) in got.iter().enumerate() {
+                let want = if axis == 1 {
+                    host[o * cols..(o + 1) * cols]
+                        .iter()
+                        .fold(0i32, |a, &b| a.wrapping_add(b))
+                } else {
+                    (0..rows).fold(0i32, |a, r| a.wrapping_add(host[r * cols + o]))
+                };
+                assert_eq!(*g, want, "axis={axis} [{o}]");
+            }
         }
     }
 }
@@ -841,53 +874,54 @@ fn gpu_gemm_tensor_cores(jit: &Jit, cuda: &Cuda) {
 #[ignore = "needs nvcc and an NVIDIA GPU: scripts/test.sh runs it where they are"]
 fn gpu_gemm_matches_the_cpu_reference() {
     let tc = TestCache::new();
-    let (jit, cuda) = gpu_jit(&tc);
-    let tensor_cores = cuda.device().unwrap().major >= 8;
-    let mut reqs = vec![
-        req(
-            "cuda/gemm",
-            &[
-                ("dtype", "float32"),
-                ("relu", "false"),
-                ("precision", "ieee"),
-            ],
-        ),
-        req(
-            "cuda/gemm",
-            &[
-                ("dtype", "float32"),
-                ("relu", "true"),
-                ("precision", "ieee"),
-            ],
-        ),
-        req(
-            "cuda/gemm",
-            &[
-                ("dtype", "float64"),
-                ("relu", "true"),
-                ("precision", "ieee"),
-            ],
-        ),
-    ];
-    if tensor_cores {
-        for (precision, relu) in TENSOR_CORE_CASES {
-            reqs.push(req(
+    for (jit, cuda) in gpu_jits(&tc) {
+        let tensor_cores = cuda.device().unwrap().major >= 8;
+        let mut reqs = vec![
+            req(
                 "cuda/gemm",
                 &[
                     ("dtype", "float32"),
-                    ("relu", if relu { "true" } else { "false" }),
-                    ("precision", precision.as_str()),
+                    ("relu", "false"),
+                    ("precision", "ieee"),
                 ],
-            ));
+            ),
+            req(
+                "cuda/gemm",
+                &[
+                    ("dtype", "float32"),
+                    ("relu", "true"),
+                    ("precision", "ieee"),
+                ],
+            ),
+            req(
+                "cuda/gemm",
+                &[
+                    ("dtype", "float64"),
+                    ("relu", "true"),
+                    ("precision", "ieee"),
+                ],
+            ),
+        ];
+        if tensor_cores {
+            for (precision, relu) in TENSOR_CORE_CASES {
+                reqs.push(req(
+                    "cuda/gemm",
+                    &[
+                        ("dtype", "float32"),
+                        ("relu", if relu { "true" } else { "false" }),
+                        ("precision", precision.as_str()),
+                    ],
+                ));
+            }
         }
-    }
-    warm(&jit, reqs);
-    gpu_gemm::<f32>(&jit, &cuda, &[false, true]);
-    gpu_gemm::<f64>(&jit, &cuda, &[true]);
-    if tensor_cores {
-        gpu_gemm_tensor_cores(&jit, &cuda);
-    } else {
-        eprintln!("SKIPPED: tensor-core GEMM needs compute capability 8.0");
+        warm(&jit, reqs);
+        gpu_gemm::<f32>(&jit, &cuda, &[false, true]);
+        gpu_gemm::<f64>(&jit, &cuda, &[true]);
+        if tensor_cores {
+            gpu_gemm_tensor_cores(&jit, &cuda);
+        } else {
+            eprintln!("SKIPPED: tensor-core GEMM needs compute capability 8.0");
+        }
     }
 }
 
@@ -895,14 +929,124 @@ fn gpu_gemm_matches_the_cpu_reference() {
 #[ignore = "needs nvcc and an NVIDIA GPU: scripts/test.sh runs it where they are"]
 fn gpu_demo_runs_check1() {
     let tc = TestCache::new();
-    let (jit, _cuda) = gpu_jit(&tc);
-    let r = xcache::ops::demo::check1_cuda(&jit, 100).unwrap();
-    assert!(r.ok, "{r:?}");
-    assert!(r.warm_hit);
-    assert_eq!(r.used, "gpu");
-    eprintln!(
-        "check1 on {}: {:.3} ms for 100 launches",
-        r.device,
-        r.loop_s * 1e3
+    for (jit, _cuda) in gpu_jits(&tc) {
+        let r = xcache::ops::demo::check1_cuda(&jit, 100).unwrap();
+        assert!(r.ok, "{r:?}");
+        assert!(r.warm_hit);
+        assert_eq!(r.used, "gpu");
+        // The cold request counts the kernel's compile, by the compiler configured.
+        assert_eq!(r.cold_builds.len(), 1);
+        assert_eq!(
+            r.cold_builds[0].compiler,
+            jit.config().cuda_compiler.as_str()
+        );
+        assert!(!r.cold_builds[0].cached);
+        eprintln!(
+            "check1 cold with {}: {:.1} ms (compile {} ms), warm {:.2} ms",
+            r.cold_builds[0].compiler, r.cold_ms, r.compile_ms, r.warm_ms
+        );
+        eprintln!(
+            "check1 on {}: {:.3} ms for 100 launches",
+            r.device,
+            r.loop_s * 1e3
+        );
+    }
+}
+
+/// Runs the fresh-process half of the warm-hit test: this test binary, re-executed.
+fn run_worker(base: &std::path::Path) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "gpu_worker_warm_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("XC_WORKER", "1")
+        .env("XC_BASE", base)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// The requests of the warm-hit test.
+fn warm_process_kernels(jit: &Jit, cuda: &Cuda) -> [xcache::cuda::CudaBuild; 3] {
+    [
+        cuda.elemwise::<f32>(jit, "a*exp(b)+c", 3)
+            .unwrap()
+            .compiled()
+            .clone(),
+        cuda.reduce_axis::<f32>(jit, "sum", "x*x", 1)
+            .unwrap()
+            .compiled()
+            .clone(),
+        cuda.gemm::<f32>(jit, true).unwrap().compiled().clone(),
+    ]
+}
+
+/// A warm hit in a fresh process loads the cubin (cuModuleLoadData) without compiling:
+/// NVRTC compiles nothing there, not even its probes (the key's NVRTC fingerprint comes
+/// from the compiledir's record of it), and the kernels give the right results.
+#[test]
+#[ignore = "needs nvcc and an NVIDIA GPU: scripts/test.sh runs it where they are"]
+fn gpu_nvrtc_warm_hits_in_a_fresh_process_load_the_cubin_without_compiling() {
+    let tc = TestCache::new();
+    let mut c = tc.config();
+    c.set("cuda_compiler", "nvrtc").unwrap();
+    let jit = Jit::new(c).unwrap();
+    let cuda = jit.cuda().unwrap();
+    for b in warm_process_kernels(&jit, &cuda) {
+        assert!(!b.hit, "{:?}", b.path);
+        assert!(b.path.ends_with("kernel.cubin"), "{:?}", b.path);
+    }
+    let text = run_worker(&tc.base());
+    assert!(text.contains("WARM OK"), "{text}");
+    eprintln!("{}", text.lines().find(|l| l.contains("WARM OK")).unwrap());
+}
+
+#[test]
+#[ignore = "needs nvcc and an NVIDIA GPU: scripts/test.sh runs it where they are"]
+fn gpu_worker_warm_process() {
+    let Some(base) =
+        std::env::var_os("XC_BASE").filter(|_| std::env::var_os("XC_WORKER").is_some())
+    else {
+        return; // only as the fresh process of the test above
+    };
+    let t = std::time::Instant::now();
+    let mut c = xcache::Config::defaults();
+    c.set_base_dir(base);
+    c.set("cuda_compiler", "nvrtc").unwrap();
+    let jit = Jit::new(c).unwrap();
+    let cuda = jit.cuda().unwrap();
+    let setup = t.elapsed();
+    let t = std::time::Instant::now();
+    let builds = warm_process_kernels(&jit, &cuda);
+    let requests = t.elapsed();
+    for b in &builds {
+        assert!(b.hit, "a fresh process must hit: {:?}", b.path);
+    }
+    // The kernels run, with the right results.
+    let k = cuda.elemwise::<f32>(&jit, "a*exp(b)+c", 3).unwrap();
+    let n = 1000;
+    let x: Vec<f32> = (0..n).map(|i| i as f32 / n as f32).collect();
+    let d = cuda.upload(&x).unwrap();
+    let mut out = cuda.alloc::<f32>(n).unwrap();
+    k.launch(&[&d, &d, &d], &mut out).unwrap();
+    for (i, g) in out.download().unwrap().iter().enumerate() {
+        let v = x[i] as f64;
+        assert!(close(*g as f64, v * v.exp() + v, 1e-6), "i={i}: {g}");
+    }
+    assert_eq!(
+        xcache::compile::nvrtc::compiles(),
+        0,
+        "a warm hit must not compile (not even NVRTC's probes: the compiledir records them)"
+    );
+    println!(
+        "WARM OK: 3 kernels to launchable in {:.2} ms in a fresh process (Jit + CUDA context first: {:.1} ms)",
+        requests.as_secs_f64() * 1e3,
+        setup.as_secs_f64() * 1e3
     );
 }

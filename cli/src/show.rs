@@ -89,21 +89,39 @@ pub fn demo(out: &mut impl Write, r: &DemoReport, json: bool) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    let cold = if r.cold_was_cached {
-        format!(
-            "{:.1} ms: already in the cache (it compiled in {} ms once), no compiler run",
-            r.cold_ms, r.compile_ms
-        )
-    } else {
-        format!(
-            "{:.1} ms: rendered, compiled ({} ms in the compiler), published, loaded",
-            r.cold_ms, r.compile_ms
-        )
-    };
+    // Every kernel the first request compiled or found, with its compiler.
+    let builds: Vec<String> = r
+        .cold_builds
+        .iter()
+        .map(|b| {
+            if b.cached {
+                format!(
+                    "found in the cache ({} compiled it once in {} ms)",
+                    b.compiler, b.compile_ms
+                )
+            } else {
+                format!(
+                    "compiled by {} in {} ms, published",
+                    b.compiler, b.compile_ms
+                )
+            }
+        })
+        .collect();
+    let cold = format!(
+        "{:.1} ms: rendered, {}, loaded{}",
+        r.cold_ms,
+        builds.join("; "),
+        if r.context_ms.is_some() {
+            ", launched once"
+        } else {
+            ""
+        }
+    );
     let warm = format!(
-        "{:.2} ms: {} from a fresh runtime (hash checked, dlopened)",
+        "{:.2} ms: {} from a fresh runtime (hash checked, {})",
         r.warm_ms,
-        if r.warm_hit { "hit" } else { "MISS" }
+        if r.warm_hit { "hit" } else { "MISS" },
+        r.load
     );
     let per_call_us = r.loop_s * 1e6 / r.iters.max(1) as f64;
     let rows = vec![
@@ -124,7 +142,16 @@ pub fn demo(out: &mut impl Write, r: &DemoReport, json: bool) -> Result<()> {
                 r.elements_per_s / 1e9
             ),
         ],
-        vec!["device".into(), r.device.clone()],
+        vec![
+            "device".into(),
+            match r.context_ms {
+                Some(ms) => format!(
+                    "{} (context set up in {ms:.1} ms, before the cold request)",
+                    r.device
+                ),
+                None => r.device.clone(),
+            },
+        ],
         vec![
             "check".into(),
             format!(

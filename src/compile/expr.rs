@@ -781,6 +781,37 @@ impl Expr {
     }
 }
 
+/// What a CUDA template takes from the C library's headers. nvcc has them; NVRTC has
+/// none (its math functions are built in), so under NVRTC (`__CUDACC_RTC__`) the types
+/// and constants are spelled out as glibc's headers define them on 64-bit Linux.
+pub const CUDA_LIBC: &str = "#ifdef __CUDACC_RTC__
+typedef signed char int8_t;
+typedef short int16_t;
+typedef int int32_t;
+typedef long int64_t;
+typedef unsigned char uint8_t;
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+typedef unsigned long uint64_t;
+typedef unsigned long uintptr_t;
+#define INT32_MIN (-2147483647 - 1)
+#define INT32_MAX 2147483647
+#define INT64_MIN (-9223372036854775807L - 1)
+#define INT64_MAX 9223372036854775807L
+#define UINT32_MAX 4294967295U
+#define UINT64_MAX 18446744073709551615UL
+#define INT32_C(c) c
+#define INT64_C(c) c##L
+#define UINT32_C(c) c##U
+#define UINT64_C(c) c##UL
+#define INFINITY __int_as_float(0x7f800000)
+#define NAN __int_as_float(0x7fc00000)
+#else
+#include <stdint.h>
+#include <math.h>
+#endif
+";
+
 /// C helpers the emitted expressions call, for one dtype: `static inline` (for CUDA,
 /// `__device__` and forced inline), so they vanish into the loop and vectorise. For C
 /// it also declares the SIMD variants of libm's functions that glibc's libmvec provides
@@ -792,7 +823,11 @@ pub fn prelude(dtype: Dtype, cuda: bool) -> String {
     } else {
         "static inline"
     };
-    let mut s = String::from("#include <stdint.h>\n#include <math.h>\n");
+    let mut s = if cuda {
+        CUDA_LIBC.to_string()
+    } else {
+        String::from("#include <stdint.h>\n#include <math.h>\n")
+    };
     if dtype.is_float() {
         let suffix = if dtype == Dtype::F32 { "f" } else { "" };
         // On the GPU, expf & co. are device functions: nothing to declare.

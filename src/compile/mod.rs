@@ -6,6 +6,7 @@ pub mod diagnostics;
 pub mod expr;
 pub mod host;
 pub mod nvcc;
+pub mod nvrtc;
 pub mod template;
 pub mod toolchain;
 
@@ -257,6 +258,8 @@ impl SourceRequest {
         let reserved = [
             self.language.source_file(),
             crate::store::entry::ARTIFACT_FILE,
+            crate::store::layout::CUBIN,
+            crate::store::layout::PTX,
             crate::store::entry::ENTRY_FILE,
             crate::store::entry::LAST_USE_FILE,
         ];

@@ -24,11 +24,18 @@ pub fn arch(config: &Config) -> String {
     if let Some(a) = &config.cuda_arch {
         return a.clone();
     }
+    detected_arch().unwrap_or_else(|| DEFAULT_ARCH.to_string())
+}
+
+/// The local GPU's arch (`sm_90`), asked of the driver once per process; `None`
+/// without a usable GPU.
+pub fn detected_arch() -> Option<String> {
     static DETECTED: OnceLock<Option<String>> = OnceLock::new();
+    // Through the driver this process loads once anyway (no second dlopen, which would
+    // wait on the loader's lock while another thread loads a library).
     DETECTED
-        .get_or_init(|| crate::gpu::probe().ok().map(|i| i.devices[0].arch()))
+        .get_or_init(|| crate::driver::Driver::get().ok()?.arch(0).ok())
         .clone()
-        .unwrap_or_else(|| DEFAULT_ARCH.to_string())
 }
 
 /// Finds and fingerprints nvcc and its host compiler.

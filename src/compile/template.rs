@@ -30,7 +30,9 @@
 //!
 //! The body is a minijinja template (strict: an undefined variable is an error). It sees
 //! every parameter (ints as integers, bools as booleans, expressions as emitted C) and
-//! `xc_prelude`, the C helpers that emitted expressions call.
+//! `xc_prelude`, the C helpers that emitted expressions call (for CUDA templates, with
+//! or without an expression, also the C library's types and constants, spelled out
+//! under NVRTC, which has no C headers: see [`expr::CUDA_LIBC`]).
 //!
 //! Templates are found by name: `elemwise` or `c/elemwise` is `c/elemwise.c` in the
 //! first directory of the `template_path` setting that has it, else the copy embedded in
@@ -440,9 +442,18 @@ impl Template {
             prelude = Some(expr::prelude(dt, self.language == Language::Cuda));
         }
         canonical.sort();
+        // Without an expression, a CUDA template still gets what it takes from the C
+        // library (spelled out under NVRTC, which has no C headers).
+        let cuda = self.language == Language::Cuda;
         ctx.insert(
             "xc_prelude".into(),
-            minijinja::Value::from(prelude.unwrap_or_default()),
+            minijinja::Value::from(prelude.unwrap_or_else(|| {
+                if cuda {
+                    expr::CUDA_LIBC.into()
+                } else {
+                    String::new()
+                }
+            })),
         );
 
         let mut env = minijinja::Environment::new();

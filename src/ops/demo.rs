@@ -33,8 +33,17 @@ pub struct DemoReport {
     pub key: String,
     /// Whether the first request found the kernel already in the cache.
     pub cold_was_cached: bool,
-    /// Wall time of the first request (compile + load, or disk hit + load), ms.
+    /// Wall time of the first request (compile + load, or disk hit + load; on the GPU
+    /// also the first launch, synchronised), ms: everything the first run compiles.
     pub cold_ms: f64,
+    /// What the first request compiled or found in the cache, kernel by kernel.
+    pub cold_builds: Vec<ColdBuild>,
+    /// On the GPU: setting up the CUDA context before the first request (`cuInit`, the
+    /// primary context), ms; no compiler runs there.
+    pub context_ms: Option<f64>,
+    /// How the artifact is loaded: `dlopen` (a shared object) or `cuModuleLoadData` (a
+    /// cubin).
+    pub load: &'static str,
     /// How long compiling the kernel took when it was compiled, ms.
     pub compile_ms: u64,
     /// Wall time of a request from a fresh runtime (disk hit, hash check, load), ms.
@@ -55,6 +64,19 @@ pub struct DemoReport {
     pub ok: bool,
     /// `cpu` or `gpu`, as check1's last line said.
     pub used: &'static str,
+}
+
+/// One kernel the first request needed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdBuild {
+    /// The kernel, as a template instance.
+    pub kernel: String,
+    /// Who compiled it: `cc`, `nvcc` or `nvrtc`.
+    pub compiler: &'static str,
+    /// Whether it was found in the cache.
+    pub cached: bool,
+    /// How long its compile took (now, or when it was compiled), ms.
+    pub compile_ms: u64,
 }
 
 /// Deterministic uniform values in [0, 1) (splitmix64), so every run checks the same data.
@@ -92,9 +114,14 @@ fn max_rel_err(x: &[f32], r: &[f32]) -> f64 {
 }
 
 /// What one device's run measured, before the check.
-struct Run<'a> {
+struct Run {
     kernel: &'static str,
-    compiled: &'a crate::runtime::Compiled,
+    key: crate::Key,
+    hit: bool,
+    compile_ms: u64,
+    compiler: &'static str,
+    context_ms: Option<f64>,
+    load: &'static str,
     cold_ms: f64,
     warm_ms: f64,
     warm_hit: bool,
@@ -112,10 +139,18 @@ fn report(jit: &Jit, iters: usize, run: Run, x: &[f32], r: &[f32]) -> DemoReport
         iters,
         compiledir: jit.store().compiledir().to_path_buf(),
         kernel: run.kernel.into(),
-        key: run.compiled.key.hex(),
-        cold_was_cached: run.compiled.hit,
+        key: run.key.hex(),
+        cold_was_cached: run.hit,
         cold_ms: run.cold_ms,
-        compile_ms: run.compiled.compile_ms,
+        cold_builds: vec![ColdBuild {
+            kernel: run.kernel.into(),
+            compiler: run.compiler,
+            cached: run.hit,
+            compile_ms: run.compile_ms,
+        }],
+        context_ms: run.context_ms,
+        load: run.load,
+        compile_ms: run.compile_ms,
         warm_ms: run.warm_ms,
         warm_hit: run.warm_hit,
         loop_s: run.loop_s,
@@ -129,14 +164,24 @@ fn report(jit: &Jit, iters: usize, run: Run, x: &[f32], r: &[f32]) -> DemoReport
 }
 
 /// Runs check1 on the GPU: the input is uploaded once, the kernel launched `iters`
-/// times, the device synchronised once at the end (as a GPU program would).
+/// times, the device synchronised once at the end (as a GPU program would). The cold
+/// time runs from the request to the first launch's end: rendering, compiling (NVRTC or
+/// nvcc, per `cuda_compiler`; NVRTC's own loading included), publishing, loading the
+/// module, launching. Only the CUDA context is set up before it, and timed apart.
 pub fn check1_cuda(jit: &Jit, iters: usize) -> Result<DemoReport> {
     let x = uniform_f32(VLEN, 0x5eed);
+    let t = Instant::now();
     let cuda = jit.cuda()?;
     let dev = cuda.device()?;
+    let input = cuda.upload(&x)?;
+    let mut out = cuda.alloc::<f32>(VLEN)?;
+    cuda.sync()?;
+    let context_ms = t.elapsed().as_secs_f64() * 1e3;
 
     let t = Instant::now();
     let kernel = cuda.elemwise::<f32>(jit, "exp(a)", 1)?;
+    kernel.launch(&[&input], &mut out)?;
+    cuda.sync()?;
     let cold_ms = t.elapsed().as_secs_f64() * 1e3;
 
     let t = Instant::now();
@@ -144,10 +189,6 @@ pub fn check1_cuda(jit: &Jit, iters: usize) -> Result<DemoReport> {
     let warm = cuda.elemwise::<f32>(&fresh, "exp(a)", 1)?;
     let warm_ms = t.elapsed().as_secs_f64() * 1e3;
 
-    let input = cuda.upload(&x)?;
-    let mut out = cuda.alloc::<f32>(VLEN)?;
-    kernel.launch(&[&input], &mut out)?; // first launch loads the module
-    cuda.sync()?;
     let t = Instant::now();
     for _ in 0..iters {
         kernel.launch(&[&input], &mut out)?;
@@ -155,12 +196,19 @@ pub fn check1_cuda(jit: &Jit, iters: usize) -> Result<DemoReport> {
     cuda.sync()?;
     let loop_s = t.elapsed().as_secs_f64();
     let r = out.download()?;
+    let build = kernel.compiled();
+    let nvrtc = build.compiler == crate::config::CudaCompiler::Nvrtc;
     Ok(report(
         jit,
         iters,
         Run {
             kernel: "cuda/elemwise(arity=1, dtype=float32, expr=exp(a))",
-            compiled: kernel.compiled(),
+            key: build.key,
+            hit: build.hit,
+            compile_ms: build.compile_ms,
+            compiler: build.compiler.as_str(),
+            context_ms: Some(context_ms),
+            load: if nvrtc { "cuModuleLoadData" } else { "dlopen" },
             cold_ms,
             warm_ms,
             warm_hit: warm.compiled().hit,
@@ -203,7 +251,12 @@ pub fn check1(jit: &Jit, iters: usize) -> Result<DemoReport> {
         iters,
         Run {
             kernel: "elemwise(arity=1, dtype=float32, expr=exp(a))",
-            compiled: kernel.compiled(),
+            key: kernel.compiled().key,
+            hit: kernel.compiled().hit,
+            compile_ms: kernel.compiled().compile_ms,
+            compiler: "cc",
+            context_ms: None,
+            load: "dlopen",
             cold_ms,
             warm_ms,
             warm_hit: warm.compiled().hit,

@@ -1,5 +1,6 @@
 //! `xcache doctor`: the platform, the cache directories and their permissions, the C
-//! and C++ compilers (proved by building and loading a shared object), nvcc, and the
+//! and C++ compilers (proved by building and loading a shared object), nvcc, NVRTC
+//! (proved by compiling a kernel for the GPU's arch), and the
 //! GPU — each with a one-line verdict, in the spirit of the `nvidia-smi` / `deviceQuery`
 //! checks people run before trusting a setup.
 
@@ -206,6 +207,63 @@ fn compiler_check(
     }
 }
 
+/// libnvrtc, proved by compiling an empty kernel for the arch the templates would get.
+fn nvrtc_check(config: &Config, store: Option<&Store>) -> Check {
+    use crate::compile::nvrtc;
+    let used = config.cuda_compiler == crate::config::CudaCompiler::Nvrtc;
+    let warn = |detail: String| Check {
+        name: "NVRTC",
+        status: if used { Status::Warn } else { Status::Ok },
+        detail: if used {
+            format!("CUDA templates unavailable with cuda_compiler=nvrtc: {detail}")
+        } else {
+            format!("{detail} (not used: cuda_compiler=nvcc)")
+        },
+    };
+    let tool = match nvrtc::resolve(config, store) {
+        Ok(t) => t,
+        Err(e) => return warn(e.to_string()),
+    };
+    let (arch, output) = nvrtc::target(config);
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return warn(e.to_string()),
+    };
+    let t = Instant::now();
+    let r = tool.compile(
+        dir.path(),
+        "probe.cu",
+        b"extern \"C\" __global__ void xc_probe(float *x) { x[threadIdx.x] += 1.0f; }\n",
+        &[],
+        &tool.options(&arch, &[]),
+        output,
+        config.compile_timeout,
+    );
+    let ms = t.elapsed().as_millis();
+    match r {
+        Ok(_) => Check {
+            name: "NVRTC",
+            status: Status::Ok,
+            detail: format!(
+                "{}: NVRTC {} ({}); compiles {} for {arch} ({ms} ms){}",
+                tool.library.display(),
+                tool.version_text(),
+                tool.how,
+                match output {
+                    nvrtc::Output::Cubin => "a cubin",
+                    nvrtc::Output::Ptx => "PTX",
+                },
+                if used {
+                    "; builds the CUDA templates (cuda_compiler=nvrtc)"
+                } else {
+                    ""
+                }
+            ),
+        },
+        Err(e) => warn(format!("{}: {e}", tool.library.display())),
+    }
+}
+
 fn skip(name: &'static str, why: &str) -> Check {
     Check {
         name,
@@ -337,6 +395,7 @@ pub fn doctor(config: Result<Config>) -> DoctorReport {
         cuda.detail = format!("CUDA templates unavailable: {}", cuda.detail);
     }
     checks.push(cuda);
+    checks.push(nvrtc_check(&config, store));
     checks.push(match crate::gpu::probe() {
         Ok(info) => Check {
             name: "GPU",

@@ -1,4 +1,4 @@
-//! One entry: `lib.so`, the source, `entry.json` (written last), `last-use` and
+//! One entry: the artifact (`lib.so`, or `kernel.cubin` / `kernel.ptx` from NVRTC), the source, `entry.json` (written last), `last-use` and
 //! `handed-out`. Everything is read through the entry directory's descriptor, without
 //! following links (see [`crate::fsx`]).
 
@@ -285,9 +285,11 @@ pub fn verify(entry: &Root, key: &Key, full: bool) -> std::result::Result<EntryM
     let path = || entry.join(&meta.artifact.file);
     let md = file.metadata().map_err(|e| VerifyError::Io(path(), e))?;
     if !md.is_file() {
-        return Err(Corruption::Untrusted(format!("{ARTIFACT_FILE} is not a regular file")).into());
+        return Err(
+            Corruption::Untrusted(format!("{} is not a regular file", meta.artifact.file)).into(),
+        );
     }
-    if let Some(why) = untrusted(ARTIFACT_FILE, &md) {
+    if let Some(why) = untrusted(&meta.artifact.file, &md) {
         return Err(Corruption::Untrusted(why).into());
     }
     let identity = FileIdentity::of(&md);
@@ -365,11 +367,16 @@ fn read_verified(entry: &Root) -> Option<(FileIdentity, String)> {
 /// metadata records. Written whole (a temporary file renamed into place); a failure (a
 /// read-only cache) is ignored.
 pub fn record_verified(entry: &Root, identity: &FileIdentity, hash: &str) {
-    let text = format!(
+    let text = verified_record(identity, hash);
+    let _ = entry.write_atomic(layout::VERIFIED, text.as_bytes(), super::trust::file_mode());
+}
+
+/// The contents of a `verified` record.
+pub fn verified_record(identity: &FileIdentity, hash: &str) -> String {
+    format!(
         "xcache-verified 1 {} {} {} {} {hash}\n",
         identity.dev, identity.ino, identity.ctime_ns, identity.size
-    );
-    let _ = entry.write_atomic(layout::VERIFIED, text.as_bytes(), super::trust::file_mode());
+    )
 }
 
 /// Writes `entry.json` into a staging directory and fsyncs it.

@@ -66,6 +66,12 @@ pub const COMPILEDIR_SUBDIRS: &[&str] = &[
 pub const ENTRY_META: &str = "entry.json";
 /// The compiled shared object.
 pub const ARTIFACT: &str = "lib.so";
+/// A CUDA module compiled by NVRTC for one GPU arch, loaded through the driver.
+pub const CUBIN: &str = "kernel.cubin";
+/// A CUDA module as PTX (NVRTC, for a virtual arch), compiled by the driver at load.
+pub const PTX: &str = "kernel.ptx";
+/// Every artifact an entry can hold (exactly one of them): `entry.json` names it.
+pub const ARTIFACTS: &[&str] = &[ARTIFACT, CUBIN, PTX];
 /// Empty file whose mtime is when the entry's path was last handed out to a caller
 /// that does not hold the key's lock (`xcache compile`, `Jit::build`).
 pub const HANDED_OUT: &str = "handed-out";
@@ -81,6 +87,8 @@ pub const COMPILER_OUTPUT: &str = "compiler-output.txt";
 pub const ENTRY_FILES: &[&str] = &[
     ENTRY_META,
     ARTIFACT,
+    CUBIN,
+    PTX,
     LAST_USE,
     HANDED_OUT,
     VERIFIED,
@@ -424,12 +432,15 @@ mod tests {
             &[
                 "entry.json",
                 "lib.so",
+                "kernel.cubin",
+                "kernel.ptx",
                 "last-use",
                 "handed-out",
                 "verified",
                 "compiler-output.txt"
             ]
         );
+        assert_eq!(ARTIFACTS, &["lib.so", "kernel.cubin", "kernel.ptx"]);
         assert_eq!(CACHEDIR_TAG, "CACHEDIR.TAG");
         assert!(CACHEDIR_TAG_TEXT.starts_with("Signature: 8a477f597d28d172789f06886806bc55\n"));
         assert_eq!(PRIVATE_ROOT_PREFIX, "xcache-private-");

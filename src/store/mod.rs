@@ -3,7 +3,7 @@
 //! is in [`layout`]) and its cleanup ([`gc`]): nothing outside this module creates,
 //! renames or removes anything under the base dir.
 //!
-//! # Layout (layout version 1)
+//! # Layout (layout version 2)
 //!
 //! ```text
 //! <base>/
@@ -13,11 +13,17 @@
 //!     last-use                        mtime = last use of anything in this compiledir
 //!     auto-prune                      mtime = when the automatic prune last ran
 //!     gc.lock                         try-locked by the automatic prune
+//!     index                           log of the entries' facts, what listings read
+//!     index.lock                      shared by index appenders, exclusive for a rewrite
 //!     entries/<fan>/<key>/            one directory per key, published whole by rename
-//!         lib.so  source.c|.cpp|.cu  [headers]  entry.json  last-use  handed-out
+//!         lib.so|kernel.cubin|kernel.ptx  source.c|.cpp|.cu  [headers]  entry.json
+//!         last-use  handed-out        (the artifact: a shared object, or a CUDA module
+//!                                     from NVRTC; exactly one, named in entry.json)
+//!         verified                    identity of the artifact when last hashed
 //!     manifests/<fan>/<key>.manifest  results of a request key and the headers they read
 //!     locks/<fan>/<key>.lock          per-key lock files ("pid=N host=H" of a writer)
 //!     toolchains/host-<lang>-<h>.json resolved compiler command lines and versions
+//!     toolchains/nvrtc-<h>.json       resolved libnvrtc: path, version, accepted options
 //!     tmp/build-<key>-<unique>/       staging of a build in progress (or crashed)
 //!     tmp/failed-<key>-<unique>/      a failed build (source, compiler-output.txt)
 //!     tmp/delete-<key>-<unique>/      an entry being removed, renamed out first
@@ -41,7 +47,9 @@
 //!    size and hash with the metadata. Any failure: release, go to Miss (which
 //!    quarantines).
 //! 4. The caller dlopens the artifact while the lock is held ([`Fetched`] owns the
-//!    guard), so no collector can remove the file between the check and the load.
+//!    guard), so no collector can remove the file between the check and the load. A
+//!    CUDA module (`kernel.cubin`, `kernel.ptx`) is read into memory under the lock, its
+//!    bytes checked against the hash again, and loaded from them (`cuModuleLoadData`).
 //!    A caller that hands the *path* on instead (`xcache compile`, [`crate::Jit::build`])
 //!    records the hand-out in `handed-out` under the lock ([`Fetched::hand_out`]):
 //!    collectors leave the entry alone for `handout_grace` after that.
@@ -57,7 +65,8 @@
 //! 3. Create a fresh staging directory `tmp/build-<key>-<unique>`; compile into it.
 //! 4. Compute the artifact's blake3; write `last-use` and `handed-out`, then
 //!    `entry.json` last; fsync every file and the staging directory.
-//! 5. `rename` the staging directory to `entries/<fan>/<key>`; fsync `entries/<fan>`. A
+//! 5. Append an intent record for the key to `index`; `rename` the staging directory to
+//!    `entries/<fan>/<key>`; fsync `entries/<fan>`; append the entry's record. A
 //!    destination that already exists is success: content addressing makes the two
 //!    equivalent, and the staging copy is removed.
 //! 6. The caller loads under the exclusive lock, then releases it.
@@ -82,6 +91,13 @@
 //! 3. Wait until the kernel's file clock has caught up with now, and call that the
 //!    build's start ([`manifest::build_start`]). Compile into
 //!    `tmp/build-<request key>-<unique>` with `-MD -MF`; hash every header it read.
+//!    NVRTC, which has no `-MD`, reports the headers it opened through its time profiler
+//!    (`--fdevice-time-trace`: one "Processing Header File" event per file, nested and
+//!    guarded ones included), and is given every search path explicitly
+//!    (`-no-source-include`, the source's directory as an absolute `-I`); explicit extra
+//!    inputs are handed to it in memory by name (they are in the request key already).
+//!    An NVRTC without the profiler compiles only sources that include nothing it would
+//!    compile ([`crate::compile::nvrtc::may_include`]), and refuses the others.
 //! 4. Derive the result key. If a header's mtime or ctime is at or after the build's
 //!    start, it may not be what the compiler read: the result gets a key nobody can
 //!    look up (a unique tail in its derivation) and is not recorded.
@@ -123,9 +139,18 @@
 //!
 //! **Removal** (clear, prune, purge, the automatic prune): an entry is removed only
 //! under a *try* exclusive lock on its key (busy entries are skipped), and not within
-//! `handout_grace` of its last hand-out (unless forced). It is first renamed to
+//! `handout_grace` of its last hand-out (unless forced), nor, when it was chosen by its
+//! last use, if its `last-use` says it was used since. It is first renamed to
 //! `tmp/delete-<key>-<unique>` (one atomic step: readers see the whole entry or none),
-//! then deleted, then its lock file, still under the lock.
+//! between an intent and a removal record in `index`, then deleted, then its lock file,
+//! still under the lock.
+//!
+//! **Index** ([`index`]): `list`, `size`, `prune` and `clear` read `index`, a log of
+//! records appended under a shared lock on `index.lock` (intent, publish, use,
+//! hand-out, removal), instead of every entry. A key whose last record is an intent is
+//! settled by looking at its entry; a missing or damaged index is rebuilt from the
+//! entries under the exclusive lock; `verify` compares it with the entries. Loading never
+//! reads it.
 //!
 //! **Leftovers** under `tmp/`, `quarantine/` and the private root are judged by one pure
 //! function, [`gc::policy::leftover_verdict`], from their kind, age and whether the
@@ -142,7 +167,11 @@
 //!   from has the same contents now; a result is recorded only if no header it read
 //!   changed after its build started. No header is trusted by the toolchain's identity:
 //!   system and toolkit headers are tracked like the user's.
-//! - Distinct keys never wait for each other: there is no compiledir-wide lock.
+//! - Distinct keys never wait for each other: there is no compiledir-wide lock (the
+//!   index lock is shared by every writer; only a rewrite of the index takes it
+//!   exclusively, and a hit that must append then waits for it).
+//! - The index lists what is on disk after any crash of an xcache process; it never
+//!   decides what is loaded.
 //! - N processes (or threads, since each lock opens its own file description) asking for
 //!   one key cost one compile.
 //! - A dead process holds no lock: flock locks die with their last descriptor.
@@ -1058,9 +1087,40 @@ fn is_cache_fault(e: &Error) -> bool {
     }
 }
 
+/// The artifact a build left in `staging`: the one of [`layout::ARTIFACTS`] there (a
+/// shared object, or a CUDA module from NVRTC). None is the missing shared object's
+/// error, as before; two are refused (which one would `entry.json` name?).
+fn artifact_in(staging: &Root) -> Result<&'static str> {
+    let present: Vec<&'static str> = layout::ARTIFACTS
+        .iter()
+        .copied()
+        .filter(|a| staging.lstat_fast(a).is_ok())
+        .collect();
+    match present[..] {
+        [] => Ok(ARTIFACT_FILE),
+        [one] => Ok(one),
+        _ => Err(Error::InvalidRequest(format!(
+            "the build left several artifacts in {} ({}); an entry holds one",
+            staging.path().display(),
+            present.join(", ")
+        ))),
+    }
+}
+
 /// Hashes the artifact, writes `last-use`, `handed-out` (never: the epoch) and
 /// `entry.json`, sets modes,
 /// syncs everything.
+/// Sets a staging file's mode to the one xcache gives files, only if it differs: a chmod
+/// changes the ctime even to the same mode, and the artifact's ctime is part of the
+/// identity its `verified` record names.
+fn set_mode(f: &File) -> std::io::Result<()> {
+    let want = trust::file_mode();
+    if f.metadata()?.mode() & 0o7777 != want {
+        rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(want))?;
+    }
+    Ok(())
+}
+
 fn seal(
     staging: &Root,
     key: &Key,
@@ -1069,11 +1129,25 @@ fn seal(
     provenance: Option<(Key, Vec<entry::HeaderDigest>)>,
 ) -> Result<EntryMeta> {
     let io = |op, name: &str, e| Error::io(op, staging.join(name), e);
+    let artifact_file = artifact_in(staging)?;
     let artifact = staging
-        .open_file(ARTIFACT_FILE, OpenHow::read())
-        .map_err(|e| io("opening", ARTIFACT_FILE, e))?;
+        .open_file(artifact_file, OpenHow::read())
+        .map_err(|e| io("opening", artifact_file, e))?;
     let (blake3, size) =
-        entry::hash_open_file(&artifact).map_err(|e| io("hashing", ARTIFACT_FILE, e))?;
+        entry::hash_open_file(&artifact).map_err(|e| io("hashing", artifact_file, e))?;
+    // The artifact's final mode first, so that its identity (inode, ctime, size) is final
+    // when the `verified` record takes it: nothing below changes its ctime again (the
+    // loop only sets modes that differ). The record is one of the staging files, synced
+    // with them: no write of its own to make atomic.
+    set_mode(&artifact).map_err(|e| io("setting the mode of", artifact_file, e))?;
+    let identity = artifact
+        .metadata()
+        .map(|md| entry::FileIdentity::of(&md))
+        .map_err(|e| io("inspecting", artifact_file, e))?;
+    staging
+        .create_file(layout::VERIFIED, trust::file_mode())
+        .and_then(|mut f| f.write_all(entry::verified_record(&identity, &blake3).as_bytes()))
+        .map_err(|e| io("writing", layout::VERIFIED, e))?;
     // `handed-out` starts at the epoch (never handed out): a hand-out then costs one
     // utimensat under the lock, no create.
     for (marker, t) in [
@@ -1106,22 +1180,18 @@ fn seal(
         let f = staging
             .open_file(&e.name, OpenHow::read())
             .map_err(|e| io("opening", &name, e))?;
-        rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(trust::file_mode()))
-            .map_err(|e| io("setting the mode of", &name, e.into()))?;
-        f.sync_all().map_err(|e| io("syncing", &name, e))?;
+        set_mode(&f).map_err(|e| io("setting the mode of", &name, e))?;
+        // The markers are empty and the `verified` record is advice: after a crash, one
+        // missing or empty costs a default (never used, never handed out) or a hash.
+        // Everything the entry's correctness rests on is synced.
+        let advisory = [layout::LAST_USE, layout::HANDED_OUT, layout::VERIFIED];
+        if !advisory.contains(&name.as_str()) {
+            f.sync_all().map_err(|e| io("syncing", &name, e))?;
+        }
         // Measured after the sync: allocated blocks are known by then.
         let md = f.metadata().map_err(|e| io("inspecting", &name, e))?;
         files.apparent += md.len();
         files.disk += md.blocks() * 512;
-    }
-    // The artifact's final state (its mode set, synced): hashed just now. The record is
-    // one of the entry's files: counted like them.
-    if let Ok(md) = artifact.metadata() {
-        entry::record_verified(staging, &entry::FileIdentity::of(&md), &blake3);
-        if let Ok(st) = staging.lstat_fast(layout::VERIFIED) {
-            files.apparent += st.st_size as u64;
-            files.disk += st.st_blocks as u64 * 512;
-        }
     }
     let meta = EntryMeta {
         format: LAYOUT_VERSION,
@@ -1129,7 +1199,7 @@ fn seal(
         source_name: built.source_name,
         source_file: built.source_file,
         artifact: Artifact {
-            file: ARTIFACT_FILE.into(),
+            file: artifact_file.into(),
             blake3,
             size,
         },

@@ -48,6 +48,9 @@ impl Store {
         request: &Key,
         build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
+        // A miss's build starts here as far as header timestamps go (see
+        // `manifest::build_start_at`): its wait for the file clock overlaps the lookup.
+        let arrived = std::time::SystemTime::now();
         let mut warnings = Vec::new();
         if let Some(f) = self.lookup(request, &mut warnings)? {
             return Ok(f);
@@ -75,7 +78,13 @@ impl Store {
 
         // Compared with files' own timestamps: the kernel's file clock, not the policy
         // clock.
-        let build_start = manifest::build_start();
+        // After a wait for another builder, a fresh start: headers may have been edited
+        // meanwhile, and none of that was read by our compiler.
+        let build_start = if guard.waited().is_zero() {
+            manifest::build_start_at(arrived)
+        } else {
+            manifest::build_start()
+        };
         let mut staging = self.new_staging(request)?;
         let mut built = match build(&staging.root) {
             Ok(b) => b,

@@ -28,13 +28,24 @@ doc = "the element-wise expression, e.g. a*exp(b)+c"
  *   stream  a cudaStream_t, or NULL for the default stream; the call is asynchronous
  * Returns 0 once the kernel is queued, -1 if n < 0, -2 if a pointer is NULL while
  * n > 0, else the (positive) cudaError_t of the launch (cudaGetErrorString explains it). */
+/* NVRTC (cuda_compiler=nvrtc) compiles the kernels alone, into a cubin that xcache's
+ * launcher (src/cuda_launch.rs) launches through the driver with the same grid as
+ * xc_elemwise below; nvcc also compiles the host launcher. The kernels are extern "C"
+ * so that both find them by these names: xc_vector, xc_scalar. */
+#ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
+#endif
 {{ xc_prelude }}
 {%- set ctype = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t"}[dtype] %}
 {%- set vtype = {"float32": "float4", "float64": "double2", "int32": "int4", "int64": "longlong2"}[dtype] %}
 {%- set lanes = {"float32": 4, "float64": 2, "int32": 4, "int64": 2}[dtype] %}
 {%- set vcomp = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long"}[dtype] %}
 {%- set comps = ["x", "y", "z", "w"] %}
+{%- set threads = 256 %}
+{%- set blocks_per_sm = 16 %}
+/* The launch data xcache's launcher reads:
+xcache-launch elemwise lanes={{ lanes }} threads={{ threads }} blocks_per_sm={{ blocks_per_sm }}
+*/
 {%- set names = ["a", "b", "c", "d", "e", "f", "g", "h"] %}
 
 static __device__ __forceinline__ {{ ctype }} xc_op(
@@ -42,14 +53,14 @@ static __device__ __forceinline__ {{ ctype }} xc_op(
     return {{ expr }};
 }
 
-__global__ void __launch_bounds__(256) xc_scalar(int64_t start, int64_t n,
+extern "C" __global__ void __launch_bounds__({{ threads }}) xc_scalar(int64_t start, int64_t n,
 {%- for i in range(arity) %} const {{ ctype }} *in_{{ names[i] }},{% endfor %} {{ ctype }} *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = start + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         out[i] = xc_op({% for i in range(arity) %}in_{{ names[i] }}[i]{% if not loop.last %}, {% endif %}{% endfor %});
 }
 
-__global__ void __launch_bounds__(256) xc_vector(int64_t nv,
+extern "C" __global__ void __launch_bounds__({{ threads }}) xc_vector(int64_t nv,
 {%- for i in range(arity) %} const {{ vtype }} *in_{{ names[i] }},{% endfor %} {{ vtype }} *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += stride) {
@@ -64,6 +75,7 @@ __global__ void __launch_bounds__(256) xc_vector(int64_t nv,
     }
 }
 
+#ifndef __CUDACC_RTC__
 static int xc_blocks(int64_t work) {
     int dev = 0, sms = 0;
     cudaGetDevice(&dev);
@@ -71,8 +83,8 @@ static int xc_blocks(int64_t work) {
         sms = 32;
         (void)cudaGetLastError(); /* not the launch's error */
     }
-    int64_t want = (work + 255) / 256;
-    int64_t cap = (int64_t)sms * 16;
+    int64_t want = (work + {{ threads - 1 }}) / {{ threads }};
+    int64_t cap = (int64_t)sms * {{ blocks_per_sm }};
     return (int)(want < cap ? want : cap);
 }
 
@@ -91,14 +103,15 @@ extern "C" int xc_elemwise(int64_t n, const void *const *inputs, void *out, void
     {{ ctype }} *o = ({{ ctype }} *)out;
     const int64_t nv = (align % 16 == 0) ? n / {{ lanes }} : 0;
     if (nv > 0) {
-        xc_vector<<<xc_blocks(nv), 256, 0, s>>>(nv,
+        xc_vector<<<xc_blocks(nv), {{ threads }}, 0, s>>>(nv,
 {%- for i in range(arity) %} (const {{ vtype }} *)in_{{ names[i] }},{% endfor %} ({{ vtype }} *)o);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return (int)e;
     }
     const int64_t start = nv * {{ lanes }};
     if (start < n)
-        xc_scalar<<<xc_blocks(n - start), 256, 0, s>>>(start, n,
+        xc_scalar<<<xc_blocks(n - start), {{ threads }}, 0, s>>>(start, n,
 {%- for i in range(arity) %} in_{{ names[i] }},{% endfor %} o);
     return (int)cudaGetLastError();
 }
+#endif

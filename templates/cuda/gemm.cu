@@ -37,13 +37,79 @@ doc = "ieee: the dtype's own multiply-add on the SIMT units; tf32: float32 A and
  * Returns 0 once queued, -1 for a bad dimension, -2 for a NULL pointer, else the
  * (positive) cudaError_t of the launch (cudaErrorNotSupported for a tensor-core
  * precision on a GPU older than compute capability 8.0). */
+/* NVRTC (cuda_compiler=nvrtc) compiles the kernels alone, into a cubin that xcache's
+ * launcher (src/cuda_launch.rs) launches through the driver as xc_gemm_config below
+ * does, reading the configurations from the `xcache-launch` line; nvcc also compiles
+ * the host launcher. Each configuration's two kernels (16-byte loads or not) are
+ * extern "C" wrappers, xc_gemm_c<i>_v and xc_gemm_c<i>_s, around templated bodies. */
+#ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
-#include <stdint.h>
+#endif
+{{ xc_prelude }}
 {%- set t = {"float32": "float", "float64": "double"}[dtype] %}
 {%- set ptx = {"ieee": "", "tf32": "tf32", "bf16": "bf16", "fp16": "f16"}[precision] %}
 {%- if precision != "ieee" and dtype != "float32" %}
 #error "cuda/gemm: precision {{ precision }} needs dtype float32 (the tensor cores accumulate in float32)"
 {%- endif %}
+{#- The tile configurations. SIMT: BM, BN, BK, TM, TN, min blocks per SM. Tensor cores:
+    BM, BN, BK, warp WM x WN, stages. The size class chooses `pick[4]` (large) when
+    cdiv(m, pick[0]) * cdiv(n, pick[1]) * pick[2] >= pick[3] * multiprocessors, else
+    `pick[5]` (small): from timings of every config on an H200 (benches/gpu_check.py).
+    float32 SIMT: 0: 256 threads of 8x8; 1: as 0 with BK 16; 2: 256 threads, 128
+    accumulators each; 3: the large size class; 4: 128 threads; 5: 128 threads; 6: 64
+    threads; 7: 256 threads of 4x4, the small size class; 8, 9: as 0, 1, registers
+    unbounded. float64: 0: 256 threads of 4x4 doubles; 1: 128 threads, small problems.
+    Tensor cores: 0: 4 warps of 64x64; 1, 2: 8 warps; 3: 8 warps of 64x32; 4: 4 warps;
+    5: 4 warps, the small size class; 6: longer k-slices (209 KiB for tf32); 7: tf32: as
+    1, a stage deeper; bf16 and fp16: 8 warps, longer k-slices. #}
+{%- if precision == "ieee" and dtype == "float32" %}
+{%- set configs = [
+    [128, 128, 8, 8, 8, 2],
+    [128, 128, 16, 8, 8, 2],
+    [128, 256, 8, 8, 16, 1],
+    [256, 128, 8, 16, 8, 1],
+    [128, 64, 8, 8, 8, 4],
+    [64, 128, 8, 8, 8, 4],
+    [64, 64, 8, 8, 8, 8],
+    [64, 64, 16, 4, 4, 2],
+    [128, 128, 8, 8, 8, 1],
+    [128, 128, 16, 8, 8, 1],
+] %}
+{%- set pick = [256, 128, 3, 2, 3, 7] %}
+{%- elif precision == "ieee" %}
+{%- set configs = [[64, 64, 16, 4, 4, 2], [32, 64, 16, 4, 4, 4]] %}
+{%- set pick = [64, 64, 1, 2, 0, 1] %}
+{%- elif precision == "tf32" %}
+{%- set configs = [
+    [128, 128, 32, 64, 64, 4],
+    [128, 256, 32, 64, 64, 3],
+    [256, 128, 32, 64, 64, 3],
+    [128, 128, 32, 64, 32, 4],
+    [64, 128, 32, 32, 64, 4],
+    [64, 64, 32, 32, 32, 4],
+    [128, 128, 64, 64, 64, 3],
+    [128, 256, 32, 64, 64, 4],
+] %}
+{%- set pick = [128, 128, 1, 1, 1, 5] %}
+{%- else %}
+{%- set configs = [
+    [128, 128, 32, 64, 64, 4],
+    [128, 256, 32, 64, 64, 3],
+    [256, 128, 32, 64, 64, 3],
+    [128, 128, 32, 64, 32, 4],
+    [64, 128, 32, 32, 64, 4],
+    [64, 64, 32, 32, 32, 4],
+    [128, 128, 64, 64, 64, 3],
+    [128, 256, 64, 64, 64, 3],
+] %}
+{%- set pick = [128, 128, 1, 1, 0, 5] %}
+{%- endif %}
+{%- set elem = 8 if dtype == "float64" else 4 %}
+{%- set in_bytes = 4 if precision in ["ieee", "tf32"] else 2 %}
+{%- set apad = 4 if precision == "tf32" else 8 %}
+/* The launch data xcache's launcher reads (one line; config = threads:smem:BM:BN):
+xcache-launch gemm kind={{ "simt" if precision == "ieee" else "tc" }} configs={% for c in configs %}{% if precision == "ieee" %}{% set th = (c[0] // c[3]) * (c[1] // c[4]) %}{% set sm = (2 * c[2] * (c[0] + 4) + 2 * c[2] * c[1]) * elem %}{% else %}{% set th = (c[0] // c[3]) * (c[1] // c[4]) * 32 %}{% set sm = c[5] * (c[0] * (c[2] + apad) + c[2] * (c[1] + 8)) * in_bytes %}{% endif %}{{ th }}:{{ sm }}:{{ c[0] }}:{{ c[1] }}{% if not loop.last %},{% endif %}{% endfor %} pick={{ pick | join(",") }} chunk={{ 4 if precision == "ieee" else 16 // in_bytes }}
+*/
 
 typedef {{ t }} xc_t;
 
@@ -69,21 +135,6 @@ static __device__ __forceinline__ void xc_tile(int64_t t, int64_t tiles_m, int64
     const int64_t r = t % per_group;
     *tm = first + r % rows;
     *tn = r / rows;
-}
-
-/* Resident blocks per multiprocessor of kernel K with `threads` threads and `smem`
- * bytes of dynamic shared memory (raising K's limit above 48 KiB once), computed once. */
-template <auto K>
-static int xc_prepare(int threads, int smem) {
-    static const int n = [&] {
-        if (smem > 48 * 1024)
-            (void)cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        int b = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, K, threads, smem) != cudaSuccess) b = 0;
-        (void)cudaGetLastError();
-        return b;
-    }();
-    return n;
 }
 
 {%- if precision == "ieee" %}
@@ -119,11 +170,12 @@ template <> struct xc_quad<double> {
     }
 };
 
-template <int BM, int BN, int BK, int TM, int TN, int MINB, bool VEC>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB) xc_gemm_simt(int m, int n, int k,
+template <int BM, int BN, int BK, int TM, int TN, int SMEM, bool VEC>
+static __device__ __forceinline__ void xc_gemm_simt(int m, int n, int k,
         const xc_t *__restrict__ A, const xc_t *__restrict__ B, const xc_t *__restrict__ bias,
         xc_t *__restrict__ C) {
     constexpr int TX = BN / TN, TY = BM / TM, THREADS = TX * TY;
+    static_assert(SMEM == (2 * BK * (BM + 4) + 2 * BK * BN) * (int)sizeof(xc_t), "the launch data's shared memory");
     constexpr int SM_ = TM / 4, SN = TN / 4;          /* strips per thread */
     constexpr int AP = BM + 4;                        /* padded row of the transposed A */
     constexpr int LA = BM * BK / 4 / THREADS;         /* 4-element loads per thread */
@@ -326,10 +378,12 @@ static __device__ __forceinline__ void xc_mma(float (&d)[4], const uint32_t (&a)
 #endif
 }
 
-template <int BM, int BN, int BK, int WM, int WN, int STAGES, bool ALIGNED>
-__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32) xc_gemm_tc(int m, int n, int k,
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int SMEM, bool ALIGNED>
+static __device__ __forceinline__ void xc_gemm_tc(int m, int n, int k,
         const xc_in *__restrict__ A, const xc_in *__restrict__ B, const float *__restrict__ bias,
         float *__restrict__ C) {
+    static_assert(SMEM == STAGES * (BM * (BK + XC_APAD) + BK * (BN + XC_BPAD)) * (int)sizeof(xc_in),
+                  "the launch data's shared memory");
 #if __CUDA_ARCH__ >= 800
     constexpr int WARPS_N = BN / WN, THREADS = (BM / WM) * WARPS_N * 32;
     constexpr int MT = WM / 16, NT = WN / 8;          /* mma tiles per warp */
@@ -471,6 +525,43 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32) xc_gemm_tc(int m, 
 
 {%- endif %}
 
+/* The kernels, by name: xc_gemm_c<config>_<v: 16-byte loads | s: scalar loads>. */
+{%- for c in configs %}
+{%- set i = loop.index0 %}
+{%- if precision == "ieee" %}{% set th = (c[0] // c[3]) * (c[1] // c[4]) %}{% set sm = (2 * c[2] * (c[0] + 4) + 2 * c[2] * c[1]) * elem %}{% else %}{% set th = (c[0] // c[3]) * (c[1] // c[4]) * 32 %}{% set sm = c[5] * (c[0] * (c[2] + apad) + c[2] * (c[1] + 8)) * in_bytes %}{% endif %}
+{%- for v in ["v", "s"] %}
+{%- if precision == "ieee" %}
+extern "C" __global__ void __launch_bounds__({{ th }}, {{ c[5] }}) xc_gemm_c{{ i }}_{{ v }}(int m, int n, int k,
+        const xc_t *__restrict__ A, const xc_t *__restrict__ B, const xc_t *__restrict__ bias,
+        xc_t *__restrict__ C) {
+    xc_gemm_simt<{{ c[0] }}, {{ c[1] }}, {{ c[2] }}, {{ c[3] }}, {{ c[4] }}, {{ sm }}, {{ "true" if v == "v" else "false" }}>(m, n, k, A, B, bias, C);
+}
+{%- else %}
+extern "C" __global__ void __launch_bounds__({{ th }}) xc_gemm_c{{ i }}_{{ v }}(int m, int n, int k,
+        const xc_in *__restrict__ A, const xc_in *__restrict__ B, const float *__restrict__ bias,
+        float *__restrict__ C) {
+    xc_gemm_tc<{{ c[0] }}, {{ c[1] }}, {{ c[2] }}, {{ c[3] }}, {{ c[4] }}, {{ c[5] }}, {{ sm }}, {{ "true" if v == "v" else "false" }}>(m, n, k, A, B, bias, C);
+}
+{%- endif %}
+{%- endfor %}
+{%- endfor %}
+
+#ifndef __CUDACC_RTC__
+/* Resident blocks per multiprocessor of kernel K with `threads` threads and `smem`
+ * bytes of dynamic shared memory (raising K's limit above 48 KiB once), computed once. */
+template <auto K>
+static int xc_prepare(int threads, int smem) {
+    static const int n = [&] {
+        if (smem > 48 * 1024)
+            (void)cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        int b = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, K, threads, smem) != cudaSuccess) b = 0;
+        (void)cudaGetLastError();
+        return b;
+    }();
+    return n;
+}
+
 /* ---------------------------------------------------------------------------------
  * Configurations and the launcher. Each config is one kernel shape; the size class
  * picks one (xc_pick) unless xc_gemm_config names it.
@@ -479,83 +570,57 @@ typedef int (*xc_launch_fn)(int m, int n, int k, const void *a, const void *b, c
                             xc_t *c, bool vec, int sms, cudaStream_t s);
 
 {%- if precision == "ieee" %}
-template <int BM, int BN, int BK, int TM, int TN, int MINB>
+template <int BM, int BN, int BK, int TM, int TN, auto KV, auto KS>
 static int xc_run(int m, int n, int k, const void *a, const void *b, const xc_t *bias, xc_t *c,
                   bool vec, int sms, cudaStream_t s) {
     constexpr int THREADS = (BM / TM) * (BN / TN);
     constexpr int SMEM = (2 * BK * (BM + 4) + 2 * BK * BN) * (int)sizeof(xc_t);
     const int64_t tiles = xc_cdiv(m, BM) * xc_cdiv(n, BN);
-    int per_sm = vec ? xc_prepare<xc_gemm_simt<BM, BN, BK, TM, TN, MINB, true>>(THREADS, SMEM)
-                     : xc_prepare<xc_gemm_simt<BM, BN, BK, TM, TN, MINB, false>>(THREADS, SMEM);
+    int per_sm = vec ? xc_prepare<KV>(THREADS, SMEM) : xc_prepare<KS>(THREADS, SMEM);
     if (per_sm <= 0) per_sm = 1;
     const int64_t cap = (int64_t)sms * per_sm * 64;   /* the kernel loops past it */
     const unsigned grid = (unsigned)(tiles < cap ? tiles : cap);
     if (vec)
-        xc_gemm_simt<BM, BN, BK, TM, TN, MINB, true><<<grid, THREADS, SMEM, s>>>(
+        KV<<<grid, THREADS, SMEM, s>>>(
             m, n, k, (const xc_t *)a, (const xc_t *)b, bias, c);
     else
-        xc_gemm_simt<BM, BN, BK, TM, TN, MINB, false><<<grid, THREADS, SMEM, s>>>(
+        KS<<<grid, THREADS, SMEM, s>>>(
             m, n, k, (const xc_t *)a, (const xc_t *)b, bias, c);
     return (int)cudaGetLastError();
 }
 
-/* BM, BN, BK, TM, TN, min blocks per SM; the size classes below pick among them. */
-{%- if dtype == "float32" %}
+/* The configurations above, in order. */
 static const xc_launch_fn xc_configs[] = {
-    xc_run<128, 128, 8, 8, 8, 2>,     /* 0: 256 threads of 8x8 */
-    xc_run<128, 128, 16, 8, 8, 2>,    /* 1 */
-    xc_run<128, 256, 8, 8, 16, 1>,    /* 2: 256 threads, 128 accumulators each */
-    xc_run<256, 128, 8, 16, 8, 1>,    /* 3: the large size class */
-    xc_run<128, 64, 8, 8, 8, 4>,      /* 4: 128 threads */
-    xc_run<64, 128, 8, 8, 8, 4>,      /* 5 */
-    xc_run<64, 64, 8, 8, 8, 8>,       /* 6: 64 threads */
-    xc_run<64, 64, 16, 4, 4, 2>,      /* 7: 256 threads of 4x4, the small size class */
-    xc_run<128, 128, 8, 8, 8, 1>,     /* 8: as 0, registers unbounded */
-    xc_run<128, 128, 16, 8, 8, 1>,    /* 9: as 1, registers unbounded */
+{%- for c in configs %}
+    xc_run<{{ c[0] }}, {{ c[1] }}, {{ c[2] }}, {{ c[3] }}, {{ c[4] }}, xc_gemm_c{{ loop.index0 }}_v, xc_gemm_c{{ loop.index0 }}_s>,
+{%- endfor %}
 };
-{%- else %}
-static const xc_launch_fn xc_configs[] = {
-    xc_run<64, 64, 16, 4, 4, 2>,      /* 0: 256 threads of 4x4 doubles */
-    xc_run<32, 64, 16, 4, 4, 4>,      /* 1: 128 threads, small problems */
-};
-{%- endif %}
 #define XC_NEEDS_SM80 0
 {%- else %}
-template <int BM, int BN, int BK, int WM, int WN, int STAGES>
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, auto KV, auto KS>
 static int xc_run(int m, int n, int k, const void *a, const void *b, const xc_t *bias, xc_t *c,
                   bool vec, int sms, cudaStream_t s) {
     constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     constexpr int SMEM = STAGES * (BM * (BK + XC_APAD) + BK * (BN + XC_BPAD)) * (int)sizeof(xc_in);
     const int64_t tiles = xc_cdiv(m, BM) * xc_cdiv(n, BN);
-    int per_sm = vec ? xc_prepare<xc_gemm_tc<BM, BN, BK, WM, WN, STAGES, true>>(THREADS, SMEM)
-                     : xc_prepare<xc_gemm_tc<BM, BN, BK, WM, WN, STAGES, false>>(THREADS, SMEM);
+    int per_sm = vec ? xc_prepare<KV>(THREADS, SMEM) : xc_prepare<KS>(THREADS, SMEM);
     if (per_sm <= 0) return (int)cudaErrorInvalidConfiguration; /* the shared memory does not fit */
     const int64_t cap = (int64_t)sms * per_sm * 64;
     const unsigned grid = (unsigned)(tiles < cap ? tiles : cap);
     if (vec)
-        xc_gemm_tc<BM, BN, BK, WM, WN, STAGES, true><<<grid, THREADS, SMEM, s>>>(
+        KV<<<grid, THREADS, SMEM, s>>>(
             m, n, k, (const xc_in *)a, (const xc_in *)b, bias, c);
     else
-        xc_gemm_tc<BM, BN, BK, WM, WN, STAGES, false><<<grid, THREADS, SMEM, s>>>(
+        KS<<<grid, THREADS, SMEM, s>>>(
             m, n, k, (const xc_in *)a, (const xc_in *)b, bias, c);
     return (int)cudaGetLastError();
 }
 
-/* BM, BN, BK, warp WM x WN, stages. */
+/* The configurations above, in order. */
 static const xc_launch_fn xc_configs[] = {
-    xc_run<128, 128, 32, 64, 64, 4>,  /* 0: 4 warps of 64x64 */
-    xc_run<128, 256, 32, 64, 64, 3>,  /* 1: 8 warps */
-    xc_run<256, 128, 32, 64, 64, 3>,  /* 2: 8 warps */
-    xc_run<128, 128, 32, 64, 32, 4>,  /* 3: 8 warps of 64x32 */
-    xc_run<64, 128, 32, 32, 64, 4>,   /* 4: 4 warps */
-    xc_run<64, 64, 32, 32, 32, 4>,    /* 5: 4 warps, the small size class */
-{%- if precision == "tf32" %}
-    xc_run<128, 128, 64, 64, 64, 3>,  /* 6: longer k-slices, 209 KiB */
-    xc_run<128, 256, 32, 64, 64, 4>,  /* 7: as 1, a stage deeper */
-{%- else %}
-    xc_run<128, 128, 64, 64, 64, 3>,  /* 6: longer k-slices */
-    xc_run<128, 256, 64, 64, 64, 3>,  /* 7: 8 warps, longer k-slices */
-{%- endif %}
+{%- for c in configs %}
+    xc_run<{{ c[0] }}, {{ c[1] }}, {{ c[2] }}, {{ c[3] }}, {{ c[4] }}, {{ c[5] }}, xc_gemm_c{{ loop.index0 }}_v, xc_gemm_c{{ loop.index0 }}_s>,
+{%- endfor %}
 };
 #define XC_NEEDS_SM80 1
 {%- endif %}
@@ -569,13 +634,7 @@ static const xc_launch_fn xc_configs[] = {
  * 128x128 (bf16, fp16) or 128x256 (tf32) from about one tile per multiprocessor, else
  * 64x64. */
 static int xc_pick(int64_t m, int64_t n, int sms) {
-{%- if precision == "ieee" and dtype == "float32" %}
-    return xc_cdiv(m, 256) * xc_cdiv(n, 128) * 3 >= 2 * (int64_t)sms ? 3 : 7;
-{%- elif precision == "ieee" %}
-    return xc_cdiv(m, 64) * xc_cdiv(n, 64) >= 2 * (int64_t)sms ? 0 : 1;
-{%- else %}
-    return xc_cdiv(m, 128) * xc_cdiv(n, 128) >= sms ? {{ 1 if precision == "tf32" else 0 }} : 5;
-{%- endif %}
+    return xc_cdiv(m, {{ pick[0] }}) * xc_cdiv(n, {{ pick[1] }}) * {{ pick[2] }} >= {{ pick[3] }} * (int64_t)sms ? {{ pick[4] }} : {{ pick[5] }};
 }
 
 extern "C" int xc_gemm_configs(void) { return XC_CONFIGS; }
@@ -620,3 +679,4 @@ extern "C" int xc_gemm_bias(int64_t m, int64_t n, int64_t k, const void *a, cons
 extern "C" int xc_gemm(int64_t m, int64_t n, int64_t k, const void *a, const void *b, void *c, void *stream) {
     return xc_gemm_config(-1, m, n, k, a, b, nullptr, c, stream);
 }
+#endif

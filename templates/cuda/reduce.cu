@@ -54,9 +54,15 @@ doc = "1: reduce along each row (out has rows elements, as numpy's sum(axis=1));
  * On an H200, every shape of 2^28 float32 over the rows, and all but a single row over
  * the leading axis, reads at 94-107% of the device-to-device copy bandwidth
  * (docs/BENCHMARKS.md). */
+/* NVRTC (cuda_compiler=nvrtc) compiles the kernels alone, into a cubin that xcache's
+ * launcher (src/cuda_launch.rs) launches through the driver, choosing the kernel, grid
+ * and workspace as xc_launch below does; nvcc also compiles the host launcher. The
+ * kernels are extern "C" wrappers (named below) around templated bodies, so that both
+ * find them by name. */
+#ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
-#include <stdint.h>
 #include <mutex>
+#endif
 {{ xc_prelude }}
 {%- set ctype = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t"}[dtype] %}
 {%- set vtype = {"float32": "float4", "float64": "double2", "int32": "int4", "int64": "longlong2"}[dtype] %}
@@ -66,12 +72,19 @@ doc = "1: reduce along each row (out has rows elements, as numpy's sum(axis=1));
 {%- set acc = ("double" if is_float else "unsigned long long") if additive else ctype %}
 {%- set init = "0" if additive else {"max": {"float32": "-INFINITY", "float64": "-INFINITY", "int32": "INT32_MIN", "int64": "INT64_MIN"}, "min": {"float32": "INFINITY", "float64": "INFINITY", "int32": "INT32_MAX", "int64": "INT64_MAX"}}[op][dtype] %}
 
+{%- set threads = 256 %}
+{%- set unroll = 4 %}
+{%- set acc_bytes = 8 if additive or dtype in ["float64", "int64"] else 4 %}
 #define XC_VEC {{ lanes }}      /* elements per 16-byte vector */
-#define XC_THREADS 256
-#define XC_UNROLL 4             /* independent loads in flight per thread */
+#define XC_THREADS {{ threads }}
+#define XC_UNROLL {{ unroll }}             /* independent loads in flight per thread */
+/* The launch data xcache's launcher reads:
+xcache-launch reduce axis={{ axis }} vec={{ lanes }} threads={{ threads }} unroll={{ unroll }} acc={{ acc_bytes }}
+*/
 
 typedef {{ ctype }} xc_t;
 typedef {{ acc }} xc_acc;
+static_assert(sizeof(xc_acc) == {{ acc_bytes }}, "the launch data's partial size");
 typedef {{ vtype }} xc_v;
 
 static __device__ __forceinline__ xc_t xc_pre(xc_t x) { return {{ pre }}; }
@@ -99,6 +112,170 @@ static __device__ __forceinline__ xc_t xc_final(xc_acc a, int64_t count) {
 {%- endif %}
 }
 
+
+{%- if axis == 1 %}
+
+/* The vector's elements combined as a tree (shorter dependency chains). */
+static __device__ __forceinline__ xc_acc xc_vec(xc_v v) {
+{%- if lanes == 4 %}
+    return xc_combine(xc_combine(xc_one(v.x), xc_one(v.y)), xc_combine(xc_one(v.z), xc_one(v.w)));
+{%- else %}
+    return xc_combine(xc_one(v.x), xc_one(v.y));
+{%- endif %}
+}
+
+template <int WIDTH>
+static __device__ __forceinline__ xc_acc xc_warp_reduce(xc_acc a) {
+#pragma unroll
+    for (int off = WIDTH / 2; off > 0; off >>= 1)
+        a = xc_combine(a, __shfl_xor_sync(0xffffffffu, a, off));
+    return a;
+}
+
+/* The block's combined value, in thread 0. Every thread of the block must call it. */
+static __device__ __forceinline__ xc_acc xc_block_reduce(xc_acc a, xc_acc *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    a = xc_warp_reduce<32>(a);
+    if (lane == 0) red[warp] = a;
+    __syncthreads();
+    if (warp == 0) {
+        a = lane < XC_THREADS / 32 ? red[lane] : (xc_acc){{ init }};
+        a = xc_warp_reduce<XC_THREADS / 32>(a);
+    }
+    __syncthreads(); /* red is reused by the caller's next row */
+    return a;
+}
+
+/* Short rows: TEAM consecutive lanes per row; a warp takes 32/TEAM consecutive rows per
+ * step and XC_UNROLL steps at once. VECTOR: every row starts 16-byte aligned (aligned
+ * base, cols a multiple of XC_VEC). */
+template <int TEAM, bool VECTOR>
+static __device__ __forceinline__ void xc_rows_team_body(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    constexpr int PER_WARP = 32 / TEAM;
+    const int lane = threadIdx.x & (TEAM - 1);
+    const int team = (threadIdx.x & 31) / TEAM;
+    const int64_t warp = ((int64_t)blockIdx.x * XC_THREADS + threadIdx.x) >> 5;
+    const int64_t warps = ((int64_t)gridDim.x * XC_THREADS) >> 5;
+    const int64_t groups = (rows + PER_WARP - 1) / PER_WARP;
+    const int64_t units = VECTOR ? cols / XC_VEC : cols;
+    for (int64_t g = warp; g < groups; g += XC_UNROLL * warps) { /* uniform in the warp */
+        xc_acc a[XC_UNROLL];
+        const xc_t *row[XC_UNROLL];
+        bool ok[XC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++) {
+            const int64_t r = (g + u * warps) * PER_WARP + team;
+            ok[u] = g + u * warps < groups && r < rows;
+            row[u] = in + (ok[u] ? r : 0) * cols;
+            a[u] = {{ init }};
+        }
+        for (int64_t j = lane; j < units; j += TEAM) {
+            if (VECTOR) {
+                xc_v v[XC_UNROLL];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) v[u] = reinterpret_cast<const xc_v *>(row[u])[j];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) a[u] = xc_combine(a[u], xc_vec(v[u]));
+            } else {
+                xc_t v[XC_UNROLL];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) v[u] = row[u][j];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) a[u] = xc_combine(a[u], xc_one(v[u]));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++) {
+            const xc_acc s = xc_warp_reduce<TEAM>(a[u]);
+            if (lane == 0 && ok[u]) out[(g + u * warps) * PER_WARP + team] = xc_final(s, cols);
+        }
+    }
+}
+
+/* Long rows: a block per (row, chunk). Each row is read as a scalar head up to its
+ * first 16-byte boundary, a body of vectors split into `chunks` ranges of `chunk_units`
+ * vectors, and a scalar tail. SPLIT: write the chunk's partial to
+ * part[row * chunks + chunk]; else the row's result. */
+template <bool SPLIT>
+static __device__ __forceinline__ void xc_rows_block_body(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out, xc_acc *__restrict__ part,
+        int64_t chunks, int64_t chunk_units) {
+    __shared__ xc_acc red[XC_THREADS / 32];
+    const int tid = threadIdx.x;
+    const int64_t items = rows * chunks;
+    for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
+        const int64_t r = w / chunks, ch = w - r * chunks;
+        const xc_t *row = in + r * cols;
+        int64_t head = (int64_t)(((16 - ((uintptr_t)row & 15)) & 15) / sizeof(xc_t));
+        if (head > cols) head = cols;
+        const int64_t units = (cols - head) / XC_VEC;
+        const int64_t tail = head + units * XC_VEC;
+        const int64_t u0 = ch * chunk_units;
+        const int64_t u1 = u0 + chunk_units < units ? u0 + chunk_units : units;
+        xc_acc a = {{ init }};
+        if (ch == 0) {
+            if (tid < head) a = xc_combine(a, xc_one(row[tid]));
+            if (tail + tid < cols) a = xc_combine(a, xc_one(row[tail + tid]));
+        }
+        const xc_v *body = reinterpret_cast<const xc_v *>(row + head);
+        int64_t j = u0 + tid;
+        for (; j + 3 * XC_THREADS < u1; j += 4 * XC_THREADS) {
+            const xc_v v0 = body[j], v1 = body[j + XC_THREADS];
+            const xc_v v2 = body[j + 2 * XC_THREADS], v3 = body[j + 3 * XC_THREADS];
+            a = xc_combine(a, xc_combine(xc_combine(xc_vec(v0), xc_vec(v1)),
+                                         xc_combine(xc_vec(v2), xc_vec(v3))));
+        }
+        for (; j < u1; j += XC_THREADS) a = xc_combine(a, xc_vec(body[j]));
+        a = xc_block_reduce(a, red);
+        if (tid == 0) {
+            if (SPLIT) part[w] = a;
+            else out[r] = xc_final(a, cols);
+        }
+    }
+}
+
+/* Second pass of a split row reduction: a block per row over its chunks' partials,
+ * four loads in flight per thread (a single row can have thousands of chunks). */
+extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_rows_finish(int64_t rows, int64_t cols,
+        int64_t chunks, const xc_acc *__restrict__ part, xc_t *__restrict__ out) {
+    __shared__ xc_acc red[XC_THREADS / 32];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const xc_acc *p = part + r * chunks;
+        xc_acc a = {{ init }};
+        int64_t c = threadIdx.x;
+        for (; c + 3 * XC_THREADS < chunks; c += 4 * XC_THREADS)
+            a = xc_combine(a, xc_combine(xc_combine(p[c], p[c + XC_THREADS]),
+                                         xc_combine(p[c + 2 * XC_THREADS], p[c + 3 * XC_THREADS])));
+        for (; c < chunks; c += XC_THREADS) a = xc_combine(a, p[c]);
+        a = xc_block_reduce(a, red);
+        if (threadIdx.x == 0) out[r] = xc_final(a, cols);
+    }
+}
+
+/* The kernels, by name: xc_rows_team_<TEAM>_<v: 16-byte vectors | s: scalars>,
+ * xc_rows_block, xc_rows_block_split, xc_rows_finish. */
+{%- for team in [1, 2, 4, 8, 16, 32] %}
+{%- for v in ["v", "s"] %}
+extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_rows_team_{{ team }}_{{ v }}(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    xc_rows_team_body<{{ team }}, {{ "true" if v == "v" else "false" }}>(rows, cols, in, out);
+}
+{%- endfor %}
+{%- endfor %}
+{%- for split in [false, true] %}
+extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_rows_block{{ "_split" if split else "" }}(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out, xc_acc *__restrict__ part,
+        int64_t chunks, int64_t chunk_units) {
+    xc_rows_block_body<{{ "true" if split else "false" }}>(rows, cols, in, out, part, chunks, chunk_units);
+}
+{%- endfor %}
+
+#ifndef __CUDACC_RTC__
 static int64_t xc_min64(int64_t x, int64_t y) { return x < y ? x : y; }
 static int64_t xc_max64(int64_t x, int64_t y) { return x > y ? x : y; }
 static int64_t xc_cdiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
@@ -155,156 +332,22 @@ static xc_acc *xc_workspace(int dev, size_t count, cudaStream_t s) {
     }
     return (xc_acc *)p;
 }
-{%- if axis == 1 %}
 
-/* The vector's elements combined as a tree (shorter dependency chains). */
-static __device__ __forceinline__ xc_acc xc_vec(xc_v v) {
-{%- if lanes == 4 %}
-    return xc_combine(xc_combine(xc_one(v.x), xc_one(v.y)), xc_combine(xc_one(v.z), xc_one(v.w)));
-{%- else %}
-    return xc_combine(xc_one(v.x), xc_one(v.y));
-{%- endif %}
-}
-
-template <int WIDTH>
-static __device__ __forceinline__ xc_acc xc_warp_reduce(xc_acc a) {
-#pragma unroll
-    for (int off = WIDTH / 2; off > 0; off >>= 1)
-        a = xc_combine(a, __shfl_xor_sync(0xffffffffu, a, off));
-    return a;
-}
-
-/* The block's combined value, in thread 0. Every thread of the block must call it. */
-static __device__ __forceinline__ xc_acc xc_block_reduce(xc_acc a, xc_acc *red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    a = xc_warp_reduce<32>(a);
-    if (lane == 0) red[warp] = a;
-    __syncthreads();
-    if (warp == 0) {
-        a = lane < XC_THREADS / 32 ? red[lane] : (xc_acc){{ init }};
-        a = xc_warp_reduce<XC_THREADS / 32>(a);
-    }
-    __syncthreads(); /* red is reused by the caller's next row */
-    return a;
-}
-
-/* Short rows: TEAM consecutive lanes per row; a warp takes 32/TEAM consecutive rows per
- * step and XC_UNROLL steps at once. VECTOR: every row starts 16-byte aligned (aligned
- * base, cols a multiple of XC_VEC). */
-template <int TEAM, bool VECTOR>
-__global__ void __launch_bounds__(XC_THREADS) xc_rows_team(int64_t rows, int64_t cols,
-        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
-    constexpr int PER_WARP = 32 / TEAM;
-    const int lane = threadIdx.x & (TEAM - 1);
-    const int team = (threadIdx.x & 31) / TEAM;
-    const int64_t warp = ((int64_t)blockIdx.x * XC_THREADS + threadIdx.x) >> 5;
-    const int64_t warps = ((int64_t)gridDim.x * XC_THREADS) >> 5;
-    const int64_t groups = (rows + PER_WARP - 1) / PER_WARP;
-    const int64_t units = VECTOR ? cols / XC_VEC : cols;
-    for (int64_t g = warp; g < groups; g += XC_UNROLL * warps) { /* uniform in the warp */
-        xc_acc a[XC_UNROLL];
-        const xc_t *row[XC_UNROLL];
-        bool ok[XC_UNROLL];
-#pragma unroll
-        for (int u = 0; u < XC_UNROLL; u++) {
-            const int64_t r = (g + u * warps) * PER_WARP + team;
-            ok[u] = g + u * warps < groups && r < rows;
-            row[u] = in + (ok[u] ? r : 0) * cols;
-            a[u] = {{ init }};
-        }
-        for (int64_t j = lane; j < units; j += TEAM) {
-            if (VECTOR) {
-                xc_v v[XC_UNROLL];
-#pragma unroll
-                for (int u = 0; u < XC_UNROLL; u++)
-                    if (ok[u]) v[u] = reinterpret_cast<const xc_v *>(row[u])[j];
-#pragma unroll
-                for (int u = 0; u < XC_UNROLL; u++)
-                    if (ok[u]) a[u] = xc_combine(a[u], xc_vec(v[u]));
-            } else {
-                xc_t v[XC_UNROLL];
-#pragma unroll
-                for (int u = 0; u < XC_UNROLL; u++)
-                    if (ok[u]) v[u] = row[u][j];
-#pragma unroll
-                for (int u = 0; u < XC_UNROLL; u++)
-                    if (ok[u]) a[u] = xc_combine(a[u], xc_one(v[u]));
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < XC_UNROLL; u++) {
-            const xc_acc s = xc_warp_reduce<TEAM>(a[u]);
-            if (lane == 0 && ok[u]) out[(g + u * warps) * PER_WARP + team] = xc_final(s, cols);
-        }
-    }
-}
-
-/* Long rows: a block per (row, chunk). Each row is read as a scalar head up to its
- * first 16-byte boundary, a body of vectors split into `chunks` ranges of `chunk_units`
- * vectors, and a scalar tail. SPLIT: write the chunk's partial to
- * part[row * chunks + chunk]; else the row's result. */
-template <bool SPLIT>
-__global__ void __launch_bounds__(XC_THREADS) xc_rows_block(int64_t rows, int64_t cols,
-        const xc_t *__restrict__ in, xc_t *__restrict__ out, xc_acc *__restrict__ part,
-        int64_t chunks, int64_t chunk_units) {
-    __shared__ xc_acc red[XC_THREADS / 32];
-    const int tid = threadIdx.x;
-    const int64_t items = rows * chunks;
-    for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
-        const int64_t r = w / chunks, ch = w - r * chunks;
-        const xc_t *row = in + r * cols;
-        int64_t head = (int64_t)(((16 - ((uintptr_t)row & 15)) & 15) / sizeof(xc_t));
-        if (head > cols) head = cols;
-        const int64_t units = (cols - head) / XC_VEC;
-        const int64_t tail = head + units * XC_VEC;
-        const int64_t u0 = ch * chunk_units;
-        const int64_t u1 = u0 + chunk_units < units ? u0 + chunk_units : units;
-        xc_acc a = {{ init }};
-        if (ch == 0) {
-            if (tid < head) a = xc_combine(a, xc_one(row[tid]));
-            if (tail + tid < cols) a = xc_combine(a, xc_one(row[tail + tid]));
-        }
-        const xc_v *body = reinterpret_cast<const xc_v *>(row + head);
-        int64_t j = u0 + tid;
-        for (; j + 3 * XC_THREADS < u1; j += 4 * XC_THREADS) {
-            const xc_v v0 = body[j], v1 = body[j + XC_THREADS];
-            const xc_v v2 = body[j + 2 * XC_THREADS], v3 = body[j + 3 * XC_THREADS];
-            a = xc_combine(a, xc_combine(xc_combine(xc_vec(v0), xc_vec(v1)),
-                                         xc_combine(xc_vec(v2), xc_vec(v3))));
-        }
-        for (; j < u1; j += XC_THREADS) a = xc_combine(a, xc_vec(body[j]));
-        a = xc_block_reduce(a, red);
-        if (tid == 0) {
-            if (SPLIT) part[w] = a;
-            else out[r] = xc_final(a, cols);
-        }
-    }
-}
-
-/* Second pass of a split row reduction: a block per row over its chunks' partials,
- * four loads in flight per thread (a single row can have thousands of chunks). */
-__global__ void __launch_bounds__(XC_THREADS) xc_rows_finish(int64_t rows, int64_t cols,
-        int64_t chunks, const xc_acc *__restrict__ part, xc_t *__restrict__ out) {
-    __shared__ xc_acc red[XC_THREADS / 32];
-    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const xc_acc *p = part + r * chunks;
-        xc_acc a = {{ init }};
-        int64_t c = threadIdx.x;
-        for (; c + 3 * XC_THREADS < chunks; c += 4 * XC_THREADS)
-            a = xc_combine(a, xc_combine(xc_combine(p[c], p[c + XC_THREADS]),
-                                         xc_combine(p[c + 2 * XC_THREADS], p[c + 3 * XC_THREADS])));
-        for (; c < chunks; c += XC_THREADS) a = xc_combine(a, p[c]);
-        a = xc_block_reduce(a, red);
-        if (threadIdx.x == 0) out[r] = xc_final(a, cols);
-    }
-}
+template <int TEAM, bool VECTOR> struct xc_team;
+{%- for team in [1, 2, 4, 8, 16, 32] %}
+{%- for v in ["v", "s"] %}
+template <> struct xc_team<{{ team }}, {{ "true" if v == "v" else "false" }}> {
+    static constexpr void (*k)(int64_t, int64_t, const xc_t *, xc_t *) = xc_rows_team_{{ team }}_{{ v }};
+};
+{%- endfor %}
+{%- endfor %}
 
 template <int TEAM, bool VECTOR>
 static void xc_launch_team(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int sms, cudaStream_t s) {
     const int64_t per_block = (XC_THREADS / 32) * (32 / TEAM) * XC_UNROLL; /* rows per block step */
     const int64_t want = xc_cdiv(rows, per_block);
-    const int64_t cap = (int64_t)sms * xc_per_sm<xc_rows_team<TEAM, VECTOR>>();
-    xc_rows_team<TEAM, VECTOR><<<(unsigned)xc_max64(1, xc_min64(want, cap)), XC_THREADS, 0, s>>>(rows, cols, in, out);
+    const int64_t cap = (int64_t)sms * xc_per_sm<xc_team<TEAM, VECTOR>::k>();
+    xc_team<TEAM, VECTOR>::k<<<(unsigned)xc_max64(1, xc_min64(want, cap)), XC_THREADS, 0, s>>>(rows, cols, in, out);
 }
 
 template <bool VECTOR>
@@ -327,7 +370,7 @@ static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int 
     }
     /* Long rows: split each into chunks when the rows alone leave resident blocks idle,
      * keeping a chunk at >= 8 vectors per thread. */
-    const int64_t slots = (int64_t)sms * xc_per_sm<xc_rows_block<true>>();
+    const int64_t slots = (int64_t)sms * xc_per_sm<xc_rows_block_split>();
     const int64_t max_units = cols / XC_VEC;
     int64_t chunks = 1;
     if (rows < 2 * slots)
@@ -337,16 +380,17 @@ static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int 
     const int64_t chunk_units = xc_cdiv(max_units, chunks);
     const unsigned grid = (unsigned)xc_min64(rows * chunks, slots);
     if (part) {
-        xc_rows_block<true><<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, part, chunks, chunk_units);
+        xc_rows_block_split<<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, part, chunks, chunk_units);
         xc_rows_finish<<<(unsigned)xc_min64(rows, slots), XC_THREADS, 0, s>>>(
             rows, cols, chunks, part, out);
         const cudaError_t e = cudaGetLastError();
         (void)cudaFreeAsync(part, s);
         return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
     }
-    xc_rows_block<false><<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, nullptr, 1, chunk_units);
+    xc_rows_block<<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, nullptr, 1, chunk_units);
     return (int)cudaGetLastError();
 }
+#endif
 {%- else %}
 
 /* Block (TX, TY) with TX*TY = 256; thread x owns a unit of columns (a vector of XC_VEC
@@ -354,7 +398,7 @@ static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int 
  * [blockIdx.y * rows_per_chunk, +rows_per_chunk). The TY partials are combined in
  * shared memory. SPLIT: write part[blockIdx.y * cols + col]; else the column's result. */
 template <bool VECTOR, bool SPLIT>
-__global__ void __launch_bounds__(XC_THREADS) xc_cols(int64_t rows, int64_t cols,
+static __device__ __forceinline__ void xc_cols_body(int64_t rows, int64_t cols,
         const xc_t *__restrict__ in, xc_t *__restrict__ out, xc_acc *__restrict__ part,
         int64_t rows_per_chunk) {
     constexpr int W = VECTOR ? XC_VEC : 1;
@@ -426,7 +470,7 @@ __global__ void __launch_bounds__(XC_THREADS) xc_cols(int64_t rows, int64_t cols
 
 /* Second pass of a split column reduction over the (chunks x cols) partials: block
  * (TX, TY) as in xc_cols, thread y taking every TY-th chunk, four loads in flight. */
-__global__ void __launch_bounds__(XC_THREADS) xc_cols_finish(int64_t rows, int64_t cols,
+extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_cols_finish(int64_t rows, int64_t cols,
         int64_t chunks, const xc_acc *__restrict__ part, xc_t *__restrict__ out) {
     __shared__ xc_acc red[XC_THREADS];
     const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
@@ -448,6 +492,75 @@ __global__ void __launch_bounds__(XC_THREADS) xc_cols_finish(int64_t rows, int64
     if (ty == 0 && col < cols) out[col] = xc_final(a, rows);
 }
 
+/* The kernels, by name: xc_cols_<v | s>[_split], xc_cols_finish. */
+{%- for v in ["v", "s"] %}
+{%- for split in [false, true] %}
+extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_cols_{{ v }}{{ "_split" if split else "" }}(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out, xc_acc *__restrict__ part,
+        int64_t rows_per_chunk) {
+    xc_cols_body<{{ "true" if v == "v" else "false" }}, {{ "true" if split else "false" }}>(rows, cols, in, out, part, rows_per_chunk);
+}
+{%- endfor %}
+{%- endfor %}
+
+#ifndef __CUDACC_RTC__
+static int64_t xc_min64(int64_t x, int64_t y) { return x < y ? x : y; }
+static int64_t xc_max64(int64_t x, int64_t y) { return x > y ? x : y; }
+static int64_t xc_cdiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+/* Resident 256-thread blocks per multiprocessor for kernel K, computed once. */
+template <auto K>
+static int xc_per_sm() {
+    static const int n = [] {
+        int b = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, K, XC_THREADS, 0) != cudaSuccess || b <= 0) {
+            (void)cudaGetLastError();
+            b = 4;
+        }
+        return b;
+    }();
+    return n;
+}
+
+/* A private stream-ordered memory pool per device for the partials of split
+ * reductions: it keeps its memory between calls (the default pool would hand it back
+ * at every synchronisation) and leaves the application's default pool alone. NULL
+ * where pools are unsupported: the caller then does not split. */
+static cudaMemPool_t xc_pool(int dev) {
+    static std::mutex lock;
+    static cudaMemPool_t pools[64];
+    static bool tried[64];
+    if (dev < 0 || dev >= 64) return nullptr;
+    std::lock_guard<std::mutex> guard(lock);
+    if (!tried[dev]) {
+        tried[dev] = true;
+        int ok = 0;
+        cudaMemPoolProps props = {};
+        props.allocType = cudaMemAllocationTypePinned;
+        props.location.type = cudaMemLocationTypeDevice;
+        props.location.id = dev;
+        cudaMemPool_t p = nullptr;
+        if (cudaDeviceGetAttribute(&ok, cudaDevAttrMemoryPoolsSupported, dev) == cudaSuccess && ok &&
+            cudaMemPoolCreate(&p, &props) == cudaSuccess) {
+            uint64_t keep = UINT64_MAX;
+            (void)cudaMemPoolSetAttribute(p, cudaMemPoolAttrReleaseThreshold, &keep);
+            pools[dev] = p;
+        }
+        (void)cudaGetLastError(); /* not the launch's error */
+    }
+    return pools[dev];
+}
+
+static xc_acc *xc_workspace(int dev, size_t count, cudaStream_t s) {
+    cudaMemPool_t pool = xc_pool(dev);
+    void *p = nullptr;
+    if (!pool || cudaMallocFromPoolAsync(&p, count * sizeof(xc_acc), pool, s) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return nullptr;
+    }
+    return (xc_acc *)p;
+}
+
 /* Block shape for a (rows x units) problem: TX units wide (32, fewer for narrow
  * matrices), TY = 256 / TX rows deep, fewer (and TX wider) for short ones. */
 static dim3 xc_cols_block(int64_t rows, int64_t units) {
@@ -464,7 +577,7 @@ static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int 
     const dim3 block = xc_cols_block(rows, units);
     const int tx = (int)block.x, ty = (int)block.y;
     const int64_t col_blocks = xc_cdiv(units, tx);
-    const int64_t slots = (int64_t)sms * (vector ? xc_per_sm<xc_cols<true, true>>() : xc_per_sm<xc_cols<false, true>>());
+    const int64_t slots = (int64_t)sms * (vector ? xc_per_sm<xc_cols_v_split>() : xc_per_sm<xc_cols_s_split>());
     /* Enough blocks for two rounds of resident blocks, each thread keeping >= 16 rows. */
     int64_t chunks = 1;
     if (col_blocks < 2 * slots)
@@ -475,20 +588,22 @@ static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int 
     chunks = xc_max64(1, xc_cdiv(rows, rows_per_chunk));
     const dim3 grid((unsigned)col_blocks, (unsigned)chunks);
     if (part) {
-        if (vector) xc_cols<true, true><<<grid, block, 0, s>>>(rows, cols, in, out, part, rows_per_chunk);
-        else xc_cols<false, true><<<grid, block, 0, s>>>(rows, cols, in, out, part, rows_per_chunk);
+        if (vector) xc_cols_v_split<<<grid, block, 0, s>>>(rows, cols, in, out, part, rows_per_chunk);
+        else xc_cols_s_split<<<grid, block, 0, s>>>(rows, cols, in, out, part, rows_per_chunk);
         const dim3 fblock = xc_cols_block(chunks, cols);
         xc_cols_finish<<<(unsigned)xc_cdiv(cols, fblock.x), fblock, 0, s>>>(rows, cols, chunks, part, out);
         const cudaError_t e = cudaGetLastError();
         (void)cudaFreeAsync(part, s);
         return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
     }
-    if (vector) xc_cols<true, false><<<grid, block, 0, s>>>(rows, cols, in, out, nullptr, xc_max64(rows, 1));
-    else xc_cols<false, false><<<grid, block, 0, s>>>(rows, cols, in, out, nullptr, xc_max64(rows, 1));
+    if (vector) xc_cols_v<<<grid, block, 0, s>>>(rows, cols, in, out, nullptr, xc_max64(rows, 1));
+    else xc_cols_s<<<grid, block, 0, s>>>(rows, cols, in, out, nullptr, xc_max64(rows, 1));
     return (int)cudaGetLastError();
 }
+#endif
 {%- endif %}
 
+#ifndef __CUDACC_RTC__
 extern "C" int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out, void *stream) {
     if (rows < 0 || cols < 0) return -1;
     if ({{ "rows" if axis == 1 else "cols" }} == 0) return 0; /* no outputs */
@@ -502,3 +617,4 @@ extern "C" int xc_reduce(int64_t rows, int64_t cols, const void *in, void *out, 
     }
     return xc_launch(rows, cols, (const xc_t *)in, (xc_t *)out, dev, sms, (cudaStream_t)stream);
 }
+#endif
