@@ -19,4 +19,10 @@ python3 benches/scale.py --write "$out"
 python3 benches/check1.py --write "$out"
 python3 benches/cpu_kernels.py --write "$out"
 python3 benches/peers.py --write "$out"
+# The Python package (built from python/) and the PyTensor adapter, in the bench venv.
+venv=target/bench-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q maturin numpy pytensor blake3
+PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install -q --no-deps --no-build-isolation ./python
+"$venv/bin/python" benches/python_bench.py --write "$out"
 echo "wrote $out"

@@ -8,8 +8,14 @@
 # --ignored where `xcache doctor` finds nvcc (tests/cuda.rs; for the gpu_* ones also
 # libnvrtc and a GPU) and libnvrtc (tests/nvrtc.rs).
 #
+# Then the C ABI test (capi/tests/c_abi.rs, also #[ignore]d in the first run: it needs
+# libxcache.so, built here first) and the Python tests (python/tests, pytest) with the
+# interpreter $XCACHE_PYTHON (default: python3), into whose environment the package is
+# installed first (`pip install ./python`) when it is a virtual environment. Their
+# counts join the totals, and what they skip is listed with the reason.
+#
 # Arguments go to the first `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
-# To add a suite (Python, ...): run it after the Rust ones, and add to `skipped` what
+# To add a suite: run it after the others, add its counts, and add to `skipped` what
 # it could not run here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,9 +74,50 @@ else
   skipped+=("tests/pyext.rs: no Python with its headers and numpy here (set XCACHE_TEST_PYTHON)")
 fi
 
+# The C ABI: compile the C example and the threaded C test against include/xcache.h
+# with cc, link them with the freshly built libxcache.so, run them.
+cargo build -q -p xcache-capi
+cargo test -p xcache-capi --test c_abi -- --ignored 2>&1 | tee -a "$log"
+
+# The Python package, in $XCACHE_PYTHON (or python3).
+py_passed=0 py_failed=0 py_skipped=0
+py=${XCACHE_PYTHON:-python3}
+pylog=$(mktemp)
+if ! command -v "$py" >/dev/null 2>&1; then
+  skipped+=("python/tests, all of it: no Python interpreter ($py)")
+elif ! "$py" -c 'import pytest, numpy' >/dev/null 2>&1; then
+  skipped+=("python/tests, all of it: $py has no pytest or numpy (.ci/run installs them: pip install maturin numpy pytest pytensor)")
+else
+  if "$py" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+    # A virtual environment: install the package as it is now (incremental builds),
+    # with its own tools (maturin) on PATH.
+    PATH="$("$py" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
+    isolation=()
+    "$py" -c 'import maturin' >/dev/null 2>&1 && isolation=(--no-build-isolation)
+    "$py" -m pip install -q --disable-pip-version-check --no-deps "${isolation[@]}" ./python
+  fi
+  if ! "$py" -c 'import xcache' >/dev/null 2>&1; then
+    skipped+=("python/tests, all of it: the xcache package is not installed for $py (pip install ./python)")
+  else
+    "$py" -m pytest python/tests -q -rs -p no:cacheprovider 2>&1 | tee "$pylog" || true
+    # pytest's closing line: "36 passed, 2 skipped in 76.02s" (with -q, undecorated).
+    last=$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$pylog" | tail -n 1 || true)
+    count() { printf '%s\n' "$last" | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0; }
+    py_passed=$(count passed)
+    py_failed=$(( $(count failed) + $(count error) ))
+    py_skipped=$(count skipped)
+    if [ -z "$last" ]; then py_failed=$((py_failed + 1)); fi
+    while IFS= read -r line; do
+      line=${line#SKIPPED }
+      skipped+=("${line#\[*\] }")
+    done < <(grep -E '^SKIPPED ' "$pylog" || true)
+  fi
+fi
+rm -f "$pylog"
+
 # Totals over every `cargo test` above: what the first run ignored and a later run ran
 # counts once, as run; what stayed ignored (those tests, and doc examples marked
-# `ignore`) is skipped.
+# `ignore`) is skipped. Then pytest's.
 read -r passed failed skipped_n < <(
   grep -E '^test result:' "$log" |
     sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1 \2 \3/' |
@@ -80,7 +127,11 @@ read -r passed failed skipped_n < <(
       NR > first { i -= $1 + $2 }
       END { print p + 0, f + 0, i + 0 }'
 )
+passed=$((passed + py_passed))
+failed=$((failed + py_failed))
+skipped_n=$((skipped_n + py_skipped))
 for s in "${skipped[@]}"; do
   echo "skipped: $s"
 done
 echo "tests: $passed passed, $failed failed, $skipped_n skipped"
+[ "$failed" -eq 0 ]

@@ -98,6 +98,18 @@ pub enum Error {
     /// The request itself is malformed (bad source name, bad flag, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+
+    /// A lock wait reached the limit the caller set
+    /// ([`crate::store::lock::with_wait_limit`]).
+    #[error("gave up waiting for the lock {} after {:.1} s (held by {}). Fix: wait for that process, or raise the lock timeout", path.display(), waited.as_secs_f64(), holder.as_deref().unwrap_or("another process"))]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// What the lock file says about its holder (`pid=N host=H`), when it says.
+        holder: Option<String>,
+    },
 }
 
 /// The fix for a compiler that cannot be run, by what the tool is: each missing tool
@@ -137,7 +149,7 @@ fn io_hint(err: &io::Error, path: &Path) -> String {
 impl Error {
     /// The variant, in one word, as `--json` error objects name it: `config`, `io`,
     /// `untrusted`, `compile`, `no-compiler`, `load`, `missing-symbol`, `cuda`,
-    /// `template`, `invalid-request`.
+    /// `template`, `invalid-request`, `lock-timeout`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Config(_) => "config",
@@ -150,7 +162,29 @@ impl Error {
             Error::Cuda { .. } => "cuda",
             Error::Template { .. } => "template",
             Error::InvalidRequest(_) => "invalid-request",
+            Error::LockTimeout { .. } => "lock-timeout",
         }
+    }
+
+    /// For a template error about one parameter: the parameter's name, and, when its
+    /// value is an expression refused at some point, the byte offset in that value
+    /// (what the Python package's `TemplateError` carries as `.parameter`, `.offset`).
+    pub fn template_parameter(&self) -> Option<(&str, Option<usize>)> {
+        let Error::Template { message, .. } = self else {
+            return None;
+        };
+        let start = message.find("parameter `")? + "parameter `".len();
+        let len = message[start..].find('`')?;
+        let offset = message
+            .find("at offset ")
+            .map(|i| &message[i + "at offset ".len()..])
+            .and_then(|rest| {
+                let digits = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                rest[..digits].parse().ok()
+            });
+        Some((&message[start..start + len], offset))
     }
 
     /// Wraps an I/O error with what was being done and to which path.
@@ -248,6 +282,22 @@ mod tests {
             e.contains("install a C compiler") && e.contains("`cc`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn template_errors_name_their_parameter_and_offset() {
+        let t = |m: &str| Error::Template {
+            template: "c/elemwise".into(),
+            message: m.into(),
+        };
+        let e = t("parameter `expr` = \"a+\" is invalid: at offset 2: expected a value");
+        assert_eq!(e.template_parameter(), Some(("expr", Some(2))));
+        let e = t("parameter `dtype` = \"float16\" is invalid: expected one of float32");
+        assert_eq!(e.template_parameter(), Some(("dtype", None)));
+        let e = t("has no parameter `dtyp`; its parameters are: arity, dtype, expr");
+        assert_eq!(e.template_parameter(), Some(("dtyp", None)));
+        assert_eq!(t("no template named x").template_parameter(), None);
+        assert_eq!(Error::Config("x".into()).template_parameter(), None);
     }
 
     #[test]

@@ -56,6 +56,7 @@
 //! | [`kernels`], [`cuda`] | typed handles for the shipped templates: `elemwise`, `reduce`, `gemm` (on the GPU, built by NVRTC or nvcc per `cuda_compiler`) |
 //! | [`remote`] | remote tiers (Redis), with timeouts and a circuit breaker; bundles for CI caches |
 //! | [`runtime`] | [`Jit`]: cache + compiler + loaded-library registry, typed symbols |
+//! | [`embed`] | handles for the Python package and the C ABI: a loaded library whose file stays while the handle lives ([`store::pin`]) |
 //! | [`ops`] | what the `xcache` command's verbs do, thin over the store, returning data |
 //!
 //! Dependencies point down the table: nothing below [`store`] knows of it, and the
@@ -70,6 +71,7 @@ pub mod cuda;
 pub mod cuda_launch;
 pub mod cuda_module;
 pub mod driver;
+pub mod embed;
 pub mod error;
 pub mod fsx;
 #[doc(hidden)]

@@ -653,6 +653,36 @@ impl Jit {
     }
 }
 
+impl Jit {
+    /// The library of a request this `Jit` has loaded already, found as
+    /// [`Jit::compile`]'s fast path finds it (no key derived, no file touched, nothing
+    /// that can block); `None` when it would have to go further. What embedders call
+    /// before releasing their interpreter's lock for a full [`Jit::compile`]. Not
+    /// counted in the usage counters: a caller that uses the result counts it
+    /// ([`crate::store::stats::Recorder::memory_hit`]).
+    pub fn loaded(&self, req: &SourceRequest) -> Option<Compiled> {
+        let start = Instant::now();
+        let h = fast_hash(req);
+        let lib = self.memo.lock().unwrap().get(&h).and_then(|v| {
+            v.iter()
+                .find(|(fp, _)| fp.matches(req))
+                .map(|(_, l)| Arc::clone(l))
+        })?;
+        Some(Compiled {
+            key: lib.key,
+            tier: Tier::Local,
+            path: lib.path.clone(),
+            hit: true,
+            compile_ms: 0,
+            elapsed: start.elapsed(),
+            lock_wait: Duration::ZERO,
+            compiler_output: String::new(),
+            warnings: Vec::new(),
+            lib,
+        })
+    }
+}
+
 /// Runs `f(0..n)` on at most `jobs` threads (at least one); results in index order.
 fn parallel<T: Send>(n: usize, jobs: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -300,11 +300,13 @@ mod tests {
         ] {
             assert!(CompileArgs::plain(&os(v)).is_none(), "{v:?}");
         }
-        // Whatever clap would make of it, the plain form means the same.
-        let parsed =
-            <crate::Cli as clap::Parser>::try_parse_from(["xcache", "compile", "k.c", "--json"])
-                .unwrap();
-        let Some(crate::Command::Compile(c)) = parsed.command else {
+        // Whatever clap would make of it, the plain form means the same. (`super::super`:
+        // the command's root is the crate in the binary, `command` in the library.)
+        let parsed = <super::super::Cli as clap::Parser>::try_parse_from([
+            "xcache", "compile", "k.c", "--json",
+        ])
+        .unwrap();
+        let Some(super::super::Command::Compile(c)) = parsed.command else {
             panic!()
         };
         let plain = CompileArgs::plain(&os(&["compile", "k.c", "--json"])).unwrap();

@@ -313,10 +313,16 @@ enum BaseAction {
 }
 
 fn main() -> ExitCode {
+    run_command_line(std::env::args_os().collect())
+}
+
+/// The whole command for `args` (the first is the program's name): what `main` runs,
+/// and, through the library target (`src/lib.rs`), `python -m xcache`.
+pub fn run_command_line(args: Vec<std::ffi::OsString>) -> ExitCode {
     init_logging();
     // `xcache compile FILE [--json]`: straight to the verb, without the command tree.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if let Some(plain) = compile::CompileArgs::plain(&args) {
+    let rest: Vec<std::ffi::OsString> = args.iter().skip(1).cloned().collect();
+    if let Some(plain) = compile::CompileArgs::plain(&rest) {
         let json = plain.json;
         let cli = Cli {
             dir: None,
@@ -324,7 +330,7 @@ fn main() -> ExitCode {
         };
         return finish(run(cli), json);
     }
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -332,7 +338,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS; // --help, --version
             }
             // Bad usage of a command asked for JSON: still JSON on stdout.
-            if std::env::args_os().any(|a| a == "--json") {
+            if args.iter().any(|a| a == "--json") {
                 let message = e.render().to_string();
                 let message = message.trim().trim_start_matches("error: ");
                 println!(
@@ -708,7 +714,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// Logs to stderr as `xcache: warning: ...`, at the level named by XCACHE_LOG (error,
 /// warn, info, debug, trace, off; default warn), or per module in env_logger's syntax
 /// (`warn,xcache::store=debug`).
-fn init_logging() {
+/// Warnings and `XCACHE_LOG` output on stderr, as `xcache: warning: …` (once per
+/// process; later calls do nothing).
+pub fn init_logging() {
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Warn)
         .parse_filters(&std::env::var("XCACHE_LOG").unwrap_or_default())
@@ -722,5 +730,6 @@ fn init_logging() {
             };
             writeln!(buf, "xcache: {level}: {}", record.args())
         })
-        .init();
+        .try_init()
+        .ok();
 }

@@ -11,7 +11,7 @@ use xcache::ops::doctor::{DoctorReport, Status};
 use xcache::ops::list::EntryRow;
 use xcache::store::gc::policy::{RemoveWhy, StaleWhy};
 
-use crate::human;
+use super::human;
 use xcache::ops::size::SizeReport;
 use xcache::ops::stats::StatsRow;
 use xcache::ops::unlock::UnlockReport;

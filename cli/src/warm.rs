@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 
-use crate::human;
+use super::human;
 use xcache::ops::warm::{self, WarmItem};
 use xcache::{CacheOutcome, Config, Jit};
 

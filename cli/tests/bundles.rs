@@ -366,7 +366,7 @@ fn since_selects_entries_by_last_use() {
     let fresh = compile(&env, "a", &reqs[1], &[]);
     // A month unused: its `last-use` says so.
     let entry = Path::new(old["path"].as_str().unwrap()).parent().unwrap();
-    age_entry(&entry, 30 * 86_400);
+    age_entry(entry, 30 * 86_400);
 
     let out = bundle(&env, "recent.tar.zst");
     let e = ok_json(xc(

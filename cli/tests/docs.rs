@@ -108,6 +108,18 @@ fn the_readme_says_how_to_install_and_test() {
         CI.lines().any(|l| l.trim() == "scripts/test.sh"),
         ".ci/run runs the README's test command"
     );
+    // The Python package: how to install it, and CI installs what its tests need.
+    assert!(
+        first_block.contains("pip install ./python"),
+        "{first_block}"
+    );
+    for package in ["maturin", "numpy", "pytest", "pytensor", "./python"] {
+        assert!(
+            CI.lines()
+                .any(|l| l.contains("pip\" install") && l.contains(package)),
+            ".ci/run installs {package}"
+        );
+    }
     for verb in [
         "clear",
         "purge",

@@ -13,7 +13,13 @@
 //!   foreign file planted there is refused with an error that names it.
 //! - A lock file that cannot be created because the cache is read-only yields an
 //!   unlocked guard for readers: nobody can be writing there through xcache either.
+//! - Waits are unbounded (a hung compiler is bounded by `compile_timeout`), unless the
+//!   calling thread set a limit with [`with_wait_limit`] (embedders: the Python
+//!   package's `lock_timeout`): a wait that reaches it fails with
+//!   [`Error::LockTimeout`], naming the holder. A bounded wait polls `try_lock` with a
+//!   backoff (1 ms doubling to 50 ms), since flock has no timeout.
 
+use std::cell::Cell;
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -235,6 +241,58 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+thread_local! {
+    static WAIT_LIMIT: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with every blocking lock wait on this thread bounded by `limit` (`None`:
+/// unbounded, the default): a wait that would last longer fails with
+/// [`Error::LockTimeout`]. The previous limit is restored afterwards, also on unwind.
+pub fn with_wait_limit<T>(limit: Option<Duration>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Duration>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WAIT_LIMIT.with(|l| l.set(self.0));
+        }
+    }
+    let _restore = Restore(WAIT_LIMIT.with(|l| l.replace(limit)));
+    f()
+}
+
+/// Waits for `file`'s lock in `mode`, for at most this thread's wait limit.
+fn wait_for(file: &File, mode: LockMode, path: &Path, holder: Option<&str>) -> Result<()> {
+    let Some(limit) = WAIT_LIMIT.with(Cell::get) else {
+        let r = match mode {
+            LockMode::Shared => file.lock_shared(),
+            LockMode::Exclusive => file.lock(),
+        };
+        return r.map_err(|e| Error::io("locking", path, e));
+    };
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let attempt = match mode {
+            LockMode::Shared => file.try_lock_shared(),
+            LockMode::Exclusive => file.try_lock(),
+        };
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => return Err(Error::io("locking", path, e)),
+        }
+        let waited = start.elapsed();
+        if waited >= limit {
+            return Err(Error::LockTimeout {
+                path: path.to_path_buf(),
+                waited,
+                holder: holder.map(str::to_string),
+            });
+        }
+        std::thread::sleep(pause.min(limit - waited));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// Blocks until a shared lock on `root/rel` is held.
 pub fn lock_shared(root: &Root, rel: &Path) -> Result<LockGuard> {
     acquire(root, rel, LockMode::Shared, &mut |_| {})
@@ -318,18 +376,15 @@ fn acquire(
         match attempt {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
+                let holder = holder_of(&mut file);
                 if !told {
                     told = true;
-                    let holder = holder_of(&mut file);
                     on_wait(holder.as_deref());
                 }
                 let start = Instant::now();
-                let r = match mode {
-                    LockMode::Shared => file.lock_shared(),
-                    LockMode::Exclusive => file.lock(),
-                };
+                let r = wait_for(&file, mode, &root.join(rel), holder.as_deref());
                 waited += start.elapsed();
-                r.map_err(|e| Error::io("locking", root.join(rel), e))?;
+                r?;
             }
             Err(TryLockError::Error(e)) => return Err(Error::io("locking", root.join(rel), e)),
         }
@@ -403,6 +458,41 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         assert!(!outside.path().join("new.lock").exists());
+    }
+
+    #[test]
+    fn a_bounded_wait_gives_up_naming_the_holder_and_an_unbounded_one_waits() {
+        let (_d, r) = root();
+        let p = Path::new("k.lock");
+        let held = lock_exclusive(&r, p, &mut |_| {}).unwrap();
+        let r2 = r.clone();
+        let err = std::thread::spawn(move || {
+            with_wait_limit(Some(Duration::from_millis(30)), || {
+                lock_shared(&r2, Path::new("k.lock"))
+            })
+        })
+        .join()
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(err.kind(), "lock-timeout");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid={}", std::process::id())),
+            "{msg}"
+        );
+        // The limit is the thread's and is restored: a plain wait blocks until release.
+        let (tx, rx) = mpsc::channel();
+        let r3 = r.clone();
+        let t = std::thread::spawn(move || {
+            with_wait_limit(Some(Duration::from_millis(1)), || {});
+            let g = lock_shared(&r3, Path::new("k.lock")).unwrap();
+            tx.send(()).unwrap();
+            drop(g);
+        });
+        assert!(rx.try_recv().is_err());
+        drop(held);
+        rx.recv().unwrap();
+        t.join().unwrap();
     }
 
     #[test]

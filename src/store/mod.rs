@@ -220,6 +220,7 @@ pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod pack;
+pub mod pin;
 pub mod private;
 pub mod remote;
 pub mod scan;

@@ -1,0 +1,379 @@
+//! The C ABI of xcache (`libxcache.so`, header `include/xcache.h`): thin over the
+//! Rust library, with no logic of its own beyond conversion and error mapping.
+//!
+//! - Opaque handles: [`xcache_cache`] (a [`Jit`]: one per base dir is plenty, shared by
+//!   any number of threads) and [`xcache_library`] (a loaded library whose file stays
+//!   in place while the handle lives: [`xcache::embed`]). A library handle stays valid
+//!   after its cache is closed.
+//! - Every function returns an [`xcache_status`]; after a failure,
+//!   [`xcache_last_error`] gives the message on the calling thread.
+//! - Thread-safe: handles may be used from any thread at once (the message of the
+//!   last error is per thread).
+//! - No panic crosses the boundary: one becomes `XCACHE_ERR_PANIC`.
+
+#![allow(non_camel_case_types)]
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use xcache::embed::HeldLibrary;
+use xcache::{Config, Error, Jit, Language, SourceRequest};
+
+/// What a call returned. Failures match the library's error kinds (`xcache compile
+/// --json` prints the same kinds); `xcache_last_error()` says more.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum xcache_status {
+    /// Success.
+    XCACHE_OK = 0,
+    /// A setting could not be read or has a bad value (XCACHE_FLAGS, the config file).
+    XCACHE_ERR_CONFIG = 1,
+    /// A file-system operation failed.
+    XCACHE_ERR_IO = 2,
+    /// The cache directory fails the trust checks (owner, mode).
+    XCACHE_ERR_UNTRUSTED = 3,
+    /// The compiler failed; the message has its command line and output.
+    XCACHE_ERR_COMPILE = 4,
+    /// No compiler could be run.
+    XCACHE_ERR_NO_COMPILER = 5,
+    /// dlopen failed.
+    XCACHE_ERR_LOAD = 6,
+    /// The symbol is not exported by the library.
+    XCACHE_ERR_MISSING_SYMBOL = 7,
+    /// The CUDA runtime reported an error.
+    XCACHE_ERR_CUDA = 8,
+    /// A template is missing or was given bad parameters.
+    XCACHE_ERR_TEMPLATE = 9,
+    /// The request is malformed (a refused flag, a relative include dir...).
+    XCACHE_ERR_INVALID_REQUEST = 10,
+    /// A lock wait reached its limit.
+    XCACHE_ERR_LOCK_TIMEOUT = 11,
+    /// A NULL handle or out-pointer, a string that is not UTF-8, an unknown language.
+    XCACHE_ERR_INVALID_ARGUMENT = 12,
+    /// A bug in xcache: a Rust panic, caught at the boundary.
+    XCACHE_ERR_PANIC = 13,
+}
+
+/// A cache and compile service (opaque).
+pub struct xcache_cache {
+    jit: Jit,
+}
+
+/// A compiled, loaded library (opaque). Its file stays in place while the handle lives.
+pub struct xcache_library {
+    held: HeldLibrary,
+    path: CString,
+    key: CString,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(message: String) {
+    let c = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+fn status_of(e: &Error) -> xcache_status {
+    use xcache_status::*;
+    match e.kind() {
+        "config" => XCACHE_ERR_CONFIG,
+        "io" => XCACHE_ERR_IO,
+        "untrusted" => XCACHE_ERR_UNTRUSTED,
+        "compile" => XCACHE_ERR_COMPILE,
+        "no-compiler" => XCACHE_ERR_NO_COMPILER,
+        "load" => XCACHE_ERR_LOAD,
+        "missing-symbol" => XCACHE_ERR_MISSING_SYMBOL,
+        "cuda" => XCACHE_ERR_CUDA,
+        "template" => XCACHE_ERR_TEMPLATE,
+        "lock-timeout" => XCACHE_ERR_LOCK_TIMEOUT,
+        _ => XCACHE_ERR_INVALID_REQUEST,
+    }
+}
+
+/// A failure of the C caller's making.
+struct Invalid(String);
+
+enum Failure {
+    Lib(Error),
+    Invalid(Invalid),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Lib(e)
+    }
+}
+
+impl From<Invalid> for Failure {
+    fn from(e: Invalid) -> Failure {
+        Failure::Invalid(e)
+    }
+}
+
+/// Runs `f`, maps its failure (or panic) to a status and the thread's last error.
+fn guard(f: impl FnOnce() -> Result<(), Failure>) -> xcache_status {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => xcache_status::XCACHE_OK,
+        Ok(Err(Failure::Lib(e))) => {
+            set_error(e.to_string());
+            status_of(&e)
+        }
+        Ok(Err(Failure::Invalid(Invalid(m)))) => {
+            set_error(m);
+            xcache_status::XCACHE_ERR_INVALID_ARGUMENT
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            set_error(format!(
+                "internal error in xcache (please report it): {what}"
+            ));
+            xcache_status::XCACHE_ERR_PANIC
+        }
+    }
+}
+
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+unsafe fn string<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Invalid> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    CStr::from_ptr(p)
+        .to_str()
+        .map(Some)
+        .map_err(|_| Invalid(format!("{what} is not UTF-8")))
+}
+
+/// # Safety
+/// `p` is NULL (with `n` 0) or points to `n` NUL-terminated strings.
+unsafe fn strings(p: *const *const c_char, n: usize, what: &str) -> Result<Vec<String>, Invalid> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() {
+        return Err(Invalid(format!("{what} is NULL with a count of {n}")));
+    }
+    (0..n)
+        .map(|i| match string(*p.add(i), what)? {
+            Some(s) => Ok(s.to_string()),
+            None => Err(Invalid(format!("{what}[{i}] is NULL"))),
+        })
+        .collect()
+}
+
+fn out_ptr<T>(p: *mut T, what: &str) -> Result<(), Invalid> {
+    if p.is_null() {
+        Err(Invalid(format!("the out-pointer {what} is NULL")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Opens the cache at `base_dir`, or, with NULL, where the environment says
+/// (XCACHE_DIR, XCACHE_FLAGS, the config file: as the `xcache` command does; the
+/// other settings come from the environment in both cases). On success `*out` is a
+/// handle to close with `xcache_close`.
+///
+/// # Safety
+/// `base_dir` is NULL or a NUL-terminated string; `out` is a valid pointer.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_open(
+    base_dir: *const c_char,
+    out: *mut *mut xcache_cache,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        let mut config = Config::load()?;
+        if let Some(dir) = string(base_dir, "base_dir")? {
+            config.set_base_dir(dir);
+        }
+        let jit = Jit::new(config)?;
+        *out = Box::into_raw(Box::new(xcache_cache { jit }));
+        Ok(())
+    })
+}
+
+/// Closes a cache. Library handles obtained from it stay valid. NULL is accepted.
+///
+/// # Safety
+/// `cache` is NULL or a handle from `xcache_open`, not used after this call.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_close(cache: *mut xcache_cache) -> xcache_status {
+    guard(|| {
+        if !cache.is_null() {
+            drop(Box::from_raw(cache));
+        }
+        Ok(())
+    })
+}
+
+/// Compiles `source` through the cache (once, ever, per key) and loads it.
+///
+/// - `language`: "c", "c++" or "cuda".
+/// - `flags`: `n_flags` compiler flags, after xcache's own, in order (in the key).
+/// - `include_dirs`: `n_include_dirs` absolute directories searched for headers
+///   (`-I`); every header the compiler reads from them is part of the result's
+///   identity, so editing one makes the next request compile again.
+///
+/// Arrays may be NULL when their count is 0. On success `*out` is a library handle to
+/// release with `xcache_library_release`.
+///
+/// # Safety
+/// Strings are NUL-terminated; arrays hold their count of strings; `out` is valid.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn xcache_compile(
+    cache: *const xcache_cache,
+    language: *const c_char,
+    source: *const c_char,
+    flags: *const *const c_char,
+    n_flags: usize,
+    include_dirs: *const *const c_char,
+    n_include_dirs: usize,
+    out: *mut *mut xcache_library,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        let cache = cache
+            .as_ref()
+            .ok_or_else(|| Invalid("the cache handle is NULL".into()))?;
+        let language = match string(language, "language")? {
+            Some("c") => Language::C,
+            Some("c++") | Some("cxx") => Language::Cxx,
+            Some("cuda") => Language::Cuda,
+            other => {
+                return Err(Invalid(format!(
+                    "unknown language {other:?}: use \"c\", \"c++\" or \"cuda\""
+                ))
+                .into())
+            }
+        };
+        let source = string(source, "source")?.ok_or_else(|| Invalid("source is NULL".into()))?;
+        let mut req = SourceRequest::new(language, source);
+        for dir in strings(include_dirs, n_include_dirs, "include_dirs")? {
+            if !Path::new(&dir).is_absolute() {
+                return Err(Invalid(format!(
+                    "include dir {dir:?} is relative: give an absolute path"
+                ))
+                .into());
+            }
+            req = req.flag(format!("-I{dir}"));
+        }
+        for f in strings(flags, n_flags, "flags")? {
+            req = req.flag(f);
+        }
+        let held = cache.jit.compile_held(&req)?;
+        let path = CString::new(held.path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Invalid("the library path holds a NUL byte".into()))?;
+        let key = CString::new(held.compiled.key.hex()).expect("hex has no NUL");
+        *out = Box::into_raw(Box::new(xcache_library { held, path, key }));
+        Ok(())
+    })
+}
+
+fn library<'a>(lib: *const xcache_library) -> Result<&'a xcache_library, Invalid> {
+    // SAFETY: the caller passes NULL or a live handle.
+    unsafe { lib.as_ref() }.ok_or_else(|| Invalid("the library handle is NULL".into()))
+}
+
+/// The shared object's path. `*out` stays valid, and the file in place, until the
+/// handle is released.
+///
+/// # Safety
+/// `lib` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_library_path(
+    lib: *const xcache_library,
+    out: *mut *const c_char,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = library(lib)?.path.as_ptr();
+        Ok(())
+    })
+}
+
+/// The request's key (64 hex digits). `*out` is valid until the handle is released.
+///
+/// # Safety
+/// `lib` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_library_key(
+    lib: *const xcache_library,
+    out: *mut *const c_char,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = library(lib)?.key.as_ptr();
+        Ok(())
+    })
+}
+
+/// Whether no compiler ran for this request (`*out` true: found in the cache or already
+/// loaded by this process).
+///
+/// # Safety
+/// `lib` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_library_hit(
+    lib: *const xcache_library,
+    out: *mut bool,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = library(lib)?.held.compiled.hit;
+        Ok(())
+    })
+}
+
+/// The address of the exported symbol `name`, valid while the handle (or another
+/// handle on the same library) lives. Cast it to the function's real type.
+///
+/// # Safety
+/// `lib` is a live handle; `name` is NUL-terminated; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_library_symbol(
+    lib: *const xcache_library,
+    name: *const c_char,
+    out: *mut *mut c_void,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        let lib = library(lib)?;
+        let name = string(name, "name")?.ok_or_else(|| Invalid("name is NULL".into()))?;
+        // Looked up as an opaque pointer; the caller casts it.
+        let sym = lib.held.compiled.symbol::<*mut c_void>(name)?;
+        *out = *sym;
+        Ok(())
+    })
+}
+
+/// Releases a library handle: the file may be collected afterwards, and the library
+/// unloaded once no other handle (in this process) uses it. NULL is accepted.
+///
+/// # Safety
+/// `lib` is NULL or a live handle, not used after this call.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_library_release(lib: *mut xcache_library) -> xcache_status {
+    guard(|| {
+        if !lib.is_null() {
+            drop(Box::from_raw(lib));
+        }
+        Ok(())
+    })
+}
+
+/// The message of the last failed call on this thread ("" if none failed). Valid until
+/// the next failing call on this thread.
+#[no_mangle]
+pub extern "C" fn xcache_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}

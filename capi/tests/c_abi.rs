@@ -1,0 +1,112 @@
+//! The C ABI from C: `examples/xcache_capi.c` and `capi/tests/c/threads.c` are compiled
+//! with `cc` against `include/xcache.h`, linked with the built `libxcache.so`, and run
+//! in a temporary cache.
+//!
+//! `cargo test` does not build a cdylib for its tests, so these are ignored by a plain
+//! `cargo test`; `scripts/test.sh` builds the library (`cargo build -p xcache-capi`)
+//! and then runs them with `--ignored`. `XCACHE_CAPI_LIB_DIR` names another directory
+//! holding `libxcache.so` (default: this test's own target directory).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory holding libxcache.so: target/<profile>/, two levels above this
+/// test's executable (target/<profile>/deps/c_abi-…).
+fn lib_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XCACHE_CAPI_LIB_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn build_c(src: &Path, out: &Path, extra: &[&str]) {
+    let lib = lib_dir();
+    assert!(
+        lib.join("libxcache.so").exists(),
+        "{} has no libxcache.so. Fix: cargo build -p xcache-capi first (scripts/test.sh does)",
+        lib.display()
+    );
+    let status = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Werror", "-D_DEFAULT_SOURCE"])
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lxcache")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(extra)
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "cc failed on {}", src.display());
+}
+
+fn run(exe: &Path, cache: &Path, args: &[&Path]) -> String {
+    let out = Command::new(exe)
+        .args(args)
+        .env("XCACHE_DIR", cache)
+        .env_remove("XCACHE_FLAGS")
+        .env_remove("XCACHE_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed: {stdout}{}",
+        exe.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn the_example_compiles_once_then_hits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("xcache_capi");
+    build_c(&repo().join("examples/xcache_capi.c"), &exe, &[]);
+    let cache = tmp.path().join("cache");
+    let inc = repo().join("examples/include");
+    let env_cache = Path::new("");
+    let first = run(&exe, &cache, &[env_cache, &inc]);
+    assert!(first.contains("miss: compiled"), "{first}");
+    assert!(first.contains("axpy(3, 4, 1) = 25"), "{first}");
+    assert!(
+        first.contains("status 4 (XCACHE_ERR_COMPILE is 4)"),
+        "{first}"
+    );
+    // A second process: the cache answers.
+    let second = run(&exe, &cache, &[env_cache, &inc]);
+    assert!(second.contains("hit: no compiler ran"), "{second}");
+    // The base dir as an argument instead of XCACHE_DIR.
+    let other = tmp.path().join("other");
+    let third = run(&exe, &tmp.path().join("unused"), &[&other, &inc]);
+    assert!(third.contains("miss: compiled"), "{third}");
+    assert!(third.contains(&other.display().to_string()), "{third}");
+    // The header is in the result's identity: another include dir holding another
+    // header is another result.
+    let inc2 = tmp.path().join("inc2");
+    std::fs::create_dir(&inc2).unwrap();
+    std::fs::write(inc2.join("xcache_example.h"), "#define SCALE 3.0\n").unwrap();
+    let fourth = run(&exe, &cache, &[env_cache, &inc2]);
+    assert!(fourth.contains("miss: compiled"), "{fourth}");
+    assert!(fourth.contains("axpy(3, 4, 1) = 37"), "{fourth}");
+}
+
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn threads_share_one_compile_and_errors_are_per_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("threads");
+    build_c(&repo().join("capi/tests/c/threads.c"), &exe, &["-pthread"]);
+    let cache = tmp.path().join("cache");
+    let out = run(&exe, &cache, &[&cache]);
+    assert_eq!(out.trim(), "ok");
+}

@@ -1,0 +1,1558 @@
+//! `xcache._native`: the Python package's native module, thin over the Rust library
+//! (conversion and error mapping only). The public API is `python/xcache/__init__.py`,
+//! which re-exports these classes and adds the pure-Python parts; the stubs in
+//! `python/xcache/_native.pyi` document every signature.
+//!
+//! - The GIL is released while compiling, hashing, waiting for locks and walking the
+//!   cache ([`Python::detach`]); many threads asking for one key cost one compile (the
+//!   library's single flight).
+//! - A [`Library`] holds a [`HeldLibrary`]: the library stays loaded and its file in
+//!   place (a pin: a shared lock on the entry) while the Python object lives.
+//! - Arrays come in through the buffer protocol (numpy, array.array, memoryview...)
+//!   and, for the CUDA templates, through `__cuda_array_interface__` (CuPy, PyTorch,
+//!   Numba).
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+
+use xcache::embed::HeldLibrary;
+use xcache::kernels::{ElemwiseFn, GemmBiasFn, ReduceFn};
+use xcache::store::lock::with_wait_limit;
+use xcache::{Config, Jit, Language, SourceRequest, TemplateRequest};
+
+pyo3::create_exception!(
+    xcache,
+    Error,
+    PyException,
+    "Every error xcache raises. `.kind` is the CLI's word for it (`compile`, `template`, `untrusted`, `lock-timeout`, `io`, `config`, `no-compiler`, `load`, `missing-symbol`, `cuda`, `invalid-request`)."
+);
+pyo3::create_exception!(
+    xcache,
+    CompileError,
+    Error,
+    "The compiler failed. `.command` (shell-quoted, re-runnable from `.workdir`), `.output` (what it printed), `.kept_source` (the source as compiled, kept for inspection), `.status` (exit status or None)."
+);
+pyo3::create_exception!(
+    xcache,
+    TemplateError,
+    Error,
+    "A template is unknown or was given a bad parameter. `.template`, `.parameter` (the offending parameter, when one is), `.offset` (byte offset in an expression, when the expression is at fault), `.message`."
+);
+pyo3::create_exception!(
+    xcache,
+    UntrustedCacheError,
+    Error,
+    "The cache directory fails the trust checks (owner, mode): xcache would load code others could plant. `.path`, `.reason`, `.fix`."
+);
+pyo3::create_exception!(
+    xcache,
+    LockTimeout,
+    Error,
+    "A lock wait reached the cache's `lock_timeout`. `.path` (the lock file), `.waited` (seconds), `.holder` (`pid=N host=H`, or None)."
+);
+
+/// Converts a library error to the exception of its kind, with its fields.
+fn to_py(e: xcache::Error) -> PyErr {
+    Python::attach(|py| {
+        let message = e.to_string();
+        let err = match &e {
+            xcache::Error::Compile(_) => CompileError::new_err(message.clone()),
+            xcache::Error::Template { .. } => TemplateError::new_err(message.clone()),
+            xcache::Error::Untrusted { .. } => UntrustedCacheError::new_err(message.clone()),
+            xcache::Error::LockTimeout { .. } => LockTimeout::new_err(message.clone()),
+            _ => Error::new_err(message.clone()),
+        };
+        let v = err.value(py);
+        let set = |k: &str, val: Py<PyAny>| {
+            let _ = v.setattr(k, val);
+        };
+        set(
+            "kind",
+            e.kind().into_pyobject(py).unwrap().into_any().unbind(),
+        );
+        let s = |x: &str| PyString::new(py, x).into_any().unbind();
+        let p = |x: &std::path::Path| s(&x.to_string_lossy());
+        match &e {
+            xcache::Error::Compile(ce) => {
+                set("command", s(&ce.command));
+                set("output", s(&ce.output));
+                set("kept_source", p(&ce.kept_source));
+                set("workdir", p(&ce.workdir));
+                set(
+                    "status",
+                    ce.status.into_pyobject(py).unwrap().into_any().unbind(),
+                );
+            }
+            xcache::Error::Template { template, message } => {
+                let (param, offset) = match e.template_parameter() {
+                    Some((p, o)) => (Some(p.to_string()), o),
+                    None => (None, None),
+                };
+                set("template", s(template));
+                set("message", s(message));
+                set(
+                    "parameter",
+                    param.into_pyobject(py).unwrap().into_any().unbind(),
+                );
+                set(
+                    "offset",
+                    offset.into_pyobject(py).unwrap().into_any().unbind(),
+                );
+            }
+            xcache::Error::Untrusted { path, reason, fix } => {
+                set("path", p(path));
+                set("reason", s(reason));
+                set("fix", s(fix));
+            }
+            xcache::Error::LockTimeout {
+                path,
+                waited,
+                holder,
+            } => {
+                set("path", p(path));
+                set(
+                    "waited",
+                    waited
+                        .as_secs_f64()
+                        .into_pyobject(py)
+                        .unwrap()
+                        .into_any()
+                        .unbind(),
+                );
+                set(
+                    "holder",
+                    holder
+                        .clone()
+                        .into_pyobject(py)
+                        .unwrap()
+                        .into_any()
+                        .unbind(),
+                );
+            }
+            _ => {}
+        }
+        err
+    })
+}
+
+trait OrPy<T> {
+    fn or_py(self) -> PyResult<T>;
+}
+
+impl<T> OrPy<T> for xcache::Result<T> {
+    fn or_py(self) -> PyResult<T> {
+        self.map_err(to_py)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Buffers. Py_buffer joined the limited API in 3.11, with the layout it has had since
+// 3.3 (PEP 3118); the abi3-py38 wheel declares it here so that it takes buffers on
+// 3.8-3.10 too. Every CPython 3 exports these two functions.
+
+#[repr(C)]
+struct PyBufferRaw {
+    buf: *mut c_void,
+    obj: *mut pyo3::ffi::PyObject,
+    len: isize,
+    itemsize: isize,
+    readonly: c_int,
+    ndim: c_int,
+    format: *mut c_char,
+    shape: *mut isize,
+    strides: *mut isize,
+    suboffsets: *mut isize,
+    internal: *mut c_void,
+}
+
+extern "C" {
+    fn PyObject_GetBuffer(
+        obj: *mut pyo3::ffi::PyObject,
+        view: *mut PyBufferRaw,
+        flags: c_int,
+    ) -> c_int;
+    fn PyBuffer_Release(view: *mut PyBufferRaw);
+}
+
+const PYBUF_WRITABLE: c_int = 0x0001;
+const PYBUF_FORMAT: c_int = 0x0004;
+const PYBUF_ND: c_int = 0x0008;
+const PYBUF_STRIDES: c_int = 0x0010 | PYBUF_ND;
+
+/// A held buffer (released on drop, under the GIL: drops happen in methods that hold it).
+struct Buffer {
+    raw: PyBufferRaw,
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: obtained by PyObject_GetBuffer, released once; the GIL is held (every
+        // Buffer lives inside a method called with it, and is dropped before detaching
+        // or after re-attaching).
+        unsafe { PyBuffer_Release(&mut self.raw) }
+    }
+}
+
+impl Buffer {
+    fn get(obj: &Bound<'_, PyAny>, writable: bool, what: &str) -> PyResult<Buffer> {
+        let mut raw = std::mem::MaybeUninit::<PyBufferRaw>::zeroed();
+        let flags = PYBUF_STRIDES | PYBUF_FORMAT | if writable { PYBUF_WRITABLE } else { 0 };
+        // SAFETY: a valid object and an out-struct of Py_buffer's layout.
+        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), raw.as_mut_ptr(), flags) };
+        if rc != 0 {
+            let cause = PyErr::take(obj.py());
+            let msg =
+                format!(
+                "{what} must be a{} array supporting the buffer protocol (a numpy array), got {}",
+                if writable { " writable" } else { "n" },
+                obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            );
+            let err = PyTypeError::new_err(msg);
+            if let Some(c) = cause {
+                err.set_cause(obj.py(), Some(c));
+            }
+            return Err(err);
+        }
+        // SAFETY: initialised by a successful PyObject_GetBuffer.
+        Ok(Buffer {
+            raw: unsafe { raw.assume_init() },
+        })
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        (0..self.raw.ndim as usize)
+            // SAFETY: PYBUF_ND asks for `ndim` shape entries.
+            .map(|i| unsafe { *self.raw.shape.add(i) } as usize)
+            .collect()
+    }
+
+    fn c_contiguous(&self) -> bool {
+        if self.raw.strides.is_null() {
+            return true;
+        }
+        let shape = self.shape();
+        let mut want = self.raw.itemsize;
+        for i in (0..shape.len()).rev() {
+            // SAFETY: PYBUF_STRIDES asks for `ndim` strides.
+            let s = unsafe { *self.raw.strides.add(i) };
+            if shape[i] > 1 && s != want {
+                return false;
+            }
+            want *= shape[i] as isize;
+        }
+        true
+    }
+
+    /// The element type as a template dtype, from the buffer's struct format.
+    fn dtype(&self) -> Option<&'static str> {
+        if self.raw.format.is_null() {
+            return None;
+        }
+        // SAFETY: a NUL-terminated format string (PYBUF_FORMAT).
+        let f = unsafe { CStr::from_ptr(self.raw.format) }.to_bytes();
+        let f = match f {
+            [b'@' | b'=' | b'<', rest @ ..] if cfg!(target_endian = "little") => rest,
+            f => f,
+        };
+        match (f, self.raw.itemsize) {
+            (b"f", 4) => Some("float32"),
+            (b"d", 8) => Some("float64"),
+            (b"i" | b"l" | b"q", 4) => Some("int32"),
+            (b"i" | b"l" | b"q", 8) => Some("int64"),
+            _ => None,
+        }
+    }
+
+    fn ptr(&self) -> *mut c_void {
+        self.raw.buf
+    }
+
+    fn bytes(&self) -> usize {
+        self.raw.len as usize
+    }
+}
+
+/// One array argument, checked: dtype, C-contiguity.
+fn host_array(obj: &Bound<'_, PyAny>, writable: bool, dtype: &str, what: &str) -> PyResult<Buffer> {
+    let b = Buffer::get(obj, writable, what)?;
+    match b.dtype() {
+        Some(d) if d == dtype => {}
+        d => {
+            return Err(PyTypeError::new_err(format!(
+                "{what} has dtype {}, the kernel was compiled for {dtype}",
+                d.unwrap_or("(unsupported)")
+            )))
+        }
+    }
+    if !b.c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{what} is not C-contiguous. Fix: pass numpy.ascontiguousarray({what})"
+        )));
+    }
+    Ok(b)
+}
+
+fn shape_str(s: &[usize]) -> String {
+    let inner: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+    if s.len() == 1 {
+        format!("({},)", inner[0])
+    } else {
+        format!("({})", inner.join(", "))
+    }
+}
+
+/// Partial overlap between two byte ranges (identity is allowed: in place).
+fn partially_overlap(a: (*mut c_void, usize), b: (*mut c_void, usize)) -> bool {
+    let (a0, a1) = (a.0 as usize, a.0 as usize + a.1);
+    let (b0, b1) = (b.0 as usize, b.0 as usize + b.1);
+    a0 < b1 && b0 < a1 && !(a0 == b0 && a1 == b1)
+}
+
+/// numpy.empty(shape, dtype): the output when the caller gives none.
+fn numpy_empty<'py>(py: Python<'py>, shape: &[usize], dtype: &str) -> PyResult<Bound<'py, PyAny>> {
+    let np = py.import("numpy").map_err(|e| {
+        let err = PyTypeError::new_err("no `out=` given and numpy is not installed: pass `out=`");
+        err.set_cause(py, Some(e));
+        err
+    })?;
+    np.call_method1("empty", (PyTuple::new(py, shape)?, dtype))
+}
+
+/// Elements above which a kernel call releases the GIL (below, releasing costs more
+/// than it lets other threads do).
+const DETACH_ELEMENTS: usize = 1 << 15;
+
+// ---------------------------------------------------------------------------------
+// CUDA arrays, through __cuda_array_interface__ (version 2 and 3).
+
+struct DeviceArray {
+    ptr: usize,
+    shape: Vec<usize>,
+    stream: Option<usize>,
+}
+
+fn device_array(obj: &Bound<'_, PyAny>, dtype: &str, what: &str) -> PyResult<DeviceArray> {
+    let iface = obj.getattr("__cuda_array_interface__").map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a GPU array with __cuda_array_interface__ (CuPy, PyTorch on cuda, Numba), got {}",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    let shape: Vec<usize> = iface.get_item("shape")?.extract()?;
+    let typestr: String = iface.get_item("typestr")?.extract()?;
+    let (ptr, _readonly): (usize, bool) = iface.get_item("data")?.extract()?;
+    let dt = match typestr.as_str() {
+        "<f4" => "float32",
+        "<f8" => "float64",
+        "<i4" => "int32",
+        "<i8" => "int64",
+        _ => "(unsupported)",
+    };
+    if dt != dtype {
+        return Err(PyTypeError::new_err(format!(
+            "{what} has dtype {dt} ({typestr}), the kernel was compiled for {dtype}"
+        )));
+    }
+    let itemsize = if dtype.ends_with("32") { 4 } else { 8 };
+    if let Ok(strides) = iface.get_item("strides") {
+        if !strides.is_none() {
+            let strides: Vec<usize> = strides.extract()?;
+            let mut want = itemsize;
+            for i in (0..shape.len()).rev() {
+                if shape[i] > 1 && strides[i] != want {
+                    return Err(PyValueError::new_err(format!(
+                        "{what} is not C-contiguous. Fix: make a contiguous copy"
+                    )));
+                }
+                want *= shape[i];
+            }
+        }
+    }
+    let stream = match iface.get_item("stream") {
+        Ok(s) if !s.is_none() => Some(s.extract::<usize>()?),
+        _ => None,
+    };
+    Ok(DeviceArray { ptr, shape, stream })
+}
+
+fn cupy_empty<'py>(py: Python<'py>, shape: &[usize], dtype: &str) -> PyResult<Bound<'py, PyAny>> {
+    let cp = py.import("cupy").map_err(|e| {
+        let err = PyTypeError::new_err("no `out=` given and CuPy is not installed: pass `out=`");
+        err.set_cause(py, Some(e));
+        err
+    })?;
+    cp.call_method1("empty", (PyTuple::new(py, shape)?, dtype))
+}
+
+/// The stream to launch on: the caller's, else the output's (its interface's `stream`:
+/// 1 is the legacy default stream, 2 the per-thread one, both valid handles), else NULL.
+fn launch_stream(explicit: Option<usize>, out: &DeviceArray) -> *mut c_void {
+    explicit.or(out.stream).unwrap_or(0) as *mut c_void
+}
+
+fn cuda_status(kernel: &str, code: i32) -> PyResult<()> {
+    match code {
+        0 => Ok(()),
+        -1 => Err(PyValueError::new_err(format!(
+            "{kernel}: a size is negative or too large"
+        ))),
+        -2 => Err(PyValueError::new_err(format!(
+            "{kernel}: a NULL device pointer"
+        ))),
+        -3 => Err(PyValueError::new_err(format!(
+            "{kernel}: no GEMM configuration for this shape"
+        ))),
+        c => {
+            let err = Error::new_err(format!(
+                "{kernel}: the CUDA launch failed with cudaError_t {c}"
+            ));
+            Python::attach(|py| {
+                let _ = err.value(py).setattr("kind", "cuda");
+            });
+            Err(err)
+        }
+    }
+}
+
+fn host_status(kernel: &str, code: i32) -> PyResult<()> {
+    match code {
+        0 => Ok(()),
+        c => Err(PyValueError::new_err(format!(
+            "{kernel} returned error code {c} (1: a negative size, 2: a null pointer)"
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+
+/// A compiled, loaded library. It stays loaded, and its file (`path`) in place, while
+/// this object lives.
+#[pyclass(module = "xcache", name = "Library", frozen)]
+struct Library {
+    held: HeldLibrary,
+    // Made on first use: most hits never read them.
+    path: PyOnceLock<Py<PyString>>,
+    key: PyOnceLock<Py<PyString>>,
+}
+
+#[pymethods]
+impl Library {
+    /// The shared object's path; valid while this object lives.
+    #[getter]
+    fn path(&self, py: Python<'_>) -> Py<PyString> {
+        self.path
+            .get_or_init(py, || {
+                PyString::new(py, &self.held.path.to_string_lossy()).unbind()
+            })
+            .clone_ref(py)
+    }
+
+    /// The request's key (64 hex digits).
+    #[getter]
+    fn key(&self, py: Python<'_>) -> Py<PyString> {
+        self.key
+            .get_or_init(py, || {
+                PyString::new(py, &self.held.compiled.key.hex()).unbind()
+            })
+            .clone_ref(py)
+    }
+
+    /// True when no compiler ran for this request.
+    #[getter]
+    fn hit(&self) -> bool {
+        self.held.compiled.hit
+    }
+
+    /// How long the compile took when the entry was built (what a hit saved), in ms; 0
+    /// for a library this process had loaded already.
+    #[getter]
+    fn compile_ms(&self) -> u64 {
+        self.held.compiled.compile_ms
+    }
+
+    /// Wall time of this request, in seconds.
+    #[getter]
+    fn elapsed(&self) -> f64 {
+        self.held.compiled.elapsed.as_secs_f64()
+    }
+
+    /// Time spent waiting for other processes' locks, in seconds.
+    #[getter]
+    fn lock_wait(&self) -> f64 {
+        self.held.compiled.lock_wait.as_secs_f64()
+    }
+
+    /// What the compiler printed although it succeeded (only when it ran now).
+    #[getter]
+    fn compiler_output(&self) -> &str {
+        &self.held.compiled.compiler_output
+    }
+
+    /// Cache faults repaired while serving the request.
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.held.compiled.warnings.clone()
+    }
+
+    /// Whether the file is pinned (always, but for a private build in a cache that
+    /// could not be written: then its path stays for the hand-out grace only).
+    #[getter]
+    fn pinned(&self) -> bool {
+        self.held.pin().is_some()
+    }
+
+    /// The address of the exported symbol `name`, as an int (for ctypes, cffi, numba).
+    /// Valid while this object lives.
+    fn symbol(&self, name: &str) -> PyResult<usize> {
+        // SAFETY: looked up as an opaque address; the caller gives it a type.
+        let sym = unsafe { self.held.compiled.symbol::<*mut c_void>(name) }.or_py()?;
+        Ok(*sym as usize)
+    }
+
+    /// A ctypes function for the symbol `name` with the given result and argument
+    /// types. The function keeps this library alive.
+    #[pyo3(signature = (name, restype, argtypes))]
+    fn ctypes_function<'py>(
+        slf: &Bound<'py, Self>,
+        name: &str,
+        restype: &Bound<'py, PyAny>,
+        argtypes: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let addr = slf.get().symbol(name)?;
+        let ctypes = py.import("ctypes")?;
+        let mut proto_args = vec![restype.clone()];
+        for a in argtypes.try_iter()? {
+            proto_args.push(a?);
+        }
+        let proto = ctypes.call_method1("CFUNCTYPE", PyTuple::new(py, proto_args)?)?;
+        let f = proto.call1((addr,))?;
+        f.setattr("_xcache_library", slf)?;
+        f.setattr("__name__", name)?;
+        Ok(f)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<xcache.Library {} key={} {}>",
+            self.held.path.display(),
+            &self.held.compiled.key.hex()[..12],
+            if self.held.compiled.hit {
+                "hit"
+            } else {
+                "compiled"
+            }
+        )
+    }
+}
+
+fn library(py: Python<'_>, held: HeldLibrary) -> PyResult<Py<Library>> {
+    Py::new(
+        py,
+        Library {
+            held,
+            path: PyOnceLock::new(),
+            key: PyOnceLock::new(),
+        },
+    )
+}
+
+/// The cache and compile service: settings, the compiledir, loaded libraries.
+#[pyclass(module = "xcache", name = "Cache", frozen, subclass)]
+struct Cache {
+    jit: Arc<Jit>,
+    lock_timeout: Option<Duration>,
+    /// Template requests rendered by this cache: rendering is a pure function of the
+    /// request for one `Jit` (which parses each template once), and kernel constructors
+    /// get called in loops.
+    rendered: Mutex<HashMap<TemplateRequest, Arc<SourceRequest>>>,
+}
+
+impl Cache {
+    /// `compile_held`, without releasing the GIL when the request is loaded and pinned
+    /// already (a map lookup: releasing and taking back the GIL would cost more).
+    fn held(&self, py: Python<'_>, req: &SourceRequest) -> PyResult<HeldLibrary> {
+        if let Some(h) = self.jit.held_if_loaded(req) {
+            return Ok(h);
+        }
+        self.run(py, |jit| jit.compile_held(req))
+    }
+
+    fn render_memo(&self, py: Python<'_>, req: TemplateRequest) -> PyResult<Arc<SourceRequest>> {
+        if let Some(src) = self.rendered.lock().unwrap().get(&req) {
+            return Ok(Arc::clone(src));
+        }
+        let key = req.clone();
+        let src = Arc::new(self.run(py, move |jit| jit.render(&req))?);
+        self.rendered.lock().unwrap().insert(key, Arc::clone(&src));
+        Ok(src)
+    }
+
+    /// Runs `f` without the GIL, with this cache's lock wait limit.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Jit) -> xcache::Result<T> + Send,
+    ) -> PyResult<T> {
+        let jit = &self.jit;
+        let limit = self.lock_timeout;
+        py.detach(|| with_wait_limit(limit, || f(jit))).or_py()
+    }
+
+    fn template_request(
+        name: &str,
+        params: &[(String, String)],
+        flags: Vec<String>,
+    ) -> TemplateRequest {
+        let mut req = TemplateRequest::new(name);
+        for (k, v) in params {
+            req = req.param(k.as_str(), v.as_str());
+        }
+        req.flags = flags;
+        req
+    }
+
+    fn compile_template_held(&self, py: Python<'_>, req: TemplateRequest) -> PyResult<HeldLibrary> {
+        let src = self.render_memo(py, req)?;
+        self.held(py, &src)
+    }
+}
+
+fn strings(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Vec<String>> {
+    let Some(obj) = obj else {
+        return Ok(Vec::new());
+    };
+    if obj.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a list of strings, not one string"
+        )));
+    }
+    let mut out = Vec::new();
+    for x in obj.try_iter()? {
+        let x = x?;
+        let s = if x.is_instance_of::<PyString>() {
+            x.extract::<String>()?
+        } else {
+            // os.PathLike
+            x.call_method0("__fspath__")
+                .and_then(|p| p.extract::<String>())
+                .map_err(|_| PyTypeError::new_err(format!("{what} must hold strings")))?
+        };
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn text_or_bytes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(s.to_cow()?.as_bytes().to_vec());
+    }
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    Err(PyTypeError::new_err(format!("{what} must be str or bytes")))
+}
+
+/// Headers: a mapping name → content, or a sequence of paths (read now, named by
+/// their file name) or (name, content) pairs.
+fn headers(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, Vec<u8>)>> {
+    let Some(obj) = obj else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    if let Ok(d) = obj.cast::<PyDict>() {
+        for (k, v) in d.iter() {
+            out.push((
+                k.extract::<String>()?,
+                text_or_bytes(&v, "a header's content")?,
+            ));
+        }
+        return Ok(out);
+    }
+    let os = py.import("os")?;
+    for item in obj.try_iter()? {
+        let item = item?;
+        if let Ok(t) = item.cast::<PyTuple>() {
+            let (name, content): (String, Bound<'_, PyAny>) = t.extract()?;
+            out.push((name, text_or_bytes(&content, "a header's content")?));
+            continue;
+        }
+        let path: String = os.call_method1("fspath", (&item,))?.extract()?;
+        let bytes = std::fs::read(&path).map_err(PyErr::from)?;
+        let name = std::path::Path::new(&path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push((name, bytes));
+    }
+    Ok(out)
+}
+
+fn language(lang: &str) -> PyResult<Language> {
+    match lang {
+        "c" => Ok(Language::C),
+        "c++" | "cxx" | "cpp" => Ok(Language::Cxx),
+        "cuda" | "cu" => Ok(Language::Cuda),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown language {lang:?}: use \"c\", \"c++\" or \"cuda\""
+        ))),
+    }
+}
+
+fn device_templates(device: &str) -> PyResult<&'static str> {
+    match device {
+        "cpu" => Ok(""),
+        "cuda" | "gpu" => Ok("cuda/"),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown device {device:?}: use \"cpu\" or \"cuda\""
+        ))),
+    }
+}
+
+#[pymethods]
+impl Cache {
+    /// Opens a cache. Settings come from XCACHE_DIR, XCACHE_FLAGS and the config file,
+    /// as for the `xcache` command; the arguments override them. `flags` is a dict of
+    /// settings (`{"max_size": "5GiB"}`) or an XCACHE_FLAGS-style string. `lock_timeout`
+    /// (seconds) bounds every lock wait of this cache's calls (None: wait as long as the
+    /// holder needs: a compile is bounded by the `compile_timeout` setting).
+    #[new]
+    #[pyo3(signature = (base_dir=None, *, runtime_tag=None, flags=None, lock_timeout=None))]
+    fn new(
+        py: Python<'_>,
+        base_dir: Option<PathBuf>,
+        runtime_tag: Option<String>,
+        flags: Option<&Bound<'_, PyAny>>,
+        lock_timeout: Option<f64>,
+    ) -> PyResult<Cache> {
+        let mut config = Config::load().or_py()?;
+        if let Some(f) = flags {
+            if let Ok(s) = f.cast::<PyString>() {
+                config.apply_flags(&s.to_cow()?).or_py()?;
+            } else if let Ok(d) = f.cast::<PyDict>() {
+                for (k, v) in d.iter() {
+                    let k: String = k.extract()?;
+                    let v: String = if v.is_instance_of::<PyString>() {
+                        v.extract()?
+                    } else if let Ok(b) = v.extract::<bool>() {
+                        b.to_string()
+                    } else {
+                        v.str()?.extract()?
+                    };
+                    config.set(&k, &v).or_py()?;
+                }
+            } else {
+                return Err(PyTypeError::new_err(
+                    "flags must be a dict of settings or a \"k=v,k=v\" string",
+                ));
+            }
+        }
+        if let Some(t) = runtime_tag {
+            config.set("runtime_tag", &t).or_py()?;
+        }
+        if let Some(d) = base_dir {
+            config.set_base_dir(d);
+        }
+        let lock_timeout = match lock_timeout {
+            Some(s) if !(s.is_finite() && s >= 0.0) => {
+                return Err(PyValueError::new_err(
+                    "lock_timeout must be a number of seconds >= 0",
+                ))
+            }
+            s => s.map(Duration::from_secs_f64),
+        };
+        let jit = py
+            .detach(|| with_wait_limit(lock_timeout, || Jit::new(config)))
+            .or_py()?;
+        Ok(Cache {
+            jit: Arc::new(jit),
+            lock_timeout,
+            rendered: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The base dir (holds every compiledir).
+    #[getter]
+    fn base_dir(&self) -> PathBuf {
+        self.jit.store().base_dir().to_path_buf()
+    }
+
+    /// The compiledir this cache compiles into.
+    #[getter]
+    fn compiledir(&self) -> PathBuf {
+        self.jit.store().compiledir().to_path_buf()
+    }
+
+    /// The runtime tag (part of the compiledir's name), "" when none.
+    #[getter]
+    fn runtime_tag(&self) -> String {
+        self.jit.config().runtime_tag.clone()
+    }
+
+    /// The lock wait limit in seconds, or None.
+    #[getter]
+    fn lock_timeout(&self) -> Option<f64> {
+        self.lock_timeout.map(|d| d.as_secs_f64())
+    }
+
+    /// Compiles `source` through the cache (once, ever, per key) and loads it. See the
+    /// package documentation for the arguments.
+    #[pyo3(signature = (source, *, lang="c", flags=None, name=None, include_dirs=None, headers=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn compile(
+        &self,
+        py: Python<'_>,
+        source: &Bound<'_, PyAny>,
+        lang: &str,
+        flags: Option<&Bound<'_, PyAny>>,
+        name: Option<String>,
+        include_dirs: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Library>> {
+        let mut req = SourceRequest::new(language(lang)?, text_or_bytes(source, "source")?);
+        if let Some(n) = name {
+            req = req.named(n);
+        }
+        for dir in strings(include_dirs, "include_dirs")? {
+            let abs = std::path::absolute(&dir).map_err(PyErr::from)?;
+            req = req.flag(format!("-I{}", abs.display()));
+        }
+        req.flags.extend(strings(flags, "flags")?);
+        req.extra_inputs = self::headers(py, headers)?;
+        let held = self.held(py, &req)?;
+        library(py, held)
+    }
+
+    /// Renders the template `name` (`elemwise`, `c/reduce`, `cuda/gemm`, or one of
+    /// yours on `template_path`) with `params`, compiles and loads it.
+    #[pyo3(signature = (name, params=None, *, flags=None))]
+    fn template(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        params: Option<&Bound<'_, PyDict>>,
+        flags: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Library>> {
+        let mut ps = Vec::new();
+        if let Some(d) = params {
+            for (k, v) in d.iter() {
+                let v: String = if let Ok(b) = v.extract::<bool>() {
+                    b.to_string()
+                } else {
+                    v.str()?.extract()?
+                };
+                ps.push((k.extract::<String>()?, v));
+            }
+        }
+        let req = Cache::template_request(name, &ps, strings(flags, "flags")?);
+        let held = self.compile_template_held(py, req)?;
+        library(py, held)
+    }
+
+    /// The source `template` renders to with `params`, without compiling it.
+    #[pyo3(signature = (name, params=None))]
+    fn render(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        params: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
+        let mut ps = Vec::new();
+        if let Some(d) = params {
+            for (k, v) in d.iter() {
+                ps.push((k.extract::<String>()?, v.str()?.extract::<String>()?));
+            }
+        }
+        let req = Cache::template_request(name, &ps, Vec::new());
+        let r = self.run(py, move |jit| jit.render(&req))?;
+        Ok(String::from_utf8_lossy(&r.source).into_owned())
+    }
+
+    /// An element-wise kernel: `expr` over inputs a, b, c, ... (`arity` of them).
+    /// Call it as `f(a, b, c, out=out)`.
+    #[pyo3(signature = (expr, arity=None, *, dtype="float32", device="cpu"))]
+    fn elemwise(
+        &self,
+        py: Python<'_>,
+        expr: &str,
+        arity: Option<usize>,
+        dtype: &str,
+        device: &str,
+    ) -> PyResult<Elemwise> {
+        let arity = arity.unwrap_or_else(|| inputs_named(expr));
+        let prefix = device_templates(device)?;
+        let req = TemplateRequest::new(format!("{prefix}elemwise"))
+            .param("dtype", dtype)
+            .param("arity", arity)
+            .param("expr", expr);
+        let held = self.compile_template_held(py, req)?;
+        // SAFETY: the shipped templates export xc_elemwise with these ABIs.
+        let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_elemwise") }.or_py()?;
+        Ok(Elemwise {
+            f: *f as usize,
+            arity,
+            dtype: static_dtype(dtype),
+            cuda: !prefix.is_empty(),
+            lib: library(py, held)?,
+        })
+    }
+
+    /// A reduction: `op` (sum, max, min, mean) over `pre(x)` along `axis` of a 2-D
+    /// array (1: each row; 0: each column). Call it as `r(x, out=out)`.
+    #[pyo3(signature = (op="sum", pre="x", *, axis=1, dtype="float32", device="cpu"))]
+    fn reduce(
+        &self,
+        py: Python<'_>,
+        op: &str,
+        pre: &str,
+        axis: usize,
+        dtype: &str,
+        device: &str,
+    ) -> PyResult<Reduce> {
+        let prefix = device_templates(device)?;
+        let req = TemplateRequest::new(format!("{prefix}reduce"))
+            .param("dtype", dtype)
+            .param("op", op)
+            .param("pre", pre)
+            .param("axis", axis);
+        let held = self.compile_template_held(py, req)?;
+        // SAFETY: the shipped templates export xc_reduce with these ABIs.
+        let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_reduce") }.or_py()?;
+        Ok(Reduce {
+            f: *f as usize,
+            axis,
+            dtype: static_dtype(dtype),
+            cuda: !prefix.is_empty(),
+            lib: library(py, held)?,
+        })
+    }
+
+    /// A matrix product `out = a @ b (+ bias) (relu)`, row-major. Call it as
+    /// `g(a, b, bias=None, out=out)`. `precision` (CUDA only): ieee, tf32, bf16, fp16.
+    #[pyo3(signature = (*, dtype="float32", relu=false, device="cpu", precision=None))]
+    fn gemm(
+        &self,
+        py: Python<'_>,
+        dtype: &str,
+        relu: bool,
+        device: &str,
+        precision: Option<&str>,
+    ) -> PyResult<Gemm> {
+        let prefix = device_templates(device)?;
+        let mut req = TemplateRequest::new(format!("{prefix}gemm"))
+            .param("dtype", dtype)
+            .param("relu", relu);
+        if let Some(p) = precision {
+            req = req.param("precision", p);
+        }
+        let half = matches!(precision, Some("bf16") | Some("fp16"));
+        let held = self.compile_template_held(py, req)?;
+        // SAFETY: the shipped templates export xc_gemm_bias with these ABIs.
+        let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_gemm_bias") }.or_py()?;
+        Ok(Gemm {
+            f: *f as usize,
+            dtype: static_dtype(dtype),
+            half_inputs: half,
+            cuda: !prefix.is_empty(),
+            lib: library(py, held)?,
+        })
+    }
+
+    /// `xcache list --json` of this cache: the entries of the current compiledir (or of
+    /// all, with `all`), as JSON text.
+    #[pyo3(signature = (all=false, sort="name"))]
+    fn _list_json(&self, py: Python<'_>, all: bool, sort: &str) -> PyResult<String> {
+        let by: xcache::ops::list::SortBy = sort.parse().map_err(PyValueError::new_err)?;
+        let rows = self.run(py, move |jit| xcache::ops::list::list(jit.store(), all, by))?;
+        Ok(serde_json::to_string(&rows).expect("rows serialise"))
+    }
+
+    /// `xcache stats --json`, as JSON text.
+    #[pyo3(signature = (zero=false))]
+    fn _stats_json(&self, py: Python<'_>, zero: bool) -> PyResult<String> {
+        let rows = self.run(py, move |jit| xcache::ops::stats::stats(jit.store(), zero))?;
+        Ok(serde_json::to_string(&rows).expect("rows serialise"))
+    }
+
+    /// `xcache prune --json`, as JSON text. Sizes and ages as the CLI takes them.
+    #[pyo3(signature = (max_size=None, older_than=None, stale=false, dry_run=false))]
+    fn _prune_json(
+        &self,
+        py: Python<'_>,
+        max_size: Option<&Bound<'_, PyAny>>,
+        older_than: Option<&Bound<'_, PyAny>>,
+        stale: bool,
+        dry_run: bool,
+    ) -> PyResult<String> {
+        let max_size = match max_size {
+            None => None,
+            Some(v) if v.is_instance_of::<PyString>() => Some(
+                xcache::config::parse_size(&v.extract::<String>()?)
+                    .map_err(PyValueError::new_err)?,
+            ),
+            Some(v) => Some(v.extract::<u64>()?),
+        };
+        let older_than = match older_than {
+            None => None,
+            Some(v) if v.is_instance_of::<PyString>() => Some(
+                xcache::config::parse_duration(&v.extract::<String>()?)
+                    .map_err(PyValueError::new_err)?,
+            ),
+            Some(v) => {
+                let secs: f64 = v
+                    .call_method0("total_seconds")
+                    .and_then(|s| s.extract())
+                    .or_else(|_| v.extract())?;
+                Some(Duration::from_secs_f64(secs.max(0.0)))
+            }
+        };
+        let opts = xcache::ops::clean::PruneOptions {
+            max_size,
+            older_than,
+            stale,
+            dry_run,
+        };
+        let r = self.run(py, move |jit| xcache::ops::clean::prune(jit.store(), &opts))?;
+        Ok(serde_json::to_string(&r).expect("report serialises"))
+    }
+
+    /// `xcache clear --json`, as JSON text.
+    #[pyo3(signature = (force=false, dry_run=false))]
+    fn _clear_json(&self, py: Python<'_>, force: bool, dry_run: bool) -> PyResult<String> {
+        let r = self.run(py, move |jit| {
+            xcache::ops::clean::clear(jit.store(), force, dry_run)
+        })?;
+        Ok(serde_json::to_string(&r).expect("report serialises"))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<xcache.Cache {}>", self.jit.store().compiledir().display())
+    }
+}
+
+/// The arity an expression implies: one past its last input (a..h) named as a whole
+/// identifier (`exp(a)` has one input, not five), at least 1.
+fn inputs_named(expr: &str) -> usize {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter_map(|word| match word.as_bytes() {
+            [c @ b'a'..=b'h'] => Some((c - b'a') as usize + 1),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(1)
+}
+
+fn static_dtype(d: &str) -> &'static str {
+    match d {
+        "float32" => "float32",
+        "float64" => "float64",
+        "int32" => "int32",
+        _ => "int64",
+    }
+}
+
+/// A compiled `elemwise` kernel. `f(a, b, ..., out=None)`: numpy arrays (or any
+/// buffer) of one shape and the kernel's dtype, C-contiguous; `out` may be one of the
+/// inputs (in place). Returns `out` (allocated when not given). CUDA kernels take
+/// arrays with `__cuda_array_interface__` and an optional `stream=` (an int handle).
+#[pyclass(module = "xcache", name = "Elemwise", frozen)]
+struct Elemwise {
+    f: usize,
+    arity: usize,
+    dtype: &'static str,
+    cuda: bool,
+    lib: Py<Library>,
+}
+
+#[pymethods]
+impl Elemwise {
+    #[pyo3(signature = (*inputs, out=None, stream=None))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: &Bound<'py, PyTuple>,
+        out: Option<Bound<'py, PyAny>>,
+        stream: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if inputs.len() != self.arity {
+            return Err(PyTypeError::new_err(format!(
+                "this elemwise kernel takes {} input{}, got {}",
+                self.arity,
+                if self.arity == 1 { "" } else { "s" },
+                inputs.len()
+            )));
+        }
+        if self.cuda {
+            return self.call_cuda(py, inputs, out, stream);
+        }
+        let mut bufs = Vec::with_capacity(self.arity);
+        for (i, x) in inputs.iter().enumerate() {
+            bufs.push(host_array(&x, false, self.dtype, &format!("input {i}"))?);
+        }
+        let out = match out {
+            Some(o) => o,
+            None => numpy_empty(py, &bufs[0].shape(), self.dtype)?,
+        };
+        let ob = host_array(&out, true, self.dtype, "out")?;
+        let shape = ob.shape();
+        let mut ptrs = [std::ptr::null::<c_void>(); 8];
+        for (i, b) in bufs.iter().enumerate() {
+            if b.shape() != shape {
+                return Err(PyValueError::new_err(format!(
+                    "input {i} has shape {}, out {}: elemwise does not broadcast",
+                    shape_str(&b.shape()),
+                    shape_str(&shape)
+                )));
+            }
+            if partially_overlap((b.ptr(), b.bytes()), (ob.ptr(), ob.bytes())) {
+                return Err(PyValueError::new_err(format!(
+                    "input {i} partially overlaps out (in place is fine; a shifted view is not)"
+                )));
+            }
+            ptrs[i] = b.ptr();
+        }
+        let n: usize = shape.iter().product();
+        // SAFETY: the template's ABI; `arity` pointers to `n` elements of the dtype
+        // each, `out` writable with `n` elements, checked above. The buffers stay held
+        // (and the arrays alive) across the call.
+        let f: ElemwiseFn = unsafe { std::mem::transmute(self.f) };
+        let (p, o) = (ptrs.as_ptr() as usize, ob.ptr() as usize);
+        let code = if n >= DETACH_ELEMENTS {
+            py.detach(|| unsafe { f(n as i64, p as *const *const c_void, o as *mut c_void) })
+        } else {
+            unsafe { f(n as i64, ptrs.as_ptr(), ob.ptr()) }
+        };
+        drop(bufs);
+        drop(ob);
+        host_status("xc_elemwise", code)?;
+        Ok(out)
+    }
+
+    /// The compiled library (key, path, hit).
+    #[getter]
+    fn library(&self, py: Python<'_>) -> Py<Library> {
+        self.lib.clone_ref(py)
+    }
+
+    /// Inputs it takes.
+    #[getter]
+    fn arity(&self) -> usize {
+        self.arity
+    }
+
+    /// Element type.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dtype
+    }
+
+    /// "cpu" or "cuda".
+    #[getter]
+    fn device(&self) -> &'static str {
+        if self.cuda {
+            "cuda"
+        } else {
+            "cpu"
+        }
+    }
+}
+
+impl Elemwise {
+    fn call_cuda<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: &Bound<'py, PyTuple>,
+        out: Option<Bound<'py, PyAny>>,
+        stream: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut arrs = Vec::new();
+        for (i, x) in inputs.iter().enumerate() {
+            arrs.push(device_array(&x, self.dtype, &format!("input {i}"))?);
+        }
+        let out = match out {
+            Some(o) => o,
+            None => cupy_empty(py, &arrs[0].shape, self.dtype)?,
+        };
+        let oa = device_array(&out, self.dtype, "out")?;
+        let mut ptrs = [std::ptr::null::<c_void>(); 8];
+        for (i, a) in arrs.iter().enumerate() {
+            if a.shape != oa.shape {
+                return Err(PyValueError::new_err(format!(
+                    "input {i} has shape {}, out {}: elemwise does not broadcast",
+                    shape_str(&a.shape),
+                    shape_str(&oa.shape)
+                )));
+            }
+            ptrs[i] = a.ptr as *const c_void;
+        }
+        let n: usize = oa.shape.iter().product();
+        type F = xcache::cuda::CudaElemwiseFn;
+        // SAFETY: the CUDA template's ABI: a host array of device pointers, checked.
+        let f: F = unsafe { std::mem::transmute(self.f) };
+        let code = unsafe {
+            f(
+                n as i64,
+                ptrs.as_ptr(),
+                oa.ptr as *mut c_void,
+                launch_stream(stream, &oa),
+            )
+        };
+        cuda_status("xc_elemwise", code)?;
+        Ok(out)
+    }
+}
+
+/// A compiled `reduce` kernel. `r(x, out=None)`: `x` 2-D C-contiguous; `out` has one
+/// element per row (axis 1) or per column (axis 0). Returns `out`.
+#[pyclass(module = "xcache", name = "Reduce", frozen)]
+struct Reduce {
+    f: usize,
+    axis: usize,
+    dtype: &'static str,
+    cuda: bool,
+    lib: Py<Library>,
+}
+
+#[pymethods]
+impl Reduce {
+    #[pyo3(signature = (x, out=None, stream=None))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        out: Option<Bound<'py, PyAny>>,
+        stream: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let check = |shape: &[usize]| -> PyResult<(usize, usize)> {
+            match shape {
+                [r, c] => Ok((*r, *c)),
+                s => Err(PyValueError::new_err(format!(
+                    "reduce takes a 2-D array (rows, columns), got shape {}",
+                    shape_str(s)
+                ))),
+            }
+        };
+        let want_out = |rows: usize, cols: usize| if self.axis == 1 { rows } else { cols };
+        if self.cuda {
+            let xa = device_array(x, self.dtype, "x")?;
+            let (rows, cols) = check(&xa.shape)?;
+            let out = match out {
+                Some(o) => o,
+                None => cupy_empty(py, &[want_out(rows, cols)], self.dtype)?,
+            };
+            let oa = device_array(&out, self.dtype, "out")?;
+            if oa.shape.iter().product::<usize>() != want_out(rows, cols) {
+                return Err(PyValueError::new_err(format!(
+                    "out has shape {}, reducing {} over axis {} gives ({},)",
+                    shape_str(&oa.shape),
+                    shape_str(&xa.shape),
+                    self.axis,
+                    want_out(rows, cols)
+                )));
+            }
+            // SAFETY: the CUDA template's ABI; sizes checked.
+            let f: xcache::cuda::CudaReduceFn = unsafe { std::mem::transmute(self.f) };
+            let code = unsafe {
+                f(
+                    rows as i64,
+                    cols as i64,
+                    xa.ptr as *const c_void,
+                    oa.ptr as *mut c_void,
+                    launch_stream(stream, &oa),
+                )
+            };
+            cuda_status("xc_reduce", code)?;
+            return Ok(out);
+        }
+        let xb = host_array(x, false, self.dtype, "x")?;
+        let (rows, cols) = check(&xb.shape())?;
+        let out = match out {
+            Some(o) => o,
+            None => numpy_empty(py, &[want_out(rows, cols)], self.dtype)?,
+        };
+        let ob = host_array(&out, true, self.dtype, "out")?;
+        if ob.shape().iter().product::<usize>() != want_out(rows, cols) {
+            return Err(PyValueError::new_err(format!(
+                "out has shape {}, reducing {} over axis {} gives ({},)",
+                shape_str(&ob.shape()),
+                shape_str(&xb.shape()),
+                self.axis,
+                want_out(rows, cols)
+            )));
+        }
+        if partially_overlap((xb.ptr(), xb.bytes()), (ob.ptr(), ob.bytes())) || xb.ptr() == ob.ptr()
+        {
+            return Err(PyValueError::new_err("out overlaps x"));
+        }
+        // SAFETY: the template's ABI; sizes checked above.
+        let f: ReduceFn = unsafe { std::mem::transmute(self.f) };
+        let (xp, op) = (xb.ptr() as usize, ob.ptr() as usize);
+        let call = move || unsafe {
+            f(
+                rows as i64,
+                cols as i64,
+                xp as *const c_void,
+                op as *mut c_void,
+            )
+        };
+        let code = if rows * cols >= DETACH_ELEMENTS {
+            py.detach(call)
+        } else {
+            call()
+        };
+        drop(xb);
+        drop(ob);
+        host_status("xc_reduce", code)?;
+        Ok(out)
+    }
+
+    /// The compiled library.
+    #[getter]
+    fn library(&self, py: Python<'_>) -> Py<Library> {
+        self.lib.clone_ref(py)
+    }
+
+    /// The axis reduced.
+    #[getter]
+    fn axis(&self) -> usize {
+        self.axis
+    }
+
+    /// Element type.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dtype
+    }
+}
+
+/// A compiled `gemm` kernel. `g(a, b, bias=None, out=None)`: `a` (m, k), `b` (k, n),
+/// `bias` (n,), `out` (m, n), row-major (C-contiguous). Returns `out`.
+#[pyclass(module = "xcache", name = "Gemm", frozen)]
+struct Gemm {
+    f: usize,
+    dtype: &'static str,
+    half_inputs: bool,
+    cuda: bool,
+    lib: Py<Library>,
+}
+
+fn mnk(a: &[usize], b: &[usize]) -> PyResult<(usize, usize, usize)> {
+    match (a, b) {
+        ([m, k], [k2, n]) if k == k2 => Ok((*m, *n, *k)),
+        _ => Err(PyValueError::new_err(format!(
+            "gemm multiplies a (m, k) by b (k, n); got {} and {}",
+            shape_str(a),
+            shape_str(b)
+        ))),
+    }
+}
+
+#[pymethods]
+impl Gemm {
+    #[pyo3(signature = (a, b, bias=None, out=None, stream=None))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        a: &Bound<'py, PyAny>,
+        b: &Bound<'py, PyAny>,
+        bias: Option<&Bound<'py, PyAny>>,
+        out: Option<Bound<'py, PyAny>>,
+        stream: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if self.cuda {
+            return self.call_cuda(py, a, b, bias, out, stream);
+        }
+        let ab = host_array(a, false, self.dtype, "a")?;
+        let bb = host_array(b, false, self.dtype, "b")?;
+        let (m, n, k) = mnk(&ab.shape(), &bb.shape())?;
+        let biasb = bias
+            .map(|x| host_array(x, false, self.dtype, "bias"))
+            .transpose()?;
+        if let Some(bb) = &biasb {
+            if bb.shape().iter().product::<usize>() != n {
+                return Err(PyValueError::new_err(format!(
+                    "bias has shape {}, out has {n} columns",
+                    shape_str(&bb.shape())
+                )));
+            }
+        }
+        let out = match out {
+            Some(o) => o,
+            None => numpy_empty(py, &[m, n], self.dtype)?,
+        };
+        let ob = host_array(&out, true, self.dtype, "out")?;
+        if ob.shape() != [m, n] {
+            return Err(PyValueError::new_err(format!(
+                "out has shape {}, a @ b has ({m}, {n})",
+                shape_str(&ob.shape())
+            )));
+        }
+        for (what, x) in [("a", &ab), ("b", &bb)] {
+            let (p, l) = (x.ptr() as usize, x.bytes());
+            let (q, lo) = (ob.ptr() as usize, ob.bytes());
+            if p < q + lo && q < p + l {
+                return Err(PyValueError::new_err(format!("out overlaps {what}")));
+            }
+        }
+        // SAFETY: the template's ABI; shapes checked above; out does not overlap.
+        let f: GemmBiasFn = unsafe { std::mem::transmute(self.f) };
+        let (pa, pb, pbias, po) = (
+            ab.ptr() as usize,
+            bb.ptr() as usize,
+            biasb.as_ref().map_or(0, |x| x.ptr() as usize),
+            ob.ptr() as usize,
+        );
+        let call = move || unsafe {
+            f(
+                m as i64,
+                n as i64,
+                k as i64,
+                pa as *const c_void,
+                pb as *const c_void,
+                pbias as *const c_void,
+                po as *mut c_void,
+            )
+        };
+        let code = if m * n * k >= DETACH_ELEMENTS {
+            py.detach(call)
+        } else {
+            call()
+        };
+        drop((ab, bb, biasb, ob));
+        host_status("xc_gemm", code)?;
+        Ok(out)
+    }
+
+    /// The compiled library.
+    #[getter]
+    fn library(&self, py: Python<'_>) -> Py<Library> {
+        self.lib.clone_ref(py)
+    }
+
+    /// Element type (of C; A and B are 16-bit for bf16/fp16 precision).
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dtype
+    }
+}
+
+impl Gemm {
+    fn call_cuda<'py>(
+        &self,
+        py: Python<'py>,
+        a: &Bound<'py, PyAny>,
+        b: &Bound<'py, PyAny>,
+        bias: Option<&Bound<'py, PyAny>>,
+        out: Option<Bound<'py, PyAny>>,
+        stream: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        // bf16/fp16 inputs hold 16-bit patterns: CuPy float16 ("<f2") or uint16 views.
+        let in_dtype = if self.half_inputs {
+            None
+        } else {
+            Some(self.dtype)
+        };
+        let get_in = |x: &Bound<'py, PyAny>, what: &str| -> PyResult<DeviceArray> {
+            match in_dtype {
+                Some(d) => device_array(x, d, what),
+                None => {
+                    let iface = x.getattr("__cuda_array_interface__")?;
+                    let t: String = iface.get_item("typestr")?.extract()?;
+                    if !matches!(t.as_str(), "<f2" | "<u2" | "<i2" | "<V2") {
+                        return Err(PyTypeError::new_err(format!(
+                            "{what} must hold 16-bit values (float16 or a uint16 view of bf16) for this precision, got {t}"
+                        )));
+                    }
+                    Ok(DeviceArray {
+                        ptr: iface.get_item("data")?.extract::<(usize, bool)>()?.0,
+                        shape: iface.get_item("shape")?.extract()?,
+                        stream: None,
+                    })
+                }
+            }
+        };
+        let aa = get_in(a, "a")?;
+        let ba = get_in(b, "b")?;
+        let (m, n, k) = mnk(&aa.shape, &ba.shape)?;
+        let biasa = bias
+            .map(|x| device_array(x, self.dtype, "bias"))
+            .transpose()?;
+        let out = match out {
+            Some(o) => o,
+            None => cupy_empty(py, &[m, n], self.dtype)?,
+        };
+        let oa = device_array(&out, self.dtype, "out")?;
+        if oa.shape != [m, n] {
+            return Err(PyValueError::new_err(format!(
+                "out has shape {}, a @ b has ({m}, {n})",
+                shape_str(&oa.shape)
+            )));
+        }
+        // SAFETY: the CUDA template's ABI; shapes checked.
+        let f: xcache::cuda::CudaGemmBiasFn = unsafe { std::mem::transmute(self.f) };
+        let code = unsafe {
+            f(
+                m as i64,
+                n as i64,
+                k as i64,
+                aa.ptr as *const c_void,
+                ba.ptr as *const c_void,
+                biasa
+                    .as_ref()
+                    .map_or(std::ptr::null(), |x| x.ptr as *const c_void),
+                oa.ptr as *mut c_void,
+                launch_stream(stream, &oa),
+            )
+        };
+        cuda_status("xc_gemm", code)?;
+        Ok(out)
+    }
+}
+
+/// Runs the `xcache` command line `argv` (argv[0] is the program name) in this
+/// process; returns its exit status. What `python -m xcache` calls.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    let args = argv.into_iter().map(Into::into).collect();
+    py.detach(|| xcache_cli::main_with_args(args))
+}
+
+/// The CPU's name and widest vector extension, as `xcache demo` prints it.
+#[pyfunction]
+fn cpu_name() -> String {
+    xcache::compile::host::cpu_name()
+}
+
+/// The library's version.
+#[pyfunction]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    xcache_cli::init_logging();
+    let py = m.py();
+    m.add("Error", py.get_type::<Error>())?;
+    m.add("CompileError", py.get_type::<CompileError>())?;
+    m.add("TemplateError", py.get_type::<TemplateError>())?;
+    m.add("UntrustedCacheError", py.get_type::<UntrustedCacheError>())?;
+    m.add("LockTimeout", py.get_type::<LockTimeout>())?;
+    m.add_class::<Cache>()?;
+    m.add_class::<Library>()?;
+    m.add_class::<Elemwise>()?;
+    m.add_class::<Reduce>()?;
+    m.add_class::<Gemm>()?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_name, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+"""PyTensor graphs compiled through C thunks, for the adapter's tests and benchmark.
+
+Run as a script: ``python pytensor_graphs.py OUT.npz GRAPH... [--adapter]`` compiles
+each graph with ``mode="CVM"`` (every node a C thunk), runs it on fixed inputs, and
+saves the outputs, each graph's ``pytensor.function()`` time and the adapter's counters
+to OUT.npz (and a JSON line on stdout).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+
+Graph = Tuple[Callable[[], Any], Callable[[Any], List[Any]]]
+
+
+def mode() -> Any:
+    """CVM (every node a C thunk); with XC_BENCH_PY_LINKER=1, the same rewrites with
+    PyTensor's Python linker (nothing compiled: the benchmark's floor)."""
+    import os
+
+    if os.environ.get("XC_BENCH_PY_LINKER") == "1":
+        from pytensor.compile.mode import Mode
+
+        return Mode(linker="py", optimizer="fast_run")
+    return "CVM"
+
+
+def elemwise() -> Graph:
+    import pytensor
+    import pytensor.tensor as pt
+
+    x, y, z = pt.matrices("x", "y", "z")
+    out = pt.exp(x) * pt.tanh(y) + pt.sqrt(pt.abs(z)) / (1 + x * x)
+
+    def build() -> Any:
+        return pytensor.function([x, y, z], out, mode=mode())
+
+    rng = np.random.default_rng(1)
+    args = [rng.standard_normal((64, 33)).astype(pytensor.config.floatX) for _ in range(3)]
+    return build, lambda f: [f(*args)]
+
+
+def reductions() -> Graph:
+    import pytensor
+    import pytensor.tensor as pt
+
+    x = pt.matrix("x")
+    outs = [x.sum(axis=0), x.max(axis=1), pt.mean(x * x), pt.argmax(x, axis=1), pt.prod(x, axis=0)]
+
+    def build() -> Any:
+        return pytensor.function([x], outs, mode=mode())
+
+    rng = np.random.default_rng(2)
+    arg = rng.standard_normal((50, 20)).astype(pytensor.config.floatX)
+    return build, lambda f: list(f(arg))
+
+
+def mlp_grad() -> Graph:
+    import pytensor
+    import pytensor.tensor as pt
+
+    rng = np.random.default_rng(3)
+    fx = pytensor.config.floatX
+    X = pt.matrix("X")
+    Y = pt.matrix("Y")  # one-hot targets
+    W1 = pytensor.shared(rng.standard_normal((20, 16)).astype(fx) * 0.1, name="W1")
+    b1 = pytensor.shared(np.zeros(16, fx), name="b1")
+    W2 = pytensor.shared(rng.standard_normal((16, 5)).astype(fx) * 0.1, name="W2")
+    b2 = pytensor.shared(np.zeros(5, fx), name="b2")
+    h = pt.tanh(X @ W1 + b1)
+    z = h @ W2 + b2
+    # log-softmax written out: PyTensor's Softmax ops have no C code (they would run
+    # through another backend), and every node here should be a C thunk.
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - pt.log(pt.exp(z).sum(axis=1, keepdims=True))
+    loss = -pt.mean(pt.sum(Y * logp, axis=1))
+    grads = pytensor.grad(loss, [W1, b1, W2, b2])
+
+    def build() -> Any:
+        return pytensor.function([X, Y], [loss, *grads], mode=mode())
+
+    xs = rng.standard_normal((32, 20)).astype(fx)
+    ys = np.eye(5, dtype=fx)[rng.integers(0, 5, size=32)]
+    return build, lambda f: list(f(xs, ys))
+
+
+GRAPHS: Dict[str, Callable[[], Graph]] = {
+    "elemwise": elemwise,
+    "reductions": reductions,
+    "mlp_grad": mlp_grad,
+}
+
+
+def main(argv: List[str]) -> None:
+    t0 = time.perf_counter()
+    import pytensor  # noqa: F401
+
+    import xcache.integrations.pytensor as xp
+
+    if "--adapter" in argv:
+        xp.install()
+    import_s = time.perf_counter() - t0
+    out_path, names = argv[0], [a for a in argv[1:] if not a.startswith("--")]
+    saved: Dict[str, Any] = {}
+    timings: Dict[str, float] = {}
+    for name in names:
+        build, run = GRAPHS[name]()
+        t = time.perf_counter()
+        f = build()
+        timings[name] = time.perf_counter() - t
+        nodes = f.maker.fgraph.toposort()
+        saved[f"{name}__c_thunks"] = np.array(
+            sum(1 for n in nodes if hasattr(n.op, "c_code")), dtype=np.int64
+        )
+        for i, v in enumerate(run(f)):
+            saved[f"{name}__{i}"] = np.asarray(v)
+    report = {"import_s": import_s, "function_s": timings, "counters": xp.counters()}
+    np.savez(out_path, **saved)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,173 @@
+"""PyTensor compiling through xcache (xcache.integrations.pytensor), against the real
+pytensor package: identical results, a second process with an empty PyTensor
+compiledir compiles nothing, and processes compiling different graphs do not wait for
+each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytensor", reason="pytensor is not installed (pip install pytensor)")
+if shutil.which("g++") is None:  # pragma: no cover - CI installs it
+    pytest.skip("no g++: PyTensor's C backend needs it", allow_module_level=True)
+
+GRAPHS_SCRIPT = str(Path(__file__).with_name("pytensor_graphs.py"))
+ALL = ["elemwise", "reductions", "mlp_grad"]
+
+
+def graphs(
+    out: Path,
+    names: List[str],
+    pytensor_dir: Path,
+    xcache_dir: Path,
+    adapter: bool,
+    extra_flags: str = "",
+) -> subprocess.Popen:
+    flags = f"base_compiledir={pytensor_dir}" + (f",{extra_flags}" if extra_flags else "")
+    env = {**os.environ, "PYTENSOR_FLAGS": flags, "XCACHE_DIR": str(xcache_dir)}
+    args = [sys.executable, GRAPHS_SCRIPT, str(out), *names] + (["--adapter"] if adapter else [])
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(p: subprocess.Popen, timeout: float = 600) -> Dict:
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err[-4000:]
+    report: Dict = json.loads(out.strip().splitlines()[-1])
+    return report
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, np.ndarray]:
+    """The graphs compiled by PyTensor itself (no adapter)."""
+    d = tmp_path_factory.mktemp("reference")
+    finish(graphs(d / "ref.npz", ALL, d / "pytensor", d / "unused-xcache", adapter=False))
+    return dict(np.load(d / "ref.npz"))
+
+
+def test_results_identical_and_a_second_process_compiles_nothing(
+    reference: Dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    xc = tmp_path / "xcache"
+    first = finish(graphs(tmp_path / "a.npz", ALL, tmp_path / "pt1", xc, adapter=True))
+    assert first["counters"]["compiles"] > 0
+    a = dict(np.load(tmp_path / "a.npz"))
+    assert a.keys() == reference.keys()
+    for k, want in reference.items():
+        assert np.array_equal(a[k], want), k  # bit for bit
+    for g in ALL:
+        assert int(a[f"{g}__c_thunks"]) > 0, f"{g} ran no C thunk"
+
+    # An empty PyTensor compiledir, the same xcache cache: nothing is compiled.
+    second = finish(graphs(tmp_path / "b.npz", ALL, tmp_path / "pt2", xc, adapter=True))
+    assert second["counters"]["compiles"] == 0, second
+    assert second["counters"]["hits"] >= first["counters"]["compiles"]
+    b = dict(np.load(tmp_path / "b.npz"))
+    for k, want in reference.items():
+        assert np.array_equal(b[k], want), k
+
+    import xcache
+
+    stats = next(s for s in xcache.Cache(base_dir=xc, runtime_tag=_tag()).stats() if s.current)
+    assert stats.compiles == first["counters"]["compiles"]
+
+
+def _tag() -> str:
+    return f"cpython-{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+GATE = r"""#!/bin/sh
+# A C++ compiler that stops before compiling xcache's first module source, until the
+# test releases it: the process running it holds that key's lock meanwhile.
+for a in "$@"; do
+  case "$a" in
+    *source.cpp)
+      if mkdir "$XC_GATE/passed" 2>/dev/null; then
+        echo started > "$XC_GATE/started"
+        cat "$XC_GATE/release" > /dev/null
+      fi ;;
+  esac
+done
+exec g++ "$@"
+"""
+
+
+def test_processes_compiling_different_graphs_do_not_wait(tmp_path: Path) -> None:
+    xc, pt = tmp_path / "xcache", tmp_path / "pytensor"
+    # PyTensor's helper modules (lazylinker_ext, cutils_ext) first, so that neither
+    # process below needs them.
+    finish(graphs(tmp_path / "w.npz", [], pt, xc, adapter=True))
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    os.mkfifo(gate / "started")
+    os.mkfifo(gate / "release")
+    cxx = tmp_path / "g++-gate"
+    cxx.write_text(GATE)
+    cxx.chmod(0o755)
+    os.environ["XC_GATE"] = str(gate)
+    try:
+        a = graphs(tmp_path / "a.npz", ["elemwise"], pt, xc, adapter=True, extra_flags=f"cxx={cxx}")
+    finally:
+        del os.environ["XC_GATE"]
+    try:
+        _a_waits_b_does_not(a, gate, tmp_path, pt, xc)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.communicate()
+
+
+def _a_waits_b_does_not(
+    a: subprocess.Popen, gate: Path, tmp_path: Path, pt: Path, xc: Path
+) -> None:
+    # Wait until A is inside its compile (holding its key's lock).
+    fd = os.open(gate / "started", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        deadline_s = 300
+        buf = b""
+        while b"started" not in buf:
+            ready, _, _ = select.select([fd], [], [], deadline_s)
+            assert ready, "process A never reached its compile"
+            chunk = os.read(fd, 64)
+            if not chunk and a.poll() is not None:
+                pytest.fail(f"process A ended early: {a.communicate()[1][-3000:]}")
+            buf += chunk
+    finally:
+        os.close(fd)
+    # B compiles another graph to the end while A is stopped mid-compile.
+    b = finish(graphs(tmp_path / "b.npz", ["reductions"], pt, xc, adapter=True), timeout=600)
+    assert b["counters"]["compiles"] > 0
+    assert a.poll() is None, "A finished before it was released"
+    with open(gate / "release", "w") as f:
+        f.write("go\n")
+    ra = finish(a)
+    assert ra["counters"]["compiles"] > 0
+
+
+def test_install_and_uninstall() -> None:
+    from pytensor.link.c import cmodule
+
+    import xcache
+    import xcache.integrations.pytensor as xp
+
+    before = cmodule.GCC_compiler.compile_str
+    c = xp.install()
+    try:
+        assert xp.installed() and isinstance(c, xcache.Cache)
+        assert c.runtime_tag == _tag()
+        assert cmodule.GCC_compiler.compile_str is not before
+    finally:
+        xp.uninstall()
+    assert not xp.installed()
+    assert cmodule.GCC_compiler.compile_str is before

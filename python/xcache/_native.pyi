@@ -1,0 +1,187 @@
+"""Type stubs of xcache's native module (python/src/lib.rs). The public API re-exports
+these from ``xcache``; ``xcache.Cache`` subclasses ``_native.Cache``."""
+
+from os import PathLike
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+_Path = Union[str, PathLike[str]]
+_Text = Union[str, bytes]
+_Headers = Union[Mapping[str, _Text], Sequence[Union[_Path, Tuple[str, _Text]]]]
+
+class Error(Exception):
+    """Every error xcache raises. ``kind`` is the CLI's word for it."""
+
+    kind: str
+
+class CompileError(Error):
+    """The compiler failed."""
+
+    command: str
+    output: str
+    kept_source: str
+    workdir: str
+    status: Optional[int]
+
+class TemplateError(Error):
+    """A template is unknown or was given a bad parameter."""
+
+    template: str
+    message: str
+    parameter: Optional[str]
+    offset: Optional[int]
+
+class UntrustedCacheError(Error):
+    """The cache directory fails the trust checks."""
+
+    path: str
+    reason: str
+    fix: str
+
+class LockTimeout(Error):
+    """A lock wait reached the cache's lock_timeout."""
+
+    path: str
+    waited: float
+    holder: Optional[str]
+
+class Library:
+    """A compiled, loaded library; it stays loaded, and its file in place, while this
+    object lives."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def hit(self) -> bool: ...
+    @property
+    def compile_ms(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def lock_wait(self) -> float: ...
+    @property
+    def compiler_output(self) -> str: ...
+    @property
+    def warnings(self) -> List[str]: ...
+    @property
+    def pinned(self) -> bool: ...
+    def symbol(self, name: str) -> int: ...
+    def ctypes_function(self, name: str, restype: Any, argtypes: Sequence[Any]) -> Any: ...
+
+class Elemwise:
+    """A compiled elemwise kernel: ``f(a, b, ..., out=None)``."""
+
+    def __call__(self, *inputs: Any, out: Any = None, stream: Optional[int] = None) -> Any: ...
+    @property
+    def library(self) -> Library: ...
+    @property
+    def arity(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+
+class Reduce:
+    """A compiled reduce kernel: ``r(x, out=None)``."""
+
+    def __call__(self, x: Any, out: Any = None, stream: Optional[int] = None) -> Any: ...
+    @property
+    def library(self) -> Library: ...
+    @property
+    def axis(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+
+class Gemm:
+    """A compiled gemm kernel: ``g(a, b, bias=None, out=None)``."""
+
+    def __call__(
+        self,
+        a: Any,
+        b: Any,
+        bias: Any = None,
+        out: Any = None,
+        stream: Optional[int] = None,
+    ) -> Any: ...
+    @property
+    def library(self) -> Library: ...
+    @property
+    def dtype(self) -> str: ...
+
+class Cache:
+    """The cache and compile service."""
+
+    def __init__(
+        self,
+        base_dir: Optional[_Path] = None,
+        *,
+        runtime_tag: Optional[str] = None,
+        flags: Union[Dict[str, Any], str, None] = None,
+        lock_timeout: Optional[float] = None,
+    ) -> None: ...
+    @property
+    def base_dir(self) -> str: ...
+    @property
+    def compiledir(self) -> str: ...
+    @property
+    def runtime_tag(self) -> str: ...
+    @property
+    def lock_timeout(self) -> Optional[float]: ...
+    def compile(
+        self,
+        source: _Text,
+        *,
+        lang: str = "c",
+        flags: Optional[Sequence[str]] = None,
+        name: Optional[str] = None,
+        include_dirs: Optional[Sequence[_Path]] = None,
+        headers: Optional[_Headers] = None,
+    ) -> Library: ...
+    def template(
+        self,
+        name: str,
+        params: Optional[Dict[str, Any]] = None,
+        *,
+        flags: Optional[Sequence[str]] = None,
+    ) -> Library: ...
+    def render(self, name: str, params: Optional[Dict[str, Any]] = None) -> str: ...
+    def elemwise(
+        self,
+        expr: str,
+        arity: Optional[int] = None,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> Elemwise: ...
+    def reduce(
+        self,
+        op: str = "sum",
+        pre: str = "x",
+        *,
+        axis: int = 1,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> Reduce: ...
+    def gemm(
+        self,
+        *,
+        dtype: str = "float32",
+        relu: bool = False,
+        device: str = "cpu",
+        precision: Optional[str] = None,
+    ) -> Gemm: ...
+    def _list_json(self, all: bool = False, sort: str = "name") -> str: ...
+    def _stats_json(self, zero: bool = False) -> str: ...
+    def _prune_json(
+        self,
+        max_size: Union[str, int, None] = None,
+        older_than: Any = None,
+        stale: bool = False,
+        dry_run: bool = False,
+    ) -> str: ...
+    def _clear_json(self, force: bool = False, dry_run: bool = False) -> str: ...
+
+def cli_main(argv: List[str]) -> int: ...
+def version() -> str: ...
+def cpu_name() -> str: ...

@@ -1,0 +1,1 @@
+"""Adapters that make real compilers compile through xcache."""
