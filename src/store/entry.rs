@@ -293,10 +293,9 @@ pub fn verify(entry: &Root, key: &Key, full: bool) -> std::result::Result<EntryM
         return Err(Corruption::Untrusted(why).into());
     }
     let identity = FileIdentity::of(&md);
-    if !full
-        && read_verified(entry)
-            .is_some_and(|(id, hash)| id == identity && hash == meta.artifact.blake3)
-    {
+    let recorded = read_verified(entry)
+        .is_some_and(|(id, hash)| id == identity && hash == meta.artifact.blake3);
+    if !full && recorded {
         return Ok(meta);
     }
     let (hash, size) = hash_open_file(&file).map_err(|e| VerifyError::Io(path(), e))?;
@@ -311,9 +310,12 @@ pub fn verify(entry: &Root, key: &Key, full: bool) -> std::result::Result<EntryM
         }
         .into());
     }
-    // Matched: record it, so that the next hit of this same file need not hash it. A
-    // read-only cache keeps hashing, which is correct, only slower.
-    record_verified(entry, &identity, &hash);
+    // Matched: record it (unless that is what the record says already), so that the
+    // next hit of this same file need not hash it. A read-only cache keeps hashing,
+    // which is correct, only slower.
+    if !recorded {
+        record_verified(entry, &identity, &hash);
+    }
     Ok(meta)
 }
 
