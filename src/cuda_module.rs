@@ -335,6 +335,7 @@ impl Jit {
             lock_wait: f.lock_wait,
             warnings: f.warnings.clone(),
             meta: f.meta.clone(),
+            unrecorded: f.unrecorded.clone(),
             tier: f.tier,
         })
     }

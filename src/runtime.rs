@@ -131,6 +131,10 @@ pub struct Compiled {
     pub compiler_output: String,
     /// Cache faults repaired while serving it.
     pub warnings: Vec<String>,
+    /// The header that kept this fresh compile out of its manifest (changed at or after
+    /// the build started: "file too new"); the next process compiles again. See
+    /// [`crate::store::Fetched::unrecorded`].
+    pub unrecorded: Option<String>,
     lib: Arc<LoadedLibrary>,
 }
 
@@ -172,6 +176,10 @@ pub struct CacheOutcome {
     /// Until when collectors leave `path` alone (`handout_grace` from now); `None` when
     /// the hand-out could not be recorded (a read-only cache, which nobody cleans).
     pub valid_until: Option<std::time::SystemTime>,
+    /// The header that kept this freshly compiled result out of its manifest (changed
+    /// at or after the build started): the next request compiles again. See
+    /// [`crate::store::Fetched::unrecorded`].
+    pub unrecorded: Option<String>,
 }
 
 type Slot = Arc<Mutex<Option<Arc<LoadedLibrary>>>>;
@@ -455,6 +463,7 @@ impl Jit {
             lock_wait: f.lock_wait,
             warnings: f.warnings.clone(),
             meta: f.meta.clone(),
+            unrecorded: f.unrecorded.clone(),
         })
     }
 
@@ -476,6 +485,7 @@ impl Jit {
             lock_wait: f.lock_wait,
             warnings: f.warnings.clone(),
             meta: f.meta.clone(),
+            unrecorded: f.unrecorded.clone(),
         })
     }
 
@@ -505,6 +515,7 @@ impl Jit {
                 lock_wait: Duration::ZERO,
                 compiler_output: String::new(),
                 warnings: Vec::new(),
+                unrecorded: None,
                 lib,
             });
         }
@@ -525,6 +536,7 @@ impl Jit {
                 lock_wait: Duration::ZERO,
                 compiler_output: String::new(),
                 warnings: Vec::new(),
+                unrecorded: None,
                 lib: Arc::clone(lib),
             });
         }
@@ -539,6 +551,7 @@ impl Jit {
             warnings,
             lock_wait,
             tier,
+            unrecorded,
             ..
         } = fetched; // releases the lock
         *loaded = Some(Arc::clone(&lib));
@@ -570,6 +583,7 @@ impl Jit {
                 meta.compiler_output
             },
             warnings,
+            unrecorded,
             lib,
         })
     }
@@ -678,6 +692,7 @@ impl Jit {
             lock_wait: Duration::ZERO,
             compiler_output: String::new(),
             warnings: Vec::new(),
+            unrecorded: None,
             lib,
         })
     }

@@ -335,7 +335,10 @@ fn cuda_headers_beside_the_source_and_of_the_toolkit_are_tracked() {
         "the toolkit's headers are tracked: {paths:?}"
     );
     let fresh = || Jit::new(jit.config().clone()).unwrap();
-    assert!(fresh().build(&req()).unwrap().hit);
+    if let Some(racy) = &first.unrecorded {
+        assert_eq!(racy, h.to_str().unwrap());
+    }
+    common::settled_hit(&first, || fresh().build(&req()).unwrap());
     settle(&h, "#define SCALE 3.0f\n");
     let why = fresh().explain(&req()).unwrap().to_string();
     assert!(why.contains("defs.cuh changed"), "{why}");

@@ -140,6 +140,7 @@ struct CompileReport {
     lock_wait: std::time::Duration,
     compiler_output: String,
     warnings: Vec<String>,
+    unrecorded: Option<String>,
     loaded: bool,
 }
 
@@ -212,6 +213,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             elapsed: r.elapsed,
             lock_wait: r.lock_wait,
             warnings: r.warnings,
+            unrecorded: r.unrecorded,
             loaded: false,
         }
     } else {
@@ -230,6 +232,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             lock_wait: c.lock_wait,
             compiler_output: c.compiler_output,
             warnings: c.warnings,
+            unrecorded: c.unrecorded.clone(),
             loaded: true,
         }
     };
@@ -253,6 +256,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             "warnings": report.warnings,
             "valid_until": valid_until.map(xcache::clock::unix_secs),
             "private_copy": out_file.is_some(),
+            "unrecorded": report.unrecorded,
         });
         if let Some(e) = explanation {
             v["explain"] = serde_json::to_value(e)?;

@@ -471,6 +471,17 @@ impl Library {
         self.held.compiled.hit
     }
 
+    /// Where it came from: `"local"` (this machine's cache, or this request's compile)
+    /// or `"remote"` (fetched from the remote tier on a local miss, checked, published
+    /// here).
+    #[getter]
+    fn tier(&self) -> &'static str {
+        match self.held.compiled.tier {
+            xcache::store::remote::Tier::Local => "local",
+            xcache::store::remote::Tier::Remote => "remote",
+        }
+    }
+
     /// How long the compile took when the entry was built (what a hit saved), in ms; 0
     /// for a library this process had loaded already.
     #[getter]

@@ -106,6 +106,23 @@ class Stats:
     compile_ms: int
     saved_ms: int
     lock_wait_ms: int
+    #: Local misses served by the remote tier, and those it could not serve.
+    remote_hits: int = 0
+    remote_misses: int = 0
+    #: Entries uploaded, bytes fetched and sent, time spent on the remote (ms).
+    remote_uploads: int = 0
+    remote_bytes_in: int = 0
+    remote_bytes_out: int = 0
+    remote_ms: int = 0
+    #: Remote failures by kind, values refused by the checks, requests not asked
+    #: while the breaker was open.
+    remote_err_connect: int = 0
+    remote_err_timeout: int = 0
+    remote_err_auth: int = 0
+    remote_err_full: int = 0
+    remote_rejected: int = 0
+    remote_err_other: int = 0
+    remote_skipped: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 these from ``xcache``; ``xcache.Cache`` subclasses ``_native.Cache``."""
 
 from os import PathLike
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 _Path = Union[str, PathLike[str]]
 _Text = Union[str, bytes]
@@ -54,6 +54,8 @@ class Library:
     def key(self) -> str: ...
     @property
     def hit(self) -> bool: ...
+    @property
+    def tier(self) -> Literal["local", "remote"]: ...
     @property
     def compile_ms(self) -> int: ...
     @property

@@ -302,6 +302,10 @@ pub struct Fetched {
     pub lock_wait: Duration,
     /// Where it came from: this machine, or the remote tier.
     pub tier: remote::Tier,
+    /// Set when this call compiled a dependency-tracked result but did not record it:
+    /// the header named was changed at or after the build started ("file too new", see
+    /// [`manifest`]), so the next request compiles again. `None` otherwise.
+    pub unrecorded: Option<String>,
     entry: Option<Root>,
     private: Option<private::PrivateBuild>,
     clock: Arc<dyn Clock>,
@@ -687,6 +691,7 @@ impl Store {
             warnings,
             lock_wait,
             tier: remote::Tier::Local,
+            unrecorded: None,
             entry: Some(entry),
             private: None,
             clock: self.clock.clone(),
@@ -727,6 +732,7 @@ impl Store {
             warnings: Vec::new(),
             lock_wait: Duration::ZERO,
             tier: remote::Tier::Local,
+            unrecorded: None,
             entry: None,
             private: Some(p),
             clock: self.clock.clone(),

@@ -204,7 +204,9 @@ impl Store {
                 Err(e) => log::debug!("not uploading {}: {e}", &key.hex()[..16]),
             }
         }
-        Ok(self.fetched(key, entry, meta, false, warnings, lock_wait, rguard))
+        let mut fetched = self.fetched(key, entry, meta, false, warnings, lock_wait, rguard);
+        fetched.unrecorded = racy;
+        Ok(fetched)
     }
 
     /// The first result of `request` whose headers match the files now, verified and

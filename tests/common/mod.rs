@@ -269,3 +269,26 @@ pub fn within_ulps<T: RefFloat>(got: T, want: T, tol: u64) -> bool {
     }
     got.ordered().abs_diff(want.ordered()) <= tol
 }
+
+/// The hit that follows `first`, a fresh compile of a request whose headers were just
+/// written. A header written in the clock tick the request arrived in is "too new":
+/// that result was served but not recorded (`first.unrecorded` names the header), so
+/// the next request compiles and records it, and the one after hits. No waiting: the
+/// test asserts whichever path the clock took. The hit is the recorded result.
+pub fn settled_hit(
+    first: &xcache::CacheOutcome,
+    next: impl Fn() -> xcache::CacheOutcome,
+) -> xcache::CacheOutcome {
+    let recorded_key = if first.unrecorded.is_some() {
+        let recorded = next();
+        assert!(!recorded.hit, "an unrecorded result cannot be found");
+        assert_eq!(recorded.unrecorded, None, "settled headers are recorded");
+        recorded.key
+    } else {
+        first.key
+    };
+    let hit = next();
+    assert!(hit.hit, "{:?}", hit.warnings);
+    assert_eq!(hit.key, recorded_key);
+    hit
+}

@@ -1,0 +1,115 @@
+"""The remote tier seen from Python: two caches ("machines") sharing a real
+redis-server on a loopback port; the second gets a remote hit without compiling."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import xcache
+
+REDIS = shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    if REDIS is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            REDIS,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Ready when it accepts a connection (no sleeping for a fixed time).
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError as e:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from e
+                time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _counting_cc(tmp_path: Path) -> Path:
+    """A compiler wrapper that logs each compile, so a test can see none ran."""
+    log = tmp_path / "compiles.log"
+    cc = tmp_path / "cc-count.sh"
+    cc.write_text(
+        f'#!/bin/sh\ncase " $* " in *" -shared "*) echo compile >> "{log}" ;; esac\nexec cc "$@"\n'
+    )
+    cc.chmod(0o755)
+    return cc
+
+
+def test_a_second_machine_gets_a_remote_hit_and_loads_it(tmp_path: Path, redis_url: str) -> None:
+    cc = _counting_cc(tmp_path)
+    flags = {"remote": redis_url, "cc": str(cc)}
+    a = xcache.Cache(base_dir=tmp_path / "a", flags=flags)
+    b = xcache.Cache(base_dir=tmp_path / "b", flags=flags)
+    src = "int answer(void) { return 42; }\n"
+
+    la = a.compile(src, name="answer.c")
+    assert (la.hit, la.tier) == (False, "local")
+    lb = b.compile(src, name="answer.c")
+    assert (lb.hit, lb.tier) == (True, "remote")
+    assert lb.key == la.key
+    assert (tmp_path / "compiles.log").read_text().count("compile") == 1
+    fn = ctypes.CFUNCTYPE(ctypes.c_int)(lb.symbol("answer"))
+    assert fn() == 42
+
+    # Counters reach the stats file when a cache is dropped; read them afresh.
+    del fn, la, lb, a, b
+    gc.collect()
+    for name, field in (("a", "remote_uploads"), ("b", "remote_hits")):
+        reader = xcache.Cache(base_dir=tmp_path / name)
+        current = next(s for s in reader.stats() if s.current)
+        assert getattr(current, field) == 1, current
+
+
+def test_an_unreachable_remote_never_fails_a_request(tmp_path: Path) -> None:
+    port = _free_port()  # nothing listens there
+    c = xcache.Cache(
+        base_dir=tmp_path / "c",
+        flags={"remote": f"redis://127.0.0.1:{port}/0", "remote_connect_timeout": "200ms"},
+    )
+    lib = c.compile("int one(void) { return 1; }\n", name="one.c")
+    assert (lib.hit, lib.tier) == (False, "local")
+    assert ctypes.CFUNCTYPE(ctypes.c_int)(lib.symbol("one"))() == 1
+    del lib, c
+    gc.collect()
+    current = next(s for s in xcache.Cache(base_dir=tmp_path / "c").stats() if s.current)
+    assert current.remote_err_connect >= 1, current
