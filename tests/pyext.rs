@@ -112,8 +112,7 @@ fn python_and_numpy_headers_are_part_of_the_result() {
     copy_tree(&np, &copy);
     let other_dir = open().build(&request(&py, &copy)).unwrap();
     assert!(!other_dir.hit);
-    let other_dir_hit =
-        common::settled_hit(&other_dir, || open().build(&request(&py, &copy)).unwrap());
+    let _ = common::settled_hit(&other_dir, || open().build(&request(&py, &copy)).unwrap());
 
     // Other contents in one of numpy's headers (an upgrade): a miss, then a hit.
     let cfg = copy.join("numpy/npy_common.h");
