@@ -8,7 +8,7 @@ remote unreachable, a local hit costs what it costs without one.
 Usage: benches/remote.py [--runs N] [--write docs/BENCHMARKS.md]
 Needs: a release build of the CLI, cc, redis-server.
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, random, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 from report import XCACHE, machine, write_section
 
@@ -73,14 +73,25 @@ def main():
         dead = env_for("a", f"redis://127.0.0.1:{free_port()}/0")
         plain = env_for("a", None)
         local, remote, unreachable, none = [], [], [], []
-        for _ in range(args.runs):
-            local.append(timed([XCACHE, "compile", src], a)[0])
+        def remote_hit():
             subprocess.run([XCACHE, "clear", "--force"], env=b, check=True, capture_output=True)
             t, out = timed([XCACHE, "compile", src, "--json"], b)
             assert json.loads(out)["tier"] == "remote", out
             remote.append(t)
-            unreachable.append(timed([XCACHE, "compile", src], dead)[0])
-            none.append(timed([XCACHE, "compile", src], plain)[0])
+
+        steps = [
+            lambda: local.append(timed([XCACHE, "compile", src], a)[0]),
+            remote_hit,
+            lambda: unreachable.append(timed([XCACHE, "compile", src], dead)[0]),
+            lambda: none.append(timed([XCACHE, "compile", src], plain)[0]),
+        ]
+        rng = random.Random(1)
+        for _ in range(args.runs):
+            # A fresh order each round: the remote hit's writes are flushed while the
+            # next process runs, and that cost must not fall on one kind.
+            rng.shuffle(steps)
+            for step in steps:
+                step()
     finally:
         redis.kill()
         shutil.rmtree(work, ignore_errors=True)
@@ -98,7 +109,7 @@ def main():
         "## Remote tier (Redis on loopback)",
         "",
         f"Machine: {machine()}; load average {os.getloadavg()[0]:.2f} at the end. Fresh "
-        f"`xcache compile` processes, median of {args.runs} interleaved runs each; redis-server "
+        f"`xcache compile` processes, median of {args.runs} interleaved runs each (in a shuffled order each round); redis-server "
         "on 127.0.0.1 in the same run.",
         "Reproduce: `cargo build --release -p xcache-cli && python3 benches/remote.py`.",
         "",

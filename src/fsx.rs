@@ -512,7 +512,18 @@ impl Root {
     /// it, fsync, rename over it (a link there is replaced, not followed), fsync the
     /// directory.
     pub fn write_atomic(&self, rel: impl AsRef<Path>, bytes: &[u8], mode: u32) -> io::Result<()> {
-        let rel = rel.as_ref();
+        self.write_whole(rel.as_ref(), bytes, mode, true)
+    }
+
+    /// As [`Root::write_atomic`] without the fsyncs: readers see the old file or the
+    /// new one, never a mix, but after a crash the file may be the old one, missing,
+    /// or empty. Only for files whose readers check them (a hash, a format line) and
+    /// whose loss costs work, never a wrong answer.
+    pub fn write_replace(&self, rel: impl AsRef<Path>, bytes: &[u8], mode: u32) -> io::Result<()> {
+        self.write_whole(rel.as_ref(), bytes, mode, false)
+    }
+
+    fn write_whole(&self, rel: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Result<()> {
         let (parent, name) = self.parent_of(rel)?;
         let pfd = parent.as_ref().map_or(self.fd(), |p| p.fd());
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -530,14 +541,19 @@ impl Root {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(to_io)?;
             let mut f = File::from(fd);
             f.write_all(bytes)?;
-            f.sync_all()?;
+            if durable {
+                f.sync_all()?;
+            }
             rustix::fs::renameat(pfd, tmp_name.as_os_str(), pfd, name).map_err(to_io)
         })();
         if r.is_err() {
             let _ = rustix::fs::unlinkat(pfd, tmp_name.as_os_str(), AtFlags::empty());
         }
         r?;
-        rustix::fs::fsync(pfd).map_err(to_io)
+        if durable {
+            rustix::fs::fsync(pfd).map_err(to_io)?;
+        }
+        Ok(())
     }
 
     /// fsyncs a directory below the root (`""`: the root).
@@ -643,6 +659,22 @@ pub fn resolve_group(name: &str) -> Result<u32, String> {
         }
     };
     gid.ok_or_else(|| format!("an existing group (no group named {name:?})"))
+}
+
+/// Starts writing `f`'s dirty pages back without waiting (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`): a hint that lets several files' later fsyncs share one
+/// journal commit. Durability still comes from each file's own fsync; a failure here
+/// changes nothing and is ignored.
+pub fn start_writeback(f: &File) {
+    // SAFETY: a valid open descriptor; the call only schedules I/O on it.
+    let _ = unsafe {
+        libc::sync_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            0,
+            0,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
 }
 
 /// The effective user id of this process.

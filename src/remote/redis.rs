@@ -155,6 +155,10 @@ impl RedisTier {
                 info = info.set_redis_settings(settings);
             }
         }
+        // No `CLIENT SETINFO` on connect: a round trip per process that servers before
+        // 7.2 answer with an error, and nothing here uses it.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        info = info.set_redis_settings(settings);
         let client = ::redis::Client::open(info)
             .map_err(|e| crate::Error::Config(format!("remote {shown:?}: {e}")))?;
         Ok(RedisTier {

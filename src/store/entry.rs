@@ -366,11 +366,12 @@ fn read_verified(entry: &Root) -> Option<(FileIdentity, String)> {
 }
 
 /// Records that the artifact, as `identity` describes it, hashed to `hash`, which its
-/// metadata records. Written whole (a temporary file renamed into place); a failure (a
+/// metadata records. Written whole (a temporary file renamed into place), not synced:
+/// it is advice, and one lost or damaged by a crash costs a hash; a failure (a
 /// read-only cache) is ignored.
 pub fn record_verified(entry: &Root, identity: &FileIdentity, hash: &str) {
     let text = verified_record(identity, hash);
-    let _ = entry.write_atomic(layout::VERIFIED, text.as_bytes(), super::trust::file_mode());
+    let _ = entry.write_replace(layout::VERIFIED, text.as_bytes(), super::trust::file_mode());
 }
 
 /// The contents of a `verified` record.
@@ -381,8 +382,9 @@ pub fn verified_record(identity: &FileIdentity, hash: &str) -> String {
     )
 }
 
-/// Writes `entry.json` into a staging directory and fsyncs it.
-pub fn write_meta(staging: &Root, meta: &EntryMeta) -> Result<()> {
+/// Writes `entry.json` into a staging directory and returns it open, not yet synced
+/// (the caller fsyncs it with the entry's other files).
+pub fn write_meta(staging: &Root, meta: &EntryMeta) -> Result<std::fs::File> {
     let json = serde_json::to_vec_pretty(meta).expect("metadata serialises");
     let path = staging.join(ENTRY_FILE);
     let mut f = staging
@@ -390,8 +392,7 @@ pub fn write_meta(staging: &Root, meta: &EntryMeta) -> Result<()> {
         .map_err(|e| Error::io("creating", &path, e))?;
     f.write_all(&json)
         .map_err(|e| Error::io("writing", &path, e))?;
-    f.sync_all().map_err(|e| Error::io("syncing", &path, e))?;
-    Ok(())
+    Ok(f)
 }
 
 /// The mtime of `root/rel` (not following a link), if it exists.

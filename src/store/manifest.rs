@@ -20,7 +20,10 @@
 //! (a temporary file renamed over it) under the request key's exclusive lock, and read
 //! without a lock: a reader sees the old or the new file, never a mix. One whose hash
 //! does not match is treated as missing (with a warning) and rewritten by the next
-//! build; it is never trusted.
+//! build; it is never trusted. It is not fsynced: every result it names was published
+//! (and synced) before it was written, so after a crash it is the old file, the new
+//! one, or empty or damaged — found by its hash and treated as missing; the cost is a
+//! compile, which finds its result already published and records it again.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -394,7 +397,7 @@ pub fn write(cd: &Root, m: &Manifest, key: &Key) -> std::io::Result<()> {
     if let Some(parent) = rel.parent() {
         cd.mkdir_all(parent, super::trust::dir_mode())?;
     }
-    cd.write_atomic(&rel, &m.encode(), super::trust::file_mode())
+    cd.write_replace(&rel, &m.encode(), super::trust::file_mode())
 }
 
 #[cfg(test)]

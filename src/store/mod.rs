@@ -63,8 +63,10 @@
 //! 2. Look again: another process may have published while we waited (then it is a hit).
 //!    A corrupt entry found here is renamed into `quarantine/` and reported as a warning.
 //! 3. Create a fresh staging directory `tmp/build-<key>-<unique>`; compile into it.
-//! 4. Compute the artifact's blake3; write `last-use` and `handed-out`, then
-//!    `entry.json` last; fsync every file and the staging directory.
+//! 4. Compute the artifact's blake3; write `last-use`, `handed-out` and `verified`
+//!    (advice: not synced), then `entry.json` last; fsync every other file (their
+//!    writeback started together first, so that the fsyncs share a journal commit) and
+//!    the staging directory.
 //! 5. Append an intent record for the key to `index`; `rename` the staging directory to
 //!    `entries/<fan>/<key>`; fsync `entries/<fan>`; append the entry's record. A
 //!    destination that already exists is success: content addressing makes the two
@@ -106,7 +108,8 @@
 //!    publish the entry as in a Miss (an entry already there, with the same headers, is
 //!    used as it is).
 //! 6. Insert the result first in the manifest (dropping the least recently used beyond
-//!    8) and write it whole; release the request key. The caller loads under the result
+//!    8) and write it whole, not synced (see [`manifest`]: a manifest lost or damaged by
+//!    a crash costs a compile); release the request key. The caller loads under the result
 //!    key's lock. A crash between the publish and the manifest costs the next request a
 //!    compile (which finds the entry published and records it), never a wrong result.
 //!
@@ -1170,6 +1173,13 @@ fn seal(
         apparent: 0,
         disk: 0,
     };
+    // Every file's writeback is started first, `entry.json` too, and only then is each
+    // fsynced. Each file is still fsynced (the guarantee does not rest on the file
+    // system), but the fsyncs overlap: the first one's journal commit carries the
+    // others' block allocations, and theirs find little left to do (one commit where
+    // there were four on ext4). Sizes are read before the syncs: file systems count
+    // blocks reserved for data not yet written (ext4, xfs, btrfs).
+    let mut to_sync = Vec::new();
     for e in staging.read_dir("").map_err(|e| io("reading", "", e))? {
         let name = e.name.to_string_lossy().into_owned();
         match e.kind {
@@ -1188,17 +1198,17 @@ fn seal(
             .open_file(&e.name, OpenHow::read())
             .map_err(|e| io("opening", &name, e))?;
         set_mode(&f).map_err(|e| io("setting the mode of", &name, e))?;
+        let md = f.metadata().map_err(|e| io("inspecting", &name, e))?;
+        files.apparent += md.len();
+        files.disk += md.blocks() * 512;
         // The markers are empty and the `verified` record is advice: after a crash, one
         // missing or empty costs a default (never used, never handed out) or a hash.
         // Everything the entry's correctness rests on is synced.
         let advisory = [layout::LAST_USE, layout::HANDED_OUT, layout::VERIFIED];
         if !advisory.contains(&name.as_str()) {
-            f.sync_all().map_err(|e| io("syncing", &name, e))?;
+            fsx::start_writeback(&f);
+            to_sync.push((name, f));
         }
-        // Measured after the sync: allocated blocks are known by then.
-        let md = f.metadata().map_err(|e| io("inspecting", &name, e))?;
-        files.apparent += md.len();
-        files.disk += md.blocks() * 512;
     }
     let meta = EntryMeta {
         format: LAYOUT_VERSION,
@@ -1218,7 +1228,12 @@ fn seal(
         request_key: provenance.as_ref().map(|(k, _)| k.hex()),
         headers: provenance.map(|(_, h)| h).unwrap_or_default(),
     };
-    entry::write_meta(staging, &meta)?;
+    let meta_file = entry::write_meta(staging, &meta)?;
+    fsx::start_writeback(&meta_file);
+    to_sync.push((layout::ENTRY_META.to_string(), meta_file));
+    for (name, f) in to_sync {
+        f.sync_all().map_err(|e| io("syncing", &name, e))?;
+    }
     staging
         .sync_dir("")
         .map_err(|e| io("syncing directory", "", e))?;

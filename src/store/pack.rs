@@ -139,15 +139,32 @@ impl Packed {
             }
             &bytes[5..]
         };
-        let mut frame = Vec::new();
-        zstd::stream::read::Decoder::new(body)
-            .map_err(|e| bad(&e.to_string()))?
-            .take(MAX_UNPACKED + 1)
-            .read_to_end(&mut frame)
-            .map_err(|e| bad(&e.to_string()))?;
-        if frame.len() as u64 > MAX_UNPACKED {
-            return Err(bad("larger than 1 GiB unpacked"));
-        }
+        // The size the frame declares (written by `encode`): one allocation of exactly
+        // that, in one call, where a stream would grow and copy its buffer; a frame
+        // that does not declare it (a foreign writer) is streamed, bounded alike.
+        let frame = match zstd::zstd_safe::get_frame_content_size(body) {
+            Ok(Some(n)) if n > MAX_UNPACKED => return Err(bad("larger than 1 GiB unpacked")),
+            Ok(Some(n)) => {
+                let frame =
+                    zstd::bulk::decompress(body, n as usize).map_err(|e| bad(&e.to_string()))?;
+                if frame.len() as u64 != n {
+                    return Err(bad("shorter than the size it declares"));
+                }
+                frame
+            }
+            _ => {
+                let mut frame = Vec::new();
+                zstd::stream::read::Decoder::new(body)
+                    .map_err(|e| bad(&e.to_string()))?
+                    .take(MAX_UNPACKED + 1)
+                    .read_to_end(&mut frame)
+                    .map_err(|e| bad(&e.to_string()))?;
+                if frame.len() as u64 > MAX_UNPACKED {
+                    return Err(bad("larger than 1 GiB unpacked"));
+                }
+                frame
+            }
+        };
         let mut r = Reader(&frame);
         let meta_len = r.u32()? as usize;
         let meta = r.take(meta_len)?.to_vec();
