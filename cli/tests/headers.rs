@@ -300,3 +300,67 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A header edited while the compiler runs ("file too new"): the result is handed to
+/// its caller, which is told which header kept it out of the manifest, and never
+/// served again: the next request compiles from the header as it is now, and the one
+/// after hits. The edit is made by a compiler wrapper right after the real compile,
+/// so nothing waits for time to pass.
+#[test]
+fn a_header_edited_during_the_compile_is_never_served_from_the_cache() {
+    let env = Env::new();
+    let inc = env.dir.path().join("inc");
+    let h = inc.join("h.h");
+    write_header(&h, "#define VAL 1\n");
+    let mark = env.dir.path().join("edit-next-compile");
+    let wrapper = env.file(
+        "cc-edit.sh",
+        &format!(
+            "#!/bin/sh\ncc \"$@\" || exit $?\ncase \" $* \" in *\" -MD \"*)\n  if [ -f '{m}' ]; then rm -f '{m}'; printf '#define VAL 2\\n' > '{h}'; fi ;;\nesac\n",
+            m = mark.display(),
+            h = h.display()
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let flags = format!("handout_grace=0s,cc={}", wrapper.display());
+    let compile = |src: &Path| -> Value {
+        let inc_flag = format!("--flag=-I{}", inc.display());
+        let o = env
+            .cmd(&["compile", src.to_str().unwrap(), &inc_flag, "--json"])
+            .env("XCACHE_FLAGS", &flags)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    // The wrapper is probed and known before the edit is armed.
+    compile(&env.file("warm.c", "int warm(void) { return 0; }\n"));
+    let k = env.file("k.c", "#include \"h.h\"\nint val(void) { return VAL; }\n");
+
+    std::fs::write(&mark, "").unwrap();
+    let first = compile(&k);
+    assert_eq!(first["hit"], false);
+    assert!(!mark.exists(), "the wrapper edited the header");
+    assert_eq!(first["unrecorded"], h.to_str().unwrap(), "{first}");
+    // Built from what the compiler read.
+    assert_eq!(call(&env, first["path"].as_str().unwrap(), "val"), "1");
+
+    let mut second = compile(&k);
+    assert_eq!(second["hit"], false, "never served: {second}");
+    assert_eq!(call(&env, second["path"].as_str().unwrap(), "val"), "2");
+    if !second["unrecorded"].is_null() {
+        // This request arrived in the clock tick of the wrapper's edit: too new again.
+        second = compile(&k);
+        assert_eq!(second["hit"], false, "{second}");
+    }
+    assert_eq!(second["unrecorded"], Value::Null, "{second}");
+
+    let third = compile(&k);
+    assert_eq!(third["hit"], true, "{third}");
+    assert_eq!(third["key"], second["key"]);
+    assert_eq!(call(&env, third["path"].as_str().unwrap(), "val"), "2");
+}

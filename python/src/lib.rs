@@ -482,6 +482,14 @@ impl Library {
         }
     }
 
+    /// The header that kept this fresh compile out of the cache's manifest: it changed
+    /// at or after the compile started ("file too new"), so the next process compiles
+    /// again. `None` otherwise.
+    #[getter]
+    fn unrecorded(&self) -> Option<String> {
+        self.held.compiled.unrecorded.clone()
+    }
+
     /// How long the compile took when the entry was built (what a hit saved), in ms; 0
     /// for a library this process had loaded already.
     #[getter]

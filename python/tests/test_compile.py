@@ -270,3 +270,45 @@ def test_module_entry_point_runs_the_cli(tmp_path: Path) -> None:
         text=True,
     )
     assert p.returncode == 0 and p.stdout.strip() == str(tmp_path / "cli")
+
+
+def test_a_header_edited_during_the_compile_is_never_served(tmp_path: Path) -> None:
+    """A header edited while the compiler runs: the library says which header kept it
+    out of the cache, and the next process compiles from the header as it is now. The
+    edit is made by a compiler wrapper right after the real compile (no waiting)."""
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    h = inc / "h.h"
+    h.write_text("#define VAL 1\n")
+    os.utime(h, (h.stat().st_atime - 60, h.stat().st_mtime - 60))
+    mark = tmp_path / "edit-next-compile"
+    cc = tmp_path / "cc-edit.sh"
+    cc.write_text(
+        '#!/bin/sh\ncc "$@" || exit $?\n'
+        f'case " $* " in *" -MD "*) if [ -f "{mark}" ]; then rm -f "{mark}"; '
+        f"printf '#define VAL 2\\n' > \"{h}\"; fi ;; esac\n"
+    )
+    cc.chmod(0o755)
+    flags = {"cc": str(cc)}
+    base = tmp_path / "cache"
+    src = '#include "h.h"\nint val(void) { return VAL; }\n'
+
+    def compile_fresh() -> xcache.Library:
+        return xcache.Cache(base_dir=base, flags=flags).compile(src, include_dirs=[inc])
+
+    xcache.Cache(base_dir=base, flags=flags).compile("int warm(void) { return 0; }\n")
+    mark.write_text("")
+    first = compile_fresh()
+    assert not mark.exists()
+    assert (first.hit, first.unrecorded) == (False, str(h))
+    assert first.ctypes_function("val", ctypes.c_int, [])() == 1
+
+    second = compile_fresh()
+    assert not second.hit
+    assert second.ctypes_function("val", ctypes.c_int, [])() == 2
+    if second.unrecorded is not None:  # arrived in the clock tick of the edit
+        second = compile_fresh()
+        assert not second.hit
+    assert second.unrecorded is None
+    third = compile_fresh()
+    assert third.hit and third.key == second.key

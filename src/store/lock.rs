@@ -21,7 +21,7 @@
 
 use std::cell::Cell;
 use std::fs::{File, TryLockError};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -120,7 +120,9 @@ impl Drop for LockGuard {
 
 /// Checks an opened lock file against the trust rules: a file someone else made (or
 /// could write) in the lock directory is refused.
-fn check_lock_file(file: &File, path: &Path) -> Result<()> {
+/// Checks an opened lock file and returns its identity (device, inode), which does not
+/// change while it is open.
+fn check_lock_file(file: &File, path: &Path) -> Result<(u64, u64)> {
     let md = file
         .metadata()
         .map_err(|e| Error::io("inspecting lock file", path, e))?;
@@ -128,12 +130,13 @@ fn check_lock_file(file: &File, path: &Path) -> Result<()> {
         return Err(super::trust::refused(path, "it is not a regular file"));
     }
     match super::trust::untrusted("the lock file", &md) {
-        None => Ok(()),
+        None => Ok((md.dev(), md.ino())),
         Some(why) => Err(super::trust::refused(path, &why)),
     }
 }
 
-fn open_lock_file(root: &Root, rel: &Path, mode: LockMode) -> Result<Option<File>> {
+/// Opens (creating) the lock file at `root/rel`, checked; with its identity.
+fn open_lock_file(root: &Root, rel: &Path, mode: LockMode) -> Result<Option<(File, (u64, u64))>> {
     let path = root.join(rel);
     let how = OpenHow::read_write_create(super::trust::file_mode());
     let opened = match root.open_file(rel, how) {
@@ -176,8 +179,8 @@ fn open_lock_file(root: &Root, rel: &Path, mode: LockMode) -> Result<Option<File
         }
         Err(e) => return Err(Error::io("opening lock file", &path, e)),
     };
-    check_lock_file(&file, &path)?;
-    Ok(Some(file))
+    let id = check_lock_file(&file, &path)?;
+    Ok(Some((file, id)))
 }
 
 /// Errors after which a *reader* may go on without a lock: the cache is read-only or
@@ -208,9 +211,10 @@ fn replaced_too_often(path: &Path) -> Error {
     )
 }
 
-fn same_inode(file: &File, root: &Root, rel: &Path) -> bool {
-    match (file.metadata(), root.lstat_fast(rel)) {
-        (Ok(a), Ok(b)) => a.dev() == b.st_dev && a.ino() == b.st_ino,
+/// Whether the file at `root/rel` is still the one with identity `id` (the one locked).
+fn same_inode(id: (u64, u64), root: &Root, rel: &Path) -> bool {
+    match root.lstat_fast(rel) {
+        Ok(b) => id == (b.st_dev, b.st_ino),
         _ => false,
     }
 }
@@ -224,10 +228,15 @@ fn holder_of(file: &mut File) -> Option<String> {
 }
 
 fn record_holder(file: &mut File) {
-    let host = hostname();
-    let _ = file.set_len(0);
-    let _ = file.seek(SeekFrom::Start(0));
-    let _ = writeln!(file, "pid={} host={host}", std::process::id());
+    use std::os::unix::fs::FileExt;
+    // One write at offset 0, then the length: no seek, no formatted writes (each a
+    // system call), and the host name read once per process (it is only a hint).
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(hostname);
+    let line = format!("pid={} host={host}\n", std::process::id());
+    if file.write_all_at(line.as_bytes(), 0).is_ok() {
+        let _ = file.set_len(line.len() as u64);
+    }
 }
 
 fn hostname() -> String {
@@ -311,7 +320,7 @@ pub fn lock_exclusive(
 /// Takes an exclusive lock if nobody holds one; `None` if busy.
 pub fn try_lock_exclusive(root: &Root, rel: &Path) -> Result<Option<LockGuard>> {
     for _ in 0..MAX_LOCK_ATTEMPTS {
-        let Some(mut file) = open_lock_file(root, rel, LockMode::Exclusive)? else {
+        let Some((mut file, id)) = open_lock_file(root, rel, LockMode::Exclusive)? else {
             unreachable!("exclusive opens never degrade to unlocked")
         };
         match file.try_lock() {
@@ -319,7 +328,7 @@ pub fn try_lock_exclusive(root: &Root, rel: &Path) -> Result<Option<LockGuard>> 
             Err(TryLockError::WouldBlock) => return Ok(None),
             Err(TryLockError::Error(e)) => return Err(Error::io("locking", root.join(rel), e)),
         }
-        if !same_inode(&file, root, rel) {
+        if !same_inode(id, root, rel) {
             continue;
         }
         record_holder(&mut file);
@@ -361,7 +370,7 @@ fn acquire(
     let mut waited = Duration::ZERO;
     let mut told = false;
     for _ in 0..MAX_LOCK_ATTEMPTS {
-        let Some(mut file) = open_lock_file(root, rel, mode)? else {
+        let Some((mut file, id)) = open_lock_file(root, rel, mode)? else {
             return Ok(LockGuard {
                 file: None,
                 path: root.join(rel),
@@ -388,7 +397,7 @@ fn acquire(
             }
             Err(TryLockError::Error(e)) => return Err(Error::io("locking", root.join(rel), e)),
         }
-        if !same_inode(&file, root, rel) {
+        if !same_inode(id, root, rel) {
             // Deleted (and maybe recreated) while we waited: lock the live file instead.
             continue;
         }

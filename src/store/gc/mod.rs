@@ -244,6 +244,8 @@ struct Remover<'a> {
     handout_grace: Duration,
     force: bool,
     index: index::Writer<'a>,
+    /// `tmp/` was made (or found) by this remover: once is enough.
+    tmp_ready: bool,
 }
 
 impl<'a> Remover<'a> {
@@ -254,6 +256,7 @@ impl<'a> Remover<'a> {
             handout_grace,
             force,
             index: index::Writer::new(cd),
+            tmp_ready: false,
         }
     }
 
@@ -289,11 +292,24 @@ impl<'a> Remover<'a> {
                 }
                 let bytes = bytes.unwrap_or_else(|| scan::tree_bytes(cd, &rel, &[]).0);
                 let trash = TmpName::new(TmpKind::Removal, key);
-                cd.mkdir(layout::TMP, super::trust::dir_mode())
-                    .map_err(|e| io_below("creating directory", cd, Path::new(layout::TMP), e))?;
+                let make_tmp = || {
+                    cd.mkdir(layout::TMP, super::trust::dir_mode())
+                        .map_err(|e| io_below("creating directory", cd, Path::new(layout::TMP), e))
+                };
+                if !self.tmp_ready {
+                    make_tmp()?;
+                    self.tmp_ready = true;
+                }
                 self.index.append(&index::intent_record(key));
-                cd.rename(&rel, trash.rel())
-                    .map_err(|e| io_below("removing", cd, &rel, e))?;
+                let renamed = match cd.rename(&rel, trash.rel()) {
+                    // `tmp/` removed since (a cleanup removes it when empty): again.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        make_tmp()?;
+                        cd.rename(&rel, trash.rel())
+                    }
+                    r => r,
+                };
+                renamed.map_err(|e| io_below("removing", cd, &rel, e))?;
                 super::pause_point("renamed-for-removal");
                 self.index.append(&index::remove_record(key));
                 // The entry is gone from entries/ now; what is left in tmp/ is ours to
