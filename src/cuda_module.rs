@@ -83,6 +83,9 @@ pub struct CudaModule {
     pub compiler_output: String,
     /// Cache faults repaired while serving it.
     pub warnings: Vec<String>,
+    /// The header that kept this fresh compile out of its manifest (see
+    /// [`crate::Compiled::unrecorded`]).
+    pub unrecorded: Option<String>,
     /// Cubin or PTX.
     pub output: Output,
     /// The arch it was built for (`sm_90`, or `compute_80` for PTX).
@@ -368,6 +371,7 @@ impl Jit {
                 lock_wait: Duration::ZERO,
                 compiler_output: String::new(),
                 warnings: Vec::new(),
+                unrecorded: None,
                 ..m.module.clone()
             });
         }
@@ -389,6 +393,7 @@ impl Jit {
             meta,
             warnings,
             lock_wait,
+            unrecorded,
             ..
         } = fetched; // releases the lock
         let module = CudaModule {
@@ -404,6 +409,7 @@ impl Jit {
                 meta.compiler_output
             },
             warnings,
+            unrecorded,
             output: k.output,
             arch: k.arch,
             image: Arc::new(Image {

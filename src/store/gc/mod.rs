@@ -1160,6 +1160,26 @@ mod tests {
         f.store.entries().unwrap().len()
     }
 
+    /// A remover makes `tmp/` once; a cleanup that removes the empty `tmp/` between two
+    /// of its removals does not fail the second.
+    #[test]
+    fn one_remover_survives_tmp_being_removed_between_removals() {
+        let f = fixture(&[]);
+        let (a, b) = (publish(&f, 1, 10), publish(&f, 2, 10));
+        let cd = f.store.root();
+        let mut remover = Remover::new(cd, f.clock.now(), Duration::ZERO, false);
+        assert!(matches!(
+            remover.remove(&a, None, None).unwrap(),
+            Removal::Removed(_)
+        ));
+        cd.remove_dir(layout::TMP).unwrap();
+        assert!(matches!(
+            remover.remove(&b, None, None).unwrap(),
+            Removal::Removed(_)
+        ));
+        assert_eq!(count(&f), 0);
+    }
+
     #[test]
     fn removal_skips_busy_and_handed_out_entries_unless_forced() {
         let f = fixture(&[("handout_grace", "1m")]);
