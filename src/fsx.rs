@@ -643,6 +643,160 @@ fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     }
 }
 
+/// Limits on reading a file that xcache did not make and someone else named (a header
+/// listed by a remote's manifest or a bundle, a key file, a warm manifest's include):
+/// at most `max_bytes`, and no later than `deadline`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Largest size accepted (a larger file is refused before anything is read).
+    pub max_bytes: u64,
+    /// When reading must stop; `None`: no deadline.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl Bounds {
+    /// At most `max_bytes`, no deadline.
+    pub fn size(max_bytes: u64) -> Bounds {
+        Bounds {
+            max_bytes,
+            deadline: None,
+        }
+    }
+}
+
+/// Why a named file was refused, or the I/O error met reading it.
+#[derive(Debug)]
+pub enum NamedFileError {
+    /// It is not a regular file (a FIFO, a device, a directory, a socket): opening or
+    /// reading it could block forever or never end.
+    NotRegular(PathBuf),
+    /// It is larger than the bound.
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// The deadline passed while reading it.
+    Deadline(PathBuf),
+    /// Opening or reading it failed.
+    Io(PathBuf, io::Error),
+}
+
+impl std::fmt::Display for NamedFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NamedFileError::NotRegular(p) => write!(f, "{} is not a regular file", p.display()),
+            NamedFileError::TooLarge { path, size, max } => write!(
+                f,
+                "{} is {size} bytes, more than the {max} allowed",
+                path.display()
+            ),
+            NamedFileError::Deadline(p) => {
+                write!(f, "reading {} did not finish in time", p.display())
+            }
+            NamedFileError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for NamedFileError {}
+
+impl NamedFileError {
+    /// As an `io::Error` (for callers that report I/O errors).
+    pub fn into_io(self) -> io::Error {
+        match self {
+            NamedFileError::Io(_, e) => e,
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// Opens a file someone else named, following links as any reader would, without
+/// blocking (`O_NONBLOCK`: a FIFO or a tty cannot stall the open) and without becoming
+/// its controlling terminal; it must be a regular file of at most `max_bytes`. Returns
+/// the file and its size.
+pub fn open_named_file(path: &Path, max_bytes: u64) -> Result<(File, u64), NamedFileError> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| NamedFileError::Io(path.to_path_buf(), to_io(e)))?;
+    let st =
+        rustix::fs::fstat(&fd).map_err(|e| NamedFileError::Io(path.to_path_buf(), to_io(e)))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(NamedFileError::NotRegular(path.to_path_buf()));
+    }
+    let size = st.st_size as u64;
+    if size > max_bytes {
+        return Err(NamedFileError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            max: max_bytes,
+        });
+    }
+    Ok((File::from(fd), size))
+}
+
+/// Feeds at most `bounds.max_bytes` of `file` to `sink`, checking the deadline between
+/// chunks; a file that grew past the bound while being read is refused as well.
+fn stream_bounded(
+    path: &Path,
+    mut file: File,
+    bounds: Bounds,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<u64, NamedFileError> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        if bounds
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            return Err(NamedFileError::Deadline(path.to_path_buf()));
+        }
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(NamedFileError::Io(path.to_path_buf(), e)),
+        };
+        total += n as u64;
+        if total > bounds.max_bytes {
+            return Err(NamedFileError::TooLarge {
+                path: path.to_path_buf(),
+                size: total,
+                max: bounds.max_bytes,
+            });
+        }
+        sink(&buf[..n]);
+    }
+}
+
+/// Reads a file someone else named, whole: a regular file only, opened without
+/// blocking, within `bounds` (see [`open_named_file`]).
+pub fn read_named_file(path: &Path, bounds: Bounds) -> Result<Vec<u8>, NamedFileError> {
+    let (file, size) = open_named_file(path, bounds.max_bytes)?;
+    let mut out = Vec::with_capacity(size as usize);
+    stream_bounded(path, file, bounds, &mut |b| out.extend_from_slice(b))?;
+    Ok(out)
+}
+
+/// blake3 (hex) and size of a file someone else named: a regular file only, opened
+/// without blocking, within `bounds` (see [`open_named_file`]).
+pub fn hash_named_file(path: &Path, bounds: Bounds) -> Result<(String, u64), NamedFileError> {
+    let (file, _) = open_named_file(path, bounds.max_bytes)?;
+    let mut h = blake3::Hasher::new();
+    let n = stream_bounded(path, file, bounds, &mut |b| {
+        h.update(b);
+    })?;
+    Ok((h.finalize().to_hex().to_string(), n))
+}
+
 /// Resolves a group name or number to a gid.
 pub fn resolve_group(name: &str) -> Result<u32, String> {
     if let Ok(gid) = name.parse::<u32>() {
@@ -758,6 +912,58 @@ mod tests {
         assert!(e.to_string().contains("not a regular file"), "{e}");
         assert!(r.open_file("../x", OpenHow::read()).is_err());
         assert!(r.open_file("/etc/passwd", OpenHow::read()).is_err());
+    }
+
+    #[test]
+    fn named_files_are_regular_bounded_and_never_block() {
+        let (t, _r, outside) = setup();
+        let victim = outside.join("victim");
+        let (h, n) = hash_named_file(&victim, Bounds::size(100)).unwrap();
+        assert_eq!((h, n), (blake3::hash(b"precious").to_hex().to_string(), 8));
+        assert_eq!(
+            read_named_file(&victim, Bounds::size(8)).unwrap(),
+            b"precious"
+        );
+        assert!(matches!(
+            read_named_file(&victim, Bounds::size(7)),
+            Err(NamedFileError::TooLarge {
+                size: 8,
+                max: 7,
+                ..
+            })
+        ));
+        // Devices and FIFOs are refused before a byte is read: /dev/zero never ends,
+        // and a FIFO without a writer would block a plain open forever.
+        for p in ["/dev/zero", "/dev/null", "/dev/tty"] {
+            if Path::new(p).exists() {
+                let e = hash_named_file(Path::new(p), Bounds::size(1 << 30)).unwrap_err();
+                assert!(
+                    matches!(e, NamedFileError::NotRegular(_) | NamedFileError::Io(..)),
+                    "{p}: {e}"
+                );
+            }
+        }
+        let fifo = t.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(matches!(
+            read_named_file(&fifo, Bounds::size(10)),
+            Err(NamedFileError::NotRegular(_))
+        ));
+        assert!(matches!(
+            read_named_file(outside.as_path(), Bounds::size(10)),
+            Err(NamedFileError::NotRegular(_))
+        ));
+        // A deadline already passed stops before the first chunk.
+        let past = Bounds {
+            max_bytes: 100,
+            deadline: Some(std::time::Instant::now()),
+        };
+        assert!(matches!(
+            hash_named_file(&victim, past),
+            Err(NamedFileError::Deadline(_))
+        ));
     }
 
     #[test]
