@@ -70,7 +70,7 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let f = store
-                    .get_or_build_tracked(&key, &mut |_| unreachable!("cached"))
+                    .get_or_build_tracked(&key, &Default::default(), &mut |_| unreachable!("cached"))
                     .unwrap();
                 let lib =
                     std::sync::Arc::new(LoadedLibrary::open(key, &f.artifact_path()).unwrap());
@@ -104,7 +104,7 @@ fn parts(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 store
-                    .get_or_build_tracked(&request, &mut |_| unreachable!())
+                    .get_or_build_tracked(&request, &Default::default(), &mut |_| unreachable!())
                     .unwrap(),
             )
         })

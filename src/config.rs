@@ -169,7 +169,7 @@ pub const SETTINGS: &[SettingInfo] = &[
     SettingInfo {
         name: "remote_timeout",
         default: "5s",
-        doc: "Longest wait for one remote operation (a fetch or an upload of one library).",
+        doc: "The most time one request spends on the remote tier, in all: connecting, asking for its results, hashing the headers they name, fetching, and uploading what it compiled (each socket read and write is given what is left of it). A stopped, dripping or lying remote costs a request no more than this.",
     },
     SettingInfo {
         name: "remote_ttl",

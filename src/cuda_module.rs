@@ -239,52 +239,57 @@ impl Jit {
         let source_file = req.language.source_file();
         let display = req.display_name();
         let timeout = self.config().compile_timeout;
-        let fetched = self.store().get_or_build_tracked(&k.key, &mut |staging| {
-            let write = |name: &str, bytes: &[u8]| {
-                let p = staging.join(name);
-                staging
-                    .create_file(name, crate::store::trust::file_mode())
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
-                    .ctx("writing", &p)
-            };
-            // The source and extra inputs are kept in the entry, as for nvcc; NVRTC
-            // takes them from memory.
-            write(source_file, &req.source)?;
-            for (name, bytes) in &req.extra_inputs {
-                write(name, bytes)?;
-            }
-            let built = tool
-                .compile(
-                    staging.path(),
-                    source_file,
-                    &req.source,
-                    &req.extra_inputs,
-                    &k.options,
-                    k.output,
-                    timeout,
-                )
-                .map_err(|e| match e {
-                    Error::Compile(mut ce) => {
-                        ce.output = diagnostics::explain(&ce.output, source_file, &display);
-                        Error::Compile(ce)
-                    }
-                    e => e,
-                })?;
-            write(k.output.artifact_file(), &built.image)?;
-            let headers = built
-                .headers
-                .into_iter()
-                .filter(|p| !p.starts_with(staging.path()))
-                .collect();
-            Ok(Built {
-                source_name: req.name.clone(),
-                source_file: source_file.into(),
-                compile_time: built.elapsed,
-                compiler_output: diagnostics::rename(&built.log, source_file, &display),
-                key_material: k.material.clone(),
-                headers,
-            })
-        });
+        // NVRTC searches only what its options name (`-no-source-include`).
+        let scope =
+            crate::store::manifest::SearchScope::new(crate::compile::include_roots(&k.options));
+        let fetched = self
+            .store()
+            .get_or_build_tracked(&k.key, &scope, &mut |staging| {
+                let write = |name: &str, bytes: &[u8]| {
+                    let p = staging.join(name);
+                    staging
+                        .create_file(name, crate::store::trust::file_mode())
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+                        .ctx("writing", &p)
+                };
+                // The source and extra inputs are kept in the entry, as for nvcc; NVRTC
+                // takes them from memory.
+                write(source_file, &req.source)?;
+                for (name, bytes) in &req.extra_inputs {
+                    write(name, bytes)?;
+                }
+                let built = tool
+                    .compile(
+                        staging.path(),
+                        source_file,
+                        &req.source,
+                        &req.extra_inputs,
+                        &k.options,
+                        k.output,
+                        timeout,
+                    )
+                    .map_err(|e| match e {
+                        Error::Compile(mut ce) => {
+                            ce.output = diagnostics::explain(&ce.output, source_file, &display);
+                            Error::Compile(ce)
+                        }
+                        e => e,
+                    })?;
+                write(k.output.artifact_file(), &built.image)?;
+                let headers = built
+                    .headers
+                    .into_iter()
+                    .filter(|p| !p.starts_with(staging.path()))
+                    .collect();
+                Ok(Built {
+                    source_name: req.name.clone(),
+                    source_file: source_file.into(),
+                    compile_time: built.elapsed,
+                    compiler_output: diagnostics::rename(&built.log, source_file, &display),
+                    key_material: k.material.clone(),
+                    headers,
+                })
+            });
         match &fetched {
             Ok(f) if f.hit => self.stats().hit(f.meta.compile_ms, f.lock_wait),
             Ok(f) => {

@@ -373,59 +373,68 @@ impl Jit {
         let tool = self.host_tool(req.language)?;
         let source_file = req.language.source_file();
         let display = req.display_name();
-        let fetched = self.store.get_or_build_tracked(&key, &mut |staging| {
-            let write = |name: &str, bytes: &[u8]| {
-                let p = staging.join(name);
-                staging
-                    .create_file(name, crate::store::trust::file_mode())
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
-                    .ctx("writing", &p)
-            };
-            write(source_file, &req.source)?;
-            for (name, bytes) in &req.extra_inputs {
-                write(name, bytes)?;
-            }
-            crate::store::pause_point("source-written");
-            let (compile_time, compiler_output) = tool
-                .compile(
+        let scope = crate::store::manifest::SearchScope::new(
+            crate::compile::include_roots(&flags)
+                .into_iter()
+                .chain(tool.search_dirs.iter().cloned()),
+        );
+        let fetched = self
+            .store
+            .get_or_build_tracked(&key, &scope, &mut |staging| {
+                let write = |name: &str, bytes: &[u8]| {
+                    let p = staging.join(name);
+                    staging
+                        .create_file(name, crate::store::trust::file_mode())
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+                        .ctx("writing", &p)
+                };
+                write(source_file, &req.source)?;
+                for (name, bytes) in &req.extra_inputs {
+                    write(name, bytes)?;
+                }
+                crate::store::pause_point("source-written");
+                let (compile_time, compiler_output) = tool
+                    .compile(
+                        staging.path(),
+                        source_file,
+                        ARTIFACT_FILE,
+                        &flags,
+                        Some(DEPS_FILE),
+                        self.config.compile_timeout,
+                    )
+                    .map_err(|e| match e {
+                        Error::Compile(mut ce) => {
+                            ce.output = diagnostics::explain(&ce.output, source_file, &display);
+                            Error::Compile(ce)
+                        }
+                        e => e,
+                    })?;
+                // The compiler's list of what it read: the headers enter the manifest; the
+                // file itself is not part of the entry.
+                let deps = staging
+                    .open_file(DEPS_FILE, crate::fsx::OpenHow::read())
+                    .and_then(|mut f| {
+                        let mut text = String::new();
+                        std::io::Read::read_to_string(&mut f, &mut text).map(|_| text)
+                    })
+                    .ctx(
+                        "reading the compiler's dependency list",
+                        &staging.join(DEPS_FILE),
+                    )?;
+                let _ = staging.remove_file(DEPS_FILE);
+                let headers = crate::compile::deps::headers(
+                    &crate::compile::deps::parse(&deps),
                     staging.path(),
-                    source_file,
-                    ARTIFACT_FILE,
-                    &flags,
-                    Some(DEPS_FILE),
-                    self.config.compile_timeout,
-                )
-                .map_err(|e| match e {
-                    Error::Compile(mut ce) => {
-                        ce.output = diagnostics::explain(&ce.output, source_file, &display);
-                        Error::Compile(ce)
-                    }
-                    e => e,
-                })?;
-            // The compiler's list of what it read: the headers enter the manifest; the
-            // file itself is not part of the entry.
-            let deps = staging
-                .open_file(DEPS_FILE, crate::fsx::OpenHow::read())
-                .and_then(|mut f| {
-                    let mut text = String::new();
-                    std::io::Read::read_to_string(&mut f, &mut text).map(|_| text)
+                );
+                Ok(Built {
+                    source_name: req.name.clone(),
+                    source_file: source_file.into(),
+                    compile_time,
+                    compiler_output: diagnostics::rename(&compiler_output, source_file, &display),
+                    key_material: material.clone(),
+                    headers,
                 })
-                .ctx(
-                    "reading the compiler's dependency list",
-                    &staging.join(DEPS_FILE),
-                )?;
-            let _ = staging.remove_file(DEPS_FILE);
-            let headers =
-                crate::compile::deps::headers(&crate::compile::deps::parse(&deps), staging.path());
-            Ok(Built {
-                source_name: req.name.clone(),
-                source_file: source_file.into(),
-                compile_time,
-                compiler_output: diagnostics::rename(&compiler_output, source_file, &display),
-                key_material: material.clone(),
-                headers,
-            })
-        });
+            });
         match &fetched {
             Ok(f) if f.hit => self.stats.hit(f.meta.compile_ms, f.lock_wait),
             Ok(f) => {

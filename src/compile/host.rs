@@ -35,6 +35,12 @@ pub struct HostTool {
     /// For nvcc: the GPU arch (`sm_90`) that SASS and PTX are built for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda_arch: Option<String>,
+    /// The directories the compiler searches for headers by itself, without a user `-I`
+    /// (what `cc -E -v` lists; for nvcc, the toolkit's and the host compiler's). With the
+    /// user's include flags they bound which files a header list from elsewhere (a
+    /// remote, a bundle) may make xcache read ([`crate::store::manifest::SearchScope`]).
+    #[serde(default)]
+    pub search_dirs: Vec<PathBuf>,
 }
 
 /// Environment variables the `cc` crate consults when it picks a compiler and flags.
@@ -146,6 +152,7 @@ pub(crate) fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool>
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     Ok(HostTool {
+        search_dirs: search_dirs(&program, lang),
         program,
         args,
         toolchain: Toolchain {
@@ -155,6 +162,43 @@ pub(crate) fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool>
         },
         cuda_arch: None,
     })
+}
+
+/// The directories `program` searches for headers by itself: the lists between
+/// `search starts here:` and `End of search list.` that gcc and clang print for
+/// `-E -v`. Empty when the compiler does not say (then only the user's include flags
+/// bound what a header list from elsewhere may name).
+pub fn search_dirs(program: &Path, lang: Language) -> Vec<PathBuf> {
+    let x = if lang == Language::Cxx { "c++" } else { "c" };
+    let out = Command::new(program)
+        .args(["-E", "-v", "-x", x, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match out {
+        Ok(o) => parse_search_dirs(&String::from_utf8_lossy(&o.stderr)),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The search list of a `cc -E -v` log.
+pub fn parse_search_dirs(log: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in log.lines() {
+        if line.starts_with("#include ") && line.ends_with("search starts here:") {
+            inside = true;
+        } else if line.starts_with("End of search list.") {
+            inside = false;
+        } else if inside {
+            let d = line.trim().trim_end_matches(" (framework directory)");
+            if d.starts_with('/') {
+                out.push(PathBuf::from(d));
+            }
+        }
+    }
+    out
 }
 
 /// Libraries every host artifact links, placed after the source on the command line.
@@ -505,6 +549,29 @@ mod tests {
             f(&["-O3", "-o", "lib.so", "s.c"])
         );
         assert_eq!(command_args(&[], "o", "s"), f(&["-o", "o", "s"]));
+    }
+
+    #[test]
+    fn search_lists_are_read_from_the_verbose_log() {
+        let log = "ignoring nonexistent directory \"/usr/local/include/x86_64-linux-gnu\"\n#include \"...\" search starts here:\n#include <...> search starts here:\n /usr/lib/gcc/x86_64-linux-gnu/12/include\n /usr/local/include\n /usr/include\nEnd of search list.\n";
+        assert_eq!(
+            parse_search_dirs(log),
+            [
+                "/usr/lib/gcc/x86_64-linux-gnu/12/include",
+                "/usr/local/include",
+                "/usr/include"
+            ]
+            .map(PathBuf::from)
+        );
+        // The real compiler says where stdio.h comes from.
+        let cc = find_in_path(Path::new("cc")).unwrap();
+        assert!(
+            search_dirs(&cc, Language::C)
+                .iter()
+                .any(|d| d.join("stdio.h").exists()),
+            "{:?}",
+            search_dirs(&cc, Language::C)
+        );
     }
 
     #[test]

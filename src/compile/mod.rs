@@ -10,7 +10,7 @@ pub mod nvrtc;
 pub mod template;
 pub mod toolchain;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -43,6 +43,13 @@ impl Language {
             Language::Cxx => "c++",
             Language::Cuda => "cuda",
         }
+    }
+
+    /// The language named `name` in keys and metadata.
+    pub fn from_name(name: &str) -> Option<Language> {
+        [Language::C, Language::Cxx, Language::Cuda]
+            .into_iter()
+            .find(|l| l.name() == name)
     }
 
     /// File name of the source inside an entry.
@@ -288,8 +295,114 @@ impl SourceRequest {
     }
 }
 
+/// The [`SearchScope`] of a request whose key material is `material`: the include
+/// directories of its flags and those its language's compiler searches by itself here
+/// (resolved through the store's toolchain records). What a bundle's entry may make
+/// an import read.
+pub fn search_scope(
+    material: &crate::store::key::KeyMaterial,
+    config: &crate::config::Config,
+    store: &crate::store::Store,
+) -> crate::store::manifest::SearchScope {
+    let mut dirs = include_roots(&material.flags);
+    if let Some(lang) = Language::from_name(&material.language) {
+        if let Ok(tool) = toolchain::resolve(lang, config, Some(store)) {
+            dirs.extend(tool.search_dirs);
+        }
+    }
+    crate::store::manifest::SearchScope::new(dirs)
+}
+
+/// The directories that `flags` make a compiler search for headers (`-I`, `-isystem`,
+/// `-iquote`, `-idirafter`, `--include-directory`, nvcc's and NVRTC's `--include-path`
+/// and `--system-include`, `--sysroot`, and the directories of files pre-included with
+/// `-include`/`-imacros`/`--pre-include`), in either spelling (`-Idir`, `-I dir`,
+/// `--include-path=dir`), also when passed through `-Wp,`. Only absolute ones: a
+/// relative directory would be resolved in the build's own staging directory.
+pub fn include_roots(flags: &[String]) -> Vec<PathBuf> {
+    // (flag, names a file rather than a directory), longest first: `--include-directory`
+    // must not be read as `--include-directory-after` cut short.
+    const FORMS: &[(&str, bool)] = &[
+        ("--include-directory-after", false),
+        ("--include-directory", false),
+        ("--system-include", false),
+        ("--include-path", false),
+        ("--pre-include", true),
+        ("-idirafter", false),
+        ("--sysroot", false),
+        ("-isysroot", false),
+        ("-isystem", false),
+        ("-imacros", true),
+        ("-include", true),
+        ("-iquote", false),
+        ("-I", false),
+    ];
+    let mut args: Vec<&str> = Vec::new();
+    for f in flags {
+        match f.strip_prefix("-Wp,") {
+            Some(rest) => args.extend(rest.split(',')),
+            None => args.push(f),
+        }
+    }
+    let mut out = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let Some(&(name, is_file)) = FORMS.iter().find(|(n, _)| a.starts_with(n)) else {
+            continue;
+        };
+        let rest = &a[name.len()..];
+        let value = if rest.is_empty() {
+            it.next()
+        } else if let Some(v) = rest.strip_prefix('=') {
+            Some(v)
+        } else if name.starts_with("--") {
+            None // another long option that merely starts alike
+        } else {
+            Some(rest)
+        };
+        let Some(v) = value else { continue };
+        let p = Path::new(v);
+        let p = if is_file { p.parent().unwrap_or(p) } else { p };
+        if p.is_absolute() {
+            out.push(p.to_path_buf());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn include_roots_in_every_spelling() {
+        let f = |v: &[&str]| include_roots(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let p = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(
+            f(&[
+                "-I/a",
+                "-I",
+                "/b",
+                "-isystem/c",
+                "-isystem",
+                "/d",
+                "-iquote",
+                "/e"
+            ]),
+            p(&["/a", "/b", "/c", "/d", "/e"])
+        );
+        assert_eq!(
+            f(&[
+                "--include-directory=/a",
+                "--include-path",
+                "/b",
+                "-Wp,-I/c,-DX",
+                "-include",
+                "/d/h.h"
+            ]),
+            p(&["/a", "/b", "/c", "/d"])
+        );
+        assert_eq!(f(&["-Irel", "-O2", "-include", "x.h", "-DI=/x"]), p(&[]));
+        assert_eq!(f(&["-idirafter/z", "--sysroot=/s"]), p(&["/z", "/s"]));
+    }
     use super::*;
 
     #[test]

@@ -87,6 +87,10 @@ pub fn resolve_fresh(config: &Config, host: &HostTool) -> Result<HostTool> {
             "-ccbin".into(),
             host.program.display().to_string(),
         ],
+        search_dirs: toolkit_include_dirs(&canonical)
+            .into_iter()
+            .chain(host.search_dirs.iter().cloned())
+            .collect(),
         toolchain: Toolchain {
             path: canonical.display().to_string(),
             version,
@@ -94,6 +98,20 @@ pub fn resolve_fresh(config: &Config, host: &HostTool) -> Result<HostTool> {
         },
         cuda_arch: None,
     })
+}
+
+/// The CUDA toolkit's header directories beside `nvcc` (`bin/../include`, and
+/// `targets/*/include` in a toolkit install), which nvcc searches by itself.
+fn toolkit_include_dirs(nvcc: &Path) -> Vec<PathBuf> {
+    let Some(top) = nvcc.parent().and_then(Path::parent) else {
+        return Vec::new();
+    };
+    let mut dirs = vec![top.join("include")];
+    if let Ok(targets) = std::fs::read_dir(top.join("targets")) {
+        dirs.extend(targets.flatten().map(|t| t.path().join("include")));
+    }
+    dirs.retain(|d| d.is_dir());
+    dirs
 }
 
 /// Where nvcc was found, and how.

@@ -39,7 +39,7 @@ fn resolution_inputs(lang: Language, config: &Config) -> String {
         h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     };
-    put("host-tool-v1");
+    put("host-tool-v2");
     put(lang.name());
     put(HOST_TARGET);
     put(&config.opt_level);

@@ -1044,27 +1044,32 @@ fn import_value(
     }
     let key: Key = entry.key.parse().expect("checked with the index");
     let existed = matches!(store.check_entry(&key), Ok(Some(_)));
-    Ok(match store.import_result(&packed, Some(&key), false)? {
-        Imported::Taken(fetched) => {
-            let outcome = if existed {
-                ImportOutcome::AlreadyHere
-            } else {
-                let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(last_use);
-                store.backdate_last_use(&key, t);
-                ImportOutcome::Imported
-            };
-            drop(fetched); // releases the entry's lock
-            outcome
-        }
-        Imported::Refused(r) => ImportOutcome::Refused {
-            refusal: match r {
-                ImportReject::Invalid(_) => Refusal::Invalid,
-                ImportReject::WrongKey { .. } => Refusal::WrongKey,
-                ImportReject::HeadersDiffer(_) => Refusal::HeadersDiffer,
+    // Only headers where its own request's compiler would look are read.
+    let scope = crate::compile::search_scope(&meta.key_material, store.config(), store);
+    Ok(
+        match store.import_result(&packed, Some(&key), false, &scope, None)? {
+            Imported::Taken(fetched) => {
+                let outcome = if existed {
+                    ImportOutcome::AlreadyHere
+                } else {
+                    let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(last_use);
+                    store.backdate_last_use(&key, t);
+                    ImportOutcome::Imported
+                };
+                drop(fetched); // releases the entry's lock
+                outcome
+            }
+            Imported::Refused(r) => ImportOutcome::Refused {
+                refusal: match r {
+                    ImportReject::Invalid(_) => Refusal::Invalid,
+                    ImportReject::WrongKey { .. } => Refusal::WrongKey,
+                    ImportReject::HeadersDiffer(_) => Refusal::HeadersDiffer,
+                    ImportReject::OutOfScope(_) => Refusal::Invalid,
+                },
+                reason: r.to_string(),
             },
-            reason: r.to_string(),
         },
-    })
+    )
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! Remote tiers: a cache shared by a team's machines, a CI fleet or a cluster's nodes,
 //! beyond each one's `~/.cache`. Redis first ([`redis`]). The store decides what to take
 //! and publishes it (see [`crate::store::remote`] and
-//! [`crate::store::Store::import_result`]); a tier only moves bytes, with short timeouts,
+//! [`crate::store::Store::import_result`]); a tier only moves bytes, within one deadline per request,
 //! a circuit breaker ([`breaker`]) and a counter per kind of failure, and never fails a
 //! request. `docs/REMOTE.md` says how to set one up, its security model and how it fails.
 
 pub mod breaker;
 pub mod bundle;
 pub mod redis;
+pub mod resp;
 
 use std::sync::Arc;
 
@@ -63,12 +64,13 @@ pub fn redis_from_config(
         url: url.clone(),
         password: std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
         connect_timeout: config.remote_connect_timeout,
-        op_timeout: config.remote_timeout,
+        budget: config.remote_timeout,
         ttl: Some(config.remote_ttl),
         mode: config.remote_mode,
         sign,
         verify_required: config.remote_verify_required,
         namespace: namespace.to_string(),
+        max_value: redis::DEFAULT_MAX_VALUE,
     };
     Ok(Some(redis::RedisTier::new(settings, clock, stats)?))
 }

@@ -11,42 +11,125 @@
 //!   configured.
 //!
 //! Both expire after `remote_ttl` (renewed by each upload). Nothing fetched is trusted:
-//! the store checks every value ([`crate::store::Store::import_result`]).
+//! the store checks every value ([`crate::store::Store::import_result`]). With a signing
+//! key, each result field carries a MAC too (`"mac"`: over the request key, the result
+//! key, its creation time and its headers), checked here before the store reads any
+//! path it names: a writer without the key cannot make a reader hash its files.
+//!
+//! The client is [`super::resp`]: every call of a request draws on that request's one
+//! deadline ([`crate::store::remote::Budget`]), connections are pooled (never held while
+//! another thread waits for one), and replies are bounded.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use ::redis::{Commands, ErrorKind, RedisError};
 use serde::{Deserialize, Serialize};
 
 use super::breaker::Breaker;
+use super::resp::{Address, Conn, Limits, RespError, Value};
 use crate::clock::{unix_secs, Clock};
 use crate::config::{redact, RemoteMode};
 use crate::store::key::Key;
-use crate::store::pack::{Packed, SignKey};
-use crate::store::remote::Remote;
+use crate::store::pack::{self, Packed, SignKey};
+use crate::store::remote::{Remote, RemoteResult};
 use crate::store::stats::{Recorder, RemoteEvent};
-
-/// The (path, blake3) of the headers a result was built from.
-type Headers = Vec<(String, String)>;
 
 /// Results kept per request key on the remote (the oldest go).
 pub const MAX_RESULTS: usize = 16;
+
+/// Most headers one result record may name (far above any real translation unit).
+pub const MAX_HEADERS: usize = 16_384;
+
+/// Connections kept open for reuse.
+const POOL: usize = 4;
+
+/// What a result record's MAC is taken over, first: never the start of a packed value
+/// (a zstd frame) or of a bundle's index, so that no MAC can stand for another.
+const RESULT_MAC_CONTEXT: &[u8] = b"xcache remote result v1\n";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ResultField {
     created: u64,
     headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+/// The bytes a result record's MAC covers.
+fn result_mac_input(
+    request: &Key,
+    key: &Key,
+    created: u64,
+    headers: &[(String, String)],
+) -> Vec<u8> {
+    let mut b = RESULT_MAC_CONTEXT.to_vec();
+    b.extend_from_slice(request.as_bytes());
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(&created.to_le_bytes());
+    b.extend_from_slice(&(headers.len() as u64).to_le_bytes());
+    for (p, h) in headers {
+        for s in [p, h] {
+            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+    }
+    b
+}
+
+/// Why a result record was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordReject {
+    Malformed,
+    Unsigned,
+    BadSignature,
+}
+
+/// Checks one result record (field `k`, value `v`) of `request`'s hash.
+fn check_record(
+    request: &Key,
+    k: &[u8],
+    v: &[u8],
+    sign: Option<&SignKey>,
+    required: bool,
+) -> Result<(u64, RemoteResult), RecordReject> {
+    let key: Key = std::str::from_utf8(k)
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .ok_or(RecordReject::Malformed)?;
+    let f: ResultField = serde_json::from_slice(v).map_err(|_| RecordReject::Malformed)?;
+    if f.headers.len() > MAX_HEADERS {
+        return Err(RecordReject::Malformed);
+    }
+    match (sign, &f.mac) {
+        (Some(sk), Some(mac)) => {
+            let want =
+                blake3::Hash::from(sk.mac(&result_mac_input(request, &key, f.created, &f.headers)));
+            let got = blake3::Hash::from_hex(mac).map_err(|_| RecordReject::BadSignature)?;
+            if want != got {
+                return Err(RecordReject::BadSignature);
+            }
+        }
+        (Some(_), None) if required => return Err(RecordReject::Unsigned),
+        (None, Some(_)) if required => return Err(RecordReject::BadSignature),
+        _ => {}
+    }
+    Ok((
+        f.created,
+        RemoteResult {
+            key,
+            headers: f.headers,
+        },
+    ))
 }
 
 /// A Redis remote tier.
 pub struct RedisTier {
     shown: String,
-    client: ::redis::Client,
-    conn: Mutex<Option<::redis::Connection>>,
+    addr: Address,
+    pool: Mutex<Vec<Conn>>,
     connect_timeout: Duration,
-    op_timeout: Duration,
+    budget: Duration,
     ttl: Option<u64>,
     mode: RemoteMode,
     sign: Option<SignKey>,
@@ -56,6 +139,7 @@ pub struct RedisTier {
     clock: Arc<dyn Clock>,
     stats: Arc<Recorder>,
     warned: Mutex<HashSet<&'static str>>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -73,8 +157,8 @@ pub struct RedisSettings {
     pub password: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// Per-operation timeout.
-    pub op_timeout: Duration,
+    /// What one request may spend on the remote, in all.
+    pub budget: Duration,
     /// Expiry of uploads; `None`: none.
     pub ttl: Option<Duration>,
     /// Read, write or neither.
@@ -85,6 +169,8 @@ pub struct RedisSettings {
     pub verify_required: bool,
     /// The platform's namespace: the compiledir's name.
     pub namespace: String,
+    /// Largest value accepted from the remote, in bytes.
+    pub max_value: u64,
 }
 
 /// A failure, by kind (each has its own counter).
@@ -98,19 +184,17 @@ enum Failure {
 }
 
 impl Failure {
-    fn of(e: &RedisError) -> Failure {
-        if e.is_timeout() {
-            Failure::Timeout
-        } else if e.kind() == ErrorKind::AuthenticationFailed
-            || matches!(e.code(), Some("NOAUTH") | Some("WRONGPASS"))
-        {
-            Failure::Auth
-        } else if matches!(e.code(), Some("OOM") | Some("READONLY") | Some("NOPERM")) {
-            Failure::Full
-        } else if e.is_connection_refusal() {
-            Failure::Connect
-        } else {
-            Failure::Other
+    fn of(e: &RespError) -> Failure {
+        match e {
+            RespError::Timeout => Failure::Timeout,
+            RespError::Connect(_) => Failure::Connect,
+            RespError::Server(m) => match e.code() {
+                Some("NOAUTH") | Some("WRONGPASS") => Failure::Auth,
+                Some("OOM") | Some("READONLY") | Some("NOPERM") => Failure::Full,
+                _ if m.contains("AUTH") || m.contains("password") => Failure::Auth,
+                _ => Failure::Other,
+            },
+            RespError::Io(_) | RespError::Protocol(_) => Failure::Other,
         }
     }
 
@@ -135,6 +219,33 @@ impl Failure {
     }
 }
 
+fn cmd(args: &[&[u8]]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.to_vec()).collect()
+}
+
+/// A hash's (field, value) pairs, as HGETALL answers them.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn bulk_pairs(v: Value) -> Result<Pairs, RespError> {
+    let Value::Array(items) = v else {
+        return match v {
+            Value::Nil => Ok(Vec::new()),
+            _ => Err(RespError::Protocol(
+                "HGETALL did not answer an array".into(),
+            )),
+        };
+    };
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        match (k.into_bytes(), v.into_bytes()) {
+            (Some(k), Some(v)) => out.push((k, v)),
+            _ => return Err(RespError::Protocol("HGETALL answered a non-string".into())),
+        }
+    }
+    Ok(out)
+}
+
 impl RedisTier {
     /// A tier for these settings. Connects lazily, on first use.
     pub fn new(
@@ -142,31 +253,21 @@ impl RedisTier {
         clock: Arc<dyn Clock>,
         stats: Arc<Recorder>,
     ) -> crate::Result<RedisTier> {
-        use ::redis::IntoConnectionInfo;
         let shown = redact(&s.url);
-        let mut info = s.url.as_str().into_connection_info().map_err(|e| {
+        let mut addr = Address::parse(&s.url).map_err(|e| {
             crate::Error::Config(format!(
-                "remote {shown:?} is not a valid redis:// address ({e}). Fix: write redis://[user:password@]host:port/db"
+                "remote {shown:?} is not a valid redis:// address: {e}. Fix: write redis://[user:password@]host:port/db"
             ))
         })?;
-        if info.redis_settings().password().is_none() {
-            if let Some(p) = &s.password {
-                let settings = info.redis_settings().clone().set_password(p);
-                info = info.set_redis_settings(settings);
-            }
+        if addr.password.is_none() {
+            addr.password = s.password.clone();
         }
-        // No `CLIENT SETINFO` on connect: a round trip per process that servers before
-        // 7.2 answer with an error, and nothing here uses it.
-        let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        info = info.set_redis_settings(settings);
-        let client = ::redis::Client::open(info)
-            .map_err(|e| crate::Error::Config(format!("remote {shown:?}: {e}")))?;
         Ok(RedisTier {
             shown,
-            client,
-            conn: Mutex::new(None),
+            addr,
+            pool: Mutex::new(Vec::new()),
             connect_timeout: s.connect_timeout,
-            op_timeout: s.op_timeout,
+            budget: s.budget,
             ttl: s.ttl.filter(|d| !d.is_zero()).map(|d| d.as_secs().max(1)),
             mode: s.mode,
             sign: s.sign,
@@ -176,6 +277,10 @@ impl RedisTier {
             clock,
             stats,
             warned: Mutex::new(HashSet::new()),
+            limits: Limits {
+                max_bulk: usize::try_from(s.max_value).unwrap_or(usize::MAX),
+                max_array: 4 * MAX_RESULTS.max(1024),
+            },
         })
     }
 
@@ -194,38 +299,48 @@ impl RedisTier {
         }
     }
 
-    /// Runs `op` on a connection (made if needed), with the timeouts and the breaker;
-    /// `None` on any failure, which is counted, said once, and drops the connection.
+    fn connect(&self, deadline: Instant) -> Result<Conn, RespError> {
+        Conn::connect(&self.addr, self.connect_timeout, deadline, self.limits)
+    }
+
+    /// Runs `op` on a connection (a pooled one, or a new one), by the deadline, with the
+    /// breaker; `None` on any failure, which is counted, said once, and drops the
+    /// connection. A deadline already passed (the request's budget is spent) asks
+    /// nothing and counts nothing new.
     fn with_conn<T>(
         &self,
-        op: impl FnOnce(&mut ::redis::Connection) -> Result<T, RedisError>,
+        deadline: Instant,
+        op: impl FnOnce(&mut Conn, Instant) -> Result<T, RespError>,
     ) -> Option<T> {
+        if Instant::now() >= deadline {
+            return None;
+        }
         let now = self.clock.now();
         if !self.breaker.allows(now) {
             self.stats.remote(RemoteEvent::Skipped, 0, Duration::ZERO);
             return None;
         }
         let start = Instant::now();
-        let mut slot = self.conn.lock().unwrap();
-        let result = (|| {
-            if slot.is_none() {
-                let c = self
-                    .client
-                    .get_connection_with_timeout(self.connect_timeout)?;
-                c.set_read_timeout(Some(self.op_timeout))?;
-                c.set_write_timeout(Some(self.op_timeout))?;
-                *slot = Some(c);
-            }
-            op(slot.as_mut().expect("connected"))
-        })();
+        // Never held during I/O: a thread stuck on a slow server keeps its connection,
+        // not the pool.
+        let pooled = self.pool.lock().unwrap().pop();
+        let result = match pooled {
+            Some(c) => Ok(c),
+            None => self.connect(deadline),
+        }
+        .and_then(|mut c| op(&mut c, deadline).map(|v| (v, c)));
         match result {
-            Ok(v) => {
+            Ok((v, c)) => {
+                let mut pool = self.pool.lock().unwrap();
+                if pool.len() < POOL {
+                    pool.push(c);
+                }
+                drop(pool);
                 self.breaker.success();
                 Some(v)
             }
             Err(e) => {
                 let f = Failure::of(&e);
-                *slot = None;
                 self.stats.remote(f.event(), 0, start.elapsed());
                 let opened = self.breaker.failure(self.clock.now());
                 self.warn_once(f.name(), || {
@@ -254,46 +369,78 @@ impl RedisTier {
 
     /// Round-trip time of a PING, whether a probe key can be written (and removed), and
     /// the number of entries and their bytes for this platform: what `doctor` and
-    /// `xcache remote` report. Errors are returned, worded.
+    /// `xcache list --remote` report. Each command is bounded by `remote_timeout`.
+    /// Errors are returned, worded.
     pub fn probe(&self, count_entries: bool) -> Result<Probe, String> {
+        let worded = |e: RespError| format!("{}: {e}", Failure::of(&e).name());
         let start = Instant::now();
         let mut c = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)
-            .map_err(|e| format!("{}: {e}", Failure::of(&e).name()))?;
-        c.set_read_timeout(Some(self.op_timeout))
-            .map_err(|e| e.to_string())?;
-        c.set_write_timeout(Some(self.op_timeout))
-            .map_err(|e| e.to_string())?;
-        let _: String = ::redis::cmd("PING")
-            .query(&mut c)
-            .map_err(|e| format!("{}: {e}", Failure::of(&e).name()))?;
+            .connect(start + self.connect_timeout + self.budget)
+            .map_err(worded)?;
+        let step = || Instant::now() + self.budget;
+        c.query(&[b"PING"], step()).map_err(worded)?;
         let latency = start.elapsed();
         let writable = if self.mode == RemoteMode::ReadWrite {
             let probe = format!("{}probe:{}", self.prefix, std::process::id());
-            let r: Result<(), RedisError> = c.set_ex(&probe, 1, 10);
-            let _: Result<(), RedisError> = c.del(&probe);
-            Some(r.map_err(|e| format!("{}: {e}", Failure::of(&e).name())))
+            let r = c
+                .query(&[b"SET", probe.as_bytes(), b"1", b"EX", b"10"], step())
+                .map(|_| ());
+            let _ = c.query(&[b"DEL", probe.as_bytes()], step());
+            Some(r.map_err(worded))
         } else {
             None
         };
         let mut entries = None;
         if count_entries {
             let pattern = format!("{}e:*", self.prefix);
-            let keys: Vec<String> = c
-                .scan_match::<_, String>(&pattern)
-                .map_err(|e| e.to_string())?
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?;
             let mut rows = Vec::new();
-            for k in keys {
-                let len: u64 = c.strlen(&k).unwrap_or(0);
-                let ttl: i64 = c.ttl(&k).unwrap_or(-1);
-                rows.push(RemoteEntry {
-                    key: k.rsplit(':').next().unwrap_or_default().to_string(),
-                    bytes: len,
-                    ttl_secs: (ttl >= 0).then_some(ttl as u64),
-                });
+            let mut cursor = b"0".to_vec();
+            loop {
+                let reply = c
+                    .query(
+                        &[
+                            b"SCAN",
+                            &cursor,
+                            b"MATCH",
+                            pattern.as_bytes(),
+                            b"COUNT",
+                            b"1000",
+                        ],
+                        step(),
+                    )
+                    .map_err(worded)?;
+                let Value::Array(mut parts) = reply else {
+                    return Err("SCAN did not answer an array".into());
+                };
+                let keys = match parts.pop() {
+                    Some(Value::Array(k)) => k,
+                    _ => return Err("SCAN answered no key list".into()),
+                };
+                cursor = parts
+                    .pop()
+                    .and_then(Value::into_bytes)
+                    .ok_or("SCAN answered no cursor")?;
+                for k in keys.into_iter().filter_map(Value::into_bytes) {
+                    let len = c
+                        .query(&[b"STRLEN", &k], step())
+                        .ok()
+                        .and_then(|v| v.as_int())
+                        .unwrap_or(0);
+                    let ttl = c
+                        .query(&[b"TTL", &k], step())
+                        .ok()
+                        .and_then(|v| v.as_int())
+                        .unwrap_or(-1);
+                    let k = String::from_utf8_lossy(&k).into_owned();
+                    rows.push(RemoteEntry {
+                        key: k.rsplit(':').next().unwrap_or_default().to_string(),
+                        bytes: len.max(0) as u64,
+                        ttl_secs: (ttl >= 0).then_some(ttl as u64),
+                    });
+                }
+                if cursor == b"0" {
+                    break;
+                }
             }
             rows.sort_by(|a, b| a.key.cmp(&b.key));
             entries = Some(rows);
@@ -344,32 +491,58 @@ pub struct RemoteEntry {
 }
 
 impl Remote for RedisTier {
-    fn results(&self, request: &Key) -> Vec<(Key, Vec<(String, String)>)> {
+    fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    fn results(&self, request: &Key, deadline: Instant) -> Vec<RemoteResult> {
         if self.mode == RemoteMode::Off {
             return Vec::new();
         }
-        let start = Instant::now();
         let mk = self.manifest_key(request);
-        let Some(fields) = self.with_conn(|c| c.hgetall::<_, Vec<(String, String)>>(&mk)) else {
+        let Some(fields) = self.with_conn(deadline, |c, d| {
+            bulk_pairs(c.query(&[b"HGETALL", mk.as_bytes()], d)?)
+        }) else {
             return Vec::new();
         };
-        let mut out: Vec<(u64, Key, Headers)> = fields
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let key: Key = k.parse().ok()?;
-                let f: ResultField = serde_json::from_str(&v).ok()?;
-                Some((f.created, key, f.headers))
-            })
-            .collect();
-        let _ = start;
+        let mut out = Vec::new();
+        let mut refused = None;
+        for (k, v) in fields {
+            match check_record(request, &k, &v, self.sign.as_ref(), self.verify_required) {
+                Ok(r) => out.push(r),
+                Err(why) => refused = Some((why, k)),
+            }
+        }
+        if let Some((why, field)) = refused {
+            self.stats.remote(RemoteEvent::Rejected, 0, Duration::ZERO);
+            self.warn_once("record", || {
+                format!(
+                    "remote {}: left out a result record of {}… ({}); its headers were not read",
+                    self.shown,
+                    &request.hex()[..16],
+                    match why {
+                        RecordReject::Malformed => "malformed",
+                        RecordReject::Unsigned => "unsigned, and signatures are required",
+                        RecordReject::BadSignature => "its signature does not verify",
+                    }
+                )
+            });
+            if self.mode == RemoteMode::ReadWrite {
+                let _ = self.with_conn(deadline, |c, d| {
+                    c.query(&[b"HDEL", mk.as_bytes(), &field], d)
+                });
+            }
+        }
         out.sort_by_key(|r| std::cmp::Reverse(r.0));
-        out.into_iter().map(|(_, k, h)| (k, h)).collect()
+        out.into_iter().map(|(_, r)| r).collect()
     }
 
-    fn fetch(&self, key: &Key) -> Option<Packed> {
+    fn fetch(&self, key: &Key, deadline: Instant) -> Option<Packed> {
         let start = Instant::now();
         let ek = self.entry_key(key);
-        let bytes = self.with_conn(|c| c.get::<_, Option<Vec<u8>>>(&ek))??;
+        let bytes = self
+            .with_conn(deadline, |c, d| c.query(&[b"GET", ek.as_bytes()], d))?
+            .into_bytes()?;
         match Packed::decode(&bytes, self.sign.as_ref(), self.verify_required) {
             Ok(p) => {
                 self.stats
@@ -386,7 +559,7 @@ impl Remote for RedisTier {
                     )
                 });
                 if self.mode == RemoteMode::ReadWrite {
-                    let _ = self.with_conn(|c| c.del::<_, ()>(&ek));
+                    let _ = self.with_conn(deadline, |c, d| c.query(&[b"DEL", ek.as_bytes()], d));
                 }
                 None
             }
@@ -397,7 +570,7 @@ impl Remote for RedisTier {
         self.stats.remote(RemoteEvent::Miss, 0, Duration::ZERO);
     }
 
-    fn refused(&self, request: &Key, key: &Key, why: &str) {
+    fn refused(&self, request: &Key, key: &Key, why: &str, remove: bool, deadline: Instant) {
         self.stats.remote(RemoteEvent::Rejected, 0, Duration::ZERO);
         self.warn_once("refused", || {
             format!(
@@ -406,56 +579,84 @@ impl Remote for RedisTier {
                 &key.hex()[..16]
             )
         });
-        if self.mode == RemoteMode::ReadWrite && !why.contains("differs on this machine") {
+        if self.mode == RemoteMode::ReadWrite && remove {
             let (ek, mk, field) = (self.entry_key(key), self.manifest_key(request), key.hex());
-            let _ = self.with_conn(|c| {
-                c.del::<_, ()>(&ek)?;
-                c.hdel::<_, _, ()>(&mk, &field)
+            let _ = self.with_conn(deadline, |c, d| {
+                c.pipeline(
+                    &[
+                        cmd(&[b"DEL", ek.as_bytes()]),
+                        cmd(&[b"HDEL", mk.as_bytes(), field.as_bytes()]),
+                    ],
+                    d,
+                )
             });
         }
     }
 
-    fn upload(&self, request: &Key, key: &Key, headers: &[(String, String)], value: &Packed) {
+    fn upload(
+        &self,
+        request: &Key,
+        key: &Key,
+        headers: &[(String, String)],
+        value: &Packed,
+        deadline: Instant,
+    ) {
         if self.mode != RemoteMode::ReadWrite {
             return;
         }
         let start = Instant::now();
         let bytes = value.encode(self.sign.as_ref());
-        let field = serde_json::to_string(&ResultField {
-            created: unix_secs(SystemTime::now()),
+        let created = unix_secs(SystemTime::now());
+        let mac = self.sign.as_ref().map(|k| {
+            blake3::Hash::from(k.mac(&result_mac_input(request, key, created, headers)))
+                .to_hex()
+                .to_string()
+        });
+        let field = serde_json::to_vec(&ResultField {
+            created,
             headers: headers.to_vec(),
+            mac,
         })
         .expect("serialises");
         let (ek, mk, fk) = (self.entry_key(key), self.manifest_key(request), key.hex());
-        let ttl = self.ttl;
-        let done = self.with_conn(|c| {
-            let mut p = ::redis::pipe();
-            match ttl {
-                Some(t) => p.set_ex(&ek, &bytes, t).ignore(),
-                None => p.set(&ek, &bytes).ignore(),
-            };
-            p.hset(&mk, &fk, &field).ignore();
-            if let Some(t) = ttl {
-                p.expire(&mk, t as i64).ignore();
+        let ttl = self.ttl.map(|t| t.to_string());
+        let done = self.with_conn(deadline, |c, d| {
+            let mut p = Vec::new();
+            match &ttl {
+                Some(t) => p.push(cmd(&[b"SET", ek.as_bytes(), &bytes, b"EX", t.as_bytes()])),
+                None => p.push(cmd(&[b"SET", ek.as_bytes(), &bytes])),
             }
-            p.hlen(&mk);
-            let (n,): (usize,) = p.query(c)?;
+            p.push(cmd(&[b"HSET", mk.as_bytes(), fk.as_bytes(), &field]));
+            if let Some(t) = &ttl {
+                p.push(cmd(&[b"EXPIRE", mk.as_bytes(), t.as_bytes()]));
+            }
+            p.push(cmd(&[b"HLEN", mk.as_bytes()]));
+            let replies = c.pipeline(&p, d)?;
+            if let Some(Value::Error(e)) = replies.iter().find(|v| matches!(v, Value::Error(_))) {
+                return Err(RespError::Server(e.clone()));
+            }
+            let n = replies.last().and_then(Value::as_int).unwrap_or(0) as usize;
             if n > MAX_RESULTS {
                 // Bounded: the oldest results go (their values expire on their own).
-                let all: Vec<(String, String)> = c.hgetall(&mk)?;
-                let mut by_age: Vec<(u64, String)> = all
+                let all = bulk_pairs(c.query(&[b"HGETALL", mk.as_bytes()], d)?)?;
+                let mut by_age: Vec<(u64, Vec<u8>)> = all
                     .into_iter()
                     .map(|(k, v)| {
-                        let created = serde_json::from_str::<ResultField>(&v)
+                        let created = serde_json::from_slice::<ResultField>(&v)
                             .map(|f| f.created)
                             .unwrap_or(0);
                         (created, k)
                     })
                     .collect();
                 by_age.sort();
-                for (_, k) in by_age.iter().take(n - MAX_RESULTS) {
-                    c.hdel::<_, _, ()>(&mk, k)?;
-                }
+                let mut del: Vec<&[u8]> = vec![b"HDEL", mk.as_bytes()];
+                del.extend(
+                    by_age
+                        .iter()
+                        .take(n - MAX_RESULTS)
+                        .map(|(_, k)| k.as_slice()),
+                );
+                c.query(&del, d)?;
             }
             Ok(())
         });
@@ -463,5 +664,73 @@ impl Remote for RedisTier {
             self.stats
                 .remote(RemoteEvent::Upload, bytes.len() as u64, start.elapsed());
         }
+    }
+}
+
+/// The largest packed value a reader accepts by default: what [`Packed::decode`]
+/// accepts unpacked, plus what zstd may add to data it cannot compress.
+pub const DEFAULT_MAX_VALUE: u64 = pack::MAX_UNPACKED + pack::MAX_UNPACKED / 128;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(c: char) -> Key {
+        c.to_string().repeat(64).parse().unwrap()
+    }
+
+    #[test]
+    fn result_records_are_authenticated_before_their_paths_are_read() {
+        let sk = SignKey::from_secret(b"0123456789abcdef-secret");
+        let other = SignKey::from_secret(b"someone else's secret!!");
+        let (req, key) = (k('a'), k('b'));
+        let headers = vec![("/usr/include/stdio.h".to_string(), "00".repeat(32))];
+        let signed = |by: &SignKey, req: &Key| {
+            serde_json::to_vec(&ResultField {
+                created: 7,
+                headers: headers.clone(),
+                mac: Some(
+                    blake3::Hash::from(by.mac(&result_mac_input(req, &key, 7, &headers)))
+                        .to_hex()
+                        .to_string(),
+                ),
+            })
+            .unwrap()
+        };
+        let unsigned = serde_json::to_vec(&ResultField {
+            created: 7,
+            headers: headers.clone(),
+            mac: None,
+        })
+        .unwrap();
+        let field = key.hex();
+        let f = field.as_bytes();
+        assert!(check_record(&req, f, &signed(&sk, &req), Some(&sk), true).is_ok());
+        assert_eq!(
+            check_record(&req, f, &unsigned, Some(&sk), true).unwrap_err(),
+            RecordReject::Unsigned
+        );
+        assert!(check_record(&req, f, &unsigned, Some(&sk), false).is_ok());
+        assert_eq!(
+            check_record(&req, f, &signed(&other, &req), Some(&sk), false).unwrap_err(),
+            RecordReject::BadSignature
+        );
+        // A signed record moved to another request does not verify there.
+        assert_eq!(
+            check_record(&k('c'), f, &signed(&sk, &req), Some(&sk), false).unwrap_err(),
+            RecordReject::BadSignature
+        );
+        // Changing one header path breaks the MAC.
+        let mut tampered: serde_json::Value = serde_json::from_slice(&signed(&sk, &req)).unwrap();
+        tampered["headers"][0][0] = "/dev/zero".into();
+        let tampered = serde_json::to_vec(&tampered).unwrap();
+        assert_eq!(
+            check_record(&req, f, &tampered, Some(&sk), false).unwrap_err(),
+            RecordReject::BadSignature
+        );
+        assert_eq!(
+            check_record(&req, b"nope", &unsigned, None, false).unwrap_err(),
+            RecordReject::Malformed
+        );
     }
 }

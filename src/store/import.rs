@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::entry::{EntryMeta, HeaderDigest, VerifyError};
 use super::key::{result_key, Key};
-use super::manifest::{self, HeaderRecord, Lookup, Manifest, ResultRecord};
+use super::manifest::{self, HeaderRecord, Lookup, Manifest, ResultRecord, SearchScope};
 use super::pack::Packed;
 use super::{check_entry_in, layout, lock, Built, Fetched, Store};
 use crate::clock::unix_secs;
@@ -36,6 +36,22 @@ pub enum ImportReject {
     /// A header it was built from differs here (or is missing): it is not this
     /// machine's result, though it is no fault of the value.
     HeadersDiffer(String),
+    /// It names a header that this request's compiler would not read (outside its
+    /// include search), or one that must not be read (not a regular file, too large):
+    /// nothing more of it was read.
+    OutOfScope(String),
+}
+
+impl ImportReject {
+    /// True when the value itself is at fault (malformed, lying about its key), so a
+    /// remote holding it should drop it; false when it is merely another machine's
+    /// result (its headers differ here) or names what this request may not read.
+    pub fn is_fault_of_value(&self) -> bool {
+        !matches!(
+            self,
+            ImportReject::HeadersDiffer(_) | ImportReject::OutOfScope(_)
+        )
+    }
 }
 
 impl std::fmt::Display for ImportReject {
@@ -46,6 +62,7 @@ impl std::fmt::Display for ImportReject {
                 write!(f, "it is entry {got}, not {wanted}")
             }
             ImportReject::HeadersDiffer(h) => write!(f, "{h} differs on this machine"),
+            ImportReject::OutOfScope(why) => write!(f, "not read: {why}"),
         }
     }
 }
@@ -154,6 +171,8 @@ impl Store {
     /// Publishes a result built elsewhere, after checking everything it claims (see the
     /// module doc); `wanted`, when given, is the result key asked for. Takes the
     /// request key's exclusive lock unless `request_locked` says the caller holds it.
+    /// Only headers inside `scope` are read (every path is judged before any is read),
+    /// each a regular file of bounded size, by `deadline`.
     /// A value that fails a check is [`Imported::Refused`]; an error is this machine's
     /// (I/O, a cache that cannot be written).
     pub fn import_result(
@@ -161,23 +180,37 @@ impl Store {
         packed: &Packed,
         wanted: Option<&Key>,
         request_locked: bool,
+        scope: &SearchScope,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Imported> {
         let (meta, key, request) = match check_claims(packed, wanted) {
             Ok(x) => x,
             Err(r) => return Ok(Imported::Refused(r)),
         };
+        if let Some(h) = meta
+            .headers
+            .iter()
+            .find(|h| !scope.allows(std::path::Path::new(&h.path)))
+        {
+            return Ok(Imported::Refused(ImportReject::OutOfScope(format!(
+                "it names {:?}, outside the include search of its request here",
+                h.path
+            ))));
+        }
         // Every header as it is here: the same contents, or it is not our result. (No
         // compiler read them: whether one changes now matters only to its signature.)
         let build_start = std::time::SystemTime::now();
         let mut headers = Vec::new();
         for h in &meta.headers {
-            match HeaderRecord::record(std::path::Path::new(&h.path), build_start) {
+            use crate::fsx::NamedFileError;
+            match HeaderRecord::record(std::path::Path::new(&h.path), build_start, deadline) {
                 Ok((rec, _)) if rec.blake3 == h.blake3 => headers.push(rec),
-                _ => {
+                Ok(_) | Err(NamedFileError::Io(..)) => {
                     return Ok(Imported::Refused(ImportReject::HeadersDiffer(
                         h.path.clone(),
                     )))
                 }
+                Err(e) => return Ok(Imported::Refused(ImportReject::OutOfScope(e.to_string()))),
             }
         }
         let _request_guard = if request_locked {

@@ -126,17 +126,77 @@ fn changed_since(md: &std::fs::Metadata, since: SystemTime) -> bool {
     mtime >= limit || ctime >= limit
 }
 
-/// blake3 of a file, hex (headers live outside the cache: followed as the compiler
-/// did).
+/// Largest header xcache hashes: far above any real header, and a bound on what a
+/// header list from elsewhere can make it read.
+pub const MAX_HEADER_BYTES: u64 = 256 << 20;
+
+/// blake3 of a header, hex: the one way xcache hashes a file it was told about (by its
+/// compiler, a manifest, a remote, a bundle). Headers live outside the cache and are
+/// followed as the compiler did; but only a regular file is read, opened without
+/// blocking, up to [`MAX_HEADER_BYTES`], and no later than `deadline`.
+pub fn hash_header(
+    path: &Path,
+    deadline: Option<std::time::Instant>,
+) -> Result<String, crate::fsx::NamedFileError> {
+    crate::fsx::hash_named_file(
+        path,
+        crate::fsx::Bounds {
+            max_bytes: MAX_HEADER_BYTES,
+            deadline,
+        },
+    )
+    .map(|(h, _)| h)
+}
+
+/// blake3 of a file, hex (see [`hash_header`]; no deadline).
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
     hash(path)
 }
 
-/// blake3 of a file (headers live outside the cache: followed as the compiler did).
 fn hash(path: &Path) -> std::io::Result<String> {
-    let mut h = blake3::Hasher::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
-    Ok(h.finalize().to_hex().to_string())
+    hash_header(path, None).map_err(crate::fsx::NamedFileError::into_io)
+}
+
+/// The directories a request's compiler may read headers from: the include
+/// directories its flags name and those its compiler searches by itself. A header list
+/// that comes from elsewhere (a remote's result records, a bundle's entries) may only
+/// make xcache hash files below these, so it cannot be used to read or probe any other
+/// file on this machine. Paths are compared after resolving links and `..` on both
+/// sides: a link inside a root that leads out of every root is outside.
+#[derive(Debug, Clone, Default)]
+pub struct SearchScope {
+    roots: Vec<std::path::PathBuf>,
+}
+
+impl SearchScope {
+    /// The scope of these directories (those that do not exist are left out).
+    pub fn new(dirs: impl IntoIterator<Item = std::path::PathBuf>) -> SearchScope {
+        let mut roots: Vec<_> = dirs
+            .into_iter()
+            .filter(|d| d.is_absolute())
+            .filter_map(|d| d.canonicalize().ok())
+            .collect();
+        roots.sort();
+        roots.dedup();
+        SearchScope { roots }
+    }
+
+    /// The directories, resolved.
+    pub fn roots(&self) -> &[std::path::PathBuf] {
+        &self.roots
+    }
+
+    /// Whether `path` lies below one of the roots (after resolving it). A path that is
+    /// not absolute, or cannot be resolved, is outside.
+    pub fn allows(&self, path: &Path) -> bool {
+        if !path.is_absolute() {
+            return false;
+        }
+        match path.canonicalize() {
+            Ok(real) => self.roots.iter().any(|r| real.starts_with(r)),
+            Err(_) => false,
+        }
+    }
 }
 
 impl HeaderRecord {
@@ -145,11 +205,17 @@ impl HeaderRecord {
     /// started (while the compiler read it, or since): then the hash taken now need not
     /// be what the compiler saw, and the result must not be recorded under it. Its
     /// signature vouches for its contents only if it was last changed before then.
-    pub fn record(path: &Path, build_start: SystemTime) -> std::io::Result<(HeaderRecord, bool)> {
+    /// Hashing is bounded as [`hash_header`] says, by `deadline` when given.
+    pub fn record(
+        path: &Path,
+        build_start: SystemTime,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(HeaderRecord, bool), crate::fsx::NamedFileError> {
+        let io = |e| crate::fsx::NamedFileError::Io(path.to_path_buf(), e);
         // Stat before and after hashing: a header rewritten meanwhile is not trusted.
-        let before = std::fs::metadata(path)?;
-        let blake3 = hash(path)?;
-        let after = std::fs::metadata(path)?;
+        let before = std::fs::metadata(path).map_err(io)?;
+        let blake3 = hash_header(path, deadline)?;
+        let after = std::fs::metadata(path).map_err(io)?;
         let racy = signature(&before) != signature(&after) || changed_since(&after, build_start);
         let (size, mtime_ns, ctime_ns, ino, dev) = signature(&after);
         let rec = HeaderRecord {
@@ -415,12 +481,12 @@ mod tests {
         std::fs::write(&h, "#define V 1\n").unwrap();
         // A build that started a tick after the write: the header is settled.
         let later = SystemTime::now() + Duration::from_secs(1);
-        let (r, racy) = HeaderRecord::record(&h, later).unwrap();
+        let (r, racy) = HeaderRecord::record(&h, later, None).unwrap();
         assert!(!racy && r.stat_trusted);
         assert_eq!(r.check(later), HeaderCheck::Same);
         // A build that started before the write: racy, and not vouched for.
         let before = SystemTime::now() - Duration::from_secs(1);
-        let (fresh, racy) = HeaderRecord::record(&h, before).unwrap();
+        let (fresh, racy) = HeaderRecord::record(&h, before, None).unwrap();
         assert!(racy && !fresh.stat_trusted);
         assert!(
             matches!(fresh.check(later), HeaderCheck::SameContent { refreshed } if refreshed.stat_trusted)
@@ -430,7 +496,7 @@ mod tests {
         f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
             .unwrap();
         drop(f);
-        let (_, racy) = HeaderRecord::record(&h, before).unwrap();
+        let (_, racy) = HeaderRecord::record(&h, before, None).unwrap();
         assert!(racy, "a backdated write during a build is still a change");
         // Touched, same contents: a hash, and a refreshed record.
         assert!(matches!(r.check(later), HeaderCheck::SameContent { .. }));

@@ -5,11 +5,15 @@
 
 use super::entry::{HeaderDigest, VerifyError};
 use super::key::{result_key, Key};
-use super::manifest::{self, HeaderRecord, Lookup, Manifest, ResultCheck, ResultRecord};
+use super::manifest::{
+    self, HeaderRecord, Lookup, Manifest, ResultCheck, ResultRecord, SearchScope,
+};
+use super::remote::Budget;
 use super::{check_entry_in, is_cache_fault, layout, lock, nearly_full, Built, Fetched, Store};
 use crate::clock::unix_secs;
 use crate::error::{Error, Result};
 use crate::fsx::Root;
+use std::time::Duration;
 
 impl Store {
     /// Returns a result of the request `request` whose headers match the files on disk
@@ -21,12 +25,17 @@ impl Store {
     /// request key's exclusive lock, once (a second time only into a private directory,
     /// if the cache turns out not to be writable). The entry returned is keyed by its
     /// result key and holds that key's lock, as [`Store::get_or_build`]'s does.
+    ///
+    /// `scope` is where the request's compiler searches for headers
+    /// ([`SearchScope`]): a remote's result that names a header outside it is not
+    /// read. The remote tier, when set, is given one [`Budget`] for the whole request.
     pub fn get_or_build_tracked(
         &self,
         request: &Key,
+        scope: &SearchScope,
         build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
-        match self.tracked_cached(request, build) {
+        match self.tracked_cached(request, scope, build) {
             Err(e)
                 if is_cache_fault(&e)
                     || (matches!(e, Error::Compile(_)) && nearly_full(self.compiledir())) =>
@@ -46,6 +55,7 @@ impl Store {
     fn tracked_cached(
         &self,
         request: &Key,
+        scope: &SearchScope,
         build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
         // A miss's build starts here as far as header timestamps go (see
@@ -69,8 +79,10 @@ impl Store {
             f.lock_wait += guard.waited();
             return Ok(f);
         }
-        // Not here: the remote tier, if any, before the compiler.
-        if let Some(mut f) = self.fetch_remote(request)? {
+        // Not here: the remote tier, if any, before the compiler. One budget covers all
+        // the request says to it, read-through and write-back.
+        let budget = Budget::new(self.remote.as_ref().map_or(Duration::ZERO, |r| r.budget()));
+        if let Some(mut f) = self.fetch_remote(request, scope, &budget)? {
             f.lock_wait += guard.waited();
             f.warnings.splice(0..0, warnings.drain(..));
             return Ok(f);
@@ -102,8 +114,8 @@ impl Store {
             .headers
             .drain(..)
             .map(|p| {
-                let (rec, r) = HeaderRecord::record(&p, build_start)
-                    .map_err(|e| Error::io("reading the header", &p, e))?;
+                let (rec, r) = HeaderRecord::record(&p, build_start, None)
+                    .map_err(|e| Error::io("reading the header", &p, e.into_io()))?;
                 if r && racy.is_none() {
                     racy = Some(rec.path.clone());
                 }
@@ -199,7 +211,9 @@ impl Store {
                         .iter()
                         .map(|h| (h.path.clone(), h.blake3.clone()))
                         .collect();
-                    remote.upload(request, &key, &digests, &packed);
+                    budget.spend(|deadline| {
+                        remote.upload(request, &key, &digests, &packed, deadline)
+                    });
                 }
                 Err(e) => log::debug!("not uploading {}: {e}", &key.hex()[..16]),
             }
@@ -265,34 +279,50 @@ impl Store {
     /// Asks the remote tier for a result of `request` whose headers match the files here
     /// (by hash: this runs only on a local miss), fetches it, and imports it (which
     /// checks everything it claims). The caller holds the request key's exclusive lock.
-    fn fetch_remote(&self, request: &Key) -> Result<Option<Fetched>> {
+    /// Everything, hashing the headers a result names included, is within `budget`;
+    /// a header outside `scope` is never read.
+    fn fetch_remote(
+        &self,
+        request: &Key,
+        scope: &SearchScope,
+        budget: &Budget,
+    ) -> Result<Option<Fetched>> {
         let Some(remote) = self.remote.clone() else {
             return Ok(None);
         };
-        for (key, headers) in remote.results(request) {
-            let same_here = headers.iter().all(|(path, hash)| {
-                manifest::hash_file(std::path::Path::new(path)).is_ok_and(|h| h == *hash)
-            });
-            if !same_here {
-                continue;
-            }
-            let Some(packed) = remote.fetch(&key) else {
-                continue;
-            };
-            match self.import_result(&packed, Some(&key), true)? {
-                super::import::Imported::Taken(f) => {
-                    let mut f = *f;
-                    f.hit = true;
-                    f.tier = super::remote::Tier::Remote;
-                    return Ok(Some(f));
+        budget.spend(|deadline| {
+            for r in remote.results(request, deadline) {
+                match headers_here(&r.headers, scope, deadline) {
+                    HeadersHere::Same => {}
+                    HeadersHere::Differ => continue,
+                    HeadersHere::OutOfTime => break,
+                    HeadersHere::Refused(why) => {
+                        remote.refused(request, &r.key, &why, false, deadline);
+                        continue;
+                    }
                 }
-                super::import::Imported::Refused(why) => {
-                    remote.refused(request, &key, &why.to_string())
+                let Some(packed) = remote.fetch(&r.key, deadline) else {
+                    continue;
+                };
+                match self.import_result(&packed, Some(&r.key), true, scope, Some(deadline))? {
+                    super::import::Imported::Taken(f) => {
+                        let mut f = *f;
+                        f.hit = true;
+                        f.tier = super::remote::Tier::Remote;
+                        return Ok(Some(f));
+                    }
+                    super::import::Imported::Refused(why) => remote.refused(
+                        request,
+                        &r.key,
+                        &why.to_string(),
+                        why.is_fault_of_value(),
+                        deadline,
+                    ),
                 }
             }
-        }
-        remote.missed(request);
-        Ok(None)
+            remote.missed(request);
+            Ok(None)
+        })
     }
 
     /// Writes back what a hit learned (headers whose signature changed but not their
@@ -374,4 +404,48 @@ impl Store {
         }
         Ok(None)
     }
+}
+
+/// How a remote result's headers compare with this machine's files.
+#[derive(Debug, PartialEq, Eq)]
+enum HeadersHere {
+    /// Every one has the same contents here.
+    Same,
+    /// One differs or is missing: not this machine's result.
+    Differ,
+    /// The request's remote budget ran out while hashing.
+    OutOfTime,
+    /// One must not be read at all (outside the request's include search, not a
+    /// regular file, too large): the record is refused, and why.
+    Refused(String),
+}
+
+/// Compares the (path, blake3) pairs a remote names with the files here, reading only
+/// regular files inside `scope`, by the deadline.
+fn headers_here(
+    headers: &[(String, String)],
+    scope: &SearchScope,
+    deadline: std::time::Instant,
+) -> HeadersHere {
+    use crate::fsx::NamedFileError;
+    // Every path is judged before any file is read: a record that names one file out
+    // of bounds reads none.
+    if let Some((p, _)) = headers
+        .iter()
+        .find(|(p, _)| !scope.allows(std::path::Path::new(p)))
+    {
+        return HeadersHere::Refused(format!(
+            "it names {p:?}, outside this request's include search"
+        ));
+    }
+    for (path, hash) in headers {
+        match manifest::hash_header(std::path::Path::new(path), Some(deadline)) {
+            Ok(h) if h == *hash => {}
+            Ok(_) => return HeadersHere::Differ,
+            Err(NamedFileError::Deadline(_)) => return HeadersHere::OutOfTime,
+            Err(NamedFileError::Io(..)) => return HeadersHere::Differ,
+            Err(e) => return HeadersHere::Refused(e.to_string()),
+        }
+    }
+    HeadersHere::Same
 }
