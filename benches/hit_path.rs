@@ -70,7 +70,9 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let f = store
-                    .get_or_build_tracked(&key, &Default::default(), &mut |_| unreachable!("cached"))
+                    .get_or_build_tracked(&key, &Default::default(), &mut |_| {
+                        unreachable!("cached")
+                    })
                     .unwrap();
                 let lib =
                     std::sync::Arc::new(LoadedLibrary::open(key, &f.artifact_path()).unwrap());

@@ -110,3 +110,52 @@ fn threads_share_one_compile_and_errors_are_per_thread() {
     let out = run(&exe, &cache, &[&cache]);
     assert_eq!(out.trim(), "ok");
 }
+
+/// A peer on loopback that drips one byte every 50 ms on every connection: the remote
+/// tier's deadline must bound each request made through the C ABI too.
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn a_dripping_remote_costs_each_request_at_most_its_deadline() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut req = [0u8; 4096];
+                let _ = s.read(&mut req);
+                let _ = s.write_all(b"*2\r\n$1000000\r\n");
+                // The peer's pace (it is the fake server), not the test waiting.
+                while s.write_all(b"x").is_ok() {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            });
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("xcache_capi");
+    build_c(&repo().join("examples/xcache_capi.c"), &exe, &[]);
+    let start = std::time::Instant::now();
+    let out = Command::new(&exe)
+        .arg(tmp.path().join("cache"))
+        .arg(repo().join("examples/include"))
+        .env(
+            "XCACHE_FLAGS",
+            format!("remote=redis://127.0.0.1:{port}/0,remote_timeout=1s"),
+        )
+        .env_remove("XCACHE_CONFIG")
+        .output()
+        .unwrap();
+    let spent = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("axpy(3, 4, 1) = 25"), "{stdout}");
+    // Two requests (the example's compile and its failing one), one second each at most,
+    // plus the compiles themselves: before, the dripping server held each one forever.
+    assert!(spent < std::time::Duration::from_secs(5), "{spent:?}");
+}

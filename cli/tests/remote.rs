@@ -493,3 +493,210 @@ fn eight_processes_on_two_machines_race_over_twenty_keys() {
     let total: usize = seen.len();
     assert!(total <= 40, "{total}");
 }
+
+/// A fake server on loopback that answers every connection with the start of a bulk
+/// string and then one byte every `gap`, forever: a dripping or throttled peer. Stops
+/// when dropped.
+struct Dripper {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Dripper {
+    fn start(gap: Duration) -> Dripper {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut conns: Vec<std::net::TcpStream> = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((s, _)) = l.accept() {
+                    s.set_nonblocking(true).unwrap();
+                    let mut s = s;
+                    let _ = s.write_all(b"*2\r\n$1000000\r\n");
+                    conns.push(s);
+                }
+                for s in &mut conns {
+                    let mut sink = [0u8; 4096];
+                    let _ = s.read(&mut sink);
+                    let _ = s.write_all(b"x");
+                }
+                // The drip itself: this is the fake peer's pace, not a test waiting.
+                std::thread::sleep(gap);
+            }
+        });
+        Dripper { port, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Dripper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Slack for process start and the compile itself, above the remote's deadline (a hang
+/// guard: the figures before the fix were 5 times the deadline, and unbounded).
+const SLACK: Duration = Duration::from_secs(2);
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: signals a child this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+#[test]
+#[ignore = "needs redis-server: scripts/test.sh runs it where found"]
+fn a_stopped_or_dripping_remote_costs_a_request_at_most_its_deadline() {
+    let env = Env::new();
+    // A real redis-server, stopped with SIGSTOP: it accepts connections (the kernel
+    // does) and never answers.
+    let redis = Redis::start(&[]);
+    let pid = redis.child.as_ref().unwrap().id();
+    let limit = Duration::from_secs(3);
+    let m = Machine::new(&env, "stopped", &redis.url(), ",remote_timeout=3s");
+    signal(pid, libc::SIGSTOP);
+    let t = Instant::now();
+    let (v, err) = m.compile(&source(&env, "a.c", 1));
+    let spent = t.elapsed();
+    signal(pid, libc::SIGCONT);
+    assert_eq!(call(v["path"].as_str().unwrap()), 1);
+    assert!(err.contains("timed out"), "{err}");
+    assert!(
+        spent < limit + SLACK,
+        "read-through and upload share one deadline: {spent:?}"
+    );
+    assert_eq!(
+        m.stats()["remote_err_timeout"],
+        1,
+        "the upload was not tried again"
+    );
+
+    // A peer that drips one byte every 50 ms: each read succeeds, the deadline still ends it.
+    let drip = Dripper::start(Duration::from_millis(50));
+    let m = Machine::new(&env, "dripped", &drip.url(), ",remote_timeout=1s");
+    let t = Instant::now();
+    let (v, err) = m.compile(&source(&env, "b.c", 2));
+    let spent = t.elapsed();
+    assert_eq!(call(v["path"].as_str().unwrap()), 2);
+    assert!(err.contains("timed out"), "{err}");
+    assert!(spent < Duration::from_secs(1) + SLACK, "{spent:?}");
+}
+
+#[test]
+#[ignore = "needs redis-server: scripts/test.sh runs it where found"]
+fn a_remote_deadline_holds_through_the_rust_api() {
+    let env = Env::new();
+    let drip = Dripper::start(Duration::from_millis(50));
+    let mut config = xcache::Config::defaults();
+    config.set_base_dir(env.dir.path().join("lib"));
+    config.set("remote", &drip.url()).unwrap();
+    config.set("remote_timeout", "1s").unwrap();
+    let jit = xcache::Jit::new(config).unwrap();
+    let t = Instant::now();
+    let req = xcache::SourceRequest::new(xcache::Language::C, "int f(void) { return 5; }\n");
+    let c = jit.compile(&req).unwrap();
+    let spent = t.elapsed();
+    // SAFETY: the source above defines `int f(void)`.
+    let f = unsafe { c.symbol::<unsafe extern "C" fn() -> i32>("f").unwrap() };
+    assert_eq!(unsafe { f() }, 5);
+    assert!(spent < Duration::from_secs(1) + SLACK, "{spent:?}");
+    assert_eq!(jit.stats().snapshot().remote_err_timeout, 1);
+}
+
+/// `INFO commandstats`' count of a command since the last `CONFIG RESETSTAT`.
+fn calls(c: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[test]
+#[ignore = "needs redis-server: scripts/test.sh runs it where found"]
+fn a_remote_record_cannot_make_a_reader_read_or_probe_other_files() {
+    use redis::Commands;
+    let env = Env::new();
+    let redis = Redis::start(&[]);
+    env.file("h.h", "#define V 7\n");
+    let src = env.file("k.c", "#include \"h.h\"\nint f(void) { return V; }\n");
+    let a = Machine::new(&env, "a", &redis.url(), "");
+    let (va, _) = a.compile(&src);
+    let mut c = redis.client();
+    let mk: Vec<String> = c.keys("xcache:*:m:*").unwrap();
+    let mk = &mk[0];
+    // Forged results, newer than the real one so a reader tries them first: one names
+    // /dev/zero (hashing it never ends), one names /etc/passwd with its true hash (a
+    // probe: the reader would fetch the forged entry only if the guess is right).
+    let passwd = std::fs::read("/etc/passwd").unwrap();
+    let guess = blake3::hash(&passwd).to_hex().to_string();
+    let later = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 100;
+    for (field, path, hash) in [
+        ("ab".repeat(32), "/dev/zero", "00".repeat(32)),
+        ("cd".repeat(32), "/etc/passwd", guess.clone()),
+        ("ef".repeat(32), "/etc/../etc/passwd", guess),
+    ] {
+        let v = serde_json::json!({"created": later, "headers": [[path, hash]]}).to_string();
+        let _: () = c.hset(mk, field, v).unwrap();
+    }
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    let b = Machine::new(&env, "b", &redis.url(), ",remote_timeout=5s");
+    let t = Instant::now();
+    let (vb, err) = b.compile(&src);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(vb["tier"], "remote", "the real result is still taken: {vb}");
+    assert_eq!(vb["key"], va["key"]);
+    assert_eq!(call(vb["path"].as_str().unwrap()), 7);
+    assert_eq!(calls(&mut c, "get"), 1, "only the real entry was fetched");
+    assert!(
+        err.contains("outside this request's include search"),
+        "{err}"
+    );
+    assert!(b.stats()["remote_rejected"].as_u64().unwrap() >= 1);
+
+    // With a signing key and remote_verify = required, unsigned records are left out
+    // before any path they name is looked at: not even the real (unsigned) one is used.
+    let key = env.file(
+        "sign.key",
+        "a long random secret, shared by CI and developers\n",
+    );
+    let strict = format!(",remote_sign_key={},remote_verify=required", key.display());
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    let s = Machine::new(&env, "strict", &redis.url(), &strict);
+    let (vs, err) = s.compile(&src);
+    assert_eq!(vs["tier"], "local", "{vs}");
+    assert_eq!(calls(&mut c, "get"), 0, "{err}");
+    assert!(err.contains("unsigned"), "{err}");
+    // A signed record whose path was changed afterwards does not verify.
+    let ci = Machine::new(&env, "ci", &redis.url(), &strict);
+    let src2 = env.file("k2.c", "#include \"h.h\"\nint f(void) { return V + 1; }\n");
+    ci.compile(&src2);
+    let mks: Vec<String> = c.keys("xcache:*:m:*").unwrap();
+    for m in &mks {
+        let all: Vec<(String, String)> = c.hgetall(m).unwrap();
+        for (field, v) in all {
+            let mut v: Value = serde_json::from_str(&v).unwrap();
+            if v.get("mac").is_some() {
+                v["headers"][0][0] = "/etc/passwd".into();
+                let _: () = c.hset(m, &field, v.to_string()).unwrap();
+            }
+        }
+    }
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    let dev = Machine::new(&env, "dev", &redis.url(), &strict);
+    let (vd, err) = dev.compile(&src2);
+    assert_eq!(vd["tier"], "local", "{vd}");
+    assert_eq!(calls(&mut c, "get"), 0, "{err}");
+    assert!(err.contains("signature does not verify"), "{err}");
+}

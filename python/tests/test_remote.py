@@ -113,3 +113,54 @@ def test_an_unreachable_remote_never_fails_a_request(tmp_path: Path) -> None:
     gc.collect()
     current = next(s for s in xcache.Cache(base_dir=tmp_path / "c").stats() if s.current)
     assert current.remote_err_connect >= 1, current
+
+
+def test_a_dripping_remote_costs_a_request_at_most_its_deadline(tmp_path: Path) -> None:
+    """A peer that answers one byte every 50 ms never makes a compile wait longer than
+    `remote_timeout` for the remote (before: one timeout per socket read, forever)."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"*2\r\n$1000000\r\n")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+                stop.wait(0.05)  # the peer's pace, not the test waiting
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        cache = xcache.Cache(
+            base_dir=tmp_path / "cache",
+            flags={"remote": f"redis://127.0.0.1:{port}/0", "remote_timeout": "1s"},
+        )
+        start = time.monotonic()
+        lib = cache.compile("int six(void) { return 6; }\n", name="six.c")
+        spent = time.monotonic() - start
+        assert ctypes.CFUNCTYPE(ctypes.c_int)(lib.symbol("six"))() == 6
+        # One second for the remote, the rest for the compile: a hang guard.
+        assert spent < 1 + 2, spent
+        del lib, cache
+        gc.collect()
+        current = next(s for s in xcache.Cache(base_dir=tmp_path / "cache").stats() if s.current)
+        assert current.remote_err_timeout == 1, current
+    finally:
+        stop.set()
+        listener.close()
