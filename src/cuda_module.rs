@@ -381,11 +381,12 @@ impl Jit {
             });
         }
         let k = self.nvrtc_key_for(req)?;
-        let fetched = self.nvrtc_fetch(req, &k)?;
+        let mut fetched = self.nvrtc_fetch(req, &k)?;
         let path = fetched.artifact_path();
-        // Read under the key's lock, and check the bytes themselves: what is loaded is
-        // exactly what was verified.
-        let bytes = std::fs::read(&path).ctx("reading", &path)?;
+        // Read under the key's lock, through the descriptor that was checked, and check
+        // the bytes themselves: what is loaded is exactly what was verified.
+        let load = fetched.load_path()?;
+        let bytes = std::fs::read(&load).ctx("reading", &path)?;
         if blake3::hash(&bytes).to_hex().as_str() != fetched.meta.artifact.blake3 {
             return Err(Error::Load {
                 path,

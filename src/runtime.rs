@@ -33,6 +33,11 @@ use crate::store::{Built, Fetched, Store};
 pub struct LoadedLibrary {
     key: Key,
     path: PathBuf,
+    /// The name it was dlopened by (`/proc/self/fd/N` of the checked descriptor, or
+    /// `path`): what the loader's messages start with.
+    loaded_as: PathBuf,
+    /// Device and inode of the file loaded.
+    identity: Option<(u64, u64)>,
     lib: libloading::Library,
 }
 
@@ -40,19 +45,32 @@ impl LoadedLibrary {
     /// Opens a shared object with `RTLD_NOW | RTLD_LOCAL`: unresolved symbols fail here,
     /// with the loader's message, not at the first call.
     pub fn open(key: Key, path: &Path) -> Result<LoadedLibrary> {
+        LoadedLibrary::open_as(key, path, path)
+    }
+
+    /// Opens the shared object `path` by the name `load` (a name for the very file that
+    /// was checked: [`crate::store::Fetched::load_path`]), so that what the loader
+    /// opens is that file whatever happened to `path` since.
+    pub fn open_as(key: Key, path: &Path, load: &Path) -> Result<LoadedLibrary> {
         use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+        use std::os::unix::fs::MetadataExt;
+        let identity = std::fs::metadata(load).ok().map(|m| (m.dev(), m.ino()));
         // SAFETY: loading runs the library's constructors. The store only hands out
         // artifacts whose hash matches what xcache built from the user's own source,
-        // in a directory that passed the trust checks.
-        let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
+        // in a directory that passed the trust checks, and `load` names that very file.
+        let lib = unsafe { Library::open(Some(load), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
             Error::Load {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                message: e
+                    .to_string()
+                    .replace(&*load.to_string_lossy(), &path.to_string_lossy()),
             }
         })?;
         Ok(LoadedLibrary {
             key,
             path: path.to_path_buf(),
+            loaded_as: load.to_path_buf(),
+            identity,
             lib: lib.into(),
         })
     }
@@ -65,6 +83,24 @@ impl LoadedLibrary {
     /// The file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Opens the file at [`LoadedLibrary::path`] again and checks that it is still the
+    /// very file loaded (same device and inode; nobody else can write it): for a loader
+    /// of its own (Python's `importlib`) to open by `/proc/self/fd/N` of the result,
+    /// which finds the library already loaded. An error when the file was replaced.
+    pub fn reopen_checked(&self) -> Result<std::fs::File> {
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::File::open(&self.path).ctx("opening", &self.path)?;
+        let md = f.metadata().ctx("inspecting", &self.path)?;
+        if Some((md.dev(), md.ino())) != self.identity {
+            return Err(Error::Load {
+                path: self.path.clone(),
+                message: "the file is no longer the one that was loaded (replaced or moved since)"
+                    .into(),
+            });
+        }
+        Ok(f)
     }
 }
 
@@ -93,7 +129,7 @@ pub unsafe fn symbol<T: Copy>(lib: &Arc<LoadedLibrary>, name: &str) -> Result<Sy
     let sym: libloading::Symbol<T> = lib.lib.get(&cname).map_err(|e| {
         // dlerror repeats the path; the error names it already.
         let message = e.to_string();
-        let prefix = format!("{}: ", lib.path.display());
+        let prefix = format!("{}: ", lib.loaded_as.display());
         Error::MissingSymbol {
             symbol: name.to_string(),
             path: lib.path.clone(),
@@ -549,11 +585,14 @@ impl Jit {
                 lib: Arc::clone(lib),
             });
         }
-        let fetched = self.fetch(req, derived)?;
+        let mut fetched = self.fetch(req, derived)?;
         let path = fetched.artifact_path();
-        // Loaded while `fetched` holds the key's lock: nobody can remove or replace the
-        // file between the hash check and the dlopen.
-        let lib = Arc::new(LoadedLibrary::open(fetched.key, &path)?);
+        // Loaded while `fetched` holds the key's lock (nobody can remove the file
+        // between the hash check and the dlopen), and through the descriptor that was
+        // checked (nobody can swap another file in on the way).
+        let load = fetched.load_path()?;
+        crate::store::pause_point("checked");
+        let lib = Arc::new(LoadedLibrary::open_as(fetched.key, &path, &load)?);
         let Fetched {
             hit,
             meta,

@@ -528,6 +528,16 @@ impl Library {
         self.held.pin().is_some()
     }
 
+    /// A new descriptor (an int the caller closes) of the very file this library was
+    /// loaded from, checked to be it (same device and inode): for a loader of its own
+    /// to open as `/proc/self/fd/N` (`Cache.compile_extension` imports through it), so
+    /// that nothing swapped in at `path` since can be loaded instead.
+    fn _open_checked(&self) -> PyResult<i32> {
+        use std::os::fd::IntoRawFd;
+        let f = self.held.compiled.library().reopen_checked().or_py()?;
+        Ok(f.into_raw_fd())
+    }
+
     /// The address of the exported symbol `name`, as an int (for ctypes, cffi, numba).
     /// Valid while this object lives.
     fn symbol(&self, name: &str) -> PyResult<usize> {

@@ -209,12 +209,20 @@ class Cache(_native.Cache):
             include_dirs=[*_python_include_dirs(), *(include_dirs or [])],
             headers=headers,
         )
-        loader = importlib.machinery.ExtensionFileLoader(name, lib.path)
-        spec = importlib.util.spec_from_file_location(name, lib.path, loader=loader)
-        if spec is None:  # pragma: no cover - only for a path importlib refuses
-            raise ImportError(f"cannot import {name} from {lib.path}")
-        module = importlib.util.module_from_spec(spec)
-        loader.exec_module(module)
+        # Imported through a descriptor of the very file that was checked and loaded
+        # (the loader then finds it loaded already): never whatever sits at the path.
+        fd = lib._open_checked()
+        try:
+            by_fd = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else lib.path
+            loader = importlib.machinery.ExtensionFileLoader(name, by_fd)
+            spec = importlib.util.spec_from_file_location(name, by_fd, loader=loader)
+            if spec is None:  # pragma: no cover - only for a path importlib refuses
+                raise ImportError(f"cannot import {name} from {lib.path}")
+            module = importlib.util.module_from_spec(spec)
+            loader.exec_module(module)
+        finally:
+            os.close(fd)
+        module.__file__ = lib.path
         module.__xcache_library__ = lib  # type: ignore[attr-defined]
         if register:
             sys.modules[name] = module

@@ -522,7 +522,8 @@ fn why_not_exported(cd: &Root, key: &Key) -> String {
             format!("corrupt: {c} (`xcache verify --repair` quarantines it)")
         }
         Err(VerifyError::Io(p, e)) => format!("unreadable: {}: {e}", p.display()),
-        Ok(Some((_, m))) if m.request_key.is_none() => {
+        Err(VerifyError::UntrustedDir(p, why)) => format!("untrusted: {}: {why}", p.display()),
+        Ok(Some(c)) if c.meta.request_key.is_none() => {
             "not dependency-tracked: another machine could not check its headers".into()
         }
         Ok(Some(_)) => "changed while exporting".into(),

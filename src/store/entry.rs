@@ -135,6 +135,30 @@ pub enum VerifyError {
     Corrupt(Corruption),
     /// It could not be read (the error is this process's, not the entry's).
     Io(std::path::PathBuf, std::io::Error),
+    /// A directory on the way to it (its fan directory) fails the trust rules: someone
+    /// else could swap entries there. Not the entry's fault, and not to be repaired by
+    /// rebuilding into the same directory: the cache is untrusted until it is fixed.
+    UntrustedDir(std::path::PathBuf, String),
+}
+
+impl VerifyError {
+    /// As the error a request reports: an untrusted directory is a cache fault (the
+    /// request compiles privately), an I/O error is this process's.
+    pub fn into_error(self) -> crate::Error {
+        match self {
+            VerifyError::Io(p, e) => crate::Error::io("reading", p, e),
+            VerifyError::UntrustedDir(p, why) => crate::Error::Untrusted {
+                path: p,
+                reason: why,
+                fix: "`chmod go-w` it if it is yours, or `xcache verify --repair`, which removes it (its entries are rebuilt)".into(),
+            },
+            VerifyError::Corrupt(c) => crate::Error::io(
+                "checking",
+                std::path::PathBuf::new(),
+                std::io::Error::other(c.to_string()),
+            ),
+        }
+    }
 }
 
 impl From<Corruption> for VerifyError {
@@ -279,7 +303,11 @@ pub fn read_listed(compiledir: &Root, key: &Key) -> std::result::Result<ListedMe
 /// replacement changes its inode or ctime, which user programs cannot set back. `full`
 /// (what `xcache verify` asks) always hashes: it is also what finds bits rotted on disk
 /// without a write.
-pub fn verify(entry: &Root, key: &Key, full: bool) -> std::result::Result<EntryMeta, VerifyError> {
+pub fn verify(
+    entry: &Root,
+    key: &Key,
+    full: bool,
+) -> std::result::Result<(EntryMeta, File), VerifyError> {
     let meta = read_meta(entry, key)?;
     let file = open_in_entry(entry, &meta.artifact.file, Corruption::MissingArtifact)?;
     let path = || entry.join(&meta.artifact.file);
@@ -296,7 +324,7 @@ pub fn verify(entry: &Root, key: &Key, full: bool) -> std::result::Result<EntryM
     let recorded = read_verified(entry)
         .is_some_and(|(id, hash)| id == identity && hash == meta.artifact.blake3);
     if !full && recorded {
-        return Ok(meta);
+        return Ok((meta, file));
     }
     let (hash, size) = hash_open_file(&file).map_err(|e| VerifyError::Io(path(), e))?;
     if size != meta.artifact.size || hash != meta.artifact.blake3 {
@@ -316,7 +344,7 @@ pub fn verify(entry: &Root, key: &Key, full: bool) -> std::result::Result<EntryM
     if !recorded {
         record_verified(entry, &identity, &hash);
     }
-    Ok(meta)
+    Ok((meta, file))
 }
 
 /// What identifies one state of a file: inode, device, ctime and size.

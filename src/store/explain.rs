@@ -333,11 +333,11 @@ impl Store {
                 .open_dir(&rel)
                 .map_err(|e| super::io_below("opening", cd, &rel, e))?;
             let meta = entry::read_meta(&dir, &key).map_err(|e| match e {
-                entry::VerifyError::Io(p, e) => Error::io("reading", p, e),
                 entry::VerifyError::Corrupt(c) => Error::InvalidRequest(format!(
                     "{} is corrupt ({c}): `xcache verify --repair` quarantines it",
                     cd.join(&rel).display()
                 )),
+                e => e.into_error(),
             })?;
             let headers = meta
                 .headers

@@ -224,8 +224,10 @@ impl Store {
         };
         let guard = lock::lock_exclusive(self.root(), &layout::lock(&key), &mut |_| {})?;
         let meta = match check_entry_in(self.root(), &key, false) {
-            Ok(Some((_, here))) => here,
-            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+            Ok(Some(here)) => here.meta,
+            Err(e @ (VerifyError::Io(..) | VerifyError::UntrustedDir(..))) => {
+                return Err(e.into_error())
+            }
             Ok(None) | Err(VerifyError::Corrupt(_)) => {
                 if check_entry_in(self.root(), &key, false).is_err() {
                     self.quarantine_entry(&key)?;
@@ -273,15 +275,12 @@ impl Store {
         if let Err(e) = manifest::write(self.root(), &m, &request) {
             log::warn!("could not record {} in its manifest: {e}", &key.hex()[..16]);
         }
-        let entry_rel = layout::entry(&key);
-        let entry = self
-            .root()
-            .open_dir(&entry_rel)
-            .map_err(|e| super::io_below("opening", self.root(), &entry_rel, e))?;
+        let c = self.published(&key)?;
         Ok(Imported::Taken(Box::new(self.fetched(
             key,
-            entry,
+            c.dir,
             meta,
+            Some(c.artifact),
             false,
             Vec::new(),
             Duration::ZERO,
@@ -327,9 +326,9 @@ pub fn export_result_in(cd: &crate::fsx::Root, key: &Key) -> Result<Option<(Entr
     }
     let _guard = lock::lock_shared(cd, &layout::lock(key))?;
     let (dir, meta) = match check_entry_in(cd, key, false) {
-        Ok(Some(x)) => x,
+        Ok(Some(c)) => (c.dir, c.meta),
         Ok(None) | Err(VerifyError::Corrupt(_)) => return Ok(None),
-        Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+        Err(e) => return Err(e.into_error()),
     };
     if meta.request_key.is_none() {
         return Ok(None);

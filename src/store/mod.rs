@@ -310,6 +310,8 @@ pub struct Fetched {
     /// [`manifest`]), so the next request compiles again. `None` otherwise.
     pub unrecorded: Option<String>,
     entry: Option<Root>,
+    /// The artifact as checked: loaded through this descriptor ([`Fetched::load_path`]).
+    artifact: Option<File>,
     private: Option<private::PrivateBuild>,
     clock: Arc<dyn Clock>,
     handout_grace: Duration,
@@ -323,6 +325,30 @@ impl Fetched {
     /// The shared object.
     pub fn artifact_path(&self) -> PathBuf {
         self.dir.join(&self.meta.artifact.file)
+    }
+
+    /// A path that names exactly the artifact that was checked, for as long as this
+    /// lives: `/proc/self/fd/N` of the descriptor the check read (or opened relative to
+    /// the checked entry directory), so that a loader opening it by name gets this very
+    /// file even if someone swapped directories on the way since. Where `/proc` is not
+    /// mounted, the entry's own path (checked through descriptors just before).
+    pub fn load_path(&mut self) -> Result<PathBuf> {
+        use std::os::fd::AsRawFd;
+        if self.artifact.is_none() {
+            let file = match (&self.entry, &self.private) {
+                (Some(dir), _) => dir.open_file(&self.meta.artifact.file, OpenHow::read()),
+                (None, Some(p)) => p.root().open_file(&self.meta.artifact.file, OpenHow::read()),
+                (None, None) => File::open(self.artifact_path()),
+            };
+            self.artifact = Some(file.map_err(|e| Error::io("opening", self.artifact_path(), e))?);
+        }
+        let fd = self.artifact.as_ref().expect("opened above").as_raw_fd();
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{fd}"));
+        if proc_fd_works() {
+            Ok(by_fd)
+        } else {
+            Ok(self.artifact_path())
+        }
     }
 
     /// True when the artifact lives in a private directory (removed when this is
@@ -421,6 +447,12 @@ impl Drop for Staging {
             let _ = self.cd.remove_tree(self.name.rel());
         }
     }
+}
+
+/// Whether `/proc/self/fd/N` names this process's descriptors (procfs mounted).
+fn proc_fd_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| Path::new("/proc/self/fd/0").exists() || Path::new("/proc/self/fd").is_dir())
 }
 
 /// Maps an I/O error met below `root` to the error to report: a refused link names
@@ -591,10 +623,7 @@ impl Store {
     /// The full check a hit makes, through descriptors: the entry is a real directory
     /// of ours, not writable by others, with valid metadata and an artifact of ours
     /// whose hash matches. `Ok(None)`: there is no entry.
-    pub fn check_entry(
-        &self,
-        key: &Key,
-    ) -> std::result::Result<Option<(Root, EntryMeta)>, VerifyError> {
+    pub fn check_entry(&self, key: &Key) -> std::result::Result<Option<Checked>, VerifyError> {
         check_entry_in(&self.cd, key, false)
     }
 
@@ -613,12 +642,10 @@ impl Store {
             let guard = lock::lock_shared(&self.cd, &lock_rel)?;
             lock_wait += guard.waited();
             match check_entry_in(&self.cd, key, false) {
-                Ok(Some((root, meta))) => {
-                    return Ok(self.hit(key, root, meta, warnings, lock_wait, guard))
-                }
+                Ok(Some(c)) => return Ok(self.hit(key, c, warnings, lock_wait, guard)),
                 Ok(None) => {} // removed meanwhile
-                Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
                 Err(VerifyError::Corrupt(_)) => {} // repaired below, under the exclusive lock
+                Err(e) => return Err(e.into_error()),
             }
         }
 
@@ -632,11 +659,8 @@ impl Store {
         })?;
         lock_wait += guard.waited();
         match check_entry_in(&self.cd, key, false) {
-            Ok(Some((root, meta))) => {
-                return Ok(self.hit(key, root, meta, warnings, lock_wait, guard))
-            }
+            Ok(Some(c)) => return Ok(self.hit(key, c, warnings, lock_wait, guard)),
             Ok(None) => {}
-            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
             Err(VerifyError::Corrupt(corruption)) => {
                 let w = match self.quarantine_entry(key)? {
                     Some(moved) => format!(
@@ -650,6 +674,7 @@ impl Store {
                 log::warn!("{w}");
                 warnings.push(w);
             }
+            Err(e) => return Err(e.into_error()),
         }
 
         let mut staging = self.new_staging(key)?;
@@ -667,11 +692,28 @@ impl Store {
         pause_point("sealed");
         self.publish(&mut staging, key)?;
         pause_point("published");
-        let entry = self
-            .cd
-            .open_dir(&entry_rel)
-            .map_err(|e| io_below("opening", &self.cd, &entry_rel, e))?;
-        Ok(self.fetched(*key, entry, meta, false, warnings, lock_wait, guard))
+        let c = self.published(key)?;
+        Ok(self.fetched(*key, c.dir, meta, Some(c.artifact), false, warnings, lock_wait, guard))
+    }
+
+    /// The entry just published under the key's exclusive lock, opened through the same
+    /// check as a hit (its `verified` record spares the hash): what the caller loads is
+    /// the file that was sealed, never something swapped in meanwhile.
+    pub(crate) fn published(&self, key: &Key) -> Result<Checked> {
+        match check_entry_in(&self.cd, key, false) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(io_below(
+                "opening",
+                &self.cd,
+                &layout::entry(key),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )),
+            Err(VerifyError::Corrupt(c)) => Err(trust::refused(
+                &self.entry_dir(key),
+                &format!("the entry just published does not pass its check ({c})"),
+            )),
+            Err(e) => Err(e.into_error()),
+        }
     }
 
     /// An entry ready to hand out, with the lock that keeps it.
@@ -681,6 +723,7 @@ impl Store {
         key: Key,
         entry: Root,
         meta: EntryMeta,
+        artifact: Option<File>,
         hit: bool,
         warnings: Vec<String>,
         lock_wait: Duration,
@@ -696,6 +739,7 @@ impl Store {
             tier: remote::Tier::Local,
             unrecorded: None,
             entry: Some(entry),
+            artifact,
             private: None,
             clock: self.clock.clone(),
             handout_grace: self.config.handout_grace,
@@ -737,6 +781,7 @@ impl Store {
             tier: remote::Tier::Local,
             unrecorded: None,
             entry: None,
+            artifact: None,
             private: Some(p),
             clock: self.clock.clone(),
             handout_grace: self.config.handout_grace,
@@ -749,12 +794,16 @@ impl Store {
     fn hit(
         &self,
         key: &Key,
-        entry: Root,
-        meta: EntryMeta,
+        checked: Checked,
         warnings: Vec<String>,
         lock_wait: Duration,
         guard: LockGuard,
     ) -> Fetched {
+        let Checked {
+            dir: entry,
+            meta,
+            artifact,
+        } = checked;
         let now = self.clock.now();
         let res = self.config.last_use_resolution;
         let touched = entry::touch_last_use(&entry, "", now, res);
@@ -762,7 +811,8 @@ impl Store {
             entry::touch_last_use(&self.cd, "", now, res);
             index::Writer::new(&self.cd).append(&index::use_record(key, unix_secs(now)));
         }
-        let mut fetched = self.fetched(*key, entry, meta, true, warnings, lock_wait, guard);
+        let mut fetched =
+            self.fetched(*key, entry, meta, Some(artifact), true, warnings, lock_wait, guard);
         if touched {
             fetched.index_due = Some(self.cd.clone());
         }
@@ -880,9 +930,29 @@ pub fn check_entry_in(
     cd: &Root,
     key: &Key,
     full: bool,
-) -> std::result::Result<Option<(Root, EntryMeta)>, VerifyError> {
-    let rel = layout::entry(key);
-    let root = match cd.open_dir(&rel) {
+) -> std::result::Result<Option<Checked>, VerifyError> {
+    // The fan directory first: one that someone else may write lets them swap entries
+    // under a reader's feet, whatever the entry itself looks like.
+    let fan_rel = layout::entry_fan(key);
+    let fan = match cd.open_dir(&fan_rel) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if fsx::is_link_refusal(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Err(VerifyError::UntrustedDir(
+                cd.join(&fan_rel),
+                "it is not a directory xcache made (a symbolic link, or a file)".into(),
+            ))
+        }
+        Err(e) => return Err(VerifyError::Io(cd.join(&fan_rel), e)),
+    };
+    let st = fan
+        .stat()
+        .map_err(|e| VerifyError::Io(fan.path().to_path_buf(), e))?;
+    if let Some(why) = trust::untrusted_stat("its directory", &st) {
+        return Err(VerifyError::UntrustedDir(fan.path().to_path_buf(), why));
+    }
+    let name = key.hex();
+    let root = match fan.open_dir(&name) {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if fsx::is_link_refusal(&e) => {
@@ -894,7 +964,7 @@ pub fn check_entry_in(
         Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
             return Err(entry::Corruption::Untrusted("the entry is not a directory".into()).into())
         }
-        Err(e) => return Err(VerifyError::Io(cd.join(&rel), e)),
+        Err(e) => return Err(VerifyError::Io(fan.join(&name), e)),
     };
     let st = root
         .stat()
@@ -902,8 +972,24 @@ pub fn check_entry_in(
     if let Some(why) = trust::untrusted_stat("the entry directory", &st) {
         return Err(entry::Corruption::Untrusted(why).into());
     }
-    let meta = entry::verify(&root, key, full)?;
-    Ok(Some((root, meta)))
+    let (meta, artifact) = entry::verify(&root, key, full)?;
+    Ok(Some(Checked {
+        dir: root,
+        meta,
+        artifact,
+    }))
+}
+
+/// An entry that passed the hit check: its directory and its artifact as they were
+/// checked (held open: what is loaded is this very file, see [`Fetched::load_path`]).
+#[derive(Debug)]
+pub struct Checked {
+    /// The entry directory.
+    pub dir: Root,
+    /// Its metadata.
+    pub meta: EntryMeta,
+    /// The artifact, opened and checked.
+    pub artifact: File,
 }
 
 /// Moves a corrupt entry of `cd` aside into `quarantine/`; `None` if it had to be
@@ -1241,7 +1327,8 @@ fn seal(
 }
 
 /// Test hook (debug builds only): with `__XCACHE_TEST_PAUSE=<point>:<dir>`, a build
-/// stops at `<point>` (`source-written`, `compiled`, `sealed`, `published`), writes the point's name to
+/// stops at `<point>` (`source-written`, `compiled`, `sealed`, `published`; `checked`:
+/// a load, between the entry's check and the dlopen), writes the point's name to
 /// the FIFO `<dir>/started` and waits for a line on the FIFO `<dir>/release`. The
 /// crash tests kill a process there, at a known step of the protocol, without sleeping.
 pub(crate) fn pause_point(point: &str) {

@@ -243,6 +243,9 @@ pub fn entry_row(cd: &Root, key: &Key, compiledir: &str) -> EntryRow {
             status: match e {
                 VerifyError::Corrupt(c) => format!("corrupt: {c}"),
                 VerifyError::Io(p, e) => format!("unreadable: {}: {e}", p.display()),
+                VerifyError::UntrustedDir(p, why) => {
+                    format!("untrusted: {}: {why}", p.display())
+                }
             },
         },
     }

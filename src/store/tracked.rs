@@ -142,7 +142,7 @@ impl Store {
         let lock_wait = guard.waited() + rguard.waited();
         let meta = match check_entry_in(self.root(), &key, false) {
             // Built before, its manifest lost: the same headers give the same result.
-            Ok(Some((_, meta))) => meta,
+            Ok(Some(c)) => c.meta,
             Ok(None) | Err(VerifyError::Corrupt(_)) => {
                 if check_entry_in(self.root(), &key, false).is_err() {
                     self.quarantine_entry(&key)?;
@@ -168,7 +168,7 @@ impl Store {
                 self.publish(&mut staging, &key)?;
                 meta
             }
-            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
+            Err(e) => return Err(e.into_error()),
         };
 
         // Record the result in the manifest: most recent first, bounded.
@@ -197,10 +197,11 @@ impl Store {
         // entry published and records it); never a wrong or partial result.
         super::pause_point("published");
         drop(guard);
-        let entry = self
-            .root()
-            .open_dir(layout::entry(&key))
-            .map_err(|e| super::io_below("opening", self.root(), &layout::entry(&key), e))?;
+        let super::Checked {
+            dir: entry,
+            artifact,
+            ..
+        } = self.published(&key)?;
         // Share it, under the result's lock (nothing removes it meanwhile); bounded by
         // the remote's timeout, never failing the request.
         if let (Some(remote), None) = (&self.remote, &racy) {
@@ -218,7 +219,16 @@ impl Store {
                 Err(e) => log::debug!("not uploading {}: {e}", &key.hex()[..16]),
             }
         }
-        let mut fetched = self.fetched(key, entry, meta, false, warnings, lock_wait, rguard);
+        let mut fetched = self.fetched(
+            key,
+            entry,
+            meta,
+            Some(artifact),
+            false,
+            warnings,
+            lock_wait,
+            rguard,
+        );
         fetched.unrecorded = racy;
         Ok(fetched)
     }
@@ -381,12 +391,10 @@ impl Store {
         let guard = lock::lock_shared(self.root(), &lock_rel)?;
         let waited = guard.waited();
         match check_entry_in(self.root(), key, false) {
-            Ok(Some((root, meta))) => {
-                return Ok(Some(self.hit(key, root, meta, Vec::new(), waited, guard)))
-            }
+            Ok(Some(c)) => return Ok(Some(self.hit(key, c, Vec::new(), waited, guard))),
             Ok(None) => return Ok(None),
-            Err(VerifyError::Io(p, e)) => return Err(Error::io("reading", p, e)),
             Err(VerifyError::Corrupt(_)) => {}
+            Err(e) => return Err(e.into_error()),
         }
         drop(guard);
         let _guard = lock::lock_exclusive(self.root(), &lock_rel, &mut |_| {})?;

@@ -209,6 +209,12 @@ impl Store {
                 report.push(ProblemKind::UnreadableEntry, p, e.to_string(), None);
                 return Ok(());
             }
+            // Its fan directory is reported (and removed by --repair) by the walk for
+            // what is planted or untrusted.
+            Err(VerifyError::UntrustedDir(..)) => {
+                report.entries += 1;
+                return Ok(());
+            }
             Err(VerifyError::Corrupt(c)) => c,
         };
         report.entries += 1;
@@ -392,7 +398,9 @@ fn walk_for_planted(cd: &Root, rel: &Path, depth: usize, repair: bool, report: &
                 }
             }
         };
-        let (detail, repaired) = match (repair, cd.remove_tree(&child)) {
+        // Removed only when repairing: `verify` alone reports.
+        let removed = repair.then(|| cd.remove_tree(&child));
+        let (detail, repaired) = match (repair, removed.unwrap_or(Ok(()))) {
             (false, _) => (detail, None),
             (true, Ok(())) if kind == ProblemKind::PlantedLink => (
                 detail,
