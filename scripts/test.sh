@@ -58,6 +58,14 @@ else
   skipped+=("tests/nvrtc.rs, all of it: no libnvrtc here (pip install nvidia-cuda-nvrtc, as the README says)")
 fi
 
+# A second real user swapping entry directories during hits (tests/swap.rs): needs root
+# to act as `nobody`.
+if [ "$(id -u)" = 0 ]; then
+  cargo test --test swap -- --ignored 2>&1 | tee -a "$log"
+else
+  skipped+=("tests/swap.rs a_second_user_swapping_*: not root here (it acts as the user nobody)")
+fi
+
 # The remote tier against a real redis-server (cli/tests/remote.rs), where one is.
 if command -v redis-server >/dev/null 2>&1; then
   cargo test -p xcache-cli --test remote -- --ignored 2>&1 | tee -a "$log"

@@ -429,6 +429,15 @@ impl Root {
         }
     }
 
+    /// Creates the symbolic link `rel` (a plain name in the root) pointing at `target`.
+    /// The one link xcache makes: a load name in the user's private directory (see
+    /// [`crate::store::private::LoadName`]); never below the base dir.
+    pub fn symlink(&self, target: &Path, rel: impl AsRef<Path>) -> io::Result<()> {
+        let (parent, name) = self.parent_of(rel.as_ref())?;
+        let fd = parent.as_ref().map_or(self.fd(), |p| p.fd());
+        rustix::fs::symlinkat(target, fd, name).map_err(to_io)
+    }
+
     /// Creates a directory and its missing parents below the root, each with `mode`.
     pub fn mkdir_all(&self, rel: impl AsRef<Path>, mode: u32) -> io::Result<()> {
         let rel = rel.as_ref();

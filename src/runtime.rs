@@ -33,8 +33,8 @@ use crate::store::{Built, Fetched, Store};
 pub struct LoadedLibrary {
     key: Key,
     path: PathBuf,
-    /// The name it was dlopened by (`/proc/self/fd/N` of the checked descriptor, or
-    /// `path`): what the loader's messages start with.
+    /// The name it was dlopened by (a load name of the checked descriptor, or `path`):
+    /// what the loader's messages start with.
     loaded_as: PathBuf,
     /// Device and inode of the file loaded.
     identity: Option<(u64, u64)>,
@@ -49,7 +49,7 @@ impl LoadedLibrary {
     }
 
     /// Opens the shared object `path` by the name `load` (a name for the very file that
-    /// was checked: [`crate::store::Fetched::load_path`]), so that what the loader
+    /// was checked: [`crate::store::Fetched::load_name`]), so that what the loader
     /// opens is that file whatever happened to `path` since.
     pub fn open_as(key: Key, path: &Path, load: &Path) -> Result<LoadedLibrary> {
         use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
@@ -87,8 +87,9 @@ impl LoadedLibrary {
 
     /// Opens the file at [`LoadedLibrary::path`] again and checks that it is still the
     /// very file loaded (same device and inode; nobody else can write it): for a loader
-    /// of its own (Python's `importlib`) to open by `/proc/self/fd/N` of the result,
-    /// which finds the library already loaded. An error when the file was replaced.
+    /// of its own (Python's `importlib`) to open by a load name of the result
+    /// ([`crate::store::private::LoadName`]), which finds the library already loaded
+    /// (the loader matches device and inode). An error when the file was replaced.
     pub fn reopen_checked(&self) -> Result<std::fs::File> {
         use std::os::unix::fs::MetadataExt;
         let f = std::fs::File::open(&self.path).ctx("opening", &self.path)?;
@@ -590,9 +591,14 @@ impl Jit {
         // Loaded while `fetched` holds the key's lock (nobody can remove the file
         // between the hash check and the dlopen), and through the descriptor that was
         // checked (nobody can swap another file in on the way).
-        let load = fetched.load_path()?;
+        let load = fetched.load_name()?;
         crate::store::pause_point("checked");
-        let lib = Arc::new(LoadedLibrary::open_as(fetched.key, &path, &load)?);
+        let lib = Arc::new(LoadedLibrary::open_as(
+            fetched.key,
+            &path,
+            load.as_ref().map_or(&*path, |n| n.path()),
+        )?);
+        drop(load);
         let Fetched {
             hit,
             meta,

@@ -22,6 +22,8 @@ fn request() -> SourceRequest {
     SourceRequest::new(Language::C, "int f(void) { return 1; }\n").named("ours.c")
 }
 
+/// Compiles (or hits) and calls `f`; the library is unloaded again on return, so that
+/// the next call's load opens a file again.
 fn call(jit: &Jit) -> (i32, bool) {
     let c = jit.compile(&request()).unwrap();
     // SAFETY: `int f(void)` in every library of these tests.
@@ -70,8 +72,10 @@ fn a_directory_swapped_between_check_and_load_is_never_loaded() {
         panic!("the pause points exist in debug builds only: run this test in a debug build");
     }
     let tc = TestCache::new();
-    let first = Jit::new(tc.config()).unwrap().compile(&request()).unwrap();
-    let entry = first.path.parent().unwrap().to_path_buf();
+    let entry = {
+        let first = Jit::new(tc.config()).unwrap().compile(&request()).unwrap();
+        first.path.parent().unwrap().to_path_buf()
+    }; // unloaded here: the hit below must load it again
     let marker = tc.dir.path().join("marker");
     let evil = evil_library(tc.dir.path(), &marker);
     let swapped_in = entry.with_extension("evil");
@@ -95,7 +99,10 @@ fn a_directory_swapped_between_check_and_load_is_never_loaded() {
     let (got, was_hit) = hit.join().unwrap();
     std::env::remove_var("__XCACHE_TEST_PAUSE");
     assert!(was_hit);
-    assert_eq!(got, 1, "the checked library was loaded, not the one swapped in");
+    assert_eq!(
+        got, 1,
+        "the checked library was loaded, not the one swapped in"
+    );
     assert!(!marker.exists(), "the swapped-in library never ran");
 }
 
@@ -103,8 +110,10 @@ fn a_directory_swapped_between_check_and_load_is_never_loaded() {
 fn a_hit_refuses_a_fan_directory_others_may_write() {
     use std::os::unix::fs::PermissionsExt;
     let tc = TestCache::new();
-    let first = Jit::new(tc.config()).unwrap().compile(&request()).unwrap();
-    let fan = first.path.parent().unwrap().parent().unwrap().to_path_buf();
+    let fan = {
+        let first = Jit::new(tc.config()).unwrap().compile(&request()).unwrap();
+        first.path.parent().unwrap().parent().unwrap().to_path_buf()
+    };
     std::fs::set_permissions(&fan, std::fs::Permissions::from_mode(0o777)).unwrap();
     let c = Jit::new(tc.config()).unwrap().compile(&request()).unwrap();
     assert!(!c.hit, "never loaded from a directory others may write");
@@ -120,8 +129,24 @@ fn a_hit_refuses_a_fan_directory_others_may_write() {
     );
 }
 
+/// A process of the second user, killed if the test ends early.
+struct Attacker(std::process::Child);
+
+impl Attacker {
+    fn wait(&mut self) {
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `exe args` as `nobody` (uid and gid 65534).
-fn as_nobody(exe: &Path, args: &[&Path]) -> std::process::Child {
+fn as_nobody(exe: &Path, args: &[&Path]) -> Attacker {
     let mut c = Command::new(exe);
     c.args(args);
     // SAFETY: only async-signal-safe calls between fork and exec.
@@ -136,7 +161,7 @@ fn as_nobody(exe: &Path, args: &[&Path]) -> std::process::Child {
             Ok(())
         });
     }
-    c.spawn().unwrap()
+    Attacker(c.spawn().unwrap())
 }
 
 /// A program that exchanges two directories with `renameat2(RENAME_EXCHANGE)` as fast
@@ -200,25 +225,37 @@ fn chown_tree(p: &Path) {
 #[test]
 #[ignore = "needs root to act as a second user (nobody): scripts/test.sh runs it as root"]
 fn a_second_user_swapping_entries_during_hits_never_gets_a_library_loaded() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (see the ignore reason)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (see the ignore reason)"
+    );
     let tc = TestCache::new();
     let work = tc.dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     chmod(tc.dir.path(), 0o755);
     chmod(&work, 0o777);
-    let first = Jit::new(tc.config()).unwrap().compile(&request()).unwrap();
-    let entry = first.path.parent().unwrap().to_path_buf();
+    let entry = {
+        let first = Jit::new(tc.config()).unwrap().compile(&request()).unwrap();
+        first.path.parent().unwrap().to_path_buf()
+    };
     let fan = entry.parent().unwrap().to_path_buf();
     let entries = fan.parent().unwrap().to_path_buf();
     let marker = work.join("marker");
     let evil = evil_library(&work, &marker);
     let exe = swapper(&work);
-    let rounds = 300;
+    // Hits wanted while the attacker swaps (requests that meet their directory instead
+    // are refused and compile privately: more requests than hits are made).
+    let wanted_hits = 300;
+    let rounds = 1200;
 
     // 1. The entry's fan directory is writable by nobody, who swaps our entry with
     //    theirs. Every request refuses the directory (and compiles privately).
     chmod(&fan, 0o777);
-    let theirs = fan.join(format!("{}.evil", entry.file_name().unwrap().to_string_lossy()));
+    let theirs = fan.join(format!(
+        "{}.evil",
+        entry.file_name().unwrap().to_string_lossy()
+    ));
     evil_entry(&entry, &evil, &theirs);
     chown_tree(&theirs);
     let stop = work.join("stop1");
@@ -230,8 +267,12 @@ fn a_second_user_swapping_entries_during_hits_never_gets_a_library_loaded() {
         assert!(!hit, "a fan directory others may write is never read");
     }
     std::fs::write(&stop, "").unwrap();
-    attacker.wait().unwrap();
-    let swaps: u64 = std::fs::read_to_string(&count).unwrap().trim().parse().unwrap();
+    attacker.wait();
+    let swaps: u64 = std::fs::read_to_string(&count)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(swaps > 0, "the attacker swapped");
     assert!(!marker.exists(), "their library never ran");
     // Put the cache back as it was: ours in place, theirs gone, the fan ours alone.
@@ -250,7 +291,9 @@ fn a_second_user_swapping_entries_during_hits_never_gets_a_library_loaded() {
     //    nobody, who swaps our fan directory with theirs as fast as they can. A hit
     //    checks through descriptors and loads through the checked one: whatever is
     //    swapped in between the two is never loaded.
-    let jits: Vec<Jit> = (0..rounds).map(|_| Jit::new(tc.config()).unwrap()).collect();
+    let jits: Vec<Jit> = (0..rounds)
+        .map(|_| Jit::new(tc.config()).unwrap())
+        .collect();
     chmod(&entries, 0o777);
     let their_fan = entries.join("zz");
     std::fs::create_dir(&their_fan).unwrap();
@@ -260,16 +303,27 @@ fn a_second_user_swapping_entries_during_hits_never_gets_a_library_loaded() {
     let count = work.join("count2");
     let mut attacker = as_nobody(&exe, &[&fan, &their_fan, &stop, &count]);
     let mut hits = 0;
-    for jit in &jits {
-        let (got, hit) = call(jit);
+    // Each Jit is dropped after its request, unloading the library: the next load
+    // opens a file again (a loaded library would be found by name, opening nothing).
+    let mut requests = 0;
+    for jit in jits {
+        let (got, hit) = call(&jit);
         assert_eq!(got, 1, "never their function");
         hits += hit as usize;
+        requests += 1;
+        if hits == wanted_hits {
+            break;
+        }
     }
     std::fs::write(&stop, "").unwrap();
-    attacker.wait().unwrap();
-    let swaps: u64 = std::fs::read_to_string(&count).unwrap().trim().parse().unwrap();
+    attacker.wait();
+    let swaps: u64 = std::fs::read_to_string(&count)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(swaps > 0, "the attacker swapped");
     assert!(!marker.exists(), "their library never ran");
-    assert!(hits > 0, "some requests were hits ({hits} of {rounds})");
-    eprintln!("{rounds} requests, {hits} hits, {swaps} swaps, 0 foreign loads");
+    assert_eq!(hits, wanted_hits, "{hits} hits in {requests} requests");
+    eprintln!("{requests} requests, {hits} hits, {swaps} swaps, 0 foreign loads");
 }

@@ -273,3 +273,41 @@ fn verify_names_every_planted_link_and_repair_removes_only_the_links() {
     assert!(err.contains(cd.join("locks").to_str().unwrap()), "{err}");
     assert!(stdout(&env.run(&["basecompiledir"])).contains("cache"));
 }
+
+#[test]
+fn a_fan_directory_others_may_write_is_refused_by_hits_and_repaired_by_verify() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.file("k.c", "int f(void) { return 3; }\n");
+    let first = env.json(&["compile", src.to_str().unwrap(), "--json"]);
+    let lib = PathBuf::from(first["path"].as_str().unwrap());
+    let fan = lib.parent().unwrap().parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&fan, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A request neither hits nor loads from there: it compiles privately and says why.
+    let o = env.run(&["compile", src.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["hit"], false, "{v}");
+    assert!(
+        !v["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(env.base().to_str().unwrap()),
+        "{v}"
+    );
+    let err = common::stderr(&o);
+    assert!(
+        err.contains(&fan.display().to_string()) && err.contains("verify --repair"),
+        "{err}"
+    );
+    // verify names it; --repair removes it (its entries are rebuilt by the next request).
+    let o = env.run(&["verify"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&fan.display().to_string()));
+    assert!(fan.exists(), "verify alone changes nothing");
+    env.run(&["verify", "--repair"]);
+    assert!(!fan.exists());
+    let again = env.json(&["compile", src.to_str().unwrap(), "--json"]);
+    assert_eq!(again["path"], first["path"]);
+    let hit = env.json(&["compile", src.to_str().unwrap(), "--json"]);
+    assert_eq!(hit["hit"], true);
+}

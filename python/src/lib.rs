@@ -528,14 +528,16 @@ impl Library {
         self.held.pin().is_some()
     }
 
-    /// A new descriptor (an int the caller closes) of the very file this library was
-    /// loaded from, checked to be it (same device and inode): for a loader of its own
-    /// to open as `/proc/self/fd/N` (`Cache.compile_extension` imports through it), so
-    /// that nothing swapped in at `path` since can be loaded instead.
-    fn _open_checked(&self) -> PyResult<i32> {
-        use std::os::fd::IntoRawFd;
-        let f = self.held.compiled.library().reopen_checked().or_py()?;
-        Ok(f.into_raw_fd())
+    /// A name that opens exactly the file this library was loaded from (checked to be
+    /// it: same device and inode), for a loader of its own: `Cache.compile_extension`
+    /// imports through it, so that nothing swapped in at `path` since can be loaded
+    /// instead. Close it when the load is done.
+    fn _checked_load_name(&self) -> PyResult<CheckedLoadName> {
+        let file = self.held.compiled.library().reopen_checked().or_py()?;
+        let name = xcache::store::private::LoadName::new(&file).or_py()?;
+        Ok(CheckedLoadName {
+            inner: Mutex::new(Some((name, file))),
+        })
     }
 
     /// The address of the exported symbol `name`, as an int (for ctypes, cffi, numba).
@@ -595,6 +597,30 @@ fn library(py: Python<'_>, held: HeldLibrary) -> PyResult<Py<Library>> {
 }
 
 /// The cache and compile service: settings, the compiledir, loaded libraries.
+/// A load name of a checked file (see `Library._checked_load_name`).
+#[pyclass(module = "xcache", name = "_CheckedLoadName", frozen)]
+struct CheckedLoadName {
+    inner: Mutex<Option<(xcache::store::private::LoadName, std::fs::File)>>,
+}
+
+#[pymethods]
+impl CheckedLoadName {
+    /// The name to open; `None` once closed.
+    #[getter]
+    fn path(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(n, _)| n.path().to_string_lossy().into_owned())
+    }
+
+    /// Removes the name and closes the file.
+    fn close(&self) {
+        self.inner.lock().unwrap().take();
+    }
+}
+
 #[pyclass(module = "xcache", name = "Cache", frozen, subclass)]
 struct Cache {
     jit: Arc<Jit>,
@@ -1577,6 +1603,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LockTimeout", py.get_type::<LockTimeout>())?;
     m.add_class::<Cache>()?;
     m.add_class::<Library>()?;
+    m.add_class::<CheckedLoadName>()?;
     m.add_class::<Elemwise>()?;
     m.add_class::<Reduce>()?;
     m.add_class::<Gemm>()?;

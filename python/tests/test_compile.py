@@ -312,3 +312,18 @@ def test_a_header_edited_during_the_compile_is_never_served(tmp_path: Path) -> N
     assert second.unrecorded is None
     third = compile_fresh()
     assert third.hit and third.key == second.key
+
+
+def test_a_fan_directory_others_may_write_is_never_loaded_from(tmp_path: Path) -> None:
+    """A hit checks every directory on the way: one that others may write (where they
+    could swap entries) is refused; the library is compiled privately and loaded."""
+    src = "int f(void) { return 4; }\n"
+    first = xcache.Cache(base_dir=tmp_path / "c").compile(src, name="k.c")
+    fan = Path(first.path).parent.parent
+    del first
+    os.chmod(fan, 0o777)
+    lib = xcache.Cache(base_dir=tmp_path / "c").compile(src, name="k.c")
+    assert not lib.hit
+    assert not lib.path.startswith(str(tmp_path / "c"))
+    assert any(str(fan) in w and "verify --repair" in w for w in lib.warnings), lib.warnings
+    assert ctypes.CFUNCTYPE(ctypes.c_int)(lib.symbol("f"))() == 4

@@ -209,19 +209,19 @@ class Cache(_native.Cache):
             include_dirs=[*_python_include_dirs(), *(include_dirs or [])],
             headers=headers,
         )
-        # Imported through a descriptor of the very file that was checked and loaded
-        # (the loader then finds it loaded already): never whatever sits at the path.
-        fd = lib._open_checked()
+        # Imported through a name for the very file that was checked and loaded (the
+        # loader then finds it loaded already): never whatever sits at the path now.
+        name_of_file = lib._checked_load_name()
         try:
-            by_fd = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else lib.path
-            loader = importlib.machinery.ExtensionFileLoader(name, by_fd)
-            spec = importlib.util.spec_from_file_location(name, by_fd, loader=loader)
+            by_name = name_of_file.path or lib.path
+            loader = importlib.machinery.ExtensionFileLoader(name, by_name)
+            spec = importlib.util.spec_from_file_location(name, by_name, loader=loader)
             if spec is None:  # pragma: no cover - only for a path importlib refuses
                 raise ImportError(f"cannot import {name} from {lib.path}")
             module = importlib.util.module_from_spec(spec)
             loader.exec_module(module)
         finally:
-            os.close(fd)
+            name_of_file.close()
         module.__file__ = lib.path
         module.__xcache_library__ = lib  # type: ignore[attr-defined]
         if register:

@@ -310,7 +310,7 @@ pub struct Fetched {
     /// [`manifest`]), so the next request compiles again. `None` otherwise.
     pub unrecorded: Option<String>,
     entry: Option<Root>,
-    /// The artifact as checked: loaded through this descriptor ([`Fetched::load_path`]).
+    /// The artifact as checked: loaded through this descriptor ([`Fetched::load_name`]).
     artifact: Option<File>,
     private: Option<private::PrivateBuild>,
     clock: Arc<dyn Clock>,
@@ -327,27 +327,37 @@ impl Fetched {
         self.dir.join(&self.meta.artifact.file)
     }
 
-    /// A path that names exactly the artifact that was checked, for as long as this
-    /// lives: `/proc/self/fd/N` of the descriptor the check read (or opened relative to
-    /// the checked entry directory), so that a loader opening it by name gets this very
-    /// file even if someone swapped directories on the way since. Where `/proc` is not
-    /// mounted, the entry's own path (checked through descriptors just before).
-    pub fn load_path(&mut self) -> Result<PathBuf> {
-        use std::os::fd::AsRawFd;
+    /// A name that opens exactly the artifact that was checked ([`private::LoadName`]:
+    /// a fresh link to `/proc/self/fd/N` of the descriptor the check read, or of one
+    /// opened relative to the checked entry directory), so that a loader opening it gets
+    /// this very file even if directories on the way were swapped since. Keep it (and
+    /// this) until the load is done. Where no such name can be made (`/proc` missing,
+    /// no private directory), `None`: load [`Fetched::artifact_path`], checked through
+    /// descriptors just before.
+    pub fn load_name(&mut self) -> Result<Option<private::LoadName>> {
         if self.artifact.is_none() {
             let file = match (&self.entry, &self.private) {
                 (Some(dir), _) => dir.open_file(&self.meta.artifact.file, OpenHow::read()),
-                (None, Some(p)) => p.root().open_file(&self.meta.artifact.file, OpenHow::read()),
+                (None, Some(p)) => p
+                    .root()
+                    .open_file(&self.meta.artifact.file, OpenHow::read()),
                 (None, None) => File::open(self.artifact_path()),
             };
             self.artifact = Some(file.map_err(|e| Error::io("opening", self.artifact_path(), e))?);
         }
-        let fd = self.artifact.as_ref().expect("opened above").as_raw_fd();
-        let by_fd = PathBuf::from(format!("/proc/self/fd/{fd}"));
-        if proc_fd_works() {
-            Ok(by_fd)
-        } else {
-            Ok(self.artifact_path())
+        if !proc_fd_works() {
+            return Ok(None);
+        }
+        let file = self.artifact.as_ref().expect("opened above");
+        match private::LoadName::new(file) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => {
+                log::warn!(
+                    "loading {} by its path: {e}",
+                    self.artifact_path().display()
+                );
+                Ok(None)
+            }
         }
     }
 
@@ -452,7 +462,9 @@ impl Drop for Staging {
 /// Whether `/proc/self/fd/N` names this process's descriptors (procfs mounted).
 fn proc_fd_works() -> bool {
     static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WORKS.get_or_init(|| Path::new("/proc/self/fd/0").exists() || Path::new("/proc/self/fd").is_dir())
+    *WORKS.get_or_init(|| {
+        Path::new("/proc/self/fd/0").exists() || Path::new("/proc/self/fd").is_dir()
+    })
 }
 
 /// Maps an I/O error met below `root` to the error to report: a refused link names
@@ -643,7 +655,7 @@ impl Store {
             lock_wait += guard.waited();
             match check_entry_in(&self.cd, key, false) {
                 Ok(Some(c)) => return Ok(self.hit(key, c, warnings, lock_wait, guard)),
-                Ok(None) => {} // removed meanwhile
+                Ok(None) => {}                     // removed meanwhile
                 Err(VerifyError::Corrupt(_)) => {} // repaired below, under the exclusive lock
                 Err(e) => return Err(e.into_error()),
             }
@@ -693,7 +705,16 @@ impl Store {
         self.publish(&mut staging, key)?;
         pause_point("published");
         let c = self.published(key)?;
-        Ok(self.fetched(*key, c.dir, meta, Some(c.artifact), false, warnings, lock_wait, guard))
+        Ok(self.fetched(
+            *key,
+            c.dir,
+            meta,
+            Some(c.artifact),
+            false,
+            warnings,
+            lock_wait,
+            guard,
+        ))
     }
 
     /// The entry just published under the key's exclusive lock, opened through the same
@@ -811,8 +832,16 @@ impl Store {
             entry::touch_last_use(&self.cd, "", now, res);
             index::Writer::new(&self.cd).append(&index::use_record(key, unix_secs(now)));
         }
-        let mut fetched =
-            self.fetched(*key, entry, meta, Some(artifact), true, warnings, lock_wait, guard);
+        let mut fetched = self.fetched(
+            *key,
+            entry,
+            meta,
+            Some(artifact),
+            true,
+            warnings,
+            lock_wait,
+            guard,
+        );
         if touched {
             fetched.index_due = Some(self.cd.clone());
         }

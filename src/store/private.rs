@@ -60,6 +60,70 @@ pub fn open_root() -> Result<Root> {
     Ok(root)
 }
 
+/// A name under which a dynamic loader opens exactly one open file: a fresh symbolic
+/// link `load-<pid>-<n>` in this user's private root pointing at `/proc/self/fd/N`.
+///
+/// Why not `/proc/self/fd/N` itself: glibc's `dlopen` first compares the name with those
+/// of the libraries already loaded, before it opens anything, and descriptor numbers are
+/// reused: a second library loaded through a reused `/proc/self/fd/N` would be handed
+/// the first one. A link name is never used twice in a process. The private root is
+/// the user's own (0700, checked), so nobody else can replace the link; it is removed
+/// when this is dropped, and the file it names must stay open until then.
+#[derive(Debug)]
+pub struct LoadName {
+    root: Arc<Root>,
+    name: String,
+    path: PathBuf,
+}
+
+impl LoadName {
+    /// A load name for `file`.
+    pub fn new(file: &File) -> Result<LoadName> {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        static ROOT: std::sync::Mutex<Option<Arc<Root>>> = std::sync::Mutex::new(None);
+        let root = {
+            let mut slot = ROOT.lock().unwrap();
+            match &*slot {
+                // Still there (a cleaner of the temporary directory may have removed it).
+                Some(r) if r.stat().is_ok_and(|st| st.st_nlink > 0) => r.clone(),
+                _ => {
+                    let r = Arc::new(open_root()?);
+                    *slot = Some(r.clone());
+                    r
+                }
+            }
+        };
+        let name = format!(
+            "load-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        // A leftover of a crashed process with a recycled pid: replace it.
+        let _ = root.remove_file(&name);
+        root.symlink(&target, &name)
+            .map_err(|e| Error::io("creating a load name in", root.join(&name), e))?;
+        Ok(LoadName {
+            path: root.join(&name),
+            root,
+            name,
+        })
+    }
+
+    /// The name to open.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LoadName {
+    fn drop(&mut self) {
+        let _ = self.root.remove_file(&self.name);
+    }
+}
+
 /// One private build directory, locked while this lives.
 #[derive(Debug)]
 pub struct PrivateBuild {
