@@ -39,7 +39,9 @@ fn resolution_inputs(lang: Language, config: &Config) -> String {
         h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     };
-    put("host-tool-v1");
+    // v2: dependency flags from the environment are removed from the arguments (a v1
+    // record may hold a -MMD from CFLAGS).
+    put("host-tool-v2");
     put(lang.name());
     put(HOST_TARGET);
     put(&config.opt_level);
