@@ -1,6 +1,6 @@
-//! The C ABI from C: `examples/xcache_capi.c` and `capi/tests/c/threads.c` are compiled
-//! with `cc` against `include/xcache.h`, linked with the built `libxcache.so`, and run
-//! in a temporary cache.
+//! The C ABI from C: `examples/xcache_capi.c`, `capi/tests/c/threads.c` and
+//! `capi/tests/c/flags.c` are compiled with `cc` against `include/xcache.h`, linked
+//! with the built `libxcache.so`, and run in a temporary cache.
 //!
 //! `cargo test` does not build a cdylib for its tests, so these are ignored by a plain
 //! `cargo test`; `scripts/test.sh` builds the library (`cargo build -p xcache-capi`)
@@ -109,4 +109,30 @@ fn threads_share_one_compile_and_errors_are_per_thread() {
     let cache = tmp.path().join("cache");
     let out = run(&exe, &cache, &[&cache]);
     assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn refused_flags_return_an_error_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("flags");
+    build_c(&repo().join("capi/tests/c/flags.c"), &exe, &[]);
+    // An `as` that would run if `--prefix` got through.
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let fake_as = scratch.join("as");
+    std::fs::write(
+        &fake_as,
+        format!("#!/bin/sh\ntouch {}/ran\nexit 1\n", scratch.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &fake_as,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let out = run(&exe, &cache, &[&cache, &scratch]);
+    assert_eq!(out.trim(), "ok");
+    assert!(!scratch.join("ran").exists());
 }

@@ -897,8 +897,9 @@ pub fn check_data_flags(
                     DataWhy::Outside(why) => FlagRefusal {
                         reason: why,
                         fix: format!(
-                            "name a directory inside {} (relative to it), or list the headers themselves in `include`",
-                            root.display()
+                            "name a directory inside {} (relative to it), or list the headers themselves in `include`; or, if you vouch for it, add it to the `allowed_flags` setting (allowed_flags = \"{}\")",
+                            root.display(),
+                            opt.args.concat()
                         ),
                         flag,
                     },

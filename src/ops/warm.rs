@@ -91,15 +91,25 @@ fn inside(base: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
 /// The manifest's flags for a request compiled by `dialect`, through the library's
 /// allow-list for flags from data ([`crate::compile::flags::check_data_flags`]): include
 /// directories inside the manifest's tree (made absolute), the documented families,
-/// and what `allowed_flags` vouches for; anything else is refused naming the flag.
+/// and what `allowed_flags` vouches for. A refusal names the flag, the manifest and
+/// the request.
 fn data_flags(
     flags: &[String],
     dialect: Dialect,
-    base: &Path,
+    (manifest, i): (&Path, usize),
     config: &Config,
-) -> std::result::Result<Vec<String>, String> {
-    crate::compile::flags::check_data_flags(flags, dialect, base, &config.allowed_flags)
-        .map_err(|r| r.to_string())
+) -> Result<Vec<String>> {
+    crate::compile::flags::check_data_flags(
+        flags,
+        dialect,
+        manifest_dir(manifest),
+        &config.allowed_flags,
+    )
+    .map_err(|r| Error::RefusedFlag {
+        flag: r.flag,
+        reason: format!("{} (in {} requests[{i}])", r.reason, manifest.display()),
+        fix: r.fix,
+    })
 }
 
 const MANIFEST_SHAPE: &str = "Expected {\"requests\": [{\"template\": NAME, \"params\": {...}} or {\"source\": PATH, \"include\": [...], \"flags\": [...]}]}, or the array alone";
@@ -181,7 +191,7 @@ pub fn load_manifest(path: &Path, config: &Config) -> Result<Vec<WarmItem>> {
                 // flags are then checked as the C compiler's, the strictest reading.
                 let language = crate::compile::template::find(&t.name, config)
                     .map_or(Language::C, |found| found.language);
-                t.flags = data_flags(&r.flags, Dialect::of(language), base, config).map_err(at)?;
+                t.flags = data_flags(&r.flags, Dialect::of(language), (path, i), config)?;
                 let ps: Vec<String> = t.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 WarmItem {
                     label: format!("{}({})", t.name, ps.join(", ")),
@@ -194,8 +204,7 @@ pub fn load_manifest(path: &Path, config: &Config) -> Result<Vec<WarmItem>> {
                 }
                 let file = inside(base, &src).map_err(at)?;
                 let mut s = SourceRequest::from_file(&file).map_err(|e| at(e.to_string()))?;
-                s.flags =
-                    data_flags(&r.flags, Dialect::of(s.language), base, config).map_err(at)?;
+                s.flags = data_flags(&r.flags, Dialect::of(s.language), (path, i), config)?;
                 for h in &r.include {
                     let hp = inside(base, h).map_err(at)?;
                     let name = hp
