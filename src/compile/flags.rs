@@ -64,9 +64,12 @@
 //! other flag) and records every header it lists. A user's `-M…` flag cannot be made to
 //! lose against it: gcc passes `-MD` and `-MMD` to `cc1` in a fixed order whatever their
 //! order on the command line, so `-MMD` anywhere drops system headers from the list
-//! (checked with gcc 12); clang takes the last of `-MD`/`-MMD` and the last `-MF`;
-//! nvcc takes `-MD`/`-MF` once each. So the user's are refused (flags) or removed with
-//! a warning (`CFLAGS`), and xcache's come last.
+//! (checked with gcc 12: `-MMD -MD -MF f` and `-MD -MF f -MMD` both list no system
+//! header). clang's driver reads the last of `-MD`/`-MMD` and the last `-MF` (from its
+//! source; no clang was at hand to run), so xcache's, last, win there. How nvcc treats
+//! two of them was not checked (no nvcc at hand): with the user's refused, xcache's are
+//! the only ones it sees. So the user's are refused (flags) or removed with a warning
+//! (`CFLAGS`), and xcache's come last.
 
 use std::path::{Path, PathBuf};
 
@@ -466,16 +469,17 @@ const NVCC_SPECS: &[Spec] = &[
     spec("--source-in-ptx", Flag, "-src-in-ptx"),
 ];
 
-/// NVRTC's options (`-name=value` or `--name=value`; the one-letter ones also joined or
-/// with the next argument).
+/// NVRTC's options (`-name=value` or `--name=value`, or with the next argument; the
+/// one-letter ones joined only, `-Idir`: read as taking the next argument, `-I` would
+/// hide from the checks an option NVRTC may read on its own).
 const NVRTC_SPECS: &[Spec] = &[
     spec("-arch", EqOrNext, "-arch"),
     spec("--gpu-architecture", EqOrNext, "-arch"),
-    spec("-I", JoinedOrNext, "-I"),
+    spec("-I", Joined, "-I"),
     spec("--include-path", EqOrNext, "-I"),
-    spec("-D", JoinedOrNext, "-D"),
+    spec("-D", Joined, "-D"),
     spec("--define-macro", EqOrNext, "-D"),
-    spec("-U", JoinedOrNext, "-U"),
+    spec("-U", Joined, "-U"),
     spec("--undefine-macro", EqOrNext, "-U"),
     spec("-include", EqOrNext, "-include"),
     spec("--pre-include", EqOrNext, "-include"),
@@ -729,7 +733,7 @@ const HOST_PROGRAM_PREFIXES: &[&str] = &["-fplugin", "-fpass-plugin", "-fmodule-
 
 fn host_user_rule(o: &Opt, n: &str, v: &str) -> Option<Why> {
     match n {
-        "-o" | "-c" | "-E" | "-S" | "-dumpdir" | "-dumpbase" | "-dumpbase-ext" => {
+        "-o" | "-c" | "-E" | "-S" | "-save-temps" | "-dumpdir" | "-dumpbase" | "-dumpbase-ext" => {
             return Some(Why::Output)
         }
         "-B" | "-specs" | "-wrapper" | "-iplugindir=" | "-Xclang" | "--config"
@@ -1283,6 +1287,7 @@ mod tests {
             ),
             (&["-save-temps"], "-save-temps", Why::Output),
             (&["-save-temps=obj"], "-save-temps=obj", Why::Output),
+            (&["--save-temps"], "--save-temps", Why::Output),
             (&["-dumpdir", "/tmp/d/"], "-dumpdir /tmp/d/", Why::Output),
             (&["-dumpbase", "x"], "-dumpbase x", Why::Output),
             (&["-o", "/tmp/x.so"], "-o /tmp/x.so", Why::Output),
@@ -1390,6 +1395,7 @@ mod tests {
             &["--pch-dir=/tmp"],
             &["--time=/tmp/t"],
             &["--fdevice-time-trace=/tmp/t"],
+            &["-D", "--pch-dir=/tmp"],
         ] {
             let e = user(f, Dialect::Nvrtc).unwrap_err();
             assert_eq!(e.reason, Why::Writes.reason(Dialect::Nvrtc), "{f:?}");

@@ -230,7 +230,7 @@ impl HostTool {
 
     /// Runs the compiler in `dir` on `source_file`, producing `output`. With
     /// `deps_file`, the compiler also writes there (`-MD -MF`, after every other
-    /// argument: clang takes the last of each; gcc's `-MMD` would win from anywhere,
+    /// argument: clang's driver takes the last of each; gcc's `-MMD` would win from anywhere,
     /// which is why [`super::flags`] keeps the user's out) the files it read; these
     /// arguments do not change the output and are not in the key. Returns the compile
     /// time and whatever it printed on success.
