@@ -102,6 +102,11 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "How a compiler binary is fingerprinted: `mtime` (size + mtime, as ccache does; no hashing on the hit path) or `content` (blake3 of the binary).",
     },
     SettingInfo {
+        name: "allowed_flags",
+        default: "",
+        doc: "Compiler flags you vouch for, separated by spaces: an exact flag (`-fplugin=/opt/p/vec.so`, a value joined to its flag), or a prefix ending in `*` (`-fsanitize-coverage=*`). They pass the allow-list that flags from data (warm manifests) must pass, and the refusal of flags that run programs or write files elsewhere; never those that take over xcache's outputs or dependency file. Unset: only the documented families pass (docs/CLI.md, `xcache warm`).",
+    },
+    SettingInfo {
         name: "template_path",
         default: "",
         doc: "Directories (`:`-separated) searched for op templates (`c/NAME.c`) before the ones built into xcache; a file there overrides a built-in of the same name.",
@@ -224,6 +229,72 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The `allowed_flags` setting: compiler flags the user vouches for, each an exact flag
+/// or a prefix (written with a trailing `*`). [`crate::compile::flags`] consults it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedFlags {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl AllowedFlags {
+    /// Parses the setting's text: flags separated by white space; `X*` is the prefix `X`.
+    /// A `*` anywhere else, or a prefix too short to name a family (`*`, `-*`), is an
+    /// error: vouching for every flag is turning the check off, which is not what this
+    /// setting is for.
+    pub fn parse(text: &str) -> std::result::Result<AllowedFlags, String> {
+        let mut out = AllowedFlags::default();
+        for word in text.split_whitespace() {
+            let (stem, prefix) = match word.strip_suffix('*') {
+                Some(stem) => (stem, true),
+                None => (word, false),
+            };
+            if stem.contains('*') {
+                return Err(format!(
+                    "flags separated by spaces, each exact or ending in `*` (a prefix); {word:?} has a `*` elsewhere"
+                ));
+            }
+            if prefix && stem.trim_start_matches('-').is_empty() {
+                return Err(format!(
+                    "flags separated by spaces, each exact or ending in `*`; {word:?} would allow every flag: name the flags (or their families, such as `-fsanitize=*`) you vouch for"
+                ));
+            }
+            let list = if prefix {
+                &mut out.prefixes
+            } else {
+                &mut out.exact
+            };
+            if !list.iter().any(|w| w == stem) {
+                list.push(stem.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether nothing is vouched for.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Whether `flag` (as written, or a flag and its value joined) is vouched for.
+    pub fn vouches(&self, flag: &str) -> bool {
+        self.exact.iter().any(|e| e == flag) || self.prefixes.iter().any(|p| flag.starts_with(p))
+    }
+}
+
+impl fmt::Display for AllowedFlags {
+    /// The setting's text, as it can be written back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let words: Vec<String> = self
+            .exact
+            .iter()
+            .cloned()
+            .chain(self.prefixes.iter().map(|p| format!("{p}*")))
+            .collect();
+        f.write_str(&words.join(" "))
+    }
+}
+
 /// Where a setting's effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -310,6 +381,8 @@ pub struct Config {
     pub last_use_resolution: Duration,
     /// Extra template directories, `:`-separated.
     pub template_path: String,
+    /// Compiler flags the user vouches for (see [`AllowedFlags`]).
+    pub allowed_flags: AllowedFlags,
     /// The shared group's gid, when shared-group mode is on.
     pub shared_gid: Option<u32>,
     shared_group_text: String,
@@ -378,6 +451,7 @@ impl Config {
             compile_timeout: Duration::ZERO,
             last_use_resolution: Duration::ZERO,
             template_path: String::new(),
+            allowed_flags: AllowedFlags::default(),
             shared_gid: None,
             shared_group_text: String::new(),
             max_size: 0,
@@ -580,6 +654,9 @@ impl Config {
                 self.runtime_tag = value.to_string();
             }
             "template_path" => self.template_path = value.to_string(),
+            "allowed_flags" => {
+                self.allowed_flags = AllowedFlags::parse(value).map_err(|m| bad(&m))?
+            }
             "shared_group" => {
                 self.shared_gid = if value.is_empty() {
                     None
@@ -732,6 +809,7 @@ impl Config {
                     },
                     "last_use_resolution" => format_duration(self.last_use_resolution),
                     "template_path" => self.template_path.clone(),
+                    "allowed_flags" => self.allowed_flags.to_string(),
                     "shared_group" => self.shared_group_text.clone(),
                     "max_size" => format_size(self.max_size),
                     "low_water" => self.low_water.to_string(),
@@ -1216,6 +1294,31 @@ mod tests {
             .collect();
         assert_eq!(shown["max_size"], "5GB");
         assert_eq!(shown["stale_after"], "36h");
+    }
+
+    #[test]
+    fn allowed_flags_are_exact_or_prefixes_and_never_everything() {
+        let mut c = Config::defaults();
+        assert!(c.allowed_flags.is_empty());
+        c.set(
+            "allowed_flags",
+            "-fplugin=/opt/p.so  -fsanitize-coverage=* -fplugin=/opt/p.so",
+        )
+        .unwrap();
+        let a = &c.allowed_flags;
+        assert!(a.vouches("-fplugin=/opt/p.so"));
+        assert!(!a.vouches("-fplugin=/opt/p.so.evil"));
+        assert!(a.vouches("-fsanitize-coverage=trace-pc"));
+        assert!(!a.vouches("-fsanitize=address"));
+        assert_eq!(
+            a.to_string(),
+            "-fplugin=/opt/p.so -fsanitize-coverage=*",
+            "written back as it can be read"
+        );
+        for bad in ["*", "-*", "--*", "-f*oo", "-a*b*"] {
+            let e = c.set("allowed_flags", bad).unwrap_err().to_string();
+            assert!(e.contains("allowed_flags") && e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -188,7 +188,10 @@ impl Jit {
 
     /// The key of a request compiled by NVRTC, and what it is derived from.
     pub fn nvrtc_key_for(&self, req: &SourceRequest) -> Result<NvrtcKey> {
-        req.validate()?;
+        req.validate_for(
+            crate::compile::flags::Dialect::Nvrtc,
+            &self.config().allowed_flags,
+        )?;
         if req.language != Language::Cuda {
             return Err(Error::InvalidRequest(format!(
                 "NVRTC compiles CUDA, not {}",

@@ -99,6 +99,20 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A compiler flag xcache will not pass on ([`crate::compile::flags`]): it runs
+    /// other programs, writes files elsewhere, takes over what xcache owns, or (from a
+    /// manifest or other data) is not on the allow-list. Its kind is
+    /// `invalid-request`, as for any other request xcache cannot accept.
+    #[error("refusing the compiler flag {flag:?}: {reason}. Fix: {fix}")]
+    RefusedFlag {
+        /// The flag as written (with its value, when that is the next argument).
+        flag: String,
+        /// Why it is refused.
+        reason: String,
+        /// What to do instead.
+        fix: String,
+    },
+
     /// A lock wait reached the limit the caller set
     /// ([`crate::store::lock::with_wait_limit`]).
     #[error("gave up waiting for the lock {} after {:.1} s (held by {}). Fix: wait for that process, or raise the lock timeout", path.display(), waited.as_secs_f64(), holder.as_deref().unwrap_or("another process"))]
@@ -161,7 +175,7 @@ impl Error {
             Error::MissingSymbol { .. } => "missing-symbol",
             Error::Cuda { .. } => "cuda",
             Error::Template { .. } => "template",
-            Error::InvalidRequest(_) => "invalid-request",
+            Error::InvalidRequest(_) | Error::RefusedFlag { .. } => "invalid-request",
             Error::LockTimeout { .. } => "lock-timeout",
         }
     }

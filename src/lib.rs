@@ -51,7 +51,7 @@
 //! | [`fsx`], [`platform`], [`clock`], [`error`] | the bottom: file access that never follows a link below a root, platform strings and arch checks, the injectable clock, typed errors |
 //! | [`config`] | settings, their defaults and sources |
 //! | [`store`] | the on-disk protocol and everything it names: [`store::layout`] (every name), [`store::key`], [`store::lock`], [`store::entry`], [`store::trust`], cleanup in [`store::gc`] (pure policy in [`store::gc::policy`]), [`store::scan`], [`store::stats`], [`store::verify`], [`store::private`] |
-//! | [`compile`] | requests, op templates, the expression grammar, the host C/C++ compiler, nvcc and NVRTC ([`compile::nvrtc`]), one [`compile::toolchain`] resolver |
+//! | [`compile`] | requests, op templates, the expression grammar, which flags pass ([`compile::flags`]: a deny-list for the user's, an allow-list for data's), the host C/C++ compiler, nvcc and NVRTC ([`compile::nvrtc`]), one [`compile::toolchain`] resolver |
 //! | [`driver`], [`cuda_module`], [`cuda_launch`] | the CUDA driver API (loaded at run time); device code compiled by NVRTC through the cache; xcache's launcher, the CUDA templates' launch decisions as pure plans |
 //! | [`kernels`], [`cuda`] | typed handles for the shipped templates: `elemwise`, `reduce`, `gemm` (on the GPU, built by NVRTC or nvcc per `cuda_compiler`) |
 //! | [`remote`] | remote tiers (Redis), with timeouts and a circuit breaker; bundles for CI caches |

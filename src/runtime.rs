@@ -351,6 +351,13 @@ impl Jit {
             return Ok(Arc::clone(t));
         }
         let tool = Arc::new(toolchain::resolve(lang, &self.config, Some(&self.store))?);
+        if !tool.removed_env_flags.is_empty() {
+            log::warn!(
+                "ignoring {} from CFLAGS/CXXFLAGS: xcache tracks every header itself with its own dependency file, and a dependency flag there would change what it records (-MMD drops the system headers). Fix: remove {} from CFLAGS/CXXFLAGS to silence this",
+                tool.removed_env_flags.join(" "),
+                if tool.removed_env_flags.len() == 1 { "it" } else { "them" }
+            );
+        }
         self.tools
             .lock()
             .unwrap()
@@ -362,7 +369,10 @@ impl Jit {
     /// The key of a request and what it is derived from. No compiler runs (after the
     /// first resolution of the compiler).
     pub fn key_for(&self, req: &SourceRequest) -> Result<(Key, KeyMaterial, Vec<String>)> {
-        req.validate()?;
+        req.validate_for(
+            crate::compile::flags::Dialect::of(req.language),
+            &self.config.allowed_flags,
+        )?;
         let tool = self.host_tool(req.language)?;
         let mut user_flags = req.origin_flags();
         user_flags.extend(req.flags.iter().cloned());

@@ -219,6 +219,9 @@ pub unsafe extern "C" fn xcache_close(cache: *mut xcache_cache) -> xcache_status
 ///
 /// - `language`: "c", "c++" or "cuda".
 /// - `flags`: `n_flags` compiler flags, after xcache's own, in order (in the key).
+///   A flag that runs other programs, writes files elsewhere, or takes over the output
+///   or the dependency file (`-B`, `-fplugin=`, `-save-temps`, `-o`, `-MMD`, ...) is
+///   refused with `XCACHE_ERR_INVALID_REQUEST`, and `xcache_last_error()` names it.
 /// - `include_dirs`: `n_include_dirs` absolute directories searched for headers
 ///   (`-I`); every header the compiler reads from them is part of the result's
 ///   identity, so editing one makes the next request compile again.

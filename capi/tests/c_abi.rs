@@ -1,6 +1,6 @@
-//! The C ABI from C: `examples/xcache_capi.c` and `capi/tests/c/threads.c` are compiled
-//! with `cc` against `include/xcache.h`, linked with the built `libxcache.so`, and run
-//! in a temporary cache.
+//! The C ABI from C: `examples/xcache_capi.c`, `capi/tests/c/threads.c` and
+//! `capi/tests/c/flags.c` are compiled with `cc` against `include/xcache.h`, linked
+//! with the built `libxcache.so`, and run in a temporary cache.
 //!
 //! `cargo test` does not build a cdylib for its tests, so these are ignored by a plain
 //! `cargo test`; `scripts/test.sh` builds the library (`cargo build -p xcache-capi`)
@@ -158,4 +158,30 @@ fn a_dripping_remote_costs_each_request_at_most_its_deadline() {
     // Two requests (the example's compile and its failing one), one second each at most,
     // plus the compiles themselves: before, the dripping server held each one forever.
     assert!(spent < std::time::Duration::from_secs(5), "{spent:?}");
+}
+
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn refused_flags_return_an_error_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("flags");
+    build_c(&repo().join("capi/tests/c/flags.c"), &exe, &[]);
+    // An `as` that would run if `--prefix` got through.
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let fake_as = scratch.join("as");
+    std::fs::write(
+        &fake_as,
+        format!("#!/bin/sh\ntouch {}/ran\nexit 1\n", scratch.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &fake_as,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let out = run(&exe, &cache, &[&cache, &scratch]);
+    assert_eq!(out.trim(), "ok");
+    assert!(!scratch.join("ran").exists());
 }

@@ -389,7 +389,8 @@ fn error_chain(e: &anyhow::Error) -> Vec<String> {
 }
 
 /// A failure as `--json` prints it: `{"error": {"kind", "message", "compiler_output"}}`,
-/// with the command and the kept source too when the compiler failed.
+/// with the command and the kept source too when the compiler failed, and the flag
+/// when one was refused.
 fn json_error(e: &anyhow::Error) -> serde_json::Value {
     let lib = e.chain().find_map(|c| c.downcast_ref::<xcache::Error>());
     let kind = match lib {
@@ -407,6 +408,9 @@ fn json_error(e: &anyhow::Error) -> serde_json::Value {
         error["compiler_output"] = json!(ce.output);
         error["command"] = json!(ce.command);
         error["kept_source"] = json!(ce.kept_source);
+    }
+    if let Some(xcache::Error::RefusedFlag { flag, .. }) = lib {
+        error["flag"] = json!(flag);
     }
     json!({ "error": error })
 }

@@ -27,7 +27,7 @@ pub struct WarmArgs {
 
 /// Runs `xcache warm`.
 pub fn run(out: &mut impl Write, config: Config, args: &WarmArgs) -> Result<ExitCode> {
-    let items = warm::load_manifest(&args.manifest)?;
+    let items = warm::load_manifest(&args.manifest, &config)?;
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

@@ -146,7 +146,12 @@ fn unknown_language_and_bad_flags_are_explained() {
         "x",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refusing the compiler flag \"-o x\"")
+            && stderr(&out).contains("--out FILE"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

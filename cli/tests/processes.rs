@@ -507,3 +507,68 @@ fn a_hung_compiler_is_killed_after_compile_timeout() {
     );
     assert_eq!(r["hit"], false);
 }
+
+/// Whether `pid` is still a running process (a zombie, waiting for its new parent to
+/// reap it, has stopped running).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Kills a process left behind by a failing test, so that it does not outlive the run.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if running(self.0) {
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A SIGKILLed `xcache compile` takes its compiler with it (PR_SET_PDEATHSIG), although
+/// the compiler runs in a process group of its own. The compiler is a wrapper that
+/// reports its pid, then becomes `sleep 60`.
+#[test]
+fn a_killed_xcache_leaves_no_compiler_running() {
+    let env = Env::new();
+    let src = env.source("k.c", "orphan");
+    let wrapper = env.path("sleepy-cc.sh");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \" $* \" in *\" -shared \"*) echo $$ > \"$XC_TEST_PID\"; exec sleep 60 ;; esac\nexec cc \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut child = env
+        .xcache(&["compile", src.to_str().unwrap()])
+        .env("XCACHE_FLAGS", format!("cc={}", wrapper.display()))
+        .env("XC_TEST_PID", env.path("started"))
+        .spawn()
+        .unwrap();
+    // Blocks until the wrapper has written its pid: xcache is then waiting for it.
+    let pid: i32 = env.read_started().parse().unwrap();
+    let _cleanup = KillOnDrop(pid);
+    assert!(running(pid));
+
+    // Only xcache is killed, not its process group (the compiler has its own anyway).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    assert!(!child.wait().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compiler (pid {pid}) still runs 10 s after xcache was killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -54,6 +54,12 @@ pyo3::create_exception!(
 );
 pyo3::create_exception!(
     xcache,
+    RefusedFlagError,
+    Error,
+    "A compiler flag xcache will not pass on: it runs other programs, writes files elsewhere, or takes over the output or the dependency file (`-B`, `-fplugin=`, `-save-temps`, `-o`, `-MMD`, ...). `.kind` is `invalid-request`; `.flag` (as written), `.reason`, `.fix`."
+);
+pyo3::create_exception!(
+    xcache,
     LockTimeout,
     Error,
     "A lock wait reached the cache's `lock_timeout`. `.path` (the lock file), `.waited` (seconds), `.holder` (`pid=N host=H`, or None)."
@@ -68,6 +74,7 @@ fn to_py(e: xcache::Error) -> PyErr {
             xcache::Error::Template { .. } => TemplateError::new_err(message.clone()),
             xcache::Error::Untrusted { .. } => UntrustedCacheError::new_err(message.clone()),
             xcache::Error::LockTimeout { .. } => LockTimeout::new_err(message.clone()),
+            xcache::Error::RefusedFlag { .. } => RefusedFlagError::new_err(message.clone()),
             _ => Error::new_err(message.clone()),
         };
         let v = err.value(py);
@@ -109,6 +116,11 @@ fn to_py(e: xcache::Error) -> PyErr {
             }
             xcache::Error::Untrusted { path, reason, fix } => {
                 set("path", p(path));
+                set("reason", s(reason));
+                set("fix", s(fix));
+            }
+            xcache::Error::RefusedFlag { flag, reason, fix } => {
+                set("flag", s(flag));
                 set("reason", s(reason));
                 set("fix", s(fix));
             }
@@ -1601,6 +1613,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TemplateError", py.get_type::<TemplateError>())?;
     m.add("UntrustedCacheError", py.get_type::<UntrustedCacheError>())?;
     m.add("LockTimeout", py.get_type::<LockTimeout>())?;
+    m.add("RefusedFlagError", py.get_type::<RefusedFlagError>())?;
     m.add_class::<Cache>()?;
     m.add_class::<Library>()?;
     m.add_class::<CheckedLoadName>()?;

@@ -96,6 +96,42 @@ def test_missing_symbol_and_invalid_requests(cache: xcache.Cache) -> None:
     assert info2.value.kind == "invalid-request"
 
 
+def test_refused_flags_raise_refused_flag_error_naming_the_flag(
+    cache: xcache.Cache, tmp_path: Path
+) -> None:
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    # `as` in the directory -B names would run if the flag got through.
+    (evil / "as").write_text(f"#!/bin/sh\ntouch {evil}/ran\nexit 1\n")
+    (evil / "as").chmod(0o755)
+    cases = [
+        ([f"-B{evil}"], f"-B{evil}", "run programs"),
+        (["--prefix", str(evil)], f"--prefix {evil}", "run programs"),
+        (["-save-temps"], "-save-temps", "chooses the output"),
+        ([f"-Wa,-a={evil}/listing"], f"-Wa,-a={evil}/listing", "writes files"),
+        (["-MMD"], "-MMD", "tracks every header"),
+    ]
+    for flags, named, why in cases:
+        with pytest.raises(xcache.RefusedFlagError) as info:
+            cache.compile(ADD, flags=flags)
+        e = info.value
+        assert isinstance(e, xcache.Error) and e.kind == "invalid-request"
+        assert e.flag == named and named in str(e), str(e)
+        assert why in e.reason and e.fix, str(e)
+    with pytest.raises(xcache.RefusedFlagError) as info2:
+        cache.template("elemwise", {"dtype": "float32", "arity": 1, "expr": "a"}, flags=["-fplugin=/x.so"])
+    assert info2.value.flag == "-fplugin=/x.so" and "allowed_flags" in info2.value.fix
+    assert not (evil / "ran").exists() and not (evil / "listing").exists()
+    assert list(evil.iterdir()) == [evil / "as"]
+    # A flag the user vouches for with `allowed_flags` passes.
+    vouched = xcache.Cache(
+        base_dir=tmp_path / "cache2", flags={"allowed_flags": "-fdebug-prefix-map=*"}
+    )
+    lib = vouched.compile(ADD, flags=["-fdebug-prefix-map=/a=/b", "-O2"])
+    add = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int)(lib.symbol("add"))
+    assert add(2, 3) == 5
+
+
 def test_template_errors_name_parameter_and_offset(cache: xcache.Cache) -> None:
     with pytest.raises(xcache.TemplateError) as info:
         cache.elemwise("a + * b", 2)

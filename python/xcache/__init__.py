@@ -42,6 +42,7 @@ from ._native import (
     Library,
     LockTimeout,
     Reduce,
+    RefusedFlagError,
     TemplateError,
     UntrustedCacheError,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "Library",
     "LockTimeout",
     "Reduce",
+    "RefusedFlagError",
     "Stats",
     "TemplateError",
     "UntrustedCacheError",

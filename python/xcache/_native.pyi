@@ -37,6 +37,13 @@ class UntrustedCacheError(Error):
     reason: str
     fix: str
 
+class RefusedFlagError(Error):
+    """A compiler flag xcache will not pass on (kind ``invalid-request``)."""
+
+    flag: str
+    reason: str
+    fix: str
+
 class LockTimeout(Error):
     """A lock wait reached the cache's lock_timeout."""
 

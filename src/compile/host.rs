@@ -41,6 +41,11 @@ pub struct HostTool {
     /// remote, a bundle) may make xcache read ([`crate::store::manifest::SearchScope`]).
     #[serde(default)]
     pub search_dirs: Vec<PathBuf>,
+    /// Dependency flags the `cc` crate read from the environment (`CFLAGS`,
+    /// `CXXFLAGS`) and xcache removed from [`HostTool::args`]: it writes its own
+    /// dependency file (see [`super::flags`]). Whoever uses the tool warns about them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_env_flags: Vec<String>,
 }
 
 /// Environment variables the `cc` crate consults when it picks a compiler and flags.
@@ -128,8 +133,7 @@ pub(crate) fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool>
     let canonical = program
         .canonicalize()
         .map_err(|e| no_compiler(e.to_string()))?;
-    let out = Command::new(&program)
-        .arg("--version")
+    let out = dies_with_xcache(Command::new(&program).arg("--version"))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| no_compiler(e.to_string()))?;
@@ -146,11 +150,12 @@ pub(crate) fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool>
     }
     let binary =
         binary_id(&canonical, config.compiler_check).map_err(|e| no_compiler(e.to_string()))?;
-    let args = cc_tool
+    let args: Vec<String> = cc_tool
         .args()
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    let (args, removed_env_flags) = super::flags::strip_dependency_flags(&args);
     Ok(HostTool {
         search_dirs: search_dirs(&program, lang),
         program,
@@ -161,6 +166,7 @@ pub(crate) fn resolve_fresh(lang: Language, config: &Config) -> Result<HostTool>
             binary,
         },
         cuda_arch: None,
+        removed_env_flags,
     })
 }
 
@@ -267,9 +273,14 @@ impl HostTool {
     }
 
     /// Runs the compiler in `dir` on `source_file`, producing `output`. With
-    /// `deps_file`, the compiler also writes there (`-MD -MF`) the files it read; these
+    /// `deps_file`, the compiler also writes there (`-MD -MF`, after every other
+    /// argument: clang's driver takes the last of each; gcc's `-MMD` would win from anywhere,
+    /// which is why [`super::flags`] keeps the user's out) the files it read; these
     /// arguments do not change the output and are not in the key. Returns the compile
     /// time and whatever it printed on success.
+    ///
+    /// The compiler runs in its own process group (a timeout kills it with its
+    /// children) and dies with xcache ([`dies_with_xcache`]).
     pub fn compile(
         &self,
         dir: &Path,
@@ -283,9 +294,10 @@ impl HostTool {
         use std::sync::atomic::{AtomicBool, Ordering};
         let mut args = command_args(flags, output, source_file);
         if let Some(d) = deps_file {
-            args.splice(0..0, ["-MD".to_string(), "-MF".to_string(), d.to_string()]);
+            args.extend(["-MD".to_string(), "-MF".to_string(), d.to_string()]);
         }
         let mut cmd = Command::new(&self.program);
+        dies_with_xcache(&mut cmd);
         // Its own process group: a compiler that hangs is killed with its children
         // (cc1, as, ld), and stops holding the key's lock.
         cmd.args(&args)
@@ -343,6 +355,38 @@ impl HostTool {
     }
 }
 
+/// Makes a child xcache spawns (a compiler, or a probe of one) die with xcache: the
+/// kernel sends it SIGKILL when its parent goes (`PR_SET_PDEATHSIG`), so a SIGKILLed
+/// `xcache compile` (or a crashed embedding process) leaves no compiler behind holding
+/// CPU, or writing into a staging directory nobody will publish.
+///
+/// Caveats, from the kernel's rules: the signal follows the *thread* that spawned the
+/// child, so the spawning thread must outlive the child (xcache's do: each waits for
+/// its compiler); it is sent to the child only, so grandchildren (`cc1`, `as`, `ld`,
+/// nvcc's `cicc` and `ptxas`) finish the step they are in, find their pipe or parent
+/// gone, and exit; it survives `exec` (not of set-user-ID programs). A parent that died
+/// before the child asked is caught by comparing `getppid()` with the parent's pid
+/// afterwards, and the child then exits at once.
+pub fn dies_with_xcache(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // system calls (prctl, getppid), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The parent died before prctl: nobody will wait for this compile.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A command line as a shell would need it quoted.
 pub fn shell_line<'a>(program: &Path, args: impl IntoIterator<Item = &'a str>) -> String {
     let quote = |s: &str| {
@@ -363,13 +407,20 @@ pub fn shell_line<'a>(program: &Path, args: impl IntoIterator<Item = &'a str>) -
     line
 }
 
-/// True when a flag makes the output depend on the CPU the compiler runs on.
+/// True when a flag makes the output depend on the CPU the compiler runs on (gcc's
+/// long forms, `--machine-arch=native`, included).
 pub fn wants_host_cpu(flags: &[String]) -> bool {
-    flags.iter().any(|f| {
-        let f = f.as_str();
-        (f.starts_with("-march=") || f.starts_with("-mcpu=") || f.starts_with("-mtune="))
-            && f.ends_with("=native")
-    })
+    const CPU_FLAGS: &[&str] = &[
+        "-march=",
+        "-mcpu=",
+        "-mtune=",
+        "--machine-arch=",
+        "--machine-cpu=",
+        "--machine-tune=",
+    ];
+    flags
+        .iter()
+        .any(|f| CPU_FLAGS.iter().any(|p| f.starts_with(p)) && f.ends_with("=native"))
 }
 
 /// A short human name for the host CPU: the model name and the widest vector ISA.
@@ -527,6 +578,7 @@ mod tests {
         assert!(f(&["-O2", "-march=native"]));
         assert!(f(&["-mcpu=native"]));
         assert!(f(&["-mtune=native"]));
+        assert!(f(&["--machine-arch=native"]));
         assert!(!f(&["-march=x86-64-v3"]));
         assert!(!f(&["-O2"]));
     }

@@ -4,6 +4,7 @@
 pub mod deps;
 pub mod diagnostics;
 pub mod expr;
+pub mod flags;
 pub mod host;
 pub mod nvcc;
 pub mod nvrtc;
@@ -231,37 +232,31 @@ impl SourceRequest {
         self
     }
 
-    /// Checks what the compiler service cannot accept, before any key is made.
+    /// Checks what the compiler service cannot accept, before any key is made, with
+    /// the flags read as [`flags::Dialect::of`] this request's language says and
+    /// nothing vouched for (see [`SourceRequest::validate_for`]).
     pub fn validate(&self) -> Result<()> {
-        for f in &self.flags {
-            if f.is_empty()
-                || f.starts_with("-o")
-                || matches!(f.as_str(), "-c" | "-E" | "-S" | "-M" | "-MM")
-            {
-                return Err(Error::InvalidRequest(format!(
-                    "flag {f:?} is not allowed: xcache chooses the output and builds a shared object. Fix: drop it"
-                )));
-            }
+        self.validate_for(
+            flags::Dialect::of(self.language),
+            &crate::config::AllowedFlags::default(),
+        )
+    }
+
+    /// Checks what the compiler service cannot accept, before any key is made: flags
+    /// for `dialect` by [`flags::check_user_flags`] (those that run programs, write
+    /// elsewhere, or take over the output or the dependency file are refused, unless
+    /// `allowed` vouches for them), and the extra inputs' names.
+    pub fn validate_for(
+        &self,
+        dialect: flags::Dialect,
+        allowed: &crate::config::AllowedFlags,
+    ) -> Result<()> {
+        if self.flags.iter().any(String::is_empty) {
+            return Err(Error::InvalidRequest(
+                "an empty flag is not a flag. Fix: drop it".into(),
+            ));
         }
-        // The compiler runs in the entry's staging directory, so a relative search path
-        // would point into it; and what it points at is not in the key.
-        let path_flags = ["-I", "-iquote", "-isystem", "-idirafter", "-include", "-L"];
-        for (i, f) in self.flags.iter().enumerate() {
-            for pf in path_flags {
-                if let Some(rest) = f.strip_prefix(pf) {
-                    let path = if rest.is_empty() {
-                        self.flags.get(i + 1).map(String::as_str).unwrap_or("")
-                    } else {
-                        rest
-                    };
-                    if !path.starts_with('/') {
-                        return Err(Error::InvalidRequest(format!(
-                            "flag {f:?} names the relative path {path:?}, which would be looked up in xcache's build directory. Fix: give an absolute path, or pass the header itself as an extra input (`--include`), which also puts its content in the key"
-                        )));
-                    }
-                }
-            }
-        }
+        flags::check_user_flags(&self.flags, dialect, allowed)?;
         let reserved = [
             self.language.source_file(),
             crate::store::entry::ARTIFACT_FILE,
@@ -417,7 +412,16 @@ mod tests {
 
     #[test]
     fn output_controlling_flags_are_refused() {
-        for f in ["-o", "-ofoo.so", "-c", "-E", ""] {
+        for f in [
+            "-o",
+            "-ofoo.so",
+            "-c",
+            "-E",
+            "",
+            "-MMD",
+            "-B/tmp",
+            "-save-temps",
+        ] {
             let r = SourceRequest::new(Language::C, "").flag(f);
             assert!(r.validate().is_err(), "{f:?}");
         }

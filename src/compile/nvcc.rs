@@ -59,8 +59,7 @@ pub fn resolve_fresh(config: &Config, host: &HostTool) -> Result<HostTool> {
         .path
         .canonicalize()
         .map_err(|e| no_nvcc(e.to_string()))?;
-    let out = Command::new(&found.path)
-        .arg("--version")
+    let out = host::dies_with_xcache(Command::new(&found.path).arg("--version"))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| no_nvcc(e.to_string()))?;
@@ -97,6 +96,7 @@ pub fn resolve_fresh(config: &Config, host: &HostTool) -> Result<HostTool> {
             binary,
         },
         cuda_arch: None,
+        removed_env_flags: Vec::new(),
     })
 }
 
@@ -164,7 +164,7 @@ pub fn discover() -> Option<Found> {
 
 /// nvcc inside the `nvidia` namespace package of `python3`, if installed.
 fn pip_wheel() -> Option<PathBuf> {
-    let out = Command::new("python3")
+    let out = host::dies_with_xcache(&mut Command::new("python3"))
         .args([
             "-c",
             "import nvidia, sys; print('\\n'.join(nvidia.__path__))",
@@ -183,8 +183,7 @@ fn pip_wheel() -> Option<PathBuf> {
 
 /// The last line of `nvcc --version` (`Cuda compilation tools, release 13.0, V13.0.88`).
 pub fn version(nvcc: &Path) -> Result<String, String> {
-    let out = Command::new(nvcc)
-        .arg("--version")
+    let out = host::dies_with_xcache(Command::new(nvcc).arg("--version"))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;

@@ -243,7 +243,7 @@ fn system_dirs() -> Vec<(PathBuf, &'static str)> {
 
 /// The `lib/` directories of the `nvidia` namespace package of `python3`, if any.
 fn pip_wheel_dirs() -> Vec<PathBuf> {
-    let out = Command::new("python3")
+    let out = host::dies_with_xcache(&mut Command::new("python3"))
         .args([
             "-c",
             "import nvidia, sys; print('\\n'.join(nvidia.__path__))",

@@ -39,7 +39,10 @@ fn resolution_inputs(lang: Language, config: &Config) -> String {
         h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     };
-    put("host-tool-v2");
+    // v3: the compiler's own search directories are recorded (`search_dirs`), and
+    // dependency flags from the environment are removed from the arguments (an older
+    // record may hold a -MMD from CFLAGS).
+    put("host-tool-v3");
     put(lang.name());
     put(HOST_TARGET);
     put(&config.opt_level);

@@ -14,13 +14,22 @@
 //! Paths are relative to the manifest's directory and may not leave it (no absolute
 //! paths, no `..`): a manifest handed around between machines must not read files
 //! outside its own tree.
+//!
+//! A manifest is data, not instructions: its `flags` pass by an allow-list
+//! ([`crate::compile::flags::check_data_flags`]: optimisation, code generation and
+//! warning flags, macros, the language standard, debug info, plain library names, and
+//! include directories inside the manifest's tree), never a deny-list, which could not
+//! be complete. Anything else is refused, naming the flag and the `allowed_flags`
+//! setting, with which the user vouches for flags of their own.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::compile::{Request, SourceRequest, TemplateRequest};
+use crate::compile::flags::Dialect;
+use crate::compile::{Language, Request, SourceRequest, TemplateRequest};
+use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::runtime::{CacheOutcome, Jit};
 
@@ -79,38 +88,28 @@ fn inside(base: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
     Ok(real)
 }
 
-/// Flags that make the compiler read (or run) a file they name: a manifest may not use
-/// them, or it could read files outside its tree. Headers go in `include`.
-const PATH_FLAGS: &[&str] = &[
-    "-I",
-    "-iquote",
-    "-isystem",
-    "-idirafter",
-    "-include",
-    "-imacros",
-    "-L",
-    "-B",
-    "@",
-    "-fplugin",
-    "-wrapper",
-    "--sysroot",
-    "-specs",
-    "-isysroot",
-    "-iprefix",
-    "-Xlinker",
-    "-Wl,",
-];
-
-fn check_flags(flags: &[String], manifest: &Path, i: usize) -> Result<()> {
-    for f in flags {
-        if let Some(pf) = PATH_FLAGS.iter().find(|p| f.starts_with(**p)) {
-            return Err(Error::InvalidRequest(format!(
-                "{} requests[{i}]: flag {f:?} ({pf}…) names a file, which a manifest may not do. Fix: pass headers in `include`, or compile this one with `xcache compile`",
-                manifest.display()
-            )));
-        }
-    }
-    Ok(())
+/// The manifest's flags for a request compiled by `dialect`, through the library's
+/// allow-list for flags from data ([`crate::compile::flags::check_data_flags`]): include
+/// directories inside the manifest's tree (made absolute), the documented families,
+/// and what `allowed_flags` vouches for. A refusal names the flag, the manifest and
+/// the request.
+fn data_flags(
+    flags: &[String],
+    dialect: Dialect,
+    (manifest, i): (&Path, usize),
+    config: &Config,
+) -> Result<Vec<String>> {
+    crate::compile::flags::check_data_flags(
+        flags,
+        dialect,
+        manifest_dir(manifest),
+        &config.allowed_flags,
+    )
+    .map_err(|r| Error::RefusedFlag {
+        flag: r.flag,
+        reason: format!("{} (in {} requests[{i}])", r.reason, manifest.display()),
+        fix: r.fix,
+    })
 }
 
 const MANIFEST_SHAPE: &str = "Expected {\"requests\": [{\"template\": NAME, \"params\": {...}} or {\"source\": PATH, \"include\": [...], \"flags\": [...]}]}, or the array alone";
@@ -157,7 +156,10 @@ fn manifest_dir(path: &Path) -> &Path {
 
 /// Reads a manifest into requests. Every problem names the manifest and the request
 /// (`requests[3]`, counted from 0 as in the JSON), and the field when it is about one.
-pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
+/// Flags pass by the allow-list for data (see the module doc), with `config`'s
+/// `allowed_flags`; a template's language (from `config`'s template path) says whose
+/// flags they are.
+pub fn load_manifest(path: &Path, config: &Config) -> Result<Vec<WarmItem>> {
     let text = std::fs::read_to_string(path).ctx("reading", path)?;
     let base = manifest_dir(path);
     let mut out = Vec::new();
@@ -166,7 +168,6 @@ pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
             |m: String| Error::InvalidRequest(format!("{} requests[{i}]: {m}", path.display()));
         // serde names the field: "unknown field `sorce`, expected one of `template`, ...".
         let r: ManifestRequest = serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
-        check_flags(&r.flags, path, i)?;
         let item = match (r.template, r.source) {
             (Some(name), None) => {
                 if !r.include.is_empty() {
@@ -186,7 +187,11 @@ pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
                     };
                     t = t.param(k, v);
                 }
-                t.flags = r.flags;
+                // An unknown template fails when it is built, as a failed request; its
+                // flags are then checked as the C compiler's, the strictest reading.
+                let language = crate::compile::template::find(&t.name, config)
+                    .map_or(Language::C, |found| found.language);
+                t.flags = data_flags(&r.flags, Dialect::of(language), (path, i), config)?;
                 let ps: Vec<String> = t.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 WarmItem {
                     label: format!("{}({})", t.name, ps.join(", ")),
@@ -199,7 +204,7 @@ pub fn load_manifest(path: &Path) -> Result<Vec<WarmItem>> {
                 }
                 let file = inside(base, &src).map_err(at)?;
                 let mut s = SourceRequest::from_file(&file).map_err(|e| at(e.to_string()))?;
-                s.flags = r.flags;
+                s.flags = data_flags(&r.flags, Dialect::of(s.language), (path, i), config)?;
                 for h in &r.include {
                     let hp = inside(base, h).map_err(at)?;
                     let name = hp
