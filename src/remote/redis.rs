@@ -51,6 +51,7 @@ pub struct RedisTier {
     mode: RemoteMode,
     sign: Option<SignKey>,
     verify_required: bool,
+    max_entry: u64,
     prefix: String,
     breaker: Breaker,
     clock: Arc<dyn Clock>,
@@ -83,6 +84,8 @@ pub struct RedisSettings {
     pub sign: Option<SignKey>,
     /// Refuse unsigned values.
     pub verify_required: bool,
+    /// The most a fetched value may unpack to ([`crate::Config::entry_limit`]).
+    pub max_entry: u64,
     /// The platform's namespace: the compiledir's name.
     pub namespace: String,
 }
@@ -171,6 +174,7 @@ impl RedisTier {
             mode: s.mode,
             sign: s.sign,
             verify_required: s.verify_required,
+            max_entry: s.max_entry,
             prefix: format!("xcache:1:{}:", s.namespace),
             breaker: Breaker::default(),
             clock,
@@ -370,7 +374,12 @@ impl Remote for RedisTier {
         let start = Instant::now();
         let ek = self.entry_key(key);
         let bytes = self.with_conn(|c| c.get::<_, Option<Vec<u8>>>(&ek))??;
-        match Packed::decode(&bytes, self.sign.as_ref(), self.verify_required) {
+        match Packed::decode(
+            &bytes,
+            self.sign.as_ref(),
+            self.verify_required,
+            self.max_entry,
+        ) {
             Ok(p) => {
                 self.stats
                     .remote(RemoteEvent::Hit, bytes.len() as u64, start.elapsed());

@@ -102,3 +102,75 @@ pub fn age_entry(entry: &Path, secs_ago: u64) {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// What [`run_bounded`] saw of a child.
+#[derive(Debug)]
+pub struct Bounded {
+    /// Its exit code (`None`: killed by a signal, the deadline's included).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Its peak resident memory, KiB (`getrusage` of that child, from `wait4`).
+    pub max_rss_kib: u64,
+    /// True when the deadline passed and it was killed.
+    pub timed_out: bool,
+}
+
+/// Runs `cmd` to its end, or kills it (SIGKILL) when `limit` has passed: a test of
+/// something that could hang fails instead of hanging. Its output goes through files
+/// in `scratch` (no pipe to drain), and its peak memory comes from `wait4`.
+pub fn run_bounded(mut cmd: Command, scratch: &Path, limit: std::time::Duration) -> Bounded {
+    let out_path = scratch.join(".bounded.stdout");
+    let err_path = scratch.join(".bounded.stderr");
+    cmd.stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    // `wait4` on a thread of its own; this one keeps the deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our child, not yet waited for (its `Child` is never waited).
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+        tx.send((status, usage.ru_maxrss as u64)).unwrap();
+    });
+    let (timed_out, (status, max_rss_kib)) = match rx.recv_timeout(limit) {
+        Ok(r) => (false, r),
+        Err(_) => {
+            // SAFETY: signalling our own child, which is not reaped until wait4 returns.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            (true, rx.recv().unwrap())
+        }
+    };
+    drop(child);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    Bounded {
+        code,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        max_rss_kib,
+        timed_out,
+    }
+}
+
+/// Apparent bytes of every file below `dir` (not following links).
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
+        total += if m.is_dir() {
+            tree_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
