@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{run_bounded, tree_bytes, Env};
 use serde_json::Value;
-use xcache::remote::bundle::{self, Index, IndexEntry, ImportOutcome, Refusal};
+use xcache::remote::bundle::{self, ImportOutcome, Index, IndexEntry, Refusal};
 
 /// Counts what each thread has allocated, and its peak, so that a test can bound what
 /// one call allocates while other tests run beside it.
@@ -333,7 +333,11 @@ fn a_bomb_bundle_is_refused_within_its_limits_through_the_cli() {
         assert_eq!(report["unpacked"], 0, "{report}");
         assert_eq!(report["limits"]["entry"], 256 * MIB, "{report}");
         assert!(written < MIB, "{written} bytes written");
-        assert!(r.max_rss_kib < RSS_LIMIT_KIB, "peak RSS {} KiB", r.max_rss_kib);
+        assert!(
+            r.max_rss_kib < RSS_LIMIT_KIB,
+            "peak RSS {} KiB",
+            r.max_rss_kib
+        );
     }
     // In words: each row names the entry's source and the setting.
     let bomb = env.dir.path().join("bomb0.tar.zst");
@@ -382,7 +386,11 @@ fn the_total_limit_stops_an_import_at_max_size() {
         written > 20 * MIB && written < 25 * MIB,
         "{written} bytes written"
     );
-    assert!(r.max_rss_kib < RSS_LIMIT_KIB, "peak RSS {} KiB", r.max_rss_kib);
+    assert!(
+        r.max_rss_kib < RSS_LIMIT_KIB,
+        "peak RSS {} KiB",
+        r.max_rss_kib
+    );
     // Raised as the message says: the rest comes in.
     let mut c = xc(&env, "b", &["import", bomb.to_str().unwrap(), "--json"]);
     c.env("XCACHE_FLAGS", "handout_grace=0s,max_size=1GiB");
@@ -438,8 +446,15 @@ fn an_archive_that_expands_like_a_bomb_is_cut_off_through_the_cli() {
         report["damaged"].as_str().unwrap().contains("expands"),
         "{report}"
     );
-    assert!(outcomes(&report).iter().all(|g| g.1 == "corrupt"), "{report}");
-    assert!(r.max_rss_kib < RSS_LIMIT_KIB, "peak RSS {} KiB", r.max_rss_kib);
+    assert!(
+        outcomes(&report).iter().all(|g| g.1 == "corrupt"),
+        "{report}"
+    );
+    assert!(
+        r.max_rss_kib < RSS_LIMIT_KIB,
+        "peak RSS {} KiB",
+        r.max_rss_kib
+    );
 }
 
 #[test]
