@@ -184,7 +184,7 @@ pub const SETTINGS: &[SettingInfo] = &[
     SettingInfo {
         name: "remote_sign_key",
         default: "",
-        doc: "A file holding a secret: uploads and exported bundles are signed with a MAC under it, and fetched values and imported bundles are checked against it. Writers (CI) and readers share it; nobody without it can publish a value that verifies.",
+        doc: "A file holding a secret (a regular file, at most 64 KiB): uploads and exported bundles are signed with a MAC under it, and fetched values and imported bundles are checked against it. Writers (CI) and readers share it; nobody without it can publish a value that verifies.",
     },
     SettingInfo {
         name: "remote_verify",
