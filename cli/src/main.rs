@@ -609,10 +609,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Verify { repair, json }) => {
             let config = config(&cli)?;
-            let store = Store::open(&config)?;
             let bar = progress::Progress::new("verifying");
-            let report =
-                ops::verify::verify_with_progress(&store, *repair, &|d, t| bar.update(d, t))?;
+            let report = ops::verify::open_and_verify(&config, *repair, &|d, t| bar.update(d, t))?;
             drop(bar);
             show::verify(&mut out, &report, *repair, *json)?;
             status(report.clean())
