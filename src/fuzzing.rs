@@ -153,7 +153,7 @@ pub fn bundle_into(store: &Store, data: &[u8]) {
                 if e.compiledir == report.compiledir =>
             {
                 // Refused now; it may have come in whole from an earlier input.
-                assert!(!matches!(here, Err(_)), "{}: {here:?}", e.key)
+                assert!(here.is_ok(), "{}: {here:?}", e.key)
             }
             _ => {}
         }

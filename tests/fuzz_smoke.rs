@@ -435,7 +435,7 @@ fn packed_values_never_panic_on_random_bytes() {
     }
     .encode(None);
     for _ in 0..20_000 {
-        let mut v = if rng.next() % 2 == 0 {
+        let mut v = if rng.next().is_multiple_of(2) {
             seed.clone()
         } else {
             b"XCE1\0".to_vec()
