@@ -342,7 +342,7 @@ impl Verification {
                 }
             }
             (_, None) if self.required => {
-                Err("it is not signed, and remote_verify = required".into())
+                Err("it is not signed, and signatures are required (remote_verify = required, the default where remote_sign_key is set)".into())
             }
             (None, Some(_)) => Ok(Signature::NotChecked),
             (_, None) => Ok(Signature::Unsigned),
