@@ -129,12 +129,6 @@ pub const MAX_EXPANSION: u64 = 32;
 /// the headers and padding of a bundle of a few small entries.
 pub const EXPANSION_SLACK: u64 = 1 << 20;
 
-/// Bytes a packed value may have beyond what it unpacks to: its header and MAC, and
-/// what zstd adds to data it cannot compress.
-fn packed_bound(unpacked: u64) -> u64 {
-    unpacked + unpacked / 128 + (64 << 10)
-}
-
 /// What one import may unpack (and so write): from the settings, see
 /// [`ImportLimits::from_config`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1181,7 +1175,7 @@ impl Visit for ImportVisit<'_> {
         // A packed value is about the size of what it unpacks to, or smaller: one
         // larger than the limit allows is refused unread.
         let cap = self.report.limits.entry.min(self.total_left());
-        if entry.size > packed_bound(cap) {
+        if entry.size > pack::packed_bound(cap) {
             self.outcomes[i] = Some(self.too_large(entry.size, true));
             return false;
         }

@@ -24,7 +24,7 @@ use super::breaker::Breaker;
 use crate::clock::{unix_secs, Clock};
 use crate::config::{redact, RemoteMode};
 use crate::store::key::Key;
-use crate::store::pack::{Packed, SignKey};
+use crate::store::pack::{self, Packed, SignKey};
 use crate::store::remote::Remote;
 use crate::store::stats::{Recorder, RemoteEvent};
 
@@ -373,13 +373,27 @@ impl Remote for RedisTier {
     fn fetch(&self, key: &Key) -> Option<Packed> {
         let start = Instant::now();
         let ek = self.entry_key(key);
-        let bytes = self.with_conn(|c| c.get::<_, Option<Vec<u8>>>(&ek))??;
-        match Packed::decode(
-            &bytes,
-            self.sign.as_ref(),
-            self.verify_required,
-            self.max_entry,
-        ) {
+        // Never more than a value within the entry limit can weigh (and one byte to
+        // tell a larger one): a huge value is refused unread, not held first.
+        let most = pack::packed_bound(self.max_entry);
+        let bytes = self.with_conn(|c| c.getrange::<_, Vec<u8>>(&ek, 0, most as isize))?;
+        if bytes.is_empty() {
+            return None; // no such value
+        }
+        let decoded = if bytes.len() as u64 > most {
+            Err(pack::Reject::TooLarge {
+                at_least: self.max_entry + 1,
+                max: self.max_entry,
+            })
+        } else {
+            Packed::decode(
+                &bytes,
+                self.sign.as_ref(),
+                self.verify_required,
+                self.max_entry,
+            )
+        };
+        match decoded {
             Ok(p) => {
                 self.stats
                     .remote(RemoteEvent::Hit, bytes.len() as u64, start.elapsed());

@@ -28,6 +28,13 @@ pub const MAGIC: &[u8; 4] = b"XCE1";
 /// and a bound on what a lying remote can make a reader allocate whatever the settings.
 pub const MAX_UNPACKED: u64 = 1 << 30;
 
+/// The most a packed value may weigh when it unpacks to at most `unpacked`: its header
+/// and MAC, and what zstd adds to data it cannot compress. A larger value unpacks to
+/// more, and is refused before it is read whole.
+pub fn packed_bound(unpacked: u64) -> u64 {
+    unpacked + unpacked / 128 + (64 << 10)
+}
+
 /// Most files one value may hold: an entry has its artifact, its source and its extra
 /// inputs; a count beyond this is a value made to cost bookkeeping, not an entry.
 pub const MAX_FILES: u32 = 65_536;
