@@ -122,6 +122,11 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "Size above which the current compiledir is pruned automatically after a compile (and the default of `prune --max-size`); 0 turns it off. 5GiB, as ccache: thousands of kernels, a small share of a disk.",
     },
     SettingInfo {
+        name: "max_entry_size",
+        default: "256MiB",
+        doc: "Largest entry taken from elsewhere (a bundle's, the remote tier's), unpacked: a larger one is refused before it is unpacked, and one import unpacks at most max_size in all. 256MiB is far above any kernel library and bounds what a hostile bundle or remote can make xcache allocate and write; never above 1GiB (0 means 1GiB).",
+    },
+    SettingInfo {
         name: "low_water",
         default: "0.8",
         doc: "Pruning by size stops at this fraction of max_size, so that the next few compiles do not trigger another prune at once.",
@@ -184,12 +189,12 @@ pub const SETTINGS: &[SettingInfo] = &[
     SettingInfo {
         name: "remote_sign_key",
         default: "",
-        doc: "A file holding a secret: uploads and exported bundles are signed with a MAC under it, and fetched values and imported bundles are checked against it. Writers (CI) and readers share it; nobody without it can publish a value that verifies.",
+        doc: "A file holding a secret (a regular file, at most 64 KiB): uploads and exported bundles are signed with a MAC under it, and fetched values and imported bundles are checked against it. Writers (CI) and readers share it; nobody without it can publish a value that verifies.",
     },
     SettingInfo {
         name: "remote_verify",
-        default: "if-signed",
-        doc: "`required`: refuse any remote value or bundle that is not signed with remote_sign_key (a read-only team that trusts only CI). `if-signed`: check signatures where there are any.",
+        default: "",
+        doc: "`required`: refuse any remote value or bundle that is not signed with remote_sign_key (a read-only team that trusts only CI). `if-signed`: check signatures where there are any, and accept unsigned ones. Unset: `required` when remote_sign_key is set (a configured key is meant to be checked: a signature stripped off must not pass as unsigned), else `if-signed`.",
     },
 ];
 
@@ -388,6 +393,9 @@ pub struct Config {
     shared_group_text: String,
     /// Automatic pruning threshold in bytes; 0 is off.
     pub max_size: u64,
+    /// Largest entry taken from elsewhere, unpacked, in bytes; 0: the 1 GiB ceiling.
+    /// [`Config::entry_limit`] is what applies.
+    pub max_entry_size: u64,
     /// Fraction of `max_size` that pruning by size stops at.
     pub low_water: f64,
     /// Minimum time between automatic prunes.
@@ -412,8 +420,9 @@ pub struct Config {
     pub remote_ttl: Duration,
     /// The signing secret's file.
     pub remote_sign_key: Option<PathBuf>,
-    /// Whether unsigned values are refused.
-    pub remote_verify_required: bool,
+    /// `remote_verify` as set (`Some(true)`: required); `None`: unset, which means
+    /// required when a sign key is set ([`Config::remote_verify_required`]).
+    pub remote_verify: Option<bool>,
     origins: HashMap<&'static str, Origin>,
     home: Option<PathBuf>,
     xdg_cache_home: Option<PathBuf>,
@@ -455,6 +464,7 @@ impl Config {
             shared_gid: None,
             shared_group_text: String::new(),
             max_size: 0,
+            max_entry_size: 0,
             low_water: 0.0,
             auto_prune_interval: Duration::ZERO,
             stale_after: Duration::ZERO,
@@ -467,7 +477,7 @@ impl Config {
             remote_timeout: Duration::ZERO,
             remote_ttl: Duration::ZERO,
             remote_sign_key: None,
-            remote_verify_required: false,
+            remote_verify: None,
             origins: HashMap::new(),
             home: None,
             xdg_cache_home: None,
@@ -666,6 +676,7 @@ impl Config {
                 self.shared_group_text = value.to_string();
             }
             "max_size" => self.max_size = parse_size(value).map_err(bad_unit)?,
+            "max_entry_size" => self.max_entry_size = parse_size(value).map_err(bad_unit)?,
             "low_water" => match value.parse::<f64>() {
                 Ok(v) if v > 0.0 && v <= 1.0 => self.low_water = v,
                 _ => return Err(bad("a fraction in (0, 1], such as 0.8")),
@@ -709,13 +720,14 @@ impl Config {
             }
             "remote_ttl" => self.remote_ttl = parse_duration(value).map_err(bad_unit)?,
             "remote_sign_key" => self.remote_sign_key = opt(value).map(PathBuf::from),
-            "remote_verify" => {
-                self.remote_verify_required = match value {
-                    "required" => true,
-                    "if-signed" => false,
-                    _ => return Err(bad("`required` or `if-signed`")),
-                }
-            }
+            "remote_verify" => self.remote_verify = match value {
+                "required" => Some(true),
+                "if-signed" => Some(false),
+                "" => None,
+                _ => return Err(bad(
+                    "`required` or `if-signed` (or empty: required when remote_sign_key is set)",
+                )),
+            },
             "cc" => self.cc = opt(value),
             "cxx" => self.cxx = opt(value),
             "nvcc" => self.nvcc = opt(value),
@@ -778,6 +790,47 @@ impl Config {
         ))
     }
 
+    /// Whether remote values and bundles must be signed: `remote_verify` as set, else
+    /// whether a `remote_sign_key` is set (a configured key is meant to be checked).
+    pub fn remote_verify_required(&self) -> bool {
+        self.remote_verify.unwrap_or(self.remote_sign_key.is_some())
+    }
+
+    /// The most an entry from elsewhere (a bundle's, the remote's) may unpack to, in
+    /// bytes: `max_entry_size`, within `max_size` (an entry larger than the cache may
+    /// hold is never worth taking) and never above [`crate::store::pack::MAX_UNPACKED`].
+    pub fn entry_limit(&self) -> u64 {
+        match self.max_size {
+            0 => self.entry_setting_limit(),
+            total => self.entry_setting_limit().min(total),
+        }
+    }
+
+    /// `max_entry_size` within the ceiling.
+    fn entry_setting_limit(&self) -> u64 {
+        let ceiling = crate::store::pack::MAX_UNPACKED;
+        match self.max_entry_size {
+            0 => ceiling,
+            n => n.min(ceiling),
+        }
+    }
+
+    /// The setting that [`Config::entry_limit`] comes from (for an error's fix):
+    /// `max_size` when it is the smaller, else `max_entry_size`.
+    pub fn entry_limit_setting(&self) -> &'static str {
+        if self.max_size != 0 && self.max_size < self.entry_setting_limit() {
+            "max_size"
+        } else {
+            "max_entry_size"
+        }
+    }
+
+    /// The most one import may unpack in all, in bytes: `max_size` (what the cache may
+    /// hold; more would be pruned at the next compile anyway); `None`: no limit.
+    pub fn import_limit(&self) -> Option<u64> {
+        (self.max_size != 0).then_some(self.max_size)
+    }
+
     /// Where a setting's value came from.
     pub fn origin(&self, key: &str) -> Origin {
         self.origins.get(key).cloned().unwrap_or(Origin::Default)
@@ -812,6 +865,7 @@ impl Config {
                     "allowed_flags" => self.allowed_flags.to_string(),
                     "shared_group" => self.shared_group_text.clone(),
                     "max_size" => format_size(self.max_size),
+                    "max_entry_size" => format_size(self.max_entry_size),
                     "low_water" => self.low_water.to_string(),
                     "auto_prune_interval" => format_duration(self.auto_prune_interval),
                     "stale_after" => format_duration(self.stale_after),
@@ -828,13 +882,13 @@ impl Config {
                         .as_ref()
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
-                    "remote_verify" => {
-                        if self.remote_verify_required {
-                            "required".into()
-                        } else {
-                            "if-signed".into()
-                        }
-                    }
+                    // Unset shows as unset (its doc says what applies), so that what is
+                    // shown can be written back.
+                    "remote_verify" => match self.remote_verify {
+                        Some(true) => "required".into(),
+                        Some(false) => "if-signed".into(),
+                        None => String::new(),
+                    },
                     _ => unreachable!(),
                 };
                 (s, value, self.origin(s.name))
@@ -1331,6 +1385,68 @@ mod tests {
                 assert_eq!(value, info.default, "{}", info.name);
             }
         }
+    }
+
+    #[test]
+    fn a_sign_key_makes_signatures_required_unless_loosened() {
+        let load = |flags: &str| {
+            Config::load_from(&env(&[("HOME", "/h"), ("XCACHE_FLAGS", flags)])).unwrap()
+        };
+        // No key: nothing to check with, so unsigned values pass.
+        let c = load("");
+        assert!(!c.remote_verify_required());
+        assert_eq!(c.remote_verify, None);
+        // A key alone: required, by default.
+        let c = load("remote_sign_key=/k");
+        assert!(c.remote_verify_required());
+        assert_eq!(c.origin("remote_verify"), Origin::Default);
+        // An explicit if-signed still loosens it; required stays required.
+        assert!(!load("remote_sign_key=/k,remote_verify=if-signed").remote_verify_required());
+        assert!(load("remote_verify=required").remote_verify_required());
+        // The order of the two settings does not matter.
+        assert!(!load("remote_verify=if-signed,remote_sign_key=/k").remote_verify_required());
+        // Empty is unset again; anything else is an error naming the choices.
+        assert!(load("remote_sign_key=/k,remote_verify=").remote_verify_required());
+        let e = Config::load_from(&env(&[
+            ("HOME", "/h"),
+            ("XCACHE_FLAGS", "remote_verify=yes"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`required` or `if-signed`"), "{e}");
+        // A field set through the API counts too.
+        let mut c = Config::defaults();
+        c.remote_sign_key = Some(PathBuf::from("/k"));
+        assert!(c.remote_verify_required());
+    }
+
+    #[test]
+    fn entry_and_import_limits_come_from_max_entry_size_and_max_size() {
+        let load = |flags: &str| {
+            Config::load_from(&env(&[("HOME", "/h"), ("XCACHE_FLAGS", flags)])).unwrap()
+        };
+        let c = load("");
+        assert_eq!(c.entry_limit(), 256 << 20);
+        assert_eq!(c.entry_limit_setting(), "max_entry_size");
+        assert_eq!(c.import_limit(), Some(5 << 30));
+        // Within max_size, which then names the limit.
+        let c = load("max_size=100MiB");
+        assert_eq!(
+            (c.entry_limit(), c.import_limit()),
+            (100 << 20, Some(100 << 20))
+        );
+        assert_eq!(c.entry_limit_setting(), "max_size");
+        // Never above the ceiling; 0 is the ceiling; max_size 0 is no total limit.
+        let c = load("max_entry_size=4GiB,max_size=0");
+        assert_eq!((c.entry_limit(), c.import_limit()), (1 << 30, None));
+        assert_eq!(load("max_entry_size=0").entry_limit(), 1 << 30);
+        assert_eq!(load("max_entry_size=1MiB").entry_limit(), 1 << 20);
+        // A size needs its unit, as every size does.
+        assert!(Config::load_from(&env(&[
+            ("HOME", "/h"),
+            ("XCACHE_FLAGS", "max_entry_size=5")
+        ]))
+        .is_err());
     }
 }
 

@@ -9,8 +9,11 @@ use crate::compile::expr::{self, Dtype};
 use crate::compile::template;
 use crate::config::Config;
 use crate::platform::CompiledirFormat;
+use crate::remote::bundle::{self, ImportOutcome};
 use crate::store::entry;
 use crate::store::key::Key;
+use crate::store::pack::{Packed, SignKey};
+use crate::store::Store;
 
 const INPUTS: &[&str] = &["a", "b", "c"];
 
@@ -80,4 +83,90 @@ pub fn metadata(data: &[u8]) {
         // A name that parses renders back to itself.
         assert_eq!(f.render(&p), text, "{text:?}");
     }
+}
+
+/// The cap [`packed`] decodes under: small, so that a value that claims more is refused
+/// early, and a test can bound what one call allocates.
+pub const PACKED_CAP: u64 = 1 << 20;
+
+/// Packed values (what the remote tier stores and a bundle carries), unsigned, signed,
+/// and with signatures required: decoding ends in a value or a refusal, never a panic;
+/// what decodes unpacks to at most [`PACKED_CAP`], and encodes again to a value that
+/// decodes the same.
+pub fn packed(data: &[u8]) {
+    let key = SignKey::from_secret(b"a fuzzing secret, long enough");
+    for (sign, required) in [(None, false), (Some(&key), false), (Some(&key), true)] {
+        let Ok(p) = Packed::decode(data, sign, required, PACKED_CAP) else {
+            continue;
+        };
+        assert!(
+            p.unpacked_size() <= PACKED_CAP,
+            "{} bytes",
+            p.unpacked_size()
+        );
+        let again = Packed::decode(&p.encode(sign), sign, required, u64::MAX)
+            .expect("a decoded value, encoded again, decodes");
+        assert_eq!(again, p, "round trip");
+    }
+}
+
+/// The settings [`bundle_into`] expects of its store: a small entry limit and a small
+/// total, so that what a bundle claims meets them.
+pub fn bundle_config(base: &Path) -> Config {
+    let mut c = Config::defaults();
+    c.set_base_dir(base);
+    c.set("max_entry_size", "1MiB").expect("a valid size");
+    c.set("max_size", "8MiB").expect("a valid size");
+    c
+}
+
+/// `xcache import` of `data` into `store` (opened with [`bundle_config`]): the import
+/// ends in a report or an error that says what is wrong, never a panic; it unpacks no
+/// more than its limits; every entry it reports imported (or already here) passes the
+/// hit check; and an entry it did not take is not in the store.
+pub fn bundle_into(store: &Store, data: &[u8]) {
+    let report = match bundle::import_bundle_from(store, Path::new("fuzz.tar.zst"), data) {
+        Ok(r) => r,
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+    };
+    let limits = report.limits;
+    assert!(
+        report.unpacked <= limits.total.unwrap_or(u64::MAX),
+        "{} unpacked, limits {limits:?}",
+        report.unpacked
+    );
+    for e in &report.entries {
+        let key: Key = e.key.parse().expect("the index's keys are checked");
+        let here = store.check_entry(&key);
+        match &e.outcome {
+            ImportOutcome::Imported | ImportOutcome::AlreadyHere => {
+                assert!(
+                    matches!(here, Ok(Some(_))),
+                    "{} reported taken: {here:?}",
+                    e.key
+                )
+            }
+            ImportOutcome::Refused { .. } | ImportOutcome::Corrupt { .. }
+                if e.compiledir == report.compiledir =>
+            {
+                // Refused now; it may have come in whole from an earlier input.
+                assert!(here.is_ok(), "{}: {here:?}", e.key)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// [`bundle_into`] a store of its own for this process (under the system's temporary
+/// directory): the entry point of the `bundle` fuzz target.
+pub fn bundle(data: &[u8]) {
+    static STORE: std::sync::OnceLock<Store> = std::sync::OnceLock::new();
+    let store = STORE.get_or_init(|| {
+        let base = std::env::temp_dir().join(format!("xcache-fuzz-bundle-{}", std::process::id()));
+        Store::open(&bundle_config(&base)).expect("a store in the temporary directory")
+    });
+    bundle_into(store, data);
 }

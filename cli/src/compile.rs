@@ -187,7 +187,11 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
     // Asked before the request is served: afterwards it would be a hit.
     let explanation = if *explain {
         let e = jit.explain(&req)?;
-        eprintln!("xcache: explain: {}: {e}", req.display_name());
+        let line = format!("{}: {e}", req.display_name());
+        eprintln!(
+            "xcache: explain: {}",
+            super::human::terminal_safe_text(&line)
+        );
         Some(e)
     } else {
         None
@@ -239,7 +243,10 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
     // Repaired cache faults were already logged as warnings by the library;
     // compiler warnings are shown when the compiler ran, as a compiler would.
     if !report.compiler_output.trim().is_empty() {
-        eprint!("{}", report.compiler_output);
+        eprint!(
+            "{}",
+            super::human::terminal_safe_text(&report.compiler_output)
+        );
     }
     if *json {
         let mut v = json!({

@@ -1,6 +1,112 @@
-//! Human-readable sizes, ages and durations for the CLI's tables.
+//! Human-readable sizes, ages and durations for the CLI's tables, and the one place
+//! that makes text from data safe to show on a terminal ([`terminal_safe`]).
 
+use std::borrow::Cow;
+use std::io::{self, Write};
 use std::time::Duration;
+
+/// True for a character a terminal would act on, or that would reorder what is shown,
+/// rather than display: control characters (C0, DEL, C1: escape sequences start with
+/// ESC or CSI) and the bidirectional formatting characters.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escape<'a>(s: &'a str, keep: &[char]) -> Cow<'a, str> {
+    if !s.chars().any(|c| acts_on_terminal(c) && !keep.contains(&c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !acts_on_terminal(c) || keep.contains(&c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Text from data (a source name, a path, a member of a bundle, a message that carries
+/// them) as it may be shown on a terminal: every character a terminal would act on is
+/// shown escaped (`\x1b`, `\x07`, `\u{202e}`), never emitted; a line break too, so
+/// that one name stays one table cell. Everything xcache prints for people goes
+/// through here (tables, [`TerminalSafe`], errors and warnings); `--json` does not
+/// need to: JSON escapes control characters itself.
+pub fn terminal_safe(s: &str) -> Cow<'_, str> {
+    escape(s, &[])
+}
+
+/// [`terminal_safe`] for text of several lines (compiler output, an error with its
+/// causes): line breaks and tabs are kept, everything else is escaped alike.
+pub fn terminal_safe_text(s: &str) -> Cow<'_, str> {
+    escape(s, &['\n', '\t'])
+}
+
+/// A writer that shows what goes through it with [`terminal_safe_text`], a line at a
+/// time (so that a character split between two writes is whole when it is looked at).
+/// The human output of every command goes through one; with `active` false (JSON, or
+/// a path printed for a script to use) it passes bytes through unchanged.
+pub struct TerminalSafe<W: Write> {
+    inner: W,
+    active: bool,
+    pending: Vec<u8>,
+}
+
+impl<W: Write> TerminalSafe<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W, active: bool) -> TerminalSafe<W> {
+        TerminalSafe {
+            inner,
+            active,
+            pending: Vec::new(),
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let text = String::from_utf8_lossy(bytes);
+        self.inner.write_all(terminal_safe_text(&text).as_bytes())
+    }
+}
+
+impl<W: Write> Write for TerminalSafe<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.active {
+            return self.inner.write(buf);
+        }
+        match buf.iter().rposition(|&b| b == b'\n') {
+            None => self.pending.extend_from_slice(buf),
+            Some(end) if self.pending.is_empty() => {
+                self.emit(&buf[..=end])?;
+                self.pending.extend_from_slice(&buf[end + 1..]);
+            }
+            Some(end) => {
+                let mut line = std::mem::take(&mut self.pending);
+                line.extend_from_slice(&buf[..=end]);
+                self.emit(&line)?;
+                self.pending.extend_from_slice(&buf[end + 1..]);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.emit(&rest)?;
+        }
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for TerminalSafe<W> {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
 
 /// `1 entry`, `2 entries`, `0 entries`.
 pub fn count(n: u64, one: &str, many: &str) -> String {
@@ -76,6 +182,12 @@ pub fn output_width() -> Option<usize> {
 /// and `rows`, as [`table`] lays it out, fits in `width` characters; the column keeps
 /// at least 12 characters whatever the width.
 pub fn shrink_column(header: &[&str], rows: &mut [Vec<String>], col: usize, width: usize) {
+    // Measured as shown: an escape sequence in a name is shown escaped, not skipped.
+    for c in rows.iter_mut().flatten() {
+        if let Cow::Owned(safe) = terminal_safe(c) {
+            *c = safe;
+        }
+    }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             rows.iter()
@@ -104,8 +216,14 @@ pub fn shrink_column(header: &[&str], rows: &mut [Vec<String>], col: usize, widt
 }
 
 /// Lays out rows in columns: each column as wide as its widest cell; columns listed in
-/// `right` are right-aligned (numbers), the rest left-aligned.
+/// `right` are right-aligned (numbers), the rest left-aligned. Cells are shown with
+/// [`terminal_safe`].
 pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    let safe: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| terminal_safe(c)).collect())
+        .collect();
+    let rows = &safe;
     let n = header.len();
     let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
@@ -135,7 +253,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
     };
     let mut out = line(header.to_vec());
     for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push_str(&line(r.iter().map(|c| c.as_ref()).collect()));
     }
     out
 }
@@ -202,6 +320,49 @@ mod tests {
         // Never below 12 characters, however narrow.
         shrink_column(&header, &mut rows, 1, 5);
         assert_eq!(rows[0][1].chars().count(), 12);
+    }
+
+    #[test]
+    fn what_a_terminal_would_act_on_is_shown_escaped() {
+        let name = "k\x1b]0;pwned\x07\x1b[2J\u{202e}c.\u{9b}1m\tx\ny.c";
+        assert_eq!(
+            terminal_safe(name),
+            "k\\x1b]0;pwned\\x07\\x1b[2J\\u{202e}c.\\x9b1m\\x09x\\x0ay.c"
+        );
+        assert_eq!(
+            terminal_safe_text(name),
+            "k\\x1b]0;pwned\\x07\\x1b[2J\\u{202e}c.\\x9b1m\tx\ny.c"
+        );
+        assert!(matches!(terminal_safe("plain é.c"), Cow::Borrowed(_)));
+        // In a table, the escaped name is one cell and the columns still align.
+        let t = table(
+            &["SOURCE", "SIZE"],
+            &[
+                vec![name.into(), "1 B".into()],
+                vec!["k.c".into(), "2 B".into()],
+            ],
+            &[1],
+        );
+        assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t:?}");
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert_eq!(lines[1].chars().count(), lines[2].chars().count(), "{t}");
+        // Through the writer, even when a write splits a line or a character.
+        let mut out = TerminalSafe::new(Vec::new(), true);
+        let bytes = format!("{name}\nnext \u{9b} line\n");
+        let (a, b) = bytes.as_bytes().split_at(bytes.find('\u{9b}').unwrap() + 1);
+        out.write_all(a).unwrap();
+        out.write_all(b).unwrap();
+        out.flush().unwrap();
+        let shown = String::from_utf8(std::mem::take(&mut out.inner)).unwrap();
+        assert_eq!(
+            shown,
+            format!("{}\nnext \\x9b line\n", terminal_safe_text(name))
+        );
+        // Inactive (JSON): unchanged.
+        let mut raw = TerminalSafe::new(Vec::new(), false);
+        raw.write_all(b"\x1b[2J").unwrap();
+        assert_eq!(std::mem::take(&mut raw.inner), b"\x1b[2J");
     }
 
     #[test]

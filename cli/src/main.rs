@@ -362,9 +362,9 @@ fn finish(result: Result<ExitCode>, json: bool) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let causes = error_chain(&e);
-            eprintln!("xcache: error: {}", causes[0]);
+            eprintln!("xcache: error: {}", human::terminal_safe_text(&causes[0]));
             for cause in &causes[1..] {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", human::terminal_safe_text(cause));
             }
             if json {
                 println!("{}", json_error(&e));
@@ -441,7 +441,17 @@ fn status(ok: bool) -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
+    // Human output is shown terminal-safe (names from data carry no escape sequence to
+    // the terminal); JSON is exact already, and so is a path printed for a script.
+    let exact = match &cli.command {
+        None
+        | Some(Command::Compile(_))
+        | Some(Command::Completions { .. })
+        | Some(Command::Man { .. })
+        | Some(Command::Basecompiledir { action: None, .. }) => true,
+        Some(c) => c.json(),
+    };
+    let mut out = human::TerminalSafe::new(std::io::stdout().lock(), !exact);
     let code = match &cli.command {
         None => {
             let store = Store::open(&config(&cli)?)?;
@@ -603,10 +613,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Verify { repair, json }) => {
             let config = config(&cli)?;
-            let store = Store::open(&config)?;
             let bar = progress::Progress::new("verifying");
-            let report =
-                ops::verify::verify_with_progress(&store, *repair, &|d, t| bar.update(d, t))?;
+            let report = ops::verify::open_and_verify(&config, *repair, &|d, t| bar.update(d, t))?;
             drop(bar);
             show::verify(&mut out, &report, *repair, *json)?;
             status(report.clean())
@@ -732,7 +740,12 @@ pub fn init_logging() {
                 log::Level::Debug => "debug",
                 log::Level::Trace => "trace",
             };
-            writeln!(buf, "xcache: {level}: {}", record.args())
+            let message = record.args().to_string();
+            writeln!(
+                buf,
+                "xcache: {level}: {}",
+                human::terminal_safe_text(&message)
+            )
         })
         .try_init()
         .ok();

@@ -50,12 +50,13 @@ pub fn run(out: &mut impl Write, config: Config, args: &WarmArgs) -> Result<Exit
             Ok(o) => format!("compiled in {} ms", o.meta.compile_ms),
             Err(_) => "FAILED".to_string(),
         };
+        let label = human::terminal_safe(&item.label);
         match &bar {
             Some(b) => {
-                b.set_message(format!("{}: {what}", item.label));
+                b.set_message(format!("{label}: {what}"));
                 b.inc(1);
             }
-            None => eprintln!("[{n}/{total}] {}: {what}", item.label),
+            None => eprintln!("[{n}/{total}] {label}: {what}"),
         }
     };
     let report = warm::warm(&jit, &items, jobs, &progress);

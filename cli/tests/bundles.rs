@@ -446,7 +446,7 @@ fn signed_bundles_and_remote_verify_required() {
             if required {
                 ",remote_verify=required"
             } else {
-                ""
+                ",remote_verify=if-signed"
             }
         )
     };
@@ -616,4 +616,142 @@ fn what_is_not_a_bundle_is_refused_and_an_export_replaces_its_file_whole() {
     .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nowhere"), "{}", stderr(&o));
+}
+
+/// The bundle at `path` without its `index.mac` member: the rest byte for byte.
+fn strip_mac(path: &Path, out: &Path) {
+    let tar_bytes = zstd::stream::decode_all(std::fs::File::open(path).unwrap()).unwrap();
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dropped = 0;
+    for m in archive.entries().unwrap() {
+        let mut m = m.unwrap();
+        let name = String::from_utf8_lossy(&m.path_bytes()).into_owned();
+        if name == xcache::remote::bundle::MAC_MEMBER {
+            dropped += 1;
+            continue;
+        }
+        let mut header = m.header().clone();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut m, &mut bytes).unwrap();
+        tar.append_data(&mut header, name, &bytes[..]).unwrap();
+    }
+    assert_eq!(dropped, 1, "a signed bundle has one MAC");
+    let tar = tar.into_inner().unwrap();
+    std::fs::write(out, zstd::stream::encode_all(&tar[..], 3).unwrap()).unwrap();
+}
+
+#[test]
+fn a_signed_bundle_whose_mac_was_removed_is_refused_where_a_key_is_set() {
+    let env = Env::new();
+    let reqs = requests(&env);
+    let built = compile(&env, "a", &reqs[1], &[]);
+    let key = env.file("sign.key", "a secret of thirty-two characters\n");
+    let with_key = |base: &str, args: &[&str], extra: &str| {
+        let mut c = xc(&env, base, args);
+        c.env(
+            "XCACHE_FLAGS",
+            format!("handout_grace=0s,remote_sign_key={}{extra}", key.display()),
+        );
+        c
+    };
+    let signed = bundle(&env, "signed.tar.zst");
+    let e = ok_json(with_key(
+        "a",
+        &["export", "--out", s(&signed), "--json"],
+        "",
+    ));
+    assert_eq!(e["signed"], true);
+    let stripped = bundle(&env, "stripped.tar.zst");
+    strip_mac(&signed, &stripped);
+
+    // A key alone makes signatures required: the stripped bundle is refused whole.
+    let (o, v) = run_json(with_key("b", &["import", s(&stripped), "--json"], ""));
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(v["error"]["kind"], "untrusted", "{v}");
+    assert!(
+        stderr(&o).contains("not signed") && stderr(&o).contains("remote_verify = if-signed"),
+        "{}",
+        stderr(&o)
+    );
+    let listed = ok_json(xc(&env, "b", &["list", "--json"]));
+    assert!(listed.as_array().unwrap().is_empty(), "{listed}");
+    // So the request is compiled here, not loaded from the bundle.
+    let v = compile(&env, "b", &reqs[1], &[]);
+    assert_eq!(
+        (v["hit"].clone(), v["key"].clone()),
+        (false.into(), built["key"].clone())
+    );
+    // The intact bundle passes, verified.
+    let i = ok_json(with_key("c", &["import", s(&signed), "--json"], ""));
+    assert_eq!(i["signature"], "verified");
+    assert_eq!(count(&i, "imported"), 1, "{i}");
+    // `remote_verify = if-signed`, set explicitly, still loosens it.
+    let i = ok_json(with_key(
+        "d",
+        &["import", s(&stripped), "--json"],
+        ",remote_verify=if-signed",
+    ));
+    assert_eq!(i["signature"], "unsigned");
+    assert_eq!(count(&i, "imported"), 1, "{i}");
+    // `xcache config` shows it unset by default, and says what unset means.
+    let cfg = ok_json(with_key("a", &["config", "--json"], ""));
+    let row = cfg
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "remote_verify")
+        .unwrap();
+    assert_eq!(row["value"], "", "{row}");
+    assert!(
+        row["doc"]
+            .as_str()
+            .unwrap()
+            .contains("`required` when remote_sign_key is set"),
+        "{row}"
+    );
+}
+
+#[test]
+fn a_sign_key_that_is_no_regular_file_is_an_error_not_a_hang() {
+    let env = Env::new();
+    let reqs = requests(&env);
+    compile(&env, "a", &reqs[1], &[]);
+    let fifo = env.dir.path().join("key.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let big = env.dir.path().join("big.key");
+    std::fs::write(&big, vec![b'k'; 100 << 10]).unwrap();
+    let out = bundle(&env, "b.tar.zst");
+    ok_json(xc(&env, "a", &["export", "--out", s(&out), "--json"]));
+    for (key, says) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (big.as_path(), "more than the 65536 allowed"),
+    ] {
+        for args in [
+            vec!["export", "--out", s(&out), "--json"],
+            vec!["import", s(&out), "--json"],
+        ] {
+            let mut c = xc(&env, "a", &args);
+            c.env(
+                "XCACHE_FLAGS",
+                format!("handout_grace=0s,remote_sign_key={}", key.display()),
+            );
+            let r = common::run_bounded(c, env.dir.path(), std::time::Duration::from_secs(60));
+            assert!(!r.timed_out, "{args:?} with {}: hung", key.display());
+            assert_eq!(r.code, Some(1), "{r:?}");
+            let v: Value = serde_json::from_str(&r.stdout).unwrap();
+            assert_eq!(v["error"]["kind"], "config", "{v}");
+            assert!(
+                r.stderr.contains(key.to_str().unwrap())
+                    && r.stderr.contains(says)
+                    && r.stderr
+                        .contains("Fix: point remote_sign_key at a regular file"),
+                "{}",
+                r.stderr
+            );
+        }
+    }
 }

@@ -571,6 +571,39 @@ fn warm_reports_failures_and_refuses_paths_outside_the_manifest() {
 }
 
 #[test]
+fn warm_refuses_a_fifo_listed_as_include_or_source_without_hanging() {
+    let env = Env::new();
+    let tree = env.dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("ok.c"), "int ok(void) { return 1; }\n").unwrap();
+    for name in ["defs.h", "fifo.c"] {
+        let c = std::ffi::CString::new(tree.join(name).to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path. Nobody ever opens its other end.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+    for (manifest, named) in [
+        (r#"[{"source": "ok.c", "include": ["defs.h"]}]"#, "defs.h"),
+        (r#"[{"source": "fifo.c"}]"#, "fifo.c"),
+    ] {
+        std::fs::write(tree.join("m.json"), manifest).unwrap();
+        let r = common::run_bounded(
+            env.cmd(&["warm", tree.join("m.json").to_str().unwrap()]),
+            env.dir.path(),
+            std::time::Duration::from_secs(60),
+        );
+        assert!(!r.timed_out, "warm waited on a FIFO: {manifest}");
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert!(
+            r.stderr.contains(tree.join(named).to_str().unwrap())
+                && r.stderr.contains("is not a regular file")
+                && r.stderr.contains("requests[0]"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
 fn stats_count_hits_misses_and_compile_time_and_reset() {
     let env = Env::new();
     let s = src(&env, "a.c");

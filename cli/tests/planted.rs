@@ -311,3 +311,86 @@ fn a_fan_directory_others_may_write_is_refused_by_hits_and_repaired_by_verify() 
     let hit = env.json(&["compile", src.to_str().unwrap(), "--json"]);
     assert_eq!(hit["hit"], true);
 }
+
+#[test]
+fn verify_repair_removes_a_link_planted_where_a_compiledir_directory_should_be() {
+    for sub in ["entries", "locks", "manifests", "tmp"] {
+        let env = Env::new();
+        let v = Victims::new(&env);
+        compile(&env);
+        let cd = env.compiledir();
+        let planted = cd.join(sub);
+        std::fs::remove_dir_all(&planted).unwrap();
+        symlink(&v.dir, &planted).unwrap();
+        // Every verb refuses it by name, and says what mends it.
+        let o = env.run(&["verify"]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(planted.to_str().unwrap()) && err.contains("verify --repair"),
+            "{err}"
+        );
+        // And it does.
+        let report = env.json(&["verify", "--repair", "--json"]);
+        v.check(&format!("verify --repair with {sub} planted"));
+        let p = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["path"] == planted.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{sub} not reported: {report:#}"));
+        assert_eq!(p["kind"], "planted-link");
+        assert!(
+            p["repaired"]
+                .as_str()
+                .unwrap()
+                .contains("what it points to is untouched"),
+            "{p}"
+        );
+        let m = std::fs::symlink_metadata(&planted).unwrap();
+        assert!(m.is_dir() && !m.file_type().is_symlink(), "{sub}");
+        assert!(env.json(&["verify", "--json"])["problems"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        // The cache works again.
+        compile(&env);
+        v.check("compile after the repair");
+    }
+    // A link where the compiledir itself should be: the same.
+    let env = Env::new();
+    let v = Victims::new(&env);
+    compile(&env);
+    let cd = env.compiledir();
+    std::fs::rename(&cd, env.dir.path().join("moved")).unwrap();
+    symlink(&v.dir, &cd).unwrap();
+    let o = env.run(&["verify", "--repair"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    v.check("verify --repair with the compiledir planted");
+    assert!(std::fs::symlink_metadata(&cd).unwrap().is_dir());
+    // A FIFO there is removed as well; a regular file is left, with what to do by hand.
+    let fifo = cd.join("tmp");
+    std::fs::remove_dir_all(&fifo).unwrap();
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let report = env.json(&["verify", "--repair", "--json"]);
+    assert!(report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["path"] == fifo.to_str().unwrap() && p["kind"] == "planted-file"));
+    assert!(fifo.is_dir());
+    std::fs::remove_dir_all(&fifo).unwrap();
+    std::fs::write(&fifo, "mine").unwrap();
+    let o = env.run(&["verify", "--repair"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = common::stderr(&o);
+    assert!(
+        err.contains(fifo.to_str().unwrap())
+            && err.contains("not a directory")
+            && err.contains("Fix: remove it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&fifo).unwrap(), "mine");
+}

@@ -658,7 +658,11 @@ fn a_remote_record_cannot_make_a_reader_read_or_probe_other_files() {
     assert_eq!(vb["tier"], "remote", "the real result is still taken: {vb}");
     assert_eq!(vb["key"], va["key"]);
     assert_eq!(call(vb["path"].as_str().unwrap()), 7);
-    assert_eq!(calls(&mut c, "get"), 1, "only the real entry was fetched");
+    assert_eq!(
+        calls(&mut c, "getrange"),
+        1,
+        "only the real entry was fetched"
+    );
     assert!(
         err.contains("outside this request's include search"),
         "{err}"
@@ -676,7 +680,7 @@ fn a_remote_record_cannot_make_a_reader_read_or_probe_other_files() {
     let s = Machine::new(&env, "strict", &redis.url(), &strict);
     let (vs, err) = s.compile(&src);
     assert_eq!(vs["tier"], "local", "{vs}");
-    assert_eq!(calls(&mut c, "get"), 0, "{err}");
+    assert_eq!(calls(&mut c, "getrange"), 0, "{err}");
     assert!(err.contains("unsigned"), "{err}");
     // A signed record whose path was changed afterwards does not verify.
     let ci = Machine::new(&env, "ci", &redis.url(), &strict);
@@ -697,6 +701,69 @@ fn a_remote_record_cannot_make_a_reader_read_or_probe_other_files() {
     let dev = Machine::new(&env, "dev", &redis.url(), &strict);
     let (vd, err) = dev.compile(&src2);
     assert_eq!(vd["tier"], "local", "{vd}");
-    assert_eq!(calls(&mut c, "get"), 0, "{err}");
+    assert_eq!(calls(&mut c, "getrange"), 0, "{err}");
     assert!(err.contains("signature does not verify"), "{err}");
+}
+
+#[test]
+#[ignore = "needs redis-server: scripts/test.sh runs it where found"]
+fn a_remote_value_beyond_the_entry_limit_is_refused_before_it_is_unpacked() {
+    use common::{zstd_frame, Part};
+    use redis::Commands;
+    let env = Env::new();
+    let redis = Redis::start(&[]);
+    let a = Machine::new(&env, "a", &redis.url(), "");
+    let src = source(&env, "k.c", 7);
+    let (va, _) = a.compile(&src);
+    let mut c = redis.client();
+    let keys: Vec<String> = c.keys("xcache:*:e:*").unwrap();
+    let ek = keys
+        .iter()
+        .find(|k| k.ends_with(va["key"].as_str().unwrap()))
+        .unwrap()
+        .clone();
+
+    // A bomb: a few kilobytes that declare a library of 512 MiB.
+    let meta = b"{}";
+    let mut head = Vec::new();
+    head.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    head.extend_from_slice(meta);
+    head.extend_from_slice(&1u32.to_le_bytes());
+    head.extend_from_slice(&6u16.to_le_bytes());
+    head.extend_from_slice(b"lib.so");
+    head.extend_from_slice(&(512u64 << 20).to_le_bytes());
+    let mut bomb = b"XCE1\0".to_vec();
+    bomb.extend_from_slice(&zstd_frame(
+        &[Part::Bytes(head), Part::Zeros(512 << 20)],
+        true,
+    ));
+    assert!(bomb.len() < 64 << 10);
+    let _: () = c.set(&ek, &bomb).unwrap();
+    let b = Machine::new(&env, "b", &redis.url(), "");
+    let r = common::run_bounded(
+        b.cmd(&["compile", src.to_str().unwrap(), "--json"]),
+        env.dir.path(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["tier"], "local", "compiled here: {v}");
+    assert!(
+        r.stderr.contains("more than the 268435456 allowed"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.max_rss_kib < 64 << 10, "peak RSS {} KiB", r.max_rss_kib);
+    assert!(b.stats()["remote_rejected"].as_u64().unwrap() >= 1);
+
+    // A value larger than any within the limit can weigh: refused unread.
+    let big: Vec<u8> = (0..(3u32 << 18))
+        .flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes())
+        .collect();
+    let _: () = c.set(&ek, &big).unwrap();
+    let small = Machine::new(&env, "small", &redis.url(), ",max_entry_size=1MiB");
+    let (v, err) = small.compile(&src);
+    assert_eq!(v["tier"], "local", "{v}");
+    assert!(err.contains("more than the 1048576 allowed"), "{err}");
+    assert_eq!(call(v["path"].as_str().unwrap()), 7);
 }

@@ -157,22 +157,41 @@ impl SourceRequest {
 
     /// A request for a source file; the language comes from its extension.
     pub fn from_file(path: &Path) -> Result<SourceRequest> {
-        let language = Language::from_path(path).ok_or_else(|| {
+        let language = Self::language_of(path)?;
+        let source = std::fs::read(path).ctx("reading", path)?;
+        Ok(Self::of_file(path, language, source))
+    }
+
+    /// [`SourceRequest::from_file`] for a file someone else named (a warm manifest's
+    /// source): a regular file only, opened without blocking, within `bounds` (see
+    /// [`crate::fsx::read_named_file`]), so that a FIFO or a device is an error, not a
+    /// hang.
+    pub fn from_named_file(path: &Path, bounds: crate::fsx::Bounds) -> Result<SourceRequest> {
+        let language = Self::language_of(path)?;
+        let source = crate::fsx::read_named_file(path, bounds)
+            .map_err(|e| Error::InvalidRequest(named_file_refusal(e)))?;
+        Ok(Self::of_file(path, language, source))
+    }
+
+    fn language_of(path: &Path) -> Result<Language> {
+        Language::from_path(path).ok_or_else(|| {
             Error::InvalidRequest(format!(
                 "cannot tell the language of {}: use a .c file for C, .cc/.cpp/.cxx for C++, or .cu for CUDA",
                 path.display()
             ))
-        })?;
-        let source = std::fs::read(path).ctx("reading", path)?;
+        })
+    }
+
+    fn of_file(path: &Path, language: Language, source: Vec<u8>) -> SourceRequest {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| language.source_file().into());
-        Ok(SourceRequest {
+        SourceRequest {
             name,
             origin: Some(path.to_path_buf()),
             ..SourceRequest::new(language, source)
-        })
+        }
     }
 
     /// Sets the display name.
@@ -363,6 +382,23 @@ pub fn include_roots(flags: &[String]) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Why a file someone else named (a source or a header listed in a warm manifest) was
+/// not read, with what to do.
+pub fn named_file_refusal(e: crate::fsx::NamedFileError) -> String {
+    use crate::fsx::NamedFileError;
+    match e {
+        NamedFileError::NotRegular(p) => format!(
+            "{} is not a regular file (a FIFO, a device or a directory: reading it could block or never end). Fix: name the file itself",
+            p.display()
+        ),
+        NamedFileError::TooLarge { path, size, max } => format!(
+            "{} is {size} bytes, more than the {max} a named file may have. Fix: compile it with `xcache compile`",
+            path.display()
+        ),
+        other => format!("reading {other}"),
+    }
 }
 
 #[cfg(test)]

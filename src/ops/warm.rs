@@ -13,7 +13,10 @@
 //!
 //! Paths are relative to the manifest's directory and may not leave it (no absolute
 //! paths, no `..`): a manifest handed around between machines must not read files
-//! outside its own tree.
+//! outside its own tree. What it names is read as a file someone else named
+//! ([`crate::fsx::read_named_file`]): a regular file of at most [`MAX_LISTED_FILE`],
+//! opened without blocking, so that a FIFO or a device listed as a source or an include
+//! is an error naming it, not a hang.
 //!
 //! A manifest is data, not instructions: its `flags` pass by an allow-list
 //! ([`crate::compile::flags::check_data_flags`]: optimisation, code generation and
@@ -28,10 +31,15 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::compile::flags::Dialect;
-use crate::compile::{Language, Request, SourceRequest, TemplateRequest};
+use crate::compile::{named_file_refusal, Language, Request, SourceRequest, TemplateRequest};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
+use crate::fsx::{read_named_file, Bounds};
 use crate::runtime::{CacheOutcome, Jit};
+
+/// Largest source or include a manifest may name: far beyond any kernel's source, and
+/// a bound on what a manifest from elsewhere can make `warm` read into memory.
+pub const MAX_LISTED_FILE: u64 = 64 << 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,7 +211,8 @@ pub fn load_manifest(path: &Path, config: &Config) -> Result<Vec<WarmItem>> {
                     return Err(at("`params` are for template requests".into()));
                 }
                 let file = inside(base, &src).map_err(at)?;
-                let mut s = SourceRequest::from_file(&file).map_err(|e| at(e.to_string()))?;
+                let mut s = SourceRequest::from_named_file(&file, Bounds::size(MAX_LISTED_FILE))
+                    .map_err(|e| at(e.to_string()))?;
                 s.flags = data_flags(&r.flags, Dialect::of(s.language), (path, i), config)?;
                 for h in &r.include {
                     let hp = inside(base, h).map_err(at)?;
@@ -211,11 +220,9 @@ pub fn load_manifest(path: &Path, config: &Config) -> Result<Vec<WarmItem>> {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
-                    s = s.extra_input(
-                        name,
-                        std::fs::read(&hp)
-                            .map_err(|e| at(format!("reading {}: {e}", hp.display())))?,
-                    );
+                    let bytes = read_named_file(&hp, Bounds::size(MAX_LISTED_FILE))
+                        .map_err(|e| at(format!("include {h:?}: {}", named_file_refusal(e))))?;
+                    s = s.extra_input(name, bytes);
                 }
                 WarmItem {
                     label: src,

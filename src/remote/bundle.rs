@@ -39,11 +39,36 @@
 //! re-derives the keys, checks the artifact's hash, the file names and every header the
 //! result was built from, and publishes it by the normal protocol. A bundle damaged
 //! part way imports what comes before the damage and reports the rest.
+//!
+//! # What an import may cost
+//!
+//! A bundle is small on disk and may say it is huge (zstd of zeros is a few kilobytes
+//! per gigabyte), so every size is checked when it is declared, before it is read or
+//! allocated, and the whole stream is bounded:
+//!
+//! - the archive may expand at most [`MAX_EXPANSION`] times the bytes read from the file
+//!   (plus [`EXPANSION_SLACK`]): its members are packed values, already compressed, so a
+//!   real bundle expands about twice at most; a stream that expands further (zeros
+//!   where no member is listed, a GNU long name of a gigabyte) is damaged from there on;
+//! - each tar member's declared size must be the index's size for it (the index's own
+//!   member at most [`MAX_INDEX`]), checked before it is read;
+//! - an entry of this platform may unpack to at most [`ImportLimits::entry`] (the
+//!   `max_entry_size` setting, within `max_size`): a larger packed value is refused
+//!   before it is read, a larger value as soon as its frame declares it
+//!   ([`Packed::decode`] is given the cap);
+//! - the import unpacks at most [`ImportLimits::total`] (`max_size`) in all: what comes
+//!   after is refused with the limit named, and the rest of the bundle is still read.
+//!
+//! One value is held at a time (its packed bytes, then its files), so memory stays
+//! within about twice the entry limit whatever the bundle says; what is written is what
+//! was unpacked, within the total limit.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +119,38 @@ const MAX_SOURCE: usize = 4096;
 
 /// Unexpected members named in a report (more are counted, not named).
 const MAX_UNEXPECTED_NAMED: usize = 100;
+
+/// How many times its size a bundle's archive may expand: its members are packed
+/// values, compressed already, and its index and tar headers compress a few times; a
+/// real bundle stays near 2. Beyond this it is a decompression bomb.
+pub const MAX_EXPANSION: u64 = 32;
+
+/// What a bundle's archive may expand beyond [`MAX_EXPANSION`] times its size: room for
+/// the headers and padding of a bundle of a few small entries.
+pub const EXPANSION_SLACK: u64 = 1 << 20;
+
+/// What one import may unpack (and so write): from the settings, see
+/// [`ImportLimits::from_config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ImportLimits {
+    /// Most bytes one entry may unpack to ([`Config::entry_limit`]).
+    pub entry: u64,
+    /// The setting `entry` comes from, named in a refusal's fix.
+    pub entry_setting: &'static str,
+    /// Most bytes the import unpacks in all; `None`: no limit (`max_size = 0`).
+    pub total: Option<u64>,
+}
+
+impl ImportLimits {
+    /// `max_entry_size` (within `max_size`) per entry, `max_size` in all.
+    pub fn from_config(config: &Config) -> ImportLimits {
+        ImportLimits {
+            entry: config.entry_limit(),
+            entry_setting: config.entry_limit_setting(),
+            total: config.import_limit(),
+        }
+    }
+}
 
 /// The index of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,14 +304,14 @@ impl Verification {
     /// error, as for the remote tier.
     pub fn from_config(config: &Config) -> Result<Verification> {
         let key = super::sign_key(config)?;
-        if config.remote_verify_required && key.is_none() {
+        if config.remote_verify_required() && key.is_none() {
             return Err(Error::Config(
                 "remote_verify = required needs remote_sign_key: without the key no signature can be checked. Fix: set remote_sign_key to the file holding the secret the bundles are signed with".into(),
             ));
         }
         Ok(Verification {
             key,
-            required: config.remote_verify_required,
+            required: config.remote_verify_required(),
         })
     }
 
@@ -279,7 +336,7 @@ impl Verification {
                 }
             }
             (_, None) if self.required => {
-                Err("it is not signed, and remote_verify = required".into())
+                Err("it is not signed, and signatures are required (remote_verify = required, the default where remote_sign_key is set)".into())
             }
             (None, Some(_)) => Ok(Signature::NotChecked),
             (_, None) => Ok(Signature::Unsigned),
@@ -374,6 +431,8 @@ pub enum Refusal {
     BadSignature,
     /// It is not a packed entry.
     Malformed,
+    /// It unpacks to more than an entry may, or than is left of the import's limit.
+    TooLarge,
 }
 
 /// What an import did with an entry.
@@ -450,6 +509,11 @@ pub struct ImportReport {
     /// Where the bundle could not be read on: the entries not read by then are
     /// reported corrupt.
     pub damaged: Option<String>,
+    /// The limits it was read under.
+    pub limits: ImportLimits,
+    /// Bytes unpacked from its values (what was written, and what was found here
+    /// already).
+    pub unpacked: u64,
 }
 
 impl ImportReport {
@@ -730,6 +794,46 @@ fn member_name<R: Read>(e: &tar::Entry<'_, R>) -> String {
     String::from_utf8_lossy(&e.path_bytes()).into_owned()
 }
 
+/// Counts the bytes read from the bundle's file, for [`Expansion`].
+struct Counted<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The decompressed archive, refused from the point where it has expanded more than
+/// [`MAX_EXPANSION`] times what was read from the file (plus [`EXPANSION_SLACK`]).
+/// Whatever the tar reader does with a member (skip it, read a long name into memory),
+/// it reads through here.
+struct Expansion<R> {
+    inner: R,
+    compressed: Rc<Cell<u64>>,
+    expanded: u64,
+}
+
+impl<R: Read> Read for Expansion<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.expanded += n as u64;
+        let compressed = self.compressed.get();
+        if self.expanded > EXPANSION_SLACK + MAX_EXPANSION.saturating_mul(compressed) {
+            return Err(std::io::Error::other(format!(
+                "it expands to more than {} bytes from {compressed}, beyond what a bundle of packed values can ({MAX_EXPANSION} times, plus {} KiB): a decompression bomb, or not a bundle",
+                self.expanded,
+                EXPANSION_SLACK >> 10
+            )));
+        }
+        Ok(n)
+    }
+}
+
 /// What reading a bundle found besides its values.
 struct ReadEnd {
     /// Which index entries had a member.
@@ -744,12 +848,15 @@ struct ReadEnd {
 /// with the index's size and hash (`Err`: why it does not match).
 trait Visit {
     fn index(&mut self, index: &Index, signature: Signature) -> Result<()>;
-    fn wanted(&self, entry: &IndexEntry) -> bool;
+    /// Whether to read the value of index entry `i` (its member is next); a visitor
+    /// that refuses it without reading it (too large) records why itself.
+    fn wanted(&mut self, i: usize, entry: &IndexEntry) -> bool;
     fn value(&mut self, i: usize, value: std::result::Result<Vec<u8>, String>) -> Result<()>;
 }
 
 /// Reads a bundle's archive: the index, checked and its signature verified, then the
-/// values, matched to the index by member name.
+/// values, matched to the index by member name. Every size is checked as it is
+/// declared, and the stream's expansion is bounded (see the module doc).
 fn read_bundle(
     path: &Path,
     reader: impl Read,
@@ -759,9 +866,18 @@ fn read_bundle(
     let invalid = |why: String| {
         Error::InvalidRequest(format!("{} is not an xcache bundle: {why}", path.display()))
     };
+    let compressed = Rc::new(Cell::new(0));
+    let counted = Counted {
+        inner: reader,
+        read: compressed.clone(),
+    };
     let decoder =
-        zstd::stream::read::Decoder::new(reader).map_err(|e| Error::io("reading", path, e))?;
-    let mut archive = tar::Archive::new(decoder);
+        zstd::stream::read::Decoder::new(counted).map_err(|e| Error::io("reading", path, e))?;
+    let mut archive = tar::Archive::new(Expansion {
+        inner: decoder,
+        compressed,
+        expanded: 0,
+    });
     let mut members = archive
         .entries()
         .map_err(|e| invalid(format!("not a zstd-compressed tar ({e})")))?;
@@ -777,6 +893,12 @@ fn read_bundle(
         return Err(invalid(format!(
             "its first member is {:?}, not {INDEX_MEMBER}",
             member_name(&first)
+        )));
+    }
+    if first.size() > MAX_INDEX {
+        return Err(invalid(format!(
+            "its index declares {} bytes (at most {MAX_INDEX})",
+            first.size()
         )));
     }
     let index_bytes = read_capped(first, MAX_INDEX)
@@ -840,12 +962,19 @@ fn read_bundle(
         };
         end.seen[i] = true;
         let e = &index.entries[i];
-        if !visit.wanted(e) {
+        if !visit.wanted(i, e) {
             item = members.next();
             continue;
         }
         let value = if m.header().entry_type() != tar::EntryType::Regular {
             Err("its member is not a regular file".to_string())
+        } else if m.size() != e.size {
+            // Declared, so known before a byte of it is read.
+            Err(format!(
+                "its member declares {} bytes, the index gives {}",
+                m.size(),
+                e.size
+            ))
         } else {
             match read_capped(m, e.size) {
                 Err(err) => {
@@ -888,9 +1017,22 @@ fn read_bundle(
 /// compiledirs are skipped; refused and corrupt entries are reported (and warned
 /// about), and everything else still imported. An error is the bundle's as a whole (not
 /// a bundle, a signature that does not verify or is required) or this machine's (I/O).
+/// The file must be a regular file (a FIFO or a device is refused, never waited on).
 pub fn import_bundle(store: &Store, path: &Path) -> Result<ImportReport> {
+    let (file, _) = crate::fsx::open_named_file(path, u64::MAX).map_err(|e| match e {
+        crate::fsx::NamedFileError::Io(p, e) => Error::io("opening", p, e),
+        other => Error::InvalidRequest(format!(
+            "{other}: a bundle is read from a regular file. Fix: save it to a file first (e.g. `cat … > cache.tar.zst`)"
+        )),
+    })?;
+    import_bundle_from(store, path, std::io::BufReader::new(file))
+}
+
+/// [`import_bundle`] of a bundle read from `reader`; `path` names it in the report and
+/// in messages.
+pub fn import_bundle_from(store: &Store, path: &Path, reader: impl Read) -> Result<ImportReport> {
     let verification = Verification::from_config(store.config())?;
-    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let limits = ImportLimits::from_config(store.config());
     let report = ImportReport {
         path: path.to_path_buf(),
         compiledir: compiledir_name(store.compiledir()),
@@ -901,6 +1043,8 @@ pub fn import_bundle(store: &Store, path: &Path) -> Result<ImportReport> {
         unexpected: Vec::new(),
         unexpected_count: 0,
         damaged: None,
+        limits,
+        unpacked: 0,
     };
     let mut visit = ImportVisit {
         store,
@@ -909,12 +1053,7 @@ pub fn import_bundle(store: &Store, path: &Path) -> Result<ImportReport> {
         outcomes: Vec::new(),
         last_uses: Vec::new(),
     };
-    let end = read_bundle(
-        path,
-        std::io::BufReader::new(file),
-        &verification,
-        &mut visit,
-    )?;
+    let end = read_bundle(path, reader, &verification, &mut visit)?;
     let ImportVisit {
         mut report,
         outcomes,
@@ -955,6 +1094,54 @@ struct ImportVisit<'a> {
     last_uses: Vec<u64>,
 }
 
+impl ImportVisit<'_> {
+    /// What is left of the import's total limit.
+    fn total_left(&self) -> u64 {
+        self.report
+            .limits
+            .total
+            .map_or(u64::MAX, |t| t.saturating_sub(self.report.unpacked))
+    }
+
+    /// Why an entry that unpacks to at least `at_least` (`packed`: whose packed value
+    /// is that large) is refused: the limit it met, named with its setting and how to
+    /// raise it.
+    fn too_large(&self, at_least: u64, packed: bool) -> ImportOutcome {
+        let limits = &self.report.limits;
+        let what = if packed {
+            format!("its packed value is {at_least} bytes")
+        } else {
+            format!("it unpacks to at least {at_least} bytes")
+        };
+        let ceil = |bytes: u64, unit: u32| (bytes >> unit) + 1;
+        let reason = if self.total_left() < limits.entry {
+            let total = limits.total.unwrap_or(u64::MAX);
+            let needed = self.report.unpacked.saturating_add(at_least);
+            format!(
+                "{what}, and this import has unpacked {} of the {total} it may in all (max_size). Fix: if the bundle is trusted, raise max_size (e.g. XCACHE_FLAGS=max_size={}GiB), or export fewer entries (`xcache export --since`)",
+                self.report.unpacked,
+                ceil(needed, 30)
+            )
+        } else if at_least > pack::MAX_UNPACKED {
+            format!(
+                "{what}, more than any entry may unpack to ({} bytes, whatever the settings): it is no entry xcache wrote",
+                pack::MAX_UNPACKED
+            )
+        } else {
+            let setting = limits.entry_setting;
+            format!(
+                "{what}, more than the {} an entry from elsewhere may unpack to ({setting}). Fix: if the bundle is trusted and its entries are that large, raise {setting} (e.g. XCACHE_FLAGS={setting}={}MiB)",
+                limits.entry,
+                ceil(at_least, 20)
+            )
+        };
+        ImportOutcome::Refused {
+            refusal: Refusal::TooLarge,
+            reason,
+        }
+    }
+}
+
 impl Visit for ImportVisit<'_> {
     fn index(&mut self, index: &Index, signature: Signature) -> Result<()> {
         let r = &mut self.report;
@@ -982,45 +1169,76 @@ impl Visit for ImportVisit<'_> {
         Ok(())
     }
 
-    fn wanted(&self, entry: &IndexEntry) -> bool {
-        entry.compiledir == self.report.compiledir
+    fn wanted(&mut self, i: usize, entry: &IndexEntry) -> bool {
+        if entry.compiledir != self.report.compiledir {
+            return false;
+        }
+        // A packed value is about the size of what it unpacks to, or smaller: one
+        // larger than the limit allows is refused unread.
+        let cap = self.report.limits.entry.min(self.total_left());
+        if entry.size > pack::packed_bound(cap) {
+            self.outcomes[i] = Some(self.too_large(entry.size, true));
+            return false;
+        }
+        true
     }
 
     fn value(&mut self, i: usize, value: std::result::Result<Vec<u8>, String>) -> Result<()> {
-        self.outcomes[i] = Some(match value {
-            Ok(bytes) => import_value(
-                self.store,
-                self.verification,
-                &self.report.entries[i],
-                self.last_uses[i],
-                &bytes,
-            )?,
-            Err(reason) => ImportOutcome::Corrupt { reason },
-        });
+        let bytes = match value {
+            Ok(bytes) => bytes,
+            Err(reason) => {
+                self.outcomes[i] = Some(ImportOutcome::Corrupt { reason });
+                return Ok(());
+            }
+        };
+        let cap = self.report.limits.entry.min(self.total_left());
+        let packed = match Packed::decode(
+            &bytes,
+            self.verification.key.as_ref(),
+            self.verification.required,
+            cap,
+        ) {
+            Ok(p) => p,
+            Err(pack::Reject::TooLarge { at_least, .. }) => {
+                self.outcomes[i] = Some(self.too_large(at_least, false));
+                return Ok(());
+            }
+            Err(r) => {
+                let refusal = match r {
+                    pack::Reject::Unsigned => Refusal::Unsigned,
+                    pack::Reject::BadSignature => Refusal::BadSignature,
+                    pack::Reject::Malformed(_) | pack::Reject::TooLarge { .. } => {
+                        Refusal::Malformed
+                    }
+                };
+                self.outcomes[i] = Some(ImportOutcome::Refused {
+                    refusal,
+                    reason: r.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        drop(bytes); // one value held at a time: its files from here on
+        self.report.unpacked += packed.unpacked_size();
+        self.outcomes[i] = Some(import_value(
+            self.store,
+            &self.report.entries[i],
+            self.last_uses[i],
+            &packed,
+        )?);
         Ok(())
     }
 }
 
-/// Checks one intact value and hands it to the store.
+/// Checks one decoded value against the index and this compiledir, and hands it to the
+/// store.
 fn import_value(
     store: &Store,
-    verification: &Verification,
     entry: &ImportedEntry,
     last_use: u64,
-    bytes: &[u8],
+    packed: &Packed,
 ) -> Result<ImportOutcome> {
     let refused = |refusal, reason: String| Ok(ImportOutcome::Refused { refusal, reason });
-    let packed = match Packed::decode(bytes, verification.key.as_ref(), verification.required) {
-        Ok(p) => p,
-        Err(r) => {
-            let refusal = match r {
-                pack::Reject::Malformed(_) => Refusal::Malformed,
-                pack::Reject::Unsigned => Refusal::Unsigned,
-                pack::Reject::BadSignature => Refusal::BadSignature,
-            };
-            return refused(refusal, r.to_string());
-        }
-    };
     let meta: EntryMeta = match serde_json::from_slice(&packed.meta) {
         Ok(m) => m,
         Err(e) => return refused(Refusal::Invalid, format!("invalid: entry.json: {e}")),
@@ -1048,7 +1266,7 @@ fn import_value(
     // Only headers where its own request's compiler would look are read.
     let scope = crate::compile::search_scope(&meta.key_material, store.config(), store);
     Ok(
-        match store.import_result(&packed, Some(&key), false, &scope, None)? {
+        match store.import_result(packed, Some(&key), false, &scope, None)? {
             Imported::Taken(fetched) => {
                 let outcome = if existed {
                     ImportOutcome::AlreadyHere
@@ -1124,7 +1342,7 @@ mod tests {
             self.index = Some((index.clone(), signature));
             Ok(())
         }
-        fn wanted(&self, _: &IndexEntry) -> bool {
+        fn wanted(&mut self, _: usize, _: &IndexEntry) -> bool {
             true
         }
         fn value(&mut self, i: usize, value: std::result::Result<Vec<u8>, String>) -> Result<()> {
@@ -1356,6 +1574,85 @@ mod tests {
         assert!(got[0].1.is_ok());
         assert!(end.damaged.is_some(), "the damage is reported");
         assert!(!end.seen[2]);
+    }
+
+    /// A tar stream, compressed: the index of `index`, then what `rest` writes.
+    fn archive_with(index: &Index, rest: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let bytes = index.encode();
+        let mut tar = tar::Builder::new(Vec::new());
+        tar.append_data(
+            &mut tar_header(bytes.len() as u64, 0),
+            INDEX_MEMBER,
+            &bytes[..],
+        )
+        .unwrap();
+        rest(&mut tar);
+        let tar = tar.into_inner().unwrap();
+        zstd::bulk::compress(&tar, 3).unwrap()
+    }
+
+    #[test]
+    fn an_archive_that_expands_like_a_bomb_is_cut_off() {
+        let values: [&[u8]; 1] = [b"one"];
+        let index = sample(&values);
+        // A GNU long name of 32 MiB of zeros after the index: the tar reader reads a long
+        // name into memory whole, so the stream's expansion is what bounds it.
+        let b = archive_with(&index, |tar| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::GNULongName);
+            h.set_size(32 << 20);
+            h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+            h.set_cksum();
+            tar.append(&h, std::io::repeat(0).take(32 << 20)).unwrap();
+        });
+        assert!(b.len() < 64 << 10, "{} bytes", b.len());
+        let ((_, _, got), end) = read(&b, &unsigned()).unwrap();
+        assert!(got.is_empty());
+        let d = end.damaged.expect("cut off");
+        assert!(d.contains("expands") && d.contains("bomb"), "{d}");
+        // Zeros where no member is listed, and the same as the index itself.
+        let mut index_bomb = tar_header(MAX_INDEX - 1, 0);
+        index_bomb.set_path(INDEX_MEMBER).unwrap();
+        index_bomb.set_cksum();
+        let mut tar = index_bomb.as_bytes().to_vec();
+        tar.extend(std::iter::repeat_n(0u8, 8 << 20));
+        let b = zstd::bulk::compress(&tar, 3).unwrap();
+        let e = read(&b, &unsigned()).err().unwrap().to_string();
+        assert!(e.contains("expands"), "{e}");
+        // An index that declares more than an index may is refused before it is read.
+        let mut h = tar_header(MAX_INDEX + 1, 0);
+        h.set_path(INDEX_MEMBER).unwrap();
+        h.set_cksum();
+        let b = zstd::bulk::compress(h.as_bytes(), 3).unwrap();
+        let e = read(&b, &unsigned()).err().unwrap().to_string();
+        assert!(e.contains("declares"), "{e}");
+        // A real bundle expands far less than the bound.
+        let big: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i.wrapping_mul(2654435761)).to_le_bytes())
+            .collect();
+        let values: [&[u8]; 2] = [b"small", &big];
+        let index = sample(&values);
+        let ok = bundle(&index, &values, None);
+        assert!(read(&ok, &unsigned()).unwrap().1.damaged.is_none());
+    }
+
+    #[test]
+    fn a_member_must_declare_the_size_its_index_gives() {
+        let values: [&[u8]; 2] = [b"one", b"two"];
+        let index = sample(&values);
+        let b = archive_with(&index, |tar| {
+            let (e0, e1) = (&index.entries[0], &index.entries[1]);
+            // Declares more than the index gives (and holds it).
+            tar.append_data(&mut tar_header(4, 0), e0.member(), &b"one!"[..])
+                .unwrap();
+            tar.append_data(&mut tar_header(3, 0), e1.member(), &b"two"[..])
+                .unwrap();
+        });
+        let ((_, _, got), end) = read(&b, &unsigned()).unwrap();
+        assert!(end.damaged.is_none());
+        let e = got[0].1.as_ref().unwrap_err();
+        assert!(e.contains("declares 4 bytes, the index gives 3"), "{e}");
+        assert_eq!(got[1].1.as_deref(), Ok(&b"two"[..]));
     }
 
     #[test]

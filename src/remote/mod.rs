@@ -23,13 +23,22 @@ use crate::store::stats::Recorder;
 /// in a config file or a command line).
 pub const PASSWORD_ENV: &str = "XCACHE_REMOTE_PASSWORD";
 
+/// Largest `remote_sign_key` file read: a secret is tens of bytes; the file is named by
+/// a setting, so it is read as any file someone named (regular only, never blocking,
+/// bounded: `/dev/zero` or a FIFO there is an error, not a hang).
+pub const MAX_SIGN_KEY: u64 = 64 << 10;
+
 /// The signing key of `remote_sign_key`, if set.
 pub fn sign_key(config: &Config) -> Result<Option<SignKey>> {
     let Some(path) = &config.remote_sign_key else {
         return Ok(None);
     };
-    let secret =
-        std::fs::read(path).map_err(|e| Error::io("reading the remote signing key", path, e))?;
+    let secret = crate::fsx::read_named_file(path, crate::fsx::Bounds::size(MAX_SIGN_KEY))
+        .map_err(|e| {
+            Error::Config(format!(
+                "remote_sign_key: {e}. Fix: point remote_sign_key at a regular file holding the secret (16 bytes to 64 KiB, e.g. made by `head -c 32 /dev/urandom | base64 > FILE`)"
+            ))
+        })?;
     if secret.trim_ascii().len() < 16 {
         return Err(Error::Config(format!(
             "remote_sign_key {}: the secret is shorter than 16 bytes. Fix: put a long random secret there (e.g. `head -c 32 /dev/urandom | base64 > {}`)",
@@ -55,7 +64,7 @@ pub fn redis_from_config(
         return Ok(None);
     }
     let sign = sign_key(config)?;
-    if config.remote_verify_required && sign.is_none() {
+    if config.remote_verify_required() && sign.is_none() {
         return Err(Error::Config(
             "remote_verify = required needs remote_sign_key: without the key no signature can be checked. Fix: set remote_sign_key to the file holding the secret CI signs with".into(),
         ));
@@ -68,9 +77,9 @@ pub fn redis_from_config(
         ttl: Some(config.remote_ttl),
         mode: config.remote_mode,
         sign,
-        verify_required: config.remote_verify_required,
+        verify_required: config.remote_verify_required(),
+        max_entry: config.entry_limit(),
         namespace: namespace.to_string(),
-        max_value: redis::DEFAULT_MAX_VALUE,
     };
     Ok(Some(redis::RedisTier::new(settings, clock, stats)?))
 }

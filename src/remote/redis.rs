@@ -134,6 +134,7 @@ pub struct RedisTier {
     mode: RemoteMode,
     sign: Option<SignKey>,
     verify_required: bool,
+    max_entry: u64,
     prefix: String,
     breaker: Breaker,
     clock: Arc<dyn Clock>,
@@ -167,10 +168,10 @@ pub struct RedisSettings {
     pub sign: Option<SignKey>,
     /// Refuse unsigned values.
     pub verify_required: bool,
+    /// The most a fetched value may unpack to ([`crate::Config::entry_limit`]).
+    pub max_entry: u64,
     /// The platform's namespace: the compiledir's name.
     pub namespace: String,
-    /// Largest value accepted from the remote, in bytes.
-    pub max_value: u64,
 }
 
 /// A failure, by kind (each has its own counter).
@@ -272,13 +273,16 @@ impl RedisTier {
             mode: s.mode,
             sign: s.sign,
             verify_required: s.verify_required,
+            max_entry: s.max_entry,
             prefix: format!("xcache:1:{}:", s.namespace),
             breaker: Breaker::default(),
             clock,
             stats,
             warned: Mutex::new(HashSet::new()),
             limits: Limits {
-                max_bulk: usize::try_from(s.max_value).unwrap_or(usize::MAX),
+                // A value is read with GETRANGE up to what the entry limit allows.
+                max_bulk: usize::try_from(pack::packed_bound(s.max_entry) + 1)
+                    .unwrap_or(usize::MAX),
                 max_array: 4 * MAX_RESULTS.max(1024),
             },
         })
@@ -540,10 +544,32 @@ impl Remote for RedisTier {
     fn fetch(&self, key: &Key, deadline: Instant) -> Option<Packed> {
         let start = Instant::now();
         let ek = self.entry_key(key);
+        // Never more than a value within the entry limit can weigh (and one byte to
+        // tell a larger one): a huge value is refused unread, not held first.
+        let most = pack::packed_bound(self.max_entry);
+        let end = most.to_string();
         let bytes = self
-            .with_conn(deadline, |c, d| c.query(&[b"GET", ek.as_bytes()], d))?
+            .with_conn(deadline, |c, d| {
+                c.query(&[b"GETRANGE", ek.as_bytes(), b"0", end.as_bytes()], d)
+            })?
             .into_bytes()?;
-        match Packed::decode(&bytes, self.sign.as_ref(), self.verify_required) {
+        if bytes.is_empty() {
+            return None; // no such value
+        }
+        let decoded = if bytes.len() as u64 > most {
+            Err(pack::Reject::TooLarge {
+                at_least: self.max_entry + 1,
+                max: self.max_entry,
+            })
+        } else {
+            Packed::decode(
+                &bytes,
+                self.sign.as_ref(),
+                self.verify_required,
+                self.max_entry,
+            )
+        };
+        match decoded {
             Ok(p) => {
                 self.stats
                     .remote(RemoteEvent::Hit, bytes.len() as u64, start.elapsed());
@@ -666,10 +692,6 @@ impl Remote for RedisTier {
         }
     }
 }
-
-/// The largest packed value a reader accepts by default: what [`Packed::decode`]
-/// accepts unpacked, plus what zstd may add to data it cannot compress.
-pub const DEFAULT_MAX_VALUE: u64 = pack::MAX_UNPACKED + pack::MAX_UNPACKED / 128;
 
 #[cfg(test)]
 mod tests {

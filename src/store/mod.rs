@@ -485,20 +485,7 @@ impl Store {
 
     /// Like [`Store::open`] with an injected clock.
     pub fn open_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Store> {
-        let base = config.base_dir()?;
-        // The fields are public: check again what reaches a path.
-        check_runtime_tag(&config.runtime_tag).map_err(|m| {
-            Error::Config(format!(
-                "runtime_tag {:?}: expected {m}",
-                config.runtime_tag
-            ))
-        })?;
-        trust::set_shared_group(config.shared_gid);
-        let platform = Platform::detect(&config.runtime_tag);
-        let format = CompiledirFormat::parse(&config.compiledir_format)
-            .map_err(|m| Error::Config(format!("compiledir_format: {m}")))?;
-        let base_root = open_base(&base)?;
-        let name = format.render(&platform);
+        let (base_root, platform, name) = locate(config)?;
         let cd = ensure_compiledir(&base_root, &name, &platform, clock.now())?;
         Ok(Store {
             base: Arc::new(base_root),
@@ -1040,6 +1027,26 @@ pub fn quarantine_entry_in(cd: &Root, key: &Key, now: SystemTime) -> Result<Opti
     };
     index.append(&index::remove_record(key));
     Ok(moved)
+}
+
+/// The base dir (opened, checked and tagged), the platform, and the name of its
+/// compiledir, as [`Store::open`] finds them.
+fn locate(config: &Config) -> Result<(Root, Platform, String)> {
+    let base = config.base_dir()?;
+    // The fields are public: check again what reaches a path.
+    check_runtime_tag(&config.runtime_tag).map_err(|m| {
+        Error::Config(format!(
+            "runtime_tag {:?}: expected {m}",
+            config.runtime_tag
+        ))
+    })?;
+    trust::set_shared_group(config.shared_gid);
+    let platform = Platform::detect(&config.runtime_tag);
+    let format = CompiledirFormat::parse(&config.compiledir_format)
+        .map_err(|m| Error::Config(format!("compiledir_format: {m}")))?;
+    let base_root = open_base(&base)?;
+    let name = format.render(&platform);
+    Ok((base_root, platform, name))
 }
 
 /// Opens the base dir (creating it if missing), checks it, and tags it.

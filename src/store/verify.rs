@@ -17,6 +17,7 @@ use super::gc::policy::{self, Sweep, Verdict};
 use super::key::Key;
 use super::layout;
 use super::{check_entry_in, gc, lock, quarantine_entry_in, scan, trust, Store};
+use crate::config::Config;
 use crate::error::Result;
 use crate::fsx::{Kind, Root};
 
@@ -95,6 +96,24 @@ impl VerifyReport {
 }
 
 impl Store {
+    /// Opens the store for `verify --repair`. What would stop [`Store::open`] below the
+    /// base dir — a symbolic link, a FIFO, a socket or a device where the compiledir or
+    /// one of its directories should be — is removed first (a link as a link: what it
+    /// points to is never touched), and the open makes the directory again. Each is
+    /// returned as a repaired problem. A regular file there, or a directory someone else
+    /// could write, is left for the open to refuse with what to do by hand.
+    pub fn open_for_repair(config: &Config) -> Result<(Store, Vec<Problem>)> {
+        let (base, _, name) = super::locate(config)?;
+        let mut fixed = Vec::new();
+        clear_in_the_way(&base, Path::new(&name), &mut fixed)?;
+        if let Ok(cd) = base.open_dir(&name) {
+            for sub in layout::COMPILEDIR_SUBDIRS {
+                clear_in_the_way(&cd, Path::new(sub), &mut fixed)?;
+            }
+        }
+        Ok((Store::open(config)?, fixed))
+    }
+
     /// Checks (and with `repair`, mends) the current compiledir.
     pub fn verify(&self, repair: bool) -> Result<VerifyReport> {
         self.verify_with_progress(repair, &|_, _| {})
@@ -296,6 +315,44 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Removes a link, FIFO, socket or device at `root/rel`, where xcache keeps a directory
+/// (see [`Store::open_for_repair`]), and records it in `fixed`.
+fn clear_in_the_way(root: &Root, rel: &Path, fixed: &mut Vec<Problem>) -> Result<()> {
+    let st = match root.lstat(rel) {
+        Ok(st) => st,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(super::io_below("inspecting", root, rel, e)),
+    };
+    let path = root.join(rel);
+    let (kind, detail, repaired) = match Kind::of_stat(&st) {
+        Kind::Link => {
+            let target = std::fs::read_link(&path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            (
+                ProblemKind::PlantedLink,
+                format!("a symbolic link to {target} where xcache keeps a directory: xcache never makes or follows one"),
+                "removed the link (what it points to is untouched) and made the directory again",
+            )
+        }
+        Kind::Other => (
+            ProblemKind::PlantedFile,
+            "not a directory (a FIFO, socket or device) where xcache keeps one".into(),
+            "removed it and made the directory again",
+        ),
+        Kind::Dir | Kind::File => return Ok(()),
+    };
+    root.remove_file(rel)
+        .map_err(|e| super::io_below("removing", root, rel, e))?;
+    fixed.push(Problem {
+        kind,
+        path,
+        detail,
+        repaired: Some(repaired.into()),
+    });
+    Ok(())
 }
 
 fn describe_leftover(why: policy::RemoveWhy) -> &'static str {
