@@ -115,7 +115,7 @@ fn parts(c: &mut Criterion) {
         b.iter(|| black_box(store.get_or_build(&key, &mut |_| unreachable!()).unwrap()))
     });
     g.bench_function("lock_shared + unlock", |b| {
-        b.iter(|| black_box(xcache::store::lock::lock_shared(store.root(), &lock).unwrap()))
+        b.iter(|| black_box(xcache::store::lock::lock_shared(&store.root(), &lock).unwrap()))
     });
     g.bench_function("read_meta (entry.json)", |b| {
         b.iter(|| black_box(xcache::store::entry::read_meta(&entry, &key).is_ok()))

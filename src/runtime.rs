@@ -524,12 +524,13 @@ impl Jit {
     }
 
     /// Compiles through the cache and places a private copy of the artifact at `dest`
-    /// (a hard link where the file system allows, else a copy; atomically, by a rename
-    /// beside it), made under the key's lock. The caller owns `dest`: no collector ever
+    /// (a reflink where the file system has them, else a copy, never a hard link;
+    /// atomically, by a rename beside it), made under the key's lock from the checked
+    /// descriptor ([`Fetched::place_copy`]). The caller owns `dest`: no collector ever
     /// touches it. The outcome's `path` is `dest`.
     pub fn build_copy(&self, req: &SourceRequest, dest: &Path) -> Result<CacheOutcome> {
         let start = Instant::now();
-        let f = self.fetch(req, self.key_for(req)?)?;
+        let mut f = self.fetch(req, self.key_for(req)?)?;
         f.place_copy(dest)?;
         Ok(CacheOutcome {
             valid_until: None,

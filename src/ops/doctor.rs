@@ -366,7 +366,7 @@ pub fn doctor(config: Result<Config>) -> DoctorReport {
                 Ok(store) => {
                     let mut cd = dir_check("compiledir", store.compiledir());
                     if cd.status == Status::Ok {
-                        let n = crate::store::scan::entry_keys(store.root())
+                        let n = crate::store::scan::entry_keys(&store.root())
                             .map(|k| k.len())
                             .unwrap_or(0);
                         cd.detail.push_str(&format!(

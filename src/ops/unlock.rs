@@ -119,7 +119,7 @@ fn last_holder(cd: &Root, rel: &Path, host: &str) -> Option<Holder> {
 /// Lists the lock files of the current compiledir; with `remove_free`, removes each one
 /// nobody holds, under an exclusive try-lock taken on it first.
 pub fn unlock(store: &Store, remove_free: bool) -> Result<UnlockReport> {
-    let cd = store.root();
+    let cd = &store.root();
     let host = this_host();
     let mut report = UnlockReport::default();
     for fan in cd.read_dir(layout::LOCKS).unwrap_or_default() {

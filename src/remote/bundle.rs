@@ -540,7 +540,7 @@ fn select(store: &Store, which: &Compiledirs) -> Result<Vec<(String, Arc<Root>)>
     let open =
         |name: &str| -> Result<Arc<Root>> {
             store.base_root().open_dir(name).map(Arc::new).map_err(|e| {
-                crate::store::io_below("opening", store.base_root(), Path::new(name), e)
+                crate::store::io_below("opening", &store.base_root(), Path::new(name), e)
             })
         };
     match which {

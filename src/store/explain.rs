@@ -229,7 +229,7 @@ impl Store {
         material: &KeyMaterial,
         source_name: &str,
     ) -> Result<Explanation> {
-        let cd = self.root();
+        let cd = &self.root();
         match manifest::read(cd, request) {
             Ok(Lookup::Found(m)) => {
                 let mut first_change = None;
@@ -312,7 +312,7 @@ impl Store {
                 "{prefix:?} is not a key: give at least the first 2 of its hex digits (`xcache list` shows them)"
             )));
         }
-        let cd = self.root();
+        let cd = &self.root();
         let fan = &prefix[..2];
         let mut report = ShowReport::default();
         let matching = |dir: &str, strip: &str| -> Vec<Key> {

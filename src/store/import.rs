@@ -217,19 +217,19 @@ impl Store {
             None
         } else {
             Some(lock::lock_exclusive(
-                self.root(),
+                &self.root(),
                 &layout::lock(&request),
                 &mut |_| {},
             )?)
         };
-        let guard = lock::lock_exclusive(self.root(), &layout::lock(&key), &mut |_| {})?;
-        let meta = match check_entry_in(self.root(), &key, false) {
+        let guard = lock::lock_exclusive(&self.root(), &layout::lock(&key), &mut |_| {})?;
+        let meta = match check_entry_in(&self.root(), &key, false) {
             Ok(Some(here)) => here.meta,
             Err(e @ (VerifyError::Io(..) | VerifyError::UntrustedDir(..))) => {
                 return Err(e.into_error())
             }
             Ok(None) | Err(VerifyError::Corrupt(_)) => {
-                if check_entry_in(self.root(), &key, false).is_err() {
+                if check_entry_in(&self.root(), &key, false).is_err() {
                     self.quarantine_entry(&key)?;
                 }
                 let mut staging = self.new_staging(&request)?;
@@ -262,7 +262,7 @@ impl Store {
             }
         };
         let now = unix_secs(self.clock().now());
-        let mut m = match manifest::read(self.root(), &request) {
+        let mut m = match manifest::read(&self.root(), &request) {
             Ok(Lookup::Found(m)) => m,
             _ => Manifest::new(&request),
         };
@@ -272,7 +272,7 @@ impl Store {
             created: meta.created,
             last_used: now,
         });
-        if let Err(e) = manifest::write(self.root(), &m, &request) {
+        if let Err(e) = manifest::write(&self.root(), &m, &request) {
             log::warn!("could not record {} in its manifest: {e}", &key.hex()[..16]);
         }
         let c = self.published(&key)?;
@@ -292,7 +292,7 @@ impl Store {
     /// (not the markers). `None` when it is missing, corrupt, or not dependency-tracked.
     /// Read under its shared lock, after the full hit check.
     pub fn export_result(&self, key: &Key) -> Result<Option<(EntryMeta, Packed)>> {
-        export_result_in(self.root(), key)
+        export_result_in(&self.root(), key)
     }
 }
 
@@ -304,11 +304,11 @@ impl Store {
     /// whether it was written.
     pub fn backdate_last_use(&self, key: &Key, t: std::time::SystemTime) -> bool {
         let dir = layout::entry(key);
-        match super::entry::last_use(self.root(), &dir) {
+        match super::entry::last_use(&self.root(), &dir) {
             Some(recorded) if t < recorded => {
                 let done = self.root().set_mtime(dir.join(layout::LAST_USE), t).is_ok();
                 if done {
-                    super::index::Writer::new(self.root())
+                    super::index::Writer::new(&self.root())
                         .append(&super::index::use_record(key, crate::clock::unix_secs(t)));
                 }
                 done

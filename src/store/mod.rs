@@ -392,10 +392,15 @@ impl Fetched {
     }
 
     /// Places a private copy of the artifact at `dest`, atomically (a temporary name
-    /// beside it, then a rename over it): a hard link where the file system allows,
-    /// else a copy. The caller owns `dest`; no collector ever touches it.
-    pub fn place_copy(&self, dest: &Path) -> Result<()> {
-        let src = self.artifact_path();
+    /// beside it, then a rename over it), read from the descriptor that was checked: a
+    /// reflink (`FICLONE`: shared blocks, copied on write) where the file system has
+    /// them (Btrfs, XFS, bcachefs, …), else a copy. Never a hard link: the caller owns
+    /// `dest` and may change it without touching the cache, and no collector ever
+    /// touches it.
+    pub fn place_copy(&mut self, dest: &Path) -> Result<()> {
+        use std::io::Seek;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -406,16 +411,26 @@ impl Fetched {
                 dest.display()
             ))
         })?;
+        let src = self.checked_artifact()?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
         tmp_name.push(format!(".xcache-{}", layout::unique()));
         let tmp = parent.join(tmp_name);
-        let linked = std::fs::hard_link(&src, &tmp).is_ok();
         let r = (|| {
-            if !linked {
-                std::fs::copy(&src, &tmp)?;
-                File::open(&tmp)?.sync_all()?;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o755)
+                .open(&tmp)?;
+            // SAFETY: FICLONE takes the source descriptor; both are open files.
+            let cloned =
+                unsafe { libc::ioctl(out.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+            if !cloned {
+                let mut from = src.try_clone()?;
+                from.seek(std::io::SeekFrom::Start(0))?;
+                std::io::copy(&mut from, &mut out)?;
             }
+            out.sync_all()?;
             std::fs::rename(&tmp, dest)
         })();
         if let Err(e) = r {
@@ -424,17 +439,47 @@ impl Fetched {
         }
         Ok(())
     }
+
+    /// The artifact's descriptor as the check opened it (or, for a build, opened
+    /// relative to the checked entry directory).
+    fn checked_artifact(&mut self) -> Result<&File> {
+        if self.artifact.is_none() {
+            let file = match (&self.entry, &self.private) {
+                (Some(dir), _) => dir.open_file(&self.meta.artifact.file, OpenHow::read()),
+                (None, Some(p)) => p
+                    .root()
+                    .open_file(&self.meta.artifact.file, OpenHow::read()),
+                (None, None) => File::open(self.artifact_path()),
+            };
+            self.artifact = Some(file.map_err(|e| Error::io("opening", self.artifact_path(), e))?);
+        }
+        Ok(self.artifact.as_ref().expect("opened above"))
+    }
 }
 
 /// An opened compiledir, with the protocol above.
 #[derive(Debug, Clone)]
 pub struct Store {
-    base: Arc<Root>,
-    cd: Arc<Root>,
+    base_path: PathBuf,
+    cd_path: PathBuf,
+    /// The base dir's and the compiledir's descriptors, shared by every clone: reopened
+    /// when a purge removed the directories under a live store ([`Store::recover`]).
+    dirs: Arc<std::sync::RwLock<OpenDirs>>,
     platform: Platform,
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
     remote: Option<Arc<dyn remote::Remote>>,
+}
+
+/// How often a request is tried again after its compiledir was removed under it (a
+/// purge beside it): one is enough unless purges run back to back.
+pub const PURGE_RETRIES: usize = 3;
+
+/// The descriptors of a store's base dir and compiledir.
+#[derive(Debug)]
+struct OpenDirs {
+    base: Arc<Root>,
+    cd: Arc<Root>,
 }
 
 /// The staging directory of a build; removed on drop unless published or kept.
@@ -488,8 +533,12 @@ impl Store {
         let (base_root, platform, name) = locate(config)?;
         let cd = ensure_compiledir(&base_root, &name, &platform, clock.now())?;
         Ok(Store {
-            base: Arc::new(base_root),
-            cd: Arc::new(cd),
+            base_path: base_root.path().to_path_buf(),
+            cd_path: cd.path().to_path_buf(),
+            dirs: Arc::new(std::sync::RwLock::new(OpenDirs {
+                base: Arc::new(base_root),
+                cd: Arc::new(cd),
+            })),
             platform,
             clock,
             config: Arc::new(config.clone()),
@@ -510,22 +559,72 @@ impl Store {
 
     /// The base dir.
     pub fn base_dir(&self) -> &Path {
-        self.base.path()
+        &self.base_path
     }
 
     /// The current compiledir.
     pub fn compiledir(&self) -> &Path {
-        self.cd.path()
+        &self.cd_path
     }
 
     /// The base dir's descriptor.
-    pub fn base_root(&self) -> &Arc<Root> {
-        &self.base
+    pub fn base_root(&self) -> Arc<Root> {
+        self.dirs.read().unwrap().base.clone()
     }
 
     /// The current compiledir's descriptor: everything below it is reached through it.
-    pub fn root(&self) -> &Arc<Root> {
-        &self.cd
+    pub fn root(&self) -> Arc<Root> {
+        self.cd()
+    }
+
+    fn cd(&self) -> Arc<Root> {
+        self.dirs.read().unwrap().cd.clone()
+    }
+
+    /// After a failed request: if the compiledir (or the base dir) this store opened was
+    /// removed meanwhile (`xcache purge`, `basecompiledir purge`, or by hand), opens
+    /// them again, creating them as [`Store::open`] does, and returns true: the request
+    /// may be tried again. False when they are still there (the failure was something
+    /// else) or cannot be made again.
+    pub fn recover(&self) -> bool {
+        let gone = |r: &Root| r.stat().map_or(true, |st| st.st_nlink == 0);
+        {
+            let d = self.dirs.read().unwrap();
+            if !gone(&d.cd) && !gone(&d.base) {
+                return false;
+            }
+        }
+        let mut d = self.dirs.write().unwrap();
+        // Another thread may have reopened them meanwhile.
+        if !gone(&d.cd) && !gone(&d.base) {
+            return true;
+        }
+        let reopened = open_base(&self.base_path).and_then(|base| {
+            let name = self
+                .cd_path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            let cd = ensure_compiledir(&base, &name, &self.platform, self.clock.now())?;
+            Ok((base, cd))
+        });
+        match reopened {
+            Ok((base, cd)) => {
+                log::info!(
+                    "{} was removed while in use (a purge): made again",
+                    self.cd_path.display()
+                );
+                *d = OpenDirs {
+                    base: Arc::new(base),
+                    cd: Arc::new(cd),
+                };
+                true
+            }
+            Err(e) => {
+                log::debug!("could not make {} again: {e}", self.cd_path.display());
+                false
+            }
+        }
     }
 
     /// The platform of the current compiledir.
@@ -545,7 +644,7 @@ impl Store {
 
     /// The paths inside the current compiledir.
     pub fn dirs(&self) -> Dirs {
-        Dirs::new(self.cd.path())
+        Dirs::new(self.cd().path())
     }
 
     /// Directory of the entries.
@@ -567,14 +666,14 @@ impl Store {
     pub fn read_toolchain_record(&self, name: &str) -> Option<Vec<u8>> {
         use std::io::Read;
         let rel = layout::toolchain_record(name);
-        let mut f = self.cd.open_file(&rel, OpenHow::read()).ok()?;
+        let mut f = self.cd().open_file(&rel, OpenHow::read()).ok()?;
         // The record names a program xcache runs: only trust one that nobody else
         // could have written.
         let md = f.metadata().ok()?;
         if let Some(why) = trust::untrusted("toolchain record", &md)
             .or_else(|| (!md.is_file()).then(|| "toolchain record: not a regular file".to_string()))
         {
-            log::warn!("ignoring {}: {why}", self.cd.join(&rel).display());
+            log::warn!("ignoring {}: {why}", self.cd().join(&rel).display());
             return None;
         }
         let mut bytes = Vec::new();
@@ -585,9 +684,9 @@ impl Store {
     /// Writes a toolchain record atomically.
     pub fn write_toolchain_record(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let rel = layout::toolchain_record(name);
-        self.cd
+        self.cd()
             .write_atomic(&rel, bytes, trust::file_mode())
-            .map_err(|e| io_below("writing", &self.cd, &rel, e))
+            .map_err(|e| io_below("writing", &self.cd(), &rel, e))
     }
 
     /// Returns the entry for `key`, building it with `build` if it is missing or corrupt.
@@ -600,22 +699,42 @@ impl Store {
         key: &Key,
         build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
-        match self.get_or_build_cached(key, build) {
-            // A compiler that fails because the cache's disk is full (the linker's
-            // "No space left on device") is a cache fault too.
-            Err(e)
-                if is_cache_fault(&e)
-                    || (matches!(e, Error::Compile(_)) && nearly_full(self.cd.path())) =>
-            {
-                let w = format!(
-                    "the cache cannot be written ({e}); compiled into a private directory instead"
-                );
-                log::warn!("{w}");
-                let mut f = self.build_private(key, build)?;
-                f.warnings.push(w);
-                Ok(f)
+        self.request(key, build, &mut |s, b| s.get_or_build_cached(key, b))
+    }
+
+    /// One request by `attempt`, as every request goes: tried again (at most
+    /// [`PURGE_RETRIES`] times) after a purge removed the compiledir under it, and
+    /// compiled into a private directory when the cache cannot be written.
+    fn request(
+        &self,
+        key: &Key,
+        build: &mut dyn FnMut(&Root) -> Result<Built>,
+        attempt: &mut dyn FnMut(&Store, &mut dyn FnMut(&Root) -> Result<Built>) -> Result<Fetched>,
+    ) -> Result<Fetched> {
+        let mut tries = 0;
+        loop {
+            match attempt(self, build) {
+                Ok(f) => return Ok(f),
+                Err(e) if tries < PURGE_RETRIES && self.recover() => {
+                    tries += 1;
+                    log::debug!("{e}: the compiledir was removed meanwhile; trying again");
+                }
+                // A compiler that fails because the cache's disk is full (the linker's
+                // "No space left on device") is a cache fault too.
+                Err(e)
+                    if is_cache_fault(&e)
+                        || (matches!(e, Error::Compile(_)) && nearly_full(self.compiledir())) =>
+                {
+                    let w = format!(
+                        "the cache cannot be written ({e}); compiled into a private directory instead"
+                    );
+                    log::warn!("{w}");
+                    let mut f = self.build_private(key, build)?;
+                    f.warnings.push(w);
+                    return Ok(f);
+                }
+                Err(e) => return Err(e),
             }
-            r => r,
         }
     }
 
@@ -623,7 +742,7 @@ impl Store {
     /// of ours, not writable by others, with valid metadata and an artifact of ours
     /// whose hash matches. `Ok(None)`: there is no entry.
     pub fn check_entry(&self, key: &Key) -> std::result::Result<Option<Checked>, VerifyError> {
-        check_entry_in(&self.cd, key, false)
+        check_entry_in(&self.cd(), key, false)
     }
 
     fn get_or_build_cached(
@@ -637,10 +756,10 @@ impl Store {
         let mut lock_wait = Duration::ZERO;
 
         // Hit: shared lock, verify.
-        if self.cd.lstat_fast(&entry_rel).is_ok() {
-            let guard = lock::lock_shared(&self.cd, &lock_rel)?;
+        if self.cd().lstat_fast(&entry_rel).is_ok() {
+            let guard = lock::lock_shared(&self.cd(), &lock_rel)?;
             lock_wait += guard.waited();
-            match check_entry_in(&self.cd, key, false) {
+            match check_entry_in(&self.cd(), key, false) {
                 Ok(Some(c)) => return Ok(self.hit(key, c, warnings, lock_wait, guard)),
                 Ok(None) => {}                     // removed meanwhile
                 Err(VerifyError::Corrupt(_)) => {} // repaired below, under the exclusive lock
@@ -650,14 +769,14 @@ impl Store {
 
         // Miss: exclusive lock, look again.
         let short = &key.hex()[..16];
-        let guard = lock::lock_exclusive(&self.cd, &lock_rel, &mut |holder| {
+        let guard = lock::lock_exclusive(&self.cd(), &lock_rel, &mut |holder| {
             log::warn!(
                 "waiting for the lock on {short}… held by {}",
                 holder.unwrap_or("another process")
             )
         })?;
         lock_wait += guard.waited();
-        match check_entry_in(&self.cd, key, false) {
+        match check_entry_in(&self.cd(), key, false) {
             Ok(Some(c)) => return Ok(self.hit(key, c, warnings, lock_wait, guard)),
             Ok(None) => {}
             Err(VerifyError::Corrupt(corruption)) => {
@@ -682,7 +801,7 @@ impl Store {
             Err(e) => {
                 // No entry will exist: its lock file would be an orphan. Safe to
                 // remove under the lock (waiters re-check the inode).
-                let _ = self.cd.remove_file(&lock_rel);
+                let _ = self.cd().remove_file(&lock_rel);
                 return Err(self.keep_failed(staging, key, e));
             }
         };
@@ -708,11 +827,11 @@ impl Store {
     /// check as a hit (its `verified` record spares the hash): what the caller loads is
     /// the file that was sealed, never something swapped in meanwhile.
     pub(crate) fn published(&self, key: &Key) -> Result<Checked> {
-        match check_entry_in(&self.cd, key, false) {
+        match check_entry_in(&self.cd(), key, false) {
             Ok(Some(c)) => Ok(c),
             Ok(None) => Err(io_below(
                 "opening",
-                &self.cd,
+                &self.cd(),
                 &layout::entry(key),
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             )),
@@ -751,7 +870,7 @@ impl Store {
             private: None,
             clock: self.clock.clone(),
             handout_grace: self.config.handout_grace,
-            index_due: (!hit).then(|| self.cd.clone()),
+            index_due: (!hit).then(|| self.cd().clone()),
             _guard: guard,
         }
     }
@@ -816,8 +935,8 @@ impl Store {
         let res = self.config.last_use_resolution;
         let touched = entry::touch_last_use(&entry, "", now, res);
         if touched {
-            entry::touch_last_use(&self.cd, "", now, res);
-            index::Writer::new(&self.cd).append(&index::use_record(key, unix_secs(now)));
+            entry::touch_last_use(&self.cd(), "", now, res);
+            index::Writer::new(&self.cd()).append(&index::use_record(key, unix_secs(now)));
         }
         let mut fetched = self.fetched(
             *key,
@@ -830,7 +949,7 @@ impl Store {
             guard,
         );
         if touched {
-            fetched.index_due = Some(self.cd.clone());
+            fetched.index_due = Some(self.cd().clone());
         }
         fetched
     }
@@ -840,31 +959,32 @@ impl Store {
         let rel = name.rel();
         // A fresh unique name: never another builder's directory, even on a file
         // system without working locks.
-        self.cd
+        self.cd()
             .mkdir(layout::TMP, trust::dir_mode())
-            .and_then(|()| self.cd.mkdir(&rel, trust::dir_mode()))
-            .and_then(|()| self.cd.open_dir(&rel))
+            .and_then(|()| self.cd().mkdir(&rel, trust::dir_mode()))
+            .and_then(|()| self.cd().open_dir(&rel))
             .map(|root| Staging {
-                cd: self.cd.clone(),
+                cd: self.cd().clone(),
                 name,
                 root,
                 done: false,
             })
-            .map_err(|e| io_below("creating a staging directory", &self.cd, &rel, e))
+            .map_err(|e| io_below("creating a staging directory", &self.cd(), &rel, e))
     }
 
     /// Renames a sealed staging directory into place; "already there" is success.
     fn publish(&self, staging: &mut Staging, key: &Key) -> Result<()> {
         let fan = layout::entry_fan(key);
-        let new_fan = self.cd.lstat_fast(&fan).is_err();
-        self.cd
+        let new_fan = self.cd().lstat_fast(&fan).is_err();
+        self.cd()
             .mkdir_all(&fan, trust::dir_mode())
-            .map_err(|e| io_below("creating directory", &self.cd, &fan, e))?;
+            .map_err(|e| io_below("creating directory", &self.cd(), &fan, e))?;
         // The intent first: a crash between the rename and the record leaves a key
         // whose last record is an intent, which readers settle by looking.
-        let mut index = index::Writer::new(&self.cd);
+        let cd = self.cd();
+        let mut index = index::Writer::new(&cd);
         index.append(&index::intent_record(key));
-        match self.cd.rename(staging.name.rel(), layout::entry(key)) {
+        match self.cd().rename(staging.name.rel(), layout::entry(key)) {
             Ok(()) => {
                 staging.done = true; // it is the entry now
                 self.sync_dir(&fan)?;
@@ -881,20 +1001,20 @@ impl Store {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
                 Ok(())
             }
-            Err(e) => Err(io_below("publishing", &self.cd, &layout::entry(key), e)),
+            Err(e) => Err(io_below("publishing", &self.cd(), &layout::entry(key), e)),
         }
     }
 
     fn sync_dir(&self, rel: &Path) -> Result<()> {
-        self.cd
+        self.cd()
             .sync_dir(rel)
-            .map_err(|e| io_below("syncing directory", &self.cd, rel, e))
+            .map_err(|e| io_below("syncing directory", &self.cd(), rel, e))
     }
 
     /// Moves a corrupt entry aside into `quarantine/`; `None` if it had to be removed
     /// instead. Call it under the key's exclusive lock.
     pub fn quarantine_entry(&self, key: &Key) -> Result<Option<PathBuf>> {
-        quarantine_entry_in(&self.cd, key, self.clock.now())
+        quarantine_entry_in(&self.cd(), key, self.clock.now())
     }
 
     /// Renames a failed build's staging directory to `tmp/failed-…` (keeping its source
@@ -909,33 +1029,33 @@ impl Store {
             return Error::Compile(ce);
         }
         let kept = TmpName::new(TmpKind::Failed, key);
-        if self.cd.rename(staging.name.rel(), kept.rel()).is_err() {
+        if self.cd().rename(staging.name.rel(), kept.rel()).is_err() {
             return Error::Compile(ce);
         }
         staging.done = true;
-        let dir = self.cd.join(kept.rel());
+        let dir = self.cd().join(kept.rel());
         if let Ok(rel) = ce.kept_source.strip_prefix(staging.path()) {
             ce.kept_source = dir.join(rel);
         }
         ce.workdir = dir;
         let out_rel = kept.rel().join(layout::COMPILER_OUTPUT);
-        if let Ok(mut f) = self.cd.create_file(&out_rel, trust::file_mode()) {
+        if let Ok(mut f) = self.cd().create_file(&out_rel, trust::file_mode()) {
             let _ = f.write_all(ce.output.as_bytes());
         }
         // A rename keeps the directory's old mtime: its age starts now.
-        let _ = self.cd.set_mtime(kept.rel(), self.clock.now());
+        let _ = self.cd().set_mtime(kept.rel(), self.clock.now());
         gc::trim_failures(self, key);
         Error::Compile(ce)
     }
 
     /// Reads the compiledir's metadata.
     pub fn compiledir_meta(&self) -> Result<CompiledirMeta> {
-        read_compiledir_meta(&self.cd)
+        read_compiledir_meta(&self.cd())
     }
 
     /// Rewrites the compiledir's metadata from the current platform (`verify --repair`).
     pub fn rewrite_compiledir_meta(&self, created_by: &str) -> Result<()> {
-        write_compiledir_meta(&self.cd, &self.platform, self.clock.now(), created_by)
+        write_compiledir_meta(&self.cd(), &self.platform, self.clock.now(), created_by)
     }
 }
 

@@ -101,7 +101,7 @@ impl Store {
         if let Some(p) = self.live_pin(artifact) {
             return Ok(Pinned::Held(p));
         }
-        let guard = lock::lock_shared(self.root(), &layout::lock(&key))?;
+        let guard = lock::lock_shared(&self.root(), &layout::lock(&key))?;
         let rel = layout::entry(&key).join(layout::ARTIFACT);
         if self.root().lstat_fast(&rel).is_err() {
             return Ok(Pinned::Gone);

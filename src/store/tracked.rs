@@ -9,7 +9,7 @@ use super::manifest::{
     self, HeaderRecord, Lookup, Manifest, ResultCheck, ResultRecord, SearchScope,
 };
 use super::remote::Budget;
-use super::{check_entry_in, is_cache_fault, layout, lock, nearly_full, Built, Fetched, Store};
+use super::{check_entry_in, layout, lock, Built, Fetched, Store};
 use crate::clock::unix_secs;
 use crate::error::{Error, Result};
 use crate::fsx::Root;
@@ -35,21 +35,9 @@ impl Store {
         scope: &SearchScope,
         build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
-        match self.tracked_cached(request, scope, build) {
-            Err(e)
-                if is_cache_fault(&e)
-                    || (matches!(e, Error::Compile(_)) && nearly_full(self.compiledir())) =>
-            {
-                let w = format!(
-                    "the cache cannot be written ({e}); compiled into a private directory instead"
-                );
-                log::warn!("{w}");
-                let mut f = self.build_private(request, build)?;
-                f.warnings.push(w);
-                Ok(f)
-            }
-            r => r,
-        }
+        self.request(request, build, &mut |s, b| {
+            s.tracked_cached(request, scope, b)
+        })
     }
 
     fn tracked_cached(
@@ -69,7 +57,7 @@ impl Store {
         // Miss: the request key's exclusive lock serialises its builders and the
         // updates of its manifest; look again under it.
         let short = &request.hex()[..16];
-        let guard = lock::lock_exclusive(self.root(), &layout::lock(request), &mut |holder| {
+        let guard = lock::lock_exclusive(&self.root(), &layout::lock(request), &mut |holder| {
             log::warn!(
                 "waiting for the lock on {short}… held by {}",
                 holder.unwrap_or("another process")
@@ -101,7 +89,7 @@ impl Store {
         let mut built = match build(&staging.root) {
             Ok(b) => b,
             Err(e) => {
-                if matches!(manifest::read(self.root(), request), Ok(Lookup::Missing)) {
+                if matches!(manifest::read(&self.root(), request), Ok(Lookup::Missing)) {
                     // Nothing will be keyed by this lock: no orphan lock file.
                     let _ = self.root().remove_file(layout::lock(request));
                 }
@@ -138,13 +126,13 @@ impl Store {
 
         // Publish under the result key's own lock (always taken after the request
         // key's), so that no collector removes it before the caller loads it.
-        let rguard = lock::lock_exclusive(self.root(), &layout::lock(&key), &mut |_| {})?;
+        let rguard = lock::lock_exclusive(&self.root(), &layout::lock(&key), &mut |_| {})?;
         let lock_wait = guard.waited() + rguard.waited();
-        let meta = match check_entry_in(self.root(), &key, false) {
+        let meta = match check_entry_in(&self.root(), &key, false) {
             // Built before, its manifest lost: the same headers give the same result.
             Ok(Some(c)) => c.meta,
             Ok(None) | Err(VerifyError::Corrupt(_)) => {
-                if check_entry_in(self.root(), &key, false).is_err() {
+                if check_entry_in(&self.root(), &key, false).is_err() {
                     self.quarantine_entry(&key)?;
                 }
                 let provenance = (
@@ -173,7 +161,7 @@ impl Store {
 
         // Record the result in the manifest: most recent first, bounded.
         let now = unix_secs(self.clock().now());
-        let mut m = match manifest::read(self.root(), request) {
+        let mut m = match manifest::read(&self.root(), request) {
             Ok(Lookup::Found(m)) => m,
             _ => Manifest::new(request),
         };
@@ -186,7 +174,7 @@ impl Store {
         let write = if racy.is_some() {
             Ok(())
         } else {
-            manifest::write(self.root(), &m, request)
+            manifest::write(&self.root(), &m, request)
         };
         if let Err(e) = write {
             // The entry is published; without its manifest line the next request
@@ -238,7 +226,7 @@ impl Store {
     /// checks is not trusted: a warning, and `None` (the next build rewrites it).
     fn lookup(&self, request: &Key, warnings: &mut Vec<String>) -> Result<Option<Fetched>> {
         let short = &request.hex()[..16];
-        let m = match manifest::read(self.root(), request) {
+        let m = match manifest::read(&self.root(), request) {
             Ok(Lookup::Found(m)) => m,
             Ok(Lookup::Missing) => return Ok(None),
             Ok(Lookup::Corrupt(why)) => {
@@ -355,11 +343,12 @@ impl Store {
         if refreshed.is_empty() && index == 0 && !stale_use {
             return;
         }
-        let Ok(Some(_guard)) = lock::try_lock_exclusive(self.root(), &layout::lock(request)) else {
+        let Ok(Some(_guard)) = lock::try_lock_exclusive(&self.root(), &layout::lock(request))
+        else {
             return;
         };
         // Again under the lock: the manifest may have changed since.
-        let Ok(Lookup::Found(mut m)) = manifest::read(self.root(), request) else {
+        let Ok(Lookup::Found(mut m)) = manifest::read(&self.root(), request) else {
             return;
         };
         let Some(i) = m.results.iter().position(|r| r.key == rkey) else {
@@ -373,7 +362,7 @@ impl Store {
             }
         }
         m.touch(i, now);
-        let _ = manifest::write(self.root(), &m, request);
+        let _ = manifest::write(&self.root(), &m, request);
     }
 
     /// A hit only: the entry of `key`, verified under a shared lock; `None` when it is
@@ -388,17 +377,17 @@ impl Store {
             return Ok(None);
         }
         let lock_rel = layout::lock(key);
-        let guard = lock::lock_shared(self.root(), &lock_rel)?;
+        let guard = lock::lock_shared(&self.root(), &lock_rel)?;
         let waited = guard.waited();
-        match check_entry_in(self.root(), key, false) {
+        match check_entry_in(&self.root(), key, false) {
             Ok(Some(c)) => return Ok(Some(self.hit(key, c, Vec::new(), waited, guard))),
             Ok(None) => return Ok(None),
             Err(VerifyError::Corrupt(_)) => {}
             Err(e) => return Err(e.into_error()),
         }
         drop(guard);
-        let _guard = lock::lock_exclusive(self.root(), &lock_rel, &mut |_| {})?;
-        if let Err(VerifyError::Corrupt(c)) = check_entry_in(self.root(), key, false) {
+        let _guard = lock::lock_exclusive(&self.root(), &lock_rel, &mut |_| {})?;
+        if let Err(VerifyError::Corrupt(c)) = check_entry_in(&self.root(), key, false) {
             let short = &key.hex()[..16];
             let w = match self.quarantine_entry(key)? {
                 Some(moved) => format!(

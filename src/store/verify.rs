@@ -125,7 +125,7 @@ impl Store {
         repair: bool,
         progress: &dyn Fn(u64, u64),
     ) -> Result<VerifyReport> {
-        let cd = self.root();
+        let cd = &self.root();
         let now = self.clock().now();
         let mut report = VerifyReport::default();
 
@@ -212,7 +212,7 @@ impl Store {
     }
 
     fn verify_entry(&self, key: &Key, repair: bool, report: &mut VerifyReport) -> Result<()> {
-        let cd = self.root();
+        let cd = &self.root();
         let path = cd.join(layout::entry(key));
         // Shared, as a reader: a build in progress never holds a published entry.
         let guard = lock::lock_shared(cd, &layout::lock(key))?;
@@ -272,7 +272,7 @@ impl Store {
         repair: bool,
         report: &mut VerifyReport,
     ) -> Result<()> {
-        let cd = self.root();
+        let cd = &self.root();
         for fan in cd.read_dir(layout::LOCKS).unwrap_or_default() {
             let Some(fan_name) = fan.name_str().filter(|n| layout::is_fan(n)) else {
                 continue;

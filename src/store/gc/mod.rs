@@ -590,7 +590,7 @@ pub fn collect_private(now: SystemTime, rules: &LeftoverRules, report: &mut Clea
 /// Removes the failures of `key` beyond `keep_failed` (the newest are kept). Runs under
 /// the key's exclusive lock, right after a failure was kept.
 pub(crate) fn trim_failures(store: &Store, key: &Key) {
-    let cd = store.root();
+    let cd = &store.root();
     let now = store.clock().now();
     let rules = rules(store.config());
     for f in leftovers(cd, now) {
@@ -800,7 +800,7 @@ impl Store {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        scan::compiledirs(self.base_root(), &format, &current)
+        scan::compiledirs(&self.base_root(), &format, &current)
     }
 
     /// How a compiledir stands against this store's platform now.
@@ -814,13 +814,13 @@ impl Store {
 
     /// Every entry of the current compiledir, with its metadata, sorted by key.
     pub fn entries(&self) -> Result<Vec<EntryRow>> {
-        scan::entries(self.root())
+        scan::entries(&self.root())
     }
 
     /// Removes one entry of the current compiledir (see [`remove_entry`]).
     pub fn remove_entry(&self, key: &Key, force: bool) -> Result<Removal> {
         remove_entry(
-            self.root(),
+            &self.root(),
             key,
             self.clock().now(),
             self.config().handout_grace,
@@ -834,20 +834,21 @@ impl Store {
     pub fn clear(&self, force: bool, dry_run: bool) -> Result<CleanReport> {
         let now = self.clock().now();
         let mut report = CleanReport::dry(dry_run);
-        let mut remover = Remover::new(self.root(), now, self.config().handout_grace, force);
+        let cd = self.root();
+        let mut remover = Remover::new(&cd, now, self.config().handout_grace, force);
         for row in self.entries()? {
             remover.remove_row(&row, Reason::Clear, &mut report)?;
         }
         drop(remover);
         collect_leftovers(
-            self.root(),
+            &self.root(),
             Sweep::Routine,
             &rules(self.config()),
             now,
             &mut report,
         )?;
         if !dry_run {
-            collect_manifests(self.root(), Sweep::Routine);
+            collect_manifests(&self.root(), Sweep::Routine);
         }
         Ok(report)
     }
@@ -882,13 +883,13 @@ impl Store {
         };
         self.prune_entries(&policy, now, &mut report, progress)?;
         let rules = rules(config);
-        collect_leftovers(self.root(), Sweep::Routine, &rules, now, &mut report)?;
+        collect_leftovers(&self.root(), Sweep::Routine, &rules, now, &mut report)?;
         collect_private(now, &rules, &mut report);
         if opts.stale {
             for cd in self.compiledirs()? {
                 if let Standing::Stale(stale) = self.standing(&cd) {
                     remove_compiledir(
-                        self.base_root(),
+                        &self.base_root(),
                         &cd.name,
                         Reason::Stale { stale },
                         now,
@@ -909,7 +910,7 @@ impl Store {
         progress: &dyn Fn(u64, u64),
     ) -> Result<()> {
         // Numbers from the index; names only for what goes.
-        let snap = index::snapshot(self.root())?;
+        let snap = index::snapshot(&self.root())?;
         let gc_entries: Vec<GcEntry> = snap
             .items()
             .iter()
@@ -919,7 +920,8 @@ impl Store {
             })
             .collect();
         let victims = policy::select_victims(&gc_entries, now, policy);
-        let mut remover = Remover::new(self.root(), now, self.config().handout_grace, false);
+        let cd = self.root();
+        let mut remover = Remover::new(&cd, now, self.config().handout_grace, false);
         for (done, i) in victims.iter().copied().enumerate() {
             let reason = match policy.older_than {
                 Some(max)
@@ -950,7 +952,7 @@ impl Store {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         remove_compiledir(
-            self.base_root(),
+            &self.base_root(),
             &name,
             Reason::Purge,
             self.clock().now(),
@@ -972,7 +974,7 @@ impl Store {
         let mut report = CleanReport::dry(dry_run);
         for cd in self.compiledirs()? {
             remove_compiledir(
-                self.base_root(),
+                &self.base_root(),
                 &cd.name,
                 Reason::Purge,
                 now,
@@ -998,7 +1000,7 @@ impl Store {
             return None;
         }
         let now = self.clock().now();
-        let cd = self.root();
+        let cd = &self.root();
         let due = || {
             entry::mtime(cd, layout::AUTO_PRUNE_MARK)
                 .and_then(|t| now.duration_since(t).ok())
@@ -1016,7 +1018,7 @@ impl Store {
         let mut report = CleanReport::default();
         let rules = rules(config);
         let r = (|| {
-            let total: u64 = index::snapshot(self.root())?
+            let total: u64 = index::snapshot(&self.root())?
                 .items()
                 .iter()
                 .map(|r| r.size)
@@ -1166,7 +1168,7 @@ mod tests {
     fn one_remover_survives_tmp_being_removed_between_removals() {
         let f = fixture(&[]);
         let (a, b) = (publish(&f, 1, 10), publish(&f, 2, 10));
-        let cd = f.store.root();
+        let cd = &f.store.root();
         let mut remover = Remover::new(cd, f.clock.now(), Duration::ZERO, false);
         assert!(matches!(
             remover.remove(&a, None, None).unwrap(),
@@ -1186,7 +1188,7 @@ mod tests {
         let busy = publish(&f, 1, 100);
         let handed = publish(&f, 2, 100);
         let plain = publish(&f, 3, 100);
-        let guard = lock::lock_shared(f.store.root(), &layout::lock(&busy)).unwrap();
+        let guard = lock::lock_shared(&f.store.root(), &layout::lock(&busy)).unwrap();
         let mut h = build(&f.store, 2, 100, false).unwrap();
         assert!(h.hit);
         let until = h.hand_out().unwrap();
@@ -1221,7 +1223,7 @@ mod tests {
         assert_eq!(count(&f), 0);
         // Removed entries leave no lock file and nothing in tmp/.
         assert!(f.store.root().read_dir(layout::TMP).unwrap().is_empty());
-        assert!(scan::entry_keys(f.store.root()).unwrap().is_empty());
+        assert!(scan::entry_keys(&f.store.root()).unwrap().is_empty());
     }
 
     /// Prune chooses by the last use the index records; a use since, seen on the
@@ -1238,7 +1240,8 @@ mod tests {
         drop(h);
         let used = f.clock.now();
         let now = used + Duration::from_secs(1);
-        let mut r = Remover::new(f.store.root(), now, Duration::ZERO, false);
+        let cd = f.store.root();
+        let mut r = Remover::new(&cd, now, Duration::ZERO, false);
         assert_eq!(
             r.remove(&k, Some(chosen), None).unwrap(),
             Removal::UsedSince(used)
@@ -1249,7 +1252,7 @@ mod tests {
         ));
         drop(r);
         assert_eq!(count(&f), 0);
-        assert_eq!(index::check(f.store.root()).unwrap(), None);
+        assert_eq!(index::check(&f.store.root()).unwrap(), None);
     }
 
     #[test]
@@ -1361,7 +1364,7 @@ mod tests {
         let f = fixture(&[("staging_grace", "0s")]);
         // A key being built (or whose entry is being removed): no published entry.
         let key = material(1).key();
-        let cd = f.store.root();
+        let cd = &f.store.root();
         let staging = TmpName::new(TmpKind::Staging, &key).rel();
         let removal = TmpName::new(TmpKind::Removal, &key).rel();
         cd.mkdir_all(&staging, 0o755).unwrap();
