@@ -471,6 +471,9 @@ pub struct Store {
     remote: Option<Arc<dyn remote::Remote>>,
 }
 
+/// What builds an entry into a staging directory (see [`Store::get_or_build`]).
+pub type BuildFn<'a> = dyn FnMut(&Root) -> Result<Built> + 'a;
+
 /// How often a request is tried again after its compiledir was removed under it (a
 /// purge beside it): one is enough unless purges run back to back.
 pub const PURGE_RETRIES: usize = 3;
@@ -708,8 +711,8 @@ impl Store {
     fn request(
         &self,
         key: &Key,
-        build: &mut dyn FnMut(&Root) -> Result<Built>,
-        attempt: &mut dyn FnMut(&Store, &mut dyn FnMut(&Root) -> Result<Built>) -> Result<Fetched>,
+        build: &mut BuildFn<'_>,
+        attempt: &mut dyn FnMut(&Store, &mut BuildFn<'_>) -> Result<Fetched>,
     ) -> Result<Fetched> {
         let mut tries = 0;
         loop {
