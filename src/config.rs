@@ -147,6 +147,11 @@ pub const SETTINGS: &[SettingInfo] = &[
         doc: "Staging directories under tmp/ younger than this are left alone by pruning: they may be builds in progress. No compile takes an hour; a crashed one is collected after it.",
     },
     SettingInfo {
+        name: "lock_timeout",
+        default: "20m",
+        doc: "Longest wait for a lock that another process holds; then the request fails, naming the lock and its holder. Builds of one key wait for each other at most compile_timeout; a longer wait is a stuck holder (`xcache unlock` lists them). A wait that lasts a second says on stderr what it waits for.",
+    },
+    SettingInfo {
         name: "handout_grace",
         default: "1m",
         doc: "A library path handed to a caller that does not hold its lock (`xcache compile` printing it, `Jit::build`) is not removed by clear, prune, purge or the automatic prune for this long after it was handed out (`clear --force` excepted): long enough for a script to dlopen what it was given.",
@@ -406,6 +411,8 @@ pub struct Config {
     pub staging_grace: Duration,
     /// How long a handed-out path is protected from collectors.
     pub handout_grace: Duration,
+    /// Longest wait for a lock another process holds.
+    pub lock_timeout: Duration,
     /// Failed builds kept per key.
     pub keep_failed: u32,
     /// The remote tier's address (with its password, if any: never print it).
@@ -470,6 +477,7 @@ impl Config {
             stale_after: Duration::ZERO,
             staging_grace: Duration::ZERO,
             handout_grace: Duration::ZERO,
+            lock_timeout: Duration::ZERO,
             keep_failed: 0,
             remote: None,
             remote_mode: RemoteMode::ReadWrite,
@@ -687,6 +695,13 @@ impl Config {
             "stale_after" => self.stale_after = parse_duration(value).map_err(bad_unit)?,
             "staging_grace" => self.staging_grace = parse_duration(value).map_err(bad_unit)?,
             "handout_grace" => self.handout_grace = parse_duration(value).map_err(bad_unit)?,
+            "lock_timeout" => {
+                let d = parse_duration(value).map_err(bad_unit)?;
+                if d.is_zero() {
+                    return Err(bad("a duration above zero, such as 20m or 90s"));
+                }
+                self.lock_timeout = d;
+            }
             "keep_failed" => {
                 self.keep_failed = value
                     .parse()
@@ -871,6 +886,7 @@ impl Config {
                     "stale_after" => format_duration(self.stale_after),
                     "staging_grace" => format_duration(self.staging_grace),
                     "handout_grace" => format_duration(self.handout_grace),
+                    "lock_timeout" => format_duration(self.lock_timeout),
                     "keep_failed" => self.keep_failed.to_string(),
                     "remote" => self.remote.as_deref().map(redact).unwrap_or_default(),
                     "remote_mode" => self.remote_mode.name().into(),

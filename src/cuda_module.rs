@@ -344,6 +344,7 @@ impl Jit {
             hit: f.hit,
             elapsed: start.elapsed(),
             lock_wait: f.lock_wait,
+            lock_waits: f.lock_waits.clone(),
             warnings: f.warnings.clone(),
             meta: f.meta.clone(),
             unrecorded: f.unrecorded.clone(),

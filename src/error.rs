@@ -115,7 +115,7 @@ pub enum Error {
 
     /// A lock wait reached the limit the caller set
     /// ([`crate::store::lock::with_wait_limit`]).
-    #[error("gave up waiting for the lock {} after {:.1} s (held by {}). Fix: wait for that process, or raise the lock timeout", path.display(), waited.as_secs_f64(), holder.as_deref().unwrap_or("another process"))]
+    #[error("gave up waiting for the lock {} after {:.1} s (held by {}). Fix: `xcache unlock` lists the locks and their holders (let a live one finish, or stop it); or raise lock_timeout", path.display(), waited.as_secs_f64(), holder.as_deref().unwrap_or("another process"))]
     LockTimeout {
         /// The lock file.
         path: PathBuf,

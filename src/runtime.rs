@@ -164,6 +164,8 @@ pub struct Compiled {
     pub elapsed: Duration,
     /// Time spent waiting for other processes' locks.
     pub lock_wait: Duration,
+    /// Each wait for a lock another process held: which, how long, held by whom.
+    pub lock_waits: Vec<crate::store::lock::LockWait>,
     /// What the compiler printed although it succeeded (only when it ran now).
     pub compiler_output: String,
     /// Cache faults repaired while serving it.
@@ -208,6 +210,8 @@ pub struct CacheOutcome {
     pub elapsed: Duration,
     /// Time spent waiting for other processes' locks.
     pub lock_wait: Duration,
+    /// Each wait for a lock another process held: which, how long, held by whom.
+    pub lock_waits: Vec<crate::store::lock::LockWait>,
     /// Cache faults repaired while serving it.
     pub warnings: Vec<String>,
     /// Until when collectors leave `path` alone (`handout_grace` from now); `None` when
@@ -517,6 +521,7 @@ impl Jit {
             hit: f.hit,
             elapsed: start.elapsed(),
             lock_wait: f.lock_wait,
+            lock_waits: f.lock_waits.clone(),
             warnings: f.warnings.clone(),
             meta: f.meta.clone(),
             unrecorded: f.unrecorded.clone(),
@@ -540,6 +545,7 @@ impl Jit {
             hit: f.hit,
             elapsed: start.elapsed(),
             lock_wait: f.lock_wait,
+            lock_waits: f.lock_waits.clone(),
             warnings: f.warnings.clone(),
             meta: f.meta.clone(),
             unrecorded: f.unrecorded.clone(),
@@ -570,6 +576,7 @@ impl Jit {
                 compile_ms: 0,
                 elapsed: start.elapsed(),
                 lock_wait: Duration::ZERO,
+                lock_waits: Vec::new(),
                 compiler_output: String::new(),
                 warnings: Vec::new(),
                 unrecorded: None,
@@ -591,6 +598,7 @@ impl Jit {
                 compile_ms: 0,
                 elapsed: start.elapsed(),
                 lock_wait: Duration::ZERO,
+                lock_waits: Vec::new(),
                 compiler_output: String::new(),
                 warnings: Vec::new(),
                 unrecorded: None,
@@ -615,6 +623,7 @@ impl Jit {
             meta,
             warnings,
             lock_wait,
+            lock_waits,
             tier,
             unrecorded,
             ..
@@ -642,6 +651,7 @@ impl Jit {
             compile_ms: meta.compile_ms,
             elapsed: start.elapsed(),
             lock_wait,
+            lock_waits,
             compiler_output: if hit {
                 String::new()
             } else {
@@ -755,6 +765,7 @@ impl Jit {
             compile_ms: 0,
             elapsed: start.elapsed(),
             lock_wait: Duration::ZERO,
+            lock_waits: Vec::new(),
             compiler_output: String::new(),
             warnings: Vec::new(),
             unrecorded: None,

@@ -185,3 +185,60 @@ fn refused_flags_return_an_error_naming_the_flag() {
     assert_eq!(out.trim(), "ok");
     assert!(!scratch.join("ran").exists());
 }
+
+/// A lock held forever by another process: a C embedder's request ends at
+/// `lock_timeout` with an error naming the lock's holder, instead of waiting forever.
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn a_lock_held_forever_ends_at_lock_timeout_naming_its_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("xcache_capi");
+    build_c(&repo().join("examples/xcache_capi.c"), &exe, &[]);
+    let cache = tmp.path().join("cache");
+    let inc = repo().join("examples/include");
+    run(&exe, &cache, &[Path::new(""), &inc]);
+    // Hold the lock of every entry, as a stuck process would.
+    let mut held = Vec::new();
+    for cd in std::fs::read_dir(&cache).unwrap().flatten() {
+        let entries = cd.path().join("entries");
+        for fan in std::fs::read_dir(&entries).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(fan.path()).unwrap().flatten() {
+                let key = e.file_name().to_string_lossy().into_owned();
+                let lock = cd
+                    .path()
+                    .join("locks")
+                    .join(&key[..2])
+                    .join(format!("{key}.lock"));
+                let f = std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .open(&lock)
+                    .unwrap();
+                f.lock().unwrap();
+                held.push(f);
+            }
+        }
+    }
+    assert!(!held.is_empty());
+    let start = std::time::Instant::now();
+    let out = Command::new(&exe)
+        .arg("")
+        .arg(&inc)
+        .env("XCACHE_DIR", &cache)
+        .env("XCACHE_FLAGS", "lock_timeout=1s")
+        .env_remove("XCACHE_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("gave up waiting"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -138,6 +138,7 @@ struct CompileReport {
     compile_ms: u64,
     elapsed: std::time::Duration,
     lock_wait: std::time::Duration,
+    lock_waits: Vec<xcache::store::lock::LockWait>,
     compiler_output: String,
     warnings: Vec<String>,
     unrecorded: Option<String>,
@@ -216,6 +217,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             hit: r.hit,
             elapsed: r.elapsed,
             lock_wait: r.lock_wait,
+            lock_waits: r.lock_waits,
             warnings: r.warnings,
             unrecorded: r.unrecorded,
             loaded: false,
@@ -234,12 +236,24 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             compile_ms: c.compile_ms,
             elapsed: c.elapsed,
             lock_wait: c.lock_wait,
+            lock_waits: c.lock_waits.clone(),
             compiler_output: c.compiler_output,
             warnings: c.warnings,
             unrecorded: c.unrecorded.clone(),
             loaded: true,
         }
     };
+    // What the request waited for, after the explanation given before it.
+    if *explain {
+        for w in &report.lock_waits {
+            eprintln!(
+                "xcache: explain: waited {:.1} s for the lock {} (held by {})",
+                w.waited_ms as f64 / 1e3,
+                w.lock.display(),
+                super::human::terminal_safe_text(&w.holder)
+            );
+        }
+    }
     // Repaired cache faults were already logged as warnings by the library;
     // compiler warnings are shown when the compiler ran, as a compiler would.
     if !report.compiler_output.trim().is_empty() {
@@ -257,6 +271,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             "compile_ms": report.compile_ms,
             "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
             "lock_wait_ms": report.lock_wait.as_secs_f64() * 1e3,
+            "lock_waits": report.lock_waits,
             "source": req.name,
             "loaded": report.loaded,
             "compiledir": jit.store().compiledir(),

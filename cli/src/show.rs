@@ -781,10 +781,11 @@ pub fn unlock(out: &mut impl Write, r: &UnlockReport, remove_free: bool, json: b
         .locks
         .iter()
         .map(|l| {
-            let holder = match &l.last_holder {
-                None => "-".to_string(),
-                Some(h) => format!(
-                    "pid {} on {}{}",
+            let holder = match (&l.held_by, &l.last_holder) {
+                (Some(now), _) => now.clone(),
+                (None, None) => "-".to_string(),
+                (None, Some(h)) => format!(
+                    "last: pid {} on {}{}",
                     h.pid,
                     if h.host.is_empty() { "?" } else { &h.host },
                     match h.running {
@@ -818,7 +819,7 @@ pub fn unlock(out: &mut impl Write, r: &UnlockReport, remove_free: bool, json: b
         write!(
             out,
             "{}",
-            human::table(&["", "KEY", "GUARDS", "LAST EXCLUSIVE HOLDER"], &cells, &[])
+            human::table(&["", "KEY", "GUARDS", "HOLDER"], &cells, &[])
         )?;
     }
     writeln!(

@@ -44,6 +44,10 @@ pub struct LockRow {
     pub state: LockState,
     /// The last exclusive holder recorded in the file, if any.
     pub last_holder: Option<Holder>,
+    /// Who holds it now, when it is held: the processes of this machine holding it
+    /// (from `/proc/locks`: pid, command, host, shared or not), else the recorded
+    /// holder ([`lock::holders`]).
+    pub held_by: Option<String>,
     /// Whether the key has an entry (the lock of a result).
     pub has_entry: bool,
     /// Whether the key has a manifest (the lock of a request key: its builds and its
@@ -155,7 +159,17 @@ pub fn unlock(store: &Store, remove_free: bool) -> Result<UnlockReport> {
                     None => state = LockState::Held, // taken since the probe
                 }
             }
+            let held_by = (state == LockState::Held)
+                .then(|| cd.open_file(&rel, OpenHow::read()).ok())
+                .flatten()
+                .map(|f| {
+                    let record = last_holder
+                        .as_ref()
+                        .map(|h| format!("pid={} host={}", h.pid, h.host));
+                    lock::holders(&f, record.as_deref())
+                });
             report.locks.push(LockRow {
+                held_by,
                 has_entry: cd.lstat_fast(layout::entry(&key)).is_ok(),
                 has_manifest: cd.lstat_fast(layout::manifest(&key)).is_ok(),
                 key: key.hex(),

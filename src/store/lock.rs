@@ -13,11 +13,16 @@
 //!   foreign file planted there is refused with an error that names it.
 //! - A lock file that cannot be created because the cache is read-only yields an
 //!   unlocked guard for readers: nobody can be writing there through xcache either.
-//! - Waits are unbounded (a hung compiler is bounded by `compile_timeout`), unless the
-//!   calling thread set a limit with [`with_wait_limit`] (embedders: the Python
-//!   package's `lock_timeout`): a wait that reaches it fails with
-//!   [`Error::LockTimeout`], naming the holder. A bounded wait polls `try_lock` with a
-//!   backoff (1 ms doubling to 50 ms), since flock has no timeout.
+//! - Every wait has a deadline: the calling thread's limit ([`with_wait_limit`]:
+//!   embedders, the Python package's `lock_timeout`), else the process's
+//!   ([`set_default_wait_limit`]: the `lock_timeout` setting, applied by every store
+//!   opened). A wait that reaches it fails with [`Error::LockTimeout`], naming the lock
+//!   and its holders. A wait polls `try_lock` with a backoff (1 ms doubling to 16 ms),
+//!   since flock has no timeout.
+//! - A wait that lasts [`NOTICE_AFTER`] says so, once, on the log (stderr for the CLI):
+//!   the lock, who holds it (pid, command and host, from `/proc/locks` where the
+//!   holder is on this machine, else from the lock file's record) and `xcache unlock`.
+//!   Shorter waits (builders of one key queueing for each other) say nothing.
 
 use std::cell::Cell;
 use std::fs::{File, TryLockError};
@@ -57,6 +62,17 @@ impl LockState {
     }
 }
 
+/// A wait for a lock that another process held: what `--explain` reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LockWait {
+    /// The lock file.
+    pub lock: PathBuf,
+    /// How long the wait lasted, in ms.
+    pub waited_ms: u64,
+    /// Who held it when the wait began, as [`holders`] says.
+    pub holder: String,
+}
+
 /// A held lock. Dropping it unlocks.
 #[derive(Debug)]
 pub struct LockGuard {
@@ -64,12 +80,18 @@ pub struct LockGuard {
     path: PathBuf,
     mode: LockMode,
     waited: Duration,
+    wait: Option<LockWait>,
 }
 
 impl LockGuard {
     /// How long acquiring it waited on another holder.
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// The wait for it, with who held it, if acquiring it had to wait.
+    pub fn wait(&self) -> Option<&LockWait> {
+        self.wait.as_ref()
     }
 
     /// The lock file.
@@ -95,6 +117,7 @@ impl LockGuard {
             path: path.to_path_buf(),
             mode: LockMode::Exclusive,
             waited: Duration::ZERO,
+            wait: None,
         }
     }
 
@@ -219,6 +242,7 @@ fn same_inode(id: (u64, u64), root: &Root, rel: &Path) -> bool {
     }
 }
 
+/// What the lock file says about its last exclusive holder (`pid=N host=H`).
 fn holder_of(file: &mut File) -> Option<String> {
     let mut s = String::new();
     file.seek(SeekFrom::Start(0)).ok()?;
@@ -250,6 +274,139 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// Who holds the lock on `file`, in words: the processes of this machine that hold a
+/// flock on its inode, from `/proc/locks` (pid, whether shared, and its command line),
+/// else what the file records of its last exclusive holder (a holder on another
+/// machine of a network file system, or where `/proc` is not mounted).
+pub fn holders(file: &File, record: Option<&str>) -> String {
+    let local = file
+        .metadata()
+        .ok()
+        .map(|md| local_holders(md.dev(), md.ino()))
+        .unwrap_or_default();
+    if local.is_empty() {
+        return match record {
+            Some(r) => format!("{} (as its lock file records)", printable(r, 80)),
+            None => "another process".into(),
+        };
+    }
+    let host = hostname();
+    let mut words: Vec<String> = local
+        .iter()
+        .take(3)
+        .map(|(pid, shared)| {
+            let cmd = command_line(*pid);
+            format!(
+                "pid {pid}{}{} on {host}",
+                if cmd.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({cmd})")
+                },
+                if *shared { ", shared" } else { "" }
+            )
+        })
+        .collect();
+    if local.len() > 3 {
+        words.push(format!("and {} more", local.len() - 3));
+    }
+    words.join("; ")
+}
+
+/// The (pid, shared) of every process of this machine holding a flock on the inode
+/// (`dev`, `ino`), from `/proc/locks`: `N: FLOCK ADVISORY WRITE pid MAJ:MIN:INO 0 EOF`;
+/// waiters (`N: -> FLOCK …`) are not holders.
+fn local_holders(dev: u64, ino: u64) -> Vec<(u32, bool)> {
+    let Ok(text) =
+        crate::fsx::read_named_file(Path::new("/proc/locks"), crate::fsx::Bounds::size(16 << 20))
+    else {
+        return Vec::new();
+    };
+    parse_proc_locks(
+        &String::from_utf8_lossy(&text),
+        libc::major(dev),
+        libc::minor(dev),
+        ino,
+    )
+}
+
+/// The holders [`local_holders`] reads, from the text of `/proc/locks`.
+pub fn parse_proc_locks(text: &str, major: u32, minor: u32, ino: u64) -> Vec<(u32, bool)> {
+    let want = format!("{major:02x}:{minor:02x}:{ino}");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace().skip(1);
+        let (Some(kind), Some(_), Some(rw), Some(pid), Some(id)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if kind != "FLOCK" || id != want {
+            continue;
+        }
+        if let Ok(pid) = pid.parse::<u32>() {
+            if !out.iter().any(|(p, _)| *p == pid) {
+                out.push((pid, rw == "READ"));
+            }
+        }
+    }
+    out
+}
+
+/// A process's command line, shortened to 80 characters and safe to print (control
+/// characters escaped: it is another program's text).
+fn command_line(pid: u32) -> String {
+    let Ok(raw) = crate::fsx::read_named_file(
+        Path::new(&format!("/proc/{pid}/cmdline")),
+        crate::fsx::Bounds::size(64 << 10),
+    ) else {
+        return String::new();
+    };
+    let joined = String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    printable(&joined, 80)
+}
+
+/// `text` cut to `max` characters, control characters escaped: another program's
+/// words, printed on a terminal.
+fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How long a wait goes on before it says so (and for what).
+pub const NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+/// The default limit on a lock wait: the `lock_timeout` setting's default.
+pub const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+/// The limit on waits of threads that set none, in ms.
+static PROCESS_WAIT_LIMIT: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_WAIT_LIMIT.as_millis() as u64);
+
+/// Sets the limit on lock waits of every thread that set none of its own (the
+/// `lock_timeout` setting; every [`crate::Store`] opened applies its own).
+pub fn set_default_wait_limit(limit: Duration) {
+    PROCESS_WAIT_LIMIT.store(
+        limit.as_millis().min(u64::MAX as u128) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 thread_local! {
     static WAIT_LIMIT: Cell<Option<Duration>> = const { Cell::new(None) };
 }
@@ -268,24 +425,25 @@ pub fn with_wait_limit<T>(limit: Option<Duration>, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Waits for `file`'s lock in `mode`, for at most this thread's wait limit.
-fn wait_for(file: &File, mode: LockMode, path: &Path, holder: Option<&str>) -> Result<()> {
-    let Some(limit) = WAIT_LIMIT.with(Cell::get) else {
-        let r = match mode {
-            LockMode::Shared => file.lock_shared(),
-            LockMode::Exclusive => file.lock(),
-        };
-        return r.map_err(|e| Error::io("locking", path, e));
-    };
+/// Waits for `file`'s lock in `mode`, for at most this thread's wait limit (else the
+/// process's), saying once what it waits for when that takes [`NOTICE_AFTER`].
+/// Returns who held it.
+fn wait_for(file: &File, mode: LockMode, path: &Path, record: Option<&str>) -> Result<String> {
+    let limit = WAIT_LIMIT.with(Cell::get).unwrap_or_else(|| {
+        Duration::from_millis(PROCESS_WAIT_LIMIT.load(std::sync::atomic::Ordering::Relaxed))
+    });
+    // Who held it as the wait began (a shared holder leaves no record in the file).
+    let holder = holders(file, record);
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
+    let mut told = false;
     loop {
         let attempt = match mode {
             LockMode::Shared => file.try_lock_shared(),
             LockMode::Exclusive => file.try_lock(),
         };
         match attempt {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(holder),
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(e)) => return Err(Error::io("locking", path, e)),
         }
@@ -294,11 +452,19 @@ fn wait_for(file: &File, mode: LockMode, path: &Path, holder: Option<&str>) -> R
             return Err(Error::LockTimeout {
                 path: path.to_path_buf(),
                 waited,
-                holder: holder.map(str::to_string),
+                holder: Some(holders(file, record)),
             });
         }
+        if !told && waited >= NOTICE_AFTER {
+            told = true;
+            log::warn!(
+                "waiting for the lock {} (held by {}); `xcache unlock` lists the locks and their holders",
+                path.display(),
+                holders(file, record)
+            );
+        }
         std::thread::sleep(pause.min(limit - waited));
-        pause = (pause * 2).min(Duration::from_millis(50));
+        pause = (pause * 2).min(Duration::from_millis(16));
     }
 }
 
@@ -307,8 +473,10 @@ pub fn lock_shared(root: &Root, rel: &Path) -> Result<LockGuard> {
     acquire(root, rel, LockMode::Shared, &mut |_| {})
 }
 
-/// Blocks until an exclusive lock on `root/rel` is held. `on_wait` is called once,
-/// with what the lock file says about its holder, if and only if the lock is busy.
+/// Blocks until an exclusive lock on `root/rel` is held (within the wait limit).
+/// `on_wait` is called once, with what the lock file records of its last exclusive
+/// holder, if and only if the lock is busy (the wait itself says, after
+/// [`NOTICE_AFTER`], what it waits for).
 pub fn lock_exclusive(
     root: &Root,
     rel: &Path,
@@ -337,6 +505,7 @@ pub fn try_lock_exclusive(root: &Root, rel: &Path) -> Result<Option<LockGuard>> 
             path: root.join(rel),
             mode: LockMode::Exclusive,
             waited: Duration::ZERO,
+            wait: None,
         }));
     }
     Err(replaced_too_often(&root.join(rel)))
@@ -368,6 +537,7 @@ fn acquire(
     on_wait: &mut dyn FnMut(Option<&str>),
 ) -> Result<LockGuard> {
     let mut waited = Duration::ZERO;
+    let mut wait = None;
     let mut told = false;
     for _ in 0..MAX_LOCK_ATTEMPTS {
         let Some((mut file, id)) = open_lock_file(root, rel, mode)? else {
@@ -376,6 +546,7 @@ fn acquire(
                 path: root.join(rel),
                 mode,
                 waited,
+                wait,
             });
         };
         let attempt = match mode {
@@ -385,15 +556,20 @@ fn acquire(
         match attempt {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let holder = holder_of(&mut file);
+                let record = holder_of(&mut file);
                 if !told {
                     told = true;
-                    on_wait(holder.as_deref());
+                    on_wait(record.as_deref());
                 }
                 let start = Instant::now();
-                let r = wait_for(&file, mode, &root.join(rel), holder.as_deref());
+                let r = wait_for(&file, mode, &root.join(rel), record.as_deref());
                 waited += start.elapsed();
-                r?;
+                let held_by = r?;
+                wait = Some(LockWait {
+                    lock: root.join(rel),
+                    waited_ms: waited.as_millis() as u64,
+                    holder: held_by,
+                });
             }
             Err(TryLockError::Error(e)) => return Err(Error::io("locking", root.join(rel), e)),
         }
@@ -409,6 +585,7 @@ fn acquire(
             path: root.join(rel),
             mode,
             waited,
+            wait,
         });
     }
     Err(replaced_too_often(&root.join(rel)))
@@ -486,8 +663,8 @@ mod tests {
         assert_eq!(err.kind(), "lock-timeout");
         let msg = err.to_string();
         assert!(
-            msg.contains(&format!("pid={}", std::process::id())),
-            "{msg}"
+            msg.contains(&format!("pid {}", std::process::id())),
+            "names the holder from /proc/locks: {msg}"
         );
         // The limit is the thread's and is restored: a plain wait blocks until release.
         let (tx, rx) = mpsc::channel();
@@ -502,6 +679,33 @@ mod tests {
         drop(held);
         rx.recv().unwrap();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn holders_are_read_from_proc_locks() {
+        let text = "1: FLOCK  ADVISORY  WRITE 4242 00:2f:1234 0 EOF\n2: FLOCK  ADVISORY  READ  77 08:01:99 0 EOF\n2: -> FLOCK  ADVISORY  READ  78 08:01:99 0 EOF\n3: POSIX  ADVISORY  WRITE 5 08:01:99 0 EOF\n4: FLOCK  ADVISORY  READ  79 08:01:99 0 EOF\n";
+        assert_eq!(parse_proc_locks(text, 0, 0x2f, 1234), vec![(4242, false)]);
+        assert_eq!(
+            parse_proc_locks(text, 8, 1, 99),
+            vec![(77, true), (79, true)],
+            "waiters (->) and POSIX locks are not flock holders"
+        );
+        assert!(parse_proc_locks(text, 8, 1, 100).is_empty());
+        // A live holder of a real lock is found, with its command line.
+        let (_d, r) = root();
+        let g = lock_shared(&r, Path::new("k.lock")).unwrap();
+        let f = r.open_file("k.lock", OpenHow::read()).unwrap();
+        let said = holders(&f, None);
+        assert!(
+            said.contains(&format!("pid {}", std::process::id())),
+            "{said}"
+        );
+        assert!(said.contains("shared"), "{said}");
+        drop(g);
+        assert_eq!(
+            holders(&f, Some("pid=1 host=\x1b[2J")),
+            "pid=1 host=\\u{1b}[2J (as its lock file records)"
+        );
     }
 
     #[test]

@@ -303,6 +303,8 @@ pub struct Fetched {
     pub warnings: Vec<String>,
     /// Time spent waiting for other processes' locks.
     pub lock_wait: Duration,
+    /// Each wait for a lock another process held: which, how long, held by whom.
+    pub lock_waits: Vec<lock::LockWait>,
     /// Where it came from: this machine, or the remote tier.
     pub tier: remote::Tier,
     /// Set when this call compiled a dependency-tracked result but did not record it:
@@ -772,12 +774,7 @@ impl Store {
 
         // Miss: exclusive lock, look again.
         let short = &key.hex()[..16];
-        let guard = lock::lock_exclusive(&self.cd(), &lock_rel, &mut |holder| {
-            log::warn!(
-                "waiting for the lock on {short}… held by {}",
-                holder.unwrap_or("another process")
-            )
-        })?;
+        let guard = lock::lock_exclusive(&self.cd(), &lock_rel, &mut |_| {})?;
         lock_wait += guard.waited();
         match check_entry_in(&self.cd(), key, false) {
             Ok(Some(c)) => return Ok(self.hit(key, c, warnings, lock_wait, guard)),
@@ -866,6 +863,7 @@ impl Store {
             hit,
             warnings,
             lock_wait,
+            lock_waits: guard.wait().cloned().into_iter().collect(),
             tier: remote::Tier::Local,
             unrecorded: None,
             entry: Some(entry),
@@ -908,6 +906,7 @@ impl Store {
             hit: false,
             warnings: Vec::new(),
             lock_wait: Duration::ZERO,
+            lock_waits: Vec::new(),
             tier: remote::Tier::Local,
             unrecorded: None,
             entry: None,
@@ -1164,6 +1163,7 @@ fn locate(config: &Config) -> Result<(Root, Platform, String)> {
         ))
     })?;
     trust::set_shared_group(config.shared_gid);
+    lock::set_default_wait_limit(config.lock_timeout);
     let platform = Platform::detect(&config.runtime_tag);
     let format = CompiledirFormat::parse(&config.compiledir_format)
         .map_err(|m| Error::Config(format!("compiledir_format: {m}")))?;

@@ -57,14 +57,10 @@ impl Store {
         // Miss: the request key's exclusive lock serialises its builders and the
         // updates of its manifest; look again under it.
         let short = &request.hex()[..16];
-        let guard = lock::lock_exclusive(&self.root(), &layout::lock(request), &mut |holder| {
-            log::warn!(
-                "waiting for the lock on {short}… held by {}",
-                holder.unwrap_or("another process")
-            )
-        })?;
+        let guard = lock::lock_exclusive(&self.root(), &layout::lock(request), &mut |_| {})?;
         if let Some(mut f) = self.lookup(request, &mut warnings)? {
             f.lock_wait += guard.waited();
+            f.lock_waits.splice(0..0, guard.wait().cloned());
             return Ok(f);
         }
         // Not here: the remote tier, if any, before the compiler. One budget covers all
@@ -72,6 +68,7 @@ impl Store {
         let budget = Budget::new(self.remote.as_ref().map_or(Duration::ZERO, |r| r.budget()));
         if let Some(mut f) = self.fetch_remote(request, scope, &budget)? {
             f.lock_wait += guard.waited();
+            f.lock_waits.splice(0..0, guard.wait().cloned());
             f.warnings.splice(0..0, warnings.drain(..));
             return Ok(f);
         }
@@ -128,6 +125,7 @@ impl Store {
         // key's), so that no collector removes it before the caller loads it.
         let rguard = lock::lock_exclusive(&self.root(), &layout::lock(&key), &mut |_| {})?;
         let lock_wait = guard.waited() + rguard.waited();
+        let guard_wait = guard.wait().cloned();
         let meta = match check_entry_in(&self.root(), &key, false) {
             // Built before, its manifest lost: the same headers give the same result.
             Ok(Some(c)) => c.meta,
@@ -218,6 +216,7 @@ impl Store {
             rguard,
         );
         fetched.unrecorded = racy;
+        fetched.lock_waits.splice(0..0, guard_wait);
         Ok(fetched)
     }
 
