@@ -17,6 +17,47 @@ use crate::store::Store;
 
 const INPUTS: &[&str] = &["a", "b", "c"];
 
+/// What a Redis server answers (RESP, the remote tier's wire format), within small
+/// limits: parsing ends in replies or an error, never a panic; no bulk string exceeds
+/// the limit; and each result record among the bulk strings is checked, unsigned and
+/// with signatures required, never panicking (one without a `"mac"` is never taken when signatures are required).
+pub fn resp(data: &[u8]) {
+    use crate::remote::redis::{check_record, RecordReject};
+    use crate::remote::resp::{parse_all, Limits, Value};
+    let limits = Limits {
+        max_bulk: 1 << 16,
+        max_array: 1 << 10,
+    };
+    let Ok(values) = parse_all(data, limits) else {
+        return;
+    };
+    fn bulks(v: &Value, out: &mut Vec<Vec<u8>>) {
+        match v {
+            Value::Bulk(b) => {
+                assert!(b.len() <= 1 << 16);
+                out.push(b.clone());
+            }
+            Value::Array(items) => items.iter().for_each(|i| bulks(i, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    values.iter().for_each(|v| bulks(v, &mut all));
+    let request: Key = "ab".repeat(32).parse().expect("a key");
+    let key = SignKey::from_secret(b"a fuzzing secret, long enough");
+    for pair in all.chunks(2) {
+        let [field, value] = pair else { continue };
+        let _ = check_record(&request, field, value, None, false);
+        // Signatures required: a record without a MAC is never taken.
+        if !value.windows(5).any(|w| w == b"\"mac\"") {
+            assert!(matches!(
+                check_record(&request, field, value, Some(&key), true),
+                Err(RecordReject::Malformed | RecordReject::Unsigned)
+            ));
+        }
+    }
+}
+
 /// Expressions: a parse that succeeds emits for every dtype that accepts it, and its
 /// canonical display parses back to the same tree; emitted C never contains a quote,
 /// a semicolon, a brace, a backslash or a comment.

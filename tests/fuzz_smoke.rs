@@ -446,3 +446,35 @@ fn packed_values_never_panic_on_random_bytes() {
         fuzzing::packed(&v);
     }
 }
+
+#[test]
+fn remote_replies_and_result_records_never_panic_when_mutated() {
+    // A real reply to HGETALL of a request's results, a GET of a value, and the
+    // statuses and errors a server sends.
+    let record = br#"{"created":7,"headers":[["/usr/include/stdio.h","00000000000000000000000000000000000000000000000000000000000000ff"]]}"#;
+    let field = "cd".repeat(32);
+    let mut seed =
+        format!("*2\r\n${}\r\n{field}\r\n${}\r\n", field.len(), record.len()).into_bytes();
+    seed.extend_from_slice(record);
+    seed.extend_from_slice(b"\r\n$5\r\nXCE1\x00\r\n+OK\r\n-WRONGPASS invalid\r\n:16\r\n$-1\r\n");
+    fuzzing::resp(&seed);
+    let mut rng = Rng(77);
+    let start = Instant::now();
+    let mut runs = 0u64;
+    let mut peak = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        let mut b = seed.clone();
+        mutate(&mut rng, &mut b);
+        let t = Instant::now();
+        peak = peak.max(peak_allocated(|| fuzzing::resp(&b)));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "one parse took {:?}",
+            t.elapsed()
+        );
+        runs += 1;
+    }
+    // A declared length is never allocated ahead of the bytes (the limit is 64 KiB).
+    assert!(peak < 4 << 20, "{peak} bytes");
+    eprintln!("{runs} mutated replies, peak allocation {peak} bytes");
+}

@@ -755,3 +755,72 @@ fn a_sign_key_that_is_no_regular_file_is_an_error_not_a_hang() {
         }
     }
 }
+
+/// A bundle entry that names files outside its request's include search (`/dev/zero`,
+/// which hashing never finishes; `/etc/passwd` with its true hash, a probe) is refused
+/// before any of them is read, with keys that derive as an honest writer's would.
+#[test]
+fn a_bundle_entry_naming_files_outside_its_include_search_is_refused_unread() {
+    use xcache::store::key::{result_key, Key};
+    let env = Env::new();
+    env.file("h.h", "#define V 7\n");
+    let src = env.file("k.c", "#include \"h.h\"\nint f(void) { return V; }\n");
+    common::stdout(&env.run(&["compile", src.to_str().unwrap()]));
+    let real = env.dir.path().join("real.tar.zst");
+    common::stdout(&env.run(&["export", "--out", real.to_str().unwrap()]));
+    let passwd = blake3::hash(&std::fs::read("/etc/passwd").unwrap())
+        .to_hex()
+        .to_string();
+    for (path, hash) in [("/dev/zero", "00".repeat(32)), ("/etc/passwd", passwd)] {
+        let (index, mut entries) = common::read_real(&real);
+        for e in &mut entries {
+            e.meta["headers"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"path": path, "blake3": hash}));
+            let request: Key = e.meta["request_key"].as_str().unwrap().parse().unwrap();
+            let digests: Vec<(String, String)> = e.meta["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    (
+                        h["path"].as_str().unwrap().to_string(),
+                        h["blake3"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            let pairs: Vec<(&str, &str)> = digests
+                .iter()
+                .map(|(p, h)| (p.as_str(), h.as_str()))
+                .collect();
+            let key = result_key(&request, &pairs).hex();
+            e.meta["key"] = key.clone().into();
+            e.index.key = key;
+        }
+        let crafted = env.dir.path().join("crafted.tar.zst");
+        common::write_entries(index, entries, &crafted);
+        let other = Env::new();
+        let t = std::time::Instant::now();
+        let o = other.run(&["import", crafted.to_str().unwrap(), "--json"]);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            t.elapsed()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let text = v.to_string();
+        assert!(
+            text.contains("outside the include search"),
+            "{path}: refused unread: {text}"
+        );
+        assert!(
+            v["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["outcome"] == "refused"),
+            "{v}"
+        );
+    }
+}

@@ -79,14 +79,18 @@ fn result_mac_input(
 
 /// Why a result record was left out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RecordReject {
+pub enum RecordReject {
+    /// Not a record of this format.
     Malformed,
+    /// Signatures are required and it has none.
     Unsigned,
+    /// Its MAC does not verify.
     BadSignature,
 }
 
-/// Checks one result record (field `k`, value `v`) of `request`'s hash.
-fn check_record(
+/// Checks one result record (field `k`, value `v`) of `request`'s hash: its key, its
+/// JSON, its size, and its MAC as the signing settings ask. Public for the fuzzer.
+pub fn check_record(
     request: &Key,
     k: &[u8],
     v: &[u8],

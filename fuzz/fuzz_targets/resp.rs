@@ -1,0 +1,3 @@
+//! Fuzz target: see `xcache::fuzzing::resp` for the properties checked.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xcache::fuzzing::resp(data));
