@@ -46,9 +46,9 @@ pub struct CompileArgs {
     /// Load the result and check that it exports SYMBOL (repeatable).
     #[arg(long = "symbol", short = 's', value_name = "SYMBOL")]
     symbols: Vec<String>,
-    /// Place a private copy of the library at FILE (a hard link where possible, else a
-    /// copy; atomically) and print FILE: the caller owns it, and no cache cleanup ever
-    /// removes it. Without --out, the printed path is the cache's own, valid for
+    /// Place a private copy of the library at FILE (a reflink where the file system has
+    /// them, else a copy, never a hard link; atomically) and print FILE: the caller owns
+    /// it, and no cache cleanup ever removes it. Without --out, the printed path is the cache's own, valid for
     /// handout_grace (60s by default) against clear, prune and purge.
     #[arg(long, value_name = "FILE", conflicts_with = "symbols")]
     out: Option<PathBuf>,
