@@ -480,3 +480,29 @@ fn the_in_process_memo_never_confuses_requests() {
     let f = unsafe { k2.symbol::<unsafe extern "C" fn() -> i32>("k") }.unwrap();
     assert_eq!(unsafe { f() }, 2);
 }
+
+/// A purge from another store (another process, as `xcache purge` is) removes the
+/// compiledir under a live `Jit`: its next requests make it again and succeed.
+#[test]
+fn a_jit_outlives_a_purge_of_its_compiledir() {
+    let tc = TestCache::new();
+    let mut config = tc.config();
+    config.set("handout_grace", "0s").unwrap();
+    let jit = Jit::new(config.clone()).unwrap();
+    let req = |n: i32| SourceRequest::new(Language::C, format!("int f(void) {{ return {n}; }}\n"));
+    jit.build(&req(1)).unwrap();
+    let other = Jit::new(config).unwrap();
+    let r = other.store().purge_base(false).unwrap();
+    assert_eq!(r.skipped, 0, "{r:?}");
+    assert!(!tc.base().exists(), "the base dir itself went");
+    let c = jit.compile(&req(2)).unwrap();
+    assert_eq!(
+        unsafe { c.symbol::<unsafe extern "C" fn() -> i32>("f").unwrap()() },
+        2
+    );
+    assert!(
+        c.path.starts_with(tc.base()),
+        "in the cache made again, not privately"
+    );
+    assert!(!jit.build(&req(1)).unwrap().hit);
+}

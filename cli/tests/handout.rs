@@ -87,7 +87,7 @@ const PURGES: &[&[&str]] = &[&["purge", "--json"], &["basecompiledir", "purge", 
 /// client asks for a key 5 times in a row (a miss, then hits), then moves on to a new
 /// one, so that entries are hot for a moment and then left to the cleaner.
 fn race(env: &Env, grace: &str, out: bool) -> (Tally, Vec<String>) {
-    race_against(env, grace, out, true, PRUNE_AND_CLEAR)
+    race_against(env, grace, out, true, PRUNE_AND_CLEAR, race_secs())
 }
 
 /// [`race`] against the cleaner commands `cleaner`, run in turn in a loop; with
@@ -98,12 +98,13 @@ fn race_against(
     out: bool,
     load: bool,
     cleaner: &[&[&str]],
+    secs: u64,
 ) -> (Tally, Vec<String>) {
     let loader = loader(env);
     let flags = format!("handout_grace={grace}");
     let tally = Tally::default();
     let errors = std::sync::Mutex::new(Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(race_secs());
+    let deadline = Instant::now() + Duration::from_secs(secs);
     std::thread::scope(|s| {
         for client in 0..4u64 {
             let (loader, flags, tally, errors) = (&loader, &flags, &tally, &errors);
@@ -234,7 +235,11 @@ fn assert_purge_race_clean(out: bool) {
     // path may then be gone before a script loads it (the grace is what protects
     // those, and it keeps purges off the compiledir): not loaded here; an `--out` copy
     // is the caller's, and must load.
-    let (t, errors) = race_against(&env, "0s", out, false, PURGES);
+    let secs = std::env::var("XC_PURGE_RACE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let (t, errors) = race_against(&env, "0s", out, false, PURGES, secs);
     assert!(t.requests.load(Ordering::Relaxed) > 8, "too few requests");
     assert_eq!(t.failed.load(Ordering::Relaxed), 0, "{errors:#?}");
     assert_eq!(t.wrong.load(Ordering::Relaxed), 0);

@@ -75,3 +75,21 @@ def test_a_kernel_keeps_its_library_pinned(cache: xcache.Cache) -> None:
     p = cli(Path(cache.base_dir), "clear", "--force")
     assert p.returncode == 0
     assert os.path.isfile(f.library.path)
+
+
+def test_a_cache_outlives_a_purge_of_its_compiledir(tmp_path: Path) -> None:
+    """`xcache basecompiledir purge` from another process removes the compiledir (and
+    the base dir) under a live Cache: its next requests make them again and succeed."""
+    base = tmp_path / "purged"
+    c = xcache.Cache(base_dir=base)
+    lib = c.compile("int one(void) { return 1; }\n", name="one.c")
+    del lib
+    env = dict(os.environ, XCACHE_DIR=str(base))
+    subprocess.run([sys.executable, "-m", "xcache", "basecompiledir", "purge"], env=env, check=True)
+    assert not Path(c.compiledir).exists()
+    two = c.compile("int two(void) { return 2; }\n", name="two.c")
+    assert ctypes.CFUNCTYPE(ctypes.c_int)(two.symbol("two"))() == 2
+    # Loaded already by this Cache: served from memory, as before the purge.
+    one = c.compile("int one(void) { return 1; }\n", name="one.c")
+    assert ctypes.CFUNCTYPE(ctypes.c_int)(one.symbol("one"))() == 1
+    assert Path(c.compiledir).is_dir()
