@@ -476,9 +476,9 @@ pub struct Store {
 /// What builds an entry into a staging directory (see [`Store::get_or_build`]).
 pub type BuildFn<'a> = dyn FnMut(&Root) -> Result<Built> + 'a;
 
-/// How often a request is tried again after its compiledir was removed under it (a
-/// purge beside it): one is enough unless purges run back to back.
-pub const PURGE_RETRIES: usize = 3;
+/// How often a request is tried again after its compiledir, or a directory of it, was
+/// removed under it (a purge beside it): one is enough unless purges run back to back.
+pub const PURGE_RETRIES: usize = 8;
 
 /// The descriptors of a store's base dir and compiledir.
 #[derive(Debug)]
@@ -584,6 +584,15 @@ impl Store {
 
     fn cd(&self) -> Arc<Root> {
         self.dirs.read().unwrap().cd.clone()
+    }
+
+    /// True when `e` is a directory of this compiledir that was not found while the
+    /// request created something in it: a purge removing the compiledir's directories
+    /// one by one (`locks/`, `tmp/`, a fan) under a request, before it removes the
+    /// compiledir itself. The next attempt makes them again.
+    fn vanished_under(&self, e: &Error) -> bool {
+        matches!(e, Error::Io { path, source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound && path.starts_with(&self.cd_path))
     }
 
     /// After a failed request: if the compiledir (or the base dir) this store opened was
@@ -720,9 +729,9 @@ impl Store {
         loop {
             match attempt(self, build) {
                 Ok(f) => return Ok(f),
-                Err(e) if tries < PURGE_RETRIES && self.recover() => {
+                Err(e) if tries < PURGE_RETRIES && (self.recover() || self.vanished_under(&e)) => {
                     tries += 1;
-                    log::debug!("{e}: the compiledir was removed meanwhile; trying again");
+                    log::info!("{e}: removed while in use (a purge); trying again");
                 }
                 // A compiler that fails because the cache's disk is full (the linker's
                 // "No space left on device") is a cache fault too.
