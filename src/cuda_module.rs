@@ -286,6 +286,7 @@ impl Jit {
                     .collect();
                 Ok(Built {
                     source_name: req.name.clone(),
+                    group: None,
                     source_file: source_file.into(),
                     compile_time: built.elapsed,
                     compiler_output: diagnostics::rename(&built.log, source_file, &display),

@@ -479,6 +479,7 @@ impl Jit {
                 );
                 Ok(Built {
                     source_name: req.name.clone(),
+                    group: None,
                     source_file: source_file.into(),
                     compile_time,
                     compiler_output: diagnostics::rename(&compiler_output, source_file, &display),

@@ -1307,8 +1307,8 @@ mod tests {
         }
     }
 
-    const CD: &str = "compiledir_Linux-6.1-x86_64-glibc2.36-xc2";
-    const OTHER: &str = "compiledir_Linux-6.1-x86_64-glibc2.36-cpython-3.10-xc2";
+    const CD: &str = "compiledir_Linux-6.1-x86_64-glibc2.36-xc3";
+    const OTHER: &str = "compiledir_Linux-6.1-x86_64-glibc2.36-cpython-3.10-xc3";
 
     fn sample(values: &[&[u8]]) -> Index {
         Index {
