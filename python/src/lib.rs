@@ -608,7 +608,6 @@ fn library(py: Python<'_>, held: HeldLibrary) -> PyResult<Py<Library>> {
     )
 }
 
-/// The cache and compile service: settings, the compiledir, loaded libraries.
 /// A load name of a checked file (see `Library._checked_load_name`).
 #[pyclass(module = "xcache", name = "_CheckedLoadName", frozen)]
 struct CheckedLoadName {
@@ -630,6 +629,178 @@ impl CheckedLoadName {
     /// Removes the name and closes the file.
     fn close(&self) {
         self.inner.lock().unwrap().take();
+    }
+}
+
+/// Files that another compiler built (a Numba function, a Triton kernel, a CuPy
+/// cubin), kept by xcache's store: found or published, and pinned while this lives.
+#[pyclass(module = "xcache", name = "Group", frozen)]
+struct Group {
+    held: xcache::store::group::HeldGroup,
+}
+
+#[pymethods]
+impl Group {
+    /// The entry's key (64 hex digits).
+    #[getter]
+    fn key(&self) -> String {
+        self.held.key.hex()
+    }
+
+    /// True when it was in the cache (here or on the remote tier).
+    #[getter]
+    fn hit(&self) -> bool {
+        self.held.hit
+    }
+
+    /// `"local"` or `"remote"`.
+    #[getter]
+    fn tier(&self) -> &'static str {
+        match self.held.tier {
+            xcache::store::remote::Tier::Local => "local",
+            xcache::store::remote::Tier::Remote => "remote",
+        }
+    }
+
+    /// Who made it (`numba`, `triton`, `cupy`, `pytensor`).
+    #[getter]
+    fn producer(&self) -> String {
+        self.held.producer.clone()
+    }
+
+    /// What `xcache list` calls it.
+    #[getter]
+    fn name(&self) -> String {
+        self.held.name.clone()
+    }
+
+    /// How long its producer took to build it, in ms.
+    #[getter]
+    fn compile_ms(&self) -> u64 {
+        self.held.compile_ms
+    }
+
+    /// Cache faults repaired on the way.
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.held.warnings.clone()
+    }
+
+    /// Its files: name → path, valid while this object lives.
+    #[getter]
+    fn files(&self) -> HashMap<String, String> {
+        self.held
+            .files
+            .iter()
+            .map(|(n, p)| (n.clone(), p.to_string_lossy().into_owned()))
+            .collect()
+    }
+
+    /// The path of the file `name` (valid while this object lives); KeyError when the
+    /// group has no such file.
+    fn path(&self, name: &str) -> PyResult<String> {
+        self.held
+            .files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.to_string_lossy().into_owned())
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_string()))
+    }
+
+    /// The bytes of the file `name`.
+    fn read<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let path = self.path(name)?;
+        let bytes = py
+            .detach(|| std::fs::read(&path))
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("reading {path}: {e}")))?;
+        Ok(pyo3::types::PyBytes::new(py, &bytes))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<xcache.Group {} {} key={} {}>",
+            self.held.producer,
+            self.held.name,
+            &self.held.key.hex()[..12],
+            if self.held.hit { "hit" } else { "built" }
+        )
+    }
+}
+
+/// The right to publish a group nobody has yet (`Cache.lease_group`): other processes
+/// asking for it wait until it is published or abandoned. Add its files, then publish;
+/// used as a context manager, it is abandoned when the block is left unpublished.
+#[pyclass(module = "xcache", name = "GroupLease", frozen)]
+struct PyGroupLease {
+    inner: Mutex<Option<Box<xcache::store::group::GroupLease>>>,
+    jit: Arc<Jit>,
+    lock_timeout: Option<Duration>,
+}
+
+impl PyGroupLease {
+    fn take(&self) -> PyResult<Box<xcache::store::group::GroupLease>> {
+        self.inner.lock().unwrap().take().ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err("this lease was published or abandoned already")
+        })
+    }
+}
+
+#[pymethods]
+impl PyGroupLease {
+    /// Adds the file `name` (a plain file name) with `data` (bytes, or str written as
+    /// UTF-8); returns where it is staged, valid until the lease ends.
+    fn add(&self, py: Python<'_>, name: &str, data: &Bound<'_, PyAny>) -> PyResult<String> {
+        let bytes: Vec<u8> = if data.is_instance_of::<PyString>() {
+            data.extract::<String>()?.into_bytes()
+        } else {
+            data.extract::<Vec<u8>>()?
+        };
+        let mut guard = self.inner.lock().unwrap();
+        let lease = guard.as_mut().ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err("this lease was published or abandoned already")
+        })?;
+        let path = py.detach(|| lease.add(name, &bytes)).or_py()?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
+    /// Publishes the files added and returns the group. `compile_seconds`: how long
+    /// the producer took (default: since the lease was taken).
+    #[pyo3(signature = (compile_seconds=None))]
+    fn publish(&self, py: Python<'_>, compile_seconds: Option<f64>) -> PyResult<Group> {
+        let lease = self.take()?;
+        let t = Duration::from_secs_f64(compile_seconds.unwrap_or(0.0).max(0.0));
+        let limit = self.lock_timeout;
+        let held = py
+            .detach(|| with_wait_limit(limit, || lease.publish_held(t)))
+            .or_py()?;
+        self.jit.stats().miss(held.compile_ms, held.lock_wait);
+        Ok(Group { held })
+    }
+
+    /// Gives the lease up: nothing is published, and the next asker builds.
+    fn abandon(&self) {
+        self.inner.lock().unwrap().take();
+    }
+
+    /// The group's request key (64 hex digits).
+    #[getter]
+    fn key(&self) -> PyResult<String> {
+        self.inner
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|l| l.key().hex())
+            .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("this lease is over"))
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
+        self.abandon();
+        false
     }
 }
 
@@ -868,6 +1039,94 @@ impl Cache {
     #[getter]
     fn lock_timeout(&self) -> Option<f64> {
         self.lock_timeout.map(|d| d.as_secs_f64())
+    }
+
+    /// The group `producer` keeps under `material` (its own key material, text), if
+    /// the cache has it; None otherwise. Never waits for a producer building it.
+    #[pyo3(signature = (producer, material, name=""))]
+    fn get_group(
+        &self,
+        py: Python<'_>,
+        producer: &str,
+        material: &str,
+        name: &str,
+    ) -> PyResult<Option<Group>> {
+        let spec = xcache::store::group::GroupSpec::new(producer, material, name).or_py()?;
+        let held = self.run(py, |jit| jit.store().get_group_held(&spec))?;
+        if let Some(h) = &held {
+            self.jit.stats().hit(h.compile_ms, h.lock_wait);
+        }
+        Ok(held.map(|held| Group { held }))
+    }
+
+    /// The group `producer` keeps under `material`: a `Group` when the cache (or its
+    /// remote tier) has it, else a `GroupLease` to build and publish it (other
+    /// processes asking for it wait for the lease, within the lock timeout).
+    #[pyo3(signature = (producer, material, name=""))]
+    fn lease_group(
+        &self,
+        py: Python<'_>,
+        producer: &str,
+        material: &str,
+        name: &str,
+    ) -> PyResult<Py<PyAny>> {
+        use xcache::store::group::HeldLeased;
+        let spec = xcache::store::group::GroupSpec::new(producer, material, name).or_py()?;
+        match self.run(py, |jit| jit.store().lease_group_held(&spec))? {
+            HeldLeased::Found(held) => {
+                self.jit.stats().hit(held.compile_ms, held.lock_wait);
+                Ok(Py::new(py, Group { held })?.into_any())
+            }
+            HeldLeased::Lease(lease) => Ok(Py::new(
+                py,
+                PyGroupLease {
+                    inner: Mutex::new(Some(lease)),
+                    jit: Arc::clone(&self.jit),
+                    lock_timeout: self.lock_timeout,
+                },
+            )?
+            .into_any()),
+        }
+    }
+
+    /// Publishes `files` (name → bytes) as the group `producer` keeps under
+    /// `material`, and returns it (the one already there, if another process was first).
+    #[pyo3(signature = (producer, material, files, name=""))]
+    fn put_group(
+        &self,
+        py: Python<'_>,
+        producer: &str,
+        material: &str,
+        files: &Bound<'_, PyAny>,
+        name: &str,
+    ) -> PyResult<Group> {
+        use xcache::store::group::HeldLeased;
+        let spec = xcache::store::group::GroupSpec::new(producer, material, name).or_py()?;
+        let mut list: Vec<(String, Vec<u8>)> = Vec::new();
+        for item in files.call_method0("items")?.try_iter()? {
+            let (k, v): (String, Bound<'_, PyAny>) = item?.extract()?;
+            let bytes = if v.is_instance_of::<PyString>() {
+                v.extract::<String>()?.into_bytes()
+            } else {
+                v.extract::<Vec<u8>>()?
+            };
+            list.push((k, bytes));
+        }
+        let held = self.run(py, |jit| match jit.store().lease_group_held(&spec)? {
+            HeldLeased::Found(h) => Ok(h),
+            HeldLeased::Lease(mut lease) => {
+                for (n, b) in &list {
+                    lease.add(n, b)?;
+                }
+                lease.publish_held(Duration::ZERO)
+            }
+        })?;
+        if held.hit {
+            self.jit.stats().hit(held.compile_ms, held.lock_wait);
+        } else {
+            self.jit.stats().miss(held.compile_ms, held.lock_wait);
+        }
+        Ok(Group { held })
     }
 
     /// Compiles `source` through the cache (once, ever, per key) and loads it. See the
@@ -1617,6 +1876,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Cache>()?;
     m.add_class::<Library>()?;
     m.add_class::<CheckedLoadName>()?;
+    m.add_class::<Group>()?;
+    m.add_class::<PyGroupLease>()?;
     m.add_class::<Elemwise>()?;
     m.add_class::<Reduce>()?;
     m.add_class::<Gemm>()?;

@@ -299,6 +299,120 @@ impl Drop for GroupLease {
     }
 }
 
+/// A group whose files stay in place while this (or a clone) lives: a pin of its entry
+/// ([`super::pin`]), which every collector, in any process, respects.
+#[derive(Debug, Clone)]
+pub struct HeldGroup {
+    /// The entry's key.
+    pub key: Key,
+    /// The entry directory.
+    pub dir: PathBuf,
+    /// The files, by name, where they are.
+    pub files: Vec<(String, PathBuf)>,
+    /// True when it was there (here or on the remote tier); false when this process
+    /// published it.
+    pub hit: bool,
+    /// Where it came from.
+    pub tier: super::remote::Tier,
+    /// The producer.
+    pub producer: String,
+    /// What `list` calls it.
+    pub name: String,
+    /// How long the producer took to build it, ms (what a hit saved).
+    pub compile_ms: u64,
+    /// Cache faults repaired on the way.
+    pub warnings: Vec<String>,
+    /// Time spent waiting for other processes' locks (a builder of the same group).
+    pub lock_wait: Duration,
+    _pin: std::sync::Arc<super::pin::Pin>,
+}
+
+/// What [`Store::lease_group_held`] found.
+#[derive(Debug)]
+pub enum HeldLeased {
+    /// The group, held.
+    Found(HeldGroup),
+    /// Nobody has it: build it and publish it ([`GroupLease::publish_held`]).
+    Lease(Box<GroupLease>),
+}
+
+/// How often a group may go between finding it and pinning it before giving up (each
+/// time means a collector removed it in between).
+const PIN_ATTEMPTS: usize = 8;
+
+impl Fetched {
+    /// This group, pinned ([`Fetched::into_pin`]); `None` when the entry went before it
+    /// could be pinned.
+    pub fn into_held_group(self) -> Result<Option<HeldGroup>> {
+        let files = self.group_files();
+        let (key, dir, hit, tier) = (self.key, self.dir.clone(), self.hit, self.tier);
+        let producer = self.meta.producer().to_string();
+        let name = self.meta.source_name.clone();
+        let compile_ms = self.meta.compile_ms;
+        let warnings = self.warnings.clone();
+        let lock_wait = self.lock_wait;
+        Ok(self.into_pin()?.map(|pin| HeldGroup {
+            key,
+            dir,
+            files,
+            hit,
+            tier,
+            producer,
+            name,
+            compile_ms,
+            warnings,
+            lock_wait,
+            _pin: pin,
+        }))
+    }
+}
+
+impl Store {
+    /// [`Store::get_group`], pinned: the files stay while the handle lives.
+    pub fn get_group_held(&self, spec: &GroupSpec) -> Result<Option<HeldGroup>> {
+        for _ in 0..PIN_ATTEMPTS {
+            let Some(f) = self.get_group(spec)? else {
+                return Ok(None);
+            };
+            if let Some(h) = f.into_held_group()? {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Store::lease_group`], with a found group pinned.
+    pub fn lease_group_held(&self, spec: &GroupSpec) -> Result<HeldLeased> {
+        for _ in 0..PIN_ATTEMPTS {
+            match self.lease_group(spec)? {
+                GroupLeased::Lease(l) => return Ok(HeldLeased::Lease(l)),
+                GroupLeased::Found(f) => {
+                    if let Some(h) = f.into_held_group()? {
+                        return Ok(HeldLeased::Found(h));
+                    }
+                }
+            }
+        }
+        Err(Error::InvalidRequest(format!(
+            "a {} group was removed {PIN_ATTEMPTS} times while pinning it: is something deleting the cache by hand?",
+            spec.producer
+        )))
+    }
+}
+
+impl GroupLease {
+    /// [`GroupLease::publish`], pinned.
+    pub fn publish_held(self, compile_time: Duration) -> Result<HeldGroup> {
+        let producer = self.spec.producer.clone();
+        let f = self.publish(compile_time)?;
+        f.into_held_group()?.ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "the {producer} group just published was removed before it could be pinned"
+            ))
+        })
+    }
+}
+
 impl Fetched {
     /// The files of a group, by name, where they are in the entry (valid while this
     /// lives, or while the entry is pinned). Empty for what xcache compiled.

@@ -383,6 +383,17 @@ impl Fetched {
         }
     }
 
+    /// Makes the lock this holds a shared one (see [`LockGuard::downgrade`]).
+    pub(crate) fn downgrade_guard(&mut self) -> Result<()> {
+        self._guard.downgrade()
+    }
+
+    /// The lock this holds, leaving an unlocked guard in its place.
+    pub(crate) fn take_guard(&mut self) -> LockGuard {
+        let none = LockGuard::none(self._guard.path());
+        std::mem::replace(&mut self._guard, none)
+    }
+
     /// True when the artifact lives in a private directory (removed when this is
     /// dropped, unless handed out) because the cache could not be written.
     pub fn is_private(&self) -> bool {
