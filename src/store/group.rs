@@ -40,6 +40,20 @@ pub const MAX_MATERIAL: usize = 64 << 10;
 /// Most files in one group.
 pub const MAX_MEMBERS: usize = 256;
 
+/// Names a producer may not take: what xcache's own entries are listed under (their
+/// languages, and itself).
+pub const RESERVED_PRODUCERS: &[&str] = &["xcache", "c", "c++", "cuda"];
+
+/// Who made an entry listed with `language`: `xcache` for the languages it compiles,
+/// else the group's producer (which stands in the language's place).
+pub fn producer_of_language(language: &str) -> &str {
+    if RESERVED_PRODUCERS.contains(&language) {
+        "xcache"
+    } else {
+        language
+    }
+}
+
 /// What a group is: who makes it, what it is keyed by, what to call it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupSpec {
@@ -64,6 +78,12 @@ impl GroupSpec {
             name: name.into(),
         };
         let p = &spec.producer;
+        if RESERVED_PRODUCERS.contains(&p.as_str()) {
+            return Err(Error::InvalidRequest(format!(
+                "producer {p:?} is one of xcache's own names ({}); name the compiler whose files these are",
+                RESERVED_PRODUCERS.join(", ")
+            )));
+        }
         if p.is_empty()
             || p.len() > 32
             || !p
@@ -252,7 +272,9 @@ impl GroupLease {
             key_material: KeyMaterial {
                 encoding: KEY_ENCODING,
                 layout: LAYOUT_VERSION,
-                language: "group".into(),
+                // The producer stands where a compiled entry has its language, so that
+                // listings (and the index) say who made it.
+                language: self.spec.producer.clone(),
                 source_blake3: blake3::hash(self.spec.material.as_bytes())
                     .to_hex()
                     .to_string(),
@@ -453,6 +475,9 @@ mod tests {
         assert!(GroupSpec::new("numba", "m", "f").is_ok());
         assert!(GroupSpec::new("Numba", "m", "f").is_err());
         assert!(GroupSpec::new("a b", "m", "f").is_err());
+        assert!(GroupSpec::new("cuda", "m", "f").is_err());
+        assert_eq!(producer_of_language("c++"), "xcache");
+        assert_eq!(producer_of_language("triton"), "triton");
         assert!(GroupSpec::new("numba", "x".repeat(MAX_MATERIAL + 1), "f").is_err());
     }
 }
