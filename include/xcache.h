@@ -51,6 +51,10 @@ typedef enum {
 // A cache and compile service (opaque).
 typedef struct xcache_cache xcache_cache;
 
+// Files that another compiler built, kept by the cache as an artifact group (opaque):
+// found or published, and in place while the handle lives.
+typedef struct xcache_group xcache_group;
+
 // A compiled, loaded library (opaque). Its file stays in place while the handle lives.
 typedef struct xcache_library xcache_library;
 
@@ -131,6 +135,67 @@ xcache_status xcache_library_symbol(const xcache_library *lib, const char *name,
 // # Safety
 // `lib` is NULL or a live handle, not used after this call.
 xcache_status xcache_library_release(xcache_library *lib);
+
+// The artifact group that `producer` (lowercase letters, digits, `-`: the compiler
+// whose files these are) keeps under `material` (its own key material: text that
+// covers everything that changes what it builds). On a hit `*out` is a handle to
+// release with `xcache_group_release`; on a miss `*out` is NULL (and the status OK).
+// The producer's version belongs in the cache's runtime tag (XCACHE_FLAGS
+// `runtime_tag=myjit-1.2`), so that each version has its own compiledir.
+//
+// # Safety
+// Strings are NUL-terminated; `out` is valid.
+xcache_status xcache_group_get(const xcache_cache *cache,
+                               const char *producer,
+                               const char *material,
+                               xcache_group **out);
+
+// Publishes `n_files` files (`file_names[i]`: a plain file name; `file_data[i]`,
+// `file_sizes[i]` bytes) as the group `producer` keeps under `material`, named `name`
+// in listings (NULL: none), and returns it in `*out` (a handle to release with
+// `xcache_group_release`). If another process published it first, that group is
+// returned: a group is published whole or not at all.
+//
+// # Safety
+// Strings are NUL-terminated; the arrays hold `n_files` entries; `file_data[i]` points
+// to `file_sizes[i]` readable bytes; `out` is valid.
+xcache_status xcache_group_put(const xcache_cache *cache,
+                               const char *producer,
+                               const char *material,
+                               const char *name,
+                               const char *const *file_names,
+                               const void *const *file_data,
+                               const size_t *file_sizes,
+                               size_t n_files,
+                               xcache_group **out);
+
+// The number of files of a group.
+//
+// # Safety
+// `group` is a live handle; `out` is valid.
+xcache_status xcache_group_file_count(const xcache_group *group, size_t *out);
+
+// The name and path of the file `index` of a group (in name order). Both strings stay
+// valid, and the file in place, until the handle is released.
+//
+// # Safety
+// `group` is a live handle; `name` and `path` are valid.
+xcache_status xcache_group_file(const xcache_group *group,
+                                size_t index,
+                                const char **name,
+                                const char **path);
+
+// Whether the group was found (true) or published by this call (false).
+//
+// # Safety
+// `group` is a live handle; `out` is valid.
+xcache_status xcache_group_hit(const xcache_group *group, bool *out);
+
+// Releases a group handle: its files may be collected afterwards. NULL is accepted.
+//
+// # Safety
+// `group` is NULL or a live handle, not used after this call.
+xcache_status xcache_group_release(xcache_group *group);
 
 // The message of the last failed call on this thread ("" if none failed). Valid until
 // the next failing call on this thread.

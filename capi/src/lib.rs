@@ -2,9 +2,10 @@
 //! Rust library, with no logic of its own beyond conversion and error mapping.
 //!
 //! - Opaque handles: [`xcache_cache`] (a [`Jit`]: one per base dir is plenty, shared by
-//!   any number of threads) and [`xcache_library`] (a loaded library whose file stays
-//!   in place while the handle lives: [`xcache::embed`]). A library handle stays valid
-//!   after its cache is closed.
+//!   any number of threads), [`xcache_library`] (a loaded library whose file stays
+//!   in place while the handle lives: [`xcache::embed`]) and [`xcache_group`] (files
+//!   another compiler built, kept as an artifact group: [`xcache::store::group`]). A
+//!   library or group handle stays valid after its cache is closed.
 //! - Every function returns an [`xcache_status`]; after a failure,
 //!   [`xcache_last_error`] gives the message on the calling thread.
 //! - Thread-safe: handles may be used from any thread at once (the message of the
@@ -369,6 +370,226 @@ pub unsafe extern "C" fn xcache_library_release(lib: *mut xcache_library) -> xca
     guard(|| {
         if !lib.is_null() {
             drop(Box::from_raw(lib));
+        }
+        Ok(())
+    })
+}
+
+/// Files that another compiler built, kept by the cache as an artifact group (opaque):
+/// found or published, and in place while the handle lives.
+pub struct xcache_group {
+    held: xcache::store::group::HeldGroup,
+    files: Vec<(CString, CString)>,
+}
+
+fn group_handle(held: xcache::store::group::HeldGroup) -> Result<*mut xcache_group, Failure> {
+    let files = held
+        .files
+        .iter()
+        .map(|(n, p)| {
+            Ok((
+                CString::new(n.as_str()).map_err(|_| Invalid("a file name with a NUL".into()))?,
+                CString::new(p.to_string_lossy().into_owned())
+                    .map_err(|_| Invalid("a path with a NUL".into()))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, Invalid>>()?;
+    Ok(Box::into_raw(Box::new(xcache_group { held, files })))
+}
+
+/// # Safety
+/// `cache` is NULL or a live handle.
+unsafe fn cache_ref<'a>(cache: *const xcache_cache) -> Result<&'a xcache_cache, Invalid> {
+    cache
+        .as_ref()
+        .ok_or_else(|| Invalid("the cache handle is NULL".into()))
+}
+
+/// # Safety
+/// Both are NULL or NUL-terminated strings.
+unsafe fn group_spec(
+    producer: *const c_char,
+    material: *const c_char,
+    name: *const c_char,
+) -> Result<xcache::store::group::GroupSpec, Failure> {
+    let producer =
+        string(producer, "producer")?.ok_or_else(|| Invalid("producer is NULL".into()))?;
+    let material =
+        string(material, "material")?.ok_or_else(|| Invalid("material is NULL".into()))?;
+    let name = string(name, "name")?.unwrap_or("");
+    Ok(xcache::store::group::GroupSpec::new(
+        producer, material, name,
+    )?)
+}
+
+/// The artifact group that `producer` (lowercase letters, digits, `-`: the compiler
+/// whose files these are) keeps under `material` (its own key material: text that
+/// covers everything that changes what it builds). On a hit `*out` is a handle to
+/// release with `xcache_group_release`; on a miss `*out` is NULL (and the status OK).
+/// The producer's version belongs in the cache's runtime tag (XCACHE_FLAGS
+/// `runtime_tag=myjit-1.2`), so that each version has its own compiledir.
+///
+/// # Safety
+/// Strings are NUL-terminated; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_group_get(
+    cache: *const xcache_cache,
+    producer: *const c_char,
+    material: *const c_char,
+    out: *mut *mut xcache_group,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = std::ptr::null_mut();
+        let cache = cache_ref(cache)?;
+        let spec = group_spec(producer, material, std::ptr::null())?;
+        if let Some(held) = cache.jit.store().get_group_held(&spec)? {
+            cache.jit.stats().hit(held.compile_ms, held.lock_wait);
+            *out = group_handle(held)?;
+        }
+        Ok(())
+    })
+}
+
+/// Publishes `n_files` files (`file_names[i]`: a plain file name; `file_data[i]`,
+/// `file_sizes[i]` bytes) as the group `producer` keeps under `material`, named `name`
+/// in listings (NULL: none), and returns it in `*out` (a handle to release with
+/// `xcache_group_release`). If another process published it first, that group is
+/// returned: a group is published whole or not at all.
+///
+/// # Safety
+/// Strings are NUL-terminated; the arrays hold `n_files` entries; `file_data[i]` points
+/// to `file_sizes[i]` readable bytes; `out` is valid.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn xcache_group_put(
+    cache: *const xcache_cache,
+    producer: *const c_char,
+    material: *const c_char,
+    name: *const c_char,
+    file_names: *const *const c_char,
+    file_data: *const *const c_void,
+    file_sizes: *const usize,
+    n_files: usize,
+    out: *mut *mut xcache_group,
+) -> xcache_status {
+    guard(|| {
+        use xcache::store::group::HeldLeased;
+        out_ptr(out, "out")?;
+        let cache = cache_ref(cache)?;
+        let spec = group_spec(producer, material, name)?;
+        let names = strings(file_names, n_files, "file_names")?;
+        if n_files > 0 && (file_data.is_null() || file_sizes.is_null()) {
+            return Err(Invalid("file_data or file_sizes is NULL".into()).into());
+        }
+        let mut files = Vec::with_capacity(n_files);
+        for (i, n) in names.into_iter().enumerate() {
+            let (p, len) = (*file_data.add(i), *file_sizes.add(i));
+            if p.is_null() && len > 0 {
+                return Err(Invalid(format!("file_data[{i}] is NULL")).into());
+            }
+            let bytes = if len == 0 {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec()
+            };
+            files.push((n, bytes));
+        }
+        let held = match cache.jit.store().lease_group_held(&spec)? {
+            HeldLeased::Found(h) => h,
+            HeldLeased::Lease(mut lease) => {
+                for (n, b) in &files {
+                    lease.add(n, b)?;
+                }
+                lease.publish_held(std::time::Duration::ZERO)?
+            }
+        };
+        if held.hit {
+            cache.jit.stats().hit(held.compile_ms, held.lock_wait);
+        } else {
+            cache.jit.stats().miss(held.compile_ms, held.lock_wait);
+        }
+        *out = group_handle(held)?;
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `g` is NULL or a live group handle.
+unsafe fn group_ref<'a>(g: *const xcache_group) -> Result<&'a xcache_group, Invalid> {
+    g.as_ref()
+        .ok_or_else(|| Invalid("the group handle is NULL".into()))
+}
+
+/// The number of files of a group.
+///
+/// # Safety
+/// `group` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_group_file_count(
+    group: *const xcache_group,
+    out: *mut usize,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = group_ref(group)?.files.len();
+        Ok(())
+    })
+}
+
+/// The name and path of the file `index` of a group (in name order). Both strings stay
+/// valid, and the file in place, until the handle is released.
+///
+/// # Safety
+/// `group` is a live handle; `name` and `path` are valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_group_file(
+    group: *const xcache_group,
+    index: usize,
+    name: *mut *const c_char,
+    path: *mut *const c_char,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(name, "name")?;
+        out_ptr(path, "path")?;
+        let g = group_ref(group)?;
+        let (n, p) = g.files.get(index).ok_or_else(|| {
+            Invalid(format!(
+                "file {index} of a group of {} files",
+                g.files.len()
+            ))
+        })?;
+        *name = n.as_ptr();
+        *path = p.as_ptr();
+        Ok(())
+    })
+}
+
+/// Whether the group was found (true) or published by this call (false).
+///
+/// # Safety
+/// `group` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_group_hit(
+    group: *const xcache_group,
+    out: *mut bool,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = group_ref(group)?.held.hit;
+        Ok(())
+    })
+}
+
+/// Releases a group handle: its files may be collected afterwards. NULL is accepted.
+///
+/// # Safety
+/// `group` is NULL or a live handle, not used after this call.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_group_release(group: *mut xcache_group) -> xcache_status {
+    guard(|| {
+        if !group.is_null() {
+            drop(Box::from_raw(group));
         }
         Ok(())
     })

@@ -242,3 +242,14 @@ fn a_lock_held_forever_ends_at_lock_timeout_naming_its_holder() {
         start.elapsed()
     );
 }
+
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn groups_are_published_whole_and_found_through_the_c_abi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("groups");
+    build_c(&repo().join("capi/tests/c/groups.c"), &exe, &[]);
+    let cache = tmp.path().join("cache");
+    let out = run(&exe, &cache, &[&cache]);
+    assert_eq!(out.trim(), "ok");
+}
