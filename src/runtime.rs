@@ -293,7 +293,10 @@ pub struct Jit {
     loaded: Mutex<HashMap<Key, Slot>>,
     memo: Mutex<Memo>,
     stats: Arc<crate::store::stats::Recorder>,
-    cuda_modules: crate::cuda_module::JitModules,
+    /// State another subsystem keeps per `Jit` (CUDA's NVRTC library and modules: see
+    /// [`Jit::extension`]), of a type the runtime does not name, so that the subsystem
+    /// depends on the runtime and not the other way round.
+    extension: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Jit {
@@ -330,13 +333,17 @@ impl Jit {
             templates: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             memo: Mutex::new(HashMap::new()),
-            cuda_modules: Default::default(),
+            extension: std::sync::OnceLock::new(),
         })
     }
 
-    /// This Jit's NVRTC library and modules (see [`crate::cuda_module`]).
-    pub(crate) fn cuda_modules(&self) -> &crate::cuda_module::JitModules {
-        &self.cuda_modules
+    /// The per-`Jit` state of type `T`, made with `T::default()` on first use. One type
+    /// uses the slot (CUDA's, [`crate::cuda::module`]); asking for another is a bug.
+    pub(crate) fn extension<T: Default + Send + Sync + 'static>(&self) -> &T {
+        self.extension
+            .get_or_init(|| Box::new(T::default()))
+            .downcast_ref::<T>()
+            .expect("one extension type per Jit")
     }
 
     /// The store.

@@ -395,7 +395,7 @@ fn a_tensor_core_precision_needs_float32() {
 #[ignore = "needs nvcc: scripts/test.sh runs it where nvcc is found"]
 fn launches_fail_cleanly_without_a_gpu() {
     assert!(
-        xcache::gpu::probe().is_err(),
+        xcache::cuda::probe::probe().is_err(),
         "needs a machine without a GPU (scripts/test.sh skips it where there is one, and says so)"
     );
     let tc = TestCache::new();

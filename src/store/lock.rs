@@ -346,7 +346,7 @@ fn local_holders(dev: u64, ino: u64) -> Vec<(u32, bool)> {
     )
 }
 
-/// The holders [`local_holders`] reads, from the text of `/proc/locks`.
+/// The holders of a flock on an inode, from the text of `/proc/locks`.
 pub fn parse_proc_locks(text: &str, major: u32, minor: u32, ino: u64) -> Vec<(u32, bool)> {
     let want = format!("{major:02x}:{minor:02x}:{ino}");
     let mut out = Vec::new();

@@ -1160,7 +1160,7 @@ pub fn check_entry_in(
 }
 
 /// An entry that passed the hit check: its directory and its artifact as they were
-/// checked (held open: what is loaded is this very file, see [`Fetched::load_path`]).
+/// checked (held open: what is loaded is this very file, see [`Fetched::load_name`]).
 #[derive(Debug)]
 pub struct Checked {
     /// The entry directory.

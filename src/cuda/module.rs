@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::compile::nvrtc::{self, NvrtcTool, Output};
 use crate::compile::{diagnostics, Language, SourceRequest};
-use crate::driver::{Context, Driver, Module};
+use crate::cuda::driver::{Context, Driver, Module};
 use crate::error::{Error, IoContext, Result};
 use crate::platform::LAYOUT_VERSION;
 use crate::runtime::{CacheOutcome, Jit};
@@ -150,6 +150,13 @@ struct Memoised {
 pub struct JitModules {
     nvrtc: Mutex<Option<Arc<NvrtcTool>>>,
     memo: Mutex<HashMap<u64, Vec<Memoised>>>,
+}
+
+impl crate::runtime::Jit {
+    /// This Jit's NVRTC library and modules, kept in the runtime's extension slot.
+    pub(crate) fn cuda_modules(&self) -> &JitModules {
+        self.extension::<JitModules>()
+    }
 }
 
 impl std::fmt::Debug for JitModules {

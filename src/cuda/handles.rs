@@ -1,11 +1,11 @@
 //! Running the CUDA templates from Rust, without a CUDA crate: device memory, contexts
-//! and launches go through the driver API ([`crate::driver`], `libcuda.so.1` loaded at
+//! and launches go through the driver API ([`crate::cuda::driver`], `libcuda.so.1` loaded at
 //! run time), and each template's kernels are built one of two ways, per the
 //! `cuda_compiler` setting:
 //!
 //! - `nvrtc` (the default): the template's kernels alone, compiled in-process by NVRTC
-//!   to a cubin ([`crate::cuda_module`]), loaded with `cuModuleLoadData` and launched by
-//!   xcache's launcher ([`crate::cuda_launch`]), which makes the template's launch
+//!   to a cubin ([`crate::cuda::module`]), loaded with `cuModuleLoadData` and launched by
+//!   xcache's launcher ([`crate::cuda::launch`]), which makes the template's launch
 //!   decisions (kernel, grid, shared memory, workspace) in Rust. No host compiler runs.
 //! - `nvcc`: the template with its own host launcher (`xc_elemwise`, ...), compiled by
 //!   nvcc into a shared object and called through its C ABI.
@@ -35,9 +35,9 @@ use serde::Serialize;
 
 use crate::compile::TemplateRequest;
 use crate::config::CudaCompiler;
-use crate::cuda_launch::{Arg, ElemwisePlan, GemmPlan, Launch, ReducePlan};
-use crate::cuda_module::CudaModule;
-use crate::driver::{Context, Driver, Function, MemPool};
+use crate::cuda::driver::{Context, Driver, Function, MemPool};
+use crate::cuda::launch::{Arg, ElemwisePlan, GemmPlan, Launch, ReducePlan};
+use crate::cuda::module::CudaModule;
 use crate::error::{Error, Result};
 use crate::kernels::Element;
 use crate::runtime::{Compiled, Jit, Symbol};
@@ -173,9 +173,9 @@ impl Jit {
         driver.enter(ctx)?;
         let info = DeviceInfo {
             name: driver.device_name(device)?,
-            major: driver.attribute(device, crate::driver::ATTR_CC_MAJOR)?,
-            minor: driver.attribute(device, crate::driver::ATTR_CC_MINOR)?,
-            sms: driver.attribute(device, crate::driver::ATTR_MULTIPROCESSOR_COUNT)?,
+            major: driver.attribute(device, crate::cuda::driver::ATTR_CC_MAJOR)?,
+            minor: driver.attribute(device, crate::cuda::driver::ATTR_CC_MINOR)?,
+            sms: driver.attribute(device, crate::cuda::driver::ATTR_MULTIPROCESSOR_COUNT)?,
         };
         Ok(Cuda {
             inner: Arc::new(Inner {
@@ -358,7 +358,7 @@ impl CudaKernels {
     /// workspace), queues the launches, then frees the workspace in stream order.
     fn plan_and_run(
         &self,
-        plan: impl FnOnce(&mut dyn crate::cuda_launch::Device) -> Result<Vec<Launch>>,
+        plan: impl FnOnce(&mut dyn crate::cuda::launch::Device) -> Result<Vec<Launch>>,
     ) -> Result<()> {
         let ctx = self.cuda.inner.enter()?;
         let mut dev = Planner {
@@ -422,7 +422,7 @@ struct Planner<'k> {
     taken: Vec<u64>,
 }
 
-impl crate::cuda_launch::Device for Planner<'_> {
+impl crate::cuda::launch::Device for Planner<'_> {
     fn sms(&self) -> i64 {
         self.kernels.cuda.inner.info.sms as i64
     }

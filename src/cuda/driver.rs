@@ -1,7 +1,7 @@
 //! The CUDA driver API, through `libcuda.so.1` loaded at run time (no link-time CUDA
 //! dependency): contexts, device memory, modules (`cuModuleLoadData` of a cubin or
 //! PTX), functions, occupancy and `cuLaunchKernel`. What xcache's launcher
-//! ([`crate::cuda_launch`]) and the [`crate::cuda`] handles stand on.
+//! ([`crate::cuda::launch`]) and the [`crate::cuda`] handles stand on.
 //!
 //! **Contexts.** xcache uses whatever context is current on the calling thread; where
 //! none is, it makes the device's *primary* context current, the one the CUDA runtime

@@ -559,7 +559,7 @@ impl GemmPlan {
             if major < 8 {
                 return Err(Error::Cuda {
                     what: "launching a tensor-core gemm".into(),
-                    code: crate::driver::ERROR_NOT_SUPPORTED,
+                    code: crate::cuda::driver::ERROR_NOT_SUPPORTED,
                     message: NEEDS_SM80.into(),
                 });
             }
