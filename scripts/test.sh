@@ -54,8 +54,9 @@ else
 fi
 if [ "$(status_of NVRTC)" = ok ]; then
   cargo test --test nvrtc -- --ignored 2>&1 | tee -a "$log"
+  cargo test -p xcache-cli --test cuda_cli -- --ignored 2>&1 | tee -a "$log"
 else
-  skipped+=("tests/nvrtc.rs, all of it: no libnvrtc here (pip install nvidia-cuda-nvrtc, as the README says)")
+  skipped+=("tests/nvrtc.rs and cli/tests/cuda_cli.rs, all of them: no libnvrtc here (pip install nvidia-cuda-nvrtc, as the README says)")
 fi
 
 # A second real user swapping entry directories during hits (tests/swap.rs): needs root

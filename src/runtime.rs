@@ -718,8 +718,19 @@ impl Jit {
         self.compile(&*self.source_of(req)?)
     }
 
-    /// Compiles any request through the cache without loading it.
+    /// Compiles any request through the cache without loading it. A CUDA template is
+    /// built as the GPU handles load it: its kernels alone, by NVRTC, into a cubin for
+    /// the `cuda_arch` setting (unless `cuda_compiler = nvcc`, which builds the template
+    /// with its host launcher into a shared object): so that `xcache warm` and `xcache
+    /// compile -t cuda/…` warm what the handles use.
     pub fn build_request(&self, req: &Request) -> Result<CacheOutcome> {
+        if let Request::Template(t) = req {
+            if self.config.cuda_compiler == crate::config::CudaCompiler::Nvrtc
+                && self.template(&t.name)?.language == Language::Cuda
+            {
+                return self.build_cuda_template(t);
+            }
+        }
         self.build(&*self.source_of(req)?)
     }
 

@@ -26,9 +26,19 @@ pub struct WarmArgs {
     /// one is refused: a manifest is data, and this runs code.
     #[arg(long)]
     allow_python: bool,
+    /// For CUDA templates: build for this GPU arch (`sm_90`; repeatable: CI without a
+    /// GPU warms the cubins of each of the fleet's GPUs). Default: the `cuda_arch`
+    /// setting, else the local GPU's.
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    arch: Vec<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// An arch, as the `cuda_arch` setting takes it.
+fn parse_arch(s: &str) -> std::result::Result<String, String> {
+    xcache::platform::check_cuda_arch(s).map(|()| s.to_string())
 }
 
 /// Runs `xcache warm`.
@@ -48,8 +58,26 @@ pub fn run(out: &mut impl Write, config: Config, args: &WarmArgs) -> Result<Exit
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let jit = Jit::new(config)?;
-    let total = items.len();
+    // One pass per arch asked for (CUDA templates are built for each; the rest hit
+    // after the first pass).
+    let configs: Vec<Config> = if args.arch.is_empty() {
+        vec![config]
+    } else {
+        args.arch
+            .iter()
+            .map(|a| {
+                let mut c = config.clone();
+                c.cuda_arch = Some(a.clone());
+                c
+            })
+            .collect()
+    };
+    let jits = configs
+        .into_iter()
+        .map(Jit::new)
+        .collect::<xcache::Result<Vec<Jit>>>()?;
+    let jit = &jits[0];
+    let total = items.len() * jits.len();
     let done = AtomicUsize::new(0);
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(total as u64);
@@ -75,7 +103,16 @@ pub fn run(out: &mut impl Write, config: Config, args: &WarmArgs) -> Result<Exit
             None => eprintln!("[{n}/{total}] {label}: {what}"),
         }
     };
-    let mut report = warm::warm(&jit, &items, jobs, &progress);
+    let mut report = warm::warm(jit, &items, jobs, &progress);
+    for more in &jits[1..] {
+        let r = warm::warm(more, &items, jobs, &progress);
+        report.requests += r.requests;
+        report.hits += r.hits;
+        report.compiled += r.compiled;
+        report.failed.extend(r.failed);
+        report.elapsed_s += r.elapsed_s;
+        report.compile_s += r.compile_s;
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }

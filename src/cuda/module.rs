@@ -324,6 +324,14 @@ impl Jit {
         &self,
         req: &crate::compile::TemplateRequest,
     ) -> Result<(CudaModule, SourceRequest)> {
+        let src = self.nvrtc_source(req)?;
+        Ok((self.cuda_module(&src)?, src))
+    }
+
+    /// A CUDA template rendered as NVRTC compiles it for the handles: its flags with
+    /// `-minimal` where this NVRTC takes it, and, for `cuda/elemwise`,
+    /// `--Ofast-compile=min`.
+    fn nvrtc_source(&self, req: &crate::compile::TemplateRequest) -> Result<SourceRequest> {
         let mut src = self.render(req)?;
         let tool = self.nvrtc()?;
         if tool.minimal {
@@ -335,7 +343,19 @@ impl Jit {
         if tool.fast_compile && req.name.trim_start_matches("cuda/") == "elemwise" {
             src.flags.push("--Ofast-compile=min".into());
         }
-        Ok((self.cuda_module(&src)?, src))
+        Ok(src)
+    }
+
+    /// Builds a CUDA template's module (the cubin the handles load, for the `cuda_arch`
+    /// setting, else the local GPU's arch) through the cache without loading it: what
+    /// `xcache compile -t cuda/…` and `xcache warm` build, so that a CI job without a
+    /// GPU warms what the GPU machines load. Needs no GPU.
+    pub fn build_cuda_template(
+        &self,
+        req: &crate::compile::TemplateRequest,
+    ) -> Result<CacheOutcome> {
+        let src = self.nvrtc_source(req)?;
+        self.build_cuda_module(&src)
     }
 
     /// Compiles a CUDA source with NVRTC through the cache and returns the artifact's
