@@ -21,7 +21,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use xcache::embed::HeldLibrary;
 use xcache::kernels::{ElemwiseFn, GemmBiasFn, ReduceFn};
@@ -404,12 +404,6 @@ fn cupy_empty<'py>(py: Python<'py>, shape: &[usize], dtype: &str) -> PyResult<Bo
     cp.call_method1("empty", (PyTuple::new(py, shape)?, dtype))
 }
 
-/// The stream to launch on: the caller's, else the output's (its interface's `stream`:
-/// 1 is the legacy default stream, 2 the per-thread one, both valid handles), else NULL.
-fn launch_stream(explicit: Option<usize>, out: &DeviceArray) -> *mut c_void {
-    explicit.or(out.stream).unwrap_or(0) as *mut c_void
-}
-
 fn cuda_status(kernel: &str, code: i32) -> PyResult<()> {
     match code {
         0 => Ok(()),
@@ -440,6 +434,349 @@ fn host_status(kernel: &str, code: i32) -> PyResult<()> {
         c => Err(PyValueError::new_err(format!(
             "{kernel} returned error code {c} (1: a negative size, 2: a null pointer)"
         ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// CUDA through NVRTC and xcache's launcher, as Rust's `xcache::cuda` handles do.
+
+/// The process's GPU handle: the current context's device, else device 0 through its
+/// primary context (which the CUDA runtime, CuPy and PyTorch share). Made once.
+fn gpu(jit: &Jit) -> xcache::Result<xcache::cuda::Cuda> {
+    static GPU: Mutex<Option<xcache::cuda::Cuda>> = Mutex::new(None);
+    let mut g = GPU.lock().unwrap();
+    if let Some(c) = &*g {
+        return Ok(c.clone());
+    }
+    let c = jit.cuda()?;
+    *g = Some(c.clone());
+    Ok(c)
+}
+
+/// The stream a launch goes on: `stream=` when given (an int handle, a CuPy `Stream`
+/// (`.ptr`) or a PyTorch `Stream` (`.cuda_stream`)); else the stream the array's
+/// `__cuda_array_interface__` names (CuPy's current stream); else, for a PyTorch
+/// tensor (whose interface names none), PyTorch's current stream on its device; else
+/// NULL, the legacy default stream.
+fn resolve_stream(
+    explicit: Option<&Bound<'_, PyAny>>,
+    named: Option<usize>,
+    array: Option<&Bound<'_, PyAny>>,
+) -> PyResult<usize> {
+    if let Some(s) = explicit {
+        if s.is_none() {
+        } else if let Ok(v) = s.extract::<usize>() {
+            return Ok(v);
+        } else if let Ok(p) = s.getattr("ptr") {
+            return p.extract();
+        } else if let Ok(p) = s.getattr("cuda_stream") {
+            return p.extract();
+        } else {
+            return Err(PyTypeError::new_err(
+                "stream must be an int handle, a cupy.cuda.Stream or a torch.cuda.Stream",
+            ));
+        }
+    }
+    if let Some(s) = named {
+        return Ok(s);
+    }
+    if let Some(a) = array {
+        if is_torch_tensor(a) {
+            let torch = a.py().import("torch")?;
+            let s = torch
+                .getattr("cuda")?
+                .call_method1("current_stream", (a.getattr("device")?,))?;
+            return s.getattr("cuda_stream")?.extract();
+        }
+    }
+    Ok(0)
+}
+
+fn is_torch_tensor(a: &Bound<'_, PyAny>) -> bool {
+    a.get_type()
+        .module()
+        .is_ok_and(|m| m.to_cow().is_ok_and(|m| m == "torch"))
+}
+
+/// A CUDA module compiled by NVRTC through the cache (a cubin, or PTX for a virtual
+/// arch), loaded on the GPU at its first launch. `get_function(name)` gives a kernel.
+#[pyclass(module = "xcache", name = "CudaModule", frozen)]
+struct PyCudaModule {
+    module: xcache::cuda::CudaModule,
+    jit: Arc<Jit>,
+    loaded: std::sync::OnceLock<(xcache::cuda::Cuda, xcache::cuda::CudaKernels)>,
+}
+
+impl PyCudaModule {
+    fn new(jit: &Arc<Jit>, module: xcache::cuda::CudaModule) -> PyCudaModule {
+        PyCudaModule {
+            module,
+            jit: Arc::clone(jit),
+            loaded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The module on the GPU (loaded into the current context at first use).
+    fn kernels(&self) -> PyResult<&(xcache::cuda::Cuda, xcache::cuda::CudaKernels)> {
+        if let Some(k) = self.loaded.get() {
+            return Ok(k);
+        }
+        let cuda = gpu(&self.jit).or_py()?;
+        let k = cuda.load(&self.module).or_py()?;
+        let _ = self.loaded.set((cuda, k));
+        Ok(self.loaded.get().expect("set"))
+    }
+}
+
+#[pymethods]
+impl PyCudaModule {
+    /// The entry's key (hex).
+    #[getter]
+    fn key(&self) -> String {
+        self.module.key.hex()
+    }
+
+    /// The cubin (or PTX) in the cache.
+    #[getter]
+    fn path(&self) -> String {
+        self.module.path.to_string_lossy().into_owned()
+    }
+
+    /// The arch it was built for: `sm_90`, or `compute_80` for PTX.
+    #[getter]
+    fn arch(&self) -> String {
+        self.module.arch.clone()
+    }
+
+    /// "cubin" or "ptx".
+    #[getter]
+    fn kind(&self) -> &'static str {
+        if self.module.arch.starts_with("compute_") {
+            "ptx"
+        } else {
+            "cubin"
+        }
+    }
+
+    /// True when no compiler ran for this request.
+    #[getter]
+    fn hit(&self) -> bool {
+        self.module.hit
+    }
+
+    /// How long NVRTC took when the entry was built, in ms.
+    #[getter]
+    fn compile_ms(&self) -> u64 {
+        self.module.compile_ms
+    }
+
+    /// Seconds this request waited on other processes' locks.
+    #[getter]
+    fn lock_wait(&self) -> f64 {
+        self.module.lock_wait.as_secs_f64()
+    }
+
+    /// What NVRTC printed although it succeeded (only when it ran for this request).
+    #[getter]
+    fn compiler_output(&self) -> String {
+        self.module.compiler_output.clone()
+    }
+
+    /// Cache faults repaired while serving it.
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.module.warnings.clone()
+    }
+
+    /// The header that kept this fresh compile out of its manifest (it changed at or
+    /// after the compile started, "file too new"), so the next process compiles again;
+    /// `None` otherwise.
+    #[getter]
+    fn unrecorded(&self) -> Option<String> {
+        self.module.unrecorded.clone()
+    }
+
+    /// The names of its kernels (read from the cubin's sections or the PTX's entries).
+    #[getter]
+    fn kernel_names(&self) -> Vec<String> {
+        let image = self.module.image();
+        if image.starts_with(b"\x7fELF") {
+            return xcache::cuda::driver::cubin_kernels(image);
+        }
+        String::from_utf8_lossy(image)
+            .lines()
+            .filter_map(|l| {
+                let rest = l.trim().split_once(".entry")?.1.trim();
+                Some(rest.split(['(', ' ']).next()?.to_string())
+            })
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    /// The module's bytes, as loaded (a cubin, or NUL-terminated PTX).
+    fn image<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.module.image())
+    }
+
+    /// The kernel `name` (an `extern "C" __global__` function), loading the module on
+    /// the GPU first. Raises when the module has no such kernel or there is no GPU.
+    fn get_function(slf: &Bound<'_, Self>, name: &str) -> PyResult<CudaKernel> {
+        let (_, k) = slf.get().kernels()?;
+        k.find(&[name]).or_py()?;
+        Ok(CudaKernel {
+            module: slf.clone().unbind(),
+            name: name.to_string(),
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<xcache.CudaModule {} {} {}>",
+            self.module.arch,
+            &self.module.key.hex()[..12],
+            if self.module.hit { "hit" } else { "compiled" }
+        )
+    }
+}
+
+/// A kernel of a [`PyCudaModule`], called as CuPy's `RawKernel` is:
+/// `k(grid, block, args, *, shared_mem=0, stream=None)`.
+#[pyclass(module = "xcache", name = "CudaKernel", frozen)]
+struct CudaKernel {
+    module: Py<PyCudaModule>,
+    name: String,
+}
+
+fn dim3(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(u32, u32, u32)> {
+    let bad = || {
+        PyValueError::new_err(format!(
+            "{what} must be a positive int or a tuple of 1 to 3 positive ints"
+        ))
+    };
+    let v: Vec<u32> = if let Ok(x) = obj.extract::<u32>() {
+        vec![x]
+    } else {
+        obj.extract().map_err(|_| bad())?
+    };
+    if v.is_empty() || v.len() > 3 || v.contains(&0) {
+        return Err(bad());
+    }
+    Ok((v[0], *v.get(1).unwrap_or(&1), *v.get(2).unwrap_or(&1)))
+}
+
+/// One kernel argument, as CuPy's `RawKernel` maps it: a GPU array (its
+/// `__cuda_array_interface__`) is its device pointer; Python `int`, `float` and `bool`
+/// are `long long`, `double` and `bool`; a NumPy scalar keeps its dtype.
+fn kernel_arg(
+    x: &Bound<'_, PyAny>,
+    i: usize,
+    stream: &mut Option<usize>,
+    first_array: &mut Option<usize>,
+) -> PyResult<xcache::cuda::launch::Arg> {
+    use xcache::cuda::launch::Arg;
+    if let Ok(iface) = x.getattr("__cuda_array_interface__") {
+        let (ptr, _): (usize, bool) = iface.get_item("data")?.extract()?;
+        if stream.is_none() {
+            if let Ok(s) = iface.get_item("stream") {
+                if !s.is_none() {
+                    *stream = Some(s.extract()?);
+                }
+            }
+        }
+        first_array.get_or_insert(i);
+        return Ok(Arg::Ptr(ptr as u64));
+    }
+    if x.is_instance_of::<pyo3::types::PyBool>() {
+        return Ok(Arg::I32(x.extract::<bool>()? as i32));
+    }
+    if x.is_instance_of::<pyo3::types::PyInt>() {
+        return Ok(Arg::I64(x.extract()?));
+    }
+    if x.is_instance_of::<pyo3::types::PyFloat>() {
+        return Ok(Arg::F64(x.extract()?));
+    }
+    if let Ok(dt) = x.getattr("dtype") {
+        let name: String = dt.getattr("name")?.extract()?;
+        return Ok(match name.as_str() {
+            "float32" => Arg::F32(x.call_method0("item")?.extract::<f64>()? as f32),
+            "float64" => Arg::F64(x.call_method0("item")?.extract()?),
+            "int64" | "uint64" => Arg::I64(x.call_method0("item")?.extract::<i128>()? as i64),
+            "int32" | "uint32" | "int16" | "uint16" | "int8" | "uint8" | "bool" => {
+                Arg::I32(x.call_method0("item")?.extract::<i64>()? as i32)
+            }
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "argument {i}: a NumPy scalar of dtype {other} cannot be passed (use float32/64, an int type or bool)"
+                )))
+            }
+        });
+    }
+    Err(PyTypeError::new_err(format!(
+        "argument {i}: {} cannot be passed to a kernel: give a GPU array (__cuda_array_interface__), an int, a float, a bool or a NumPy scalar",
+        x.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+    )))
+}
+
+#[pymethods]
+impl CudaKernel {
+    /// Queues the kernel with `grid` and `block` (ints or tuples of up to 3),
+    /// `shared_mem` bytes of dynamic shared memory, on `stream` (else the first array's
+    /// stream, as the templates' handles choose it). Returns None; the launch is
+    /// asynchronous, as CUDA's.
+    #[pyo3(signature = (grid, block, args, *, shared_mem=0, stream=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        grid: &Bound<'_, PyAny>,
+        block: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+        shared_mem: u32,
+        stream: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let grid = dim3(grid, "grid")?;
+        let block = dim3(block, "block")?;
+        let mut named = None;
+        let mut first = None;
+        let mut list = xcache::cuda::launch::Args::new();
+        let seq = args.cast::<PyTuple>().map(|t| t.to_list()).or_else(|_| {
+            args.cast::<PyList>()
+                .cloned()
+                .map_err(|_| PyTypeError::new_err("args must be a tuple or a list"))
+        })?;
+        if seq.len() > list.capacity() {
+            return Err(PyValueError::new_err(format!(
+                "{} arguments; a launch takes at most {}",
+                seq.len(),
+                list.capacity()
+            )));
+        }
+        for (i, x) in seq.iter().enumerate() {
+            list.push(kernel_arg(&x, i, &mut named, &mut first)?);
+        }
+        let arr = first.map(|i| seq.get_item(i)).transpose()?;
+        let s = resolve_stream(stream, named, arr.as_ref())?;
+        let (_, k) = self.module.get().kernels()?;
+        // SAFETY: what CuPy's RawKernel trusts too: the caller's arguments match the
+        // kernel's parameters, and its arrays are where the kernel reads and writes.
+        unsafe { k.launch(&self.name, grid, block, shared_mem, s as _, &list) }.or_py()?;
+        let _ = py;
+        Ok(())
+    }
+
+    /// The kernel's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// The module it belongs to.
+    #[getter]
+    fn module(&self, py: Python<'_>) -> Py<PyCudaModule> {
+        self.module.clone_ref(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<xcache.CudaKernel {}>", self.name)
     }
 }
 
@@ -812,6 +1149,8 @@ struct Cache {
     /// request for one `Jit` (which parses each template once), and kernel constructors
     /// get called in loops.
     rendered: Mutex<HashMap<TemplateRequest, Arc<SourceRequest>>>,
+    /// The same for CUDA templates rendered as NVRTC compiles them.
+    nvrtc_rendered: Mutex<HashMap<TemplateRequest, Arc<SourceRequest>>>,
 }
 
 impl Cache {
@@ -861,6 +1200,45 @@ impl Cache {
     fn compile_template_held(&self, py: Python<'_>, req: TemplateRequest) -> PyResult<HeldLibrary> {
         let src = self.render_memo(py, req)?;
         self.held(py, &src)
+    }
+
+    /// True when this cache builds the CUDA templates with NVRTC (`cuda_compiler`).
+    fn nvrtc(&self) -> bool {
+        self.jit.config().cuda_compiler == xcache::config::CudaCompiler::Nvrtc
+    }
+
+    /// A CUDA template's kernels built by NVRTC through the cache, and the rendered
+    /// source (whose `xcache-launch` line is the launch data). Starts the GPU first
+    /// (where there is one: its context is made while NVRTC loads in the background),
+    /// and loads the module there, checking `kernel`, so that errors show at once.
+    fn nvrtc_template(
+        &self,
+        py: Python<'_>,
+        req: TemplateRequest,
+        kernel: &str,
+    ) -> PyResult<(Py<PyCudaModule>, Arc<SourceRequest>)> {
+        let have_gpu = py.detach(|| gpu(&self.jit)).is_ok();
+        let memo = self.nvrtc_rendered.lock().unwrap().get(&req).cloned();
+        let src = match memo {
+            Some(s) => s,
+            None => {
+                let key = req.clone();
+                let src = Arc::new(self.run(py, move |jit| jit.nvrtc_source(&req))?);
+                self.nvrtc_rendered
+                    .lock()
+                    .unwrap()
+                    .insert(key, Arc::clone(&src));
+                src
+            }
+        };
+        let s2 = Arc::clone(&src);
+        let module = self.run(py, move |jit| jit.cuda_module(&s2))?;
+        let m = Py::new(py, PyCudaModule::new(&self.jit, module))?;
+        if have_gpu {
+            let (_, k) = m.get().kernels()?;
+            k.find(&[kernel]).or_py()?;
+        }
+        Ok((m, src))
     }
 }
 
@@ -1014,6 +1392,7 @@ impl Cache {
             jit: Arc::new(jit),
             lock_timeout,
             rendered: Mutex::new(HashMap::new()),
+            nvrtc_rendered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -1157,6 +1536,38 @@ impl Cache {
         library(py, held)
     }
 
+    /// Compiles CUDA `source` (device code: `extern "C" __global__` kernels) with NVRTC
+    /// through the cache, for the `cuda_arch` setting (else this machine's GPU), and
+    /// returns the module; `get_function(name)` gives kernels to launch as CuPy's
+    /// `RawKernel`s are. `options` are NVRTC options (`-D...`, `--use_fast_math`, ...);
+    /// `include_dirs` are searched for `#include "..."`; `headers` are extra inputs
+    /// given in memory (a dict of name to text, or paths). Needs no GPU to compile.
+    #[pyo3(signature = (source, *, options=None, name=None, include_dirs=None, headers=None))]
+    fn cuda_module(
+        &self,
+        py: Python<'_>,
+        source: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyAny>>,
+        name: Option<String>,
+        include_dirs: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyCudaModule>> {
+        let mut req = SourceRequest::new(Language::Cuda, text_or_bytes(source, "source")?);
+        if let Some(n) = name {
+            req = req.named(n);
+        }
+        for dir in strings(include_dirs, "include_dirs")? {
+            let abs = std::path::absolute(&dir).map_err(PyErr::from)?;
+            req = req.flag(format!("-I{}", abs.display()));
+        }
+        req.flags.extend(strings(options, "options")?);
+        req.extra_inputs = self::headers(py, headers)?;
+        // Start the GPU (where there is one) while NVRTC loads in the background.
+        let _ = py.detach(|| gpu(&self.jit));
+        let module = self.run(py, move |jit| jit.cuda_module(&req))?;
+        Py::new(py, PyCudaModule::new(&self.jit, module))
+    }
+
     /// Renders the template `name` (`elemwise`, `c/reduce`, `cuda/gemm`, or one of
     /// yours on `template_path`) with `params`, compiles and loads it.
     #[pyo3(signature = (name, params=None, *, flags=None))]
@@ -1219,6 +1630,19 @@ impl Cache {
             .param("dtype", dtype)
             .param("arity", arity)
             .param("expr", expr);
+        if !prefix.is_empty() && self.nvrtc() {
+            let (m, src) = self.nvrtc_template(py, req, "xc_scalar")?;
+            let plan = xcache::cuda::launch::ElemwisePlan::parse(&String::from_utf8_lossy(&src.source))
+                .or_py()?;
+            return Ok(Elemwise {
+                f: 0,
+                arity,
+                dtype: static_dtype(dtype),
+                cuda: true,
+                nvrtc: Some((m.clone_ref(py), plan)),
+                lib: m.into_any(),
+            });
+        }
         let held = self.compile_template_held(py, req)?;
         // SAFETY: the shipped templates export xc_elemwise with these ABIs.
         let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_elemwise") }.or_py()?;
@@ -1227,7 +1651,8 @@ impl Cache {
             arity,
             dtype: static_dtype(dtype),
             cuda: !prefix.is_empty(),
-            lib: library(py, held)?,
+            nvrtc: None,
+            lib: library(py, held)?.into_any(),
         })
     }
 
@@ -1249,6 +1674,20 @@ impl Cache {
             .param("op", op)
             .param("pre", pre)
             .param("axis", axis);
+        if !prefix.is_empty() && self.nvrtc() {
+            let first = if axis == 1 { "xc_rows_finish" } else { "xc_cols_finish" };
+            let (m, src) = self.nvrtc_template(py, req, first)?;
+            let plan = xcache::cuda::launch::ReducePlan::parse(&String::from_utf8_lossy(&src.source))
+                .or_py()?;
+            return Ok(Reduce {
+                f: 0,
+                axis,
+                dtype: static_dtype(dtype),
+                cuda: true,
+                nvrtc: Some((m.clone_ref(py), plan)),
+                lib: m.into_any(),
+            });
+        }
         let held = self.compile_template_held(py, req)?;
         // SAFETY: the shipped templates export xc_reduce with these ABIs.
         let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_reduce") }.or_py()?;
@@ -1257,7 +1696,8 @@ impl Cache {
             axis,
             dtype: static_dtype(dtype),
             cuda: !prefix.is_empty(),
-            lib: library(py, held)?,
+            nvrtc: None,
+            lib: library(py, held)?.into_any(),
         })
     }
 
@@ -1280,6 +1720,19 @@ impl Cache {
             req = req.param("precision", p);
         }
         let half = matches!(precision, Some("bf16") | Some("fp16"));
+        if !prefix.is_empty() && self.nvrtc() {
+            let (m, src) = self.nvrtc_template(py, req, "xc_gemm_c0_v")?;
+            let plan = xcache::cuda::launch::GemmPlan::parse(&String::from_utf8_lossy(&src.source))
+                .or_py()?;
+            return Ok(Gemm {
+                f: 0,
+                dtype: static_dtype(dtype),
+                half_inputs: half,
+                cuda: true,
+                nvrtc: Some((m.clone_ref(py), plan)),
+                lib: m.into_any(),
+            });
+        }
         let held = self.compile_template_held(py, req)?;
         // SAFETY: the shipped templates export xc_gemm_bias with these ABIs.
         let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_gemm_bias") }.or_py()?;
@@ -1288,7 +1741,8 @@ impl Cache {
             dtype: static_dtype(dtype),
             half_inputs: half,
             cuda: !prefix.is_empty(),
-            lib: library(py, held)?,
+            nvrtc: None,
+            lib: library(py, held)?.into_any(),
         })
     }
 
@@ -1395,7 +1849,10 @@ struct Elemwise {
     arity: usize,
     dtype: &'static str,
     cuda: bool,
-    lib: Py<Library>,
+    /// Built by NVRTC: the module and the template's launch data.
+    nvrtc: Option<(Py<PyCudaModule>, xcache::cuda::launch::ElemwisePlan)>,
+    /// A `Library` (a shared object) or a `CudaModule` (NVRTC).
+    lib: Py<PyAny>,
 }
 
 #[pymethods]
@@ -1406,7 +1863,7 @@ impl Elemwise {
         py: Python<'py>,
         inputs: &Bound<'py, PyTuple>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if inputs.len() != self.arity {
             return Err(PyTypeError::new_err(format!(
@@ -1464,8 +1921,24 @@ impl Elemwise {
 
     /// The compiled library (key, path, hit).
     #[getter]
-    fn library(&self, py: Python<'_>) -> Py<Library> {
+    fn library(&self, py: Python<'_>) -> Py<PyAny> {
         self.lib.clone_ref(py)
+    }
+
+    /// The launch data xcache's launcher reads from the template (kernels built by
+    /// NVRTC), as a dict; None for nvcc's host launcher or the CPU.
+    #[getter]
+    fn launch_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some((_, p)) = &self.nvrtc else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("template", "cuda/elemwise")?;
+        d.set_item("kernels", ("xc_vector", "xc_scalar"))?;
+        d.set_item("lanes", p.lanes)?;
+        d.set_item("threads", p.threads)?;
+        d.set_item("blocks_per_sm", p.blocks_per_sm)?;
+        Ok(Some(d))
     }
 
     /// Inputs it takes.
@@ -1497,7 +1970,7 @@ impl Elemwise {
         py: Python<'py>,
         inputs: &Bound<'py, PyTuple>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut arrs = Vec::new();
         for (i, x) in inputs.iter().enumerate() {
@@ -1520,17 +1993,24 @@ impl Elemwise {
             ptrs[i] = a.ptr as *const c_void;
         }
         let n: usize = oa.shape.iter().product();
+        let s = resolve_stream(stream, oa.stream, Some(&out))?;
+        if let Some((m, plan)) = &self.nvrtc {
+            let (cuda, k) = m.get().kernels()?;
+            let mut ins = [0u64; 8];
+            for (p, a) in ins.iter_mut().zip(&arrs) {
+                *p = a.ptr as u64;
+            }
+            let (sms, o) = (cuda.sms(), oa.ptr as u64);
+            let ins = &ins[..arrs.len()];
+            // SAFETY: the template's kernels with its plan; every array holds n elements
+            // of the dtype (checked above) and stays alive across the call.
+            unsafe { k.run_plan(s as _, |_| plan.plan(sms, n as i64, ins, o)) }.or_py()?;
+            return Ok(out);
+        }
         type F = xcache::cuda::CudaElemwiseFn;
         // SAFETY: the CUDA template's ABI: a host array of device pointers, checked.
         let f: F = unsafe { std::mem::transmute(self.f) };
-        let code = unsafe {
-            f(
-                n as i64,
-                ptrs.as_ptr(),
-                oa.ptr as *mut c_void,
-                launch_stream(stream, &oa),
-            )
-        };
+        let code = unsafe { f(n as i64, ptrs.as_ptr(), oa.ptr as *mut c_void, s as *mut c_void) };
         cuda_status("xc_elemwise", code)?;
         Ok(out)
     }
@@ -1544,7 +2024,10 @@ struct Reduce {
     axis: usize,
     dtype: &'static str,
     cuda: bool,
-    lib: Py<Library>,
+    /// Built by NVRTC: the module and the template's launch data.
+    nvrtc: Option<(Py<PyCudaModule>, xcache::cuda::launch::ReducePlan)>,
+    /// A `Library` (a shared object) or a `CudaModule` (NVRTC).
+    lib: Py<PyAny>,
 }
 
 #[pymethods]
@@ -1555,7 +2038,7 @@ impl Reduce {
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let check = |shape: &[usize]| -> PyResult<(usize, usize)> {
             match shape {
@@ -1584,6 +2067,15 @@ impl Reduce {
                     want_out(rows, cols)
                 )));
             }
+            let s = resolve_stream(stream, oa.stream, Some(&out))?;
+            if let Some((m, plan)) = &self.nvrtc {
+                let (_, k) = m.get().kernels()?;
+                let (xp, op) = (xa.ptr as u64, oa.ptr as u64);
+                let (r, c) = (rows as i64, cols as i64);
+                // SAFETY: the template's kernels with its plan; sizes checked above.
+                unsafe { k.run_plan(s as _, |d| plan.plan(d, r, c, xp, op)) }.or_py()?;
+                return Ok(out);
+            }
             // SAFETY: the CUDA template's ABI; sizes checked.
             let f: xcache::cuda::CudaReduceFn = unsafe { std::mem::transmute(self.f) };
             let code = unsafe {
@@ -1592,7 +2084,7 @@ impl Reduce {
                     cols as i64,
                     xa.ptr as *const c_void,
                     oa.ptr as *mut c_void,
-                    launch_stream(stream, &oa),
+                    s as *mut c_void,
                 )
             };
             cuda_status("xc_reduce", code)?;
@@ -1642,8 +2134,25 @@ impl Reduce {
 
     /// The compiled library.
     #[getter]
-    fn library(&self, py: Python<'_>) -> Py<Library> {
+    fn library(&self, py: Python<'_>) -> Py<PyAny> {
         self.lib.clone_ref(py)
+    }
+
+    /// The launch data xcache's launcher reads from the template (kernels built by
+    /// NVRTC), as a dict; None for nvcc's host launcher or the CPU.
+    #[getter]
+    fn launch_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some((_, p)) = &self.nvrtc else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("template", "cuda/reduce")?;
+        d.set_item("axis", p.axis)?;
+        d.set_item("vec", p.vec)?;
+        d.set_item("threads", p.threads)?;
+        d.set_item("unroll", p.unroll)?;
+        d.set_item("acc_bytes", p.acc_bytes)?;
+        Ok(Some(d))
     }
 
     /// The axis reduced.
@@ -1667,7 +2176,10 @@ struct Gemm {
     dtype: &'static str,
     half_inputs: bool,
     cuda: bool,
-    lib: Py<Library>,
+    /// Built by NVRTC: the module and the template's launch data.
+    nvrtc: Option<(Py<PyCudaModule>, xcache::cuda::launch::GemmPlan)>,
+    /// A `Library` (a shared object) or a `CudaModule` (NVRTC).
+    lib: Py<PyAny>,
 }
 
 fn mnk(a: &[usize], b: &[usize]) -> PyResult<(usize, usize, usize)> {
@@ -1691,7 +2203,7 @@ impl Gemm {
         b: &Bound<'py, PyAny>,
         bias: Option<&Bound<'py, PyAny>>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if self.cuda {
             return self.call_cuda(py, a, b, bias, out, stream);
@@ -1759,8 +2271,33 @@ impl Gemm {
 
     /// The compiled library.
     #[getter]
-    fn library(&self, py: Python<'_>) -> Py<Library> {
+    fn library(&self, py: Python<'_>) -> Py<PyAny> {
         self.lib.clone_ref(py)
+    }
+
+    /// The launch data xcache's launcher reads from the template (kernels built by
+    /// NVRTC), as a dict; None for nvcc's host launcher or the CPU.
+    #[getter]
+    fn launch_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some((_, p)) = &self.nvrtc else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("template", "cuda/gemm")?;
+        d.set_item("tensor_cores", p.tensor_cores)?;
+        let configs = PyList::empty(py);
+        for c in &p.configs {
+            let cd = PyDict::new(py);
+            cd.set_item("threads", c.threads)?;
+            cd.set_item("smem", c.smem)?;
+            cd.set_item("bm", c.bm)?;
+            cd.set_item("bn", c.bn)?;
+            configs.append(cd)?;
+        }
+        d.set_item("configs", configs)?;
+        d.set_item("pick", p.pick.to_vec())?;
+        d.set_item("chunk", p.chunk)?;
+        Ok(Some(d))
     }
 
     /// Element type (of C; A and B are 16-bit for bf16/fp16 precision).
@@ -1778,7 +2315,7 @@ impl Gemm {
         b: &Bound<'py, PyAny>,
         bias: Option<&Bound<'py, PyAny>>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         // bf16/fp16 inputs hold 16-bit patterns: CuPy float16 ("<f2") or uint16 views.
         let in_dtype = if self.half_inputs {
@@ -1822,6 +2359,18 @@ impl Gemm {
                 shape_str(&oa.shape)
             )));
         }
+        let s = resolve_stream(stream, oa.stream, Some(&out))?;
+        let bias_ptr = biasa.as_ref().map_or(0, |x| x.ptr as u64);
+        if let Some((module, plan)) = &self.nvrtc {
+            let (cuda, kernels) = module.get().kernels()?;
+            let major = cuda.compute_capability().0;
+            let dims = (m as i64, n as i64, k as i64);
+            let ptrs = (aa.ptr as u64, ba.ptr as u64, bias_ptr, oa.ptr as u64);
+            // SAFETY: the template's kernels with its plan; shapes checked above.
+            unsafe { kernels.run_plan(s as _, |d| plan.plan(d, major, None, dims, ptrs)) }
+                .or_py()?;
+            return Ok(out);
+        }
         // SAFETY: the CUDA template's ABI; shapes checked.
         let f: xcache::cuda::CudaGemmBiasFn = unsafe { std::mem::transmute(self.f) };
         let code = unsafe {
@@ -1835,7 +2384,7 @@ impl Gemm {
                     .as_ref()
                     .map_or(std::ptr::null(), |x| x.ptr as *const c_void),
                 oa.ptr as *mut c_void,
-                launch_stream(stream, &oa),
+                s as *mut c_void,
             )
         };
         cuda_status("xc_gemm", code)?;
@@ -1881,6 +2430,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Elemwise>()?;
     m.add_class::<Reduce>()?;
     m.add_class::<Gemm>()?;
+    m.add_class::<PyCudaModule>()?;
+    m.add_class::<CudaKernel>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_name, m)?)?;

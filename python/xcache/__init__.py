@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from . import _native
 from ._native import (
     CompileError,
+    CudaKernel,
+    CudaModule,
     Elemwise,
     Error,
     Gemm,
@@ -56,6 +58,8 @@ __all__ = [
     "CleanAction",
     "CleanReport",
     "CompileError",
+    "CudaKernel",
+    "CudaModule",
     "Elemwise",
     "Entry",
     "Error",

@@ -331,7 +331,7 @@ impl Jit {
     /// A CUDA template rendered as NVRTC compiles it for the handles: its flags with
     /// `-minimal` where this NVRTC takes it, and, for `cuda/elemwise`,
     /// `--Ofast-compile=min`.
-    fn nvrtc_source(&self, req: &crate::compile::TemplateRequest) -> Result<SourceRequest> {
+    pub fn nvrtc_source(&self, req: &crate::compile::TemplateRequest) -> Result<SourceRequest> {
         let mut src = self.render(req)?;
         let tool = self.nvrtc()?;
         if tool.minimal {
