@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use xcache::embed::HeldLibrary;
 use xcache::{Config, Error, Jit, Language, SourceRequest};
@@ -59,7 +60,7 @@ pub enum xcache_status {
 
 /// A cache and compile service (opaque).
 pub struct xcache_cache {
-    jit: Jit,
+    jit: Arc<Jit>,
 }
 
 /// A compiled, loaded library (opaque). Its file stays in place while the handle lives.
@@ -197,7 +198,7 @@ pub unsafe extern "C" fn xcache_open(
             config.set_base_dir(dir);
         }
         let jit = Jit::new(config)?;
-        *out = Box::into_raw(Box::new(xcache_cache { jit }));
+        *out = Box::into_raw(Box::new(xcache_cache { jit: Arc::new(jit) }));
         Ok(())
     })
 }
@@ -590,6 +591,269 @@ pub unsafe extern "C" fn xcache_group_release(group: *mut xcache_group) -> xcach
     guard(|| {
         if !group.is_null() {
             drop(Box::from_raw(group));
+        }
+        Ok(())
+    })
+}
+
+/// CUDA device code compiled by NVRTC through the cache (opaque): a cubin for the
+/// `cuda_arch` setting (else this machine's GPU), or PTX for a virtual arch. Loaded on
+/// the GPU at the first `xcache_cuda_function` or `xcache_cuda_launch`.
+pub struct xcache_module {
+    module: xcache::cuda::CudaModule,
+    jit: Arc<Jit>,
+    path: CString,
+    key: CString,
+    arch: CString,
+    loaded: OnceLock<(xcache::cuda::Cuda, xcache::cuda::CudaKernels)>,
+}
+
+impl xcache_module {
+    fn kernels(&self) -> Result<&xcache::cuda::CudaKernels, Failure> {
+        if let Some((_, k)) = self.loaded.get() {
+            return Ok(k);
+        }
+        let cuda = self.jit.shared_cuda()?;
+        let k = cuda.load(&self.module)?;
+        let _ = self.loaded.set((cuda, k));
+        Ok(&self.loaded.get().expect("set").1)
+    }
+}
+
+fn cuda_module<'a>(m: *const xcache_module) -> Result<&'a xcache_module, Invalid> {
+    // SAFETY: the caller passes NULL or a live handle.
+    unsafe { m.as_ref() }.ok_or_else(|| Invalid("the CUDA module handle is NULL".into()))
+}
+
+/// Compiles CUDA device code (`extern "C" __global__` kernels) with NVRTC through the
+/// cache, once, ever, per key, for the `cuda_arch` setting (else this machine's GPU).
+/// Needs libnvrtc, not a GPU.
+///
+/// - `options`: `n_options` NVRTC options (`-DNAME=1`, `--use_fast_math`, ...), in
+///   the key.
+/// - `include_dirs`: `n_include_dirs` absolute directories searched for
+///   `#include "..."`; the headers read from them are part of the result's identity.
+///
+/// On success `*out` is a handle to release with `xcache_module_release`.
+///
+/// # Safety
+/// Strings are NUL-terminated; arrays hold their count of strings; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_cuda_module(
+    cache: *const xcache_cache,
+    source: *const c_char,
+    options: *const *const c_char,
+    n_options: usize,
+    include_dirs: *const *const c_char,
+    n_include_dirs: usize,
+    out: *mut *mut xcache_module,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        let cache = cache
+            .as_ref()
+            .ok_or_else(|| Invalid("the cache handle is NULL".into()))?;
+        let source = string(source, "source")?.ok_or_else(|| Invalid("source is NULL".into()))?;
+        let mut req = SourceRequest::new(Language::Cuda, source);
+        for dir in strings(include_dirs, n_include_dirs, "include_dirs")? {
+            if !Path::new(&dir).is_absolute() {
+                return Err(Invalid(format!(
+                    "include dir {dir:?} is relative: give an absolute path"
+                ))
+                .into());
+            }
+            req = req.flag(format!("-I{dir}"));
+        }
+        for f in strings(options, n_options, "options")? {
+            req = req.flag(f);
+        }
+        let module = cache.jit.cuda_module(&req)?;
+        let path = CString::new(module.path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Invalid("the module path holds a NUL byte".into()))?;
+        let key = CString::new(module.key.hex()).expect("hex has no NUL");
+        let arch = CString::new(module.arch.clone()).expect("an arch has no NUL");
+        *out = Box::into_raw(Box::new(xcache_module {
+            module,
+            jit: Arc::clone(&cache.jit),
+            path,
+            key,
+            arch,
+            loaded: OnceLock::new(),
+        }));
+        Ok(())
+    })
+}
+
+/// The module's file in the cache (a cubin, or PTX). Valid until the handle is released.
+///
+/// # Safety
+/// `module` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_module_path(
+    module: *const xcache_module,
+    out: *mut *const c_char,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = cuda_module(module)?.path.as_ptr();
+        Ok(())
+    })
+}
+
+/// The request's key (64 hex digits). Valid until the handle is released.
+///
+/// # Safety
+/// `module` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_module_key(
+    module: *const xcache_module,
+    out: *mut *const c_char,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = cuda_module(module)?.key.as_ptr();
+        Ok(())
+    })
+}
+
+/// The arch it was built for: `sm_90`, or `compute_80` for PTX. Valid until the
+/// handle is released.
+///
+/// # Safety
+/// `module` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_module_arch(
+    module: *const xcache_module,
+    out: *mut *const c_char,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = cuda_module(module)?.arch.as_ptr();
+        Ok(())
+    })
+}
+
+/// Whether NVRTC did not run for this request (the module was in the cache).
+///
+/// # Safety
+/// `module` is a live handle; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_module_hit(
+    module: *const xcache_module,
+    out: *mut bool,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        *out = cuda_module(module)?.module.hit;
+        Ok(())
+    })
+}
+
+/// The module's bytes as checked against the cache entry (a cubin, or NUL-terminated
+/// PTX), for a caller that loads it itself (`cuModuleLoadData`). Valid until the
+/// handle is released.
+///
+/// # Safety
+/// `module` is a live handle; `data` and `size` are valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_module_image(
+    module: *const xcache_module,
+    data: *mut *const c_void,
+    size: *mut usize,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(data, "data")?;
+        out_ptr(size, "size")?;
+        let image = cuda_module(module)?.module.image();
+        *data = image.as_ptr().cast();
+        *size = image.len();
+        Ok(())
+    })
+}
+
+/// The kernel `name`'s `CUfunction`, the module loaded into the calling thread's
+/// current CUDA context (else the first GPU's primary context, which the CUDA runtime
+/// shares, made current). Fails with `XCACHE_ERR_CUDA` where there is no GPU or no such
+/// kernel.
+///
+/// # Safety
+/// `module` is a live handle; `name` is NUL-terminated; `out` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_cuda_function(
+    module: *const xcache_module,
+    name: *const c_char,
+    out: *mut *mut c_void,
+) -> xcache_status {
+    guard(|| {
+        out_ptr(out, "out")?;
+        let name = string(name, "name")?.ok_or_else(|| Invalid("name is NULL".into()))?;
+        *out = cuda_module(module)?.kernels()?.function(name)?;
+        Ok(())
+    })
+}
+
+/// Queues the kernel `name` on `stream` (a `CUstream`/`cudaStream_t` of the current
+/// context; NULL for the legacy default stream) with `grid` and `block` (3 dimensions
+/// each), `shared_mem` bytes of dynamic shared memory, and `args`: `n_args` pointers,
+/// the i-th to the value of the kernel's i-th parameter (as `cuLaunchKernel`'s
+/// `kernelParams`). Raises the kernel's dynamic shared memory limit when needed.
+///
+/// # Safety
+/// `module` is a live handle; `grid` and `block` point at 3 values; `args` holds one
+/// pointer per kernel parameter, each to a value of that parameter's type; the kernel
+/// must touch only memory that is valid for it.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn xcache_cuda_launch(
+    module: *const xcache_module,
+    name: *const c_char,
+    grid: *const u32,
+    block: *const u32,
+    shared_mem: u32,
+    stream: *mut c_void,
+    args: *mut *mut c_void,
+    n_args: usize,
+) -> xcache_status {
+    guard(|| {
+        let name = string(name, "name")?.ok_or_else(|| Invalid("name is NULL".into()))?;
+        let dim = |p: *const u32, what: &str| -> Result<(u32, u32, u32), Invalid> {
+            if p.is_null() {
+                return Err(Invalid(format!("{what} is NULL: give 3 dimensions")));
+            }
+            // SAFETY: the caller's contract: 3 values.
+            let v = unsafe { std::slice::from_raw_parts(p, 3) };
+            if v.contains(&0) {
+                return Err(Invalid(format!("{what} has a 0 dimension: {v:?}")));
+            }
+            Ok((v[0], v[1], v[2]))
+        };
+        let (grid, block) = (dim(grid, "grid")?, dim(block, "block")?);
+        let params: &mut [*mut c_void] = if n_args == 0 {
+            &mut []
+        } else if args.is_null() {
+            return Err(Invalid(format!("args is NULL with a count of {n_args}")).into());
+        } else {
+            std::slice::from_raw_parts_mut(args, n_args)
+        };
+        let k = cuda_module(module)?.kernels()?;
+        k.launch_params(name, grid, block, shared_mem, stream, params)?;
+        Ok(())
+    })
+}
+
+/// Releases a CUDA module handle (the module stays loaded on the GPU for the rest of
+/// the process, as CUDA keeps it for other handles of the same entry). NULL is
+/// accepted.
+///
+/// # Safety
+/// `module` is NULL or a live handle, not used after this call.
+#[no_mangle]
+pub unsafe extern "C" fn xcache_module_release(
+    module: *mut xcache_module,
+) -> xcache_status {
+    guard(|| {
+        if !module.is_null() {
+            drop(Box::from_raw(module));
         }
         Ok(())
     })

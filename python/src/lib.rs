@@ -440,17 +440,9 @@ fn host_status(kernel: &str, code: i32) -> PyResult<()> {
 // ---------------------------------------------------------------------------------
 // CUDA through NVRTC and xcache's launcher, as Rust's `xcache::cuda` handles do.
 
-/// The process's GPU handle: the current context's device, else device 0 through its
-/// primary context (which the CUDA runtime, CuPy and PyTorch share). Made once.
+/// The process's GPU handle (shared with the C ABI and every `Cache`).
 fn gpu(jit: &Jit) -> xcache::Result<xcache::cuda::Cuda> {
-    static GPU: Mutex<Option<xcache::cuda::Cuda>> = Mutex::new(None);
-    let mut g = GPU.lock().unwrap();
-    if let Some(c) = &*g {
-        return Ok(c.clone());
-    }
-    let c = jit.cuda()?;
-    *g = Some(c.clone());
-    Ok(c)
+    jit.shared_cuda()
 }
 
 /// The stream a launch goes on: `stream=` when given (an int handle, a CuPy `Stream`

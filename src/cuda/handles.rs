@@ -190,6 +190,23 @@ impl Jit {
     }
 }
 
+impl Jit {
+    /// The process's handle on its GPU: made by the first call (as [`Jit::cuda`] makes
+    /// one, through this Jit's settings), then shared by every caller. What embedders
+    /// that launch from many places want (the Python package, the C ABI): one context
+    /// and one set of per-context module loads.
+    pub fn shared_cuda(&self) -> Result<Cuda> {
+        static SHARED: Mutex<Option<Cuda>> = Mutex::new(None);
+        let mut g = SHARED.lock().unwrap();
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        let c = self.cuda()?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+}
+
 /// What a kernel handle was built from: the entry, whether this request compiled it,
 /// and by which compiler.
 #[derive(Debug, Clone)]
@@ -398,6 +415,42 @@ impl CudaKernels {
         plan: impl FnOnce(&mut dyn crate::cuda::launch::Device) -> Result<Launches>,
     ) -> Result<()> {
         self.plan_and_run(stream, plan)
+    }
+
+    /// The kernel `name`'s `CUfunction` in the current context (the module loaded there
+    /// first), for a caller that launches it itself (`cuLaunchKernel`).
+    pub fn function(&self, name: &str) -> Result<Function> {
+        let ctx = self.cuda.inner.enter()?;
+        self.with_func(ctx, name, |_, fs| Ok(fs.f))
+    }
+
+    /// Queues the kernel `name` with CUDA's own argument array: `params[i]` points at
+    /// the i-th argument's value (as `cuLaunchKernel`'s `kernelParams`), whatever its
+    /// type. Raises the kernel's dynamic shared memory limit when `smem` needs it.
+    ///
+    /// # Safety
+    /// `params` must hold one pointer per kernel parameter, each to a value of that
+    /// parameter's type; the values' pointers must address what the kernel touches;
+    /// `stream` must be NULL or a live stream of the current context.
+    pub unsafe fn launch_params(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        stream: Stream,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        let ctx = self.cuda.inner.enter()?;
+        self.with_func(ctx, name, |d, fs| {
+            if smem > fs.smem_limit {
+                d.set_max_dynamic_shared(fs.f, smem as i32)?;
+                fs.smem_limit = smem;
+            }
+            // SAFETY: as this function's contract says.
+            let rc = unsafe { d.launch(fs.f, grid, block, smem, stream, params) };
+            d.check(rc, || format!("launching {name}"))
+        })
     }
 
     /// The module these kernels come from.
