@@ -848,9 +848,7 @@ pub unsafe extern "C" fn xcache_cuda_launch(
 /// # Safety
 /// `module` is NULL or a live handle, not used after this call.
 #[no_mangle]
-pub unsafe extern "C" fn xcache_module_release(
-    module: *mut xcache_module,
-) -> xcache_status {
+pub unsafe extern "C" fn xcache_module_release(module: *mut xcache_module) -> xcache_status {
     guard(|| {
         if !module.is_null() {
             drop(Box::from_raw(module));

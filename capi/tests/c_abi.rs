@@ -300,7 +300,11 @@ fn a_cuda_module_compiles_through_nvrtc_and_launches_where_a_gpu_is() {
         .strip_prefix("ok ")
         .and_then(|r| r.strip_suffix(" miss\n"))
         .unwrap_or_else(|| panic!("{first}"));
-    assert_eq!(second, format!("ok {key} hit\n"), "the same key, a hit, in a second process");
+    assert_eq!(
+        second,
+        format!("ok {key} hit\n"),
+        "the same key, a hit, in a second process"
+    );
     let cubins: Vec<_> = walk(&cache)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "cubin"))

@@ -1624,8 +1624,9 @@ impl Cache {
             .param("expr", expr);
         if !prefix.is_empty() && self.nvrtc() {
             let (m, src) = self.nvrtc_template(py, req, "xc_scalar")?;
-            let plan = xcache::cuda::launch::ElemwisePlan::parse(&String::from_utf8_lossy(&src.source))
-                .or_py()?;
+            let plan =
+                xcache::cuda::launch::ElemwisePlan::parse(&String::from_utf8_lossy(&src.source))
+                    .or_py()?;
             return Ok(Elemwise {
                 f: 0,
                 arity,
@@ -1667,10 +1668,15 @@ impl Cache {
             .param("pre", pre)
             .param("axis", axis);
         if !prefix.is_empty() && self.nvrtc() {
-            let first = if axis == 1 { "xc_rows_finish" } else { "xc_cols_finish" };
+            let first = if axis == 1 {
+                "xc_rows_finish"
+            } else {
+                "xc_cols_finish"
+            };
             let (m, src) = self.nvrtc_template(py, req, first)?;
-            let plan = xcache::cuda::launch::ReducePlan::parse(&String::from_utf8_lossy(&src.source))
-                .or_py()?;
+            let plan =
+                xcache::cuda::launch::ReducePlan::parse(&String::from_utf8_lossy(&src.source))
+                    .or_py()?;
             return Ok(Reduce {
                 f: 0,
                 axis,
@@ -2002,7 +2008,14 @@ impl Elemwise {
         type F = xcache::cuda::CudaElemwiseFn;
         // SAFETY: the CUDA template's ABI: a host array of device pointers, checked.
         let f: F = unsafe { std::mem::transmute(self.f) };
-        let code = unsafe { f(n as i64, ptrs.as_ptr(), oa.ptr as *mut c_void, s as *mut c_void) };
+        let code = unsafe {
+            f(
+                n as i64,
+                ptrs.as_ptr(),
+                oa.ptr as *mut c_void,
+                s as *mut c_void,
+            )
+        };
         cuda_status("xc_elemwise", code)?;
         Ok(out)
     }

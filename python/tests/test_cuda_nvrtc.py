@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, ClassVar, Dict
 
 import pytest
+from conftest import run_python
 
 import xcache
-
-from conftest import run_python
 
 
 def cubin_arch(image: bytes) -> str:
@@ -167,7 +166,7 @@ def test_without_a_gpu_a_launch_says_so(cache: xcache.Cache) -> None:
     f = cache.elemwise("a+1", 1, device="cuda")
 
     class FakeGpuArray:
-        __cuda_array_interface__ = {
+        __cuda_array_interface__: ClassVar[Dict[str, Any]] = {
             "shape": (4,),
             "typestr": "<f4",
             "data": (1 << 40, False),

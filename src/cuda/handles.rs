@@ -570,6 +570,17 @@ impl Cuda {
         self.inner.driver.synchronize()
     }
 
+    /// A stream of the GPU's context that does not synchronise with the legacy default
+    /// stream; destroyed on drop. Launches take its [`CudaStream::handle`].
+    pub fn stream(&self) -> Result<CudaStream> {
+        self.inner.enter()?;
+        let s = self.inner.driver.create_stream()?;
+        Ok(CudaStream {
+            stream: s as usize,
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
     /// `n` uninitialised elements on the device.
     pub fn alloc<T: DeviceElement>(&self, n: usize) -> Result<DeviceBuffer<T>> {
         let bytes = n
@@ -794,6 +805,39 @@ pub fn runtime_error_name(code: i32) -> String {
         _ => return format!("cudaError_t {code} (see the CUDA runtime's cudaError enum)"),
     };
     format!("{name} ({code})")
+}
+
+/// A CUDA stream made by [`Cuda::stream`], destroyed on drop.
+pub struct CudaStream {
+    stream: usize,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CudaStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStream({:#x})", self.stream)
+    }
+}
+
+impl CudaStream {
+    /// The `CUstream` (also a `cudaStream_t`), for the `launch_raw_on` functions.
+    pub fn handle(&self) -> Stream {
+        self.stream as Stream
+    }
+
+    /// Waits for the work queued on it; reports the first asynchronous error.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.enter()?;
+        self.inner.driver.synchronize_stream(self.handle())
+    }
+}
+
+impl Drop for CudaStream {
+    fn drop(&mut self) {
+        if self.inner.enter().is_ok() {
+            self.inner.driver.destroy_stream(self.handle());
+        }
+    }
 }
 
 /// Elements of `T` in GPU memory, freed on drop.
@@ -1057,7 +1101,9 @@ impl<T: Element> CudaReduce<T> {
                     })
                 };
                 let (rows, cols) = (size(rows)?, size(cols)?);
-                k.plan_and_run(stream, |d| plan.plan(d, rows, cols, input as u64, out as u64))
+                k.plan_and_run(stream, |d| {
+                    plan.plan(d, rows, cols, input as u64, out as u64)
+                })
             }
         }
     }

@@ -298,7 +298,10 @@ impl ReducePlan {
                 .into_iter()
                 .find(|&w| units <= w)
                 .unwrap_or(32);
-            let kernel = kname(format_args!("xc_rows_team_{team}_{}", if vector { "v" } else { "s" }));
+            let kernel = kname(format_args!(
+                "xc_rows_team_{team}_{}",
+                if vector { "v" } else { "s" }
+            ));
             let per_block = (self.threads / 32) * (32 / team) * self.unroll;
             let want = cdiv(rows, per_block);
             let cap = sms * per_sm_or_4(d, &kernel, t);
@@ -413,7 +416,12 @@ impl ReducePlan {
         let (tx, ty) = self.cols_block(rows, units);
         let col_blocks = cdiv(units, tx as i64);
         let v = if vector { "v" } else { "s" };
-        let slots = sms * per_sm_or_4(d, &kname(format_args!("xc_cols_{v}_split")), self.threads as u32);
+        let slots = sms
+            * per_sm_or_4(
+                d,
+                &kname(format_args!("xc_cols_{v}_split")),
+                self.threads as u32,
+            );
         // Enough blocks for two rounds of resident blocks, each thread keeping >= 16 rows.
         let mut chunks = 1;
         if col_blocks < 2 * slots {
