@@ -107,8 +107,20 @@ xc.install()
 backend = cp.cuda.compiler._kernel_cache_backend
 calls = []
 load, save = backend.load, backend.save
-backend.load = lambda name: calls.append(("load", name, load(name) is not None)) or load(name)
-backend.save = lambda name, b, s: calls.append(("save", name, True)) or save(name, b, s)
+
+
+def logged_load(name):
+    got = load(name)
+    calls.append(("load", name, got is not None))
+    return got
+
+
+def logged_save(name, binary, source):
+    calls.append(("save", name, True))
+    save(name, binary, source)
+
+
+backend.load, backend.save = logged_load, logged_save
 k = cp.ElementwiseKernel("float32 x, float32 y", "float32 z", "z = x * y + 1.5f",
                          "xcache_test_fma")
 x = np.arange(1000, dtype=np.float32)
