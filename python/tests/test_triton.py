@@ -265,6 +265,36 @@ def test_a_process_killed_mid_compile_publishes_nothing(work: Path) -> None:
 
 
 @compiles
+def test_a_corrupt_cubin_is_never_served_and_is_compiled_again(work: Path) -> None:
+    base = work / "xcache"
+    (first,) = _compile(work, _env(work, base, work / "t1"), [["add_kernel", 90]])
+    (cubin,) = [p for p in first["paths"] if p.endswith(".cubin")]
+    data = bytearray(Path(cubin).read_bytes())
+    data[len(data) // 2] ^= 1
+    os.chmod(cubin, 0o644)
+    Path(cubin).write_bytes(bytes(data))
+    (second,) = _compile(work, _env(work, base, work / "t2"), [["add_kernel", 90]])
+    assert (second["hit"], second["ptxas_runs"]) == (False, 1)
+    assert second["cubin_hex"] == first["cubin_hex"]
+    (third,) = _compile(work, _env(work, base, work / "t3"), [["add_kernel", 90]])
+    assert (third["hit"], third["cubin_hex"]) == (True, first["cubin_hex"])
+
+
+@compiles
+def test_always_compile_recompiles_and_keeps_the_published_kernel(work: Path) -> None:
+    """TRITON_ALWAYS_COMPILE: Triton compiles although get_group found the kernel, then
+    calls put_group; the kernel already published stays, and is what Triton reads."""
+    base = work / "xcache"
+    (first,) = _compile(work, _env(work, base, work / "t1"), [["add_kernel", 90]])
+    env = _env(work, base, work / "t2", TRITON_ALWAYS_COMPILE="1")
+    (again,) = _compile(work, env, [["add_kernel", 90]])
+    assert (again["hit"], again["ptxas_runs"]) == (False, 1)
+    assert again["paths"] == first["paths"] and again["paths_exist"]
+    assert again["cubin_hex"] == first["cubin_hex"]
+    assert list((work / "t2").iterdir()) == []
+
+
+@compiles
 def test_two_machines_share_kernels_through_redis(work: Path, redis_url: str) -> None:
     flags = f"remote={redis_url}"
     a, b = work / "a", work / "b"
