@@ -361,6 +361,70 @@ def test_a_lease_is_given_back_when_the_manager_goes(
     assert set(CacheManager("KEYL").get_group("k.json") or {}) == {"k.json"}
 
 
+def test_a_lingering_managers_lease_does_not_hold_up_its_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compile that failed leaves its manager alive in a traceback (IPython keeps the
+    last one): asking again on the same thread takes the kernel over at once instead of
+    waiting on itself; another thread still waits for a live lease (single flight)."""
+    import threading
+
+    from xcache.integrations.triton import CacheManager
+
+    monkeypatch.setenv("XCACHE_DIR", str(tmp_path / "xcache"))
+    monkeypatch.setenv("XCACHE_FLAGS", "lock_timeout=20s")
+    lingering = CacheManager("KEYI")
+    assert lingering.get_group("k.json") is None
+    lingering.put(b"half", "k.ttir")
+    retry = CacheManager("KEYI")
+    assert retry.get_group("k.json") is None  # at once: the lingering lease was given up
+    got: Dict[str, Any] = {}
+
+    def other_thread() -> None:
+        got["group"] = CacheManager("KEYI").get_group("k.json")
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(0.5)
+    assert t.is_alive()  # waits for retry's lease
+    retry.put_group("k.json", {"k.json": retry.put("{}", "k.json")})
+    t.join(20)
+    assert set(got["group"]) == {"k.json"}
+    del lingering  # its lease, given up, frees nothing twice
+    assert set(CacheManager("KEYI").get_group("k.json") or {}) == {"k.json"}
+
+
+@compiles
+def test_a_compile_interrupted_in_this_process_can_be_retried_at_once(work: Path) -> None:
+    code = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
+from triton.compiler import ASTSource
+import kernels
+
+make_cubin = CUDABackend.make_cubin
+def interrupted(self, *a, **k):
+    CUDABackend.make_cubin = make_cubin
+    raise KeyboardInterrupt
+CUDABackend.make_cubin = interrupted
+src = ASTSource(fn=kernels.add_kernel, signature={"x_ptr": "*fp32", "y_ptr": "*fp32",
+                "out_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"}, constexprs={"BLOCK": 64})
+try:
+    triton.compile(src, target=GPUTarget("cuda", 90, 32))
+except KeyboardInterrupt:
+    kept = sys.exc_info()  # as IPython keeps the last traceback, and with it the manager
+k = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+print(sorted(k.metadata_group))
+"""
+    env = _env(work, work / "xcache", work / "t1", XCACHE_FLAGS="lock_timeout=30s")
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    assert "add_kernel.cubin" in p.stdout
+
+
 def test_dump_managers_are_tritons_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from triton.runtime.cache import FileCacheManager
 

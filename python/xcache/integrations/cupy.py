@@ -52,7 +52,7 @@ from .. import Cache, Error, GroupLease
 
 __all__ = ["PRODUCER", "KernelCacheBackend", "install", "installed", "uninstall"]
 
-#: The producer name of CuPy's groups (``xcache list --producer cupy``).
+#: The producer of CuPy's groups (the compiler `xcache show` names).
 PRODUCER = "cupy"
 
 _lock = threading.Lock()

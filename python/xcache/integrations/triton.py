@@ -48,7 +48,9 @@ How Triton's four hooks map onto the store (``triton/compiler/compiler.py``,
   at once, as a group of one), and a file of a published kernel. A miss on a file on
   its own takes its lease, for the ``put`` that follows.
 - A manager dropped without publishing (Triton failed) abandons its leases: nothing is
-  published and the next asker compiles.
+  published and the next asker compiles. One that lingers (kept alive by a traceback,
+  as IPython keeps the last one) gives its lease up when the same thread asks for the
+  kernel again, rather than that thread waiting on itself.
 
 Managers for ``TRITON_KERNEL_OVERRIDE`` and ``TRITON_KERNEL_DUMP`` (``override=True``,
 ``dump=True``) are not caches: they are Triton's own ``FileCacheManager``, reading
@@ -78,14 +80,23 @@ from .. import Cache, Error, Group, GroupLease
 
 __all__ = ["PRODUCER", "CacheManager", "cache", "runtime_tag"]
 
-#: The producer name of Triton's groups (``xcache list --producer triton``).
+#: The producer of Triton's groups (the compiler `xcache show` names).
 PRODUCER = "triton"
 
 _caches: Dict[Tuple[Optional[str], ...], Cache] = {}
-_caches_lock = threading.Lock()
+_lock = threading.Lock()
 # What Cache() reads its settings from: a change (a test's own XCACHE_DIR) opens
 # another cache.
 _SETTINGS = ("XCACHE_DIR", "XCACHE_FLAGS", "XCACHE_CONFIG")
+
+
+# The leases this process holds, by material: the thread that took each and the manager
+# holding it. A thread asking again for a kernel whose lease it holds is past that
+# compile: it failed (an exception, a KeyboardInterrupt) and its manager lingers in a
+# traceback (IPython's last one, a test report). That lease is given up rather than
+# waited for, which would be a wait on itself until lock_timeout. Another thread's lease
+# is waited for: that is single flight.
+_leases_held: Dict[str, Tuple[int, weakref.ref[CacheManager]]] = {}
 
 
 def runtime_tag() -> str:
@@ -98,7 +109,7 @@ def cache() -> Cache:
     opened once per process (per ``XCACHE_DIR``, ``XCACHE_FLAGS`` and
     ``XCACHE_CONFIG``)."""
     settings = tuple(os.environ.get(v) for v in _SETTINGS)
-    with _caches_lock:
+    with _lock:
         c = _caches.get(settings)
         if c is None:
             c = _caches[settings] = Cache(runtime_tag=runtime_tag())
@@ -186,7 +197,7 @@ class CacheManager(_TritonCacheManager):  # type: ignore[misc]
                 kernel = _kernel_name(filename)
                 g = c.get_group(PRODUCER, _group_material(self.key, f"{kernel}.json"), kernel)
                 if g is not None and filename in g.files:
-                    self._leases.pop(material).abandon()
+                    self._give_up(material)
                     self._hold(g)
         return self._files.get(filename)
 
@@ -199,12 +210,32 @@ class CacheManager(_TritonCacheManager):  # type: ignore[misc]
             return None
         c = self._cache
         assert c is not None
+        with _lock:
+            thread, holder = _leases_held.pop(material, (None, None))
+        earlier = holder() if holder is not None else None
+        if earlier is not None and thread == threading.get_ident():
+            earlier._give_up(material)
         got = c.lease_group(PRODUCER, material, _kernel_name(filename))
         if isinstance(got, GroupLease):
             self._leases[material] = got
+            with _lock:
+                _leases_held[material] = (threading.get_ident(), weakref.ref(self))
             return None
         self._hold(got)
         return got
+
+    def _take_lease(self, material: str) -> Optional[GroupLease]:
+        lease = self._leases.pop(material, None)
+        if lease is not None:
+            with _lock:
+                if _leases_held.get(material, (None, None))[1] == weakref.ref(self):
+                    del _leases_held[material]
+        return lease
+
+    def _give_up(self, material: str) -> None:
+        lease = self._take_lease(material)
+        if lease is not None:
+            lease.abandon()
 
     def _publish(self, material: str, files: Dict[str, bytes], filename: str) -> Dict[str, str]:
         """Publishes `files` as the entry `material` (through this manager's lease, else
@@ -214,7 +245,7 @@ class CacheManager(_TritonCacheManager):  # type: ignore[misc]
         c = self._cache
         assert c is not None
         try:
-            got = self._leases.pop(material, None) or c.lease_group(
+            got = self._take_lease(material) or c.lease_group(
                 PRODUCER, material, _kernel_name(filename)
             )
             if isinstance(got, GroupLease):
