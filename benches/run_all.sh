@@ -20,10 +20,12 @@ command -v redis-server >/dev/null && python3 benches/remote.py --write "$out"
 python3 benches/check1.py --write "$out"
 python3 benches/cpu_kernels.py --write "$out"
 python3 benches/peers.py --write "$out"
-# The Python package (built from python/) and the PyTensor adapter, in the bench venv.
+# The Python package (built from python/) and its PyTensor and Triton adapters, in the
+# bench venv.
 venv=target/bench-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q maturin numpy pytensor blake3
+"$venv/bin/pip" install -q maturin numpy pytensor blake3 triton
 PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install -q --no-deps --no-build-isolation ./python
 "$venv/bin/python" benches/python_bench.py --write "$out"
+"$venv/bin/python" benches/triton_bench.py --write "$out"
 echo "wrote $out"

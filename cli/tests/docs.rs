@@ -113,7 +113,9 @@ fn the_readme_says_how_to_install_and_test() {
         first_block.contains("pip install ./python"),
         "{first_block}"
     );
-    for package in ["maturin", "numpy", "pytest", "pytensor", "./python"] {
+    for package in [
+        "maturin", "numpy", "pytest", "pytensor", "triton", "./python",
+    ] {
         assert!(
             CI.lines()
                 .any(|l| l.contains("pip\" install") && l.contains(package)),
