@@ -234,7 +234,7 @@ class Cache(_native.Cache):
             sys.modules[name] = module
         return module
 
-    def with_runtime_tag(self, runtime_tag: str) -> "Cache":
+    def with_runtime_tag(self, runtime_tag: str) -> Cache:
         """A cache on this one's base dir, with its settings and lock timeout, under
         another runtime tag (so another compiledir): what an adapter for another
         compiler opens, with that compiler's version as the tag (``numba-0.65.1``), so

@@ -53,9 +53,9 @@ import pickle
 import sys
 import threading
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
-from .. import Cache, Error, GroupLease
+from .. import Cache, Error, Group, GroupLease
 
 __all__ = ["PRODUCER", "install", "installed", "uninstall"]
 
@@ -218,6 +218,7 @@ class _IndexDataFile:
         if material in _leases.by_material:
             return None  # this thread is compiling it already (a nested compile)
         name = self._group_name(key)
+        got: Union[Group, GroupLease, None]
         try:
             if global_compiler_lock.is_locked():
                 got = cache.lease_group(PRODUCER, material, name)
