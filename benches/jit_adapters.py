@@ -18,7 +18,8 @@ own cache, in fresh processes; every figure from one run (medians).
    unchanged: what a restored or reinstalled environment looks like to the manifests),
    where every header's hash is read again.
 
-Usage: python benches/jit_adapters.py [--repeats N] [--restamp-headers] [--write docs/BENCHMARKS.md]
+Usage: python benches/jit_adapters.py [--repeats 9] [--cold-repeats 3] [--restamp-headers]
+       [--write docs/BENCHMARKS.md]
 Needs the package installed (`pip install ./python`), numpy, numba and pytensor.
 """
 
@@ -72,7 +73,8 @@ def ratio(a: float, b: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--cold-repeats", type=int, default=3, help="PyTensor default mode, cold")
     ap.add_argument("--restamp-headers", action="store_true")
     ap.add_argument("--write")
     args = ap.parse_args()
@@ -142,8 +144,8 @@ def main() -> None:
 
     pt: Dict[str, List[Dict[str, Any]]] = {}
     pt["floor"] = [graphs_proc(fresh_dir("pt"), path("unused"), False, "", True) for _ in range(n)]
-    # Default mode: cold runs compile everything (about 25 s each here): fewer of them.
-    cold_n = max(1, min(n, 3))
+    # Default mode: cold runs compile everything (about 35 s each here): fewer of them.
+    cold_n = max(1, min(n, args.cold_repeats))
     pt_warm_dir, xc_warm_dir = path("pt-warm"), path("xc-pt-warm")
     graphs_proc(pt_warm_dir, path("unused"), False, "default")
     graphs_proc(fresh_dir("pt"), xc_warm_dir, True, "default")
