@@ -89,6 +89,7 @@ def test_results_identical_and_a_second_process_compiles_nothing(
 @pytest.fixture(scope="module")
 def reference_default_mode(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, np.ndarray]:
     """The graphs compiled by PyTensor itself in its default mode (Numba)."""
+    pytest.importorskip("numba", reason="numba is not installed (pip install numba)")
     d = tmp_path_factory.mktemp("reference-default")
     out = d / "ref.npz"
     finish(graphs(out, ALL, d / "pytensor", d / "unused", adapter=False, default_mode=True))
@@ -98,7 +99,6 @@ def reference_default_mode(tmp_path_factory: pytest.TempPathFactory) -> Dict[str
 def test_default_mode_a_second_process_compiles_nothing(
     reference_default_mode: Dict[str, np.ndarray], tmp_path: Path
 ) -> None:
-    pytest.importorskip("numba", reason="numba is not installed (pip install numba)")
     xc = tmp_path / "xcache"
     first = finish(graphs(tmp_path / "a.npz", ALL, tmp_path / "pt1", xc, True, default_mode=True))
     assert first["numba_compiles"] > 0
