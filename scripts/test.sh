@@ -102,7 +102,7 @@ pylog=$(mktemp)
 if ! command -v "$py" >/dev/null 2>&1; then
   skipped+=("python/tests, all of it: no Python interpreter ($py)")
 elif ! "$py" -c 'import pytest, numpy' >/dev/null 2>&1; then
-  skipped+=("python/tests, all of it: $py has no pytest or numpy (.ci/run installs them: pip install maturin numpy pytest pytensor)")
+  skipped+=("python/tests, all of it: $py has no pytest or numpy (.ci/run installs them: pip install maturin numpy pytest pytensor numba)")
 else
   if "$py" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
     # A virtual environment: install the package as it is now (incremental builds),

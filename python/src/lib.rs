@@ -1446,16 +1446,22 @@ impl Cache {
     /// settings (`{"max_size": "5GiB"}`) or an XCACHE_FLAGS-style string. `lock_timeout`
     /// (seconds) bounds every lock wait of this cache's calls (None: wait as long as the
     /// holder needs: a compile is bounded by the `compile_timeout` setting).
+    /// `_settings_of`: start from that cache's settings instead of loading them
+    /// (`Cache.with_runtime_tag`).
     #[new]
-    #[pyo3(signature = (base_dir=None, *, runtime_tag=None, flags=None, lock_timeout=None))]
+    #[pyo3(signature = (base_dir=None, *, runtime_tag=None, flags=None, lock_timeout=None, _settings_of=None))]
     fn new(
         py: Python<'_>,
         base_dir: Option<PathBuf>,
         runtime_tag: Option<String>,
         flags: Option<&Bound<'_, PyAny>>,
         lock_timeout: Option<f64>,
+        _settings_of: Option<PyRef<'_, Cache>>,
     ) -> PyResult<Cache> {
-        let mut config = Config::load().or_py()?;
+        let mut config = match &_settings_of {
+            Some(other) => other.jit.config().clone(),
+            None => Config::load().or_py()?,
+        };
         if let Some(f) = flags {
             if let Ok(s) = f.cast::<PyString>() {
                 config.apply_flags(&s.to_cow()?).or_py()?;

@@ -87,7 +87,8 @@
 //! ([`key::result_key`]).
 //! 1. Read the manifest, without a lock (it is replaced whole). One whose hash fails is
 //!    not trusted: a warning, and on to step 3. Take the first result whose headers all
-//!    match the files now (a stat when the signature vouches, else a hash) and whose key
+//!    match the files now (a stat when the signature vouches, else a hash, read once per
+//!    process and signature: [`manifest::VerifiedHashes`]) and whose key
 //!    is what the request key and those hashes give; do a Hit on its result key (which
 //!    must name the request key in its `entry.json`). A removed or corrupt result: the
 //!    next one.
