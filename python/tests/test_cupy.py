@@ -75,7 +75,7 @@ def test_the_backend_keeps_cupys_binaries_and_gives_them_back(
         other = xcache.Cache(runtime_tag="cupy-14.2.0")
         assert xc.KernelCacheBackend(other).load(name) == b"\x7fELF cubin"
         (entry,) = other.list()
-        assert (entry.source, entry.language) == ("double_it", "group")
+        assert (entry.source, entry.language) == ("double_it", "cupy")
         # Saved twice (two processes raced): the first one stays.
         backend.save(name, b"\x7fELF other", src)
         assert backend.load(name) == b"\x7fELF cubin"

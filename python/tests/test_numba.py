@@ -110,7 +110,7 @@ def test_a_second_process_loads_every_function_and_writes_nothing(
 
     entries = xcache.Cache(runtime_tag=tag()).list()
     assert len(entries) == len(ALL)
-    assert all(e.language == "group" and "numba_funcs." in e.source for e in entries)
+    assert all(e.language == "numba" and "numba_funcs." in e.source for e in entries)
 
 
 def test_the_source_stamp_is_the_files_contents(module_dir: Path, tmp_path: Path) -> None:

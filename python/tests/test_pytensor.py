@@ -116,7 +116,7 @@ def test_default_mode_a_second_process_compiles_nothing(
     import numba
 
     groups = xcache.Cache(base_dir=xc, runtime_tag=f"numba-{numba.__version__}").list()
-    assert groups and all(g.language == "group" for g in groups)
+    assert groups and all(g.language == "numba" for g in groups)
 
 
 def _tag() -> str:
