@@ -61,6 +61,12 @@ pub struct CompileArgs {
     /// Print a JSON object instead of the path.
     #[arg(long)]
     pub json: bool,
+    /// Compiler flags, everything after `--`, as a compiler's command line takes them
+    /// (`-- -Iinc -DN=4 -O2`), after the --flag ones. Relative search paths (-I,
+    /// -isystem, -iquote, -idirafter, -include, -imacros, -L), here and in --flag, are
+    /// resolved against the current directory.
+    #[arg(last = true, value_name = "COMPILER_FLAGS")]
+    compiler_flags: Vec<String>,
 }
 
 impl CompileArgs {
@@ -88,6 +94,7 @@ impl CompileArgs {
             out: None,
             explain: false,
             json,
+            compiler_flags: Vec::new(),
         })
     }
 }
@@ -157,13 +164,26 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         out: out_file,
         explain,
         json,
+        compiler_flags,
     } = args;
 
     let jit = Jit::new(config)?;
+    // The flags as the user's shell gave them, `--flag` ones first: relative search
+    // paths are the user's, resolved here (the library refuses them, as it would look
+    // them up in its build directory).
+    let flags: Vec<String> = flags.iter().chain(compiler_flags).cloned().collect();
+    let resolve = |flags: &[String], language| -> Result<Vec<String>> {
+        let cwd = std::env::current_dir().context("reading the current directory")?;
+        Ok(xcache::compile::flags::absolute_search_paths(
+            flags,
+            xcache::compile::flags::Dialect::of(language),
+            &cwd,
+        ))
+    };
     let req = match (source, template) {
         (Some(source), _) => {
             let mut req = SourceRequest::from_file(source)?;
-            req.flags = flags.clone();
+            req.flags = resolve(&flags, req.language)?;
             for h in includes {
                 let name = h
                     .file_name()
@@ -181,7 +201,9 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
                 t = t.param(k, v);
             }
             t.flags = flags.clone();
-            jit.render(&t)?
+            let mut req = jit.render(&t)?;
+            req.flags = resolve(&req.flags, req.language)?;
+            req
         }
         (None, None) => unreachable!("clap requires a source or a template"),
     };
