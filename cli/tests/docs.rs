@@ -13,6 +13,7 @@ use common::{stdout, Env};
 const CLI_MD: &str = include_str!("../../docs/CLI.md");
 const README: &str = include_str!("../../README.md");
 const CI: &str = include_str!("../../.ci/run");
+const TEST_SH: &str = include_str!("../../scripts/test.sh");
 const MIGRATION: &str = include_str!("../../docs/MIGRATION.md");
 
 /// CLI.md's sections by verb (`""` for bare `xcache`): synopsis line, then body.
@@ -119,13 +120,33 @@ fn the_readme_says_how_to_install_and_test() {
         first_block.contains("pip install ./python"),
         "{first_block}"
     );
-    for package in ["maturin", "numpy", "pytest", "pytensor", "./python"] {
+    // The venv the tests need, made by one documented command, which CI runs too.
+    assert!(
+        first_block.contains("scripts/test.sh --setup"),
+        "{first_block}"
+    );
+    assert!(
+        CI.lines().any(|l| l.trim() == "scripts/test.sh --setup"),
+        ".ci/run makes the venv as the README says"
+    );
+    for package in [
+        "maturin",
+        "numpy",
+        "pytest",
+        "pytensor",
+        "nvidia-cuda-nvcc",
+        "nvidia-cuda-nvrtc",
+        "./python",
+    ] {
         assert!(
-            CI.lines()
-                .any(|l| l.contains("pip\" install") && l.contains(package)),
-            ".ci/run installs {package}"
+            TEST_SH.contains(package),
+            "scripts/test.sh --setup installs {package}"
         );
     }
+    assert!(
+        README.contains("site-packages/nvidia/cu13/bin"),
+        "the README says where the nvcc wheel's bin is"
+    );
     for verb in [
         "clear",
         "purge",
@@ -161,6 +182,8 @@ fn the_readme_says_how_to_install_and_test() {
 //
 // A block that cannot run here is reported as skipped, with its reason, in
 // target/tmp/doc-examples-*.txt, which scripts/test.sh lists with its other skips.
+// With XCACHE_DOCTEST_RAW=1, what each command printed (in the doc's paths) is written
+// to target/tmp/doc-raw/, ready to paste into a doc whose output changed.
 
 mod doc_examples {
     use std::collections::BTreeMap;
@@ -284,11 +307,11 @@ mod doc_examples {
                 .then(|| "needs an NVIDIA GPU and NVRTC (this machine has none)".into()),
             "nvcc" => (!ok("nvcc")).then(|| "needs nvcc (this machine has none)".into()),
             "nvrtc" => (!ok("NVRTC")).then(|| "needs NVRTC (this machine has none)".into()),
-            "redis-server" => (!Command::new("sh")
-                .args(["-c", "command -v redis-server"])
+            "redis-server" | "zstd" | "flock" => (!Command::new("sh")
+                .args(["-c", &format!("command -v {need}")])
                 .output()
                 .is_ok_and(|o| o.status.success()))
-            .then(|| "needs redis-server (apt-get install redis-server)".into()),
+            .then(|| format!("needs the {need} command (apt-get install {need})")),
             "python" => {
                 let py = python();
                 (!Command::new(&py)
@@ -369,6 +392,7 @@ mod doc_examples {
     /// Runs a console block; `Err` says what differed.
     pub fn run_console(block: &Block) -> Result<(), String> {
         let steps = steps(block)?;
+        let unordered = block.directives.unordered;
         let tmp = tempfile::Builder::new()
             .prefix("xcache-doctest-")
             .tempdir()
@@ -470,9 +494,18 @@ mod doc_examples {
         }
         let mut failures = Vec::new();
         for (step, actual) in steps.iter().zip(&outputs) {
-            let actual = normalize(&virtual_paths(actual, tmp.path()), true);
+            let raw = virtual_paths(actual, tmp.path());
+            if std::env::var_os("XCACHE_DOCTEST_RAW").is_some() {
+                // What the command printed, in the doc's paths: what to paste into the
+                // doc when an output changed (then shorten it with `…` where it varies).
+                let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("doc-raw");
+                std::fs::create_dir_all(&dir).unwrap();
+                let name = format!("{}-{}.txt", block.file.replace('/', "_"), step.line);
+                std::fs::write(dir.join(name), format!("$ {}\n{raw}", step.command)).unwrap();
+            }
+            let actual = normalize(&raw, true);
             let expected = normalize(&step.expected, false);
-            let expected = expected
+            let mut expected = expected
                 .lines()
                 .map(|l| {
                     if l.trim() == "…" {
@@ -483,8 +516,20 @@ mod doc_examples {
                 })
                 .map(|l| l + "\n")
                 .collect::<String>();
+            let mut actual = actual;
+            if unordered {
+                // Rows in key order: keys differ from machine to machine, and so does
+                // their order. Compared as sets of lines.
+                let sorted = |t: &str| {
+                    let mut l: Vec<&str> = t.lines().collect();
+                    l.sort_unstable();
+                    l.iter().map(|l| format!("{l}\n")).collect::<String>()
+                };
+                actual = sorted(&actual);
+                expected = sorted(&expected);
+            }
             let name = format!("{}:{} `{}`", block.file, step.line, step.command);
-            if let Err(e) = snapbox::Assert::new().try_eq(
+            if let Err(e) = snapbox::Assert::new().normalize_paths(false).try_eq(
                 Some(&name),
                 snapbox::Data::text(actual),
                 snapbox::Data::text(expected),
@@ -516,10 +561,17 @@ mod doc_examples {
         static RULES: OnceLock<Vec<(regex::Regex, &'static str)>> = OnceLock::new();
         let rules = RULES.get_or_init(|| {
             vec![
-                // A hex run followed by `…` (a shortened key), or of 8 or more with a digit.
-                (regex(r"\b[0-9a-f]{4,}…"), "[HEX]"),
-                (regex(r"\b[0-9a-f]*[0-9][0-9a-f]*\b"), "\u{0}"),
                 (regex(r"\bsize=\d+,mtime=[0-9.]+"), "size=[N],mtime=[T]"),
+                // JSON times: "compile_ms":41, "elapsed_ms":66.742558.
+                (regex(r#""(\w+_(ms|s))":[0-9.]+"#), "\"$1\":[TIME]"),
+                // A hex run followed by `…` (a shortened key), or of 8 or more with a digit.
+                (regex(r"\b[0-9a-f]{4,}…"), "[HEX]…"),
+                (regex(r"\b[0-9a-f]*[0-9][0-9a-f]*\b"), "\u{0}"),
+                // The fan directory a key is under.
+                (
+                    regex(r"/(entries|locks|manifests)/[0-9a-f]{2}/"),
+                    "/$1/[FAN]/",
+                ),
                 (regex(r"\b\d+(\.\d+)? (B|KiB|MiB|GiB|TiB)\b"), "[SIZE]"),
                 (
                     regex(r"\b\d+(\.\d+)? / \d+(\.\d+)? (B|KiB|MiB|GiB|TiB)\b"),
@@ -529,6 +581,9 @@ mod doc_examples {
                 (regex(r"\b\d+ bytes\b"), "[N] bytes"),
                 (regex(r"\b\d+(\.\d+)? ?(ms|µs)\b"), "[TIME]"),
                 (regex(r"\b\d+(\.\d+)? (s|seconds)\b"), "[TIME]"),
+                // Durations as tables show them: `1.2s`, `2m05s`.
+                (regex(r"\b\d+m\d\ds\b"), "[TIME]"),
+                (regex(r"\b\d+\.\ds\b"), "[TIME]"),
                 (regex(r"\b\d+(\.\d+)? G elements/s"), "[RATE] G elements/s"),
                 (regex(r"\b\d+(\.\d+)?×"), "[RATIO]×"),
                 (regex(r"\bpid[ =]\d+"), "pid [PID]"),
@@ -559,11 +614,15 @@ mod doc_examples {
             }
         }
         let spaces = regex(r" {2,}");
-        t.lines()
+        let lines: Vec<String> = t
+            .lines()
             .map(|l| spaces.replace_all(l.trim_end(), " ").into_owned())
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
+            .collect();
+        let end = lines
+            .iter()
+            .rposition(|l| !l.is_empty())
+            .map_or(0, |i| i + 1);
+        lines[..end].iter().map(|l| format!("{l}\n")).collect()
     }
 
     /// The C blocks that are templates: rendered and compiled by xcache from a
@@ -711,4 +770,23 @@ fn every_doc_example_has_a_test_that_runs_it() {
         }
     }
     assert!(templates >= 1, "the C template of docs/TEMPLATES.md");
+}
+
+#[test]
+fn comments_steer_the_block_below_them() {
+    let md = "text\n<!-- doctest: skip: needs a GPU -->\n```console\n$ xcache demo\n```\n\n\
+              <!-- doctest\nneeds: redis-server\nlet 72a7 = $(echo 72a7)\nsetup:\ntouch a\ntouch b\n-->\n\n```console\n$ ls\na\n```\n";
+    let b = docblocks::parse_blocks("x.md", md).unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[0].directives.skip.as_deref(), Some("needs a GPU"));
+    assert_eq!((b[1].line, b[1].lang.as_str()), (15, "console"));
+    assert_eq!(b[1].directives.needs, ["redis-server"]);
+    assert_eq!(
+        b[1].directives.lets,
+        [("72a7".into(), "$(echo 72a7)".into())]
+    );
+    assert_eq!(b[1].directives.setup, "touch a\ntouch b");
+    assert!(
+        docblocks::parse_blocks("x.md", "<!-- doctest: skip: x -->\nprose\n```c\n```\n").is_err()
+    );
 }

@@ -91,9 +91,10 @@ age_entry() {
   rm -f "$(xcache)/index"
 }
 
-# Makes a compiledir (by name) look unused for DAYS.
+# Makes a compiledir (by its path) look unused for DAYS:
+# `age_compiledir "$(XCACHE_RUNTIME=cpython-3.10 xcache)" 40`.
 age_compiledir() {
-  touch -d "$2 days ago" "$XCACHE_DIR/$1/last-use"
+  touch -d "$2 days ago" "$1/last-use"
 }
 
 # Holds the shared lock of a key (or of its first digits), as a process loading the
@@ -108,4 +109,29 @@ hold() {
   echo $! >> "$DOCTEST_PIDS"
   read -r _ < "$fifo"
   rm -f "$fifo"
+}
+
+# Flips one byte in the middle of KEY's value inside the bundle BUNDLE (a zstd tar):
+# the value no longer has the hash the bundle's index gives it.
+flip_byte_in_bundle() {
+  zstd -q -d -c "$1" > "$1.tar"
+  python3 - "$1.tar" "$2" <<'PY'
+import sys, tarfile
+path, key = sys.argv[1], sys.argv[2]
+with tarfile.open(path) as t:
+    m = next(m for m in t.getmembers() if m.name.rsplit("/", 1)[-1].startswith(key))
+with open(path, "r+b") as f:
+    f.seek(m.offset_data + m.size // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0xFF]))
+PY
+  zstd -q -f "$1.tar" -o "$1"
+  rm "$1.tar"
+}
+
+# Makes the paths printed so far old news: dates every hand-out record back an hour,
+# beyond handout_grace, as if the setup's compiles had run a while ago.
+forget_handouts() {
+  find "$XCACHE_DIR" -name handed-out -exec touch -d '1 hour ago' {} +
 }

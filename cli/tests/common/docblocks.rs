@@ -16,9 +16,11 @@
 //! env: XCACHE_RUNTIME=cpython-3.11        more environment (repeatable)
 //! let 72a725 = $(key_of k.c | cut -c1-6)  in the commands, this text stands for what
 //!                                         the shell prints here (a key, a pid)
-//! as: template c/scale.c                  (C) what the block is: `program` (compiled,
+//! as: template c/scale.c scale            (C) what the block is: `program` (compiled,
 //!                                         linked with libxcache.so and run),
-//!                                         `template NAME` (compiled by xcache)
+//!                                         `template NAME SYMBOL` (compiled by xcache)
+//! unordered: true                         the lines of each output in any order (rows
+//!                                         in key order: keys change with the compiler)
 //! setup:                                  the rest is shell, run before the commands
 //! xcache compile k.c > /dev/null
 //! -->
@@ -45,6 +47,9 @@ pub struct Directives {
     pub lets: Vec<(String, String)>,
     /// `as: WHAT`.
     pub kind: Option<String>,
+    /// `unordered: true`: the lines of each output are compared in any order (rows in
+    /// key order, which changes with the machine's compiler).
+    pub unordered: bool,
     /// `setup:` and what follows.
     pub setup: String,
 }
@@ -87,6 +92,7 @@ impl Directives {
                     d.env.push((k.to_string(), v.to_string()));
                 }
                 "as" => d.kind = Some(value),
+                "unordered" => d.unordered = value == "true",
                 k => return Err(format!("unknown key {k:?} in {line:?}")),
             }
         }
@@ -232,26 +238,4 @@ fn comment_body(lines: &[&str], i: usize, rest: &str) -> Result<(String, usize),
         "line {}: a doctest comment that is never closed",
         i + 1
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn comments_steer_the_block_below_them() {
-        let md = "text\n<!-- doctest: skip: needs a GPU -->\n```console\n$ xcache demo\n```\n\n\
-                  <!-- doctest\nneeds: redis-server\nlet 72a7 = $(echo 72a7)\nsetup:\ntouch a\ntouch b\n-->\n\n```console\n$ ls\na\n```\n";
-        let b = parse_blocks("x.md", md).unwrap();
-        assert_eq!(b.len(), 2);
-        assert_eq!(b[0].directives.skip.as_deref(), Some("needs a GPU"));
-        assert_eq!((b[1].line, b[1].lang.as_str()), (14, "console"));
-        assert_eq!(b[1].directives.needs, ["redis-server"]);
-        assert_eq!(
-            b[1].directives.lets,
-            [("72a7".into(), "$(echo 72a7)".into())]
-        );
-        assert_eq!(b[1].directives.setup, "touch a\ntouch b");
-        assert!(parse_blocks("x.md", "<!-- doctest: skip: x -->\nprose\n```c\n```\n").is_err());
-    }
 }
