@@ -1,6 +1,9 @@
 //! The user docs against the binary: every command has a section in docs/CLI.md, every
 //! option a section's synopsis names is in the command's `--help`, every option the
-//! binary has is in its section; the README says how to install and test.
+//! binary has is in its section; the README says how to install and test; and every
+//! example of README.md and docs/*.md runs as written (below: the console sessions and
+//! the C templates; python/tests/test_docs.py runs the Python snippets,
+//! capi/tests/c_abi.rs the C programs).
 
 mod common;
 #[path = "common/docblocks.rs"]
@@ -96,6 +99,16 @@ fn every_command_has_a_section_and_their_options_agree() {
         }
     }
     assert!(checked > 30, "only {checked} options checked");
+    // The top-level options (ccache's -s, -z, -M, -C) have their section too.
+    for opt in long_options(&top) {
+        if ["--help", "--version", "--dir"].contains(&opt.as_str()) {
+            continue;
+        }
+        assert!(
+            CLI_MD.contains(&format!("`{opt}")) && MIGRATION.contains(&opt),
+            "`xcache {opt}` is in neither docs/CLI.md nor docs/MIGRATION.md"
+        );
+    }
 }
 
 #[test]
