@@ -51,8 +51,17 @@ typedef enum {
 // A cache and compile service (opaque).
 typedef struct xcache_cache xcache_cache;
 
+// Files that another compiler built, kept by the cache as an artifact group (opaque):
+// found or published, and in place while the handle lives.
+typedef struct xcache_group xcache_group;
+
 // A compiled, loaded library (opaque). Its file stays in place while the handle lives.
 typedef struct xcache_library xcache_library;
+
+// CUDA device code compiled by NVRTC through the cache (opaque): a cubin for the
+// `cuda_arch` setting (else this machine's GPU), or PTX for a virtual arch. Loaded on
+// the GPU at the first `xcache_cuda_function` or `xcache_cuda_launch`.
+typedef struct xcache_module xcache_module;
 
 #ifdef __cplusplus
 extern "C" {
@@ -131,6 +140,157 @@ xcache_status xcache_library_symbol(const xcache_library *lib, const char *name,
 // # Safety
 // `lib` is NULL or a live handle, not used after this call.
 xcache_status xcache_library_release(xcache_library *lib);
+
+// The artifact group that `producer` (lowercase letters, digits, `-`: the compiler
+// whose files these are) keeps under `material` (its own key material: text that
+// covers everything that changes what it builds). On a hit `*out` is a handle to
+// release with `xcache_group_release`; on a miss `*out` is NULL (and the status OK).
+// The producer's version belongs in the cache's runtime tag (XCACHE_FLAGS
+// `runtime_tag=myjit-1.2`), so that each version has its own compiledir.
+//
+// # Safety
+// Strings are NUL-terminated; `out` is valid.
+xcache_status xcache_group_get(const xcache_cache *cache,
+                               const char *producer,
+                               const char *material,
+                               xcache_group **out);
+
+// Publishes `n_files` files (`file_names[i]`: a plain file name; `file_data[i]`,
+// `file_sizes[i]` bytes) as the group `producer` keeps under `material`, named `name`
+// in listings (NULL: none), and returns it in `*out` (a handle to release with
+// `xcache_group_release`). If another process published it first, that group is
+// returned: a group is published whole or not at all.
+//
+// # Safety
+// Strings are NUL-terminated; the arrays hold `n_files` entries; `file_data[i]` points
+// to `file_sizes[i]` readable bytes; `out` is valid.
+xcache_status xcache_group_put(const xcache_cache *cache,
+                               const char *producer,
+                               const char *material,
+                               const char *name,
+                               const char *const *file_names,
+                               const void *const *file_data,
+                               const size_t *file_sizes,
+                               size_t n_files,
+                               xcache_group **out);
+
+// The number of files of a group.
+//
+// # Safety
+// `group` is a live handle; `out` is valid.
+xcache_status xcache_group_file_count(const xcache_group *group, size_t *out);
+
+// The name and path of the file `index` of a group (in name order). Both strings stay
+// valid, and the file in place, until the handle is released.
+//
+// # Safety
+// `group` is a live handle; `name` and `path` are valid.
+xcache_status xcache_group_file(const xcache_group *group,
+                                size_t index,
+                                const char **name,
+                                const char **path);
+
+// Whether the group was found (true) or published by this call (false).
+//
+// # Safety
+// `group` is a live handle; `out` is valid.
+xcache_status xcache_group_hit(const xcache_group *group, bool *out);
+
+// Releases a group handle: its files may be collected afterwards. NULL is accepted.
+//
+// # Safety
+// `group` is NULL or a live handle, not used after this call.
+xcache_status xcache_group_release(xcache_group *group);
+
+// Compiles CUDA device code (`extern "C" __global__` kernels) with NVRTC through the
+// cache, once, ever, per key, for the `cuda_arch` setting (else this machine's GPU).
+// Needs libnvrtc, not a GPU.
+//
+// - `options`: `n_options` NVRTC options (`-DNAME=1`, `--use_fast_math`, ...), in
+//   the key.
+// - `include_dirs`: `n_include_dirs` absolute directories searched for
+//   `#include "..."`; the headers read from them are part of the result's identity.
+//
+// On success `*out` is a handle to release with `xcache_module_release`.
+//
+// # Safety
+// Strings are NUL-terminated; arrays hold their count of strings; `out` is valid.
+xcache_status xcache_cuda_module(const xcache_cache *cache,
+                                 const char *source,
+                                 const char *const *options,
+                                 size_t n_options,
+                                 const char *const *include_dirs,
+                                 size_t n_include_dirs,
+                                 xcache_module **out);
+
+// The module's file in the cache (a cubin, or PTX). Valid until the handle is released.
+//
+// # Safety
+// `module` is a live handle; `out` is valid.
+xcache_status xcache_module_path(const xcache_module *module, const char **out);
+
+// The request's key (64 hex digits). Valid until the handle is released.
+//
+// # Safety
+// `module` is a live handle; `out` is valid.
+xcache_status xcache_module_key(const xcache_module *module, const char **out);
+
+// The arch it was built for: `sm_90`, or `compute_80` for PTX. Valid until the
+// handle is released.
+//
+// # Safety
+// `module` is a live handle; `out` is valid.
+xcache_status xcache_module_arch(const xcache_module *module, const char **out);
+
+// Whether NVRTC did not run for this request (the module was in the cache).
+//
+// # Safety
+// `module` is a live handle; `out` is valid.
+xcache_status xcache_module_hit(const xcache_module *module, bool *out);
+
+// The module's bytes as checked against the cache entry (a cubin, or NUL-terminated
+// PTX), for a caller that loads it itself (`cuModuleLoadData`). Valid until the
+// handle is released.
+//
+// # Safety
+// `module` is a live handle; `data` and `size` are valid.
+xcache_status xcache_module_image(const xcache_module *module, const void **data, size_t *size);
+
+// The kernel `name`'s `CUfunction`, the module loaded into the calling thread's
+// current CUDA context (else the first GPU's primary context, which the CUDA runtime
+// shares, made current). Fails with `XCACHE_ERR_CUDA` where there is no GPU or no such
+// kernel.
+//
+// # Safety
+// `module` is a live handle; `name` is NUL-terminated; `out` is valid.
+xcache_status xcache_cuda_function(const xcache_module *module, const char *name, void **out);
+
+// Queues the kernel `name` on `stream` (a `CUstream`/`cudaStream_t` of the current
+// context; NULL for the legacy default stream) with `grid` and `block` (3 dimensions
+// each), `shared_mem` bytes of dynamic shared memory, and `args`: `n_args` pointers,
+// the i-th to the value of the kernel's i-th parameter (as `cuLaunchKernel`'s
+// `kernelParams`). Raises the kernel's dynamic shared memory limit when needed.
+//
+// # Safety
+// `module` is a live handle; `grid` and `block` point at 3 values; `args` holds one
+// pointer per kernel parameter, each to a value of that parameter's type; the kernel
+// must touch only memory that is valid for it.
+xcache_status xcache_cuda_launch(const xcache_module *module,
+                                 const char *name,
+                                 const uint32_t *grid,
+                                 const uint32_t *block,
+                                 uint32_t shared_mem,
+                                 void *stream,
+                                 void **args,
+                                 size_t n_args);
+
+// Releases a CUDA module handle (the module stays loaded on the GPU for the rest of
+// the process, as CUDA keeps it for other handles of the same entry). NULL is
+// accepted.
+//
+// # Safety
+// `module` is NULL or a live handle, not used after this call.
+xcache_status xcache_module_release(xcache_module *module);
 
 // The message of the last failed call on this thread ("" if none failed). Valid until
 // the next failing call on this thread.

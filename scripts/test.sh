@@ -97,8 +97,9 @@ else
 fi
 if [ "$(status_of NVRTC)" = ok ]; then
   cargo test --test nvrtc -- --ignored 2>&1 | tee -a "$log"
+  cargo test -p xcache-cli --test cuda_cli -- --ignored 2>&1 | tee -a "$log"
 else
-  skipped+=("tests/nvrtc.rs, all of it: no libnvrtc here (pip install nvidia-cuda-nvrtc, as the README says)")
+  skipped+=("tests/nvrtc.rs and cli/tests/cuda_cli.rs, all of them: no libnvrtc here (pip install nvidia-cuda-nvrtc, as the README says)")
 fi
 
 # A second real user swapping entry directories during hits (tests/swap.rs): needs root
@@ -128,7 +129,14 @@ fi
 # The C ABI: compile the C example and the threaded C test against include/xcache.h
 # with cc, link them with the freshly built libxcache.so, run them.
 cargo build -q -p xcache-capi
-cargo test -p xcache-capi --test c_abi -- --ignored 2>&1 | tee -a "$log"
+if [ "$(status_of NVRTC)" = ok ]; then
+  gpu_flag=0
+  [ "$(status_of GPU)" = ok ] && gpu_flag=1
+  XCACHE_TEST_GPU=$gpu_flag cargo test -p xcache-capi --test c_abi -- --ignored 2>&1 | tee -a "$log"
+else
+  cargo test -p xcache-capi --test c_abi -- --ignored --skip a_cuda_module 2>&1 | tee -a "$log"
+  skipped+=("capi/tests/c_abi.rs a_cuda_module_*: no libnvrtc here (pip install nvidia-cuda-nvrtc, as the README says)")
+fi
 
 # The Python package, in $XCACHE_PYTHON (or python3).
 py_passed=0 py_failed=0 py_skipped=0

@@ -52,8 +52,8 @@
 //! | [`config`] | settings, their defaults and sources |
 //! | [`store`] | the on-disk protocol and everything it names: [`store::layout`] (every name), [`store::key`], [`store::lock`], [`store::entry`], [`store::trust`], cleanup in [`store::gc`] (pure policy in [`store::gc::policy`]), [`store::scan`], [`store::stats`], [`store::verify`], [`store::private`] |
 //! | [`compile`] | requests, op templates, the expression grammar, which flags pass ([`compile::flags`]: a deny-list for the user's, an allow-list for data's), the host C/C++ compiler, nvcc and NVRTC ([`compile::nvrtc`]), one [`compile::toolchain`] resolver |
-//! | [`driver`], [`cuda_module`], [`cuda_launch`] | the CUDA driver API (loaded at run time); device code compiled by NVRTC through the cache; xcache's launcher, the CUDA templates' launch decisions as pure plans |
-//! | [`kernels`], [`cuda`] | typed handles for the shipped templates: `elemwise`, `reduce`, `gemm` (on the GPU, built by NVRTC or nvcc per `cuda_compiler`) |
+//! | [`cuda`] | CUDA as one subsystem: the driver API loaded at run time ([`cuda::driver`]), device code compiled by NVRTC through the cache ([`cuda::module`]), the templates' launch decisions as pure plans ([`cuda::launch`]), typed GPU handles ([`cuda::handles`]), the device probe ([`cuda::probe`]); its module doc says how a CUDA request flows |
+//! | [`kernels`] | typed CPU handles for the shipped templates: `elemwise`, `reduce`, `gemm` |
 //! | [`remote`] | remote tiers (Redis), with timeouts and a circuit breaker; bundles for CI caches |
 //! | [`runtime`] | [`Jit`]: cache + compiler + loaded-library registry, typed symbols |
 //! | [`embed`] | handles for the Python package and the C ABI: a loaded library whose file stays while the handle lives ([`store::pin`]) |
@@ -68,15 +68,11 @@ pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod cuda;
-pub mod cuda_launch;
-pub mod cuda_module;
-pub mod driver;
 pub mod embed;
 pub mod error;
 pub mod fsx;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod gpu;
 pub mod kernels;
 pub mod ops;
 pub mod platform;

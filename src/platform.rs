@@ -18,7 +18,7 @@ use std::fmt;
 
 /// Version of the on-disk layout (directory structure and `entry.json` format).
 /// Bump it when an older xcache could misread what a newer one writes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Prefix of every compiledir name; `purge` and `prune` only touch names with it.
 pub const COMPILEDIR_PREFIX: &str = "compiledir_";

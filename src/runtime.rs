@@ -293,7 +293,10 @@ pub struct Jit {
     loaded: Mutex<HashMap<Key, Slot>>,
     memo: Mutex<Memo>,
     stats: Arc<crate::store::stats::Recorder>,
-    cuda_modules: crate::cuda_module::JitModules,
+    /// State another subsystem keeps per `Jit` (CUDA's NVRTC library and modules: see
+    /// [`Jit::extension`]), of a type the runtime does not name, so that the subsystem
+    /// depends on the runtime and not the other way round.
+    extension: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Jit {
@@ -330,13 +333,17 @@ impl Jit {
             templates: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             memo: Mutex::new(HashMap::new()),
-            cuda_modules: Default::default(),
+            extension: std::sync::OnceLock::new(),
         })
     }
 
-    /// This Jit's NVRTC library and modules (see [`crate::cuda_module`]).
-    pub(crate) fn cuda_modules(&self) -> &crate::cuda_module::JitModules {
-        &self.cuda_modules
+    /// The per-`Jit` state of type `T`, made with `T::default()` on first use. One type
+    /// uses the slot (CUDA's, [`crate::cuda::module`]); asking for another is a bug.
+    pub(crate) fn extension<T: Default + Send + Sync + 'static>(&self) -> &T {
+        self.extension
+            .get_or_init(|| Box::new(T::default()))
+            .downcast_ref::<T>()
+            .expect("one extension type per Jit")
     }
 
     /// The store.
@@ -479,6 +486,7 @@ impl Jit {
                 );
                 Ok(Built {
                     source_name: req.name.clone(),
+                    group: None,
                     source_file: source_file.into(),
                     compile_time,
                     compiler_output: diagnostics::rename(&compiler_output, source_file, &display),
@@ -710,8 +718,19 @@ impl Jit {
         self.compile(&*self.source_of(req)?)
     }
 
-    /// Compiles any request through the cache without loading it.
+    /// Compiles any request through the cache without loading it. A CUDA template is
+    /// built as the GPU handles load it: its kernels alone, by NVRTC, into a cubin for
+    /// the `cuda_arch` setting (unless `cuda_compiler = nvcc`, which builds the template
+    /// with its host launcher into a shared object): so that `xcache warm` and `xcache
+    /// compile -t cuda/…` warm what the handles use.
     pub fn build_request(&self, req: &Request) -> Result<CacheOutcome> {
+        if let Request::Template(t) = req {
+            if self.config.cuda_compiler == crate::config::CudaCompiler::Nvrtc
+                && self.template(&t.name)?.language == Language::Cuda
+            {
+                return self.build_cuda_template(t);
+            }
+        }
         self.build(&*self.source_of(req)?)
     }
 

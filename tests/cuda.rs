@@ -395,7 +395,7 @@ fn a_tensor_core_precision_needs_float32() {
 #[ignore = "needs nvcc: scripts/test.sh runs it where nvcc is found"]
 fn launches_fail_cleanly_without_a_gpu() {
     assert!(
-        xcache::gpu::probe().is_err(),
+        xcache::cuda::probe::probe().is_err(),
         "needs a machine without a GPU (scripts/test.sh skips it where there is one, and says so)"
     );
     let tc = TestCache::new();
@@ -1052,4 +1052,135 @@ fn gpu_worker_warm_process() {
         requests.as_secs_f64() * 1e3,
         setup.as_secs_f64() * 1e3
     );
+}
+
+/// The handles and a user's own kernel on a stream of the caller's (non-blocking: it
+/// does not wait for the legacy default stream, so a launch that ignored it would race
+/// the checks), built by NVRTC, against float64 references.
+#[test]
+#[ignore = "needs nvcc and an NVIDIA GPU: scripts/test.sh runs it where they are"]
+fn gpu_launches_on_a_callers_stream_and_user_kernels_match_float64() {
+    use xcache::cuda::launch::Arg;
+    let tc = TestCache::new();
+    let mut c = tc.config();
+    c.set("cuda_compiler", "nvrtc").unwrap();
+    let jit = Jit::new(c).unwrap();
+    let cuda = jit.cuda().unwrap();
+    let s = cuda.stream().unwrap();
+    let mut rng = Rng(7);
+    let n = (1 << 20) + 3;
+    let x: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+    let y: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 1.0) as f32).collect();
+    let (dx, dy) = (cuda.upload(&x).unwrap(), cuda.upload(&y).unwrap());
+
+    // elemwise
+    let f = cuda.elemwise::<f32>(&jit, "a*exp(b)+c", 3).unwrap();
+    let mut out = cuda.alloc::<f32>(n).unwrap();
+    unsafe {
+        f.launch_raw_on(
+            s.handle(),
+            n,
+            &[dx.as_ptr(), dy.as_ptr(), dx.as_ptr()],
+            out.as_mut_ptr(),
+        )
+    }
+    .unwrap();
+    s.synchronize().unwrap();
+    for (i, g) in out.download().unwrap().iter().enumerate() {
+        let (a, b) = (x[i] as f64, y[i] as f64);
+        assert!(
+            close(*g as f64, a * b.exp() + a, 2e-6),
+            "elemwise i={i}: {g}"
+        );
+    }
+
+    // reduce, both axes, over a (rows x cols) view of x
+    let (rows, cols) = (1024, 1024);
+    for axis in [0, 1] {
+        let r = cuda.reduce_axis::<f32>(&jit, "sum", "x*x", axis).unwrap();
+        let m = if axis == 1 { rows } else { cols };
+        let mut o = cuda.alloc::<f32>(m).unwrap();
+        unsafe { r.launch_raw_on(s.handle(), rows, cols, dx.as_ptr(), o.as_mut_ptr()) }.unwrap();
+        s.synchronize().unwrap();
+        let got = o.download().unwrap();
+        for (j, g) in got.iter().enumerate() {
+            let want: f64 = (0..if axis == 1 { cols } else { rows })
+                .map(|t| {
+                    let v = if axis == 1 {
+                        x[j * cols + t]
+                    } else {
+                        x[t * cols + j]
+                    } as f64;
+                    v * v
+                })
+                .sum();
+            assert!(
+                close(*g as f64, want, 1e-4),
+                "reduce axis {axis} j={j}: {g} vs {want}"
+            );
+        }
+    }
+
+    // gemm with bias
+    let (m, k, nn) = (96, 64, 80);
+    let g = cuda.gemm::<f32>(&jit, false).unwrap();
+    let bias: Vec<f32> = (0..nn).map(|i| i as f32 * 0.01).collect();
+    let dbias = cuda.upload(&bias).unwrap();
+    let mut dc = cuda.alloc::<f32>(m * nn).unwrap();
+    unsafe {
+        g.launch_raw_on(
+            s.handle(),
+            (m, nn, k),
+            dx.as_ptr(),
+            dy.as_ptr(),
+            dbias.as_ptr(),
+            dc.as_mut_ptr(),
+        )
+    }
+    .unwrap();
+    s.synchronize().unwrap();
+    let c = dc.download().unwrap();
+    for i in 0..m {
+        for j in 0..nn {
+            let want: f64 = (0..k)
+                .map(|t| x[i * k + t] as f64 * y[t * nn + j] as f64)
+                .sum::<f64>()
+                + bias[j] as f64;
+            assert!(close(c[i * nn + j] as f64, want, 1e-4), "gemm ({i},{j})");
+        }
+    }
+
+    // A user's kernel through Jit::cuda_module, launched with typed arguments.
+    let src = "extern \"C\" __global__ void saxpy(long long n, float a, const float *x, float *y, double off) {\n  long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;\n  if (i < n) y[i] = a * x[i] + y[i] + (float)off;\n}\n";
+    let module = jit
+        .cuda_module(&SourceRequest::new(Language::Cuda, src))
+        .unwrap();
+    assert!(module.path.ends_with("kernel.cubin"), "{:?}", module.path);
+    let kernels = cuda.load(&module).unwrap();
+    let mut dy2 = cuda.upload(&y).unwrap();
+    let grid = (n as u32).div_ceil(256);
+    unsafe {
+        kernels.launch(
+            "saxpy",
+            (grid, 1, 1),
+            (256, 1, 1),
+            0,
+            s.handle(),
+            &[
+                Arg::I64(n as i64),
+                Arg::F32(2.5),
+                dx.arg(),
+                Arg::Ptr(dy2.as_mut_ptr() as u64),
+                Arg::F64(0.25),
+            ],
+        )
+    }
+    .unwrap();
+    s.synchronize().unwrap();
+    for (i, g) in dy2.download().unwrap().iter().enumerate() {
+        let want = 2.5 * x[i] as f64 + y[i] as f64 + 0.25;
+        assert!(close(*g as f64, want, 1e-6), "saxpy i={i}: {g} vs {want}");
+    }
+    assert!(kernels.function("saxpy").is_ok());
+    assert!(kernels.function("nothere").is_err());
 }

@@ -395,7 +395,7 @@ fn runtime_tag_selects_another_compiledir() {
         .to_str()
         .unwrap()
         .to_string();
-    assert!(name.contains("-cpython-3.11-xc2"), "{name}");
+    assert!(name.contains("-cpython-3.11-xc3"), "{name}");
     assert_ne!(
         plain.key_for(&saxpy("rt")).unwrap().0,
         tagged.key_for(&saxpy("rt")).unwrap().0

@@ -13,8 +13,8 @@ mod common;
 
 use common::TestCache;
 use xcache::compile::nvrtc::Output;
-use xcache::cuda_launch::{GemmPlan, ReducePlan};
-use xcache::driver::{cubin_arch, cubin_kernels};
+use xcache::cuda::driver::{cubin_arch, cubin_kernels};
+use xcache::cuda::launch::{GemmPlan, ReducePlan};
 use xcache::{Error, Jit, Language, SourceRequest, TemplateRequest};
 
 const NEEDS_NVRTC: &str = "needs libnvrtc: scripts/test.sh runs it where libnvrtc is found";

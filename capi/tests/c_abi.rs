@@ -243,6 +243,88 @@ fn a_lock_held_forever_ends_at_lock_timeout_naming_its_holder() {
     );
 }
 
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn groups_are_published_whole_and_found_through_the_c_abi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("groups");
+    build_c(&repo().join("capi/tests/c/groups.c"), &exe, &[]);
+    let cache = tmp.path().join("cache");
+    let out = run(&exe, &cache, &[&cache]);
+    assert_eq!(out.trim(), "ok");
+}
+
+/// `capi/tests/c/cuda.c` with the cache's `cuda_arch` set: NVRTC builds the caller's
+/// kernel (a cubin for that arch); a second process finds it by the same key. With a
+/// GPU (and `XCACHE_TEST_GPU=1`, as scripts/test.sh sets where one is) it also launches
+/// on a stream of its own and checks against a double-precision reference.
+#[test]
+#[ignore = "needs libxcache.so and libnvrtc: scripts/test.sh runs it where xcache doctor finds NVRTC"]
+fn a_cuda_module_compiles_through_nvrtc_and_launches_where_a_gpu_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("cuda");
+    build_c(&repo().join("capi/tests/c/cuda.c"), &exe, &["-ldl", "-lm"]);
+    let cache = tmp.path().join("cache");
+    // The kernel's header, settled (older than the compile), so the first compile
+    // records it and the second process hits.
+    let inc = tmp.path().join("inc");
+    std::fs::create_dir(&inc).unwrap();
+    let header = std::fs::File::create(inc.join("params.cuh")).unwrap();
+    header
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    drop(header);
+    let gpu = std::env::var_os("XCACHE_TEST_GPU").is_some_and(|v| v == "1");
+    let arch = std::env::var("XCACHE_TEST_CUDA_ARCH").unwrap_or_else(|_| "sm_90".into());
+    let run_cuda = |extra: &[&str]| {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(&cache)
+            .arg(&arch)
+            .arg(&inc)
+            .args(extra)
+            .env("XCACHE_DIR", &cache)
+            .env("XCACHE_FLAGS", format!("cuda_arch={arch}"))
+            .env_remove("XCACHE_CONFIG");
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "cuda failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let first = run_cuda(&[]);
+    let second = run_cuda(if gpu { &["gpu"] } else { &[] });
+    let key = first
+        .strip_prefix("ok ")
+        .and_then(|r| r.strip_suffix(" miss\n"))
+        .unwrap_or_else(|| panic!("{first}"));
+    assert_eq!(
+        second,
+        format!("ok {key} hit\n"),
+        "the same key, a hit, in a second process"
+    );
+    let cubins: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cubin"))
+        .collect();
+    assert!(!cubins.is_empty(), "no cubin under {}", cache.display());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[path = "../../cli/tests/common/docblocks.rs"]
 mod docblocks;
 

@@ -58,6 +58,16 @@ pub struct CompileArgs {
     /// source, target, runtime tag). With --json, also as "explain".
     #[arg(long)]
     explain: bool,
+    /// For CUDA: the GPU arch to build for (`sm_90`, `sm_80`, `sm_90a`; `compute_90`
+    /// for PTX), when it is not the local GPU's (a CI machine without one, warming for
+    /// the fleet's): the `cuda_arch` setting for this request.
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    arch: Option<String>,
+    /// For CUDA: what to build. `cubin` (or `ptx`): device code alone, by NVRTC, what
+    /// xcache's GPU handles load (the default for `-t cuda/…` templates); `so`: a
+    /// shared object by nvcc, host code included (the default for a .cu file).
+    #[arg(long, value_name = "KIND", value_parser = ["cubin", "ptx", "so"])]
+    emit: Option<String>,
     /// Print a JSON object instead of the path.
     #[arg(long)]
     pub json: bool,
@@ -67,6 +77,11 @@ pub struct CompileArgs {
     /// resolved against the current directory.
     #[arg(last = true, value_name = "COMPILER_FLAGS")]
     compiler_flags: Vec<String>,
+}
+
+/// An arch, as the `cuda_arch` setting takes it.
+fn parse_arch(s: &str) -> std::result::Result<String, String> {
+    xcache::platform::check_cuda_arch(s).map(|()| s.to_string())
 }
 
 impl CompileArgs {
@@ -93,6 +108,8 @@ impl CompileArgs {
             symbols: Vec::new(),
             out: None,
             explain: false,
+            arch: None,
+            emit: None,
             json,
             compiler_flags: Vec::new(),
         })
@@ -163,10 +180,21 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         symbols,
         out: out_file,
         explain,
+        arch,
+        emit,
         json,
         compiler_flags,
     } = args;
 
+    let mut config = config;
+    if let Some(a) = arch {
+        // PTX is asked of NVRTC by a virtual arch.
+        config.cuda_arch = Some(if emit.as_deref() == Some("ptx") {
+            a.replacen("sm_", "compute_", 1)
+        } else {
+            a.clone()
+        });
+    }
     let jit = Jit::new(config)?;
     // The flags as the user's shell gave them, `--flag` ones first: relative search
     // paths are the user's, resolved here (the library refuses them, as it would look
@@ -180,6 +208,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
             &cwd,
         ))
     };
+    let mut template_req = None;
     let req = match (source, template) {
         (Some(source), _) => {
             let mut req = SourceRequest::from_file(source)?;
@@ -201,12 +230,41 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
                 t = t.param(k, v);
             }
             t.flags = flags.clone();
-            let mut req = jit.render(&t)?;
-            req.flags = resolve(&req.flags, req.language)?;
-            req
+            let mut rendered = jit.render(&t)?;
+            if !flags.is_empty() {
+                // The user's flags, with their search paths resolved as the template's
+                // compiler reads them (its language is known once rendered).
+                t.flags = resolve(&flags, rendered.language)?;
+                rendered = jit.render(&t)?;
+            }
+            template_req = Some(t);
+            rendered
         }
         (None, None) => unreachable!("clap requires a source or a template"),
     };
+    // CUDA device code by NVRTC (a cubin, or PTX), as the GPU handles load it: the
+    // default for a CUDA template under `cuda_compiler = nvrtc`, or when asked.
+    let is_cuda = req.language == xcache::Language::Cuda;
+    let nvrtc_default =
+        template_req.is_some() && jit.config().cuda_compiler == xcache::config::CudaCompiler::Nvrtc;
+    let device_code = is_cuda
+        && match emit.as_deref() {
+            Some("cubin") | Some("ptx") => true,
+            Some(_) => false,
+            None => nvrtc_default,
+        };
+    if emit.is_some() && !is_cuda {
+        anyhow::bail!(xcache::Error::InvalidRequest(format!(
+            "--emit is for CUDA sources; {} is {}",
+            req.display_name(),
+            req.language.name()
+        )));
+    }
+    if device_code && !symbols.is_empty() {
+        anyhow::bail!(xcache::Error::InvalidRequest(
+            "--symbol loads a shared object: CUDA device code is loaded by the GPU handles. Fix: --emit so".into()
+        ));
+    }
     // Asked before the request is served: afterwards it would be a hit.
     let explanation = if *explain {
         let e = jit.explain(&req)?;
@@ -221,9 +279,30 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
     };
     let mut valid_until = None;
     let report = if symbols.is_empty() {
-        let r = match out_file {
-            Some(dest) => jit.build_copy(&req, dest)?,
-            None => jit.build(&req)?,
+        let r = match (out_file, device_code, &template_req) {
+            (Some(dest), false, _) => jit.build_copy(&req, dest)?,
+            (None, false, _) => jit.build(&req)?,
+            (out, true, t) => {
+                let mut r = match t {
+                    Some(t) => jit.build_cuda_template(t)?,
+                    None => jit.build_cuda_module(&req)?,
+                };
+                if let Some(dest) = out {
+                    // A private copy, whole or not at all: written beside, renamed over.
+                    let tmp = dest.with_file_name(format!(
+                        ".{}.xcache-{}",
+                        dest.file_name()
+                            .map_or("out".into(), |n| n.to_string_lossy()),
+                        std::process::id()
+                    ));
+                    std::fs::copy(&r.path, &tmp)
+                        .and_then(|_| std::fs::rename(&tmp, dest))
+                        .with_context(|| format!("copying the module to {}", dest.display()))?;
+                    r.path = dest.clone();
+                    r.valid_until = None;
+                }
+                r
+            }
         };
         valid_until = r.valid_until;
         CompileReport {

@@ -97,6 +97,11 @@ enum Command {
         /// expiry), with its address and round trip.
         #[arg(long, conflicts_with_all = ["all", "wide"])]
         remote: bool,
+        /// Only what PRODUCER made: `xcache` (what it compiled), or the compiler whose
+        /// artifacts it keeps (`numba`, `triton`, `cupy`, `pytensor`). Looks in every
+        /// compiledir (each producer version has its own).
+        #[arg(long, value_name = "PRODUCER", conflicts_with = "remote")]
+        producer: Option<String>,
         /// Print a JSON array (always complete).
         #[arg(long)]
         json: bool,
@@ -200,6 +205,12 @@ enum Command {
     Import {
         /// The bundle.
         file: PathBuf,
+        /// Also import the entries of the bundle's other compiledirs for this machine:
+        /// same OS, kernel, arch, libc and layout, another runtime tag (the groups of
+        /// Numba, Triton or CuPy, whose versions are runtime tags), each into its own
+        /// compiledir. With --json, prints an array of reports.
+        #[arg(long)]
+        all: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -614,12 +625,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sort,
             wide,
             json,
+            producer,
             ..
         }) => {
             let config = config(&cli)?;
             let store = Store::open(&config)?;
-            let rows = ops::list::list(&store, *all, *sort)?;
-            show::entries(&mut out, &rows, &store, *all, *wide, *json)?;
+            // A producer's entries live in compiledirs of their own (its version is
+            // their runtime tag): look in all of them.
+            let every = *all || producer.is_some();
+            let mut rows = ops::list::list(&store, every, *sort)?;
+            if let Some(p) = producer {
+                rows.retain(|r| r.producer == *p);
+            }
+            show::entries(&mut out, &rows, &store, every, *wide, *json)?;
             // The process ends here: freeing a million rows one by one would cost more
             // than printing them.
             std::mem::forget(rows);
@@ -698,11 +716,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             show::exported(&mut out, &report, *json)?;
             ExitCode::SUCCESS
         }
-        Some(Command::Import { file, json }) => {
+        Some(Command::Import {
+            file,
+            all: false,
+            json,
+        }) => {
             let store = Store::open(&config(&cli)?)?;
             let report = xcache::remote::bundle::import_bundle(&store, file)?;
             show::imported(&mut out, &report, *json)?;
             status(report.clean())
+        }
+        Some(Command::Import {
+            file,
+            all: true,
+            json,
+        }) => {
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let first = xcache::remote::bundle::import_bundle(&store, file)?;
+            let mut reports = vec![first];
+            for tag in xcache::remote::bundle::runtime_tags_for_here(&store, &reports[0])? {
+                let mut c = config.clone();
+                c.runtime_tag = tag;
+                let there = Store::open(&c)?;
+                reports.push(xcache::remote::bundle::import_bundle(&there, file)?);
+            }
+            if *json {
+                writeln!(out, "{}", serde_json::to_string(&reports)?)?;
+            } else {
+                for r in &reports {
+                    show::imported(&mut out, r, false)?;
+                }
+            }
+            status(reports.iter().all(|r| r.clean()))
         }
         Some(Command::Stats { zero, json }) => {
             let config = config(&cli)?;
@@ -720,8 +766,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             status(report.clean())
         }
         Some(Command::Show { key, json }) => {
-            let store = Store::open(&config(&cli)?)?;
-            let report = store.show(key)?;
+            let config = config(&cli)?;
+            let store = Store::open(&config)?;
+            let (store, report) = match store.show(key) {
+                Ok(r) => (store, r),
+                // Not here: the compiledirs of this machine under other runtime tags
+                // (the artifact groups of a producer version, which `list --producer`
+                // lists); the first error stands if none has it.
+                Err(e) => {
+                    let mut found = None;
+                    for tag in ops::list::runtime_tags_here(&store)? {
+                        let mut c = config.clone();
+                        c.runtime_tag = tag;
+                        let there = Store::open(&c)?;
+                        if let Ok(r) = there.show(key) {
+                            found = Some((there, r));
+                            break;
+                        }
+                    }
+                    found.ok_or(e)?
+                }
+            };
             show::shown(&mut out, &report, &store, *json)?;
             ExitCode::SUCCESS
         }

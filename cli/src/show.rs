@@ -1005,6 +1005,22 @@ pub fn shown(
                 .as_deref()
                 .unwrap_or("- (not dependency-tracked)")
         )?;
+        if let Some(g) = &m.group {
+            // Files another compiler built: who, under what key material, which files.
+            writeln!(out, "producer  {}", m.producer())?;
+            writeln!(out, "material  {}", human::terminal_safe_text(&g.material))?;
+            for f in &g.members {
+                writeln!(
+                    out,
+                    "file      {}, {}, blake3 {}",
+                    human::terminal_safe_text(&f.file),
+                    human::size(f.size),
+                    f.blake3
+                )?;
+            }
+            writeln!(out)?;
+            continue;
+        }
         writeln!(out, "key material")?;
         writeln!(out, "  source        blake3 {}", k.source_blake3)?;
         writeln!(out, "  compiler      {}", k.toolchain.path)?;

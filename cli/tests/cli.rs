@@ -19,7 +19,7 @@ fn no_arguments_prints_the_compiledir() {
     assert_eq!(p.parent().unwrap(), env.base());
     let name = p.file_name().unwrap().to_str().unwrap();
     assert!(
-        name.starts_with("compiledir_") && name.ends_with("-xc2"),
+        name.starts_with("compiledir_") && name.ends_with("-xc3"),
         "{name}"
     );
     assert!(p.join("compiledir.json").is_file());
@@ -47,7 +47,7 @@ fn runtime_tag_from_the_environment() {
         .env("XCACHE_RUNTIME", "cpython-3.11")
         .output()
         .unwrap();
-    assert!(stdout(&out).trim().ends_with("-cpython-3.11-xc2"));
+    assert!(stdout(&out).trim().ends_with("-cpython-3.11-xc3"));
 }
 
 #[test]

@@ -267,7 +267,7 @@ mod doc_examples {
                 })
                 .collect();
             let mut replace = Vec::new();
-            // "Linux-6.18-x86_64-glibc2.36-xc2 (os Linux, kernel 6.18, arch x86_64, libc
+            // "Linux-6.18-x86_64-glibc2.36-xc3 (os Linux, kernel 6.18, arch x86_64, libc
             // glibc2.36, ...)"
             let platform = &checks["platform"].1;
             let name = platform.split_whitespace().next().unwrap();

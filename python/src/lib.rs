@@ -21,7 +21,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use xcache::embed::HeldLibrary;
 use xcache::kernels::{ElemwiseFn, GemmBiasFn, ReduceFn};
@@ -404,12 +404,6 @@ fn cupy_empty<'py>(py: Python<'py>, shape: &[usize], dtype: &str) -> PyResult<Bo
     cp.call_method1("empty", (PyTuple::new(py, shape)?, dtype))
 }
 
-/// The stream to launch on: the caller's, else the output's (its interface's `stream`:
-/// 1 is the legacy default stream, 2 the per-thread one, both valid handles), else NULL.
-fn launch_stream(explicit: Option<usize>, out: &DeviceArray) -> *mut c_void {
-    explicit.or(out.stream).unwrap_or(0) as *mut c_void
-}
-
 fn cuda_status(kernel: &str, code: i32) -> PyResult<()> {
     match code {
         0 => Ok(()),
@@ -440,6 +434,341 @@ fn host_status(kernel: &str, code: i32) -> PyResult<()> {
         c => Err(PyValueError::new_err(format!(
             "{kernel} returned error code {c} (1: a negative size, 2: a null pointer)"
         ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// CUDA through NVRTC and xcache's launcher, as Rust's `xcache::cuda` handles do.
+
+/// The process's GPU handle (shared with the C ABI and every `Cache`).
+fn gpu(jit: &Jit) -> xcache::Result<xcache::cuda::Cuda> {
+    jit.shared_cuda()
+}
+
+/// The stream a launch goes on: `stream=` when given (an int handle, a CuPy `Stream`
+/// (`.ptr`) or a PyTorch `Stream` (`.cuda_stream`)); else the stream the array's
+/// `__cuda_array_interface__` names (CuPy's current stream); else, for a PyTorch
+/// tensor (whose interface names none), PyTorch's current stream on its device; else
+/// NULL, the legacy default stream.
+fn resolve_stream(
+    explicit: Option<&Bound<'_, PyAny>>,
+    named: Option<usize>,
+    array: Option<&Bound<'_, PyAny>>,
+) -> PyResult<usize> {
+    if let Some(s) = explicit {
+        if s.is_none() {
+        } else if let Ok(v) = s.extract::<usize>() {
+            return Ok(v);
+        } else if let Ok(p) = s.getattr("ptr") {
+            return p.extract();
+        } else if let Ok(p) = s.getattr("cuda_stream") {
+            return p.extract();
+        } else {
+            return Err(PyTypeError::new_err(
+                "stream must be an int handle, a cupy.cuda.Stream or a torch.cuda.Stream",
+            ));
+        }
+    }
+    if let Some(s) = named {
+        return Ok(s);
+    }
+    if let Some(a) = array {
+        if is_torch_tensor(a) {
+            let torch = a.py().import("torch")?;
+            let s = torch
+                .getattr("cuda")?
+                .call_method1("current_stream", (a.getattr("device")?,))?;
+            return s.getattr("cuda_stream")?.extract();
+        }
+    }
+    Ok(0)
+}
+
+fn is_torch_tensor(a: &Bound<'_, PyAny>) -> bool {
+    a.get_type()
+        .module()
+        .is_ok_and(|m| m.to_cow().is_ok_and(|m| m == "torch"))
+}
+
+/// A CUDA module compiled by NVRTC through the cache (a cubin, or PTX for a virtual
+/// arch), loaded on the GPU at its first launch. `get_function(name)` gives a kernel.
+#[pyclass(module = "xcache", name = "CudaModule", frozen)]
+struct PyCudaModule {
+    module: xcache::cuda::CudaModule,
+    jit: Arc<Jit>,
+    loaded: std::sync::OnceLock<(xcache::cuda::Cuda, xcache::cuda::CudaKernels)>,
+}
+
+impl PyCudaModule {
+    fn new(jit: &Arc<Jit>, module: xcache::cuda::CudaModule) -> PyCudaModule {
+        PyCudaModule {
+            module,
+            jit: Arc::clone(jit),
+            loaded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The module on the GPU (loaded into the current context at first use).
+    fn kernels(&self) -> PyResult<&(xcache::cuda::Cuda, xcache::cuda::CudaKernels)> {
+        if let Some(k) = self.loaded.get() {
+            return Ok(k);
+        }
+        let cuda = gpu(&self.jit).or_py()?;
+        let k = cuda.load(&self.module).or_py()?;
+        let _ = self.loaded.set((cuda, k));
+        Ok(self.loaded.get().expect("set"))
+    }
+}
+
+#[pymethods]
+impl PyCudaModule {
+    /// The entry's key (hex).
+    #[getter]
+    fn key(&self) -> String {
+        self.module.key.hex()
+    }
+
+    /// The cubin (or PTX) in the cache.
+    #[getter]
+    fn path(&self) -> String {
+        self.module.path.to_string_lossy().into_owned()
+    }
+
+    /// The arch it was built for: `sm_90`, or `compute_80` for PTX.
+    #[getter]
+    fn arch(&self) -> String {
+        self.module.arch.clone()
+    }
+
+    /// "cubin" or "ptx".
+    #[getter]
+    fn kind(&self) -> &'static str {
+        if self.module.arch.starts_with("compute_") {
+            "ptx"
+        } else {
+            "cubin"
+        }
+    }
+
+    /// True when no compiler ran for this request.
+    #[getter]
+    fn hit(&self) -> bool {
+        self.module.hit
+    }
+
+    /// How long NVRTC took when the entry was built, in ms.
+    #[getter]
+    fn compile_ms(&self) -> u64 {
+        self.module.compile_ms
+    }
+
+    /// Seconds this request waited on other processes' locks.
+    #[getter]
+    fn lock_wait(&self) -> f64 {
+        self.module.lock_wait.as_secs_f64()
+    }
+
+    /// What NVRTC printed although it succeeded (only when it ran for this request).
+    #[getter]
+    fn compiler_output(&self) -> String {
+        self.module.compiler_output.clone()
+    }
+
+    /// Cache faults repaired while serving it.
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.module.warnings.clone()
+    }
+
+    /// The header that kept this fresh compile out of its manifest (it changed at or
+    /// after the compile started, "file too new"), so the next process compiles again;
+    /// `None` otherwise.
+    #[getter]
+    fn unrecorded(&self) -> Option<String> {
+        self.module.unrecorded.clone()
+    }
+
+    /// The names of its kernels (read from the cubin's sections or the PTX's entries).
+    #[getter]
+    fn kernel_names(&self) -> Vec<String> {
+        let image = self.module.image();
+        if image.starts_with(b"\x7fELF") {
+            return xcache::cuda::driver::cubin_kernels(image);
+        }
+        String::from_utf8_lossy(image)
+            .lines()
+            .filter_map(|l| {
+                let rest = l.trim().split_once(".entry")?.1.trim();
+                Some(rest.split(['(', ' ']).next()?.to_string())
+            })
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    /// The module's bytes, as loaded (a cubin, or NUL-terminated PTX).
+    fn image<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.module.image())
+    }
+
+    /// The kernel `name` (an `extern "C" __global__` function), loading the module on
+    /// the GPU first. Raises when the module has no such kernel or there is no GPU.
+    fn get_function(slf: &Bound<'_, Self>, name: &str) -> PyResult<CudaKernel> {
+        let (_, k) = slf.get().kernels()?;
+        k.find(&[name]).or_py()?;
+        Ok(CudaKernel {
+            module: slf.clone().unbind(),
+            name: name.to_string(),
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<xcache.CudaModule {} {} {}>",
+            self.module.arch,
+            &self.module.key.hex()[..12],
+            if self.module.hit { "hit" } else { "compiled" }
+        )
+    }
+}
+
+/// A kernel of a [`PyCudaModule`], called as CuPy's `RawKernel` is:
+/// `k(grid, block, args, *, shared_mem=0, stream=None)`.
+#[pyclass(module = "xcache", name = "CudaKernel", frozen)]
+struct CudaKernel {
+    module: Py<PyCudaModule>,
+    name: String,
+}
+
+fn dim3(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(u32, u32, u32)> {
+    let bad = || {
+        PyValueError::new_err(format!(
+            "{what} must be a positive int or a tuple of 1 to 3 positive ints"
+        ))
+    };
+    let v: Vec<u32> = if let Ok(x) = obj.extract::<u32>() {
+        vec![x]
+    } else {
+        obj.extract().map_err(|_| bad())?
+    };
+    if v.is_empty() || v.len() > 3 || v.contains(&0) {
+        return Err(bad());
+    }
+    Ok((v[0], *v.get(1).unwrap_or(&1), *v.get(2).unwrap_or(&1)))
+}
+
+/// One kernel argument, as CuPy's `RawKernel` maps it: a GPU array (its
+/// `__cuda_array_interface__`) is its device pointer; Python `int`, `float` and `bool`
+/// are `long long`, `double` and `bool`; a NumPy scalar keeps its dtype.
+fn kernel_arg(
+    x: &Bound<'_, PyAny>,
+    i: usize,
+    stream: &mut Option<usize>,
+    first_array: &mut Option<usize>,
+) -> PyResult<xcache::cuda::launch::Arg> {
+    use xcache::cuda::launch::Arg;
+    if let Ok(iface) = x.getattr("__cuda_array_interface__") {
+        let (ptr, _): (usize, bool) = iface.get_item("data")?.extract()?;
+        if stream.is_none() {
+            if let Ok(s) = iface.get_item("stream") {
+                if !s.is_none() {
+                    *stream = Some(s.extract()?);
+                }
+            }
+        }
+        first_array.get_or_insert(i);
+        return Ok(Arg::Ptr(ptr as u64));
+    }
+    if x.is_instance_of::<pyo3::types::PyBool>() {
+        return Ok(Arg::I32(x.extract::<bool>()? as i32));
+    }
+    if x.is_instance_of::<pyo3::types::PyInt>() {
+        return Ok(Arg::I64(x.extract()?));
+    }
+    if x.is_instance_of::<pyo3::types::PyFloat>() {
+        return Ok(Arg::F64(x.extract()?));
+    }
+    if let Ok(dt) = x.getattr("dtype") {
+        let name: String = dt.getattr("name")?.extract()?;
+        return Ok(match name.as_str() {
+            "float32" => Arg::F32(x.call_method0("item")?.extract::<f64>()? as f32),
+            "float64" => Arg::F64(x.call_method0("item")?.extract()?),
+            "int64" | "uint64" => Arg::I64(x.call_method0("item")?.extract::<i128>()? as i64),
+            "int32" | "uint32" | "int16" | "uint16" | "int8" | "uint8" | "bool" => {
+                Arg::I32(x.call_method0("item")?.extract::<i64>()? as i32)
+            }
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "argument {i}: a NumPy scalar of dtype {other} cannot be passed (use float32/64, an int type or bool)"
+                )))
+            }
+        });
+    }
+    Err(PyTypeError::new_err(format!(
+        "argument {i}: {} cannot be passed to a kernel: give a GPU array (__cuda_array_interface__), an int, a float, a bool or a NumPy scalar",
+        x.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+    )))
+}
+
+#[pymethods]
+impl CudaKernel {
+    /// Queues the kernel with `grid` and `block` (ints or tuples of up to 3),
+    /// `shared_mem` bytes of dynamic shared memory, on `stream` (else the first array's
+    /// stream, as the templates' handles choose it). Returns None; the launch is
+    /// asynchronous, as CUDA's.
+    #[pyo3(signature = (grid, block, args, *, shared_mem=0, stream=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        grid: &Bound<'_, PyAny>,
+        block: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+        shared_mem: u32,
+        stream: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let grid = dim3(grid, "grid")?;
+        let block = dim3(block, "block")?;
+        let mut named = None;
+        let mut first = None;
+        let mut list = xcache::cuda::launch::Args::new();
+        let seq = args.cast::<PyTuple>().map(|t| t.to_list()).or_else(|_| {
+            args.cast::<PyList>()
+                .cloned()
+                .map_err(|_| PyTypeError::new_err("args must be a tuple or a list"))
+        })?;
+        if seq.len() > list.capacity() {
+            return Err(PyValueError::new_err(format!(
+                "{} arguments; a launch takes at most {}",
+                seq.len(),
+                list.capacity()
+            )));
+        }
+        for (i, x) in seq.iter().enumerate() {
+            list.push(kernel_arg(&x, i, &mut named, &mut first)?);
+        }
+        let arr = first.map(|i| seq.get_item(i)).transpose()?;
+        let s = resolve_stream(stream, named, arr.as_ref())?;
+        let (_, k) = self.module.get().kernels()?;
+        // SAFETY: what CuPy's RawKernel trusts too: the caller's arguments match the
+        // kernel's parameters, and its arrays are where the kernel reads and writes.
+        unsafe { k.launch(&self.name, grid, block, shared_mem, s as _, &list) }.or_py()?;
+        let _ = py;
+        Ok(())
+    }
+
+    /// The kernel's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// The module it belongs to.
+    #[getter]
+    fn module(&self, py: Python<'_>) -> Py<PyCudaModule> {
+        self.module.clone_ref(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<xcache.CudaKernel {}>", self.name)
     }
 }
 
@@ -608,7 +937,6 @@ fn library(py: Python<'_>, held: HeldLibrary) -> PyResult<Py<Library>> {
     )
 }
 
-/// The cache and compile service: settings, the compiledir, loaded libraries.
 /// A load name of a checked file (see `Library._checked_load_name`).
 #[pyclass(module = "xcache", name = "_CheckedLoadName", frozen)]
 struct CheckedLoadName {
@@ -633,6 +961,178 @@ impl CheckedLoadName {
     }
 }
 
+/// Files that another compiler built (a Numba function, a Triton kernel, a CuPy
+/// cubin), kept by xcache's store: found or published, and pinned while this lives.
+#[pyclass(module = "xcache", name = "Group", frozen)]
+struct Group {
+    held: xcache::store::group::HeldGroup,
+}
+
+#[pymethods]
+impl Group {
+    /// The entry's key (64 hex digits).
+    #[getter]
+    fn key(&self) -> String {
+        self.held.key.hex()
+    }
+
+    /// True when it was in the cache (here or on the remote tier).
+    #[getter]
+    fn hit(&self) -> bool {
+        self.held.hit
+    }
+
+    /// `"local"` or `"remote"`.
+    #[getter]
+    fn tier(&self) -> &'static str {
+        match self.held.tier {
+            xcache::store::remote::Tier::Local => "local",
+            xcache::store::remote::Tier::Remote => "remote",
+        }
+    }
+
+    /// Who made it (`numba`, `triton`, `cupy`, `pytensor`).
+    #[getter]
+    fn producer(&self) -> String {
+        self.held.producer.clone()
+    }
+
+    /// What `xcache list` calls it.
+    #[getter]
+    fn name(&self) -> String {
+        self.held.name.clone()
+    }
+
+    /// How long its producer took to build it, in ms.
+    #[getter]
+    fn compile_ms(&self) -> u64 {
+        self.held.compile_ms
+    }
+
+    /// Cache faults repaired on the way.
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.held.warnings.clone()
+    }
+
+    /// Its files: name → path, valid while this object lives.
+    #[getter]
+    fn files(&self) -> HashMap<String, String> {
+        self.held
+            .files
+            .iter()
+            .map(|(n, p)| (n.clone(), p.to_string_lossy().into_owned()))
+            .collect()
+    }
+
+    /// The path of the file `name` (valid while this object lives); KeyError when the
+    /// group has no such file.
+    fn path(&self, name: &str) -> PyResult<String> {
+        self.held
+            .files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.to_string_lossy().into_owned())
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_string()))
+    }
+
+    /// The bytes of the file `name`.
+    fn read<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let path = self.path(name)?;
+        let bytes = py
+            .detach(|| std::fs::read(&path))
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("reading {path}: {e}")))?;
+        Ok(pyo3::types::PyBytes::new(py, &bytes))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<xcache.Group {} {} key={} {}>",
+            self.held.producer,
+            self.held.name,
+            &self.held.key.hex()[..12],
+            if self.held.hit { "hit" } else { "built" }
+        )
+    }
+}
+
+/// The right to publish a group nobody has yet (`Cache.lease_group`): other processes
+/// asking for it wait until it is published or abandoned. Add its files, then publish;
+/// used as a context manager, it is abandoned when the block is left unpublished.
+#[pyclass(module = "xcache", name = "GroupLease", frozen)]
+struct PyGroupLease {
+    inner: Mutex<Option<Box<xcache::store::group::GroupLease>>>,
+    jit: Arc<Jit>,
+    lock_timeout: Option<Duration>,
+}
+
+impl PyGroupLease {
+    fn take(&self) -> PyResult<Box<xcache::store::group::GroupLease>> {
+        self.inner.lock().unwrap().take().ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err("this lease was published or abandoned already")
+        })
+    }
+}
+
+#[pymethods]
+impl PyGroupLease {
+    /// Adds the file `name` (a plain file name) with `data` (bytes, or str written as
+    /// UTF-8); returns where it is staged, valid until the lease ends.
+    fn add(&self, py: Python<'_>, name: &str, data: &Bound<'_, PyAny>) -> PyResult<String> {
+        let bytes: Vec<u8> = if data.is_instance_of::<PyString>() {
+            data.extract::<String>()?.into_bytes()
+        } else {
+            data.extract::<Vec<u8>>()?
+        };
+        let mut guard = self.inner.lock().unwrap();
+        let lease = guard.as_mut().ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err("this lease was published or abandoned already")
+        })?;
+        let path = py.detach(|| lease.add(name, &bytes)).or_py()?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
+    /// Publishes the files added and returns the group. `compile_seconds`: how long
+    /// the producer took (default: since the lease was taken).
+    #[pyo3(signature = (compile_seconds=None))]
+    fn publish(&self, py: Python<'_>, compile_seconds: Option<f64>) -> PyResult<Group> {
+        let lease = self.take()?;
+        let t = Duration::from_secs_f64(compile_seconds.unwrap_or(0.0).max(0.0));
+        let limit = self.lock_timeout;
+        let held = py
+            .detach(|| with_wait_limit(limit, || lease.publish_held(t)))
+            .or_py()?;
+        self.jit.stats().miss(held.compile_ms, held.lock_wait);
+        Ok(Group { held })
+    }
+
+    /// Gives the lease up: nothing is published, and the next asker builds.
+    fn abandon(&self) {
+        self.inner.lock().unwrap().take();
+    }
+
+    /// The group's request key (64 hex digits).
+    #[getter]
+    fn key(&self) -> PyResult<String> {
+        self.inner
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|l| l.key().hex())
+            .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("this lease is over"))
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
+        self.abandon();
+        false
+    }
+}
+
 #[pyclass(module = "xcache", name = "Cache", frozen, subclass)]
 struct Cache {
     jit: Arc<Jit>,
@@ -641,6 +1141,8 @@ struct Cache {
     /// request for one `Jit` (which parses each template once), and kernel constructors
     /// get called in loops.
     rendered: Mutex<HashMap<TemplateRequest, Arc<SourceRequest>>>,
+    /// The same for CUDA templates rendered as NVRTC compiles them.
+    nvrtc_rendered: Mutex<HashMap<TemplateRequest, Arc<SourceRequest>>>,
 }
 
 impl Cache {
@@ -690,6 +1192,45 @@ impl Cache {
     fn compile_template_held(&self, py: Python<'_>, req: TemplateRequest) -> PyResult<HeldLibrary> {
         let src = self.render_memo(py, req)?;
         self.held(py, &src)
+    }
+
+    /// True when this cache builds the CUDA templates with NVRTC (`cuda_compiler`).
+    fn nvrtc(&self) -> bool {
+        self.jit.config().cuda_compiler == xcache::config::CudaCompiler::Nvrtc
+    }
+
+    /// A CUDA template's kernels built by NVRTC through the cache, and the rendered
+    /// source (whose `xcache-launch` line is the launch data). Starts the GPU first
+    /// (where there is one: its context is made while NVRTC loads in the background),
+    /// and loads the module there, checking `kernel`, so that errors show at once.
+    fn nvrtc_template(
+        &self,
+        py: Python<'_>,
+        req: TemplateRequest,
+        kernel: &str,
+    ) -> PyResult<(Py<PyCudaModule>, Arc<SourceRequest>)> {
+        let have_gpu = py.detach(|| gpu(&self.jit)).is_ok();
+        let memo = self.nvrtc_rendered.lock().unwrap().get(&req).cloned();
+        let src = match memo {
+            Some(s) => s,
+            None => {
+                let key = req.clone();
+                let src = Arc::new(self.run(py, move |jit| jit.nvrtc_source(&req))?);
+                self.nvrtc_rendered
+                    .lock()
+                    .unwrap()
+                    .insert(key, Arc::clone(&src));
+                src
+            }
+        };
+        let s2 = Arc::clone(&src);
+        let module = self.run(py, move |jit| jit.cuda_module(&s2))?;
+        let m = Py::new(py, PyCudaModule::new(&self.jit, module))?;
+        if have_gpu {
+            let (_, k) = m.get().kernels()?;
+            k.find(&[kernel]).or_py()?;
+        }
+        Ok((m, src))
     }
 }
 
@@ -843,6 +1384,7 @@ impl Cache {
             jit: Arc::new(jit),
             lock_timeout,
             rendered: Mutex::new(HashMap::new()),
+            nvrtc_rendered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -868,6 +1410,94 @@ impl Cache {
     #[getter]
     fn lock_timeout(&self) -> Option<f64> {
         self.lock_timeout.map(|d| d.as_secs_f64())
+    }
+
+    /// The group `producer` keeps under `material` (its own key material, text), if
+    /// the cache has it; None otherwise. Never waits for a producer building it.
+    #[pyo3(signature = (producer, material, name=""))]
+    fn get_group(
+        &self,
+        py: Python<'_>,
+        producer: &str,
+        material: &str,
+        name: &str,
+    ) -> PyResult<Option<Group>> {
+        let spec = xcache::store::group::GroupSpec::new(producer, material, name).or_py()?;
+        let held = self.run(py, |jit| jit.store().get_group_held(&spec))?;
+        if let Some(h) = &held {
+            self.jit.stats().hit(h.compile_ms, h.lock_wait);
+        }
+        Ok(held.map(|held| Group { held }))
+    }
+
+    /// The group `producer` keeps under `material`: a `Group` when the cache (or its
+    /// remote tier) has it, else a `GroupLease` to build and publish it (other
+    /// processes asking for it wait for the lease, within the lock timeout).
+    #[pyo3(signature = (producer, material, name=""))]
+    fn lease_group(
+        &self,
+        py: Python<'_>,
+        producer: &str,
+        material: &str,
+        name: &str,
+    ) -> PyResult<Py<PyAny>> {
+        use xcache::store::group::HeldLeased;
+        let spec = xcache::store::group::GroupSpec::new(producer, material, name).or_py()?;
+        match self.run(py, |jit| jit.store().lease_group_held(&spec))? {
+            HeldLeased::Found(held) => {
+                self.jit.stats().hit(held.compile_ms, held.lock_wait);
+                Ok(Py::new(py, Group { held })?.into_any())
+            }
+            HeldLeased::Lease(lease) => Ok(Py::new(
+                py,
+                PyGroupLease {
+                    inner: Mutex::new(Some(lease)),
+                    jit: Arc::clone(&self.jit),
+                    lock_timeout: self.lock_timeout,
+                },
+            )?
+            .into_any()),
+        }
+    }
+
+    /// Publishes `files` (name → bytes) as the group `producer` keeps under
+    /// `material`, and returns it (the one already there, if another process was first).
+    #[pyo3(signature = (producer, material, files, name=""))]
+    fn put_group(
+        &self,
+        py: Python<'_>,
+        producer: &str,
+        material: &str,
+        files: &Bound<'_, PyAny>,
+        name: &str,
+    ) -> PyResult<Group> {
+        use xcache::store::group::HeldLeased;
+        let spec = xcache::store::group::GroupSpec::new(producer, material, name).or_py()?;
+        let mut list: Vec<(String, Vec<u8>)> = Vec::new();
+        for item in files.call_method0("items")?.try_iter()? {
+            let (k, v): (String, Bound<'_, PyAny>) = item?.extract()?;
+            let bytes = if v.is_instance_of::<PyString>() {
+                v.extract::<String>()?.into_bytes()
+            } else {
+                v.extract::<Vec<u8>>()?
+            };
+            list.push((k, bytes));
+        }
+        let held = self.run(py, |jit| match jit.store().lease_group_held(&spec)? {
+            HeldLeased::Found(h) => Ok(h),
+            HeldLeased::Lease(mut lease) => {
+                for (n, b) in &list {
+                    lease.add(n, b)?;
+                }
+                lease.publish_held(Duration::ZERO)
+            }
+        })?;
+        if held.hit {
+            self.jit.stats().hit(held.compile_ms, held.lock_wait);
+        } else {
+            self.jit.stats().miss(held.compile_ms, held.lock_wait);
+        }
+        Ok(Group { held })
     }
 
     /// Compiles `source` through the cache (once, ever, per key) and loads it. See the
@@ -896,6 +1526,38 @@ impl Cache {
         req.extra_inputs = self::headers(py, headers)?;
         let held = self.held(py, &req)?;
         library(py, held)
+    }
+
+    /// Compiles CUDA `source` (device code: `extern "C" __global__` kernels) with NVRTC
+    /// through the cache, for the `cuda_arch` setting (else this machine's GPU), and
+    /// returns the module; `get_function(name)` gives kernels to launch as CuPy's
+    /// `RawKernel`s are. `options` are NVRTC options (`-D...`, `--use_fast_math`, ...);
+    /// `include_dirs` are searched for `#include "..."`; `headers` are extra inputs
+    /// given in memory (a dict of name to text, or paths). Needs no GPU to compile.
+    #[pyo3(signature = (source, *, options=None, name=None, include_dirs=None, headers=None))]
+    fn cuda_module(
+        &self,
+        py: Python<'_>,
+        source: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyAny>>,
+        name: Option<String>,
+        include_dirs: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyCudaModule>> {
+        let mut req = SourceRequest::new(Language::Cuda, text_or_bytes(source, "source")?);
+        if let Some(n) = name {
+            req = req.named(n);
+        }
+        for dir in strings(include_dirs, "include_dirs")? {
+            let abs = std::path::absolute(&dir).map_err(PyErr::from)?;
+            req = req.flag(format!("-I{}", abs.display()));
+        }
+        req.flags.extend(strings(options, "options")?);
+        req.extra_inputs = self::headers(py, headers)?;
+        // Start the GPU (where there is one) while NVRTC loads in the background.
+        let _ = py.detach(|| gpu(&self.jit));
+        let module = self.run(py, move |jit| jit.cuda_module(&req))?;
+        Py::new(py, PyCudaModule::new(&self.jit, module))
     }
 
     /// Renders the template `name` (`elemwise`, `c/reduce`, `cuda/gemm`, or one of
@@ -960,6 +1622,20 @@ impl Cache {
             .param("dtype", dtype)
             .param("arity", arity)
             .param("expr", expr);
+        if !prefix.is_empty() && self.nvrtc() {
+            let (m, src) = self.nvrtc_template(py, req, "xc_scalar")?;
+            let plan =
+                xcache::cuda::launch::ElemwisePlan::parse(&String::from_utf8_lossy(&src.source))
+                    .or_py()?;
+            return Ok(Elemwise {
+                f: 0,
+                arity,
+                dtype: static_dtype(dtype),
+                cuda: true,
+                nvrtc: Some((m.clone_ref(py), plan)),
+                lib: m.into_any(),
+            });
+        }
         let held = self.compile_template_held(py, req)?;
         // SAFETY: the shipped templates export xc_elemwise with these ABIs.
         let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_elemwise") }.or_py()?;
@@ -968,7 +1644,8 @@ impl Cache {
             arity,
             dtype: static_dtype(dtype),
             cuda: !prefix.is_empty(),
-            lib: library(py, held)?,
+            nvrtc: None,
+            lib: library(py, held)?.into_any(),
         })
     }
 
@@ -990,6 +1667,25 @@ impl Cache {
             .param("op", op)
             .param("pre", pre)
             .param("axis", axis);
+        if !prefix.is_empty() && self.nvrtc() {
+            let first = if axis == 1 {
+                "xc_rows_finish"
+            } else {
+                "xc_cols_finish"
+            };
+            let (m, src) = self.nvrtc_template(py, req, first)?;
+            let plan =
+                xcache::cuda::launch::ReducePlan::parse(&String::from_utf8_lossy(&src.source))
+                    .or_py()?;
+            return Ok(Reduce {
+                f: 0,
+                axis,
+                dtype: static_dtype(dtype),
+                cuda: true,
+                nvrtc: Some((m.clone_ref(py), plan)),
+                lib: m.into_any(),
+            });
+        }
         let held = self.compile_template_held(py, req)?;
         // SAFETY: the shipped templates export xc_reduce with these ABIs.
         let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_reduce") }.or_py()?;
@@ -998,7 +1694,8 @@ impl Cache {
             axis,
             dtype: static_dtype(dtype),
             cuda: !prefix.is_empty(),
-            lib: library(py, held)?,
+            nvrtc: None,
+            lib: library(py, held)?.into_any(),
         })
     }
 
@@ -1021,6 +1718,19 @@ impl Cache {
             req = req.param("precision", p);
         }
         let half = matches!(precision, Some("bf16") | Some("fp16"));
+        if !prefix.is_empty() && self.nvrtc() {
+            let (m, src) = self.nvrtc_template(py, req, "xc_gemm_c0_v")?;
+            let plan = xcache::cuda::launch::GemmPlan::parse(&String::from_utf8_lossy(&src.source))
+                .or_py()?;
+            return Ok(Gemm {
+                f: 0,
+                dtype: static_dtype(dtype),
+                half_inputs: half,
+                cuda: true,
+                nvrtc: Some((m.clone_ref(py), plan)),
+                lib: m.into_any(),
+            });
+        }
         let held = self.compile_template_held(py, req)?;
         // SAFETY: the shipped templates export xc_gemm_bias with these ABIs.
         let f = unsafe { held.compiled.symbol::<*mut c_void>("xc_gemm_bias") }.or_py()?;
@@ -1029,7 +1739,8 @@ impl Cache {
             dtype: static_dtype(dtype),
             half_inputs: half,
             cuda: !prefix.is_empty(),
-            lib: library(py, held)?,
+            nvrtc: None,
+            lib: library(py, held)?.into_any(),
         })
     }
 
@@ -1137,7 +1848,10 @@ struct Elemwise {
     arity: usize,
     dtype: &'static str,
     cuda: bool,
-    lib: Py<Library>,
+    /// Built by NVRTC: the module and the template's launch data.
+    nvrtc: Option<(Py<PyCudaModule>, xcache::cuda::launch::ElemwisePlan)>,
+    /// A `Library` (a shared object) or a `CudaModule` (NVRTC).
+    lib: Py<PyAny>,
 }
 
 #[pymethods]
@@ -1148,7 +1862,7 @@ impl Elemwise {
         py: Python<'py>,
         inputs: &Bound<'py, PyTuple>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if inputs.len() != self.arity {
             return Err(PyTypeError::new_err(format!(
@@ -1206,8 +1920,24 @@ impl Elemwise {
 
     /// The compiled library (key, path, hit).
     #[getter]
-    fn library(&self, py: Python<'_>) -> Py<Library> {
+    fn library(&self, py: Python<'_>) -> Py<PyAny> {
         self.lib.clone_ref(py)
+    }
+
+    /// The launch data xcache's launcher reads from the template (kernels built by
+    /// NVRTC), as a dict; None for nvcc's host launcher or the CPU.
+    #[getter]
+    fn launch_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some((_, p)) = &self.nvrtc else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("template", "cuda/elemwise")?;
+        d.set_item("kernels", ("xc_vector", "xc_scalar"))?;
+        d.set_item("lanes", p.lanes)?;
+        d.set_item("threads", p.threads)?;
+        d.set_item("blocks_per_sm", p.blocks_per_sm)?;
+        Ok(Some(d))
     }
 
     /// Inputs it takes.
@@ -1239,7 +1969,7 @@ impl Elemwise {
         py: Python<'py>,
         inputs: &Bound<'py, PyTuple>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut arrs = Vec::new();
         for (i, x) in inputs.iter().enumerate() {
@@ -1262,6 +1992,20 @@ impl Elemwise {
             ptrs[i] = a.ptr as *const c_void;
         }
         let n: usize = oa.shape.iter().product();
+        let s = resolve_stream(stream, oa.stream, Some(&out))?;
+        if let Some((m, plan)) = &self.nvrtc {
+            let (cuda, k) = m.get().kernels()?;
+            let mut ins = [0u64; 8];
+            for (p, a) in ins.iter_mut().zip(&arrs) {
+                *p = a.ptr as u64;
+            }
+            let (sms, o) = (cuda.sms(), oa.ptr as u64);
+            let ins = &ins[..arrs.len()];
+            // SAFETY: the template's kernels with its plan; every array holds n elements
+            // of the dtype (checked above) and stays alive across the call.
+            unsafe { k.run_plan(s as _, |_| plan.plan(sms, n as i64, ins, o)) }.or_py()?;
+            return Ok(out);
+        }
         type F = xcache::cuda::CudaElemwiseFn;
         // SAFETY: the CUDA template's ABI: a host array of device pointers, checked.
         let f: F = unsafe { std::mem::transmute(self.f) };
@@ -1270,7 +2014,7 @@ impl Elemwise {
                 n as i64,
                 ptrs.as_ptr(),
                 oa.ptr as *mut c_void,
-                launch_stream(stream, &oa),
+                s as *mut c_void,
             )
         };
         cuda_status("xc_elemwise", code)?;
@@ -1286,7 +2030,10 @@ struct Reduce {
     axis: usize,
     dtype: &'static str,
     cuda: bool,
-    lib: Py<Library>,
+    /// Built by NVRTC: the module and the template's launch data.
+    nvrtc: Option<(Py<PyCudaModule>, xcache::cuda::launch::ReducePlan)>,
+    /// A `Library` (a shared object) or a `CudaModule` (NVRTC).
+    lib: Py<PyAny>,
 }
 
 #[pymethods]
@@ -1297,7 +2044,7 @@ impl Reduce {
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let check = |shape: &[usize]| -> PyResult<(usize, usize)> {
             match shape {
@@ -1326,6 +2073,15 @@ impl Reduce {
                     want_out(rows, cols)
                 )));
             }
+            let s = resolve_stream(stream, oa.stream, Some(&out))?;
+            if let Some((m, plan)) = &self.nvrtc {
+                let (_, k) = m.get().kernels()?;
+                let (xp, op) = (xa.ptr as u64, oa.ptr as u64);
+                let (r, c) = (rows as i64, cols as i64);
+                // SAFETY: the template's kernels with its plan; sizes checked above.
+                unsafe { k.run_plan(s as _, |d| plan.plan(d, r, c, xp, op)) }.or_py()?;
+                return Ok(out);
+            }
             // SAFETY: the CUDA template's ABI; sizes checked.
             let f: xcache::cuda::CudaReduceFn = unsafe { std::mem::transmute(self.f) };
             let code = unsafe {
@@ -1334,7 +2090,7 @@ impl Reduce {
                     cols as i64,
                     xa.ptr as *const c_void,
                     oa.ptr as *mut c_void,
-                    launch_stream(stream, &oa),
+                    s as *mut c_void,
                 )
             };
             cuda_status("xc_reduce", code)?;
@@ -1384,8 +2140,25 @@ impl Reduce {
 
     /// The compiled library.
     #[getter]
-    fn library(&self, py: Python<'_>) -> Py<Library> {
+    fn library(&self, py: Python<'_>) -> Py<PyAny> {
         self.lib.clone_ref(py)
+    }
+
+    /// The launch data xcache's launcher reads from the template (kernels built by
+    /// NVRTC), as a dict; None for nvcc's host launcher or the CPU.
+    #[getter]
+    fn launch_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some((_, p)) = &self.nvrtc else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("template", "cuda/reduce")?;
+        d.set_item("axis", p.axis)?;
+        d.set_item("vec", p.vec)?;
+        d.set_item("threads", p.threads)?;
+        d.set_item("unroll", p.unroll)?;
+        d.set_item("acc_bytes", p.acc_bytes)?;
+        Ok(Some(d))
     }
 
     /// The axis reduced.
@@ -1409,7 +2182,10 @@ struct Gemm {
     dtype: &'static str,
     half_inputs: bool,
     cuda: bool,
-    lib: Py<Library>,
+    /// Built by NVRTC: the module and the template's launch data.
+    nvrtc: Option<(Py<PyCudaModule>, xcache::cuda::launch::GemmPlan)>,
+    /// A `Library` (a shared object) or a `CudaModule` (NVRTC).
+    lib: Py<PyAny>,
 }
 
 fn mnk(a: &[usize], b: &[usize]) -> PyResult<(usize, usize, usize)> {
@@ -1433,7 +2209,7 @@ impl Gemm {
         b: &Bound<'py, PyAny>,
         bias: Option<&Bound<'py, PyAny>>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if self.cuda {
             return self.call_cuda(py, a, b, bias, out, stream);
@@ -1501,8 +2277,33 @@ impl Gemm {
 
     /// The compiled library.
     #[getter]
-    fn library(&self, py: Python<'_>) -> Py<Library> {
+    fn library(&self, py: Python<'_>) -> Py<PyAny> {
         self.lib.clone_ref(py)
+    }
+
+    /// The launch data xcache's launcher reads from the template (kernels built by
+    /// NVRTC), as a dict; None for nvcc's host launcher or the CPU.
+    #[getter]
+    fn launch_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some((_, p)) = &self.nvrtc else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("template", "cuda/gemm")?;
+        d.set_item("tensor_cores", p.tensor_cores)?;
+        let configs = PyList::empty(py);
+        for c in &p.configs {
+            let cd = PyDict::new(py);
+            cd.set_item("threads", c.threads)?;
+            cd.set_item("smem", c.smem)?;
+            cd.set_item("bm", c.bm)?;
+            cd.set_item("bn", c.bn)?;
+            configs.append(cd)?;
+        }
+        d.set_item("configs", configs)?;
+        d.set_item("pick", p.pick.to_vec())?;
+        d.set_item("chunk", p.chunk)?;
+        Ok(Some(d))
     }
 
     /// Element type (of C; A and B are 16-bit for bf16/fp16 precision).
@@ -1520,7 +2321,7 @@ impl Gemm {
         b: &Bound<'py, PyAny>,
         bias: Option<&Bound<'py, PyAny>>,
         out: Option<Bound<'py, PyAny>>,
-        stream: Option<usize>,
+        stream: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         // bf16/fp16 inputs hold 16-bit patterns: CuPy float16 ("<f2") or uint16 views.
         let in_dtype = if self.half_inputs {
@@ -1564,6 +2365,18 @@ impl Gemm {
                 shape_str(&oa.shape)
             )));
         }
+        let s = resolve_stream(stream, oa.stream, Some(&out))?;
+        let bias_ptr = biasa.as_ref().map_or(0, |x| x.ptr as u64);
+        if let Some((module, plan)) = &self.nvrtc {
+            let (cuda, kernels) = module.get().kernels()?;
+            let major = cuda.compute_capability().0;
+            let dims = (m as i64, n as i64, k as i64);
+            let ptrs = (aa.ptr as u64, ba.ptr as u64, bias_ptr, oa.ptr as u64);
+            // SAFETY: the template's kernels with its plan; shapes checked above.
+            unsafe { kernels.run_plan(s as _, |d| plan.plan(d, major, None, dims, ptrs)) }
+                .or_py()?;
+            return Ok(out);
+        }
         // SAFETY: the CUDA template's ABI; shapes checked.
         let f: xcache::cuda::CudaGemmBiasFn = unsafe { std::mem::transmute(self.f) };
         let code = unsafe {
@@ -1577,7 +2390,7 @@ impl Gemm {
                     .as_ref()
                     .map_or(std::ptr::null(), |x| x.ptr as *const c_void),
                 oa.ptr as *mut c_void,
-                launch_stream(stream, &oa),
+                s as *mut c_void,
             )
         };
         cuda_status("xc_gemm", code)?;
@@ -1618,9 +2431,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Cache>()?;
     m.add_class::<Library>()?;
     m.add_class::<CheckedLoadName>()?;
+    m.add_class::<Group>()?;
+    m.add_class::<PyGroupLease>()?;
     m.add_class::<Elemwise>()?;
     m.add_class::<Reduce>()?;
     m.add_class::<Gemm>()?;
+    m.add_class::<PyCudaModule>()?;
+    m.add_class::<CudaKernel>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_name, m)?)?;

@@ -81,6 +81,16 @@ def snippets() -> List[Snippet]:
 SNIPPETS = snippets()
 
 
+def _has_gpu() -> bool:
+    """Whether CuPy sees a GPU (the GPU examples use CuPy's arrays)."""
+    try:
+        import cupy  # type: ignore[import-not-found]
+
+        return bool(cupy.cuda.runtime.getDeviceCount() > 0)
+    except Exception:
+        return False
+
+
 def test_the_docs_have_their_python_snippets() -> None:
     places = [s.place for s in SNIPPETS]
     assert any(p.startswith("README.md") for p in places), places
@@ -93,7 +103,10 @@ def test_snippet_runs_as_written(snippet: Snippet, tmp_path: Path) -> None:
     if "skip" in d:
         pytest.skip(f"{snippet.place}: {d['skip']}")
     for need in d.get("needs", "").split():
-        if importlib.util.find_spec(need) is None:
+        if need == "gpu":
+            if not _has_gpu():
+                pytest.skip(f"{snippet.place}: needs an NVIDIA GPU (CuPy finds none here)")
+        elif importlib.util.find_spec(need) is None:
             pytest.skip(f"{snippet.place}: needs {need}, which is not installed here")
     home = tmp_path / "home"
     home.mkdir()

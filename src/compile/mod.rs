@@ -309,7 +309,7 @@ impl SourceRequest {
     }
 }
 
-/// The [`SearchScope`] of a request whose key material is `material`: the include
+/// The [`crate::store::manifest::SearchScope`] of a request whose key material is `material`: the include
 /// directories of its flags and those its language's compiler searches by itself here
 /// (resolved through the store's toolchain records). What a bundle's entry may make
 /// an import read.

@@ -34,7 +34,7 @@ pub fn detected_arch() -> Option<String> {
     // Through the driver this process loads once anyway (no second dlopen, which would
     // wait on the loader's lock while another thread loads a library).
     DETECTED
-        .get_or_init(|| crate::driver::Driver::get().ok()?.arch(0).ok())
+        .get_or_init(|| crate::cuda::driver::Driver::get().ok()?.arch(0).ok())
         .clone()
 }
 

@@ -396,7 +396,7 @@ pub fn doctor(config: Result<Config>) -> DoctorReport {
     }
     checks.push(cuda);
     checks.push(nvrtc_check(&config, store));
-    checks.push(match crate::gpu::probe() {
+    checks.push(match crate::cuda::probe::probe() {
         Ok(info) => Check {
             name: "GPU",
             status: Status::Ok,

@@ -8,6 +8,28 @@ use crate::store::Store;
 
 pub use crate::store::scan::EntryRow;
 
+/// The runtime tags of the other compiledirs under the base dir that are this machine's
+/// (same OS, kernel, arch, libc and layout): where the artifact groups of producer
+/// versions (`numba-0.65.1`) live.
+pub fn runtime_tags_here(store: &Store) -> Result<Vec<String>> {
+    let here = store.platform();
+    let mut tags = Vec::new();
+    for cd in store.compiledirs()? {
+        let Some(p) = cd.platform else { continue };
+        if !cd.current
+            && p.os == here.os
+            && p.kernel == here.kernel
+            && p.arch == here.arch
+            && p.libc == here.libc
+            && p.layout == here.layout
+            && crate::platform::check_runtime_tag(&p.runtime).is_ok()
+        {
+            tags.push(p.runtime);
+        }
+    }
+    Ok(tags)
+}
+
 /// Orders for `list --sort`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortBy {

@@ -48,6 +48,9 @@ struct ManifestRequest {
     #[serde(default)]
     params: serde_json::Map<String, serde_json::Value>,
     source: Option<String>,
+    /// `module:function`: a Python entry point that builds kernels itself (through the
+    /// integrations: Numba, Triton, CuPy), run only with `--allow-python`.
+    python: Option<String>,
     #[serde(default)]
     include: Vec<String>,
     #[serde(default)]
@@ -176,6 +179,14 @@ pub fn load_manifest(path: &Path, config: &Config) -> Result<Vec<WarmItem>> {
             |m: String| Error::InvalidRequest(format!("{} requests[{i}]: {m}", path.display()));
         // serde names the field: "unknown field `sorce`, expected one of `template`, ...".
         let r: ManifestRequest = serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
+        if r.python.is_some() {
+            if r.template.is_some() || r.source.is_some() {
+                return Err(at(
+                    "give exactly one of `template`, `source` and `python`".into()
+                ));
+            }
+            continue; // read by `python_entries`
+        }
         let item = match (r.template, r.source) {
             (Some(name), None) => {
                 if !r.include.is_empty() {
@@ -229,11 +240,126 @@ pub fn load_manifest(path: &Path, config: &Config) -> Result<Vec<WarmItem>> {
                     request: Request::Source(s),
                 }
             }
-            _ => return Err(at("give exactly one of `template` and `source`".into())),
+            _ => {
+                return Err(at(
+                    "give exactly one of `template`, `source` and `python`".into()
+                ))
+            }
         };
         out.push(item);
     }
     Ok(out)
+}
+
+/// A Python entry point of a manifest (`{"python": "module:function"}`): a function
+/// that builds kernels through the integrations (Numba, Triton, CuPy), run by `warm
+/// --allow-python` in a Python process with the cache's settings, from the manifest's
+/// directory (where the module is imported from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PythonEntry {
+    /// `requests[i]` of the manifest.
+    pub index: usize,
+    /// The module to import.
+    pub module: String,
+    /// The function to call, without arguments.
+    pub function: String,
+    /// The directory it runs in.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl PythonEntry {
+    /// `module:function`.
+    pub fn label(&self) -> String {
+        format!("python {}:{}", self.module, self.function)
+    }
+}
+
+/// The Python entry points of a manifest, checked: dotted module names and a function
+/// name of identifiers only (they are passed to Python as data, never as code).
+pub fn python_entries(path: &Path) -> Result<Vec<PythonEntry>> {
+    let text = std::fs::read_to_string(path).ctx("reading", path)?;
+    let mut out = Vec::new();
+    for (i, value) in manifest_requests(path, &text)?.into_iter().enumerate() {
+        let at =
+            |m: String| Error::InvalidRequest(format!("{} requests[{i}]: {m}", path.display()));
+        let r: ManifestRequest = serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
+        let Some(entry) = r.python else { continue };
+        let ident = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let (module, function) = entry.split_once(':').unwrap_or((&entry, ""));
+        if !module.split('.').all(ident) || !ident(function) {
+            return Err(at(format!(
+                "`python` {entry:?}: expected module:function (a dotted module name and a function name, such as kernels.warm:build)"
+            )));
+        }
+        out.push(PythonEntry {
+            index: i,
+            module: module.into(),
+            function: function.into(),
+            dir: manifest_dir(path).to_path_buf(),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs a Python entry point with `python` (an interpreter), in its directory, with
+/// `XCACHE_DIR` set to the cache's base dir (the other settings come from the
+/// environment, as for any process), killed after `timeout`. `Err` says why it failed,
+/// with what it printed.
+pub fn run_python_entry(
+    entry: &PythonEntry,
+    python: &Path,
+    base_dir: &Path,
+    timeout: Duration,
+) -> std::result::Result<Duration, String> {
+    use std::io::Read;
+    let start = Instant::now();
+    let script = "import importlib, sys\nm = importlib.import_module(sys.argv[1])\ngetattr(m, sys.argv[2])()\n";
+    let mut cmd = std::process::Command::new(python);
+    crate::compile::host::dies_with_xcache(&mut cmd);
+    let mut child = cmd
+        .args(["-c", script, &entry.module, &entry.function])
+        .current_dir(&entry.dir)
+        .env("XCACHE_DIR", base_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", python.display()))?;
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err_pipe.read_to_string(&mut text);
+        let mut more = String::new();
+        let _ = out_pipe.read_to_string(&mut more);
+        text + &more
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(st);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let printed = reader.join().unwrap_or_default();
+    match status {
+        Some(st) if st.success() => Ok(start.elapsed()),
+        Some(st) => Err(format!("it exited with {st}:\n{}", printed.trim_end())),
+        None => Err(format!(
+            "it ran longer than compile_timeout ({}) and was killed:\n{}",
+            crate::config::format_duration(timeout),
+            printed.trim_end()
+        )),
+    }
 }
 
 /// One failed request.
@@ -260,6 +386,8 @@ pub struct WarmReport {
     pub elapsed_s: f64,
     /// Time the compiler ran, summed over the compiles, seconds.
     pub compile_s: f64,
+    /// Python entry points run (`--allow-python`); their failures are in `failed`.
+    pub python_entries: usize,
 }
 
 /// Compiles every item, at most `jobs` at a time. `progress` is called after each

@@ -578,6 +578,38 @@ fn select(store: &Store, which: &Compiledirs) -> Result<Vec<(String, Arc<Root>)>
     }
 }
 
+/// The runtime tags of the compiledirs a bundle holds entries of (as `report`, an
+/// import into `store`'s compiledir, found them: skipped as another platform's) that
+/// are this machine's but for the runtime tag: same OS, kernel, arch, libc and layout.
+/// What `xcache import --all` imports next, each into its own compiledir.
+pub fn runtime_tags_for_here(store: &Store, report: &ImportReport) -> Result<Vec<String>> {
+    let format = crate::platform::CompiledirFormat::parse(&store.config().compiledir_format)
+        .map_err(Error::Config)?;
+    let here = store.platform();
+    let mut tags: Vec<String> = Vec::new();
+    for e in &report.entries {
+        if e.outcome != ImportOutcome::OtherPlatform {
+            continue;
+        }
+        let Some(p) = format.parse_name(&e.compiledir) else {
+            continue;
+        };
+        let same_machine = p.os == here.os
+            && p.kernel == here.kernel
+            && p.arch == here.arch
+            && p.libc == here.libc
+            && p.layout == here.layout;
+        if same_machine
+            && p.runtime != here.runtime
+            && crate::platform::check_runtime_tag(&p.runtime).is_ok()
+            && !tags.contains(&p.runtime)
+        {
+            tags.push(p.runtime);
+        }
+    }
+    Ok(tags)
+}
+
 /// Why an entry that was listed could not be packed (a second look, for the report).
 fn why_not_exported(cd: &Root, key: &Key) -> String {
     match check_entry_in(cd, key, false) {
@@ -1307,8 +1339,8 @@ mod tests {
         }
     }
 
-    const CD: &str = "compiledir_Linux-6.1-x86_64-glibc2.36-xc2";
-    const OTHER: &str = "compiledir_Linux-6.1-x86_64-glibc2.36-cpython-3.10-xc2";
+    const CD: &str = "compiledir_Linux-6.1-x86_64-glibc2.36-xc3";
+    const OTHER: &str = "compiledir_Linux-6.1-x86_64-glibc2.36-cpython-3.10-xc3";
 
     fn sample(values: &[&[u8]]) -> Index {
         Index {

@@ -67,6 +67,31 @@ pub struct EntryMeta {
     /// each had.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderDigest>,
+    /// Who made it: `xcache` when absent (it compiled it), else the compiler whose
+    /// artifacts it keeps (`numba`, `triton`, `cupy`, `pytensor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<String>,
+    /// For an artifact group (files another compiler built): its key material and its
+    /// files. The artifact is then its first file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupMeta>,
+}
+
+impl EntryMeta {
+    /// Who made it: `xcache`, or the producer of a group.
+    pub fn producer(&self) -> &str {
+        self.producer.as_deref().unwrap_or("xcache")
+    }
+}
+
+/// What an artifact group holds besides what every entry does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMeta {
+    /// The producer's own key material, as it gave it (what the group is keyed by,
+    /// with the producer and the compiledir: [`super::key::group_key`]).
+    pub material: String,
+    /// Every file, by its name under `files/` in the entry, with its size and hash.
+    pub members: Vec<Artifact>,
 }
 
 /// A header a result was built from, by path and content hash.
@@ -224,7 +249,19 @@ pub fn parse_meta(bytes: &[u8], key: &Key) -> std::result::Result<EntryMeta, Cor
     if meta.key != key.hex() {
         return Err(Corruption::WrongKey(meta.key));
     }
-    if meta.artifact.file.contains('/') || meta.artifact.file.starts_with('.') {
+    // A plain name in the entry, or, for a group, `files/<plain name>` of a member.
+    let plain = |n: &str| !n.is_empty() && !n.contains('/') && !n.starts_with('.');
+    let artifact_ok = match &meta.group {
+        Some(g) => {
+            meta.artifact
+                .file
+                .strip_prefix(&format!("{}/", layout::GROUP_FILES))
+                .is_some_and(|m| plain(m) && g.members.iter().any(|x| x.file == m))
+                && g.members.iter().all(|m| plain(&m.file))
+        }
+        None => plain(&meta.artifact.file),
+    };
+    if !artifact_ok {
         return Err(Corruption::BadMetadata(format!(
             "artifact file name {:?} is not a plain name",
             meta.artifact.file
@@ -324,6 +361,15 @@ pub fn verify(
     let recorded = read_verified(entry)
         .is_some_and(|(id, hash)| id == identity && hash == meta.artifact.blake3);
     if !full && recorded {
+        if let Some(g) = &meta.group {
+            verify_members(
+                entry,
+                &meta,
+                g,
+                full,
+                (&identity, &meta.artifact.blake3, false),
+            )?;
+        }
         return Ok((meta, file));
     }
     let (hash, size) = hash_open_file(&file).map_err(|e| VerifyError::Io(path(), e))?;
@@ -340,9 +386,11 @@ pub fn verify(
     }
     // Matched: record it (unless that is what the record says already), so that the
     // next hit of this same file need not hash it. A read-only cache keeps hashing,
-    // which is correct, only slower.
-    if !recorded {
-        record_verified(entry, &identity, &hash);
+    // which is correct, only slower. A group's members are checked (and recorded) too.
+    match &meta.group {
+        Some(g) => verify_members(entry, &meta, g, full, (&identity, &hash, !recorded))?,
+        None if !recorded => record_verified(entry, &identity, &hash),
+        None => {}
     }
     Ok((meta, file))
 }
@@ -369,28 +417,49 @@ impl FileIdentity {
     }
 }
 
-/// The entry's `verified` record: the identity of the artifact when it was last hashed
-/// and found to match, and that hash.
-fn read_verified(entry: &Root) -> Option<(FileIdentity, String)> {
-    let mut f = entry.open_file(layout::VERIFIED, OpenHow::read()).ok()?;
+/// The entry's `verified` record: the identity of each file when it was last hashed and
+/// found to match, and that hash, by file name (the artifact's line names none).
+fn read_verified_all(entry: &Root) -> std::collections::HashMap<String, (FileIdentity, String)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(f) = entry.open_file(layout::VERIFIED, OpenHow::read()) else {
+        return out;
+    };
     let mut text = String::new();
-    f.read_to_string(&mut text).ok()?;
-    let mut w = text.split_ascii_whitespace();
-    if (w.next(), w.next()) != (Some("xcache-verified"), Some("1")) {
-        return None;
+    if f.take(1 << 20).read_to_string(&mut text).is_err() {
+        return out;
     }
-    let mut num = || w.next()?.parse::<i128>().ok();
-    let (dev, ino, ctime_ns, size) = (num()?, num()?, num()?, num()?);
-    let hash = text.split_ascii_whitespace().nth(6)?.to_string();
-    Some((
-        FileIdentity {
-            dev: dev as u64,
-            ino: ino as u64,
-            ctime_ns,
-            size: size as u64,
-        },
-        hash,
-    ))
+    for line in text.lines() {
+        let mut w = line.split_ascii_whitespace();
+        let name = match (w.next(), w.next()) {
+            (Some("xcache-verified"), Some("1")) => String::new(),
+            (Some("xcache-verified-member"), Some(name)) => name.to_string(),
+            _ => continue,
+        };
+        let mut num = || w.next()?.parse::<i128>().ok();
+        let (Some(dev), Some(ino), Some(ctime_ns), Some(size)) = (num(), num(), num(), num())
+        else {
+            continue;
+        };
+        let Some(hash) = w.next() else { continue };
+        out.insert(
+            name,
+            (
+                FileIdentity {
+                    dev: dev as u64,
+                    ino: ino as u64,
+                    ctime_ns,
+                    size: size as u64,
+                },
+                hash.to_string(),
+            ),
+        );
+    }
+    out
+}
+
+/// The artifact's line of the `verified` record.
+fn read_verified(entry: &Root) -> Option<(FileIdentity, String)> {
+    read_verified_all(entry).remove("")
 }
 
 /// Records that the artifact, as `identity` describes it, hashed to `hash`, which its
@@ -408,6 +477,77 @@ pub fn verified_record(identity: &FileIdentity, hash: &str) -> String {
         "xcache-verified 1 {} {} {} {} {hash}\n",
         identity.dev, identity.ino, identity.ctime_ns, identity.size
     )
+}
+
+/// The line of a `verified` record for the group member `name`.
+pub fn verified_member_record(name: &str, identity: &FileIdentity, hash: &str) -> String {
+    format!(
+        "xcache-verified-member {name} {} {} {} {} {hash}\n",
+        identity.dev, identity.ino, identity.ctime_ns, identity.size
+    )
+}
+
+/// Checks every member of a group but the artifact (checked already): each a regular
+/// file of ours under `files/`, of the size and hash its metadata records (by the
+/// `verified` record's identity unless `full`). Rewrites the record when a member was
+/// hashed and matched.
+fn verify_members(
+    entry: &Root,
+    meta: &EntryMeta,
+    group: &GroupMeta,
+    full: bool,
+    artifact: (&FileIdentity, &str, bool),
+) -> std::result::Result<(), VerifyError> {
+    let recorded = read_verified_all(entry);
+    let mut lines = verified_record(artifact.0, artifact.1);
+    // The artifact was hashed now: its line is new.
+    let mut hashed = artifact.2;
+    for m in &group.members {
+        let rel = format!("{}/{}", layout::GROUP_FILES, m.file);
+        if rel == meta.artifact.file {
+            continue;
+        }
+        let file = open_in_entry(entry, &rel, Corruption::MissingArtifact)?;
+        let md = file
+            .metadata()
+            .map_err(|e| VerifyError::Io(entry.join(&rel), e))?;
+        if !md.is_file() {
+            return Err(Corruption::Untrusted(format!("{rel} is not a regular file")).into());
+        }
+        if let Some(why) = untrusted(&rel, &md) {
+            return Err(Corruption::Untrusted(why).into());
+        }
+        let identity = FileIdentity::of(&md);
+        let vouched = !full
+            && recorded
+                .get(&m.file)
+                .is_some_and(|(id, h)| *id == identity && *h == m.blake3);
+        if !vouched {
+            let (hash, size) =
+                hash_open_file(&file).map_err(|e| VerifyError::Io(entry.join(&rel), e))?;
+            if size != m.size || hash != m.blake3 {
+                return Err(Corruption::HashMismatch {
+                    expected: format!(
+                        "{rel}: {} bytes, {}",
+                        m.size,
+                        &m.blake3[..16.min(m.blake3.len())]
+                    ),
+                    actual: format!("{size} bytes, {}", &hash[..16]),
+                }
+                .into());
+            }
+            hashed = true;
+        }
+        lines.push_str(&verified_member_record(&m.file, &identity, &m.blake3));
+    }
+    if hashed {
+        let _ = entry.write_replace(
+            layout::VERIFIED,
+            lines.as_bytes(),
+            super::trust::file_mode(),
+        );
+    }
+    Ok(())
 }
 
 /// Writes `entry.json` into a staging directory and returns it open, not yet synced
@@ -553,6 +693,8 @@ mod tests {
             },
             request_key: None,
             headers: Vec::new(),
+            producer: None,
+            group: None,
         };
         write_meta(&r, &meta).unwrap();
         let record = || std::fs::read_to_string(dir.path().join(layout::VERIFIED));

@@ -88,6 +88,7 @@ fn plain_name(n: &str) -> bool {
 fn check_claims(
     packed: &Packed,
     wanted: Option<&Key>,
+    compiledir: &str,
 ) -> std::result::Result<(EntryMeta, Key, Key), ImportReject> {
     let invalid = |why: String| ImportReject::Invalid(why);
     let meta: EntryMeta =
@@ -115,10 +116,27 @@ fn check_claims(
         .as_deref()
         .and_then(|k| k.parse().ok())
         .ok_or_else(|| invalid("no request key: not a dependency-tracked result".into()))?;
-    if meta.key_material.key() != request {
-        return Err(invalid(
-            "its key material does not give its request key".into(),
-        ));
+    match &meta.group {
+        // A group's request key is its compiledir's, producer's and material's: one
+        // from another compiledir or producer cannot be filed here.
+        Some(g) => {
+            let here = super::key::group_key(compiledir, meta.producer(), &g.material);
+            if here != request {
+                return Err(invalid(format!(
+                    "its request key is not that of a {} group of {compiledir}",
+                    meta.producer()
+                )));
+            }
+            if !meta.headers.is_empty() {
+                return Err(invalid("a group built from headers".into()));
+            }
+        }
+        None if meta.key_material.key() != request => {
+            return Err(invalid(
+                "its key material does not give its request key".into(),
+            ));
+        }
+        None => {}
     }
     let digests: Vec<(&str, &str)> = meta
         .headers
@@ -132,10 +150,40 @@ fn check_claims(
     }
     let mut names: Vec<&str> = Vec::new();
     for (name, _) in &packed.files {
-        if !plain_name(name) || entry_reserved(name) || names.contains(&name.as_str()) {
+        // A group's files are `files/<plain name>`; every other file a plain name.
+        let plain = match name.strip_prefix(&format!("{}/", layout::GROUP_FILES)) {
+            Some(member) => meta.group.is_some() && plain_name(member),
+            None => plain_name(name) && !entry_reserved(name),
+        };
+        if !plain || names.contains(&name.as_str()) {
             return Err(invalid(format!("file name {name:?}")));
         }
         names.push(name);
+    }
+    if let Some(g) = &meta.group {
+        // Every member there, with the size and hash recorded; nothing else in files/.
+        for m in &g.members {
+            let rel = format!("{}/{}", layout::GROUP_FILES, m.file);
+            let ok = packed.files.iter().any(|(n, b)| {
+                *n == rel
+                    && b.len() as u64 == m.size
+                    && blake3::hash(b).to_hex().as_str() == m.blake3
+            });
+            if !ok {
+                return Err(invalid(format!(
+                    "its file {} does not match its hash",
+                    m.file
+                )));
+            }
+        }
+        let listed = packed
+            .files
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("{}/", layout::GROUP_FILES)))
+            .count();
+        if listed != g.members.len() {
+            return Err(invalid("files its metadata does not list".into()));
+        }
     }
     let artifact = packed
         .files
@@ -149,7 +197,7 @@ fn check_claims(
             "the artifact does not match its recorded hash".into(),
         ));
     }
-    if !names.contains(&meta.source_file.as_str()) {
+    if meta.group.is_none() && !names.contains(&meta.source_file.as_str()) {
         return Err(invalid("no source".into()));
     }
     Ok((meta, key, request))
@@ -183,7 +231,12 @@ impl Store {
         scope: &SearchScope,
         deadline: Option<std::time::Instant>,
     ) -> Result<Imported> {
-        let (meta, key, request) = match check_claims(packed, wanted) {
+        let compiledir = self
+            .compiledir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (meta, key, request) = match check_claims(packed, wanted, &compiledir) {
             Ok(x) => x,
             Err(r) => return Ok(Imported::Refused(r)),
         };
@@ -233,6 +286,14 @@ impl Store {
                     self.quarantine_entry(&key)?;
                 }
                 let mut staging = self.new_staging(&request)?;
+                if meta.group.is_some() {
+                    staging
+                        .root
+                        .mkdir(layout::GROUP_FILES, super::trust::dir_mode())
+                        .map_err(|e| {
+                            Error::io("creating", staging.root.join(layout::GROUP_FILES), e)
+                        })?;
+                }
                 for (name, bytes) in &packed.files {
                     let p = staging.root.join(name);
                     staging
@@ -242,6 +303,11 @@ impl Store {
                         .map_err(|e| Error::io("writing", p, e))?;
                 }
                 let built = Built {
+                    group: meta.group.as_ref().map(|g| super::GroupBuild {
+                        producer: meta.producer().to_string(),
+                        material: g.material.clone(),
+                        members: g.members.iter().map(|m| m.file.clone()).collect(),
+                    }),
                     source_name: meta.source_name.clone(),
                     source_file: meta.source_file.clone(),
                     compile_time: Duration::from_millis(meta.compile_ms),
@@ -354,6 +420,21 @@ pub(crate) fn pack_dir(dir: &crate::fsx::Root) -> Result<Packed> {
         .map_err(|e| Error::io("reading", dir.path(), e))?
     {
         let Some(name) = e.name_str() else { continue };
+        if e.kind == Kind::Dir && name == layout::GROUP_FILES {
+            // A group's files.
+            for m in dir
+                .read_dir(name)
+                .map_err(|e| Error::io("reading", dir.join(name), e))?
+            {
+                let Some(member) = m.name_str() else { continue };
+                if m.kind == Kind::File {
+                    let rel = format!("{name}/{member}");
+                    let bytes = read(&rel)?;
+                    files.push((rel, bytes));
+                }
+            }
+            continue;
+        }
         if e.kind != Kind::File || entry_reserved(name) {
             continue;
         }

@@ -167,6 +167,7 @@ impl Snapshot {
         EntryRow {
             key: it.key.hex(),
             source: n.source,
+            producer: super::group::producer_of_language(&n.language).to_string(),
             language: n.language,
             target: n.target,
             template: n.template,
@@ -930,6 +931,7 @@ mod tests {
             key: key.hex(),
             source: "a\tb\\c\nd.c".into(),
             language: "c".into(),
+            producer: "xcache".into(),
             target: "x86_64-unknown-linux-gnu".into(),
             template: Some("reduce".into()),
             params: Some(vec![

@@ -366,6 +366,17 @@ pub struct Difference {
     pub now: String,
 }
 
+/// The request key of an artifact group: the compiledir it lives in (its platform,
+/// runtime tag and layout), the producer, and the producer's own key material. Its one
+/// result is keyed by [`result_key`] of this and no headers.
+pub fn group_key(compiledir: &str, producer: &str, material: &str) -> Key {
+    let mut e = Enc(blake3::Hasher::new());
+    e.0.update(b"xcache-group\0");
+    e.u64(KEY_ENCODING as u64);
+    e.str(compiledir).str(producer).str(material);
+    Key(*e.0.finalize().as_bytes())
+}
+
 /// The key of a dependency-tracked result: the request key and the (path, blake3) of
 /// every header the compiler read, in the order it reported them.
 pub fn result_key(request: &Key, headers: &[(&str, &str)]) -> Key {

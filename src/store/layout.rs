@@ -72,6 +72,9 @@ pub const CUBIN: &str = "kernel.cubin";
 pub const PTX: &str = "kernel.ptx";
 /// Every artifact an entry can hold (exactly one of them): `entry.json` names it.
 pub const ARTIFACTS: &[&str] = &[ARTIFACT, CUBIN, PTX];
+/// The directory of an artifact group's files inside its entry (`files/<name>`): the
+/// names are the producer's own, kept apart from the entry's.
+pub const GROUP_FILES: &str = "files";
 /// Empty file whose mtime is when the entry's path was last handed out to a caller
 /// that does not hold the key's lock (`xcache compile`, `Jit::build`).
 pub const HANDED_OUT: &str = "handed-out";

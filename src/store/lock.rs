@@ -94,6 +94,22 @@ impl LockGuard {
         self.wait.as_ref()
     }
 
+    /// Turns an exclusive lock into a shared one (a builder that will go on reading
+    /// what it published, beside others). flock does not promise that this is atomic:
+    /// another process's exclusive request may be granted in between, so whoever
+    /// downgrades must look again at what the lock guards.
+    pub fn downgrade(&mut self) -> Result<()> {
+        if self.mode == LockMode::Shared {
+            return Ok(());
+        }
+        if let Some(f) = &self.file {
+            f.lock_shared()
+                .map_err(|e| Error::io("locking", &self.path, e))?;
+        }
+        self.mode = LockMode::Shared;
+        Ok(())
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -330,7 +346,7 @@ fn local_holders(dev: u64, ino: u64) -> Vec<(u32, bool)> {
     )
 }
 
-/// The holders [`local_holders`] reads, from the text of `/proc/locks`.
+/// The holders of a flock on an inode, from the text of `/proc/locks`.
 pub fn parse_proc_locks(text: &str, major: u32, minor: u32, ino: u64) -> Vec<(u32, bool)> {
     let want = format!("{major:02x}:{minor:02x}:{ino}");
     let mut out = Vec::new();

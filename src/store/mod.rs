@@ -3,7 +3,7 @@
 //! is in [`layout`]) and its cleanup ([`gc`]): nothing outside this module creates,
 //! renames or removes anything under the base dir.
 //!
-//! # Layout (layout version 2)
+//! # Layout (layout version 3)
 //!
 //! ```text
 //! <base>/
@@ -19,6 +19,8 @@
 //!         lib.so|kernel.cubin|kernel.ptx  source.c|.cpp|.cu  [headers]  entry.json
 //!         last-use  handed-out        (the artifact: a shared object, or a CUDA module
 //!                                     from NVRTC; exactly one, named in entry.json)
+//!         files/<name>…               instead, for an artifact group ([`group`]): the
+//!                                     files another compiler built, each hashed
 //!         verified                    identity of the artifact when last hashed
 //!     manifests/<fan>/<key>.manifest  results of a request key and the headers they read
 //!     locks/<fan>/<key>.lock          per-key lock files ("pid=N host=H" of a writer)
@@ -34,8 +36,10 @@
 //! ```
 //!
 //! `<key>` is 64 hex digits of blake3 (see [`key`]); `<fan>` its first two; `<unique>`
-//! is `<pid>-<counter>-<time>` ([`layout::unique`]). Layout version 2: version 1 had no
-//! manifests and keyed entries by the request alone (its compiledirs are stale).
+//! is `<pid>-<counter>-<time>` ([`layout::unique`]). Layout version 3: version 2 had no
+//! artifact groups (`files/`, `producer` and `group` in `entry.json`, member lines in
+//! `verified`); version 1 had no manifests and keyed entries by the request alone
+//! (their compiledirs are stale).
 //!
 //! # Protocol
 //!
@@ -216,6 +220,7 @@
 pub mod entry;
 pub mod explain;
 pub mod gc;
+pub mod group;
 pub mod import;
 pub mod index;
 pub mod key;
@@ -283,6 +288,21 @@ pub struct Built {
     /// The headers the compiler read (absolute paths), for a dependency-tracked build
     /// ([`Store::get_or_build_tracked`]); empty otherwise.
     pub headers: Vec<PathBuf>,
+    /// For an artifact group ([`group`]): its producer, key material and files (under
+    /// `files/` in the staging directory). `None` for what xcache compiled.
+    pub group: Option<GroupBuild>,
+}
+
+/// What a group build hands to the store: who made the files, what they are keyed by,
+/// and their names (in `files/` of the staging directory).
+#[derive(Debug, Clone)]
+pub struct GroupBuild {
+    /// The producer (`numba`, `triton`, `cupy`, `pytensor`).
+    pub producer: String,
+    /// The producer's key material.
+    pub material: String,
+    /// The files' names, sorted; the first is the entry's artifact.
+    pub members: Vec<String>,
 }
 
 /// An entry that is ready: found or freshly built. Holds the key's lock (shared for a
@@ -361,6 +381,17 @@ impl Fetched {
                 Ok(None)
             }
         }
+    }
+
+    /// Makes the lock this holds a shared one (see [`LockGuard::downgrade`]).
+    pub(crate) fn downgrade_guard(&mut self) -> Result<()> {
+        self._guard.downgrade()
+    }
+
+    /// The lock this holds, leaving an unlocked guard in its place.
+    pub(crate) fn take_guard(&mut self) -> LockGuard {
+        let none = LockGuard::none(self._guard.path());
+        std::mem::replace(&mut self._guard, none)
     }
 
     /// True when the artifact lives in a private directory (removed when this is
@@ -476,9 +507,9 @@ pub struct Store {
 /// What builds an entry into a staging directory (see [`Store::get_or_build`]).
 pub type BuildFn<'a> = dyn FnMut(&Root) -> Result<Built> + 'a;
 
-/// How often a request is tried again after its compiledir was removed under it (a
-/// purge beside it): one is enough unless purges run back to back.
-pub const PURGE_RETRIES: usize = 3;
+/// How often a request is tried again after its compiledir, or a directory of it, was
+/// removed under it (a purge beside it): one is enough unless purges run back to back.
+pub const PURGE_RETRIES: usize = 8;
 
 /// The descriptors of a store's base dir and compiledir.
 #[derive(Debug)]
@@ -488,7 +519,8 @@ struct OpenDirs {
 }
 
 /// The staging directory of a build; removed on drop unless published or kept.
-struct Staging {
+#[derive(Debug)]
+pub(crate) struct Staging {
     cd: Arc<Root>,
     name: TmpName,
     root: Root,
@@ -584,6 +616,15 @@ impl Store {
 
     fn cd(&self) -> Arc<Root> {
         self.dirs.read().unwrap().cd.clone()
+    }
+
+    /// True when `e` is a directory of this compiledir that was not found while the
+    /// request created something in it: a purge removing the compiledir's directories
+    /// one by one (`locks/`, `tmp/`, a fan) under a request, before it removes the
+    /// compiledir itself. The next attempt makes them again.
+    fn vanished_under(&self, e: &Error) -> bool {
+        matches!(e, Error::Io { path, source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound && path.starts_with(&self.cd_path))
     }
 
     /// After a failed request: if the compiledir (or the base dir) this store opened was
@@ -720,9 +761,9 @@ impl Store {
         loop {
             match attempt(self, build) {
                 Ok(f) => return Ok(f),
-                Err(e) if tries < PURGE_RETRIES && self.recover() => {
+                Err(e) if tries < PURGE_RETRIES && (self.recover() || self.vanished_under(&e)) => {
                     tries += 1;
-                    log::debug!("{e}: the compiledir was removed meanwhile; trying again");
+                    log::info!("{e}: removed while in use (a purge); trying again");
                 }
                 // A compiler that fails because the cache's disk is full (the linker's
                 // "No space left on device") is a cache fault too.
@@ -1119,7 +1160,7 @@ pub fn check_entry_in(
 }
 
 /// An entry that passed the hit check: its directory and its artifact as they were
-/// checked (held open: what is loaded is this very file, see [`Fetched::load_path`]).
+/// checked (held open: what is loaded is this very file, see [`Fetched::load_name`]).
 #[derive(Debug)]
 pub struct Checked {
     /// The entry directory.
@@ -1384,24 +1425,49 @@ fn seal(
     provenance: Option<(Key, Vec<entry::HeaderDigest>)>,
 ) -> Result<EntryMeta> {
     let io = |op, name: &str, e| Error::io(op, staging.join(name), e);
-    let artifact_file = artifact_in(staging)?;
-    let artifact = staging
-        .open_file(artifact_file, OpenHow::read())
-        .map_err(|e| io("opening", artifact_file, e))?;
-    let (blake3, size) =
-        entry::hash_open_file(&artifact).map_err(|e| io("hashing", artifact_file, e))?;
-    // The artifact's final mode first, so that its identity (inode, ctime, size) is final
-    // when the `verified` record takes it: nothing below changes its ctime again (the
-    // loop only sets modes that differ). The record is one of the staging files, synced
-    // with them: no write of its own to make atomic.
-    set_mode(&artifact).map_err(|e| io("setting the mode of", artifact_file, e))?;
-    let identity = artifact
-        .metadata()
-        .map(|md| entry::FileIdentity::of(&md))
-        .map_err(|e| io("inspecting", artifact_file, e))?;
+    // A group's files are hashed (and given their final modes) one by one; its first
+    // is the artifact. A compiled entry has one artifact.
+    let member_files: Vec<String> = match &built.group {
+        Some(g) => g
+            .members
+            .iter()
+            .map(|m| format!("{}/{m}", layout::GROUP_FILES))
+            .collect(),
+        None => vec![artifact_in(staging)?.to_string()],
+    };
+    let mut hashed = Vec::new();
+    let mut record = String::new();
+    for (i, rel) in member_files.iter().enumerate() {
+        let f = staging
+            .open_file(rel, OpenHow::read())
+            .map_err(|e| io("opening", rel, e))?;
+        let (blake3, size) = entry::hash_open_file(&f).map_err(|e| io("hashing", rel, e))?;
+        // The final mode first, so that its identity (inode, ctime, size) is final when
+        // the `verified` record takes it: nothing below changes its ctime again (the
+        // loop only sets modes that differ). The record is one of the staging files,
+        // synced with them: no write of its own to make atomic.
+        set_mode(&f).map_err(|e| io("setting the mode of", rel, e))?;
+        let identity = f
+            .metadata()
+            .map(|md| entry::FileIdentity::of(&md))
+            .map_err(|e| io("inspecting", rel, e))?;
+        let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
+        record.push_str(&if i == 0 {
+            entry::verified_record(&identity, &blake3)
+        } else {
+            entry::verified_member_record(&name, &identity, &blake3)
+        });
+        hashed.push(Artifact {
+            file: name,
+            blake3,
+            size,
+        });
+    }
+    let artifact_file = member_files[0].clone();
+    let (blake3, size) = (hashed[0].blake3.clone(), hashed[0].size);
     staging
         .create_file(layout::VERIFIED, trust::file_mode())
-        .and_then(|mut f| f.write_all(entry::verified_record(&identity, &blake3).as_bytes()))
+        .and_then(|mut f| f.write_all(record.as_bytes()))
         .map_err(|e| io("writing", layout::VERIFIED, e))?;
     // `handed-out` starts at the epoch (never handed out): a hand-out then costs one
     // utimensat under the lock, no create.
@@ -1425,22 +1491,36 @@ fn seal(
     // there were four on ext4). Sizes are read before the syncs: file systems count
     // blocks reserved for data not yet written (ext4, xfs, btrfs).
     let mut to_sync = Vec::new();
-    for e in staging.read_dir("").map_err(|e| io("reading", "", e))? {
-        let name = e.name.to_string_lossy().into_owned();
-        match e.kind {
+    let mut listing: Vec<(String, fsx::Kind)> = staging
+        .read_dir("")
+        .map_err(|e| io("reading", "", e))?
+        .into_iter()
+        .map(|e| (e.name.to_string_lossy().into_owned(), e.kind))
+        .collect();
+    if built.group.is_some() {
+        for e in staging
+            .read_dir(layout::GROUP_FILES)
+            .map_err(|e| io("reading", layout::GROUP_FILES, e))?
+        {
+            let name = format!("{}/{}", layout::GROUP_FILES, e.name.to_string_lossy());
+            listing.push((name, e.kind));
+        }
+    }
+    for (name, kind) in listing {
+        match kind {
             fsx::Kind::File => {}
             fsx::Kind::Dir => continue,
             // Nothing xcache makes: never published.
             _ => {
                 staging
-                    .remove_file(&e.name)
+                    .remove_file(&name)
                     .map_err(|e| io("removing", &name, e))?;
                 continue;
             }
         }
         // The compiler creates files with the umask's idea of a mode.
         let f = staging
-            .open_file(&e.name, OpenHow::read())
+            .open_file(&name, OpenHow::read())
             .map_err(|e| io("opening", &name, e))?;
         set_mode(&f).map_err(|e| io("setting the mode of", &name, e))?;
         let md = f.metadata().map_err(|e| io("inspecting", &name, e))?;
@@ -1461,7 +1541,7 @@ fn seal(
         source_name: built.source_name,
         source_file: built.source_file,
         artifact: Artifact {
-            file: artifact_file.into(),
+            file: artifact_file,
             blake3,
             size,
         },
@@ -1472,7 +1552,17 @@ fn seal(
         key_material: built.key_material,
         request_key: provenance.as_ref().map(|(k, _)| k.hex()),
         headers: provenance.map(|(_, h)| h).unwrap_or_default(),
+        producer: built.group.as_ref().map(|g| g.producer.clone()),
+        group: built.group.map(|g| entry::GroupMeta {
+            material: g.material,
+            members: hashed,
+        }),
     };
+    if meta.group.is_some() {
+        staging
+            .sync_dir(layout::GROUP_FILES)
+            .map_err(|e| io("syncing directory", layout::GROUP_FILES, e))?;
+    }
     let meta_file = entry::write_meta(staging, &meta)?;
     fsx::start_writeback(&meta_file);
     to_sync.push((layout::ENTRY_META.to_string(), meta_file));

@@ -66,6 +66,39 @@ fn pins() -> &'static Mutex<PinMap> {
     PINS.get_or_init(Default::default)
 }
 
+impl super::Fetched {
+    /// Turns this (a hit, holding a shared lock, or a build, holding an exclusive one)
+    /// into a pin of its entry: the lock becomes shared (and is looked at again: the
+    /// entry must still be there), and is kept for as long as the pin lives. The pin is
+    /// registered under the entry directory, so that later pins of it share it. `None`
+    /// when the entry went meanwhile (a collector took the key between the downgrade's
+    /// two steps), or when it is a private build (nothing to pin).
+    pub fn into_pin(mut self) -> Result<Option<Arc<Pin>>> {
+        if self.is_private() {
+            return Ok(None);
+        }
+        let dir = self.dir.clone();
+        if let Some(p) = pins().lock().unwrap().get(&dir).and_then(Weak::upgrade) {
+            return Ok(Some(p));
+        }
+        self.downgrade_guard()?;
+        if std::fs::symlink_metadata(&dir).is_err() {
+            return Ok(None);
+        }
+        let key = self.key;
+        let guard = self.take_guard();
+        let pin = Arc::new(Pin {
+            key,
+            artifact: dir.clone(),
+            _guard: guard,
+        });
+        let mut map = pins().lock().unwrap();
+        map.retain(|_, w| w.strong_count() > 0);
+        let kept = map.entry(dir).or_insert_with(|| Arc::downgrade(&pin));
+        Ok(Some(kept.upgrade().unwrap_or(pin)))
+    }
+}
+
 impl Store {
     /// The key of the entry whose artifact is `artifact`, if it is one of this
     /// compiledir's (`<compiledir>/entries/<fan>/<key>/lib.so`).

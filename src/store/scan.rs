@@ -34,6 +34,10 @@ pub struct CompiledirInfo {
     pub created: Option<u64>,
     /// Last use of anything in it (Unix seconds).
     pub last_use: Option<u64>,
+    /// The runtime tag of another compiledir here on the same OS and arch whose runtime
+    /// is the same but newer (`numba-0.65.1` beside this `numba-0.64.0`): what makes an
+    /// old producer version stale though it is not the current compiledir's runtime.
+    pub newer_runtime: Option<String>,
 }
 
 impl CompiledirInfo {
@@ -46,6 +50,7 @@ impl CompiledirInfo {
             current,
             self.current,
             self.platform.as_ref(),
+            self.newer_runtime.as_deref(),
             last_use,
             now,
             stale_after,
@@ -88,9 +93,16 @@ pub fn compiledirs(
             last_use,
             path: cd.path().to_path_buf(),
             name,
+            newer_runtime: None,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    let platforms: Vec<Option<Platform>> = out.iter().map(|c| c.platform.clone()).collect();
+    for (c, p) in out.iter_mut().zip(&platforms) {
+        c.newer_runtime = p
+            .as_ref()
+            .and_then(|p| policy::newer_runtime(p, platforms.iter().flatten()));
+    }
     Ok(out)
 }
 
@@ -102,8 +114,11 @@ pub struct EntryRow {
     pub key: String,
     /// Source name given at compile time, or the template instance.
     pub source: String,
-    /// `c`, `c++`, `cuda`.
+    /// `c`, `c++`, `cuda`; for an artifact group, its producer.
     pub language: String,
+    /// Who made it: `xcache`, or the producer of an artifact group (`numba`, `triton`,
+    /// `cupy`, `pytensor`).
+    pub producer: String,
     /// What it was built for: the target triple, or the GPU arch (`sm_90`) for CUDA.
     pub target: String,
     /// The template's name, when the entry was rendered from one.
@@ -211,6 +226,7 @@ pub fn entry_row(cd: &Root, key: &Key, compiledir: &str) -> EntryRow {
         Ok(m) => EntryRow {
             key: m.key,
             source: m.source_name,
+            producer: super::group::producer_of_language(&m.key_material.language).to_string(),
             language: m.key_material.language,
             target: m.key_material.target.triple,
             template: m.key_material.template.as_ref().map(|t| t.name.clone()),
@@ -229,6 +245,7 @@ pub fn entry_row(cd: &Root, key: &Key, compiledir: &str) -> EntryRow {
             key: key.hex(),
             source: String::new(),
             language: String::new(),
+            producer: String::new(),
             target: String::new(),
             template: None,
             params: None,

@@ -13,7 +13,25 @@ use super::{check_entry_in, layout, lock, Built, Fetched, Store};
 use crate::clock::unix_secs;
 use crate::error::{Error, Result};
 use crate::fsx::Root;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// What the first half of a tracked request found.
+pub(crate) enum Acquired {
+    /// A result (here, or from the remote).
+    Found(Box<Fetched>),
+    /// Nothing: the request key's exclusive lock, to build one.
+    Build(BuildLease),
+}
+
+/// The right to build a tracked request's result: its exclusive lock, held until the
+/// result is published (or this is dropped).
+#[derive(Debug)]
+pub(crate) struct BuildLease {
+    pub(crate) guard: super::lock::LockGuard,
+    pub(crate) build_start: SystemTime,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) budget: Budget,
+}
 
 impl Store {
     /// Returns a result of the request `request` whose headers match the files on disk
@@ -46,22 +64,43 @@ impl Store {
         scope: &SearchScope,
         build: &mut dyn FnMut(&Root) -> Result<Built>,
     ) -> Result<Fetched> {
+        let lease = match self.acquire_tracked(request, scope)? {
+            Acquired::Found(f) => return Ok(*f),
+            Acquired::Build(lease) => lease,
+        };
+        let mut staging = self.new_staging(request)?;
+        let built = match build(&staging.root) {
+            Ok(b) => b,
+            Err(e) => {
+                if matches!(manifest::read(&self.root(), request), Ok(Lookup::Missing)) {
+                    // Nothing will be keyed by this lock: no orphan lock file.
+                    let _ = self.root().remove_file(layout::lock(request));
+                }
+                return Err(self.keep_failed(staging, request, e));
+            }
+        };
+        super::pause_point("compiled");
+        self.publish_tracked(request, lease, &mut staging, built)
+    }
+
+    /// Steps 1 and 2 of a tracked request, and the remote: a result that matches, or
+    /// the request key's exclusive lock, held by the returned lease, to build one.
+    pub(crate) fn acquire_tracked(&self, request: &Key, scope: &SearchScope) -> Result<Acquired> {
         // A miss's build starts here as far as header timestamps go (see
         // `manifest::build_start`): a header written from now on is "too new".
         let arrived = manifest::build_start();
         let mut warnings = Vec::new();
         if let Some(f) = self.lookup(request, &mut warnings)? {
-            return Ok(f);
+            return Ok(Acquired::Found(Box::new(f)));
         }
 
         // Miss: the request key's exclusive lock serialises its builders and the
         // updates of its manifest; look again under it.
-        let short = &request.hex()[..16];
         let guard = lock::lock_exclusive(&self.root(), &layout::lock(request), &mut |_| {})?;
         if let Some(mut f) = self.lookup(request, &mut warnings)? {
             f.lock_wait += guard.waited();
             f.lock_waits.splice(0..0, guard.wait().cloned());
-            return Ok(f);
+            return Ok(Acquired::Found(Box::new(f)));
         }
         // Not here: the remote tier, if any, before the compiler. One budget covers all
         // the request says to it, read-through and write-back.
@@ -70,7 +109,7 @@ impl Store {
             f.lock_wait += guard.waited();
             f.lock_waits.splice(0..0, guard.wait().cloned());
             f.warnings.splice(0..0, warnings.drain(..));
-            return Ok(f);
+            return Ok(Acquired::Found(Box::new(f)));
         }
 
         // Compared with files' own timestamps: the kernel's file clock, not the policy
@@ -82,18 +121,30 @@ impl Store {
         } else {
             manifest::build_start()
         };
-        let mut staging = self.new_staging(request)?;
-        let mut built = match build(&staging.root) {
-            Ok(b) => b,
-            Err(e) => {
-                if matches!(manifest::read(&self.root(), request), Ok(Lookup::Missing)) {
-                    // Nothing will be keyed by this lock: no orphan lock file.
-                    let _ = self.root().remove_file(layout::lock(request));
-                }
-                return Err(self.keep_failed(staging, request, e));
-            }
-        };
-        super::pause_point("compiled");
+        Ok(Acquired::Build(BuildLease {
+            guard,
+            build_start,
+            warnings,
+            budget,
+        }))
+    }
+
+    /// Steps 4 to 6 of a tracked request: the result key from the headers `built`
+    /// read, the entry sealed and published, recorded in the manifest, uploaded.
+    pub(crate) fn publish_tracked(
+        &self,
+        request: &Key,
+        lease: BuildLease,
+        staging: &mut super::Staging,
+        mut built: Built,
+    ) -> Result<Fetched> {
+        let BuildLease {
+            guard,
+            build_start,
+            warnings,
+            budget,
+        } = lease;
+        let short = &request.hex()[..16];
         let mut racy: Option<String> = None;
         let headers = built
             .headers
@@ -151,7 +202,7 @@ impl Store {
                     Some(provenance),
                 )?;
                 super::pause_point("sealed");
-                self.publish(&mut staging, &key)?;
+                self.publish(staging, &key)?;
                 meta
             }
             Err(e) => return Err(e.into_error()),
@@ -223,7 +274,11 @@ impl Store {
     /// The first result of `request` whose headers match the files now, verified and
     /// held (shared) as any hit; `None` when none does. A manifest that fails its
     /// checks is not trusted: a warning, and `None` (the next build rewrites it).
-    fn lookup(&self, request: &Key, warnings: &mut Vec<String>) -> Result<Option<Fetched>> {
+    pub(crate) fn lookup(
+        &self,
+        request: &Key,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Fetched>> {
         let short = &request.hex()[..16];
         let m = match manifest::read(&self.root(), request) {
             Ok(Lookup::Found(m)) => m,

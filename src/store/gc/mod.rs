@@ -1177,6 +1177,7 @@ mod tests {
             }
             write(crate::store::entry::ARTIFACT_FILE, &vec![n as u8; size]);
             Ok(Built {
+                group: None,
                 source_name: format!("k{n}.c"),
                 source_file: "source.c".into(),
                 compile_time: Duration::from_millis(1),

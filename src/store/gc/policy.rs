@@ -131,15 +131,35 @@ fn kernel_version(k: &str) -> Option<Vec<u64>> {
     k.split('.').map(|p| p.parse().ok()).collect()
 }
 
+/// The runtime tag of a platform among `others` on the same OS and arch with the same
+/// runtime name as `p`'s and the highest version above `p`'s, if any: `numba-0.65.1`
+/// for `numba-0.64.0`.
+pub fn newer_runtime<'a>(
+    p: &Platform,
+    others: impl Iterator<Item = &'a Platform>,
+) -> Option<String> {
+    let (name, version) = split_runtime_tag(&p.runtime)?;
+    others
+        .filter(|o| o.os == p.os && o.arch == p.arch)
+        .filter_map(|o| {
+            let (n, v) = split_runtime_tag(&o.runtime)?;
+            (n == name && v > version).then(|| (v, o.runtime.clone()))
+        })
+        .max()
+        .map(|(_, tag)| tag)
+}
+
 /// Classifies a compiledir. `dir` is its parsed platform (`None` if its name does not
 /// parse: then only its last use can make it stale). Stale means: not current, and
 /// either unused for longer than `stale_after`, or on the current OS and arch with an
-/// older runtime tag (same runtime, lower version), an older kernel release, or an
-/// older layout.
+/// older runtime tag (same runtime, lower version, than the current one's or than
+/// `newer`, a sibling compiledir's: an old producer version beside a new one), an older
+/// kernel release, or an older layout.
 pub fn classify(
     current: &Platform,
     is_current: bool,
     dir: Option<&Platform>,
+    newer: Option<&str>,
     last_use: Option<SystemTime>,
     now: SystemTime,
     stale_after: Duration,
@@ -184,6 +204,22 @@ pub fn classify(
         return Standing::Stale(StaleWhy::OlderLayout {
             layout: d.layout,
             current: current.layout,
+        });
+    }
+    // Another runtime than the current one's (a producer's version, such as
+    // `numba-0.64.0`), with a newer version of it beside: the current one's own
+    // runtime is judged against the current version above, not against siblings.
+    let same_name_as_current = match (
+        split_runtime_tag(&d.runtime),
+        split_runtime_tag(&current.runtime),
+    ) {
+        (Some((n1, _)), Some((n2, _))) => n1 == n2,
+        _ => false,
+    };
+    if let (Some(newer), false) = (newer, same_name_as_current) {
+        return Standing::Stale(StaleWhy::OlderRuntime {
+            runtime: d.runtime.clone(),
+            current: newer.to_string(),
         });
     }
     Standing::Other
@@ -517,20 +553,29 @@ mod tests {
             ),
         ];
         for (p, last_use, want) in table {
-            let s = classify(&cur, false, Some(&p), last_use, now(), month);
+            let s = classify(&cur, false, Some(&p), None, last_use, now(), month);
             assert_eq!(stale(&s), want, "{p:?} {last_use:?}: {s:?}");
         }
         assert_eq!(
-            classify(&cur, true, Some(&cur), Some(at(400 * DAY)), now(), month),
+            classify(
+                &cur,
+                true,
+                Some(&cur),
+                None,
+                Some(at(400 * DAY)),
+                now(),
+                month
+            ),
             Standing::Current
         );
         assert_eq!(
-            classify(&cur, false, None, recent, now(), month),
+            classify(&cur, false, None, None, recent, now(), month),
             Standing::Other
         );
         assert!(stale(&classify(
             &cur,
             false,
+            None,
             None,
             Some(at(31 * DAY)),
             now(),
@@ -545,10 +590,40 @@ mod tests {
             &newer,
             false,
             Some(&old),
+            None,
             recent,
             now(),
             month
         )));
+        // A producer's older version beside its newer one, whatever the current
+        // compiledir's runtime is (xcache's own, here none).
+        let mut numba64 = cur.clone();
+        numba64.runtime = "numba-0.64.0".into();
+        let mut numba65 = cur.clone();
+        numba65.runtime = "numba-0.65.1".into();
+        let mut triton = cur.clone();
+        triton.runtime = "triton-3.9.0".into();
+        let all = [numba64.clone(), numba65.clone(), triton.clone()];
+        assert_eq!(
+            newer_runtime(&numba64, all.iter()),
+            Some("numba-0.65.1".into())
+        );
+        assert_eq!(newer_runtime(&numba65, all.iter()), None);
+        assert_eq!(newer_runtime(&triton, all.iter()), None);
+        let n = newer_runtime(&numba64, all.iter());
+        assert!(stale(&classify(
+            &cur,
+            false,
+            Some(&numba64),
+            n.as_deref(),
+            recent,
+            now(),
+            month
+        )));
+        assert_eq!(
+            classify(&cur, false, Some(&numba65), None, recent, now(), month),
+            Standing::Other
+        );
     }
 
     /// The four rules that existed before (prune's, purge's, clear's and verify's) are

@@ -1,11 +1,11 @@
 //! Running the CUDA templates from Rust, without a CUDA crate: device memory, contexts
-//! and launches go through the driver API ([`crate::driver`], `libcuda.so.1` loaded at
+//! and launches go through the driver API ([`crate::cuda::driver`], `libcuda.so.1` loaded at
 //! run time), and each template's kernels are built one of two ways, per the
 //! `cuda_compiler` setting:
 //!
 //! - `nvrtc` (the default): the template's kernels alone, compiled in-process by NVRTC
-//!   to a cubin ([`crate::cuda_module`]), loaded with `cuModuleLoadData` and launched by
-//!   xcache's launcher ([`crate::cuda_launch`]), which makes the template's launch
+//!   to a cubin ([`crate::cuda::module`]), loaded with `cuModuleLoadData` and launched by
+//!   xcache's launcher ([`crate::cuda::launch`]), which makes the template's launch
 //!   decisions (kernel, grid, shared memory, workspace) in Rust. No host compiler runs.
 //! - `nvcc`: the template with its own host launcher (`xc_elemwise`, ...), compiled by
 //!   nvcc into a shared object and called through its C ABI.
@@ -35,9 +35,11 @@ use serde::Serialize;
 
 use crate::compile::TemplateRequest;
 use crate::config::CudaCompiler;
-use crate::cuda_launch::{Arg, ElemwisePlan, GemmPlan, Launch, ReducePlan};
-use crate::cuda_module::CudaModule;
-use crate::driver::{Context, Driver, Function, MemPool};
+use arrayvec::ArrayVec;
+
+use crate::cuda::driver::{Context, Driver, Function, MemPool, Stream};
+use crate::cuda::launch::{Arg, Args, ElemwisePlan, GemmPlan, Launch, Launches, ReducePlan};
+use crate::cuda::module::CudaModule;
 use crate::error::{Error, Result};
 use crate::kernels::Element;
 use crate::runtime::{Compiled, Jit, Symbol};
@@ -173,9 +175,9 @@ impl Jit {
         driver.enter(ctx)?;
         let info = DeviceInfo {
             name: driver.device_name(device)?,
-            major: driver.attribute(device, crate::driver::ATTR_CC_MAJOR)?,
-            minor: driver.attribute(device, crate::driver::ATTR_CC_MINOR)?,
-            sms: driver.attribute(device, crate::driver::ATTR_MULTIPROCESSOR_COUNT)?,
+            major: driver.attribute(device, crate::cuda::driver::ATTR_CC_MAJOR)?,
+            minor: driver.attribute(device, crate::cuda::driver::ATTR_CC_MINOR)?,
+            sms: driver.attribute(device, crate::cuda::driver::ATTR_MULTIPROCESSOR_COUNT)?,
         };
         Ok(Cuda {
             inner: Arc::new(Inner {
@@ -185,6 +187,23 @@ impl Jit {
                 info,
             }),
         })
+    }
+}
+
+impl Jit {
+    /// The process's handle on its GPU: made by the first call (as [`Jit::cuda`] makes
+    /// one, through this Jit's settings), then shared by every caller. What embedders
+    /// that launch from many places want (the Python package, the C ABI): one context
+    /// and one set of per-context module loads.
+    pub fn shared_cuda(&self) -> Result<Cuda> {
+        static SHARED: Mutex<Option<Cuda>> = Mutex::new(None);
+        let mut g = SHARED.lock().unwrap();
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        let c = self.cuda()?;
+        *g = Some(c.clone());
+        Ok(c)
     }
 }
 
@@ -254,7 +273,8 @@ struct FuncState {
 pub struct CudaKernels {
     module: CudaModule,
     cuda: Cuda,
-    funcs: Mutex<HashMap<(usize, String), FuncState>>,
+    /// Per context, the kernels found by name.
+    funcs: Mutex<HashMap<usize, HashMap<String, FuncState>>>,
 }
 
 // SAFETY: function handles are usable from any thread of their context's process; the
@@ -288,12 +308,13 @@ impl CudaKernels {
     ) -> Result<R> {
         let d = self.cuda.inner.driver;
         let mut funcs = self.funcs.lock().unwrap();
-        let key = (ctx as usize, name.to_string());
-        if !funcs.contains_key(&key) {
+        let in_ctx = funcs.entry(ctx as usize).or_default();
+        // Found by `&str`: a launch of a kernel seen before allocates nothing.
+        if !in_ctx.contains_key(name) {
             let m = self.module.image.module_in(d, ctx)?;
             let func = d.function(m, name)?;
-            funcs.insert(
-                key.clone(),
+            in_ctx.insert(
+                name.to_string(),
                 FuncState {
                     f: func,
                     smem_limit: 48 * 1024,
@@ -301,12 +322,12 @@ impl CudaKernels {
                 },
             );
         }
-        f(d, funcs.get_mut(&key).expect("inserted"))
+        f(d, in_ctx.get_mut(name).expect("inserted"))
     }
 
     /// Loads the module into the current context and finds `names` there, so that
     /// errors (a missing kernel, a module this GPU cannot run) show at once.
-    fn prepare(&self, names: &[&str]) -> Result<()> {
+    pub fn find(&self, names: &[&str]) -> Result<()> {
         let ctx = self.cuda.inner.enter()?;
         for n in names {
             self.with_func(ctx, n, |_, _| Ok(()))?;
@@ -314,38 +335,33 @@ impl CudaKernels {
         Ok(())
     }
 
-    /// Queues `launches` on the default stream.
-    fn run(&self, ctx: Context, launches: &[Launch]) -> Result<()> {
+    /// Queues `launches` on `stream` (NULL: the legacy default stream). Allocates
+    /// nothing: the arguments go from the plan's inline slots to the driver.
+    fn run(&self, ctx: Context, launches: &[Launch], stream: Stream) -> Result<()> {
         for l in launches {
             self.with_func(ctx, &l.kernel, |d, fs| {
                 if l.smem > fs.smem_limit {
                     d.set_max_dynamic_shared(fs.f, l.smem as i32)?;
                     fs.smem_limit = l.smem;
                 }
-                let mut slots: Vec<u64> = l
-                    .args
-                    .iter()
-                    .map(|a| match *a {
-                        Arg::I64(v) => v as u64,
-                        // Little-endian: the int's bytes first, where the driver reads it.
-                        Arg::I32(v) => v as u32 as u64,
-                        Arg::Ptr(p) => p,
-                    })
-                    .collect();
-                let mut params: Vec<*mut c_void> = slots
-                    .iter_mut()
-                    .map(|s| s as *mut u64 as *mut c_void)
-                    .collect();
+                let mut slots = [0u64; 12];
+                let mut params = [std::ptr::null_mut::<c_void>(); 12];
+                for (slot, a) in slots.iter_mut().zip(l.args.iter()) {
+                    *slot = a.slot();
+                }
+                for (p, s) in params.iter_mut().zip(slots.iter_mut()) {
+                    *p = s as *mut u64 as *mut c_void;
+                }
                 // SAFETY: the plan's arguments have the kernel's parameter types (the
-                // templates' signatures, mirrored by `cuda_launch`); each slot holds one.
+                // templates' signatures, mirrored by `cuda::launch`); each slot holds one.
                 let rc = unsafe {
                     d.launch(
                         fs.f,
                         l.grid,
                         l.block,
                         l.smem,
-                        std::ptr::null_mut(),
-                        &mut params,
+                        stream,
+                        &mut params[..l.args.len()],
                     )
                 };
                 d.check(rc, || format!("launching {}", l.kernel))
@@ -355,10 +371,12 @@ impl CudaKernels {
     }
 
     /// Plans with `plan` (asking this module's kernels' occupancy and the pool's
-    /// workspace), queues the launches, then frees the workspace in stream order.
+    /// workspace), queues the launches on `stream`, then frees the workspace in that
+    /// stream's order.
     fn plan_and_run(
         &self,
-        plan: impl FnOnce(&mut dyn crate::cuda_launch::Device) -> Result<Vec<Launch>>,
+        stream: Stream,
+        plan: impl FnOnce(&mut dyn crate::cuda::launch::Device) -> Result<Launches>,
     ) -> Result<()> {
         let ctx = self.cuda.inner.enter()?;
         let mut dev = Planner {
@@ -370,15 +388,69 @@ impl CudaKernels {
                 .driver
                 .current_device()
                 .unwrap_or(self.cuda.inner.device),
-            taken: Vec::new(),
+            stream,
+            taken: ArrayVec::new(),
         };
         let launches = plan(&mut dev);
-        let r = launches.and_then(|l| self.run(ctx, &l));
+        let r = launches.and_then(|l| self.run(ctx, &l, stream));
         let d = self.cuda.inner.driver;
         for p in dev.taken {
-            d.free_async(p, std::ptr::null_mut());
+            d.free_async(p, stream);
         }
         r
+    }
+
+    /// Queues what `plan` gives (a template's plan from [`crate::cuda::launch`], asking
+    /// this module's kernels' occupancy and stream-ordered workspace) on `stream`, then
+    /// frees the workspace in that stream's order. Allocates nothing on the host once
+    /// the plan's kernels have been found.
+    ///
+    /// # Safety
+    /// The launches must name kernels of this module with their parameters' types, the
+    /// pointers must address what the kernels touch, and `stream` must be NULL (the
+    /// legacy default stream) or a live stream of the current context.
+    pub unsafe fn run_plan(
+        &self,
+        stream: Stream,
+        plan: impl FnOnce(&mut dyn crate::cuda::launch::Device) -> Result<Launches>,
+    ) -> Result<()> {
+        self.plan_and_run(stream, plan)
+    }
+
+    /// The kernel `name`'s `CUfunction` in the current context (the module loaded there
+    /// first), for a caller that launches it itself (`cuLaunchKernel`).
+    pub fn function(&self, name: &str) -> Result<Function> {
+        let ctx = self.cuda.inner.enter()?;
+        self.with_func(ctx, name, |_, fs| Ok(fs.f))
+    }
+
+    /// Queues the kernel `name` with CUDA's own argument array: `params[i]` points at
+    /// the i-th argument's value (as `cuLaunchKernel`'s `kernelParams`), whatever its
+    /// type. Raises the kernel's dynamic shared memory limit when `smem` needs it.
+    ///
+    /// # Safety
+    /// `params` must hold one pointer per kernel parameter, each to a value of that
+    /// parameter's type; the values' pointers must address what the kernel touches;
+    /// `stream` must be NULL or a live stream of the current context.
+    pub unsafe fn launch_params(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        stream: Stream,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        let ctx = self.cuda.inner.enter()?;
+        self.with_func(ctx, name, |d, fs| {
+            if smem > fs.smem_limit {
+                d.set_max_dynamic_shared(fs.f, smem as i32)?;
+                fs.smem_limit = smem;
+            }
+            // SAFETY: as this function's contract says.
+            let rc = unsafe { d.launch(fs.f, grid, block, smem, stream, params) };
+            d.check(rc, || format!("launching {name}"))
+        })
     }
 
     /// The module these kernels come from.
@@ -387,29 +459,46 @@ impl CudaKernels {
     }
 
     /// Queues the kernel `name` (an extern "C" `__global__` function of the module) on
-    /// the default stream.
+    /// `stream` (NULL: the legacy default stream; a `CUstream`/`cudaStream_t` of this
+    /// context otherwise, such as CuPy's or torch's current stream).
     ///
     /// # Safety
-    /// `args` must match the kernel's parameters in number and type, and every pointer
-    /// must address what the kernel will touch.
+    /// `args` must match the kernel's parameters in number and type, every pointer
+    /// must address what the kernel will touch, and `stream` must be NULL or a live
+    /// stream of the current context.
     pub unsafe fn launch(
         &self,
         name: &str,
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
         smem: u32,
+        stream: Stream,
         args: &[Arg],
     ) -> Result<()> {
+        if args.len() > Args::new().capacity() {
+            return Err(Error::InvalidRequest(format!(
+                "{name}: {} arguments; a launch takes at most {}",
+                args.len(),
+                Args::new().capacity()
+            )));
+        }
+        let kernel = crate::cuda::launch::KernelName::from(name).map_err(|_| {
+            Error::InvalidRequest(format!(
+                "{name}: a kernel name of at most {} bytes",
+                crate::cuda::launch::KernelName::new().capacity()
+            ))
+        })?;
         let ctx = self.cuda.inner.enter()?;
         self.run(
             ctx,
             &[Launch {
-                kernel: name.into(),
+                kernel,
                 grid,
                 block,
                 smem,
-                args: args.to_vec(),
+                args: args.iter().copied().collect(),
             }],
+            stream,
         )
     }
 }
@@ -419,10 +508,11 @@ struct Planner<'k> {
     kernels: &'k CudaKernels,
     ctx: Context,
     dev: i32,
-    taken: Vec<u64>,
+    stream: Stream,
+    taken: ArrayVec<u64, 4>,
 }
 
-impl crate::cuda_launch::Device for Planner<'_> {
+impl crate::cuda::launch::Device for Planner<'_> {
     fn sms(&self) -> i64 {
         self.kernels.cuda.inner.info.sms as i64
     }
@@ -449,7 +539,10 @@ impl crate::cuda_launch::Device for Planner<'_> {
 
     fn workspace(&mut self, bytes: usize) -> Option<u64> {
         let d = self.kernels.cuda.inner.driver;
-        let p = d.alloc_async(pool(d, self.dev)?, bytes, std::ptr::null_mut())?;
+        if self.taken.is_full() {
+            return None;
+        }
+        let p = d.alloc_async(pool(d, self.dev)?, bytes, self.stream)?;
         self.taken.push(p);
         Some(p)
     }
@@ -461,10 +554,31 @@ impl Cuda {
         Ok(self.inner.info.clone())
     }
 
+    /// The GPU's multiprocessors (what the launch plans size grids by).
+    pub fn sms(&self) -> i64 {
+        self.inner.info.sms as i64
+    }
+
+    /// The GPU's compute capability, (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        (self.inner.info.major, self.inner.info.minor)
+    }
+
     /// Waits for every queued kernel; reports the first asynchronous error.
     pub fn sync(&self) -> Result<()> {
         self.inner.enter()?;
         self.inner.driver.synchronize()
+    }
+
+    /// A stream of the GPU's context that does not synchronise with the legacy default
+    /// stream; destroyed on drop. Launches take its [`CudaStream::handle`].
+    pub fn stream(&self) -> Result<CudaStream> {
+        self.inner.enter()?;
+        let s = self.inner.driver.create_stream()?;
+        Ok(CudaStream {
+            stream: s as usize,
+            inner: Arc::clone(&self.inner),
+        })
     }
 
     /// `n` uninitialised elements on the device.
@@ -520,7 +634,7 @@ impl Cuda {
         let start = std::time::Instant::now();
         let (module, src) = jit.nvrtc_template(req)?;
         let k = self.load(&module)?;
-        k.prepare(kernels)?;
+        k.find(kernels)?;
         let build = CudaBuild::nvrtc(&module, start.elapsed());
         Ok((k, String::from_utf8_lossy(&src.source).into_owned(), build))
     }
@@ -693,6 +807,39 @@ pub fn runtime_error_name(code: i32) -> String {
     format!("{name} ({code})")
 }
 
+/// A CUDA stream made by [`Cuda::stream`], destroyed on drop.
+pub struct CudaStream {
+    stream: usize,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CudaStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStream({:#x})", self.stream)
+    }
+}
+
+impl CudaStream {
+    /// The `CUstream` (also a `cudaStream_t`), for the `launch_raw_on` functions.
+    pub fn handle(&self) -> Stream {
+        self.stream as Stream
+    }
+
+    /// Waits for the work queued on it; reports the first asynchronous error.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.enter()?;
+        self.inner.driver.synchronize_stream(self.handle())
+    }
+}
+
+impl Drop for CudaStream {
+    fn drop(&mut self) {
+        if self.inner.enter().is_ok() {
+            self.inner.driver.destroy_stream(self.handle());
+        }
+    }
+}
+
 /// Elements of `T` in GPU memory, freed on drop.
 pub struct DeviceBuffer<T> {
     ptr: *mut c_void,
@@ -810,12 +957,28 @@ impl<T: Element> CudaElemwise<T> {
         unsafe { self.launch_raw(out.len, &ptrs, out.ptr) }
     }
 
-    /// Queues the kernel on raw device pointers (any alignment).
+    /// Queues the kernel on raw device pointers (any alignment), on the default stream.
     ///
     /// # Safety
     /// Every pointer must address `n` elements of `T` on the current device.
     pub unsafe fn launch_raw(
         &self,
+        n: usize,
+        inputs: &[*const c_void],
+        out: *mut c_void,
+    ) -> Result<()> {
+        self.launch_raw_on(std::ptr::null_mut(), n, inputs, out)
+    }
+
+    /// Queues the kernel on raw device pointers (any alignment) on `stream`. Allocates
+    /// nothing (the launch plan and its arguments are held inline).
+    ///
+    /// # Safety
+    /// Every pointer must address `n` elements of `T` on the current device; `stream`
+    /// must be NULL (the legacy default stream) or a live stream of the current context.
+    pub unsafe fn launch_raw_on(
+        &self,
+        stream: Stream,
         n: usize,
         inputs: &[*const c_void],
         out: *mut c_void,
@@ -829,16 +992,16 @@ impl<T: Element> CudaElemwise<T> {
         }
         match &self.launcher {
             Backend::Nvcc(f) => {
-                let code = f(n as i64, inputs.as_ptr(), out, std::ptr::null_mut());
+                let code = f(n as i64, inputs.as_ptr(), out, stream);
                 self.cuda.launched(code, "xc_elemwise")
             }
             Backend::Nvrtc(k, plan) => {
-                let ins: Vec<u64> = inputs.iter().map(|&p| p as u64).collect();
+                let ins: ArrayVec<u64, 8> = inputs.iter().map(|&p| p as u64).collect();
                 let sms = self.cuda.inner.info.sms as i64;
                 let n = i64::try_from(n).map_err(|_| {
                     Error::InvalidRequest("xc_elemwise: a size is negative or too large".into())
                 })?;
-                k.plan_and_run(|_| plan.plan(sms, n, &ins, out as u64))
+                k.plan_and_run(stream, |_| plan.plan(sms, n, &ins, out as u64))
             }
         }
     }
@@ -846,6 +1009,19 @@ impl<T: Element> CudaElemwise<T> {
     /// What the kernel was built from, and how.
     pub fn compiled(&self) -> &CudaBuild {
         &self.build
+    }
+
+    /// Inputs it takes.
+    pub fn arity(&self) -> usize {
+        self.arity
+    }
+
+    /// The launch data read from the template (`None` for nvcc's launcher).
+    pub fn plan(&self) -> Option<&ElemwisePlan> {
+        match &self.launcher {
+            Backend::Nvrtc(_, p) => Some(p),
+            Backend::Nvcc(_) => None,
+        }
     }
 }
 
@@ -885,7 +1061,7 @@ impl<T: Element> CudaReduce<T> {
     }
 
     /// Queues the reduction of a `rows x cols` matrix at raw device addresses (any
-    /// element alignment, e.g. a view one element in).
+    /// element alignment, e.g. a view one element in), on the default stream.
     ///
     /// # Safety
     /// `input` must address `rows * cols` elements of `T` and `out` the result's
@@ -897,9 +1073,25 @@ impl<T: Element> CudaReduce<T> {
         input: *const c_void,
         out: *mut c_void,
     ) -> Result<()> {
+        self.launch_raw_on(std::ptr::null_mut(), rows, cols, input, out)
+    }
+
+    /// As [`CudaReduce::launch_raw`], on `stream`; allocates nothing on the host.
+    ///
+    /// # Safety
+    /// As [`CudaReduce::launch_raw`]; `stream` must be NULL or a live stream of the
+    /// current context.
+    pub unsafe fn launch_raw_on(
+        &self,
+        stream: Stream,
+        rows: usize,
+        cols: usize,
+        input: *const c_void,
+        out: *mut c_void,
+    ) -> Result<()> {
         match &self.launcher {
             Backend::Nvcc(f) => {
-                let code = f(rows as i64, cols as i64, input, out, std::ptr::null_mut());
+                let code = f(rows as i64, cols as i64, input, out, stream);
                 self.cuda.launched(code, "xc_reduce")
             }
             Backend::Nvrtc(k, plan) => {
@@ -909,8 +1101,18 @@ impl<T: Element> CudaReduce<T> {
                     })
                 };
                 let (rows, cols) = (size(rows)?, size(cols)?);
-                k.plan_and_run(|d| plan.plan(d, rows, cols, input as u64, out as u64))
+                k.plan_and_run(stream, |d| {
+                    plan.plan(d, rows, cols, input as u64, out as u64)
+                })
             }
+        }
+    }
+
+    /// The launch data read from the template (`None` for nvcc's launcher).
+    pub fn plan(&self) -> Option<&ReducePlan> {
+        match &self.launcher {
+            Backend::Nvrtc(_, p) => Some(p),
+            Backend::Nvcc(_) => None,
         }
     }
 
@@ -1005,29 +1207,50 @@ impl<T: Element> CudaGemm<T> {
             )));
         }
         let bias = bias.map_or(std::ptr::null(), |v| v.ptr as *const c_void);
+        // SAFETY: sizes checked; device allocations.
+        unsafe { self.launch_raw_on(std::ptr::null_mut(), (m, n, k), a, b, bias, c.ptr) }
+    }
+
+    /// Queues `c = a · b (+ bias)` on raw device addresses, row-major, on `stream`;
+    /// allocates nothing on the host. `bias` may be NULL.
+    ///
+    /// # Safety
+    /// `a` must address m·k elements (16-bit for the bf16/fp16 precisions, else `T`),
+    /// `b` k·n, `c` m·n of `T`, `bias` NULL or n of `T`, on the current device; `stream`
+    /// must be NULL or a live stream of the current context.
+    pub unsafe fn launch_raw_on(
+        &self,
+        stream: Stream,
+        (m, n, k): (usize, usize, usize),
+        a: *const c_void,
+        b: *const c_void,
+        bias: *const c_void,
+        c: *mut c_void,
+    ) -> Result<()> {
         match &self.launcher {
             Backend::Nvcc(f) => {
-                // SAFETY: sizes checked; device pointers.
-                let code = unsafe {
-                    f(
-                        m as i64,
-                        n as i64,
-                        k as i64,
-                        a,
-                        b,
-                        bias,
-                        c.ptr,
-                        std::ptr::null_mut(),
-                    )
-                };
+                let code = f(m as i64, n as i64, k as i64, a, b, bias, c, stream);
                 self.cuda.launched(code, "xc_gemm")
             }
             Backend::Nvrtc(kernels, plan) => {
                 let major = self.cuda.inner.info.major;
-                let dims = (m as i64, n as i64, k as i64);
-                let ptrs = (a as u64, b as u64, bias as u64, c.ptr as u64);
-                kernels.plan_and_run(|d| plan.plan(d, major, None, dims, ptrs))
+                let size = |x: usize| {
+                    i64::try_from(x).map_err(|_| {
+                        Error::InvalidRequest("xc_gemm: a size is negative or too large".into())
+                    })
+                };
+                let dims = (size(m)?, size(n)?, size(k)?);
+                let ptrs = (a as u64, b as u64, bias as u64, c as u64);
+                kernels.plan_and_run(stream, |d| plan.plan(d, major, None, dims, ptrs))
             }
+        }
+    }
+
+    /// The launch data read from the template (`None` for nvcc's launcher).
+    pub fn plan(&self) -> Option<&GemmPlan> {
+        match &self.launcher {
+            Backend::Nvrtc(_, p) => Some(p),
+            Backend::Nvcc(_) => None,
         }
     }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::compile::nvrtc::{self, NvrtcTool, Output};
 use crate::compile::{diagnostics, Language, SourceRequest};
-use crate::driver::{Context, Driver, Module};
+use crate::cuda::driver::{Context, Driver, Module};
 use crate::error::{Error, IoContext, Result};
 use crate::platform::LAYOUT_VERSION;
 use crate::runtime::{CacheOutcome, Jit};
@@ -150,6 +150,13 @@ struct Memoised {
 pub struct JitModules {
     nvrtc: Mutex<Option<Arc<NvrtcTool>>>,
     memo: Mutex<HashMap<u64, Vec<Memoised>>>,
+}
+
+impl crate::runtime::Jit {
+    /// This Jit's NVRTC library and modules, kept in the runtime's extension slot.
+    pub(crate) fn cuda_modules(&self) -> &JitModules {
+        self.extension::<JitModules>()
+    }
 }
 
 impl std::fmt::Debug for JitModules {
@@ -286,6 +293,7 @@ impl Jit {
                     .collect();
                 Ok(Built {
                     source_name: req.name.clone(),
+                    group: None,
                     source_file: source_file.into(),
                     compile_time: built.elapsed,
                     compiler_output: diagnostics::rename(&built.log, source_file, &display),
@@ -316,6 +324,14 @@ impl Jit {
         &self,
         req: &crate::compile::TemplateRequest,
     ) -> Result<(CudaModule, SourceRequest)> {
+        let src = self.nvrtc_source(req)?;
+        Ok((self.cuda_module(&src)?, src))
+    }
+
+    /// A CUDA template rendered as NVRTC compiles it for the handles: its flags with
+    /// `-minimal` where this NVRTC takes it, and, for `cuda/elemwise`,
+    /// `--Ofast-compile=min`.
+    pub fn nvrtc_source(&self, req: &crate::compile::TemplateRequest) -> Result<SourceRequest> {
         let mut src = self.render(req)?;
         let tool = self.nvrtc()?;
         if tool.minimal {
@@ -327,7 +343,19 @@ impl Jit {
         if tool.fast_compile && req.name.trim_start_matches("cuda/") == "elemwise" {
             src.flags.push("--Ofast-compile=min".into());
         }
-        Ok((self.cuda_module(&src)?, src))
+        Ok(src)
+    }
+
+    /// Builds a CUDA template's module (the cubin the handles load, for the `cuda_arch`
+    /// setting, else the local GPU's arch) through the cache without loading it: what
+    /// `xcache compile -t cuda/…` and `xcache warm` build, so that a CI job without a
+    /// GPU warms what the GPU machines load. Needs no GPU.
+    pub fn build_cuda_template(
+        &self,
+        req: &crate::compile::TemplateRequest,
+    ) -> Result<CacheOutcome> {
+        let src = self.nvrtc_source(req)?;
+        self.build_cuda_module(&src)
     }
 
     /// Compiles a CUDA source with NVRTC through the cache and returns the artifact's

@@ -1,7 +1,7 @@
 //! The CUDA driver API, through `libcuda.so.1` loaded at run time (no link-time CUDA
 //! dependency): contexts, device memory, modules (`cuModuleLoadData` of a cubin or
 //! PTX), functions, occupancy and `cuLaunchKernel`. What xcache's launcher
-//! ([`crate::cuda_launch`]) and the [`crate::cuda`] handles stand on.
+//! ([`crate::cuda::launch`]) and the [`crate::cuda`] handles stand on.
 //!
 //! **Contexts.** xcache uses whatever context is current on the calling thread; where
 //! none is, it makes the device's *primary* context current, the one the CUDA runtime
@@ -97,6 +97,8 @@ type FnPoolCreate = unsafe extern "C" fn(*mut MemPool, *const MemPoolProps) -> C
 type FnPoolSetAttr = unsafe extern "C" fn(MemPool, c_int, *mut c_void) -> CuResult;
 type FnAllocFromPool = unsafe extern "C" fn(*mut DevicePtr, usize, MemPool, Stream) -> CuResult;
 type FnFreeAsync = unsafe extern "C" fn(DevicePtr, Stream) -> CuResult;
+type FnStreamCreate = unsafe extern "C" fn(*mut Stream, c_uint) -> CuResult;
+type FnStream = unsafe extern "C" fn(Stream) -> CuResult;
 
 /// libcuda's entry points, loaded and initialised (`cuInit`) once per process.
 pub struct Driver {
@@ -128,6 +130,9 @@ pub struct Driver {
     pool_set_attribute: Option<FnPoolSetAttr>,
     alloc_from_pool: Option<FnAllocFromPool>,
     free_async: Option<FnFreeAsync>,
+    stream_create: FnStreamCreate,
+    stream_destroy: FnStream,
+    stream_synchronize: FnStream,
 }
 
 impl std::fmt::Debug for Driver {
@@ -198,6 +203,9 @@ impl Driver {
                 pool_set_attribute: opt!("cuMemPoolSetAttribute"),
                 alloc_from_pool: opt!("cuMemAllocFromPoolAsync"),
                 free_async: opt!("cuMemFreeAsync"),
+                stream_create: sym!("cuStreamCreate"),
+                stream_destroy: sym!("cuStreamDestroy_v2"),
+                stream_synchronize: sym!("cuStreamSynchronize"),
                 _lib: lib,
             };
             let rc = init(0);
@@ -339,6 +347,29 @@ impl Driver {
         // SAFETY: no arguments.
         let rc = unsafe { (self.ctx_synchronize)() };
         self.check(rc, || "synchronising".into())
+    }
+
+    /// A new stream of the current context that does not synchronise with the legacy
+    /// default stream (`CU_STREAM_NON_BLOCKING`).
+    pub fn create_stream(&self) -> Result<Stream> {
+        let mut s: Stream = std::ptr::null_mut();
+        // SAFETY: an out-pointer and a flag.
+        let rc = unsafe { (self.stream_create)(&mut s, 1) };
+        self.check(rc, || "creating a stream".into())?;
+        Ok(s)
+    }
+
+    /// Waits for the work queued on `stream`.
+    pub fn synchronize_stream(&self, stream: Stream) -> Result<()> {
+        // SAFETY: a stream handle (NULL is the legacy default stream).
+        let rc = unsafe { (self.stream_synchronize)(stream) };
+        self.check(rc, || "synchronising a stream".into())
+    }
+
+    /// Destroys `stream` once its queued work is done.
+    pub fn destroy_stream(&self, stream: Stream) {
+        // SAFETY: a stream this process created, not used after this call.
+        unsafe { (self.stream_destroy)(stream) };
     }
 
     /// `bytes` of device memory in the current context.

@@ -13,24 +13,68 @@
 //! class) are read from the rendered source's `xcache-launch` line, written by the
 //! template next to the kernels they describe, not repeated here.
 
+use arrayvec::{ArrayString, ArrayVec};
+
 use crate::error::{Error, Result};
 
+/// A kernel's name, held inline (a launch allocates nothing).
+pub type KernelName = ArrayString<40>;
+/// A launch's arguments, held inline (the templates' kernels take at most 12).
+pub type Args = ArrayVec<Arg, 12>;
+/// A plan's launches, held inline (a template queues at most two).
+pub type Launches = ArrayVec<Launch, 4>;
+
+/// A kernel name from a literal.
+pub fn kernel_name(s: &str) -> KernelName {
+    KernelName::from(s).expect("kernel names are shorter than 40 bytes")
+}
+
+fn kname(args: std::fmt::Arguments<'_>) -> KernelName {
+    let mut n = KernelName::new();
+    std::fmt::write(&mut n, args).expect("kernel names are shorter than 40 bytes");
+    n
+}
+
+fn one(l: Launch) -> Launches {
+    let mut v = Launches::new();
+    v.push(l);
+    v
+}
+
 /// A kernel argument, as the kernel's parameter types take it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Arg {
-    /// `int64_t`.
+    /// `int64_t` (also `long long`, `size_t`).
     I64(i64),
-    /// `int`.
+    /// `int` (also `unsigned`; and `bool`, `char`, `short` from its low bytes).
     I32(i32),
+    /// `float`.
+    F32(f32),
+    /// `double`.
+    F64(f64),
     /// A device pointer (0 is NULL).
     Ptr(u64),
 }
 
+impl Arg {
+    /// The argument's bytes as the driver reads them from an 8-byte slot: a parameter
+    /// of fewer bytes takes the first of these (little-endian).
+    pub fn slot(self) -> u64 {
+        match self {
+            Arg::I64(v) => v as u64,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+            Arg::F64(v) => v.to_bits(),
+            Arg::Ptr(p) => p,
+        }
+    }
+}
+
 /// One kernel launch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
     /// The kernel's (extern "C") name.
-    pub kernel: String,
+    pub kernel: KernelName,
     /// Grid.
     pub grid: (u32, u32, u32),
     /// Block.
@@ -38,7 +82,7 @@ pub struct Launch {
     /// Dynamic shared memory, bytes.
     pub smem: u32,
     /// Arguments, in order.
-    pub args: Vec<Arg>,
+    pub args: Args,
 }
 
 /// What a plan asks of the device.
@@ -125,9 +169,9 @@ impl ElemwisePlan {
     /// As `xc_elemwise`: 16-byte vectors over the first `n / lanes * lanes` elements when
     /// every pointer is 16-byte aligned, scalars for the rest; grids of
     /// `min(work / threads, sms * blocks_per_sm)` blocks. `Err` for a NULL pointer.
-    pub fn plan(&self, sms: i64, n: i64, inputs: &[u64], out: u64) -> Result<Vec<Launch>> {
+    pub fn plan(&self, sms: i64, n: i64, inputs: &[u64], out: u64) -> Result<Launches> {
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(Launches::new());
         }
         if out == 0 || inputs.contains(&0) {
             return Err(Error::InvalidRequest(
@@ -138,11 +182,11 @@ impl ElemwisePlan {
         let blocks = |work: i64| cdiv(work, self.threads).min(sms * self.blocks_per_sm) as u32;
         let align = inputs.iter().fold(out, |a, &p| a | p);
         let nv = if align % 16 == 0 { n / self.lanes } else { 0 };
-        let mut v = Vec::new();
+        let mut v = Launches::new();
         let ptrs = || inputs.iter().map(|&p| Arg::Ptr(p));
         if nv > 0 {
             v.push(Launch {
-                kernel: "xc_vector".into(),
+                kernel: kernel_name("xc_vector"),
                 grid: (blocks(nv), 1, 1),
                 block: (self.threads as u32, 1, 1),
                 smem: 0,
@@ -155,7 +199,7 @@ impl ElemwisePlan {
         let start = nv * self.lanes;
         if start < n {
             v.push(Launch {
-                kernel: "xc_scalar".into(),
+                kernel: kernel_name("xc_scalar"),
                 grid: (blocks(n - start), 1, 1),
                 block: (self.threads as u32, 1, 1),
                 smem: 0,
@@ -216,9 +260,9 @@ impl ReducePlan {
         cols: i64,
         input: u64,
         out: u64,
-    ) -> Result<Vec<Launch>> {
+    ) -> Result<Launches> {
         if (if self.axis == 1 { rows } else { cols }) == 0 {
-            return Ok(Vec::new()); // no outputs
+            return Ok(Launches::new()); // no outputs
         }
         if out == 0 || (input == 0 && rows > 0 && cols > 0) {
             return Err(Error::InvalidRequest("xc_reduce: a pointer is NULL".into()));
@@ -245,7 +289,7 @@ impl ReducePlan {
         cols: i64,
         input: u64,
         out: u64,
-    ) -> Result<Vec<Launch>> {
+    ) -> Result<Launches> {
         let t = self.threads as u32;
         let units = if vector { cols / self.vec } else { cols };
         if units <= 256 {
@@ -254,22 +298,25 @@ impl ReducePlan {
                 .into_iter()
                 .find(|&w| units <= w)
                 .unwrap_or(32);
-            let kernel = format!("xc_rows_team_{team}_{}", if vector { "v" } else { "s" });
+            let kernel = kname(format_args!(
+                "xc_rows_team_{team}_{}",
+                if vector { "v" } else { "s" }
+            ));
             let per_block = (self.threads / 32) * (32 / team) * self.unroll;
             let want = cdiv(rows, per_block);
             let cap = sms * per_sm_or_4(d, &kernel, t);
-            return Ok(vec![Launch {
+            return Ok(one(Launch {
                 kernel,
                 grid: (want.min(cap).max(1) as u32, 1, 1),
                 block: (t, 1, 1),
                 smem: 0,
-                args: vec![
+                args: Args::from_iter([
                     Arg::I64(rows),
                     Arg::I64(cols),
                     Arg::Ptr(input),
                     Arg::Ptr(out),
-                ],
-            }]);
+                ]),
+            }));
         }
         // Long rows: split each into chunks when the rows alone leave resident blocks
         // idle, keeping a chunk at >= 8 vectors per thread.
@@ -293,13 +340,13 @@ impl ReducePlan {
         let grid = (rows * chunks).min(slots) as u32;
         let block = (t, 1, 1);
         Ok(match part {
-            Some(p) => vec![
+            Some(p) => Launches::from_iter([
                 Launch {
-                    kernel: "xc_rows_block_split".into(),
+                    kernel: kernel_name("xc_rows_block_split"),
                     grid: (grid, 1, 1),
                     block,
                     smem: 0,
-                    args: vec![
+                    args: Args::from_iter([
                         Arg::I64(rows),
                         Arg::I64(cols),
                         Arg::Ptr(input),
@@ -307,28 +354,28 @@ impl ReducePlan {
                         Arg::Ptr(p),
                         Arg::I64(chunks),
                         Arg::I64(chunk_units),
-                    ],
+                    ]),
                 },
                 Launch {
-                    kernel: "xc_rows_finish".into(),
+                    kernel: kernel_name("xc_rows_finish"),
                     grid: (rows.min(slots) as u32, 1, 1),
                     block,
                     smem: 0,
-                    args: vec![
+                    args: Args::from_iter([
                         Arg::I64(rows),
                         Arg::I64(cols),
                         Arg::I64(chunks),
                         Arg::Ptr(p),
                         Arg::Ptr(out),
-                    ],
+                    ]),
                 },
-            ],
-            None => vec![Launch {
-                kernel: "xc_rows_block".into(),
+            ]),
+            None => one(Launch {
+                kernel: kernel_name("xc_rows_block"),
                 grid: (grid, 1, 1),
                 block,
                 smem: 0,
-                args: vec![
+                args: Args::from_iter([
                     Arg::I64(rows),
                     Arg::I64(cols),
                     Arg::Ptr(input),
@@ -336,8 +383,8 @@ impl ReducePlan {
                     Arg::Ptr(0),
                     Arg::I64(1),
                     Arg::I64(chunk_units),
-                ],
-            }],
+                ]),
+            }),
         })
     }
 
@@ -364,12 +411,17 @@ impl ReducePlan {
         cols: i64,
         input: u64,
         out: u64,
-    ) -> Result<Vec<Launch>> {
+    ) -> Result<Launches> {
         let units = if vector { cols / self.vec } else { cols };
         let (tx, ty) = self.cols_block(rows, units);
         let col_blocks = cdiv(units, tx as i64);
         let v = if vector { "v" } else { "s" };
-        let slots = sms * per_sm_or_4(d, &format!("xc_cols_{v}_split"), self.threads as u32);
+        let slots = sms
+            * per_sm_or_4(
+                d,
+                &kname(format_args!("xc_cols_{v}_split")),
+                self.threads as u32,
+            );
         // Enough blocks for two rounds of resident blocks, each thread keeping >= 16 rows.
         let mut chunks = 1;
         if col_blocks < 2 * slots {
@@ -391,50 +443,50 @@ impl ReducePlan {
         Ok(match part {
             Some(p) => {
                 let (fx, fy) = self.cols_block(chunks, cols);
-                vec![
+                Launches::from_iter([
                     Launch {
-                        kernel: format!("xc_cols_{v}_split"),
+                        kernel: kname(format_args!("xc_cols_{v}_split")),
                         grid,
                         block,
                         smem: 0,
-                        args: vec![
+                        args: Args::from_iter([
                             Arg::I64(rows),
                             Arg::I64(cols),
                             Arg::Ptr(input),
                             Arg::Ptr(out),
                             Arg::Ptr(p),
                             Arg::I64(rows_per_chunk),
-                        ],
+                        ]),
                     },
                     Launch {
-                        kernel: "xc_cols_finish".into(),
+                        kernel: kernel_name("xc_cols_finish"),
                         grid: (cdiv(cols, fx as i64) as u32, 1, 1),
                         block: (fx, fy, 1),
                         smem: 0,
-                        args: vec![
+                        args: Args::from_iter([
                             Arg::I64(rows),
                             Arg::I64(cols),
                             Arg::I64(chunks),
                             Arg::Ptr(p),
                             Arg::Ptr(out),
-                        ],
+                        ]),
                     },
-                ]
+                ])
             }
-            None => vec![Launch {
-                kernel: format!("xc_cols_{v}"),
+            None => one(Launch {
+                kernel: kname(format_args!("xc_cols_{v}")),
                 grid,
                 block,
                 smem: 0,
-                args: vec![
+                args: Args::from_iter([
                     Arg::I64(rows),
                     Arg::I64(cols),
                     Arg::Ptr(input),
                     Arg::Ptr(out),
                     Arg::Ptr(0),
                     Arg::I64(rows.max(1)),
-                ],
-            }],
+                ]),
+            }),
         })
     }
 }
@@ -531,7 +583,7 @@ impl GemmPlan {
         config: Option<usize>,
         (m, n, k): (i64, i64, i64),
         (a, b, bias, c): (u64, u64, u64, u64),
-    ) -> Result<Vec<Launch>> {
+    ) -> Result<Launches> {
         let max = i32::MAX as i64;
         if m < 0 || n < 0 || k < 0 || m > max || n > max || k > max {
             return Err(Error::InvalidRequest(format!(
@@ -546,7 +598,7 @@ impl GemmPlan {
             )));
         }
         if m == 0 || n == 0 {
-            return Ok(Vec::new());
+            return Ok(Launches::new());
         }
         if c == 0 || (k > 0 && (a == 0 || b == 0)) {
             return Err(Error::InvalidRequest("xc_gemm: a pointer is NULL".into()));
@@ -559,7 +611,7 @@ impl GemmPlan {
             if major < 8 {
                 return Err(Error::Cuda {
                     what: "launching a tensor-core gemm".into(),
-                    code: crate::driver::ERROR_NOT_SUPPORTED,
+                    code: crate::cuda::driver::ERROR_NOT_SUPPORTED,
                     message: NEEDS_SM80.into(),
                 });
             }
@@ -574,7 +626,7 @@ impl GemmPlan {
         };
         let i = config.unwrap_or_else(|| self.pick(m, n, sms));
         let cfg = self.configs[i];
-        let kernel = format!("xc_gemm_c{i}_{}", if vec { "v" } else { "s" });
+        let kernel = kname(format_args!("xc_gemm_c{i}_{}", if vec { "v" } else { "s" }));
         let tiles = cdiv(m, cfg.bm) * cdiv(n, cfg.bn);
         // xc_run, xc_prepare
         let mut per_sm = d.per_sm(&kernel, cfg.threads, cfg.smem).unwrap_or(0) as i64;
@@ -592,12 +644,12 @@ impl GemmPlan {
             per_sm = 1;
         }
         let cap = sms * per_sm * 64; // the kernel loops past it
-        Ok(vec![Launch {
+        Ok(one(Launch {
             kernel,
             grid: (tiles.min(cap) as u32, 1, 1),
             block: (cfg.threads, 1, 1),
             smem: cfg.smem,
-            args: vec![
+            args: Args::from_iter([
                 Arg::I32(m as i32),
                 Arg::I32(n as i32),
                 Arg::I32(k as i32),
@@ -605,8 +657,8 @@ impl GemmPlan {
                 Arg::Ptr(b),
                 Arg::Ptr(bias),
                 Arg::Ptr(c),
-            ],
-        }])
+            ]),
+        }))
     }
 }
 
@@ -656,15 +708,15 @@ mod tests {
         };
         let l = p.plan(132, 1003, &[0x1000, 0x2000], 0x3000).unwrap();
         assert_eq!(l.len(), 2);
-        assert_eq!(l[0].kernel, "xc_vector");
+        assert_eq!(l[0].kernel.as_str(), "xc_vector");
         assert_eq!(l[0].args[0], Arg::I64(250));
         assert_eq!(l[0].grid, (1, 1, 1));
-        assert_eq!(l[1].kernel, "xc_scalar");
+        assert_eq!(l[1].kernel.as_str(), "xc_scalar");
         assert_eq!(&l[1].args[..2], &[Arg::I64(1000), Arg::I64(1003)]);
         // Misaligned: scalars only; grids are capped at 16 blocks per multiprocessor.
         let l = p.plan(132, 1 << 28, &[0x1004], 0x3000).unwrap();
         assert_eq!(l.len(), 1);
-        assert_eq!(l[0].kernel, "xc_scalar");
+        assert_eq!(l[0].kernel.as_str(), "xc_scalar");
         assert_eq!(l[0].grid.0, 132 * 16);
         assert!(p.plan(132, 0, &[0], 0).unwrap().is_empty());
         assert!(p.plan(132, 4, &[0], 0x10).is_err());
@@ -685,13 +737,13 @@ mod tests {
         let mut d = fake();
         let r = reduce(1);
         let l = r.plan(&mut d, 4097, 16, 0x1000, 0x9000).unwrap();
-        assert_eq!(l[0].kernel, "xc_rows_team_4_v");
+        assert_eq!(l[0].kernel.as_str(), "xc_rows_team_4_v");
         // 8 warps x 8 rows per warp x 4 in flight per block step: 256 rows a block.
         assert_eq!(l[0].grid.0, 17);
         let l = r.plan(&mut d, 4097, 15, 0x1000, 0x9000).unwrap();
-        assert_eq!(l[0].kernel, "xc_rows_team_16_s");
+        assert_eq!(l[0].kernel.as_str(), "xc_rows_team_16_s");
         let l = r.plan(&mut d, 5, 0, 0, 0x9000).unwrap();
-        assert_eq!(l[0].kernel, "xc_rows_team_1_v");
+        assert_eq!(l[0].kernel.as_str(), "xc_rows_team_1_v");
         // One long row: split, then finished.
         let l = r.plan(&mut d, 1, 1 << 28, 0x1000, 0x9000).unwrap();
         assert_eq!(
@@ -702,7 +754,7 @@ mod tests {
         // Many long rows: no split.
         let l = r.plan(&mut d, 4096, 65536, 0x1000, 0x9000).unwrap();
         assert_eq!(l.len(), 1);
-        assert_eq!(l[0].kernel, "xc_rows_block");
+        assert_eq!(l[0].kernel.as_str(), "xc_rows_block");
         assert_eq!(l[0].grid.0, 132 * 8);
         // No pool: no split.
         let mut np = Fake {
@@ -723,19 +775,19 @@ mod tests {
         assert_eq!(r.cols_block(3, 1), (128, 2)); // short: shallower and wider
                                                   // 512 column blocks: too few for 2 x 132 x 8 resident, so 5 chunks of rows.
         let l = r.plan(&mut d, 4096, 65536, 0x1000, 0x9000).unwrap();
-        assert_eq!(l[0].kernel, "xc_cols_v_split");
+        assert_eq!(l[0].kernel.as_str(), "xc_cols_v_split");
         assert_eq!(l[0].grid, (512, 5, 1));
-        assert_eq!(l[1].kernel, "xc_cols_finish");
+        assert_eq!(l[1].kernel.as_str(), "xc_cols_finish");
         let l = r.plan(&mut d, 64, 1 << 22, 0x1000, 0x9000).unwrap();
         assert_eq!(l.len(), 1);
-        assert_eq!(l[0].kernel, "xc_cols_v");
+        assert_eq!(l[0].kernel.as_str(), "xc_cols_v");
         let l = r.plan(&mut d, 1 << 24, 16, 0x1000, 0x9000).unwrap();
         assert_eq!(
             l.iter().map(|x| x.kernel.as_str()).collect::<Vec<_>>(),
             ["xc_cols_v_split", "xc_cols_finish"]
         );
         let l = r.plan(&mut d, 5, 7, 0x1000, 0x9000).unwrap();
-        assert_eq!(l[0].kernel, "xc_cols_s");
+        assert_eq!(l[0].kernel.as_str(), "xc_cols_s");
         assert!(r.plan(&mut d, 5, 0, 0, 0).unwrap().is_empty());
     }
 
@@ -751,13 +803,13 @@ mod tests {
         let l = p
             .plan(&mut d, 9, None, (4096, 4096, 4096), (16, 32, 0, 48))
             .unwrap();
-        assert_eq!(l[0].kernel, "xc_gemm_c0_v");
+        assert_eq!(l[0].kernel.as_str(), "xc_gemm_c0_v");
         assert_eq!(l[0].grid.0, 32 * 32);
         assert_eq!(l[0].smem, 16896);
         let l = p
             .plan(&mut d, 9, None, (100, 100, 7), (16, 32, 0, 48))
             .unwrap();
-        assert_eq!(l[0].kernel, "xc_gemm_c1_s");
+        assert_eq!(l[0].kernel.as_str(), "xc_gemm_c1_s");
         assert!(p
             .plan(&mut d, 9, Some(2), (1, 1, 1), (16, 32, 0, 48))
             .is_err());
