@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 // What a call returned. Failures match the library's error kinds (`xcache compile
 // --json` prints the same kinds); `xcache_last_error()` says more.
