@@ -34,7 +34,7 @@ cd "$(dirname "$0")/.."
 venv="$PWD/target/test-venv"
 if [ "${1:-}" = "--setup" ]; then
   if [ ! -x "$venv/bin/python" ]; then "${PYTHON:-python3}" -m venv "$venv"; fi
-  "$venv/bin/pip" install -q --disable-pip-version-check maturin numpy pytest pytensor ruff mypy
+  "$venv/bin/pip" install -q --disable-pip-version-check maturin numpy pytest pytensor numba triton ruff mypy
   nvbin=""
   if "$venv/bin/pip" install -q --disable-pip-version-check \
        nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-crt nvidia-cuda-cccl nvidia-cuda-nvrtc; then
@@ -44,7 +44,7 @@ if [ "${1:-}" = "--setup" ]; then
   fi
   PATH="$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-check \
     --no-deps --no-build-isolation ./python
-  echo "venv: $venv (numpy, pytest, pytensor, maturin, ruff, mypy, and the xcache package)"
+  echo "venv: $venv (numpy, pytest, pytensor, numba, triton, maturin, ruff, mypy, and the xcache package)"
   if [ -n "$nvbin" ]; then
     echo "nvcc: $nvbin/nvcc; libnvrtc beside it, in $(dirname "$nvbin")/lib (xcache finds it from nvcc)"
     echo "for nvcc on your PATH: export PATH=\"$nvbin:\$PATH\""

@@ -147,6 +147,8 @@ fn the_readme_says_how_to_install_and_test() {
         "numpy",
         "pytest",
         "pytensor",
+        "numba",
+        "triton",
         "nvidia-cuda-nvcc",
         "nvidia-cuda-nvrtc",
         "./python",

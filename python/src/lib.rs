@@ -351,7 +351,110 @@ struct DeviceArray {
     stream: Option<usize>,
 }
 
+/// CuPy's array type and what the fast path compares with, once CuPy is imported (by
+/// the caller: xcache never imports it for this).
+struct CupyTypes {
+    ndarray: Py<pyo3::types::PyType>,
+    /// numpy's dtype objects (singletons) of float32, float64, int32, int64.
+    dtypes: [Py<PyAny>; 4],
+    get_current_stream: Py<PyAny>,
+}
+
+static CUPY: PyOnceLock<CupyTypes> = PyOnceLock::new();
+
+fn cupy_types(py: Python<'_>) -> Option<&CupyTypes> {
+    if let Some(t) = CUPY.get(py) {
+        return Some(t);
+    }
+    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
+    let cp = modules.get_item("cupy").ok()?;
+    let np = py.import("numpy").ok()?;
+    let dt = |n: &str| np.call_method1("dtype", (n,)).map(Bound::unbind);
+    let t = CupyTypes {
+        ndarray: cp.getattr("ndarray").ok()?.cast_into().ok()?.unbind(),
+        dtypes: [
+            dt("float32").ok()?,
+            dt("float64").ok()?,
+            dt("int32").ok()?,
+            dt("int64").ok()?,
+        ],
+        get_current_stream: cp
+            .getattr("cuda")
+            .ok()?
+            .getattr("get_current_stream")
+            .ok()?
+            .unbind(),
+    };
+    let _ = CUPY.set(py, t);
+    CUPY.get(py)
+}
+
+fn dtype_index(dtype: &str) -> usize {
+    match dtype {
+        "float32" => 0,
+        "float64" => 1,
+        "int32" => 2,
+        _ => 3,
+    }
+}
+
+/// A CuPy array read through its own attributes (a third of the cost of building its
+/// `__cuda_array_interface__` dict); `None` for anything else.
+fn cupy_array(obj: &Bound<'_, PyAny>, dtype: &str, what: &str) -> Option<PyResult<DeviceArray>> {
+    let py = obj.py();
+    let t = cupy_types(py)?;
+    if !obj.get_type().is(t.ndarray.bind(py)) {
+        return None;
+    }
+    Some((|| {
+        let dt = obj.getattr(pyo3::intern!(py, "dtype"))?;
+        if !dt.is(t.dtypes[dtype_index(dtype)].bind(py)) {
+            return Err(PyTypeError::new_err(format!(
+                "{what} has dtype {}, the kernel was compiled for {dtype}",
+                dt.str()?
+            )));
+        }
+        if !obj
+            .getattr(pyo3::intern!(py, "_c_contiguous"))?
+            .is_truthy()?
+        {
+            return Err(PyValueError::new_err(format!(
+                "{what} is not C-contiguous. Fix: make a contiguous copy"
+            )));
+        }
+        let ptr: usize = obj
+            .getattr(pyo3::intern!(py, "data"))?
+            .getattr(pyo3::intern!(py, "ptr"))?
+            .extract()?;
+        let shape: Vec<usize> = obj.getattr(pyo3::intern!(py, "shape"))?.extract()?;
+        Ok(DeviceArray {
+            ptr,
+            shape,
+            stream: None,
+        })
+    })())
+}
+
+/// CuPy's current stream, where `obj` is a CuPy array.
+fn cupy_current_stream(obj: &Bound<'_, PyAny>) -> Option<PyResult<usize>> {
+    let py = obj.py();
+    let t = CUPY.get(py)?;
+    if !obj.get_type().is(t.ndarray.bind(py)) {
+        return None;
+    }
+    Some(
+        t.get_current_stream
+            .bind(py)
+            .call0()
+            .and_then(|s| s.getattr(pyo3::intern!(py, "ptr")))
+            .and_then(|p| p.extract()),
+    )
+}
+
 fn device_array(obj: &Bound<'_, PyAny>, dtype: &str, what: &str) -> PyResult<DeviceArray> {
+    if let Some(a) = cupy_array(obj, dtype, what) {
+        return a;
+    }
     let iface = obj.getattr("__cuda_array_interface__").map_err(|_| {
         PyTypeError::new_err(format!(
             "{what} must be a GPU array with __cuda_array_interface__ (CuPy, PyTorch on cuda, Numba), got {}",
@@ -447,7 +550,8 @@ fn gpu(jit: &Jit) -> xcache::Result<xcache::cuda::Cuda> {
 
 /// The stream a launch goes on: `stream=` when given (an int handle, a CuPy `Stream`
 /// (`.ptr`) or a PyTorch `Stream` (`.cuda_stream`)); else the stream the array's
-/// `__cuda_array_interface__` names (CuPy's current stream); else, for a PyTorch
+/// `__cuda_array_interface__` names, or CuPy's current stream for a CuPy array (what
+/// its interface would name); else, for a PyTorch
 /// tensor (whose interface names none), PyTorch's current stream on its device; else
 /// NULL, the legacy default stream.
 fn resolve_stream(
@@ -473,6 +577,9 @@ fn resolve_stream(
         return Ok(s);
     }
     if let Some(a) = array {
+        if let Some(s) = cupy_current_stream(a) {
+            return s;
+        }
         if is_torch_tensor(a) {
             let torch = a.py().import("torch")?;
             let s = torch
@@ -666,6 +773,13 @@ fn kernel_arg(
     first_array: &mut Option<usize>,
 ) -> PyResult<xcache::cuda::launch::Arg> {
     use xcache::cuda::launch::Arg;
+    if let Some(t) = cupy_types(x.py()) {
+        if x.get_type().is(t.ndarray.bind(x.py())) {
+            let ptr: usize = x.getattr("data")?.getattr("ptr")?.extract()?;
+            first_array.get_or_insert(i);
+            return Ok(Arg::Ptr(ptr as u64));
+        }
+    }
     if let Ok(iface) = x.getattr("__cuda_array_interface__") {
         let (ptr, _): (usize, bool) = iface.get_item("data")?.extract()?;
         if stream.is_none() {
@@ -1332,16 +1446,22 @@ impl Cache {
     /// settings (`{"max_size": "5GiB"}`) or an XCACHE_FLAGS-style string. `lock_timeout`
     /// (seconds) bounds every lock wait of this cache's calls (None: wait as long as the
     /// holder needs: a compile is bounded by the `compile_timeout` setting).
+    /// `_settings_of`: start from that cache's settings instead of loading them
+    /// (`Cache.with_runtime_tag`).
     #[new]
-    #[pyo3(signature = (base_dir=None, *, runtime_tag=None, flags=None, lock_timeout=None))]
+    #[pyo3(signature = (base_dir=None, *, runtime_tag=None, flags=None, lock_timeout=None, _settings_of=None))]
     fn new(
         py: Python<'_>,
         base_dir: Option<PathBuf>,
         runtime_tag: Option<String>,
         flags: Option<&Bound<'_, PyAny>>,
         lock_timeout: Option<f64>,
+        _settings_of: Option<PyRef<'_, Cache>>,
     ) -> PyResult<Cache> {
-        let mut config = Config::load().or_py()?;
+        let mut config = match &_settings_of {
+            Some(other) => other.jit.config().clone(),
+            None => Config::load().or_py()?,
+        };
         if let Some(f) = flags {
             if let Ok(s) = f.cast::<PyString>() {
                 config.apply_flags(&s.to_cow()?).or_py()?;

@@ -1,14 +1,17 @@
 """PyTensor graphs compiled through C thunks, for the adapter's tests and benchmark.
 
 Run as a script: ``python pytensor_graphs.py OUT.npz GRAPH... [--adapter]`` compiles
-each graph with ``mode="CVM"`` (every node a C thunk), runs it on fixed inputs, and
-saves the outputs, each graph's ``pytensor.function()`` time and the adapter's counters
-to OUT.npz (and a JSON line on stdout).
+each graph with ``mode="CVM"`` (every node a C thunk; with ``XC_GRAPHS_MODE=default``,
+PyTensor's default mode, its Numba backend), runs it on fixed inputs, and saves the
+outputs to OUT.npz; it prints a JSON line with each graph's ``pytensor.function()``
+time, the adapter's counters and, in the default mode, how many functions Numba
+compiled.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, Callable, Dict, List, Tuple
@@ -19,15 +22,36 @@ Graph = Tuple[Callable[[], Any], Callable[[Any], List[Any]]]
 
 
 def mode() -> Any:
-    """CVM (every node a C thunk); with XC_BENCH_PY_LINKER=1, the same rewrites with
-    PyTensor's Python linker (nothing compiled: the benchmark's floor)."""
+    """CVM (every node a C thunk); with XC_GRAPHS_MODE=default, PyTensor's default mode
+    (its Numba backend); with XC_BENCH_PY_LINKER=1, the same rewrites with PyTensor's
+    Python linker (nothing compiled: the benchmark's floor)."""
     import os
 
     if os.environ.get("XC_BENCH_PY_LINKER") == "1":
         from pytensor.compile.mode import Mode
 
         return Mode(linker="py", optimizer="fast_run")
+    if os.environ.get("XC_GRAPHS_MODE") == "default":
+        return None
     return "CVM"
+
+
+def count_numba_compiles() -> Dict[str, int]:
+    """Counts every function Numba compiles in this process from now on (a cache hit
+    compiles nothing)."""
+    from numba.core import event
+
+    counts = {"compiles": 0}
+
+    class Listener(event.Listener):  # type: ignore[misc]
+        def on_start(self, ev: Any) -> None:
+            counts["compiles"] += 1
+
+        def on_end(self, ev: Any) -> None:
+            pass
+
+    event.register("numba:compile", Listener())
+    return counts
 
 
 def elemwise() -> Graph:
@@ -104,10 +128,13 @@ def main(argv: List[str]) -> None:
 
     if "--adapter" in argv:
         xp.install()
+    numba = count_numba_compiles() if os.environ.get("XC_GRAPHS_MODE") == "default" else None
     import_s = time.perf_counter() - t0
     out_path, names = argv[0], [a for a in argv[1:] if not a.startswith("--")]
     saved: Dict[str, Any] = {}
     timings: Dict[str, float] = {}
+    # The first call: where a JIT backend (Numba) compiles, or loads from its cache.
+    first_call: Dict[str, float] = {}
     for name in names:
         build, run = GRAPHS[name]()
         t = time.perf_counter()
@@ -117,9 +144,19 @@ def main(argv: List[str]) -> None:
         saved[f"{name}__c_thunks"] = np.array(
             sum(1 for n in nodes if hasattr(n.op, "c_code")), dtype=np.int64
         )
-        for i, v in enumerate(run(f)):
+        t = time.perf_counter()
+        outputs = run(f)
+        first_call[name] = time.perf_counter() - t
+        for i, v in enumerate(outputs):
             saved[f"{name}__{i}"] = np.asarray(v)
-    report = {"import_s": import_s, "function_s": timings, "counters": xp.counters()}
+    report = {
+        "import_s": import_s,
+        "function_s": timings,
+        "first_call_s": first_call,
+        "counters": xp.counters(),
+    }
+    if numba is not None:
+        report["numba_compiles"] = numba["compiles"]
     np.savez(out_path, **saved)
     print(json.dumps(report))
 

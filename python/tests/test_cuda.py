@@ -193,7 +193,7 @@ def test_a_warm_cache_made_without_a_gpu_serves_a_fresh_process(
             }
         )
     )
-    env = {**os.environ, "XCACHE_DIR": cache.base_dir, "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "XCACHE_DIR": str(cache.base_dir), "CUDA_VISIBLE_DEVICES": ""}
     p = subprocess.run(
         [sys.executable, "-m", "xcache", "warm", str(manifest), "--arch", arch, "--json"],
         env=env,
@@ -205,7 +205,7 @@ def test_a_warm_cache_made_without_a_gpu_serves_a_fresh_process(
     assert json.loads(p.stdout)["compiled"] == 3, p.stdout
     out = run_python(
         "import json, numpy as np, cupy as cp, xcache\n"
-        f"c = xcache.Cache(base_dir={cache.base_dir!r})\n"
+        f"c = xcache.Cache(base_dir={str(cache.base_dir)!r})\n"
         "def compiles():\n"
         "    return sum(s.compiles + s.misses for s in c.stats() if s.current)\n"
         "before = compiles()\n"

@@ -84,3 +84,18 @@ def test_a_corrupt_member_is_never_served(tmp_path: Path) -> None:
     p.write_bytes(bytes(data))
     assert c.get_group("numba", "m") is None
     assert c.put_group("numba", "m", {"data.nbc": b"a" * 100}).hit is False
+
+
+def test_with_runtime_tag_keeps_the_base_dir_and_settings(tmp_path: Path) -> None:
+    c = xcache.Cache(base_dir=tmp_path / "c", flags={"max_size": "1B"}, lock_timeout=7.5)
+    n = c.with_runtime_tag("numba-0.65.1")
+    assert isinstance(n, xcache.Cache)
+    assert (n.base_dir, n.runtime_tag, n.lock_timeout) == (c.base_dir, "numba-0.65.1", 7.5)
+    assert n.compiledir != c.compiledir and "numba-0.65.1" in str(n.compiledir)
+    # The settings came along: with a 1-byte max_size, prune() (to max_size) removes
+    # what is not in use; with the default it keeps it.
+    d = xcache.Cache(base_dir=tmp_path / "d").with_runtime_tag("numba-0.65.1")
+    for cache in (n, d):
+        cache.put_group("numba", "m", {"data.nbc": b"x" * 4096})
+        cache.prune()
+    assert n.list() == [] and len(d.list()) == 1

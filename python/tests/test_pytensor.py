@@ -17,6 +17,8 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
+import xcache
+
 pytest.importorskip("pytensor", reason="pytensor is not installed (pip install pytensor)")
 if shutil.which("g++") is None:  # pragma: no cover - CI installs it
     pytest.skip("no g++: PyTensor's C backend needs it", allow_module_level=True)
@@ -32,9 +34,12 @@ def graphs(
     xcache_dir: Path,
     adapter: bool,
     extra_flags: str = "",
+    default_mode: bool = False,
 ) -> subprocess.Popen:
     flags = f"base_compiledir={pytensor_dir}" + (f",{extra_flags}" if extra_flags else "")
     env = {**os.environ, "PYTENSOR_FLAGS": flags, "XCACHE_DIR": str(xcache_dir)}
+    if default_mode:  # PyTensor's default mode: its Numba backend
+        env["XC_GRAPHS_MODE"] = "default"
     args = [sys.executable, GRAPHS_SCRIPT, str(out), *names] + (["--adapter"] if adapter else [])
     return subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -77,10 +82,41 @@ def test_results_identical_and_a_second_process_compiles_nothing(
     for k, want in reference.items():
         assert np.array_equal(b[k], want), k
 
-    import xcache
-
     stats = next(s for s in xcache.Cache(base_dir=xc, runtime_tag=_tag()).stats() if s.current)
     assert stats.compiles == first["counters"]["compiles"]
+
+
+@pytest.fixture(scope="module")
+def reference_default_mode(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, np.ndarray]:
+    """The graphs compiled by PyTensor itself in its default mode (Numba)."""
+    pytest.importorskip("numba", reason="numba is not installed (pip install numba)")
+    d = tmp_path_factory.mktemp("reference-default")
+    out = d / "ref.npz"
+    finish(graphs(out, ALL, d / "pytensor", d / "unused", adapter=False, default_mode=True))
+    return dict(np.load(out))
+
+
+def test_default_mode_a_second_process_compiles_nothing(
+    reference_default_mode: Dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    xc = tmp_path / "xcache"
+    first = finish(graphs(tmp_path / "a.npz", ALL, tmp_path / "pt1", xc, True, default_mode=True))
+    assert first["numba_compiles"] > 0
+    # An empty PyTensor base_compiledir, the same xcache cache: Numba compiles nothing.
+    second = finish(graphs(tmp_path / "b.npz", ALL, tmp_path / "pt2", xc, True, default_mode=True))
+    assert second["numba_compiles"] == 0, second
+    for out in ("a.npz", "b.npz"):
+        got = dict(np.load(tmp_path / out))
+        assert got.keys() == reference_default_mode.keys()
+        for k, want in reference_default_mode.items():
+            assert got[k].dtype == want.dtype and np.array_equal(got[k], want), (out, k)
+    # PyTensor's Numba cache directory stays empty: the functions are xcache's groups.
+    for pt in ("pt1", "pt2"):
+        assert [p for p in (tmp_path / pt).rglob("*") if p.is_file()] == [], pt
+    import numba
+
+    groups = xcache.Cache(base_dir=xc, runtime_tag=f"numba-{numba.__version__}").list()
+    assert groups and all(g.language == "numba" for g in groups)
 
 
 def _tag() -> str:
@@ -157,17 +193,20 @@ def _a_waits_b_does_not(
 
 def test_install_and_uninstall() -> None:
     from pytensor.link.c import cmodule
+    from pytensor.link.numba.linker import NumbaLinker
 
-    import xcache
     import xcache.integrations.pytensor as xp
 
     before = cmodule.GCC_compiler.compile_str
+    convert = NumbaLinker.fgraph_convert
     c = xp.install()
     try:
         assert xp.installed() and isinstance(c, xcache.Cache)
         assert c.runtime_tag == _tag()
         assert cmodule.GCC_compiler.compile_str is not before
+        assert NumbaLinker.fgraph_convert is not convert
     finally:
         xp.uninstall()
     assert not xp.installed()
     assert cmodule.GCC_compiler.compile_str is before
+    assert NumbaLinker.fgraph_convert is convert

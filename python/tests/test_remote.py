@@ -5,63 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
-import pytest
+from conftest import free_port
 
 import xcache
-
-REDIS = shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    if REDIS is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            REDIS,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        # Ready when it accepts a connection (no sleeping for a fixed time).
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError as e:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from e
-                time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _counting_cc(tmp_path: Path) -> Path:
@@ -101,7 +51,7 @@ def test_a_second_machine_gets_a_remote_hit_and_loads_it(tmp_path: Path, redis_u
 
 
 def test_an_unreachable_remote_never_fails_a_request(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     c = xcache.Cache(
         base_dir=tmp_path / "c",
         flags={"remote": f"redis://127.0.0.1:{port}/0", "remote_connect_timeout": "200ms"},

@@ -243,6 +243,15 @@ class Cache(_native.Cache):
             sys.modules[name] = module
         return module
 
+    def with_runtime_tag(self, runtime_tag: str) -> Cache:
+        """A cache on this one's base dir, with its settings and lock timeout, under
+        another runtime tag (so another compiledir): what an adapter for another
+        compiler opens, with that compiler's version as the tag (``numba-0.65.1``), so
+        that ``prune --stale`` retires the groups of versions no longer in use."""
+        return type(self)(
+            runtime_tag=runtime_tag, lock_timeout=self.lock_timeout, _settings_of=self
+        )
+
     def list(self, all: bool = False, sort: str = "name") -> List[Entry]:
         """The entries of the current compiledir (of every compiledir with ``all``),
         sorted by ``name``, ``age`` (newest first), ``size`` (largest first) or ``use``

@@ -225,6 +225,7 @@ class Cache:
         runtime_tag: Optional[str] = None,
         flags: Union[Dict[str, Any], str, None] = None,
         lock_timeout: Optional[float] = None,
+        _settings_of: Optional[Cache] = None,
     ) -> None: ...
     @property
     def base_dir(self) -> str: ...

@@ -924,11 +924,14 @@ pub fn resolve_fresh(config: &Config) -> Result<NvrtcTool> {
             binary,
         },
     };
-    let try_compile = |tool: &NvrtcTool, opt: Option<&str>| {
+    let try_compile = |tool: &NvrtcTool, opt: Option<&str>, i: usize| {
         let mut opts = vec![format!("--gpu-architecture={DEFAULT_PTX_ARCH}")];
         opts.extend(opt.map(String::from));
+        // Each probe in a directory of its own (a failed one keeps its source there).
+        let dir = probe_dir.path().join(i.to_string());
+        crate::error::IoContext::ctx(std::fs::create_dir_all(&dir), "creating", &dir)?;
         tool.compile(
-            probe_dir.path(),
+            &dir,
             "probe.cu",
             b"extern \"C\" __global__ void xc_probe() {}\n",
             &[],
@@ -937,25 +940,46 @@ pub fn resolve_fresh(config: &Config) -> Result<NvrtcTool> {
             Duration::from_secs(60),
         )
     };
-    // It must compile at all (its builtins library found, ...) before its options are
-    // asked about.
-    if let Err(e) = try_compile(&probe, None) {
+    // The empty kernel, plain and with each option, compiled at once on threads (NVRTC
+    // is thread-safe): a brand-new cache pays for one probe's time, not five. It must
+    // compile at all (its builtins library found, ...) for the options' answers to mean
+    // anything.
+    let trace = format!(
+        "--fdevice-time-trace={}",
+        probe_dir.path().join("t").display()
+    );
+    let options: [Option<&str>; 5] = [
+        None,
+        Some("-minimal"),
+        Some("--Ofast-compile=min"),
+        Some(&trace),
+        Some("-no-source-include"),
+    ];
+    let results: Vec<Result<_>> = std::thread::scope(|s| {
+        let handles: Vec<_> = options
+            .iter()
+            .enumerate()
+            .map(|(i, opt)| {
+                let probe = &probe;
+                let try_compile = &try_compile;
+                s.spawn(move || try_compile(probe, *opt, i).map(|_| ()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an NVRTC probe thread panicked"))
+            .collect()
+    });
+    if let Err(e) = &results[0] {
         return Err(fail(format!(
             "NVRTC {}.{} cannot compile an empty kernel: {e}",
             version.0, version.1
         )));
     }
-    let accepts = |tool: &NvrtcTool, opt: &str| try_compile(tool, Some(opt)).is_ok();
-    probe.minimal = accepts(&probe, "-minimal");
-    probe.fast_compile = accepts(&probe, "--Ofast-compile=min");
-    probe.time_trace = accepts(
-        &probe,
-        &format!(
-            "--fdevice-time-trace={}",
-            probe_dir.path().join("t").display()
-        ),
-    );
-    if !accepts(&probe, "-no-source-include") {
+    probe.minimal = results[1].is_ok();
+    probe.fast_compile = results[2].is_ok();
+    probe.time_trace = results[3].is_ok();
+    if results[4].is_err() {
         return Err(fail(format!(
             "NVRTC {}.{} does not take -no-source-include, which xcache needs to know every directory it searches",
             version.0, version.1

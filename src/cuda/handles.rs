@@ -382,12 +382,7 @@ impl CudaKernels {
         let mut dev = Planner {
             kernels: self,
             ctx,
-            dev: self
-                .cuda
-                .inner
-                .driver
-                .current_device()
-                .unwrap_or(self.cuda.inner.device),
+            dev: None,
             stream,
             taken: ArrayVec::new(),
         };
@@ -507,7 +502,8 @@ impl CudaKernels {
 struct Planner<'k> {
     kernels: &'k CudaKernels,
     ctx: Context,
-    dev: i32,
+    /// The current device, asked for when a workspace is (most launches need none).
+    dev: Option<i32>,
     stream: Stream,
     taken: ArrayVec<u64, 4>,
 }
@@ -542,7 +538,11 @@ impl crate::cuda::launch::Device for Planner<'_> {
         if self.taken.is_full() {
             return None;
         }
-        let p = d.alloc_async(pool(d, self.dev)?, bytes, self.stream)?;
+        let inner = &self.kernels.cuda.inner;
+        let dev = *self
+            .dev
+            .get_or_insert_with(|| d.current_device().unwrap_or(inner.device));
+        let p = d.alloc_async(pool(d, dev)?, bytes, self.stream)?;
         self.taken.push(p);
         Some(p)
     }

@@ -417,10 +417,7 @@ impl Jit {
         let path = fetched.artifact_path();
         // Read under the key's lock, through the descriptor that was checked, and check
         // the bytes themselves: what is loaded is exactly what was verified.
-        let load = fetched.load_name()?;
-        let bytes =
-            std::fs::read(load.as_ref().map_or(&*path, |n| n.path())).ctx("reading", &path)?;
-        drop(load);
+        let bytes = fetched.read_artifact()?;
         if blake3::hash(&bytes).to_hex().as_str() != fetched.meta.artifact.blake3 {
             return Err(Error::Load {
                 path,

@@ -6,7 +6,11 @@
 //! the request key and the headers' paths and hashes ([`super::key::result_key`]).
 //!
 //! Checking a header costs one `stat` while its signature (size, mtime, ctime, inode,
-//! device) is unchanged; a changed signature means hashing it and comparing. Times are
+//! device) is unchanged; a changed signature means hashing it and comparing, once per
+//! process: the hash is remembered by path and signature ([`VerifiedHashes`]), so the
+//! hundreds of headers that every module of a program shares (Python's, numpy's) are
+//! read once however many manifests name them, and recording a build's headers reuses
+//! what a check read. Times are
 //! compared on the clock the kernel stamps files with ([`file_clock`]), read when the
 //! request arrives ([`build_start`]). A header whose mtime or ctime is at
 //! or after the build's start (within the second before, on file systems without
@@ -25,9 +29,11 @@
 //! one, or empty or damaged — found by its hash and treated as missing; the cost is a
 //! compile, which finds its result already published and records it again.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -82,7 +88,10 @@ fn ns(secs: i64, nsec: i64) -> i128 {
     secs as i128 * 1_000_000_000 + nsec as i128
 }
 
-fn signature(md: &std::fs::Metadata) -> (u64, i128, i128, u64, u64) {
+/// A file's stat signature: size, mtime (ns), ctime (ns), inode, device.
+type Signature = (u64, i128, i128, u64, u64);
+
+fn signature(md: &std::fs::Metadata) -> Signature {
     (
         md.size(),
         ns(md.mtime(), md.mtime_nsec()),
@@ -124,6 +133,59 @@ fn changed_since(md: &std::fs::Metadata, since: SystemTime) -> bool {
         since
     };
     mtime >= limit || ctime >= limit
+}
+
+/// The hashes of header files this process has read, by path and stat signature.
+///
+/// An entry is made only for a signature that can vouch for the contents: one whose
+/// mtime and ctime are before the file clock's reading when the hash was taken (the
+/// "too new" rule, [`changed_since`]). Any later change of the file then gives another
+/// signature (its ctime moves on, whatever is done to its mtime), so an entry is never
+/// wrong, only unused; a header whose signature changed is hashed again. A file too new
+/// to vouch for is hashed every time, as without this.
+#[derive(Debug, Default)]
+pub struct VerifiedHashes {
+    map: Mutex<HashMap<(String, Signature), String>>,
+}
+
+/// Most entries [`VerifiedHashes`] keeps (about 300 bytes each); when full it starts
+/// again, empty.
+pub const MAX_VERIFIED_HASHES: usize = 1 << 16;
+
+impl VerifiedHashes {
+    /// An empty set (tests); the store uses [`VerifiedHashes::process`].
+    pub fn new() -> VerifiedHashes {
+        VerifiedHashes::default()
+    }
+
+    /// This process's.
+    pub fn process() -> &'static VerifiedHashes {
+        static PROCESS: OnceLock<VerifiedHashes> = OnceLock::new();
+        PROCESS.get_or_init(VerifiedHashes::new)
+    }
+
+    fn get(&self, path: &str, sig: &Signature) -> Option<String> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(path.to_string(), *sig)).cloned()
+    }
+
+    fn insert(&self, path: &str, sig: Signature, blake3: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_VERIFIED_HASHES {
+            map.clear();
+        }
+        map.insert((path.to_string(), sig), blake3.to_string());
+    }
+
+    /// How many hashes are remembered.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Largest header xcache hashes: far above any real header, and a bound on what a
@@ -211,15 +273,36 @@ impl HeaderRecord {
         build_start: SystemTime,
         deadline: Option<std::time::Instant>,
     ) -> Result<(HeaderRecord, bool), crate::fsx::NamedFileError> {
+        HeaderRecord::record_with(path, build_start, deadline, VerifiedHashes::process())
+    }
+
+    /// [`HeaderRecord::record`], remembering hashes in `verified`.
+    pub fn record_with(
+        path: &Path,
+        build_start: SystemTime,
+        deadline: Option<std::time::Instant>,
+        verified: &VerifiedHashes,
+    ) -> Result<(HeaderRecord, bool), crate::fsx::NamedFileError> {
         let io = |e| crate::fsx::NamedFileError::Io(path.to_path_buf(), e);
+        let name = path.to_string_lossy().into_owned();
         // Stat before and after hashing: a header rewritten meanwhile is not trusted.
+        // A hash this process took under the same signature is that of these contents.
         let before = std::fs::metadata(path).map_err(io)?;
-        let blake3 = hash_header(path, deadline)?;
-        let after = std::fs::metadata(path).map_err(io)?;
+        let (blake3, after) = match verified.get(&name, &signature(&before)) {
+            Some(h) => (h, before.clone()),
+            None => {
+                let h = hash_header(path, deadline)?;
+                (h, std::fs::metadata(path).map_err(io)?)
+            }
+        };
         let racy = signature(&before) != signature(&after) || changed_since(&after, build_start);
+        if !racy {
+            // Settled before the build started, so before now.
+            verified.insert(&name, signature(&after), &blake3);
+        }
         let (size, mtime_ns, ctime_ns, ino, dev) = signature(&after);
         let rec = HeaderRecord {
-            path: path.to_string_lossy().into_owned(),
+            path: name,
             blake3,
             size,
             mtime_ns,
@@ -232,9 +315,15 @@ impl HeaderRecord {
     }
 
     /// Checks the header on disk against the record: by signature when it vouches, else
-    /// by hash. A header changed at or after `now` cannot be vouched for by a refreshed
-    /// signature.
+    /// by hash (one per process and signature: [`VerifiedHashes::process`]). `now` is a
+    /// [`file_clock`] reading: a header changed at or after it cannot be vouched for by
+    /// a refreshed signature, nor its hash remembered.
     pub fn check(&self, now: SystemTime) -> HeaderCheck {
+        self.check_with(now, VerifiedHashes::process())
+    }
+
+    /// [`HeaderRecord::check`], with the hashes remembered in `verified`.
+    pub fn check_with(&self, now: SystemTime, verified: &VerifiedHashes) -> HeaderCheck {
         let md = match std::fs::metadata(&self.path) {
             Ok(md) => md,
             Err(_) => return HeaderCheck::Changed { now: None },
@@ -244,23 +333,33 @@ impl HeaderRecord {
         {
             return HeaderCheck::Same;
         }
-        match hash(Path::new(&self.path)) {
-            Ok(h) if h == self.blake3 => {
-                let (size, mtime_ns, ctime_ns, ino, dev) = sig;
-                HeaderCheck::SameContent {
-                    refreshed: HeaderRecord {
-                        size,
-                        mtime_ns,
-                        ctime_ns,
-                        ino,
-                        dev,
-                        stat_trusted: !changed_since(&md, now),
-                        ..self.clone()
-                    },
+        let settled = !changed_since(&md, now);
+        let h = match verified.get(&self.path, &sig) {
+            Some(h) => h,
+            None => match hash(Path::new(&self.path)) {
+                Ok(h) => {
+                    if settled {
+                        verified.insert(&self.path, sig, &h);
+                    }
+                    h
                 }
-            }
-            Ok(h) => HeaderCheck::Changed { now: Some(h) },
-            Err(_) => HeaderCheck::Changed { now: None },
+                Err(_) => return HeaderCheck::Changed { now: None },
+            },
+        };
+        if h != self.blake3 {
+            return HeaderCheck::Changed { now: Some(h) };
+        }
+        let (size, mtime_ns, ctime_ns, ino, dev) = sig;
+        HeaderCheck::SameContent {
+            refreshed: HeaderRecord {
+                size,
+                mtime_ns,
+                ctime_ns,
+                ino,
+                dev,
+                stat_trusted: settled,
+                ..self.clone()
+            },
         }
     }
 }
@@ -316,7 +415,8 @@ pub enum ResultCheck {
 }
 
 impl ResultRecord {
-    /// Checks every header, stopping at the first that changed.
+    /// Checks every header, stopping at the first that changed. `now` is a
+    /// [`file_clock`] reading.
     pub fn check(&self, now: SystemTime) -> ResultCheck {
         let mut refreshed = Vec::new();
         for (i, h) in self.headers.iter().enumerate() {
@@ -508,6 +608,73 @@ mod tests {
         assert_ne!(now, r.blake3);
         std::fs::remove_file(&h).unwrap();
         assert_eq!(r.check(later), HeaderCheck::Changed { now: None });
+    }
+
+    #[test]
+    fn a_header_is_hashed_once_per_signature_and_again_when_it_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let h = d.path().join("h.h");
+        std::fs::write(&h, "#define V 1\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(1);
+        let (r, _) = HeaderRecord::record_with(&h, later, None, &VerifiedHashes::new()).unwrap();
+        // Touched, same contents: its signature no longer vouches; hashed, remembered.
+        let f = std::fs::File::options().write(true).open(&h).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        drop(f);
+        let verified = VerifiedHashes::new();
+        assert!(matches!(
+            r.check_with(later, &verified),
+            HeaderCheck::SameContent { refreshed } if refreshed.stat_trusted
+        ));
+        assert_eq!(verified.len(), 1);
+        // The next check under this signature reads nothing: what it remembered decides
+        // (shown by a remembered hash that is not the file's).
+        let sig = signature(&std::fs::metadata(&h).unwrap());
+        verified.insert(&r.path, sig, "remembered");
+        assert_eq!(
+            r.check_with(later, &verified),
+            HeaderCheck::Changed {
+                now: Some("remembered".into())
+            }
+        );
+        // So does recording it for a build.
+        let (rec, racy) = HeaderRecord::record_with(&h, later, None, &verified).unwrap();
+        assert!(!racy);
+        assert_eq!(rec.blake3, "remembered");
+        // Changed contents, same size: another signature, hashed again.
+        std::fs::write(&h, "#define V 2\n").unwrap();
+        let HeaderCheck::Changed { now: Some(now) } = r.check_with(later, &verified) else {
+            panic!()
+        };
+        assert_eq!(now, hash(&h).unwrap());
+        assert_ne!(now, r.blake3);
+    }
+
+    #[test]
+    fn a_header_too_new_is_hashed_every_time() {
+        let d = tempfile::tempdir().unwrap();
+        let h = d.path().join("h.h");
+        std::fs::write(&h, "#define V 1\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(1);
+        let (r, _) = HeaderRecord::record_with(&h, later, None, &VerifiedHashes::new()).unwrap();
+        let f = std::fs::File::options().write(true).open(&h).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        drop(f);
+        // Its ctime is at or after this check's clock reading: another write in the same
+        // tick could leave the same signature, so it vouches for nothing.
+        let verified = VerifiedHashes::new();
+        let before = SystemTime::now() - Duration::from_secs(1);
+        assert!(matches!(
+            r.check_with(before, &verified),
+            HeaderCheck::SameContent { refreshed } if !refreshed.stat_trusted
+        ));
+        assert!(verified.is_empty());
+        // Nor does a build that started before it was written remember it.
+        let (_, racy) = HeaderRecord::record_with(&h, before, None, &verified).unwrap();
+        assert!(racy);
+        assert!(verified.is_empty());
     }
 
     #[test]

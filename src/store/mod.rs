@@ -87,7 +87,8 @@
 //! ([`key::result_key`]).
 //! 1. Read the manifest, without a lock (it is replaced whole). One whose hash fails is
 //!    not trusted: a warning, and on to step 3. Take the first result whose headers all
-//!    match the files now (a stat when the signature vouches, else a hash) and whose key
+//!    match the files now (a stat when the signature vouches, else a hash, read once per
+//!    process and signature: [`manifest::VerifiedHashes`]) and whose key
 //!    is what the request key and those hashes give; do a Hit on its result key (which
 //!    must name the request key in its `entry.json`). A removed or corrupt result: the
 //!    next one.
@@ -357,16 +358,7 @@ impl Fetched {
     /// no private directory), `None`: load [`Fetched::artifact_path`], checked through
     /// descriptors just before.
     pub fn load_name(&mut self) -> Result<Option<private::LoadName>> {
-        if self.artifact.is_none() {
-            let file = match (&self.entry, &self.private) {
-                (Some(dir), _) => dir.open_file(&self.meta.artifact.file, OpenHow::read()),
-                (None, Some(p)) => p
-                    .root()
-                    .open_file(&self.meta.artifact.file, OpenHow::read()),
-                (None, None) => File::open(self.artifact_path()),
-            };
-            self.artifact = Some(file.map_err(|e| Error::io("opening", self.artifact_path(), e))?);
-        }
+        self.open_artifact()?;
         if !proc_fd_works() {
             return Ok(None);
         }
@@ -381,6 +373,37 @@ impl Fetched {
                 Ok(None)
             }
         }
+    }
+
+    /// The artifact's bytes, read through the descriptor that was checked (for a loader
+    /// that takes bytes, such as `cuModuleLoadData`: no name is needed).
+    pub fn read_artifact(&mut self) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        self.open_artifact()?;
+        let file = self.artifact.as_ref().expect("opened above");
+        let path = || self.artifact_path();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("reading", path(), e))?
+            .len();
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, 0)
+            .map_err(|e| Error::io("reading", path(), e))?;
+        Ok(buf)
+    }
+
+    fn open_artifact(&mut self) -> Result<()> {
+        if self.artifact.is_none() {
+            let file = match (&self.entry, &self.private) {
+                (Some(dir), _) => dir.open_file(&self.meta.artifact.file, OpenHow::read()),
+                (None, Some(p)) => p
+                    .root()
+                    .open_file(&self.meta.artifact.file, OpenHow::read()),
+                (None, None) => File::open(self.artifact_path()),
+            };
+            self.artifact = Some(file.map_err(|e| Error::io("opening", self.artifact_path(), e))?);
+        }
+        Ok(())
     }
 
     /// Makes the lock this holds a shared one (see [`LockGuard::downgrade`]).

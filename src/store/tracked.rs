@@ -297,7 +297,9 @@ impl Store {
                 ))
             }
         };
-        let now = std::time::SystemTime::now();
+        // Header times are compared on the clock the kernel stamps files with: a header
+        // written in this tick is too new to be vouched for by its signature.
+        let now = manifest::file_clock();
         for (i, r) in m.results.iter().enumerate() {
             let ResultCheck::Match { refreshed } = r.check(now) else {
                 continue;

@@ -444,21 +444,33 @@ static __device__ __forceinline__ void xc_cols_body(int64_t rows, int64_t cols,
             for (; r < r1; r += TY) a[0] = xc_combine(a[0], xc_one(p[r * cols]));
         }
     }
-    /* Tree over y in shared memory (TY is a power of two). */
+    /* Tree over y in shared memory (TY is a power of two; with one row of threads, as
+     * for a single row or a few, there is nothing to combine: TY is the same for the
+     * whole block, so the barriers are skipped by all its threads or none). */
+    if (TY > 1) {
 #pragma unroll
-    for (int w = 0; w < W; w++) red[(ty * TX + tx) * W + w] = a[w];
-    __syncthreads();
-    for (int s = TY / 2; s > 0; s >>= 1) {
-        if (ty < s) {
-#pragma unroll
-            for (int w = 0; w < W; w++) {
-                a[w] = xc_combine(a[w], red[((ty + s) * TX + tx) * W + w]);
-                red[(ty * TX + tx) * W + w] = a[w];
-            }
-        }
+        for (int w = 0; w < W; w++) red[(ty * TX + tx) * W + w] = a[w];
         __syncthreads();
+        for (int s = TY / 2; s > 0; s >>= 1) {
+            if (ty < s) {
+#pragma unroll
+                for (int w = 0; w < W; w++) {
+                    a[w] = xc_combine(a[w], red[((ty + s) * TX + tx) * W + w]);
+                    red[(ty * TX + tx) * W + w] = a[w];
+                }
+            }
+            __syncthreads();
+        }
     }
-    if (ty == 0 && unit < units) {
+    /* A vector's results in one 16-byte store where out allows it (a single row is a
+     * map: its stores are half the traffic). */
+    if (VECTOR && !SPLIT && ty == 0 && unit < units && ((unsigned long long)out & 15) == 0) {
+        xc_v o;
+{%- for c in ["x", "y", "z", "w"][:lanes] %}
+        o.{{ c }} = xc_final(a[{{ loop.index0 }}], rows);
+{%- endfor %}
+        *reinterpret_cast<xc_v *>(out + unit * W) = o;
+    } else if (ty == 0 && unit < units) {
 #pragma unroll
         for (int w = 0; w < W; w++) {
             const int64_t col = unit * W + w;

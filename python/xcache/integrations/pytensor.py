@@ -33,8 +33,17 @@ What changes, and what does not:
   result is copied to where PyTensor expects it and imported by PyTensor's
   ``dlimport``, as before.
 
-``uninstall()`` restores PyTensor's own functions; ``counters()`` says how many modules
-this process found in xcache and how many it compiled.
+- **PyTensor's Numba backend** (its default mode) keeps its functions through
+  :mod:`xcache.integrations.numba`, installed when the backend first converts a graph
+  (so that a process using only the C backend never imports Numba): PyTensor's own
+  locator still names each function by PyTensor's key, and its data goes to xcache's
+  groups (compiledir ``numba-<version>`` beside this cache) instead of
+  ``base_compiledir/numba``. A process with an empty ``base_compiledir`` and a warm
+  xcache cache compiles nothing, with either backend.
+
+``uninstall()`` restores PyTensor's own functions (and Numba's cache, if this installed
+xcache's); ``counters()`` says how many C modules this process found in xcache and how
+many it compiled.
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ def install(cache: Optional[Cache] = None) -> Cache:
     global _cache
     from pytensor.configdefaults import config
     from pytensor.link.c import cmodule
+    from pytensor.link.numba.linker import NumbaLinker
 
     if not config.cxx:
         raise RuntimeError("PyTensor has no C++ compiler (config.cxx is empty): nothing to compile")
@@ -93,8 +103,10 @@ def install(cache: Optional[Cache] = None) -> Cache:
             _originals["compile_str"] = cmodule.GCC_compiler.__dict__["compile_str"]
             _originals["module_from_key"] = cmodule.ModuleCache.module_from_key
             _originals["march_flags"] = cmodule.GCC_compiler.march_flags
+            _originals["fgraph_convert"] = NumbaLinker.fgraph_convert
         cmodule.GCC_compiler.compile_str = staticmethod(_compile_str)
         cmodule.ModuleCache.module_from_key = _module_from_key
+        NumbaLinker.fgraph_convert = _fgraph_convert
         user_march = any(
             f.startswith(("-march=", "--march=")) for f in config.gcc__cxxflags.split()
         )
@@ -108,16 +120,38 @@ def uninstall() -> None:
     """Restores PyTensor's own compilation. Modules already imported stay in use."""
     global _cache
     from pytensor.link.c import cmodule
+    from pytensor.link.numba.linker import NumbaLinker
 
     with _lock:
         if _originals:
             cmodule.GCC_compiler.compile_str = _originals["compile_str"]
             cmodule.ModuleCache.module_from_key = _originals["module_from_key"]
+            NumbaLinker.fgraph_convert = _originals["fgraph_convert"]
+            if _originals.get("numba_installed"):
+                from . import numba as xn
+
+                xn.uninstall()
             if cmodule.GCC_compiler.march_flags == ["-march=native"]:
                 cmodule.GCC_compiler.march_flags = _originals["march_flags"]
             _originals.clear()
         _modules.clear()
         _cache = None
+
+
+def _fgraph_convert(self: Any, fgraph: Any, **kwargs: Any) -> Any:
+    """``NumbaLinker.fgraph_convert``, where PyTensor's Numba backend makes a graph's
+    functions (with ``cache=True``): Numba's cache goes through xcache from then on."""
+    from . import numba as xn
+
+    with _lock:
+        cache = _cache
+        if cache is not None and not xn.installed():
+            # The Numba adapter's compiledir: this cache's base dir and settings, with
+            # Numba's version as the runtime tag.
+            xn.install(cache)
+            _originals["numba_installed"] = True
+    original: Callable[..., Any] = _originals["fgraph_convert"]
+    return original(self, fgraph, **kwargs)
 
 
 def _command_flags(
