@@ -3,8 +3,8 @@
  * Build and run (from the repository root):
  *   cargo build --release -p xcache-capi
  *   cc -Iinclude examples/xcache_capi.c -Ltarget/release -lxcache \
- *      -Wl,-rpath,"$PWD/target/release" -o xcache_capi
- *   ./xcache_capi [BASE_DIR [INCLUDE_DIR]]   # the first run compiles; the next ones hit
+ *      -Wl,-rpath,"$PWD/target/release" -o target/xcache_capi
+ *   target/xcache_capi [BASE_DIR [INCLUDE_DIR]]   # the first run compiles; the next ones hit
  *
  * BASE_DIR: the cache (default: XCACHE_DIR, else ~/.cache/xcache). INCLUDE_DIR
  * (default: examples/include) holds the header the generated source includes: the

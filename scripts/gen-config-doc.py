@@ -37,7 +37,8 @@ write it (`max_size=5` would be five bytes to one reader and five gigabytes to a
 
 `xcache config` shows each value in the largest unit that divides it, as it can be
 written back (`5GiB`, `5GB`, `36h`); `xcache config set KEY VALUE` writes one setting
-into the config file, checked as above.
+into the config file, checked as above (`xcache -M SIZE`, as ccache spells it, writes
+`max_size`).
 
 | setting | default | what and why |
 |---|---|---|
@@ -53,14 +54,23 @@ last_use_resolution = "6h"
 
 The compiler is also chosen the way the `cc` crate chooses it: `CC`/`CXX`, then
 `CFLAGS`/`CXXFLAGS` (and their target-specific forms) are honoured, and all of them
-enter the key through the resolved compiler path and argument list.
+enter the key through the resolved compiler path and argument list — except dependency
+flags (`-MMD`, `-MF FILE`, …), which are removed with a warning: xcache writes its own
+dependency file (docs/CLI.md, "Compiler flags").
 
 ## Headers and the key
 
-The key covers the source, explicit extra inputs (`SourceRequest::extra_input`,
-`xcache compile --include`) and every flag, but not headers reached through `-I` paths
-or system headers: a code generator that includes its own changing headers should pass
-them as extra inputs. System headers change with the compiler package, whose binary
-identity is in the key.
+What is in the key: the source (or the template and its parameters), the compiler
+(path, version text, binary identity), every flag in order, the target (and the CPU's
+model and features under `-march=native`, the GPU arch for CUDA), the runtime tag,
+explicit extra inputs (`SourceRequest::extra_input`, `xcache compile --include`) — and
+**every header the compiler read**, by content: those beside the source, those reached
+through `-I`/`-isystem` paths (numpy's, Python's, your own), system headers and the
+CUDA toolkit's. xcache writes the compiler's dependency file itself (`-MD -MF`, after
+your flags) and records each header it lists with its hash; a request whose headers
+changed since its last build compiles again, and one whose headers went back to
+earlier contents gets that earlier result. `xcache compile --explain` says which header
+changed, `xcache show KEY` lists them. A code generator that writes its own headers
+needs to do nothing more than write them before the request.
 """.replace("ROWS", rows)
 open('docs/CONFIG.md','w').write(doc)

@@ -14,11 +14,54 @@
 # installed first (`pip install ./python`) when it is a virtual environment. Their
 # counts join the totals, and what they skip is listed with the reason.
 #
+# The examples of README.md and docs/*.md are tests too: cli/tests/docs.rs runs the
+# console sessions (in the first run; those of `python -m xcache` after the package is
+# installed), capi/tests/c_abi.rs the C programs, python/tests/test_docs.py the Python
+# snippets. The examples they skip (marked in the docs' source, or needing what this
+# machine lacks) are listed at the end with the other skips, from target/tmp/doc-examples-*.txt.
+#
+# `scripts/test.sh --setup` makes target/test-venv: a virtual environment with maturin,
+# numpy, pytest, pytensor, ruff, mypy, the nvcc and NVRTC wheels and the package, and
+# says where the wheels' `bin` is. Without XCACHE_PYTHON, this script then uses that
+# venv (and that `bin`, for nvcc and NVRTC) by itself.
+#
 # Arguments go to the first `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
 # To add a suite: run it after the others, add its counts, and add to `skipped` what
 # it could not run here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+venv="$PWD/target/test-venv"
+if [ "${1:-}" = "--setup" ]; then
+  if [ ! -x "$venv/bin/python" ]; then "${PYTHON:-python3}" -m venv "$venv"; fi
+  "$venv/bin/pip" install -q --disable-pip-version-check maturin numpy pytest pytensor numba triton ruff mypy
+  nvbin=""
+  if "$venv/bin/pip" install -q --disable-pip-version-check \
+       nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-crt nvidia-cuda-cccl nvidia-cuda-nvrtc; then
+    nvbin=$(ls -d "$venv"/lib/python3*/site-packages/nvidia/cu*/bin 2>/dev/null | head -n 1)
+  else
+    echo "could not install the nvcc and NVRTC wheels: the CUDA compile tests will be skipped"
+  fi
+  PATH="$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-check \
+    --no-deps --no-build-isolation ./python
+  echo "venv: $venv (numpy, pytest, pytensor, numba, triton, maturin, ruff, mypy, and the xcache package)"
+  if [ -n "$nvbin" ]; then
+    echo "nvcc: $nvbin/nvcc; libnvrtc beside it, in $(dirname "$nvbin")/lib (xcache finds it from nvcc)"
+    echo "for nvcc on your PATH: export PATH=\"$nvbin:\$PATH\""
+  fi
+  echo "run the tests: scripts/test.sh (it uses this venv when XCACHE_PYTHON is unset)"
+  exit 0
+fi
+# The venv of --setup, when there is one and no other Python was named.
+if [ -z "${XCACHE_PYTHON:-}" ] && [ -x "$venv/bin/python" ]; then
+  export XCACHE_PYTHON="$venv/bin/python"
+  export XCACHE_TEST_PYTHON="${XCACHE_TEST_PYTHON:-$XCACHE_PYTHON}"
+  nvbin=$(ls -d "$venv"/lib/python3*/site-packages/nvidia/cu*/bin 2>/dev/null | head -n 1 || true)
+  if [ -n "$nvbin" ]; then export PATH="$nvbin:$PATH"; fi
+  echo "scripts/test.sh: Python $XCACHE_PYTHON${nvbin:+, nvcc and NVRTC from $nvbin} (target/test-venv)"
+fi
+doc_reports="${CARGO_TARGET_DIR:-target}/tmp"
+rm -f "$doc_reports"/doc-examples-*.txt
 
 log=$(mktemp)
 probe=$(mktemp -d)
@@ -100,9 +143,9 @@ py_passed=0 py_failed=0 py_skipped=0
 py=${XCACHE_PYTHON:-python3}
 pylog=$(mktemp)
 if ! command -v "$py" >/dev/null 2>&1; then
-  skipped+=("python/tests, all of it: no Python interpreter ($py)")
+  skipped+=("python/tests and the docs' python -m xcache sessions, all of it: no Python interpreter ($py)")
 elif ! "$py" -c 'import pytest, numpy' >/dev/null 2>&1; then
-  skipped+=("python/tests, all of it: $py has no pytest or numpy (.ci/run installs them: pip install maturin numpy pytest pytensor numba)")
+  skipped+=("python/tests and the docs' python -m xcache sessions, all of it: $py has no pytest or numpy (scripts/test.sh --setup makes a venv with them)")
 else
   if "$py" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
     # A virtual environment: install the package as it is now (incremental builds),
@@ -113,8 +156,10 @@ else
     "$py" -m pip install -q --disable-pip-version-check --no-deps "${isolation[@]}" ./python
   fi
   if ! "$py" -c 'import xcache' >/dev/null 2>&1; then
-    skipped+=("python/tests, all of it: the xcache package is not installed for $py (pip install ./python)")
+    skipped+=("python/tests and the docs' python -m xcache sessions, all of it: the xcache package is not installed for $py (pip install ./python, or scripts/test.sh --setup)")
   else
+    # The docs' `python -m xcache` sessions, now that the package is installed.
+    XCACHE_PYTHON="$py" cargo test -p xcache-cli --test docs -- --ignored python_md_console 2>&1 | tee -a "$log"
     "$py" -m pytest python/tests -q -rs -p no:cacheprovider 2>&1 | tee "$pylog" || true
     # pytest's closing line: "36 passed, 2 skipped in 76.02s" (with -q, undecorated).
     last=$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$pylog" | tail -n 1 || true)
@@ -143,6 +188,15 @@ read -r passed failed skipped_n < <(
       NR > first { i -= $1 + $2 }
       END { print p + 0, f + 0, i + 0 }'
 )
+# The doc examples the Rust doc tests could not run here, with why.
+for f in "$doc_reports"/doc-examples-*.txt; do
+  [ -f "$f" ] || continue
+  while IFS= read -r line; do
+    case "$line" in
+      skipped:*) skipped+=("doc example ${line#skipped: }"); skipped_n=$((skipped_n + 1)) ;;
+    esac
+  done < "$f"
+done
 passed=$((passed + py_passed))
 failed=$((failed + py_failed))
 skipped_n=$((skipped_n + py_skipped))

@@ -154,7 +154,7 @@ pub const SETTINGS: &[SettingInfo] = &[
     SettingInfo {
         name: "handout_grace",
         default: "1m",
-        doc: "A library path handed to a caller that does not hold its lock (`xcache compile` printing it, `Jit::build`) is not removed by clear, prune, purge or the automatic prune for this long after it was handed out (`clear --force` excepted): long enough for a script to dlopen what it was given.",
+        doc: "A library path handed to a caller that does not hold its lock (`xcache compile` printing it, `Jit::build`) is not removed by clear, prune, purge or the automatic prune for this long after it was handed out (`--force` on clear, prune, purge and basecompiledir purge excepted): long enough for a script to dlopen what it was given.",
     },
     SettingInfo {
         name: "keep_failed",

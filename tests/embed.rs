@@ -34,6 +34,7 @@ fn a_held_library_survives_clear_force_and_prune_until_dropped() {
         max_size: Some(1),
         older_than: None,
         stale: false,
+        force: false,
         dry_run: false,
     };
     assert_eq!(other.store().prune(&opts).unwrap().removed_entries, 0);

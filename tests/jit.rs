@@ -492,7 +492,7 @@ fn a_jit_outlives_a_purge_of_its_compiledir() {
     let req = |n: i32| SourceRequest::new(Language::C, format!("int f(void) {{ return {n}; }}\n"));
     jit.build(&req(1)).unwrap();
     let other = Jit::new(config).unwrap();
-    let r = other.store().purge_base(false).unwrap();
+    let r = other.store().purge_base(false, false).unwrap();
     assert_eq!(r.skipped, 0, "{r:?}");
     assert!(!tc.base().exists(), "the base dir itself went");
     let c = jit.compile(&req(2)).unwrap();

@@ -324,3 +324,79 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[path = "../../cli/tests/common/docblocks.rs"]
+mod docblocks;
+
+/// Every C block of README.md and docs/*.md marked `as: program` is a whole program:
+/// compiled against include/xcache.h, linked with libxcache.so and run in a fresh cache.
+/// (The C templates of docs/TEMPLATES.md are compiled by cli/tests/docs.rs.)
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn the_docs_c_programs_compile_and_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ran = Vec::new();
+    for b in docblocks::all_blocks() {
+        if b.lang != "c" || b.directives.kind.as_deref() != Some("program") {
+            continue;
+        }
+        let name = b.place().replace(['/', ':', '.'], "_");
+        let src = tmp.path().join(format!("{name}.c"));
+        std::fs::write(&src, &b.body).unwrap();
+        let exe = tmp.path().join(&name);
+        build_c(&src, &exe, &[]);
+        let cache = tmp.path().join(format!("{name}-cache"));
+        let first = run(&exe, &cache, &[]);
+        let second = run(&exe, &cache, &[]);
+        assert_eq!(first, second.replace("hit", "compiled"), "{}", b.place());
+        ran.push(b.place());
+    }
+    assert!(ran.len() >= 2, "README.md's and docs/PYTHON.md's: {ran:?}");
+    // What ran, for scripts/test.sh's summary.
+    let report = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("doc-examples-c.txt");
+    let lines: Vec<String> = ran.iter().map(|p| format!("ran: {p} (c)")).collect();
+    std::fs::write(report, lines.join("\n") + "\n").unwrap();
+}
+
+/// The build line at the top of examples/xcache_capi.c, run from the repository's root
+/// as written (with the directory of the libxcache.so under test for target/release),
+/// builds the program under target/, never into the repository's root.
+#[test]
+#[ignore = "needs libxcache.so built first: scripts/test.sh runs it after `cargo build -p xcache-capi`"]
+fn the_examples_build_line_builds_into_target() {
+    let text = std::fs::read_to_string(repo().join("examples/xcache_capi.c")).unwrap();
+    let header = &text[..text.find("*/").unwrap()];
+    // The `cc` line and its continuation.
+    let mut line = String::new();
+    let mut lines = header
+        .lines()
+        .map(|l| l.trim_start_matches([' ', '*']).trim());
+    while let Some(l) = lines.next() {
+        if l.starts_with("cc ") {
+            line.push_str(l);
+            while line.ends_with('\\') {
+                line.pop();
+                line.push(' ');
+                line.push_str(lines.next().unwrap());
+            }
+            break;
+        }
+    }
+    assert!(line.contains("-o target/"), "{line}");
+    let lib = lib_dir();
+    let line = line
+        .replace("target/release", lib.to_str().unwrap())
+        .replace("$PWD/", "");
+    let out_name = format!("xcache_capi_doctest_{}", std::process::id());
+    let line = line.replace("-o target/xcache_capi", &format!("-o target/{out_name}"));
+    let status = Command::new("sh")
+        .args(["-c", &line])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{line}");
+    let exe = repo().join("target").join(&out_name);
+    assert!(exe.is_file(), "{line}");
+    assert!(!repo().join(&out_name).exists());
+    std::fs::remove_file(exe).unwrap();
+}

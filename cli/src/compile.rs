@@ -71,6 +71,12 @@ pub struct CompileArgs {
     /// Print a JSON object instead of the path.
     #[arg(long)]
     pub json: bool,
+    /// Compiler flags, everything after `--`, as a compiler's command line takes them
+    /// (`-- -Iinc -DN=4 -O2`), after the --flag ones. Relative search paths (-I,
+    /// -isystem, -iquote, -idirafter, -include, -imacros, -L), here and in --flag, are
+    /// resolved against the current directory.
+    #[arg(last = true, value_name = "COMPILER_FLAGS")]
+    compiler_flags: Vec<String>,
 }
 
 /// An arch, as the `cuda_arch` setting takes it.
@@ -105,6 +111,7 @@ impl CompileArgs {
             arch: None,
             emit: None,
             json,
+            compiler_flags: Vec::new(),
         })
     }
 }
@@ -176,6 +183,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         arch,
         emit,
         json,
+        compiler_flags,
     } = args;
 
     let mut config = config;
@@ -188,11 +196,23 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         });
     }
     let jit = Jit::new(config)?;
+    // The flags as the user's shell gave them, `--flag` ones first: relative search
+    // paths are the user's, resolved here (the library refuses them, as it would look
+    // them up in its build directory).
+    let flags: Vec<String> = flags.iter().chain(compiler_flags).cloned().collect();
+    let resolve = |flags: &[String], language| -> Result<Vec<String>> {
+        let cwd = std::env::current_dir().context("reading the current directory")?;
+        Ok(xcache::compile::flags::absolute_search_paths(
+            flags,
+            xcache::compile::flags::Dialect::of(language),
+            &cwd,
+        ))
+    };
     let mut template_req = None;
     let req = match (source, template) {
         (Some(source), _) => {
             let mut req = SourceRequest::from_file(source)?;
-            req.flags = flags.clone();
+            req.flags = resolve(&flags, req.language)?;
             for h in includes {
                 let name = h
                     .file_name()
@@ -210,7 +230,13 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
                 t = t.param(k, v);
             }
             t.flags = flags.clone();
-            let rendered = jit.render(&t)?;
+            let mut rendered = jit.render(&t)?;
+            if !flags.is_empty() {
+                // The user's flags, with their search paths resolved as the template's
+                // compiler reads them (its language is known once rendered).
+                t.flags = resolve(&flags, rendered.language)?;
+                rendered = jit.render(&t)?;
+            }
             template_req = Some(t);
             rendered
         }

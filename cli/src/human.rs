@@ -131,6 +131,30 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// Use against a limit, as ccache shows its cache size: `0.1 / 5.0 GiB (2.0%)`, both in
+/// the limit's unit; a use too small to show in that unit keeps its own
+/// (`102 KiB / 5.0 GiB (0.0%)`); a limit of 0 is none (`102 KiB, no limit`).
+pub fn use_of_limit(used: u64, limit: u64) -> String {
+    if limit == 0 {
+        return format!("{}, no limit", size(used));
+    }
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    while unit < UNITS.len() - 1 && limit >= 1u64 << (10 * (unit + 1)) {
+        unit += 1;
+    }
+    let scale = (1u64 << (10 * unit)) as f64;
+    let pct = 100.0 * used as f64 / limit as f64;
+    let (u, l) = (used as f64 / scale, limit as f64 / scale);
+    if unit == 0 {
+        format!("{used} / {limit} B ({pct:.1}%)")
+    } else if u >= 0.05 {
+        format!("{u:.1} / {l:.1} {} ({pct:.1}%)", UNITS[unit])
+    } else {
+        format!("{} / {l:.1} {} ({pct:.1}%)", size(used), UNITS[unit])
+    }
+}
+
 /// How long ago `then` was, seen from `now` (both Unix seconds): `just now`, `5m ago`,
 /// `3h ago`, `2d ago`, `7w ago`.
 pub fn age(then: u64, now: u64) -> String {
@@ -151,6 +175,18 @@ pub fn span(secs: u64) -> String {
         120..=7199 => format!("{} min", secs / 60),
         7200..=172_799 => format!("{} h", secs / 3600),
         _ => format!("{} days", secs / 86_400),
+    }
+}
+
+/// A time to come, rounded to its largest unit as settings are written: `30d`, `5h`,
+/// `12m`, `45s` (a remote entry's expiry: `30d`, not `43199m55s`).
+pub fn expiry(secs: u64) -> String {
+    let round = |unit: u64| (secs + unit / 2) / unit;
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", round(60)),
+        7200..=172_799 => format!("{}h", round(3600)),
+        _ => format!("{}d", round(86_400)),
     }
 }
 
@@ -294,6 +330,23 @@ mod tests {
         assert_eq!(span(12 * 60), "12 min");
         assert_eq!(span(5 * 3600), "5 h");
         assert_eq!(span(40 * 86_400 + 1), "40 days");
+    }
+
+    #[test]
+    fn use_against_a_limit() {
+        assert_eq!(use_of_limit(107 << 20, 5 << 30), "0.1 / 5.0 GiB (2.1%)");
+        assert_eq!(use_of_limit(104 << 10, 5 << 30), "104 KiB / 5.0 GiB (0.0%)");
+        assert_eq!(use_of_limit(3 << 30, 2 << 30), "3.0 / 2.0 GiB (150.0%)");
+        assert_eq!(use_of_limit(512, 1000), "512 / 1000 B (51.2%)");
+        assert_eq!(use_of_limit(104 << 10, 0), "104 KiB, no limit");
+    }
+
+    #[test]
+    fn expiries() {
+        assert_eq!(expiry(43_199 * 60 + 55), "30d");
+        assert_eq!(expiry(5 * 3600 - 10), "5h");
+        assert_eq!(expiry(12 * 60 + 20), "12m");
+        assert_eq!(expiry(45), "45s");
     }
 
     #[test]

@@ -22,7 +22,9 @@ mod warm;
 
 /// Compile cache and JIT runtime for generated C and CUDA.
 ///
-/// With no command, prints the current compiledir (as `theano-cache` does).
+/// With no command, prints the current compiledir (as `theano-cache` does). ccache's
+/// and sccache's habits work too: `xcache -s` (--show-stats), `-z` (--zero-stats),
+/// `-M SIZE` (--max-size), `-C` (--clear), in the order given.
 #[derive(Parser, Debug)]
 #[command(name = "xcache", version, about, long_about = None)]
 pub struct Cli {
@@ -30,8 +32,39 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
 
+    /// Show the statistics and the size against max_size (ccache's -s, sccache's
+    /// --show-stats): `xcache stats`.
+    #[arg(short = 's', long = "show-stats")]
+    show_stats: bool,
+
+    /// Reset the statistics (ccache's -z, sccache's --zero-stats): `xcache stats --zero`.
+    #[arg(short = 'z', long = "zero-stats")]
+    zero_stats: bool,
+
+    /// Set max_size in the config file (ccache's -M SIZE; 0: no limit): `xcache config set
+    /// max_size SIZE`. SIZE needs a unit: 5GiB, 500MiB, 5G (powers of 1000, as ccache).
+    #[arg(short = 'M', long = "max-size", value_name = "SIZE")]
+    max_size: Option<String>,
+
+    /// Clear the current compiledir (ccache's -C): `xcache clear` (entries in use and
+    /// paths just handed out stay).
+    #[arg(short = 'C', long = "clear")]
+    clear: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
+
+    /// The command line as given (without the program's name), for what clap does not
+    /// keep: the order of ccache's options, the word a command was called by.
+    #[arg(skip)]
+    raw: Vec<String>,
+}
+
+impl Cli {
+    /// Whether one of ccache's top-level options was given.
+    fn has_habit(&self) -> bool {
+        self.show_stats || self.zero_stats || self.max_size.is_some() || self.clear
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,7 +120,7 @@ enum Command {
     /// compile`) within handout_grace, unless --force.
     Clear {
         /// Also remove entries whose path was handed out recently (entries in use by
-        /// another process are still skipped).
+        /// another process, a pinned one included, are still skipped).
         #[arg(long)]
         force: bool,
         /// Only list what would be removed and the bytes it would free.
@@ -99,6 +132,10 @@ enum Command {
     },
     /// Remove the current compiledir.
     Purge {
+        /// Also remove entries whose path was handed out recently (entries in use by
+        /// another process, a pinned one included, are still skipped).
+        #[arg(long)]
+        force: bool,
         /// Only list what would be removed and the bytes it would free.
         #[arg(long)]
         dry_run: bool,
@@ -107,7 +144,9 @@ enum Command {
         json: bool,
     },
     /// Evict entries by last use down to a low-water mark and by age; remove stale
-    /// compiledirs; collect crashed builds.
+    /// compiledirs; collect crashed builds. `xcache cleanup` (theano-cache's word) is
+    /// this command.
+    #[command(visible_alias = "cleanup")]
     Prune {
         /// Evict least recently used entries while the compiledir is larger than this
         /// (e.g. 500MiB, 1.5GiB, 2GB; 0: no size limit, as for the max_size setting).
@@ -120,6 +159,10 @@ enum Command {
         /// Also remove stale compiledirs (old runtimes or kernels, or unused for stale_after).
         #[arg(long)]
         stale: bool,
+        /// Also remove entries whose path was handed out recently (entries in use by
+        /// another process, a pinned one included, are still skipped).
+        #[arg(long)]
+        force: bool,
         /// Only list what would be removed and the bytes it would free.
         #[arg(long)]
         dry_run: bool,
@@ -317,6 +360,10 @@ enum BaseAction {
     List,
     /// Remove every compiledir and the CACHEDIR.TAG (refused without xcache's tag).
     Purge {
+        /// Also remove entries whose path was handed out recently (entries in use by
+        /// another process, a pinned one included, are still skipped).
+        #[arg(long)]
+        force: bool,
         /// Only list what would be removed and the bytes it would free.
         #[arg(long)]
         dry_run: bool,
@@ -337,12 +384,33 @@ pub fn run_command_line(args: Vec<std::ffi::OsString>) -> ExitCode {
         let json = plain.json;
         let cli = Cli {
             dir: None,
+            show_stats: false,
+            zero_stats: false,
+            max_size: None,
+            clear: false,
             command: Some(Command::Compile(plain)),
+            raw: Vec::new(),
         };
         return finish(run(cli), json);
     }
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(c) => c,
+    let parsed = Cli::try_parse_from(&args).and_then(|c| {
+        if c.command.is_some() && c.has_habit() {
+            Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "-s, -z, -M and -C (--show-stats, --zero-stats, --max-size, --clear) stand alone, as in ccache: `xcache -s`, or the command (`xcache stats`)",
+            ))
+        } else {
+            Ok(c)
+        }
+    });
+    let cli = match parsed {
+        Ok(mut c) => {
+            c.raw = rest
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            c
+        }
         Err(e) => {
             let _ = e.print();
             if !e.use_stderr() {
@@ -462,8 +530,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         | Some(Command::Basecompiledir { action: None, .. }) => true,
         Some(c) => c.json(),
     };
+    if matches!(cli.command, Some(Command::Prune { .. })) && verb(&cli.raw) == Some("cleanup") {
+        eprintln!(
+            "xcache: note: `xcache cleanup` is `xcache prune` (theano-cache's cleanup): it evicts by age and size and collects crashed builds; `xcache verify --repair` mends broken entries, and `xcache clear` removes every entry"
+        );
+    }
     let mut out = human::TerminalSafe::new(std::io::stdout().lock(), !exact);
     let code = match &cli.command {
+        None if cli.has_habit() => {
+            for habit in ccache_habits(&cli) {
+                match habit {
+                    Habit::ShowStats | Habit::ZeroStats => {
+                        let zero = habit == Habit::ZeroStats;
+                        let store = Store::open(&config(&cli)?)?;
+                        let rows = ops::stats::stats(&store, zero)?;
+                        show::stats(&mut out, &rows, zero, false)?;
+                    }
+                    Habit::MaxSize(size) => {
+                        set_setting(&mut out, &cli, "max_size", Some(&size), false)?
+                    }
+                    Habit::Clear => {
+                        let store = Store::open(&config(&cli)?)?;
+                        let report = ops::clean::clear(&store, false, false)?;
+                        show::clean(&mut out, &report, &store, false)?;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
         None => {
             let store = Store::open(&config(&cli)?)?;
             writeln!(out, "{}", store.compiledir().display())?;
@@ -483,14 +577,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let rows = ops::clean::list_compiledirs(&store)?;
                     show::compiledirs(&mut out, &rows, &store, *json)?;
                 }
-                Some(BaseAction::Purge { dry_run }) => {
+                Some(BaseAction::Purge { force, dry_run }) => {
                     // Check before opening: opening would create (and tag) the directory.
                     let base = config.base_dir()?;
                     if !ops::clean::is_xcache_base(&base) {
                         anyhow::bail!(ops::clean::not_an_xcache_base(&base));
                     }
                     let store = Store::open(&config)?;
-                    let report = ops::clean::purge_base(&store, *dry_run)?;
+                    let report = ops::clean::purge_base(&store, *force, *dry_run)?;
                     show::clean(&mut out, &report, &store, *json)?;
                 }
             }
@@ -566,11 +660,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             show::clean(&mut out, &report, &store, *json)?;
             ExitCode::SUCCESS
         }
-        Some(Command::Purge { dry_run, json }) => {
+        Some(Command::Purge {
+            force,
+            dry_run,
+            json,
+        }) => {
             let store = Store::open(&config(&cli)?)?;
             show::clean(
                 &mut out,
-                &ops::clean::purge(&store, *dry_run)?,
+                &ops::clean::purge(&store, *force, *dry_run)?,
                 &store,
                 *json,
             )?;
@@ -580,6 +678,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_size,
             older_than,
             stale,
+            force,
             dry_run,
             json,
         }) => {
@@ -589,6 +688,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_size: *max_size,
                 older_than: *older_than,
                 stale: *stale,
+                force: *force,
                 dry_run: *dry_run,
             };
             let bar = progress::Progress::new("pruning");
@@ -714,30 +814,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ConfigAction::Set { key, value } => (key, Some(value.as_str())),
                 ConfigAction::Unset { key } => (key, None),
             };
-            let env: xcache::config::EnvSnapshot = std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect();
-            let file = xcache::config::file_path(&env).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no config file to write: HOME is not set. Fix: set XCACHE_CONFIG to a path"
-                )
-            })?;
-            xcache::config::write_setting(&file, key, value)?;
-            // Say so when another source wins over the file for this key.
-            let effective = config(&cli)?;
-            let origin = effective.origin(key);
-            let shadowed = !matches!(
-                origin,
-                xcache::config::Origin::File(_) | xcache::config::Origin::Default
-            );
-            show::config_written(
-                &mut out,
-                &file,
-                key,
-                value,
-                shadowed.then_some(&origin),
-                *json,
-            )?;
+            set_setting(&mut out, &cli, key, value, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::Templates { json }) => {
@@ -775,9 +852,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let sub = top.find_subcommand(name).cloned().ok_or_else(|| {
                         anyhow::anyhow!("no command `{name}`; see `xcache --help`")
                     })?;
-                    // The page is xcache-NAME(1), as SEE ALSO of xcache(1) names it.
+                    // The page is xcache-NAME(1), as SEE ALSO of xcache(1) names it, of
+                    // this version of xcache (its header says which).
                     let full: &'static str = Box::leak(format!("xcache-{name}").into_boxed_str());
-                    sub.name(full)
+                    sub.name(full).version(env!("CARGO_PKG_VERSION"))
                 }
             };
             clap_mangen::Man::new(page).render(&mut out)?;
@@ -786,6 +864,119 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     out.flush()?;
     Ok(code)
+}
+
+/// `xcache config set KEY VALUE` (`value` None: `unset KEY`), also `xcache -M SIZE`:
+/// writes the config file and says where, and whether another source wins over it.
+fn set_setting(
+    out: &mut impl Write,
+    cli: &Cli,
+    key: &str,
+    value: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let env: xcache::config::EnvSnapshot = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let file = xcache::config::file_path(&env).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no config file to write: HOME is not set. Fix: set XCACHE_CONFIG to a path"
+        )
+    })?;
+    xcache::config::write_setting(&file, key, value)?;
+    // Say so when another source wins over the file for this key.
+    let effective = config(cli)?;
+    let origin = effective.origin(key);
+    let shadowed = !matches!(
+        origin,
+        xcache::config::Origin::File(_) | xcache::config::Origin::Default
+    );
+    show::config_written(out, &file, key, value, shadowed.then_some(&origin), json)
+}
+
+/// The word the command was called by (`cleanup` for `prune`), past the global
+/// `--dir DIR`.
+fn verb(raw: &[String]) -> Option<&str> {
+    let mut args = raw.iter();
+    while let Some(a) = args.next() {
+        if a == "--dir" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
+}
+
+/// One of ccache's (and sccache's) top-level options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Habit {
+    /// `-s`, `--show-stats`.
+    ShowStats,
+    /// `-z`, `--zero-stats`.
+    ZeroStats,
+    /// `-M SIZE`, `--max-size SIZE`.
+    MaxSize(String),
+    /// `-C`, `--clear`.
+    Clear,
+}
+
+/// The ccache options given, in the order given (as ccache runs them: `xcache -z -s`
+/// zeroes, then shows), read again from the command line that clap accepted.
+fn ccache_habits(cli: &Cli) -> Vec<Habit> {
+    let size = || Habit::MaxSize(cli.max_size.clone().unwrap_or_default());
+    let mut out = Vec::new();
+    let mut args = cli.raw.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--show-stats" => out.push(Habit::ShowStats),
+            "--zero-stats" => out.push(Habit::ZeroStats),
+            "--clear" => out.push(Habit::Clear),
+            "--max-size" => {
+                args.next();
+                out.push(size());
+            }
+            "--dir" => {
+                args.next();
+            }
+            a if a.starts_with("--max-size=") => out.push(size()),
+            a if a.starts_with('-') && !a.starts_with("--") => {
+                // A cluster of short options (`-sz`); `-M` takes the rest, or the next.
+                for (i, c) in a.char_indices().skip(1) {
+                    match c {
+                        's' => out.push(Habit::ShowStats),
+                        'z' => out.push(Habit::ZeroStats),
+                        'C' => out.push(Habit::Clear),
+                        'M' => {
+                            if i + 1 == a.len() {
+                                args.next();
+                            }
+                            out.push(size());
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Parsed from elsewhere (a test): a fixed order.
+    if out.is_empty() {
+        if cli.max_size.is_some() {
+            out.push(size());
+        }
+        if cli.clear {
+            out.push(Habit::Clear);
+        }
+        if cli.zero_stats {
+            out.push(Habit::ZeroStats);
+        }
+        if cli.show_stats {
+            out.push(Habit::ShowStats);
+        }
+    }
+    out
 }
 
 /// Logs to stderr as `xcache: warning: ...`, at the level named by XCACHE_LOG (error,

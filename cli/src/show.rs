@@ -310,6 +310,14 @@ pub fn entries(
         }
         .display()
     )?;
+    let resolution = store.config().last_use_resolution;
+    if !resolution.is_zero() {
+        writeln!(
+            out,
+            "LAST USE is written at most once per {} (last_use_resolution): hits since may not show in it",
+            xcache::config::format_duration(resolution)
+        )?;
+    }
     Ok(())
 }
 
@@ -347,6 +355,20 @@ pub fn size(out: &mut impl Write, r: &SizeReport, json: bool) -> Result<()> {
             &cells,
             &[1, 2, 3, 4]
         )
+    )?;
+    if let Some(current) = r.compiledirs.iter().find(|c| c.current) {
+        use_line(out, current.entries_bytes, r.max_size)?;
+    }
+    Ok(())
+}
+
+/// The current compiledir's entries against `max_size`, as ccache's `-s` shows its
+/// cache size: `max_size: 0.1 / 5.0 GiB (2.0%) in the current compiledir`.
+fn use_line(out: &mut impl Write, used: u64, max_size: u64) -> Result<()> {
+    writeln!(
+        out,
+        "max_size: {} in the current compiledir",
+        human::use_of_limit(used, max_size)
     )?;
     Ok(())
 }
@@ -647,6 +669,9 @@ pub fn stats(out: &mut impl Write, rows: &[StatsRow], zeroed: bool, json: bool) 
             ]
         })
         .collect();
+    if let Some(current) = rows.iter().find(|r| r.current) {
+        use_line(out, current.entries_bytes, current.max_size)?;
+    }
     if !remote.is_empty() {
         writeln!(out)?;
         write!(
@@ -688,7 +713,7 @@ pub fn remote_entries(
                 e.key[..12.min(e.key.len())].to_string(),
                 human::size(e.bytes),
                 e.ttl_secs
-                    .map(|t| human::duration(std::time::Duration::from_secs(t)))
+                    .map(human::expiry)
                     .unwrap_or_else(|| "never".into()),
             ]
         })

@@ -269,7 +269,9 @@ fn list_human_and_json() {
         lines[0].starts_with("KEY") && lines[0].contains("LAST USE"),
         "{text}"
     );
-    assert_eq!(lines.len(), 4, "{text}");
+    // The rows, the total, and how coarse LAST USE is.
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines[4].contains("last_use_resolution"), "{text}");
     // Columns line up: SIZE is right-aligned, so each row's size ends where the header does.
     let end = lines[0].find("SIZE").unwrap() + 4;
     for row in &lines[1..3] {

@@ -223,6 +223,16 @@ fn two_machines_share_hits_through_redis() {
     let l = a.cmd(&["list", "--remote", "--json"]).output().unwrap();
     let l: Value = serde_json::from_slice(&l.stdout).unwrap();
     assert_eq!(l["entries"][0]["key"], va["key"], "{l}");
+    // Its expiry as settings are written (remote_ttl is 30d by default), not 43199m55s.
+    let table = stdout(&a.cmd(&["list", "--remote"]).output().unwrap());
+    let row = table
+        .lines()
+        .find(|r| r.starts_with(&va["key"].as_str().unwrap()[..12]))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        table.starts_with("KEY") && table.contains("EXPIRES IN") && row.ends_with(" 30d"),
+        "{table}"
+    );
     let d = stdout(&a.cmd(&["doctor"]).output().unwrap());
     assert!(d.contains("reachable") && d.contains("writable"), "{d}");
 }

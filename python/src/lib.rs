@@ -1916,6 +1916,7 @@ impl Cache {
             max_size,
             older_than,
             stale,
+            force: false,
             dry_run,
         };
         let r = self.run(py, move |jit| xcache::ops::clean::prune(jit.store(), &opts))?;

@@ -133,6 +133,11 @@ class Stats:
     remote_rejected: int = 0
     remote_err_other: int = 0
     remote_skipped: int = 0
+    #: Entries in it, the apparent bytes of their files (what pruning by size counts),
+    #: and the ``max_size`` setting they are held to (0: no limit).
+    entries: int = 0
+    entries_bytes: int = 0
+    max_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -684,6 +684,43 @@ pub fn check_user_flags(
     Ok(())
 }
 
+/// The user's flags with every relative search path made absolute against `cwd`
+/// (`-Iinc`, `-I inc`, `--include-directory=inc`, `-isystem sys`, `-include x.h`,
+/// `-L lib`: exactly the options [`check_user_flags`] refuses for naming a relative
+/// path), each spelled as written otherwise. A command line does this for its user
+/// (`xcache compile k.c -- -Iinc`), as a compiler run there would read them; the
+/// library itself refuses relative paths, which it would look up in its own build
+/// directory. Paths inside `-Wp,` and `-Xcompiler` lists are left as written (and
+/// refused).
+pub fn absolute_search_paths(flags: &[String], dialect: Dialect, cwd: &Path) -> Vec<String> {
+    let mut out = Vec::with_capacity(flags.len());
+    for opt in parse(flags, dialect) {
+        let relative_value = match (user_rule(&opt, dialect), opt.value) {
+            (Some(Why::RelativePath(p)), Some(v)) if !v.is_empty() && p == v => Some(v),
+            _ => None,
+        };
+        let Some(value) = relative_value else {
+            out.extend(opt.args.iter().cloned());
+            continue;
+        };
+        let path: PathBuf = cwd
+            .join(value)
+            .components()
+            .filter(|c| *c != std::path::Component::CurDir)
+            .collect();
+        // The value ends the option's last argument: joined (`-Iinc`, `--x=inc`) or the
+        // whole of it (`-I inc`).
+        let (last, before) = opt.args.split_last().expect("an option has an argument");
+        out.extend(before.iter().cloned());
+        out.push(format!(
+            "{}{}",
+            &last[..last.len() - value.len()],
+            path.display()
+        ));
+    }
+    out
+}
+
 /// Why the user's option is refused, if it is.
 fn user_rule(o: &Opt, dialect: Dialect) -> Option<Why> {
     let (n, v) = (o.name, o.value.unwrap_or(""));
@@ -1487,6 +1524,68 @@ mod tests {
         assert!(e.reason.contains("relative path"));
         let e = user(&["--include-path=rel"], Dialect::Nvrtc).unwrap_err();
         assert!(e.reason.contains("relative path"));
+    }
+
+    #[test]
+    fn relative_search_paths_are_made_absolute_as_written_and_pass() {
+        let cwd = Path::new("/home/me/proj");
+        for (dialect, given, want) in [
+            (
+                Dialect::Host,
+                &["-Iinc", "-DN=4", "-I", "./sys", "-O2"][..],
+                &[
+                    "-I/home/me/proj/inc",
+                    "-DN=4",
+                    "-I",
+                    "/home/me/proj/sys",
+                    "-O2",
+                ][..],
+            ),
+            (
+                Dialect::Host,
+                &[
+                    "--include-directory=inc",
+                    "-isystem",
+                    "../s",
+                    "-include",
+                    "x.h",
+                ],
+                &[
+                    "--include-directory=/home/me/proj/inc",
+                    "-isystem",
+                    "/home/me/proj/../s",
+                    "-include",
+                    "/home/me/proj/x.h",
+                ],
+            ),
+            (
+                Dialect::Host,
+                &["-I/abs", "-Llib", "-lm", "-iquote", "q"],
+                &[
+                    "-I/abs",
+                    "-L/home/me/proj/lib",
+                    "-lm",
+                    "-iquote",
+                    "/home/me/proj/q",
+                ],
+            ),
+            (
+                Dialect::Nvcc,
+                &["--include-path=inc"],
+                &["--include-path=/home/me/proj/inc"],
+            ),
+            (Dialect::Nvrtc, &["-Iinc"], &["-I/home/me/proj/inc"]),
+        ] {
+            let got = absolute_search_paths(&v(given), dialect, cwd);
+            assert_eq!(got, v(want), "{given:?}");
+            check_user_flags(&got, dialect, &AllowedFlags::default()).unwrap();
+        }
+        // What the policy refuses for other reasons stays as written, and refused.
+        for f in [&["-Wp,-Irel"][..], &["-I"], &["-o", "out"]] {
+            let got = absolute_search_paths(&v(f), Dialect::Host, cwd);
+            assert_eq!(got, v(f));
+            assert!(check_user_flags(&got, Dialect::Host, &AllowedFlags::default()).is_err());
+        }
     }
 
     #[test]

@@ -32,14 +32,14 @@ pub fn prune_with_progress(
     store.prune_with_progress(opts, progress)
 }
 
-/// `xcache purge [--dry-run]`: the current compiledir.
-pub fn purge(store: &Store, dry_run: bool) -> Result<CleanReport> {
-    store.purge(dry_run)
+/// `xcache purge [--force] [--dry-run]`: the current compiledir.
+pub fn purge(store: &Store, force: bool, dry_run: bool) -> Result<CleanReport> {
+    store.purge(force, dry_run)
 }
 
-/// `xcache basecompiledir purge [--dry-run]`.
-pub fn purge_base(store: &Store, dry_run: bool) -> Result<CleanReport> {
-    store.purge_base(dry_run)
+/// `xcache basecompiledir purge [--force] [--dry-run]`.
+pub fn purge_base(store: &Store, force: bool, dry_run: bool) -> Result<CleanReport> {
+    store.purge_base(force, dry_run)
 }
 
 /// How a compiledir stands, as `basecompiledir list` shows it.

@@ -29,6 +29,9 @@ pub struct SizeReport {
     pub compiledirs: Vec<SizeRow>,
     /// Sum over them.
     pub total: SizeRow,
+    /// The `max_size` setting, bytes (0: no limit): the current compiledir's entries
+    /// (`entries_bytes`) are pruned down when they exceed it.
+    pub max_size: u64,
 }
 
 /// Sizes of the current compiledir, or (`all`) of every compiledir.
@@ -71,5 +74,6 @@ pub fn size(store: &Store, all: bool) -> Result<SizeReport> {
     Ok(SizeReport {
         compiledirs: rows,
         total,
+        max_size: store.config().max_size,
     })
 }

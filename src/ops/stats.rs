@@ -14,6 +14,12 @@ pub struct StatsRow {
     pub compiledir: String,
     /// Whether it is the current one.
     pub current: bool,
+    /// Entries in it, from its index.
+    pub entries: u64,
+    /// Apparent bytes of its entries: what pruning by size counts against `max_size`.
+    pub entries_bytes: u64,
+    /// The `max_size` setting, bytes (0: no limit).
+    pub max_size: u64,
     /// The counters.
     #[serde(flatten)]
     pub counters: Counters,
@@ -29,9 +35,14 @@ pub fn stats(store: &Store, zero: bool) -> Result<Vec<StatsRow>> {
         if !cd.current && root.lstat_fast(layout::STATS).is_err() {
             continue;
         }
+        let snap = crate::store::index::snapshot(&root)?;
+        let listed = snap.items();
         rows.push(StatsRow {
             compiledir: cd.name,
             current: cd.current,
+            entries: listed.len() as u64,
+            entries_bytes: listed.iter().map(|r| r.size).sum(),
+            max_size: store.config().max_size,
             counters: collect(&root, zero)?,
         });
     }

@@ -218,6 +218,31 @@ fn header_now(h: &entry::HeaderDigest) -> HeaderNow {
     }
 }
 
+/// What is wrong with `prefix` as the start of a key (64 lowercase hex digits, the
+/// first 2 naming its directory), if anything: each mistake in its own words.
+pub fn key_prefix_problem(prefix: &str) -> Option<String> {
+    if prefix.is_empty() {
+        return Some("no key given".into());
+    }
+    if let Some(c) = prefix.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Some(format!(
+            "{prefix:?} is not the start of a key: keys are hex digits (0-9, a-f), and {c:?} is not one"
+        ));
+    }
+    if prefix.len() < 2 {
+        return Some(format!(
+            "{prefix:?} is too short: give at least 2 digits of the key (its first 2 name the directory it is in)"
+        ));
+    }
+    if prefix.len() > 64 {
+        return Some(format!(
+            "{prefix:?} is longer than a key ({} digits; a key has 64)",
+            prefix.len()
+        ));
+    }
+    None
+}
+
 impl Store {
     /// Why the request `request` (derived from `material`, named `source_name`) would
     /// hit or miss now. Reads the manifest and headers; for a request never built,
@@ -307,9 +332,9 @@ impl Store {
     /// `prefix` (at least 2 hex digits).
     pub fn show(&self, prefix: &str) -> Result<ShowReport> {
         let prefix = prefix.trim().to_ascii_lowercase();
-        if prefix.len() < 2 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Some(why) = key_prefix_problem(&prefix) {
             return Err(Error::InvalidRequest(format!(
-                "{prefix:?} is not a key: give at least the first 2 of its hex digits (`xcache list` shows them)"
+                "{why}. Fix: give a key or its first digits, as `xcache list` shows them (KEY) or `xcache compile --json` prints them (\"key\")"
             )));
         }
         let cd = &self.root();
@@ -396,5 +421,26 @@ impl Store {
             )));
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_prefix_problem;
+
+    #[test]
+    fn each_bad_key_prefix_is_told_what_is_wrong() {
+        assert_eq!(key_prefix_problem("72a7"), None);
+        assert_eq!(key_prefix_problem(&"a".repeat(64)), None);
+        let why = key_prefix_problem("zz").unwrap();
+        assert!(why.contains("hex digits") && why.contains("'z'"), "{why}");
+        let why = key_prefix_problem("7").unwrap();
+        assert!(
+            why.contains("too short") && why.contains("at least 2"),
+            "{why}"
+        );
+        let why = key_prefix_problem(&"a".repeat(65)).unwrap();
+        assert!(why.contains("longer than a key"), "{why}");
+        assert_eq!(key_prefix_problem("").unwrap(), "no key given");
     }
 }

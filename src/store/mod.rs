@@ -425,11 +425,11 @@ impl Fetched {
 
     /// Records that the artifact's path is handed to a caller that will not hold the
     /// key's lock (a script, another process): collectors leave the entry alone until
-    /// the returned time (`handout_grace` from now; `clear --force` excepted). A private
-    /// build is kept instead of removed, and collected after the same grace. Recorded
-    /// under the lock this holds, so a collector that takes the lock next sees it.
-    /// Returns `None` when the hand-out could not be recorded (a read-only cache, which
-    /// nobody can clean either).
+    /// the returned time (`handout_grace` from now; `--force` on the cleaning verbs
+    /// excepted). A private build is kept instead of removed, and collected after the
+    /// same grace. Recorded under the lock this holds, so a collector that takes the
+    /// lock next sees it. Returns `None` when the hand-out could not be recorded (a
+    /// read-only cache, which nobody can clean either).
     pub fn hand_out(&mut self) -> Option<SystemTime> {
         let now = self.clock.now();
         let until = now + self.handout_grace;

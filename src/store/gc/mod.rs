@@ -39,8 +39,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fsx::{Kind, Root};
 use policy::{
-    GcEntry, Leftover, LeftoverFacts, LeftoverRules, Policy, RemoveWhy, StaleWhy, Standing, Sweep,
-    Verdict,
+    EntryVerdict, GcEntry, Leftover, LeftoverFacts, LeftoverRules, Policy, RemoveWhy, StaleWhy,
+    Standing, Sweep, Verdict,
 };
 
 /// What a removed (or skipped) item is.
@@ -206,6 +206,9 @@ pub struct PruneOptions {
     pub older_than: Option<Duration>,
     /// Also remove stale compiledirs.
     pub stale: bool,
+    /// Also remove entries whose path was handed out within `handout_grace` (never
+    /// those in use: a pinned or loading entry stays).
+    pub force: bool,
     /// Only report.
     pub dry_run: bool,
 }
@@ -233,28 +236,37 @@ pub fn remove_entry(
     handout_grace: Duration,
     force: bool,
 ) -> Result<Removal> {
-    Remover::new(cd, now, handout_grace, force).remove(key, None, None)
+    Remover::new(cd, now, handout_grace, force, false).remove(key, None, None)
 }
 
 /// Removes entries of one compiledir, appending their `D` records to its index through
-/// one writer.
+/// one writer. In a dry run it judges each entry as the real run would
+/// ([`policy::entry_verdict`], the lock probed instead of taken) and removes nothing.
 struct Remover<'a> {
     cd: &'a Root,
     now: SystemTime,
     handout_grace: Duration,
     force: bool,
+    dry_run: bool,
     index: index::Writer<'a>,
     /// `tmp/` was made (or found) by this remover: once is enough.
     tmp_ready: bool,
 }
 
 impl<'a> Remover<'a> {
-    fn new(cd: &'a Root, now: SystemTime, handout_grace: Duration, force: bool) -> Self {
+    fn new(
+        cd: &'a Root,
+        now: SystemTime,
+        handout_grace: Duration,
+        force: bool,
+        dry_run: bool,
+    ) -> Self {
         Remover {
             cd,
             now,
             handout_grace,
             force,
+            dry_run,
             index: index::Writer::new(cd),
             tmp_ready: false,
         }
@@ -266,31 +278,44 @@ impl<'a> Remover<'a> {
     ///
     /// `bytes`: its size as listed, when known (what a sweep reports); else it is
     /// measured.
+    ///
+    /// In a dry run, `Removed` means it would be removed.
     fn remove(&mut self, key: &Key, chosen_at: Option<u64>, bytes: Option<u64>) -> Result<Removal> {
         let cd = self.cd;
         let lock_rel = layout::lock(key);
-        let Some(guard) = lock::try_lock_exclusive(cd, &lock_rel)? else {
-            return Ok(Removal::Busy);
+        // The real run holds the lock from here on; a dry run only asks whether someone
+        // else does (without creating the lock file).
+        let (guard, in_use) = if self.dry_run {
+            (None, lock::probe(cd, &lock_rel) == LockState::Held)
+        } else {
+            match lock::try_lock_exclusive(cd, &lock_rel)? {
+                Some(g) => (Some(g), false),
+                None => (None, true),
+            }
         };
         let rel = layout::entry(key);
         let removal = match cd.lstat_fast(&rel) {
+            // Gone, or not there yet: its lock's holder may be building it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && in_use => Removal::Busy,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Removal::Gone,
             Err(e) => return Err(io_below("inspecting", cd, &rel, e)),
             Ok(_) => {
-                let handed = entry::mtime(cd, rel.join(layout::HANDED_OUT));
-                match handed.map(|t| t + self.handout_grace) {
-                    Some(until) if !self.force && until > self.now => {
-                        return Ok(Removal::HandedOut(until))
-                    }
-                    _ => {}
-                }
-                let used = entry::last_use(cd, &rel);
-                if let (Some(chosen), Some(used)) = (chosen_at, used) {
-                    if unix_secs(used) > chosen {
-                        return Ok(Removal::UsedSince(used));
-                    }
+                let facts = policy::EntryFacts {
+                    in_use,
+                    handed_out: entry::mtime(cd, rel.join(layout::HANDED_OUT)),
+                    last_use: entry::last_use(cd, &rel),
+                    chosen_at,
+                };
+                match policy::entry_verdict(&facts, self.now, self.handout_grace, self.force) {
+                    EntryVerdict::InUse => return Ok(Removal::Busy),
+                    EntryVerdict::HandedOut(until) => return Ok(Removal::HandedOut(until)),
+                    EntryVerdict::UsedSince(used) => return Ok(Removal::UsedSince(used)),
+                    EntryVerdict::Remove => {}
                 }
                 let bytes = bytes.unwrap_or_else(|| scan::tree_bytes(cd, &rel, &[]).0);
+                if self.dry_run {
+                    return Ok(Removal::Removed(bytes));
+                }
                 let trash = TmpName::new(TmpKind::Removal, key);
                 let make_tmp = || {
                     cd.mkdir(layout::TMP, super::trust::dir_mode())
@@ -322,7 +347,10 @@ impl<'a> Remover<'a> {
             }
         };
         // Safe under the lock: a waiter on this file re-checks the inode (see `lock`).
-        let _ = cd.remove_file(&lock_rel);
+        // Without it (a dry run, or another process holds it), the file stays.
+        if guard.is_some() {
+            let _ = cd.remove_file(&lock_rel);
+        }
         drop(guard);
         Ok(removal)
     }
@@ -338,19 +366,16 @@ impl<'a> Remover<'a> {
         // Chosen by its age: a use since the listing saves it.
         let chosen_at = matches!(reason, Reason::OlderThan { .. } | Reason::OverSize { .. })
             .then(|| row.last_touch());
-        let skipped = if report.dry_run {
-            Some(Skip::DryRun)
-        } else {
-            match self.remove(&key, chosen_at, Some(row.size))? {
-                Removal::Removed(_) | Removal::Gone => None,
-                Removal::Busy => Some(Skip::InUse),
-                Removal::HandedOut(until) => Some(Skip::HandedOut {
-                    until: unix_secs(until),
-                }),
-                Removal::UsedSince(t) => Some(Skip::UsedSince {
-                    last_use: unix_secs(t),
-                }),
-            }
+        let skipped = match self.remove(&key, chosen_at, Some(row.size))? {
+            Removal::Removed(_) | Removal::Gone if self.dry_run => Some(Skip::DryRun),
+            Removal::Removed(_) | Removal::Gone => None,
+            Removal::Busy => Some(Skip::InUse),
+            Removal::HandedOut(until) => Some(Skip::HandedOut {
+                until: unix_secs(until),
+            }),
+            Removal::UsedSince(t) => Some(Skip::UsedSince {
+                last_use: unix_secs(t),
+            }),
         };
         report.push(Action {
             kind: ItemKind::Entry,
@@ -682,14 +707,15 @@ fn remove_compiledir_rest(cd: &Root) -> Option<PathBuf> {
 }
 
 /// Removes the compiledir `name` of `base` whole: its entries one by one under
-/// try-locks (each respecting its hand-out), its leftovers as a purge, then, if nothing
-/// was in use, what else xcache put there and the directory itself.
+/// try-locks (each respecting its hand-out, unless `force`), its leftovers as a purge,
+/// then, if nothing was in use, what else xcache put there and the directory itself.
 fn remove_compiledir(
     base: &Root,
     name: &str,
     reason: Reason,
     now: SystemTime,
     config: &Config,
+    force: bool,
     report: &mut CleanReport,
 ) -> Result<()> {
     let path = base.join(name);
@@ -717,10 +743,11 @@ fn remove_compiledir(
         report.push(action);
         return Ok(());
     }
-    // A dry run lists the same entries and leftovers as the real run would.
+    // A dry run lists the same entries and leftovers as the real run would, judged
+    // the same way.
     let first = report.actions.len();
     let mut busy = 0;
-    let mut remover = Remover::new(&cd, now, config.handout_grace, false);
+    let mut remover = Remover::new(&cd, now, config.handout_grace, force, report.dry_run);
     for row in scan::entries(&cd)? {
         let before = report.actions.len();
         remover.remove_row(&row, Reason::Purge, report)?;
@@ -739,7 +766,7 @@ fn remove_compiledir(
     }
     // What is left besides the entries and leftovers, counted one by one above.
     action.bytes = scan::tree_bytes(&cd, "", &[]).0;
-    if report.dry_run {
+    if busy == 0 && live == 0 && report.dry_run {
         let listed: u64 = report.actions[first..].iter().map(|a| a.bytes).sum();
         action.bytes = action.bytes.saturating_sub(listed);
         action.skipped = Some(Skip::DryRun);
@@ -835,7 +862,7 @@ impl Store {
         let now = self.clock().now();
         let mut report = CleanReport::dry(dry_run);
         let cd = self.root();
-        let mut remover = Remover::new(&cd, now, self.config().handout_grace, force);
+        let mut remover = Remover::new(&cd, now, self.config().handout_grace, force, dry_run);
         for row in self.entries()? {
             remover.remove_row(&row, Reason::Clear, &mut report)?;
         }
@@ -881,7 +908,7 @@ impl Store {
             low_water: config.low_water,
             older_than: opts.older_than,
         };
-        self.prune_entries(&policy, now, &mut report, progress)?;
+        self.prune_entries(&policy, now, opts.force, &mut report, progress)?;
         let rules = rules(config);
         collect_leftovers(&self.root(), Sweep::Routine, &rules, now, &mut report)?;
         collect_private(now, &rules, &mut report);
@@ -894,6 +921,7 @@ impl Store {
                         Reason::Stale { stale },
                         now,
                         config,
+                        opts.force,
                         &mut report,
                     )?;
                 }
@@ -906,6 +934,7 @@ impl Store {
         &self,
         policy: &Policy,
         now: SystemTime,
+        force: bool,
         report: &mut CleanReport,
         progress: &dyn Fn(u64, u64),
     ) -> Result<()> {
@@ -921,7 +950,8 @@ impl Store {
             .collect();
         let victims = policy::select_victims(&gc_entries, now, policy);
         let cd = self.root();
-        let mut remover = Remover::new(&cd, now, self.config().handout_grace, false);
+        let mut remover =
+            Remover::new(&cd, now, self.config().handout_grace, force, report.dry_run);
         for (done, i) in victims.iter().copied().enumerate() {
             let reason = match policy.older_than {
                 Some(max)
@@ -943,8 +973,9 @@ impl Store {
         Ok(())
     }
 
-    /// `xcache purge`: the current compiledir, whole (unless something in it is in use).
-    pub fn purge(&self, dry_run: bool) -> Result<CleanReport> {
+    /// `xcache purge`: the current compiledir, whole (unless something in it is in use;
+    /// entries handed out within `handout_grace` stay too, unless `force`).
+    pub fn purge(&self, force: bool, dry_run: bool) -> Result<CleanReport> {
         let mut report = CleanReport::dry(dry_run);
         let name = self
             .compiledir()
@@ -957,6 +988,7 @@ impl Store {
             Reason::Purge,
             self.clock().now(),
             self.config(),
+            force,
             &mut report,
         )?;
         Ok(report)
@@ -964,8 +996,8 @@ impl Store {
 
     /// `xcache basecompiledir purge`: every compiledir, then the tag and the base dir
     /// itself if nothing else is left. Refuses a directory without xcache's
-    /// `CACHEDIR.TAG`.
-    pub fn purge_base(&self, dry_run: bool) -> Result<CleanReport> {
+    /// `CACHEDIR.TAG`. `force`: as for [`Store::purge`].
+    pub fn purge_base(&self, force: bool, dry_run: bool) -> Result<CleanReport> {
         let base = self.base_dir();
         if !is_xcache_base(base) {
             return Err(not_an_xcache_base(base));
@@ -979,6 +1011,7 @@ impl Store {
                 Reason::Purge,
                 now,
                 self.config(),
+                force,
                 &mut report,
             )?;
         }
@@ -1029,7 +1062,7 @@ impl Store {
                     low_water: config.low_water,
                     older_than: None,
                 };
-                self.prune_entries(&policy, now, &mut report, &|_, _| {})?;
+                self.prune_entries(&policy, now, false, &mut report, &|_, _| {})?;
             }
             collect_manifests(cd, Sweep::Routine);
             collect_leftovers(cd, Sweep::Routine, &rules, now, &mut report)
@@ -1170,7 +1203,7 @@ mod tests {
         let f = fixture(&[]);
         let (a, b) = (publish(&f, 1, 10), publish(&f, 2, 10));
         let cd = &f.store.root();
-        let mut remover = Remover::new(cd, f.clock.now(), Duration::ZERO, false);
+        let mut remover = Remover::new(cd, f.clock.now(), Duration::ZERO, false, false);
         assert!(matches!(
             remover.remove(&a, None, None).unwrap(),
             Removal::Removed(_)
@@ -1242,7 +1275,7 @@ mod tests {
         let used = f.clock.now();
         let now = used + Duration::from_secs(1);
         let cd = f.store.root();
-        let mut r = Remover::new(&cd, now, Duration::ZERO, false);
+        let mut r = Remover::new(&cd, now, Duration::ZERO, false, false);
         assert_eq!(
             r.remove(&k, Some(chosen), None).unwrap(),
             Removal::UsedSince(used)
@@ -1265,7 +1298,7 @@ mod tests {
             (r.removed_entries, r.actions[0].skipped.clone()),
             (1, Some(Skip::DryRun))
         );
-        let r = f.store.purge(true).unwrap();
+        let r = f.store.purge(false, true).unwrap();
         assert_eq!(r.actions[0].skipped, Some(Skip::DryRun));
         assert_eq!(count(&f), 1);
         assert!(f.store.compiledir().exists());
@@ -1338,7 +1371,7 @@ mod tests {
         publish(&f, 1, 10);
         let cd = f.store.compiledir().to_path_buf();
         std::fs::write(cd.join("tmp/notes.txt"), "mine").unwrap();
-        let r = f.store.purge(false).unwrap();
+        let r = f.store.purge(false, false).unwrap();
         let last = r.actions.last().unwrap();
         assert_eq!(last.kind, ItemKind::Compiledir);
         assert_eq!(
@@ -1355,7 +1388,7 @@ mod tests {
         std::fs::remove_file(cd.join("tmp/notes.txt")).unwrap();
         // Reopen (purge removed the directories) and purge again: now it goes whole.
         let store = Store::open_with_clock(f.store.config(), f.clock.clone()).unwrap();
-        let r = store.purge(false).unwrap();
+        let r = store.purge(false, false).unwrap();
         assert_eq!(r.actions.last().unwrap().skipped, None, "{r:?}");
         assert!(!cd.exists());
     }

@@ -380,6 +380,67 @@ pub fn leftover_verdict(f: &LeftoverFacts, sweep: Sweep, rules: &LeftoverRules) 
     }
 }
 
+/// What is known of an entry chosen for removal (by `clear`, `purge`, or its age or
+/// size), when it is judged. A real run asks under the key's try-lock, a dry run
+/// probes the lock and asks the same; both then follow [`entry_verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryFacts {
+    /// Another process holds the key's lock: it is loading, pinning or building it.
+    pub in_use: bool,
+    /// When its path was last handed out (`xcache compile` printing it, `Jit::build`).
+    pub handed_out: Option<SystemTime>,
+    /// Its last use, as its `last-use` marker says now.
+    pub last_use: Option<SystemTime>,
+    /// The last use it was chosen for, Unix seconds, when it was chosen by its age or
+    /// by size (a use since then saves it); `None` for `clear` and `purge`.
+    pub chosen_at: Option<u64>,
+}
+
+/// The verdict on an entry chosen for removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryVerdict {
+    /// It goes.
+    Remove,
+    /// Another process holds its lock: kept, whatever `force` says (a pinned entry is
+    /// never removed).
+    InUse,
+    /// Its path was handed out within `handout_grace`: kept until then, unless forced.
+    HandedOut(SystemTime),
+    /// Chosen by its last use, but used since: kept.
+    UsedSince(SystemTime),
+}
+
+/// Decides whether an entry chosen for removal goes: the one rule `clear`, `purge`,
+/// `prune`, `basecompiledir purge` and the automatic prune follow, in real runs and
+/// dry runs alike.
+///
+/// - in use (its lock held by another process: loading, pinned, building): kept,
+///   forced or not;
+/// - handed out within `handout_grace`: kept, unless `force`;
+/// - chosen by its last use and used since: kept;
+/// - else it goes.
+pub fn entry_verdict(
+    f: &EntryFacts,
+    now: SystemTime,
+    handout_grace: Duration,
+    force: bool,
+) -> EntryVerdict {
+    if f.in_use {
+        return EntryVerdict::InUse;
+    }
+    if let Some(until) = f.handed_out.map(|t| t + handout_grace) {
+        if !force && until > now {
+            return EntryVerdict::HandedOut(until);
+        }
+    }
+    if let (Some(chosen), Some(used)) = (f.chosen_at, f.last_use) {
+        if crate::clock::unix_secs(used) > chosen {
+            return EntryVerdict::UsedSince(used);
+        }
+    }
+    EntryVerdict::Remove
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,5 +792,61 @@ mod tests {
         );
         assert_eq!(split_runtime_tag("cpython"), None);
         assert_eq!(split_runtime_tag("x-3.11rc1"), None);
+    }
+
+    #[test]
+    fn an_entry_in_use_stays_forced_or_not_a_handed_out_one_unless_forced() {
+        let grace = Duration::from_secs(60);
+        let facts = |in_use, handed_secs_ago: Option<u64>| EntryFacts {
+            in_use,
+            handed_out: handed_secs_ago.map(at),
+            last_use: Some(at(DAY)),
+            chosen_at: None,
+        };
+        for force in [false, true] {
+            assert_eq!(
+                entry_verdict(&facts(true, None), now(), grace, force),
+                EntryVerdict::InUse
+            );
+            assert_eq!(
+                entry_verdict(&facts(false, None), now(), grace, force),
+                EntryVerdict::Remove
+            );
+            // Handed out longer ago than the grace: nothing protects it.
+            assert_eq!(
+                entry_verdict(&facts(false, Some(61)), now(), grace, force),
+                EntryVerdict::Remove
+            );
+        }
+        assert_eq!(
+            entry_verdict(&facts(false, Some(10)), now(), grace, false),
+            EntryVerdict::HandedOut(at(10) + grace)
+        );
+        assert_eq!(
+            entry_verdict(&facts(false, Some(10)), now(), grace, true),
+            EntryVerdict::Remove
+        );
+    }
+
+    #[test]
+    fn an_entry_chosen_by_its_age_and_used_since_stays() {
+        let f = EntryFacts {
+            in_use: false,
+            handed_out: None,
+            last_use: Some(at(5)),
+            chosen_at: Some(T0 - DAY),
+        };
+        assert_eq!(
+            entry_verdict(&f, now(), Duration::ZERO, true),
+            EntryVerdict::UsedSince(at(5))
+        );
+        let unused = EntryFacts {
+            last_use: Some(at(DAY)),
+            ..f
+        };
+        assert_eq!(
+            entry_verdict(&unused, now(), Duration::ZERO, false),
+            EntryVerdict::Remove
+        );
     }
 }
