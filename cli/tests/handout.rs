@@ -239,14 +239,25 @@ fn assert_purge_race_clean(out: bool) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let (t, errors) = race_against(&env, "0s", out, false, PURGES, secs);
-    assert!(t.requests.load(Ordering::Relaxed) > 8, "too few requests");
-    assert_eq!(t.failed.load(Ordering::Relaxed), 0, "{errors:#?}");
-    assert_eq!(t.wrong.load(Ordering::Relaxed), 0);
-    assert_eq!(t.cleaner_failed.load(Ordering::Relaxed), 0, "{errors:#?}");
+    // On a loaded machine the clients may hold a lock at every moment a purge looks,
+    // so that no compiledir goes within one round: race again (at most 4 rounds) until
+    // one has, every round held to the same checks.
+    let mut purged = 0;
+    for _ in 0..4 {
+        let (t, errors) = race_against(&env, "0s", out, false, PURGES, secs);
+        assert!(t.requests.load(Ordering::Relaxed) > 8, "too few requests");
+        assert_eq!(t.failed.load(Ordering::Relaxed), 0, "{errors:#?}");
+        assert_eq!(t.wrong.load(Ordering::Relaxed), 0);
+        assert_eq!(t.cleaner_failed.load(Ordering::Relaxed), 0, "{errors:#?}");
+        purged +=
+            t.compiledirs_removed.load(Ordering::Relaxed) + t.recovered.load(Ordering::Relaxed);
+        if purged > 0 {
+            break;
+        }
+    }
     assert!(
-        t.compiledirs_removed.load(Ordering::Relaxed) + t.recovered.load(Ordering::Relaxed) > 0,
-        "no compiledir was purged under a request: the race tested nothing"
+        purged > 0,
+        "no compiledir was purged under a request in 4 rounds: the race tested nothing"
     );
 }
 
