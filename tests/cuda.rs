@@ -607,6 +607,16 @@ fn gpu_reduce<T: Num>(jit: &Jit, cuda: &Cuda) {
         (4, 1 << 20),
         (1, (1 << 21) + 3),
         (100_003, 5),
+        // narrow rows, few rows, single columns (each aligned and one element in)
+        (9, 1),
+        (9, 2),
+        (100_001, 2),
+        (300_007, 1),
+        (2, 9),
+        (2, 8),
+        (4, 100_004),
+        (3, 70_001),
+        (1, 4096),
     ];
     for axis in [1, 0] {
         for op in ["sum", "max", "min", "mean"] {

@@ -42,6 +42,7 @@ fn launcher_kernels(name: &str, source: &str) -> Vec<String> {
     match name {
         "cuda/elemwise" => vec!["xc_vector".into(), "xc_scalar".into()],
         "cuda/reduce" => {
+            const LONG: [&str; 3] = ["xc_rows_block", "xc_rows_block_split", "xc_rows_finish"];
             let p = ReducePlan::parse(source).unwrap();
             if p.axis == 1 {
                 let mut v: Vec<String> = [1, 2, 4, 8, 16, 32]
@@ -49,19 +50,27 @@ fn launcher_kernels(name: &str, source: &str) -> Vec<String> {
                     .flat_map(|t| ["v", "s"].map(|x| format!("xc_rows_team_{t}_{x}")))
                     .collect();
                 v.extend(
-                    ["xc_rows_block", "xc_rows_block_split", "xc_rows_finish"].map(String::from),
+                    (1..p.vec)
+                        .filter(|c| p.vec % c == 0)
+                        .map(|c| format!("xc_rows_narrow_{c}")),
                 );
+                v.extend(LONG.map(String::from));
                 v
             } else {
-                [
+                let mut v: Vec<String> = [
                     "xc_cols_v",
                     "xc_cols_s",
                     "xc_cols_v_split",
                     "xc_cols_s_split",
                     "xc_cols_finish",
+                    "xc_cols_few_v",
+                    "xc_cols_few_s",
                 ]
                 .map(String::from)
-                .to_vec()
+                .to_vec();
+                // A single column is reduced as a single long row.
+                v.extend(LONG.map(String::from));
+                v
             }
         }
         _ => {

@@ -11,7 +11,8 @@ use xcache::{Config, Jit, SourceRequest, TemplateRequest};
 /// Arguments of `xcache compile`.
 #[derive(clap::Args, Debug)]
 pub struct CompileArgs {
-    /// The source file (.c for C; .cc, .cpp, .cxx for C++).
+    /// The source file (.c for C; .cc, .cpp, .cxx for C++; .cu for CUDA, or any name
+    /// with --cuda).
     #[arg(required_unless_present = "template", conflicts_with = "template")]
     source: Option<PathBuf>,
     /// Compile this op template instead of a file (see `xcache templates`).
@@ -68,6 +69,11 @@ pub struct CompileArgs {
     /// shared object by nvcc, host code included (the default for a .cu file).
     #[arg(long, value_name = "KIND", value_parser = ["cubin", "ptx", "so"])]
     emit: Option<String>,
+    /// Compile SOURCE as CUDA whatever its name (as `nvcc -x cu`): device code by
+    /// NVRTC with --emit cubin or ptx, a shared object by nvcc with --emit so (the
+    /// default).
+    #[arg(long, conflicts_with = "template")]
+    cuda: bool,
     /// Print a JSON object instead of the path.
     #[arg(long)]
     pub json: bool,
@@ -110,6 +116,7 @@ impl CompileArgs {
             explain: false,
             arch: None,
             emit: None,
+            cuda: false,
             json,
             compiler_flags: Vec::new(),
         })
@@ -182,6 +189,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
         explain,
         arch,
         emit,
+        cuda,
         json,
         compiler_flags,
     } = args;
@@ -211,7 +219,11 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
     let mut template_req = None;
     let req = match (source, template) {
         (Some(source), _) => {
-            let mut req = SourceRequest::from_file(source)?;
+            let mut req = if cuda {
+                SourceRequest::from_file_as(&source, xcache::Language::Cuda)?
+            } else {
+                SourceRequest::from_file(&source)?
+            };
             req.flags = resolve(&flags, req.language)?;
             for h in includes {
                 let name = h

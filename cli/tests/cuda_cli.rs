@@ -138,3 +138,43 @@ fn warm_for_two_arches_and_a_bundle_carry_the_cubins() {
     .unwrap();
     assert_eq!(again["hits"], 6, "{again}");
 }
+
+#[test]
+#[ignore = "needs libnvrtc: scripts/test.sh runs it where xcache doctor finds NVRTC"]
+fn cuda_source_under_any_name_builds_a_cubin_with_dash_dash_cuda() {
+    let env = Env::new();
+    let src = "extern \"C\" __global__ void scale(float *x, float a, int n) {\n    int i = blockIdx.x * blockDim.x + threadIdx.x;\n    if (i < n) x[i] *= a;\n}\n";
+    let named = env.file("scale.kernel", src);
+    let named = named.to_str().unwrap();
+    // Without --cuda the name says nothing: the error names the flag.
+    let o = env.run(&["compile", named, "--emit", "cubin", "--arch", "sm_90"]);
+    assert!(!o.status.success());
+    assert!(common::stderr(&o).contains("--cuda"), "{}", common::stderr(&o));
+    for (emit, arch, ends) in [("cubin", "sm_90", "kernel.cubin"), ("ptx", "sm_80", "kernel.ptx")] {
+        let v: Value = serde_json::from_str(&stdout(&env.run(&[
+            "compile", named, "--cuda", "--emit", emit, "--arch", arch, "--json",
+        ])))
+        .unwrap();
+        let path = v["path"].as_str().unwrap();
+        assert!(path.ends_with(ends), "{emit}: {v}");
+        if emit == "cubin" {
+            assert_eq!(arch_of(path), arch);
+        } else {
+            let ptx = std::fs::read_to_string(path).unwrap();
+            assert!(ptx.contains(".target sm_80") && ptx.contains("scale"), "{ptx}");
+        }
+    }
+    // The same source named .cu needs no flag.
+    let cu = env.file("scale.cu", src);
+    let v: Value = serde_json::from_str(&stdout(&env.run(&[
+        "compile",
+        cu.to_str().unwrap(),
+        "--emit",
+        "cubin",
+        "--arch",
+        "sm_90",
+        "--json",
+    ])))
+    .unwrap();
+    assert!(v["path"].as_str().unwrap().ends_with("kernel.cubin"), "{v}");
+}

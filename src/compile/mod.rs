@@ -162,6 +162,13 @@ impl SourceRequest {
         Ok(Self::of_file(path, language, source))
     }
 
+    /// A request for a source file in `language`, whatever its extension (as
+    /// `nvcc -x cu` or `cc -x c` take one).
+    pub fn from_file_as(path: &Path, language: Language) -> Result<SourceRequest> {
+        let source = std::fs::read(path).ctx("reading", path)?;
+        Ok(Self::of_file(path, language, source))
+    }
+
     /// [`SourceRequest::from_file`] for a file someone else named (a warm manifest's
     /// source): a regular file only, opened without blocking, within `bounds` (see
     /// [`crate::fsx::read_named_file`]), so that a FIFO or a device is an error, not a
@@ -176,7 +183,7 @@ impl SourceRequest {
     fn language_of(path: &Path) -> Result<Language> {
         Language::from_path(path).ok_or_else(|| {
             Error::InvalidRequest(format!(
-                "cannot tell the language of {}: use a .c file for C, .cc/.cpp/.cxx for C++, or .cu for CUDA",
+                "cannot tell the language of {}: use a .c file for C, .cc/.cpp/.cxx for C++, or .cu for CUDA (the xcache command takes --cuda for CUDA source under another name)",
                 path.display()
             ))
         })

@@ -231,6 +231,9 @@ pub struct ReducePlan {
     pub acc_bytes: i64,
 }
 
+/// The most rows `cuda/reduce` over axis 0 reduces with `xc_cols_few_*` (`XC_FEW_ROWS`).
+const FEW_ROWS: i64 = 4;
+
 /// The fallback the C launcher takes when the occupancy cannot be asked.
 fn per_sm_or_4(d: &mut dyn Device, kernel: &str, threads: u32) -> i64 {
     match d.per_sm(kernel, threads, 0) {
@@ -291,6 +294,25 @@ impl ReducePlan {
         out: u64,
     ) -> Result<Launches> {
         let t = self.threads as u32;
+        // xc_launch_narrow: rows of fewer elements than a vector holds, whole rows to a
+        // vector, over an aligned input.
+        if input.is_multiple_of(16) && cols >= 1 && cols < self.vec && self.vec % cols == 0 {
+            let kernel = kname(format_args!("xc_rows_narrow_{cols}"));
+            let want = cdiv(rows / (self.vec / cols), self.threads * self.unroll);
+            let cap = sms * per_sm_or_4(d, &kernel, t);
+            return Ok(one(Launch {
+                kernel,
+                grid: (want.min(cap).max(1) as u32, 1, 1),
+                block: (t, 1, 1),
+                smem: 0,
+                args: Args::from_iter([
+                    Arg::I64(rows),
+                    Arg::I64(cols),
+                    Arg::Ptr(input),
+                    Arg::Ptr(out),
+                ]),
+            }));
+        }
         let units = if vector { cols / self.vec } else { cols };
         if units <= 256 {
             // xc_launch_team_for, xc_launch_team
@@ -318,8 +340,22 @@ impl ReducePlan {
                 ]),
             }));
         }
-        // Long rows: split each into chunks when the rows alone leave resident blocks
-        // idle, keeping a chunk at >= 8 vectors per thread.
+        self.rows_long(d, sms, rows, cols, input, out)
+    }
+
+    /// `xc_launch_rows_long`: a block per long row (for axis 0, a single column, a
+    /// contiguous vector), each row split into chunks when the rows alone leave
+    /// resident blocks idle, keeping a chunk at >= 8 vectors per thread.
+    fn rows_long(
+        &self,
+        d: &mut dyn Device,
+        sms: i64,
+        rows: i64,
+        cols: i64,
+        input: u64,
+        out: u64,
+    ) -> Result<Launches> {
+        let t = self.threads as u32;
         let slots = sms * per_sm_or_4(d, "xc_rows_block_split", t);
         let max_units = cols / self.vec;
         let mut chunks = 1;
@@ -412,10 +448,31 @@ impl ReducePlan {
         input: u64,
         out: u64,
     ) -> Result<Launches> {
+        // A single column is a contiguous vector: reduced as a single long row is.
+        if cols == 1 {
+            return self.rows_long(d, sms, 1, rows, input, out);
+        }
         let units = if vector { cols / self.vec } else { cols };
+        let v = if vector { "v" } else { "s" };
+        if rows <= FEW_ROWS {
+            let kernel = kname(format_args!("xc_cols_few_{v}"));
+            let want = cdiv(units, self.threads * self.unroll);
+            let cap = sms * per_sm_or_4(d, &kernel, self.threads as u32);
+            return Ok(one(Launch {
+                kernel,
+                grid: (want.min(cap).max(1) as u32, 1, 1),
+                block: (self.threads as u32, 1, 1),
+                smem: 0,
+                args: Args::from_iter([
+                    Arg::I64(rows),
+                    Arg::I64(cols),
+                    Arg::Ptr(input),
+                    Arg::Ptr(out),
+                ]),
+            }));
+        }
         let (tx, ty) = self.cols_block(rows, units);
         let col_blocks = cdiv(units, tx as i64);
-        let v = if vector { "v" } else { "s" };
         let slots = sms
             * per_sm_or_4(
                 d,
@@ -765,6 +822,18 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].args[5], Arg::I64(1));
         assert!(r.plan(&mut d, 0, 5, 0, 0).unwrap().is_empty());
+        // Rows of 1 or 2 float32s over an aligned input: whole rows to a 16-byte vector,
+        // 4 vectors a thread; misaligned, a team of lanes per row.
+        let l = r.plan(&mut d, 1 << 27, 2, 0x1000, 0x9000).unwrap();
+        assert_eq!(l[0].kernel.as_str(), "xc_rows_narrow_2");
+        assert_eq!(l[0].grid.0, 132 * 8);
+        let l = r.plan(&mut d, 9, 1, 0x1000, 0x9000).unwrap();
+        assert_eq!(l[0].kernel.as_str(), "xc_rows_narrow_1");
+        assert_eq!(l[0].grid.0, 1);
+        let l = r.plan(&mut d, 9, 2, 0x1004, 0x9000).unwrap();
+        assert_eq!(l[0].kernel.as_str(), "xc_rows_team_2_s");
+        let l = r.plan(&mut d, 9, 3, 0x1000, 0x9000).unwrap();
+        assert_eq!(l[0].kernel.as_str(), "xc_rows_team_4_s");
     }
 
     #[test]
@@ -789,6 +858,23 @@ mod tests {
         let l = r.plan(&mut d, 5, 7, 0x1000, 0x9000).unwrap();
         assert_eq!(l[0].kernel.as_str(), "xc_cols_s");
         assert!(r.plan(&mut d, 5, 0, 0, 0).unwrap().is_empty());
+        // Up to 4 rows: a row of threads going down them, 4 units a thread.
+        let l = r.plan(&mut d, 2, 1 << 27, 0x1000, 0x9000).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].kernel.as_str(), "xc_cols_few_v");
+        assert_eq!((l[0].grid, l[0].block), ((132 * 8, 1, 1), (256, 1, 1)));
+        let l = r.plan(&mut d, 1, 4099, 0x1000, 0x9000).unwrap();
+        assert_eq!(l[0].kernel.as_str(), "xc_cols_few_s");
+        assert_eq!(l[0].grid.0, 5);
+        let l = r.plan(&mut d, 0, 8, 0x1000, 0x9000).unwrap();
+        assert_eq!(l[0].kernel.as_str(), "xc_cols_few_v");
+        // A single column: a single long row, split and finished.
+        let l = r.plan(&mut d, 1 << 28, 1, 0x1000, 0x9000).unwrap();
+        assert_eq!(
+            l.iter().map(|x| x.kernel.as_str()).collect::<Vec<_>>(),
+            ["xc_rows_block_split", "xc_rows_finish"]
+        );
+        assert_eq!(&l[0].args[..2], &[Arg::I64(1), Arg::I64(1 << 28)]);
     }
 
     const GEMM_LINE: &str = "/*\nxcache-launch gemm kind=simt configs=256:16896:128:128,128:8704:64:64 pick=128,128,1,1,0,1 chunk=4\n*/";

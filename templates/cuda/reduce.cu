@@ -67,6 +67,7 @@ doc = "1: reduce along each row (out has rows elements, as numpy's sum(axis=1));
 {%- set ctype = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t"}[dtype] %}
 {%- set vtype = {"float32": "float4", "float64": "double2", "int32": "int4", "int64": "longlong2"}[dtype] %}
 {%- set lanes = {"float32": 4, "float64": 2, "int32": 4, "int64": 2}[dtype] %}
+{%- set v2type = {"float32": "float2", "float64": "double2", "int32": "int2", "int64": "longlong2"}[dtype] %}
 {%- set is_float = dtype in ["float32", "float64"] %}
 {%- set additive = op in ["sum", "mean"] %}
 {%- set acc = ("double" if is_float else "unsigned long long") if additive else ctype %}
@@ -113,8 +114,8 @@ static __device__ __forceinline__ xc_t xc_final(xc_acc a, int64_t count) {
 }
 
 
-{%- if axis == 1 %}
-
+/* In both axes' modules: combining a vector, a warp and a block; a block per long row
+ * (for axis 0, a single column, which is a contiguous vector). */
 /* The vector's elements combined as a tree (shorter dependency chains). */
 static __device__ __forceinline__ xc_acc xc_vec(xc_v v) {
 {%- if lanes == 4 %}
@@ -144,57 +145,6 @@ static __device__ __forceinline__ xc_acc xc_block_reduce(xc_acc a, xc_acc *red) 
     }
     __syncthreads(); /* red is reused by the caller's next row */
     return a;
-}
-
-/* Short rows: TEAM consecutive lanes per row; a warp takes 32/TEAM consecutive rows per
- * step and XC_UNROLL steps at once. VECTOR: every row starts 16-byte aligned (aligned
- * base, cols a multiple of XC_VEC). */
-template <int TEAM, bool VECTOR>
-static __device__ __forceinline__ void xc_rows_team_body(int64_t rows, int64_t cols,
-        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
-    constexpr int PER_WARP = 32 / TEAM;
-    const int lane = threadIdx.x & (TEAM - 1);
-    const int team = (threadIdx.x & 31) / TEAM;
-    const int64_t warp = ((int64_t)blockIdx.x * XC_THREADS + threadIdx.x) >> 5;
-    const int64_t warps = ((int64_t)gridDim.x * XC_THREADS) >> 5;
-    const int64_t groups = (rows + PER_WARP - 1) / PER_WARP;
-    const int64_t units = VECTOR ? cols / XC_VEC : cols;
-    for (int64_t g = warp; g < groups; g += XC_UNROLL * warps) { /* uniform in the warp */
-        xc_acc a[XC_UNROLL];
-        const xc_t *row[XC_UNROLL];
-        bool ok[XC_UNROLL];
-#pragma unroll
-        for (int u = 0; u < XC_UNROLL; u++) {
-            const int64_t r = (g + u * warps) * PER_WARP + team;
-            ok[u] = g + u * warps < groups && r < rows;
-            row[u] = in + (ok[u] ? r : 0) * cols;
-            a[u] = {{ init }};
-        }
-        for (int64_t j = lane; j < units; j += TEAM) {
-            if (VECTOR) {
-                xc_v v[XC_UNROLL];
-#pragma unroll
-                for (int u = 0; u < XC_UNROLL; u++)
-                    if (ok[u]) v[u] = reinterpret_cast<const xc_v *>(row[u])[j];
-#pragma unroll
-                for (int u = 0; u < XC_UNROLL; u++)
-                    if (ok[u]) a[u] = xc_combine(a[u], xc_vec(v[u]));
-            } else {
-                xc_t v[XC_UNROLL];
-#pragma unroll
-                for (int u = 0; u < XC_UNROLL; u++)
-                    if (ok[u]) v[u] = row[u][j];
-#pragma unroll
-                for (int u = 0; u < XC_UNROLL; u++)
-                    if (ok[u]) a[u] = xc_combine(a[u], xc_one(v[u]));
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < XC_UNROLL; u++) {
-            const xc_acc s = xc_warp_reduce<TEAM>(a[u]);
-            if (lane == 0 && ok[u]) out[(g + u * warps) * PER_WARP + team] = xc_final(s, cols);
-        }
-    }
 }
 
 /* Long rows: a block per (row, chunk). Each row is read as a scalar head up to its
@@ -257,17 +207,7 @@ extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_rows_finish(int64_t 
     }
 }
 
-/* The kernels, by name: xc_rows_team_<TEAM>_<v: 16-byte vectors | s: scalars>,
- * xc_rows_block, xc_rows_block_split, xc_rows_finish. */
-{%- for team in [1, 2, 4, 8, 16, 32] %}
-{%- for v in ["v", "s"] %}
-extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_rows_team_{{ team }}_{{ v }}(int64_t rows, int64_t cols,
-        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
-    xc_rows_team_body<{{ team }}, {{ "true" if v == "v" else "false" }}>(rows, cols, in, out);
-}
-{%- endfor %}
-{%- endfor %}
-{%- for split in [false, true] %}
+/* The kernels, by name: xc_rows_block, xc_rows_block_split, xc_rows_finish. */{%- for split in [false, true] %}
 extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_rows_block{{ "_split" if split else "" }}(int64_t rows, int64_t cols,
         const xc_t *__restrict__ in, xc_t *__restrict__ out, xc_acc *__restrict__ part,
         int64_t chunks, int64_t chunk_units) {
@@ -333,6 +273,167 @@ static xc_acc *xc_workspace(int dev, size_t count, cudaStream_t s) {
     return (xc_acc *)p;
 }
 
+/* Long rows (and, for axis 0, a single column: a contiguous vector): a block per
+ * (row, chunk); each row is split into chunks when the rows alone leave resident blocks
+ * idle, keeping a chunk at >= 8 vectors per thread. */
+static int xc_launch_rows_long(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int dev, int sms, cudaStream_t s) {
+        const int64_t slots = (int64_t)sms * xc_per_sm<xc_rows_block_split>();
+    const int64_t max_units = cols / XC_VEC;
+    int64_t chunks = 1;
+    if (rows < 2 * slots)
+        chunks = xc_max64(1, xc_min64(xc_cdiv(2 * slots, rows), max_units / (8 * XC_THREADS)));
+    xc_acc *part = chunks > 1 ? xc_workspace(dev, (size_t)(rows * chunks), s) : nullptr;
+    if (!part) chunks = 1;
+    const int64_t chunk_units = xc_cdiv(max_units, chunks);
+    const unsigned grid = (unsigned)xc_min64(rows * chunks, slots);
+    if (part) {
+        xc_rows_block_split<<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, part, chunks, chunk_units);
+        xc_rows_finish<<<(unsigned)xc_min64(rows, slots), XC_THREADS, 0, s>>>(
+            rows, cols, chunks, part, out);
+        const cudaError_t e = cudaGetLastError();
+        (void)cudaFreeAsync(part, s);
+        return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
+    }
+    xc_rows_block<<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, nullptr, 1, chunk_units);
+    return (int)cudaGetLastError();
+}
+#endif
+{%- if axis == 1 %}
+
+/* Short rows: TEAM consecutive lanes per row; a warp takes 32/TEAM consecutive rows per
+ * step and XC_UNROLL steps at once. VECTOR: every row starts 16-byte aligned (aligned
+ * base, cols a multiple of XC_VEC). */
+template <int TEAM, bool VECTOR>
+static __device__ __forceinline__ void xc_rows_team_body(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    constexpr int PER_WARP = 32 / TEAM;
+    const int lane = threadIdx.x & (TEAM - 1);
+    const int team = (threadIdx.x & 31) / TEAM;
+    const int64_t warp = ((int64_t)blockIdx.x * XC_THREADS + threadIdx.x) >> 5;
+    const int64_t warps = ((int64_t)gridDim.x * XC_THREADS) >> 5;
+    const int64_t groups = (rows + PER_WARP - 1) / PER_WARP;
+    const int64_t units = VECTOR ? cols / XC_VEC : cols;
+    for (int64_t g = warp; g < groups; g += XC_UNROLL * warps) { /* uniform in the warp */
+        xc_acc a[XC_UNROLL];
+        const xc_t *row[XC_UNROLL];
+        bool ok[XC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++) {
+            const int64_t r = (g + u * warps) * PER_WARP + team;
+            ok[u] = g + u * warps < groups && r < rows;
+            row[u] = in + (ok[u] ? r : 0) * cols;
+            a[u] = {{ init }};
+        }
+        for (int64_t j = lane; j < units; j += TEAM) {
+            if (VECTOR) {
+                xc_v v[XC_UNROLL];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) v[u] = reinterpret_cast<const xc_v *>(row[u])[j];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) a[u] = xc_combine(a[u], xc_vec(v[u]));
+            } else {
+                xc_t v[XC_UNROLL];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) v[u] = row[u][j];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (ok[u]) a[u] = xc_combine(a[u], xc_one(v[u]));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++) {
+            const xc_acc s = xc_warp_reduce<TEAM>(a[u]);
+            if (lane == 0 && ok[u]) out[(g + u * warps) * PER_WARP + team] = xc_final(s, cols);
+        }
+    }
+}
+
+/* Narrow rows, COLS < XC_VEC elements with XC_VEC a multiple of COLS, over a 16-byte
+ * aligned input (rows of 1 or 2 float32s, single float64s): each vector holds
+ * R = XC_VEC / COLS whole rows, read with one 16-byte load; a thread takes XC_UNROLL
+ * vectors at once, over a grid-stride loop, and writes its R results with one store
+ * where out is aligned to them. The last rows (fewer than R) go one per thread. A team
+ * of lanes per row would read these shapes with 4- or 8-byte loads. */
+template <int COLS>
+static __device__ __forceinline__ void xc_rows_narrow_body(int64_t rows,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    constexpr int R = XC_VEC / COLS;
+    const int64_t whole = rows / R; /* vectors of whole rows */
+    const bool vout = ((unsigned long long)out & (sizeof(xc_t) * R - 1)) == 0;
+    const xc_v *vin = reinterpret_cast<const xc_v *>(in);
+    for (int64_t j0 = (int64_t)blockIdx.x * XC_THREADS * XC_UNROLL + threadIdx.x; j0 < whole;
+         j0 += (int64_t)gridDim.x * XC_THREADS * XC_UNROLL) {
+        xc_v v[XC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++)
+            if (j0 + u * XC_THREADS < whole) v[u] = vin[j0 + u * XC_THREADS];
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++) {
+            const int64_t j = j0 + u * XC_THREADS;
+            if (j >= whole) break;
+            const xc_t e[XC_VEC] = {
+{%- for c in ["x", "y", "z", "w"][:lanes] %}v[u].{{ c }}{% if not loop.last %}, {% endif %}{% endfor -%}
+            };
+            xc_t res[R];
+#pragma unroll
+            for (int k = 0; k < R; k++) {
+                xc_acc a = xc_one(e[k * COLS]);
+#pragma unroll
+                for (int c = 1; c < COLS; c++) a = xc_combine(a, xc_one(e[k * COLS + c]));
+                res[k] = xc_final(a, COLS);
+            }
+            if (vout && R == XC_VEC) {
+                xc_v o;
+{%- for c in ["x", "y", "z", "w"][:lanes] %}
+                o.{{ c }} = res[{{ loop.index0 }} % R];
+{%- endfor %}
+                reinterpret_cast<xc_v *>(out)[j] = o;
+{%- if lanes == 4 %}
+            } else if (vout && R == 2) {
+                {{ v2type }} o;
+                o.x = res[0];
+                o.y = res[1 % R];
+                reinterpret_cast<{{ v2type }} *>(out)[j] = o;
+{%- endif %}
+            } else {
+#pragma unroll
+                for (int k = 0; k < R; k++) out[j * R + k] = res[k];
+            }
+        }
+    }
+    const int64_t t = (int64_t)blockIdx.x * XC_THREADS + threadIdx.x;
+    if (t < rows - whole * R) {
+        const int64_t r = whole * R + t;
+        xc_acc a = {{ init }};
+#pragma unroll
+        for (int c = 0; c < COLS; c++) a = xc_combine(a, xc_one(in[r * COLS + c]));
+        out[r] = xc_final(a, COLS);
+    }
+}
+
+/* The kernels, by name: xc_rows_team_<TEAM>_<v: 16-byte vectors | s: scalars>,
+ * xc_rows_narrow_<COLS>. */
+{%- for team in [1, 2, 4, 8, 16, 32] %}
+{%- for v in ["v", "s"] %}
+extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_rows_team_{{ team }}_{{ v }}(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    xc_rows_team_body<{{ team }}, {{ "true" if v == "v" else "false" }}>(rows, cols, in, out);
+}
+{%- endfor %}
+{%- endfor %}
+{%- for c in [1, 2] if c < lanes %}
+extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_rows_narrow_{{ c }}(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    (void)cols;
+    xc_rows_narrow_body<{{ c }}>(rows, in, out);
+}
+{%- endfor %}
+
+
+#ifndef __CUDACC_RTC__
 template <int TEAM, bool VECTOR> struct xc_team;
 {%- for team in [1, 2, 4, 8, 16, 32] %}
 {%- for v in ["v", "s"] %}
@@ -361,34 +462,34 @@ static void xc_launch_team_for(int64_t rows, int64_t cols, const xc_t *in, xc_t 
     else xc_launch_team<32, VECTOR>(rows, cols, in, out, sms, s);
 }
 
+/* Narrow rows (1 or 2 float32s, one float64) over an aligned input: xc_rows_narrow_<COLS>. */
+template <int COLS>
+static void xc_launch_narrow(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int sms, cudaStream_t s);
+{%- for c in [1, 2] if c < lanes %}
+template <>
+void xc_launch_narrow<{{ c }}>(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int sms, cudaStream_t s) {
+    const int64_t want = xc_cdiv(rows / (XC_VEC / {{ c }}), XC_THREADS * XC_UNROLL);
+    const int64_t cap = (int64_t)sms * xc_per_sm<xc_rows_narrow_{{ c }}>();
+    xc_rows_narrow_{{ c }}<<<(unsigned)xc_max64(1, xc_min64(want, cap)), XC_THREADS, 0, s>>>(rows, cols, in, out);
+}
+{%- endfor %}
+
 static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int dev, int sms, cudaStream_t s) {
-    const bool vector = ((uintptr_t)in & 15) == 0 && cols % XC_VEC == 0;
+    const bool aligned = ((uintptr_t)in & 15) == 0;
+    if (aligned && cols >= 1 && cols < XC_VEC && XC_VEC % cols == 0) {
+        if (cols == 1) xc_launch_narrow<1>(rows, cols, in, out, sms, s);
+{%- if lanes == 4 %}
+        else xc_launch_narrow<2>(rows, cols, in, out, sms, s);
+{%- endif %}
+        return (int)cudaGetLastError();
+    }
+    const bool vector = aligned && cols % XC_VEC == 0;
     if ((vector ? cols / XC_VEC : cols) <= 256) {
         if (vector) xc_launch_team_for<true>(rows, cols, in, out, sms, s);
         else xc_launch_team_for<false>(rows, cols, in, out, sms, s);
         return (int)cudaGetLastError();
     }
-    /* Long rows: split each into chunks when the rows alone leave resident blocks idle,
-     * keeping a chunk at >= 8 vectors per thread. */
-    const int64_t slots = (int64_t)sms * xc_per_sm<xc_rows_block_split>();
-    const int64_t max_units = cols / XC_VEC;
-    int64_t chunks = 1;
-    if (rows < 2 * slots)
-        chunks = xc_max64(1, xc_min64(xc_cdiv(2 * slots, rows), max_units / (8 * XC_THREADS)));
-    xc_acc *part = chunks > 1 ? xc_workspace(dev, (size_t)(rows * chunks), s) : nullptr;
-    if (!part) chunks = 1;
-    const int64_t chunk_units = xc_cdiv(max_units, chunks);
-    const unsigned grid = (unsigned)xc_min64(rows * chunks, slots);
-    if (part) {
-        xc_rows_block_split<<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, part, chunks, chunk_units);
-        xc_rows_finish<<<(unsigned)xc_min64(rows, slots), XC_THREADS, 0, s>>>(
-            rows, cols, chunks, part, out);
-        const cudaError_t e = cudaGetLastError();
-        (void)cudaFreeAsync(part, s);
-        return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
-    }
-    xc_rows_block<<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out, nullptr, 1, chunk_units);
-    return (int)cudaGetLastError();
+    return xc_launch_rows_long(rows, cols, in, out, dev, sms, s);
 }
 #endif
 {%- else %}
@@ -504,7 +605,67 @@ extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_cols_finish(int64_t 
     if (ty == 0 && col < cols) out[col] = xc_final(a, rows);
 }
 
-/* The kernels, by name: xc_cols_<v | s>[_split], xc_cols_finish. */
+/* Few rows (at most 4) over the leading axis: a row of 256 threads, each taking
+ * XC_UNROLL units of columns (vectors of XC_VEC where the data allows) spaced a block
+ * apart, over a grid-stride loop, and going down all the rows itself (no shared
+ * memory, no barriers). A single row is a map: one 16-byte load and one 16-byte store
+ * per vector. */
+template <bool VECTOR>
+static __device__ __forceinline__ void xc_cols_few_body(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    constexpr int W = VECTOR ? XC_VEC : 1;
+    const int64_t units = VECTOR ? cols / XC_VEC : cols;
+    const bool vout = VECTOR && ((unsigned long long)out & 15) == 0;
+    for (int64_t u0 = (int64_t)blockIdx.x * XC_THREADS * XC_UNROLL + threadIdx.x; u0 < units;
+         u0 += (int64_t)gridDim.x * XC_THREADS * XC_UNROLL) {
+        xc_acc a[XC_UNROLL][W];
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++)
+#pragma unroll
+            for (int w = 0; w < W; w++) a[u][w] = {{ init }};
+        for (int64_t r = 0; r < rows; r++) {
+            const xc_t *p = in + r * cols;
+            if (VECTOR) {
+                xc_v v[XC_UNROLL];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (u0 + u * XC_THREADS < units) v[u] = reinterpret_cast<const xc_v *>(p)[u0 + u * XC_THREADS];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++) {
+                    if (u0 + u * XC_THREADS >= units) break;
+{%- for c in ["x", "y", "z", "w"][:lanes] %}
+                    a[u][{{ loop.index0 }} % W] = xc_combine(a[u][{{ loop.index0 }} % W], xc_one(v[u].{{ c }}));
+{%- endfor %}
+                }
+            } else {
+                xc_t v[XC_UNROLL];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (u0 + u * XC_THREADS < units) v[u] = p[u0 + u * XC_THREADS];
+#pragma unroll
+                for (int u = 0; u < XC_UNROLL; u++)
+                    if (u0 + u * XC_THREADS < units) a[u][0] = xc_combine(a[u][0], xc_one(v[u]));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < XC_UNROLL; u++) {
+            const int64_t unit = u0 + u * XC_THREADS;
+            if (unit >= units) break;
+            if (vout) {
+                xc_v o;
+{%- for c in ["x", "y", "z", "w"][:lanes] %}
+                o.{{ c }} = xc_final(a[u][{{ loop.index0 }} % W], rows);
+{%- endfor %}
+                reinterpret_cast<xc_v *>(out)[unit] = o;
+            } else {
+#pragma unroll
+                for (int w = 0; w < W; w++) out[unit * W + w] = xc_final(a[u][w], rows);
+            }
+        }
+    }
+}
+
+/* The kernels, by name: xc_cols_<v | s>[_split], xc_cols_finish, xc_cols_few_<v | s>. */
 {%- for v in ["v", "s"] %}
 {%- for split in [false, true] %}
 extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_cols_{{ v }}{{ "_split" if split else "" }}(int64_t rows, int64_t cols,
@@ -514,65 +675,15 @@ extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_cols_{{ v }}{{ "_spl
 }
 {%- endfor %}
 {%- endfor %}
+{%- for v in ["v", "s"] %}
+extern "C" __global__ void __launch_bounds__(XC_THREADS) xc_cols_few_{{ v }}(int64_t rows, int64_t cols,
+        const xc_t *__restrict__ in, xc_t *__restrict__ out) {
+    xc_cols_few_body<{{ "true" if v == "v" else "false" }}>(rows, cols, in, out);
+}
+{%- endfor %}
+
 
 #ifndef __CUDACC_RTC__
-static int64_t xc_min64(int64_t x, int64_t y) { return x < y ? x : y; }
-static int64_t xc_max64(int64_t x, int64_t y) { return x > y ? x : y; }
-static int64_t xc_cdiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
-
-/* Resident 256-thread blocks per multiprocessor for kernel K, computed once. */
-template <auto K>
-static int xc_per_sm() {
-    static const int n = [] {
-        int b = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, K, XC_THREADS, 0) != cudaSuccess || b <= 0) {
-            (void)cudaGetLastError();
-            b = 4;
-        }
-        return b;
-    }();
-    return n;
-}
-
-/* A private stream-ordered memory pool per device for the partials of split
- * reductions: it keeps its memory between calls (the default pool would hand it back
- * at every synchronisation) and leaves the application's default pool alone. NULL
- * where pools are unsupported: the caller then does not split. */
-static cudaMemPool_t xc_pool(int dev) {
-    static std::mutex lock;
-    static cudaMemPool_t pools[64];
-    static bool tried[64];
-    if (dev < 0 || dev >= 64) return nullptr;
-    std::lock_guard<std::mutex> guard(lock);
-    if (!tried[dev]) {
-        tried[dev] = true;
-        int ok = 0;
-        cudaMemPoolProps props = {};
-        props.allocType = cudaMemAllocationTypePinned;
-        props.location.type = cudaMemLocationTypeDevice;
-        props.location.id = dev;
-        cudaMemPool_t p = nullptr;
-        if (cudaDeviceGetAttribute(&ok, cudaDevAttrMemoryPoolsSupported, dev) == cudaSuccess && ok &&
-            cudaMemPoolCreate(&p, &props) == cudaSuccess) {
-            uint64_t keep = UINT64_MAX;
-            (void)cudaMemPoolSetAttribute(p, cudaMemPoolAttrReleaseThreshold, &keep);
-            pools[dev] = p;
-        }
-        (void)cudaGetLastError(); /* not the launch's error */
-    }
-    return pools[dev];
-}
-
-static xc_acc *xc_workspace(int dev, size_t count, cudaStream_t s) {
-    cudaMemPool_t pool = xc_pool(dev);
-    void *p = nullptr;
-    if (!pool || cudaMallocFromPoolAsync(&p, count * sizeof(xc_acc), pool, s) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return nullptr;
-    }
-    return (xc_acc *)p;
-}
-
 /* Block shape for a (rows x units) problem: TX units wide (32, fewer for narrow
  * matrices), TY = 256 / TX rows deep, fewer (and TX wider) for short ones. */
 static dim3 xc_cols_block(int64_t rows, int64_t units) {
@@ -583,9 +694,22 @@ static dim3 xc_cols_block(int64_t rows, int64_t units) {
     return dim3(XC_THREADS / ty, ty);
 }
 
+/* The most rows the few-rows kernel takes. */
+#define XC_FEW_ROWS 4
+
 static int xc_launch(int64_t rows, int64_t cols, const xc_t *in, xc_t *out, int dev, int sms, cudaStream_t s) {
+    /* A single column is a contiguous vector: reduced as a single long row is. */
+    if (cols == 1) return xc_launch_rows_long(1, rows, in, out, dev, sms, s);
     const bool vector = ((uintptr_t)in & 15) == 0 && cols % XC_VEC == 0;
     const int64_t units = vector ? cols / XC_VEC : cols;
+    if (rows <= XC_FEW_ROWS) {
+        const int64_t want = xc_cdiv(units, XC_THREADS * XC_UNROLL);
+        const int64_t cap = (int64_t)sms * (vector ? xc_per_sm<xc_cols_few_v>() : xc_per_sm<xc_cols_few_s>());
+        const unsigned grid = (unsigned)xc_max64(1, xc_min64(want, cap));
+        if (vector) xc_cols_few_v<<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out);
+        else xc_cols_few_s<<<grid, XC_THREADS, 0, s>>>(rows, cols, in, out);
+        return (int)cudaGetLastError();
+    }
     const dim3 block = xc_cols_block(rows, units);
     const int tx = (int)block.x, ty = (int)block.y;
     const int64_t col_blocks = xc_cdiv(units, tx);
