@@ -219,7 +219,7 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
     let mut template_req = None;
     let req = match (source, template) {
         (Some(source), _) => {
-            let mut req = if cuda {
+            let mut req = if *cuda {
                 SourceRequest::from_file_as(&source, xcache::Language::Cuda)?
             } else {
                 SourceRequest::from_file(&source)?

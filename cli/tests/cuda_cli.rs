@@ -149,8 +149,15 @@ fn cuda_source_under_any_name_builds_a_cubin_with_dash_dash_cuda() {
     // Without --cuda the name says nothing: the error names the flag.
     let o = env.run(&["compile", named, "--emit", "cubin", "--arch", "sm_90"]);
     assert!(!o.status.success());
-    assert!(common::stderr(&o).contains("--cuda"), "{}", common::stderr(&o));
-    for (emit, arch, ends) in [("cubin", "sm_90", "kernel.cubin"), ("ptx", "sm_80", "kernel.ptx")] {
+    assert!(
+        common::stderr(&o).contains("--cuda"),
+        "{}",
+        common::stderr(&o)
+    );
+    for (emit, arch, ends) in [
+        ("cubin", "sm_90", "kernel.cubin"),
+        ("ptx", "sm_80", "kernel.ptx"),
+    ] {
         let v: Value = serde_json::from_str(&stdout(&env.run(&[
             "compile", named, "--cuda", "--emit", emit, "--arch", arch, "--json",
         ])))
@@ -161,7 +168,10 @@ fn cuda_source_under_any_name_builds_a_cubin_with_dash_dash_cuda() {
             assert_eq!(arch_of(path), arch);
         } else {
             let ptx = std::fs::read_to_string(path).unwrap();
-            assert!(ptx.contains(".target sm_80") && ptx.contains("scale"), "{ptx}");
+            assert!(
+                ptx.contains(".target sm_80") && ptx.contains("scale"),
+                "{ptx}"
+            );
         }
     }
     // The same source named .cu needs no flag.
