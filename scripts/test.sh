@@ -117,6 +117,20 @@ else
   skipped+=("cli/tests/remote.rs: no redis-server here (apt-get install redis-server)")
 fi
 
+# The S3 tier against a real S3 server, s3s-fs (cli/tests/remote_s3.rs; its chain tests
+# use redis-server too): XCACHE_TEST_S3S_FS, else s3s-fs on PATH (.ci/run installs it
+# into target/tools with cargo install).
+s3s="${XCACHE_TEST_S3S_FS:-s3s-fs}"
+if command -v "$s3s" >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1; then
+  XCACHE_TEST_S3S_FS="$s3s" cargo test -p xcache-cli --test remote_s3 -- --ignored 2>&1 | tee -a "$log"
+elif command -v "$s3s" >/dev/null 2>&1; then
+  XCACHE_TEST_S3S_FS="$s3s" cargo test -p xcache-cli --test remote_s3 -- --ignored \
+    --skip redis_in_front --skip killed_or_stopped 2>&1 | tee -a "$log"
+  skipped+=("cli/tests/remote_s3.rs redis_in_front_of_s3_*, a_killed_or_stopped_*: no redis-server here (apt-get install redis-server)")
+else
+  skipped+=("cli/tests/remote_s3.rs and the S3 tests of python/tests/test_remote.py: no s3s-fs here (cargo install s3s-fs --version 0.14.1 --features binary --locked, or set XCACHE_TEST_S3S_FS)")
+fi
+
 # Python extension modules with numpy's headers (tests/pyext.rs): where a Python with
 # its headers and numpy is found (XCACHE_TEST_PYTHON, else python3).
 py="${XCACHE_TEST_PYTHON:-python3}"
