@@ -710,9 +710,15 @@ impl Config {
                 known.join(", ")
             ))
         })?;
+        // A remote address may hold a secret: it is shown redacted, even when wrong.
+        let shown = if key == "remote" {
+            redact(value)
+        } else {
+            value.to_string()
+        };
         let bad = |accepts: &str| {
             Error::Config(format!(
-                "setting `{key}` = {value:?} is invalid: expected {accepts}"
+                "setting `{key}` = {shown:?} is invalid: expected {accepts}"
             ))
         };
         // Sizes and durations say what is wrong themselves (a missing unit, with the fix).

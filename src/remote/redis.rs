@@ -466,8 +466,12 @@ impl Remote for RedisTier {
         };
         match decoded {
             Ok(p) => {
-                self.stats
-                    .remote(RemoteEvent::Hit, bytes.len() as u64, start.elapsed());
+                self.stats.remote_at(
+                    self.slot,
+                    RemoteEvent::Hit,
+                    bytes.len() as u64,
+                    start.elapsed(),
+                );
                 Some(p)
             }
             Err(why) => {
@@ -582,8 +586,12 @@ impl Remote for RedisTier {
             Ok(())
         });
         if done.is_some() {
-            self.stats
-                .remote(RemoteEvent::Upload, bytes.len() as u64, start.elapsed());
+            self.stats.remote_at(
+                self.slot,
+                RemoteEvent::Upload,
+                bytes.len() as u64,
+                start.elapsed(),
+            );
         }
     }
 }
