@@ -172,6 +172,8 @@ impl Redis {
                 };
             }
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not start");
     }
 

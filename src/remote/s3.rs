@@ -554,6 +554,7 @@ impl S3Tier {
     /// the bucket); the reply's body is read up to `limit` bytes (a longer one is an
     /// error, unread). Any status comes back as a reply; 429 and 5xx are retried while
     /// the backoff fits before the deadline.
+    #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
         method: &str,
