@@ -105,7 +105,7 @@ def s3_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if S3S_FS is None:
         pytest.skip("s3s-fs is not installed (.ci/run installs it; or set XCACHE_TEST_S3S_FS)")
     root = tmp_path / "s3"
-    (root / "xc").mkdir(parents=True)
+    (root / "xcb").mkdir(parents=True)
     port = free_port()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKPYTEST")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "py-test-secret")
@@ -137,7 +137,7 @@ def s3_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("s3s-fs did not start") from e
                 time.sleep(0.01)
-        yield f"s3://xc/py?endpoint=http://127.0.0.1:{port}"
+        yield f"s3://xcb/py?endpoint=http://127.0.0.1:{port}"
     finally:
         proc.kill()
         proc.wait()
