@@ -1,34 +1,57 @@
-//! The S3 tier against a real S3 server (`s3s-fs`: S3's HTTP API over a directory; one
-//! per test, on a free loopback port), and Redis → S3 chains against a real
+//! The S3 tier against real S3 servers, and Redis → S3 chains against a real
 //! `redis-server`: two machines (base dirs) share hits through S3 alone and through
 //! Redis in front of S3 (a flushed Redis is refilled from S3); forged, truncated and
-//! misfiled objects are never loaded; wrong credentials cost one warning; a killed or
-//! stopped server costs at most the deadline; signed objects under
-//! `remote_verify = required`; bundles with S3 configured; a multipart upload.
+//! misfiled objects are never loaded; an entry already there is not written again
+//! (`If-None-Match: *`); wrong credentials cost one warning; a killed or stopped server
+//! costs at most the deadline; signed objects under `remote_verify = required`; bundles
+//! with S3 configured; a multipart upload.
 //!
-//! `#[ignore]`d with the reason where `s3s-fs` is missing; `scripts/test.sh` runs them
-//! where it is (`XCACHE_TEST_S3S_FS`, else `s3s-fs` on PATH; CI installs it).
+//! Two independent S3 implementations, one server per test on a free loopback port:
+//!
+//! - `s3s_fs::*`: `s3s-fs` (Rust, the `s3s` crate: S3's HTTP API over a directory);
+//!   `XCACHE_TEST_S3S_FS`, else `s3s-fs` on PATH.
+//! - `moto::*`: moto's server (Python, the mock AWS that botocore's own users test
+//!   against), with authentication on: requests are checked by botocore's SigV4 code
+//!   against an IAM user's keys and policy, so a signing bug of ours is a failure here.
+//!   It also has what s3s-fs lacks: a bucket policy that refuses writes (403
+//!   AccessDenied). `XCACHE_TEST_MOTO` (the `moto_server` script), else `moto_server`
+//!   on PATH.
+//!
+//! Each test is `#[ignore]`d with the reason where its server is missing;
+//! `scripts/test.sh` runs each server's where that server is found (CI installs both).
+//! The tests reach the objects through S3's API (our own signer, std's TCP), not the
+//! server's storage, so one body serves both servers.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{stdout, Env};
 use serde_json::Value;
+use xcache::remote::sigv4::{self, Credentials};
 
 const BUCKET: &str = "xc-bucket";
+/// s3s-fs's keys (it takes the pair it is started with).
 const ACCESS: &str = "AKXCACHETEST";
 const SECRET: &str = "xcache-test-secret-key";
 
-/// The s3s-fs binary: `XCACHE_TEST_S3S_FS`, else `s3s-fs` on PATH.
-fn s3s_fs() -> String {
-    std::env::var("XCACHE_TEST_S3S_FS")
+/// Which S3 server a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    S3sFs,
+    Moto,
+}
+
+/// A program named by an environment variable, else found on PATH by this name.
+fn program(var: &str, name: &str) -> String {
+    std::env::var(var)
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "s3s-fs".into())
+        .unwrap_or_else(|| name.into())
 }
 
 fn free_port() -> u16 {
@@ -39,39 +62,200 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A real s3s-fs for one test, its objects in a directory of its own; killed when
-/// dropped.
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): the status and
+/// the body (de-chunked).
+fn http(port: u16, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP reply");
+    let headers = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let mut rest = raw[split + 4..].to_vec();
+    if headers.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = String::from_utf8_lossy(&rest[..eol]);
+            let n = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+            rest.drain(..eol + 2 + n + 2);
+        }
+        rest = out;
+    }
+    (status, rest)
+}
+
+/// The texts of every `<tag>…</tag>` in `xml`.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(open.as_str())
+        .skip(1)
+        .filter_map(|s| s.split_once(close.as_str()).map(|(v, _)| v.to_string()))
+        .collect()
+}
+
+/// A real S3 server for one test, with the bucket made; killed when dropped. Its
+/// objects are read and written through S3's API, signed with `creds`.
 struct S3 {
+    kind: Kind,
     child: Option<Child>,
     port: u16,
+    /// s3s-fs's objects; moto's log.
     root: tempfile::TempDir,
+    /// Keys allowed everything on the bucket.
+    creds: Credentials,
+    /// moto: keys allowed to read and list only (s3s-fs has no policies).
+    reader: Option<Credentials>,
+    /// moto: a role's temporary keys, with a session token.
+    role: Option<Credentials>,
 }
 
 impl S3 {
-    fn start() -> S3 {
+    fn start(kind: Kind) -> S3 {
         let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let port = free_port();
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS, "--secret-key", SECRET])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("needs s3s-fs ({}): {e}", s3s_fs()));
-        let s = S3 {
+        let child = match kind {
+            Kind::S3sFs => {
+                std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+                let bin = program("XCACHE_TEST_S3S_FS", "s3s-fs");
+                Command::new(&bin)
+                    .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--access-key", ACCESS, "--secret-key", SECRET])
+                    .arg(root.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("needs s3s-fs ({bin}): {e}"))
+            }
+            Kind::Moto => {
+                let bin = program("XCACHE_TEST_MOTO", "moto_server");
+                let log = std::fs::File::create(root.path().join("moto.log")).unwrap();
+                Command::new(&bin)
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("needs moto_server ({bin}): {e}"))
+            }
+        };
+        let mut s = S3 {
+            kind,
             child: Some(child),
             port,
             root,
+            creds: Credentials {
+                access_key: ACCESS.into(),
+                secret_key: SECRET.into(),
+                session_token: None,
+            },
+            reader: None,
+            role: None,
         };
         // Ready when it accepts connections (a server starting, not a test sleeping).
-        let until = Instant::now() + Duration::from_secs(20);
+        let until = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "s3s-fs did not start on {port}");
+            assert!(Instant::now() < until, "{kind:?} did not start on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
+        if kind == Kind::Moto {
+            s.set_up_moto();
+        }
         s
+    }
+
+    /// moto starts open to anyone: make a writer and a reader (IAM users with keys and
+    /// policies) and the bucket, then turn authentication on, so that every request
+    /// after is checked (botocore's SigV4, then the user's policy).
+    fn set_up_moto(&mut self) {
+        // Unsigned requests are routed by the service in a SigV4 scope; before
+        // authentication is on, the signature is not checked.
+        let query = |service: &str, version: &str, params: &str| {
+            let head = format!("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AKSETUP/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n");
+            let body = format!("{params}&Version={version}");
+            let (status, reply) = http(self.port, &head, body.as_bytes());
+            let reply = String::from_utf8_lossy(&reply).into_owned();
+            assert_eq!(status, 200, "moto {service} {params}: {reply}");
+            reply
+        };
+        let iam = |params: &str| query("iam", "2010-05-08", params);
+        let policy = |actions: &str| {
+            sigv4::uri_encode(
+                &format!(
+                    r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":{actions},"Resource":"*"}}]}}"#
+                ),
+                false,
+            )
+        };
+        let user = |name: &str, actions: &str| {
+            iam(&format!("Action=CreateUser&UserName={name}"));
+            iam(&format!(
+                "Action=PutUserPolicy&UserName={name}&PolicyName=xcache&PolicyDocument={}",
+                policy(actions)
+            ));
+            let keys = iam(&format!("Action=CreateAccessKey&UserName={name}"));
+            Credentials {
+                access_key: xml_values(&keys, "AccessKeyId").remove(0),
+                secret_key: xml_values(&keys, "SecretAccessKey").remove(0),
+                session_token: None,
+            }
+        };
+        self.creds = user("writer", r#""s3:*""#);
+        // AWS's reader needs s3:GetObject and s3:ListBucket; moto 5.2 refuses a listing
+        // with s3:ListBucket alone, and takes s3:List*.
+        self.reader = Some(user("reader", r#"["s3:GetObject","s3:List*"]"#));
+        // Temporary keys (what CI on AWS mostly has: a role's, with a session token).
+        let trust = sigv4::uri_encode(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#,
+            false,
+        );
+        iam(&format!(
+            "Action=CreateRole&RoleName=ci&AssumeRolePolicyDocument={trust}"
+        ));
+        iam(&format!(
+            "Action=PutRolePolicy&RoleName=ci&PolicyName=xcache&PolicyDocument={}",
+            policy(r#""s3:*""#)
+        ));
+        let keys = query(
+            "sts",
+            "2011-06-15",
+            "Action=AssumeRole&RoleArn=arn:aws:iam::123456789012:role/ci&RoleSessionName=xc",
+        );
+        self.role = Some(Credentials {
+            access_key: xml_values(&keys, "AccessKeyId").remove(0),
+            secret_key: xml_values(&keys, "SecretAccessKey").remove(0),
+            session_token: Some(xml_values(&keys, "SessionToken").remove(0)),
+        });
+        let (status, reply) = http(
+            self.port,
+            &format!("PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1\r\n"),
+            b"",
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+        let (status, reply) = http(
+            self.port,
+            "POST /moto-api/reset-auth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n",
+            b"0",
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
     }
 
     fn url(&self) -> String {
@@ -85,42 +269,100 @@ impl S3 {
         self.child.as_ref().unwrap().id()
     }
 
-    /// Where s3s-fs keeps the object `key` (under the bucket).
-    fn object(&self, key: &str) -> PathBuf {
-        self.root.path().join(BUCKET).join(key)
+    /// A signed request for `key` of the bucket ("" for the bucket itself).
+    fn request(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let path = if key.is_empty() {
+            format!("/{BUCKET}")
+        } else {
+            format!("/{BUCKET}/{key}")
+        };
+        let host = format!("127.0.0.1:{}", self.port);
+        let payload = sigv4::sha256_hex(body);
+        let (date, _) = sigv4::amz_date(SystemTime::now());
+        let headers = [
+            ("host", host.as_str()),
+            ("x-amz-content-sha256", payload.as_str()),
+            ("x-amz-date", date.as_str()),
+        ];
+        let auth = sigv4::authorization(
+            &sigv4::Request {
+                method,
+                path: &path,
+                query,
+                headers: &headers,
+                payload_sha256: &payload,
+                amz_date: &date,
+                region: "us-east-1",
+            },
+            &self.creds,
+        );
+        let qs = sigv4::canonical_query(query);
+        let head = format!(
+            "{method} {}{}{qs} HTTP/1.1\r\nHost: {host}\r\nx-amz-content-sha256: {payload}\r\nx-amz-date: {date}\r\nAuthorization: {auth}\r\n",
+            sigv4::uri_encode(&path, true),
+            if qs.is_empty() { "" } else { "?" },
+        );
+        http(self.port, &head, body)
     }
 
-    /// The keys of the objects under `team/xcache/1/`, relative to the bucket.
+    /// The object `key` (relative to the bucket).
+    fn get(&self, key: &str) -> Vec<u8> {
+        let (status, body) = self.request("GET", key, &[], &[]);
+        assert_eq!(status, 200, "GET {key}: {}", String::from_utf8_lossy(&body));
+        body
+    }
+
+    /// Writes the object `key`, as anyone who can write the bucket can.
+    fn put(&self, key: &str, bytes: &[u8]) {
+        let (status, body) = self.request("PUT", key, &[], bytes);
+        assert_eq!(status, 200, "PUT {key}: {}", String::from_utf8_lossy(&body));
+    }
+
+    fn delete(&self, key: &str) {
+        let (status, body) = self.request("DELETE", key, &[], &[]);
+        assert!(
+            status == 204 || status == 200,
+            "DELETE {key}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    /// The keys of the objects under `team/xcache/1/`, sorted (relative to the bucket).
     fn keys(&self) -> Vec<String> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-            let Ok(rd) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, base, out);
-                } else {
-                    out.push(p.strip_prefix(base).unwrap().display().to_string());
-                }
-            }
-        }
-        let base = self.root.path().join(BUCKET);
-        let mut out = Vec::new();
-        walk(&base.join("team/xcache/1"), &base, &mut out);
-        out.retain(|k| !k.rsplit('/').next().unwrap().starts_with('.'));
-        out.sort();
-        out
+        let (status, body) = self.request(
+            "GET",
+            "",
+            &[("list-type", "2"), ("prefix", "team/xcache/1/")],
+            &[],
+        );
+        let xml = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "LIST: {xml}");
+        assert!(!xml.contains("<IsTruncated>true"), "{xml}");
+        let mut keys = xml_values(&xml, "Key");
+        keys.sort();
+        keys
     }
 
-    /// The object holding the entry `key`.
-    fn entry(&self, key: &str) -> PathBuf {
-        let k = self
-            .keys()
+    /// The key of the object holding the entry `key`.
+    fn entry(&self, key: &str) -> String {
+        self.keys()
             .into_iter()
             .find(|k| k.ends_with(&format!("/e/{key}")))
-            .unwrap_or_else(|| panic!("no entry {key} in {:?}", self.keys()));
-        self.object(&k)
+            .unwrap_or_else(|| panic!("no entry {key} in {:?}", self.keys()))
+    }
+
+    /// The keys of the manifests.
+    fn manifests(&self) -> Vec<String> {
+        self.keys()
+            .into_iter()
+            .filter(|k| k.contains("/m/"))
+            .collect()
     }
 
     fn kill(&mut self) {
@@ -134,6 +376,10 @@ impl S3 {
 impl Drop for S3 {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() && self.kind == Kind::Moto {
+            let log = std::fs::read_to_string(self.root.path().join("moto.log"));
+            eprintln!("moto's log:\n{}", log.unwrap_or_default());
+        }
     }
 }
 
@@ -212,7 +458,7 @@ fn counting_cc(env: &Env) -> PathBuf {
 }
 
 /// One machine: its own base dir, the shared remote, the counting compiler, the
-/// credentials.
+/// server's credentials.
 struct Machine<'a> {
     env: &'a Env,
     base: PathBuf,
@@ -221,15 +467,26 @@ struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
-    fn new(env: &'a Env, name: &str, remote: &str, more: &str) -> Machine<'a> {
+    /// A machine of `s3`'s (its credentials) whose remote is `remote`.
+    fn new(env: &'a Env, name: &str, s3: &S3, remote: &str, more: &str) -> Machine<'a> {
+        Machine::with_creds(env, name, &s3.creds, remote, more)
+    }
+
+    fn with_creds(
+        env: &'a Env,
+        name: &str,
+        creds: &Credentials,
+        remote: &str,
+        more: &str,
+    ) -> Machine<'a> {
         let cc = counting_cc(env);
         Machine {
             env,
             base: env.dir.path().join(name),
             flags: format!("handout_grace=0s,cc={},remote={remote}{more}", cc.display()),
             extra_env: vec![
-                ("AWS_ACCESS_KEY_ID".into(), ACCESS.into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), SECRET.into()),
+                ("AWS_ACCESS_KEY_ID".into(), creds.access_key.clone()),
+                ("AWS_SECRET_ACCESS_KEY".into(), creds.secret_key.clone()),
             ],
         }
     }
@@ -301,16 +558,11 @@ fn signal(pid: u32, sig: i32) {
 /// Slack for process start and the compile itself, above the remote's deadline.
 const SLACK: Duration = Duration::from_secs(2);
 
-const NEEDS: &str = "needs s3s-fs: scripts/test.sh runs it where found";
-
-#[test]
-#[ignore = "needs s3s-fs: scripts/test.sh runs it where found"]
-fn two_machines_share_hits_through_s3() {
-    let _ = NEEDS;
+fn two_machines_share_hits_through_s3(kind: Kind) {
     let env = Env::new();
-    let s3 = S3::start();
-    let a = Machine::new(&env, "a", &s3.url(), "");
-    let b = Machine::new(&env, "b", &s3.url(), "");
+    let s3 = S3::start(kind);
+    let a = Machine::new(&env, "a", &s3, &s3.url(), "");
+    let b = Machine::new(&env, "b", &s3, &s3.url(), "");
     let src = source(&env, "k.c", 42);
     let (va, err) = a.compile(&src);
     assert_eq!(
@@ -370,15 +622,13 @@ fn two_machines_share_hits_through_s3() {
     assert!(!shown.contains(SECRET), "{shown}");
 }
 
-#[test]
-#[ignore = "needs s3s-fs: scripts/test.sh runs it where found"]
-fn redis_in_front_of_s3_is_refilled_from_s3() {
+fn redis_in_front_of_s3_is_refilled_from_s3(kind: Kind) {
     use redis::Commands;
     let env = Env::new();
-    let s3 = S3::start();
+    let s3 = S3::start(kind);
     let redis = Redis::start();
     let chain = format!("{};{}", redis.url(), s3.url());
-    let a = Machine::new(&env, "a", &chain, "");
+    let a = Machine::new(&env, "a", &s3, &chain, "");
     let src = source(&env, "k.c", 7);
     let (va, _) = a.compile(&src);
     assert_eq!(va["tier"], "local");
@@ -396,7 +646,7 @@ fn redis_in_front_of_s3_is_refilled_from_s3() {
 
     // Redis loses everything: B is served by S3, and Redis is refilled.
     let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
-    let b = Machine::new(&env, "b", &chain, "");
+    let b = Machine::new(&env, "b", &s3, &chain, "");
     let (vb, err) = b.compile(&src);
     assert_eq!(vb["tier"], "remote", "{vb} {err}");
     assert_eq!(call(vb["path"].as_str().unwrap()), 7);
@@ -420,7 +670,7 @@ fn redis_in_front_of_s3_is_refilled_from_s3() {
     assert_eq!(in_redis.len(), 2, "{in_redis:?}");
 
     // C is served by Redis now, S3 not even asked.
-    let cm = Machine::new(&env, "c", &chain, "");
+    let cm = Machine::new(&env, "c", &s3, &chain, "");
     let (vc, _) = cm.compile(&src);
     assert_eq!(vc["tier"], "remote");
     let sc = cm.stats();
@@ -440,12 +690,10 @@ fn redis_in_front_of_s3_is_refilled_from_s3() {
     assert_eq!(d.matches("reachable").count(), 2, "{d}");
 }
 
-#[test]
-#[ignore = "needs s3s-fs: scripts/test.sh runs it where found"]
-fn forged_truncated_and_misfiled_objects_are_never_loaded() {
+fn forged_truncated_and_misfiled_objects_are_never_loaded(kind: Kind) {
     let env = Env::new();
-    let s3 = S3::start();
-    let a = Machine::new(&env, "a", &s3.url(), "");
+    let s3 = S3::start(kind);
+    let a = Machine::new(&env, "a", &s3, &s3.url(), "");
     let (k1, k2) = (source(&env, "one.c", 1), source(&env, "two.c", 2));
     let (v1, _) = a.compile(&k1);
     let (v2, _) = a.compile(&k2);
@@ -453,11 +701,11 @@ fn forged_truncated_and_misfiled_objects_are_never_loaded() {
         s3.entry(v1["key"].as_str().unwrap()),
         s3.entry(v2["key"].as_str().unwrap()),
     );
-    let one = std::fs::read(&e1).unwrap();
+    let one = s3.get(&e1);
 
     // A value filed under another key: two.c's object holds one.c's library.
-    std::fs::write(&e2, &one).unwrap();
-    let b = Machine::new(&env, "b", &s3.url(), "");
+    s3.put(&e2, &one);
+    let b = Machine::new(&env, "b", &s3, &s3.url(), "");
     let (v, err) = b.compile(&k2);
     assert_eq!(v["tier"], "local", "{v}");
     assert_eq!(
@@ -466,18 +714,14 @@ fn forged_truncated_and_misfiled_objects_are_never_loaded() {
         "never one.c's function"
     );
     assert!(err.contains("does not hold what it claims"), "{err}");
-    assert_ne!(
-        std::fs::read(&e2).unwrap(),
-        one,
-        "deleted, then B's own upload"
-    );
+    assert_ne!(s3.get(&e2), one, "deleted, then B's own upload");
 
     // A flipped byte.
     let mut bad = one.clone();
     let n = bad.len() - 10;
     bad[n] ^= 0x40;
-    std::fs::write(&e1, &bad).unwrap();
-    let b2 = Machine::new(&env, "b2", &s3.url(), "");
+    s3.put(&e1, &bad);
+    let b2 = Machine::new(&env, "b2", &s3, &s3.url(), "");
     let (v, _) = b2.compile(&k1);
     assert_eq!(v["tier"], "local");
     assert_eq!(call(v["path"].as_str().unwrap()), 1);
@@ -486,9 +730,9 @@ fn forged_truncated_and_misfiled_objects_are_never_loaded() {
     let k3 = source(&env, "three.c", 3);
     let (v3, _) = a.compile(&k3);
     let e3 = s3.entry(v3["key"].as_str().unwrap());
-    let whole = std::fs::read(&e3).unwrap();
-    std::fs::write(&e3, &whole[..whole.len() / 2]).unwrap();
-    let b3 = Machine::new(&env, "b3", &s3.url(), "");
+    let whole = s3.get(&e3);
+    s3.put(&e3, &whole[..whole.len() / 2]);
+    let b3 = Machine::new(&env, "b3", &s3, &s3.url(), "");
     let (v, _) = b3.compile(&k3);
     assert_eq!(v["tier"], "local");
     assert_eq!(call(v["path"].as_str().unwrap()), 3);
@@ -504,22 +748,17 @@ fn forged_truncated_and_misfiled_objects_are_never_loaded() {
     // A manifest planted by hand (not JSON): left out, counted.
     let k4 = source(&env, "four.c", 4);
     a.compile(&k4);
-    let manifests: Vec<String> = s3
-        .keys()
-        .into_iter()
-        .filter(|k| k.contains("/m/"))
-        .collect();
-    for m in &manifests {
-        std::fs::write(s3.object(m), b"{not json").unwrap();
+    for m in &s3.manifests() {
+        s3.put(m, b"{not json");
     }
-    let b4 = Machine::new(&env, "b4", &s3.url(), "");
+    let b4 = Machine::new(&env, "b4", &s3, &s3.url(), "");
     let (v, err) = b4.compile(&k4);
     assert_eq!(v["tier"], "local");
     assert!(err.contains("malformed"), "{err}");
 
     // Another platform's objects (another runtime tag: another compiledir) are never
     // asked for.
-    let mut other = Machine::new(&env, "other", &s3.url(), "");
+    let mut other = Machine::new(&env, "other", &s3, &s3.url(), "");
     other.set_env("XCACHE_RUNTIME", "cpython-0.1");
     let (v, _) = other.compile(&k1);
     assert_eq!(v["tier"], "local");
@@ -530,12 +769,10 @@ fn forged_truncated_and_misfiled_objects_are_never_loaded() {
     );
 }
 
-#[test]
-#[ignore = "needs s3s-fs: scripts/test.sh runs it where found"]
-fn wrong_credentials_warn_once_and_fall_back() {
+fn wrong_credentials_warn_once_and_fall_back(kind: Kind) {
     let env = Env::new();
-    let s3 = S3::start();
-    let mut m = Machine::new(&env, "wrong", &s3.url(), "");
+    let s3 = S3::start(kind);
+    let mut m = Machine::new(&env, "wrong", &s3, &s3.url(), "");
     m.set_env("AWS_SECRET_ACCESS_KEY", "guessed-secret");
     let (v, err) = m.compile(&source(&env, "a.c", 1));
     assert_eq!(call(v["path"].as_str().unwrap()), 1);
@@ -558,9 +795,9 @@ fn wrong_credentials_warn_once_and_fall_back() {
     // Credentials from the shared file's profile work.
     let file = env.file(
         "aws/credentials",
-        &format!("[default]\naws_access_key_id = nope\naws_secret_access_key = nope\n[ci]\naws_access_key_id = {ACCESS}\naws_secret_access_key = {SECRET}\n"),
+        &format!("[default]\naws_access_key_id = nope\naws_secret_access_key = nope\n[ci]\naws_access_key_id = {}\naws_secret_access_key = {}\n", s3.creds.access_key, s3.creds.secret_key),
     );
-    let mut p = Machine::new(&env, "profile", &s3.url(), "");
+    let mut p = Machine::new(&env, "profile", &s3, &s3.url(), "");
     p.extra_env.clear();
     p.set_env("AWS_SHARED_CREDENTIALS_FILE", file.to_str().unwrap());
     p.set_env("AWS_PROFILE", "ci");
@@ -584,13 +821,11 @@ fn wrong_credentials_warn_once_and_fall_back() {
     assert_eq!(s3.keys().len(), 2, "{:?}", s3.keys());
 }
 
-#[test]
-#[ignore = "needs s3s-fs: scripts/test.sh runs it where found"]
-fn a_killed_or_stopped_server_costs_at_most_the_deadline() {
+fn a_killed_or_stopped_server_costs_at_most_the_deadline(kind: Kind) {
     let env = Env::new();
     // Killed: nothing listens any more.
-    let mut s3 = S3::start();
-    let m = Machine::new(&env, "killed", &s3.url(), ",remote_timeout=3s");
+    let mut s3 = S3::start(kind);
+    let m = Machine::new(&env, "killed", &s3, &s3.url(), ",remote_timeout=3s");
     m.compile(&source(&env, "a.c", 1));
     s3.kill();
     let t = Instant::now();
@@ -605,8 +840,8 @@ fn a_killed_or_stopped_server_costs_at_most_the_deadline() {
     assert!(m.stats()["remote_err_connect"].as_u64().unwrap() >= 1);
 
     // Stopped (SIGSTOP): the kernel accepts connections, nobody answers.
-    let s3 = S3::start();
-    let m = Machine::new(&env, "stopped", &s3.url(), ",remote_timeout=3s");
+    let s3 = S3::start(kind);
+    let m = Machine::new(&env, "stopped", &s3, &s3.url(), ",remote_timeout=3s");
     m.compile(&source(&env, "c.c", 3)); // a pooled connection would be warm
     signal(s3.pid(), libc::SIGSTOP);
     let t = Instant::now();
@@ -628,11 +863,11 @@ fn a_killed_or_stopped_server_costs_at_most_the_deadline() {
     // Redis stopped in front of S3: S3 still answers within the deadline.
     let redis = Redis::start();
     let chain = format!("{};{}", redis.url(), s3.url());
-    let a = Machine::new(&env, "a", &chain, "");
+    let a = Machine::new(&env, "a", &s3, &chain, "");
     let src = source(&env, "e.c", 5);
     a.compile(&src);
     signal(redis.child.id(), libc::SIGSTOP);
-    let b = Machine::new(&env, "b", &chain, ",remote_timeout=4s");
+    let b = Machine::new(&env, "b", &s3, &chain, ",remote_timeout=4s");
     let t = Instant::now();
     let (v, err) = b.compile(&src);
     let spent = t.elapsed();
@@ -644,31 +879,30 @@ fn a_killed_or_stopped_server_costs_at_most_the_deadline() {
     assert!(spent < Duration::from_secs(4) + SLACK, "{spent:?}");
 }
 
-#[test]
-#[ignore = "needs s3s-fs: scripts/test.sh runs it where found"]
-fn signed_objects_under_verify_required() {
+fn signed_objects_under_verify_required(kind: Kind) {
     let env = Env::new();
-    let s3 = S3::start();
+    let s3 = S3::start(kind);
     let key = env.file(
         "sign.key",
         "a long random secret, shared by CI and developers\n",
     );
     let signed = format!(",remote_sign_key={},remote_verify=required", key.display());
     // An unsigned upload is refused by a reader that requires signatures.
-    let plain = Machine::new(&env, "plain", &s3.url(), "");
+    let plain = Machine::new(&env, "plain", &s3, &s3.url(), "");
     let k1 = source(&env, "one.c", 1);
     plain.compile(&k1);
-    let strict = Machine::new(&env, "strict", &s3.url(), &signed);
+    let strict = Machine::new(&env, "strict", &s3, &s3.url(), &signed);
     let (v, err) = strict.compile(&k1);
     assert_eq!(v["tier"], "local", "{v}");
     assert!(err.contains("unsigned"), "{err}");
     // CI signs; a read-only developer with the key takes it.
-    let ci = Machine::new(&env, "ci", &s3.url(), &signed);
+    let ci = Machine::new(&env, "ci", &s3, &s3.url(), &signed);
     let k2 = source(&env, "two.c", 2);
     ci.compile(&k2);
     let dev = Machine::new(
         &env,
         "dev",
+        &s3,
         &s3.url(),
         &format!("{signed},remote_mode=read-only"),
     );
@@ -687,30 +921,25 @@ fn signed_objects_under_verify_required() {
         .into_iter()
         .find(|k| {
             k.contains("/m/")
-                && std::fs::read_to_string(s3.object(k))
-                    .unwrap()
-                    .contains(v["key"].as_str().unwrap())
+                && String::from_utf8_lossy(&s3.get(k)).contains(v["key"].as_str().unwrap())
         })
         .unwrap();
-    let text = std::fs::read_to_string(s3.object(&m)).unwrap();
-    let mut j: Value = serde_json::from_str(&text).unwrap();
+    let mut j: Value = serde_json::from_slice(&s3.get(&m)).unwrap();
     for (_, r) in j["results"].as_object_mut().unwrap() {
         r.as_object_mut().unwrap().remove("mac");
     }
-    std::fs::write(s3.object(&m), serde_json::to_vec(&j).unwrap()).unwrap();
-    let dev2 = Machine::new(&env, "dev2", &s3.url(), &signed);
+    s3.put(&m, &serde_json::to_vec(&j).unwrap());
+    let dev2 = Machine::new(&env, "dev2", &s3, &s3.url(), &signed);
     let (v, err) = dev2.compile(&k2);
     assert_eq!(v["tier"], "local", "{err}");
     assert!(err.contains("left out a result record"), "{err}");
 }
 
-#[test]
-#[ignore = "needs s3s-fs: scripts/test.sh runs it where found"]
-fn a_bundle_moves_between_machines_with_s3_configured() {
+fn a_bundle_moves_between_machines_with_s3_configured(kind: Kind) {
     let env = Env::new();
-    let s3a = S3::start();
-    let s3b = S3::start();
-    let a = Machine::new(&env, "a", &s3a.url(), "");
+    let s3a = S3::start(kind);
+    let s3b = S3::start(kind);
+    let a = Machine::new(&env, "a", &s3a, &s3a.url(), "");
     let src = source(&env, "k.c", 9);
     a.compile(&src);
     let bundle = env.dir.path().join("ci.tar.zst");
@@ -720,7 +949,7 @@ fn a_bundle_moves_between_machines_with_s3_configured() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // B's bucket is empty: its hit can only come from the bundle.
-    let b = Machine::new(&env, "b", &s3b.url(), "");
+    let b = Machine::new(&env, "b", &s3b, &s3b.url(), "");
     let o = b
         .cmd(&["import", bundle.to_str().unwrap(), "--json"])
         .output()
@@ -741,11 +970,9 @@ fn a_bundle_moves_between_machines_with_s3_configured() {
     );
 }
 
-#[test]
-#[ignore = "needs s3s-fs: scripts/test.sh runs it where found"]
-fn a_large_entry_goes_up_in_parts_and_comes_back() {
+fn a_large_entry_goes_up_in_parts_and_comes_back(kind: Kind) {
     let env = Env::new();
-    let s3 = S3::start();
+    let s3 = S3::start(kind);
     // 6 MiB that zstd cannot shrink, in the library: two parts of 5 MiB and 1 MiB.
     let mut blob = vec![0u8; 6 << 20];
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -767,16 +994,170 @@ fn a_large_entry_goes_up_in_parts_and_comes_back() {
     let a = Machine::new(
         &env,
         "a",
+        &s3,
         &s3.url(),
         ",remote_s3_part_size=5MiB,remote_timeout=30s",
     );
     let (va, err) = a.compile(&src);
     assert_eq!(a.stats()["remote_uploads"], 1, "{err}");
     let e = s3.entry(va["key"].as_str().unwrap());
-    assert!(std::fs::metadata(&e).unwrap().len() > 6 << 20);
-    let b = Machine::new(&env, "b", &s3.url(), ",remote_timeout=30s");
+    assert!(s3.get(&e).len() > 6 << 20);
+    let b = Machine::new(&env, "b", &s3, &s3.url(), ",remote_timeout=30s");
     let (vb, err) = b.compile(&src);
     assert_eq!(vb["tier"], "remote", "{vb} {err}");
     assert_eq!(call(vb["path"].as_str().unwrap()), i32::from(blob[123457]));
     assert_eq!(compiles(&env).len(), 1);
+}
+
+fn an_entry_already_there_is_not_written_again(kind: Kind) {
+    let env = Env::new();
+    let s3 = S3::start(kind);
+    let a = Machine::new(&env, "a", &s3, &s3.url(), "");
+    let src = source(&env, "k.c", 6);
+    let (va, _) = a.compile(&src);
+    let e = s3.entry(va["key"].as_str().unwrap());
+    // The manifest goes (B misses, compiles and uploads), and the entry's object is
+    // marked: an upload that rewrote it would take the mark away.
+    for m in s3.manifests() {
+        s3.delete(&m);
+    }
+    s3.put(&e, b"marked: written by A");
+    let b = Machine::new(&env, "b", &s3, &s3.url(), "");
+    let (vb, err) = b.compile(&src);
+    assert_eq!(vb["tier"], "local", "{vb}");
+    assert_eq!(b.stats()["remote_uploads"], 1, "{err}");
+    assert_eq!(
+        s3.get(&e),
+        b"marked: written by A",
+        "PUT If-None-Match: * of an existing object is refused (412), not a rewrite"
+    );
+    assert_eq!(
+        s3.manifests().len(),
+        1,
+        "the record was written: {:?}",
+        s3.keys()
+    );
+    // The mark is no value: the next reader refuses it, deletes it, compiles and
+    // uploads a good one (the cache heals).
+    let c = Machine::new(&env, "c", &s3, &s3.url(), "");
+    let (vc, err) = c.compile(&src);
+    assert_eq!(vc["tier"], "local", "{err}");
+    assert_eq!(call(vc["path"].as_str().unwrap()), 6);
+    let d = Machine::new(&env, "d", &s3, &s3.url(), "");
+    let (vd, err) = d.compile(&src);
+    assert_eq!(vd["tier"], "remote", "{err}");
+    assert_eq!(compiles(&env).len(), 3, "A, B and C compiled; D did not");
+}
+
+/// moto only (s3s-fs has no policies): keys that may read but not write.
+fn a_bucket_that_refuses_writes_is_denied_not_broken(kind: Kind) {
+    let env = Env::new();
+    let s3 = S3::start(kind);
+    let reader = s3.reader.clone().expect("a server with policies");
+    let ci = Machine::new(&env, "ci", &s3, &s3.url(), "");
+    let k1 = source(&env, "one.c", 1);
+    ci.compile(&k1);
+    let before = s3.keys();
+    // Read-write by mistake, with keys the bucket lets read only.
+    let dev = Machine::with_creds(&env, "dev", &reader, &s3.url(), "");
+    let (v, err) = dev.compile(&k1);
+    assert_eq!(v["tier"], "remote", "reads go on: {err}");
+    let (v, err) = dev.compile(&source(&env, "two.c", 2));
+    assert_eq!(call(v["path"].as_str().unwrap()), 2);
+    assert_eq!(err.matches("access denied").count(), 1, "{err}");
+    assert!(err.contains("remote_mode = read-only"), "the fix: {err}");
+    let s = dev.stats();
+    assert!(s["remote_err_denied"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(
+        s["remote_err_auth"], 0,
+        "valid keys, not an auth failure: {s}"
+    );
+    assert_eq!(
+        s["remote_skipped"], 0,
+        "a denial does not open the breaker: {s}"
+    );
+    assert_eq!(s3.keys(), before, "nothing written");
+    // doctor warns, and says what to do.
+    let d = stdout(&dev.cmd(&["doctor"]).output().unwrap());
+    let line = d.lines().find(|l| l.starts_with("remote")).unwrap();
+    assert!(line.contains("warn") && line.contains("reachable"), "{d}");
+    assert!(
+        line.contains("NOT writable (access denied") && line.contains("remote_mode = read-only"),
+        "{d}"
+    );
+}
+
+/// moto only (s3s-fs takes one fixed key pair): a role's temporary keys, whose
+/// session token is sent (`x-amz-security-token`, signed) and checked.
+fn temporary_credentials_with_a_session_token(kind: Kind) {
+    let env = Env::new();
+    let s3 = S3::start(kind);
+    let role = s3.role.clone().expect("a server with roles");
+    let mut a = Machine::with_creds(&env, "a", &role, &s3.url(), "");
+    a.set_env("AWS_SESSION_TOKEN", role.session_token.as_deref().unwrap());
+    let src = source(&env, "k.c", 8);
+    let (_, err) = a.compile(&src);
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(a.stats()["remote_uploads"], 1);
+    let mut b = Machine::with_creds(&env, "b", &role, &s3.url(), "");
+    b.set_env("AWS_SESSION_TOKEN", role.session_token.as_deref().unwrap());
+    let (v, err) = b.compile(&src);
+    assert_eq!(v["tier"], "remote", "{err}");
+    // The token left out, or another: refused as credentials, said once.
+    let c = Machine::with_creds(&env, "c", &role, &s3.url(), "");
+    let (v, err) = c.compile(&src);
+    assert_eq!(v["tier"], "local");
+    assert_eq!(err.matches("authentication refused").count(), 1, "{err}");
+    let mut d = Machine::with_creds(&env, "d", &role, &s3.url(), "");
+    d.set_env("AWS_SESSION_TOKEN", "FQoGZXIvYXdzEXPIRED");
+    let (v, err) = d.compile(&src);
+    assert_eq!(v["tier"], "local");
+    assert_eq!(err.matches("authentication refused").count(), 1, "{err}");
+    assert!(!err.contains("FQoGZXIvYXdzEXPIRED"), "never printed: {err}");
+}
+
+/// Each test, once per server: `s3s_fs::NAME` and `moto::NAME`, `#[ignore]`d with the
+/// reason (`scripts/test.sh` runs those whose server it finds).
+macro_rules! against {
+    ($kind:expr, $why:literal: $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            #[ignore = $why]
+            fn $name() {
+                super::$name($kind)
+            }
+        )*
+    };
+}
+
+mod s3s_fs {
+    use super::Kind;
+    against!(Kind::S3sFs, "needs s3s-fs (XCACHE_TEST_S3S_FS): scripts/test.sh runs it where found":
+        two_machines_share_hits_through_s3,
+        redis_in_front_of_s3_is_refilled_from_s3,
+        forged_truncated_and_misfiled_objects_are_never_loaded,
+        an_entry_already_there_is_not_written_again,
+        wrong_credentials_warn_once_and_fall_back,
+        a_killed_or_stopped_server_costs_at_most_the_deadline,
+        signed_objects_under_verify_required,
+        a_bundle_moves_between_machines_with_s3_configured,
+        a_large_entry_goes_up_in_parts_and_comes_back,
+    );
+}
+
+/// The same protocol against a second implementation; not repeated here: what does
+/// not depend on the server (a killed or stopped one, bundles).
+mod moto {
+    use super::Kind;
+    against!(Kind::Moto, "needs moto_server (XCACHE_TEST_MOTO): scripts/test.sh runs it where found":
+        two_machines_share_hits_through_s3,
+        redis_in_front_of_s3_is_refilled_from_s3,
+        forged_truncated_and_misfiled_objects_are_never_loaded,
+        an_entry_already_there_is_not_written_again,
+        wrong_credentials_warn_once_and_fall_back,
+        a_bucket_that_refuses_writes_is_denied_not_broken,
+        temporary_credentials_with_a_session_token,
+        signed_objects_under_verify_required,
+        a_large_entry_goes_up_in_parts_and_comes_back,
+    );
 }

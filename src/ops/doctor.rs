@@ -475,7 +475,9 @@ fn remote_check(config: &Config, store: Option<&Store>) -> Vec<Check> {
                 let writable = match &p.writable {
                     None => "read-only mode".to_string(),
                     Some(Ok(())) => "writable".to_string(),
-                    Some(Err(e)) => format!("NOT writable ({e})"),
+                    Some(Err(e)) => format!(
+                        "NOT writable ({e}: uploads are skipped; fix: allow these credentials to write, or set remote_mode = read-only)"
+                    ),
                 };
                 let signing = match (p.signing, p.verify_required) {
                     (true, true) => "uploads signed, unsigned values refused",
