@@ -23,7 +23,8 @@
 //!   and records it again.
 //! - `e/<result key>`: the packed entry ([`crate::store::pack`]), signed when a key is
 //!   configured; content-addressed, so written with `If-None-Match: *` (a 412 means it
-//!   is there already; a server that refuses the header with 501 or 400 gets plain PUTs
+//!   is there already, AWS's 409 `ConditionalRequestConflict` that another machine is
+//!   writing it at this moment; a server that refuses the header with 501 or 400 gets plain PUTs
 //!   from then on). A value above `remote_s3_part_size` goes up as a multipart upload.
 //!
 //! S3 evicts nothing: a lifecycle rule on the prefix expires objects by age
@@ -395,6 +396,33 @@ fn conditional_unsupported(status: u16, code: &str) -> bool {
     status == 501
         || (status == 400
             && (code == "NotImplemented" || code.is_empty() || code == "InvalidArgument"))
+}
+
+/// What a reply to `PUT If-None-Match: *` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conditional {
+    /// Written (2xx).
+    Written,
+    /// Not written: the object is there (412), or another writer is putting the same
+    /// key at this moment (409 `ConditionalRequestConflict`, which AWS S3 answers to
+    /// concurrent conditional writes; its docs say to retry). For a content-addressed
+    /// entry both mean the same bytes are (being) stored: no retry, no error. If that
+    /// other upload fails, the next reader finds no entry (a miss) and compiles.
+    There,
+    /// The server does not take the header: plain PUTs from now on.
+    Unsupported,
+    /// Another failure.
+    Failed,
+}
+
+fn conditional_reply(status: u16, code: &str) -> Conditional {
+    match status {
+        200..=299 => Conditional::Written,
+        412 => Conditional::There,
+        409 if code == "ConditionalRequestConflict" => Conditional::There,
+        s if conditional_unsupported(s, code) => Conditional::Unsupported,
+        _ => Conditional::Failed,
+    }
 }
 
 /// The texts of every `<tag>…</tag>` in `xml`, unescaped.
@@ -769,10 +797,10 @@ impl S3Tier {
                 MAX_SMALL_BODY,
                 deadline,
             )?;
-            match r.status {
-                200..=299 => return Ok(true),
-                412 => return Ok(false),
-                s if conditional_unsupported(s, &r.code()) => {
+            match conditional_reply(r.status, &r.code()) {
+                Conditional::Written => return Ok(true),
+                Conditional::There => return Ok(false),
+                Conditional::Unsupported => {
                     log::debug!(
                         "remote {}: the server refuses If-None-Match ({}); plain PUTs from now on",
                         self.shown,
@@ -780,7 +808,7 @@ impl S3Tier {
                     );
                     self.conditional.store(false, Ordering::Relaxed);
                 }
-                _ => return Err(r.failure()),
+                Conditional::Failed => return Err(r.failure()),
             }
         }
         let r = self.call("PUT", key, &[], &[], body, MAX_SMALL_BODY, deadline)?;
@@ -1315,6 +1343,22 @@ mod tests {
         assert!(conditional_unsupported(400, "NotImplemented"));
         assert!(!conditional_unsupported(412, "PreconditionFailed"));
         assert!(!conditional_unsupported(403, "AccessDenied"));
+        assert_eq!(conditional_reply(200, ""), Conditional::Written);
+        assert_eq!(
+            conditional_reply(412, "PreconditionFailed"),
+            Conditional::There
+        );
+        // AWS S3, two machines uploading the same entry at the same moment.
+        assert_eq!(
+            conditional_reply(409, "ConditionalRequestConflict"),
+            Conditional::There
+        );
+        assert_eq!(
+            conditional_reply(409, "BucketNotEmpty"),
+            Conditional::Failed
+        );
+        assert_eq!(conditional_reply(501, ""), Conditional::Unsupported);
+        assert_eq!(conditional_reply(403, "AccessDenied"), Conditional::Failed);
         assert_eq!(
             xml_values("<a><Code>X&amp;Y</Code><Code>Z</Code></a>", "Code"),
             ["X&Y", "Z"]
