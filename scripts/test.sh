@@ -21,7 +21,8 @@
 # machine lacks) are listed at the end with the other skips, from target/tmp/doc-examples-*.txt.
 #
 # `scripts/test.sh --setup` makes target/test-venv: a virtual environment with maturin,
-# numpy, pytest, pytensor, ruff, mypy, the nvcc and NVRTC wheels and the package, and
+# numpy, pytest, pytensor, ruff, mypy, moto's S3 server, the nvcc and NVRTC wheels and
+# the package, and
 # says where the wheels' `bin` is. Without XCACHE_PYTHON, this script then uses that
 # venv (and that `bin`, for nvcc and NVRTC) by itself.
 #
@@ -35,6 +36,9 @@ venv="$PWD/target/test-venv"
 if [ "${1:-}" = "--setup" ]; then
   if [ ! -x "$venv/bin/python" ]; then "${PYTHON:-python3}" -m venv "$venv"; fi
   "$venv/bin/pip" install -q --disable-pip-version-check maturin numpy pytest pytensor numba triton ruff mypy
+  # moto's S3 server: the second S3 implementation the S3 tier is tested against.
+  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]' ||
+    echo "could not install moto: the S3 tests against moto will be skipped"
   nvbin=""
   if "$venv/bin/pip" install -q --disable-pip-version-check \
        nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-crt nvidia-cuda-cccl nvidia-cuda-nvrtc; then
@@ -44,7 +48,7 @@ if [ "${1:-}" = "--setup" ]; then
   fi
   PATH="$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-check \
     --no-deps --no-build-isolation ./python
-  echo "venv: $venv (numpy, pytest, pytensor, numba, triton, maturin, ruff, mypy, and the xcache package)"
+  echo "venv: $venv (numpy, pytest, pytensor, numba, triton, maturin, ruff, mypy, moto, and the xcache package)"
   if [ -n "$nvbin" ]; then
     echo "nvcc: $nvbin/nvcc; libnvrtc beside it, in $(dirname "$nvbin")/lib (xcache finds it from nvcc)"
     echo "for nvcc on your PATH: export PATH=\"$nvbin:\$PATH\""
@@ -116,6 +120,34 @@ if command -v redis-server >/dev/null 2>&1; then
 else
   skipped+=("cli/tests/remote.rs: no redis-server here (apt-get install redis-server)")
 fi
+
+# The S3 tier against two real S3 servers (cli/tests/remote_s3.rs; the chain tests use
+# redis-server too), each server's tests where it is found: s3s-fs (s3s_fs::*;
+# XCACHE_TEST_S3S_FS, else s3s-fs on PATH; .ci/run installs it into target/tools with
+# cargo install) and moto (moto::*; XCACHE_TEST_MOTO, else the venv's moto_server, else
+# moto_server on PATH; --setup installs it into target/test-venv).
+s3s="${XCACHE_TEST_S3S_FS:-s3s-fs}"
+moto="${XCACHE_TEST_MOTO:-}"
+if [ -z "$moto" ] && [ -x "$venv/bin/moto_server" ]; then moto="$venv/bin/moto_server"; fi
+moto="${moto:-moto_server}"
+no_redis=()
+if ! command -v redis-server >/dev/null 2>&1; then
+  no_redis=(--skip redis_in_front --skip killed_or_stopped)
+fi
+for server in s3s_fs moto; do
+  if [ "$server" = s3s_fs ]; then bin="$s3s"; else bin="$moto"; fi
+  if command -v "$bin" >/dev/null 2>&1; then
+    XCACHE_TEST_S3S_FS="$s3s" XCACHE_TEST_MOTO="$moto" cargo test -p xcache-cli --test remote_s3 \
+      -- --ignored "$server::" "${no_redis[@]}" 2>&1 | tee -a "$log"
+    if [ ${#no_redis[@]} -gt 0 ]; then
+      skipped+=("cli/tests/remote_s3.rs $server::redis_in_front_of_s3_*, $server::a_killed_or_stopped_*: no redis-server here (apt-get install redis-server)")
+    fi
+  elif [ "$server" = s3s_fs ]; then
+    skipped+=("cli/tests/remote_s3.rs s3s_fs::* and the S3 tests of python/tests/test_remote.py: no s3s-fs here (cargo install s3s-fs --version 0.14.1 --features binary --locked, or set XCACHE_TEST_S3S_FS)")
+  else
+    skipped+=("cli/tests/remote_s3.rs moto::*: no moto_server here (scripts/test.sh --setup installs moto[server] into target/test-venv; or pip install 'moto[server]' and set XCACHE_TEST_MOTO)")
+  fi
+done
 
 # Python extension modules with numpy's headers (tests/pyext.rs): where a Python with
 # its headers and numpy is found (XCACHE_TEST_PYTHON, else python3).

@@ -169,7 +169,7 @@ pub const SETTINGS: &[SettingInfo] = &[
     SettingInfo {
         name: "remote",
         default: "",
-        doc: "A shared remote tier, `redis://[user:password@]host:port/db` (the password may come from XCACHE_REMOTE_PASSWORD instead; it is never printed). A local miss asks it before compiling; a compile uploads to it. Unset: local only.",
+        doc: "Shared remote tiers, fastest first, separated by `;`: `redis://[user:password@]host:port/db` (the password may come from XCACHE_REMOTE_PASSWORD instead; it is never printed) and `s3://bucket/prefix?endpoint=http://host:port&region=REGION` (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials). A local miss asks them in order before compiling (a hit refills the faster ones); a compile uploads to each. Unset: local only.",
     },
     SettingInfo {
         name: "remote_mode",
@@ -190,6 +190,11 @@ pub const SETTINGS: &[SettingInfo] = &[
         name: "remote_ttl",
         default: "30d",
         doc: "How long the remote keeps what is uploaded (renewed by each upload of it); 0 keeps it until the remote evicts it.",
+    },
+    SettingInfo {
+        name: "remote_s3_part_size",
+        default: "8MiB",
+        doc: "An S3 value larger than this goes up as a multipart upload in parts of this size: S3 takes at most 5GiB in one PUT, and parts let a slow link fail one part rather than the whole. At least 5MiB (S3's smallest part).",
     },
     SettingInfo {
         name: "remote_sign_key",
@@ -225,18 +230,68 @@ impl RemoteMode {
     }
 }
 
-/// A remote address with its password replaced by `***`, for display.
+/// Remote addresses (`;`-separated) with every secret replaced by `***`, for
+/// display: a Redis password, credentials written into an S3 URL or its endpoint, and
+/// any query parameter whose name speaks of a secret (`secret`, `token`, `key`,
+/// `password`, `credential`, `signature`).
 pub fn redact(url: &str) -> String {
-    let Some(rest) = url.strip_prefix("redis://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((auth, host)) => {
-            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
-            format!("redis://{user}:***@{host}")
-        }
-        None => url.to_string(),
+    url.split(';').map(redact_one).collect::<Vec<_>>().join(";")
+}
+
+fn redact_one(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("redis://") {
+        return match rest.rsplit_once('@') {
+            Some((auth, host)) => {
+                let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+                format!("redis://{user}:***@{host}")
+            }
+            None => url.to_string(),
+        };
     }
+    // Any other scheme (s3://): userinfo before a host, and secret-looking parameters.
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let hide_userinfo = |s: &str| -> String {
+        match s.split_once("://") {
+            Some((scheme, rest)) => {
+                let end = rest.find('/').unwrap_or(rest.len());
+                match rest[..end].rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[end..]),
+                    None => s.to_string(),
+                }
+            }
+            None => s.to_string(),
+        }
+    };
+    let mut out = hide_userinfo(path);
+    if !query.is_empty() {
+        let items: Vec<String> = query
+            .split('&')
+            .map(|item| {
+                let (k, v) = item.split_once('=').unwrap_or((item, ""));
+                let lower = k.to_ascii_lowercase();
+                let secret = [
+                    "secret",
+                    "token",
+                    "key",
+                    "password",
+                    "credential",
+                    "signature",
+                ]
+                .iter()
+                .any(|w| lower.contains(w));
+                if secret {
+                    format!("{k}=***")
+                } else if item.contains('=') {
+                    format!("{k}={}", hide_userinfo(v))
+                } else {
+                    item.to_string()
+                }
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&items.join("&"));
+    }
+    out
 }
 
 /// The `allowed_flags` setting: compiler flags the user vouches for, each an exact flag
@@ -423,6 +478,8 @@ pub struct Config {
     pub remote_connect_timeout: Duration,
     /// Per-operation timeout of the remote.
     pub remote_timeout: Duration,
+    /// Part size of S3 multipart uploads, bytes.
+    pub remote_s3_part_size: u64,
     /// Expiry of uploaded values; zero: none.
     pub remote_ttl: Duration,
     /// The signing secret's file.
@@ -484,6 +541,7 @@ impl Config {
             remote_connect_timeout: Duration::ZERO,
             remote_timeout: Duration::ZERO,
             remote_ttl: Duration::ZERO,
+            remote_s3_part_size: 0,
             remote_sign_key: None,
             remote_verify: None,
             origins: HashMap::new(),
@@ -652,9 +710,15 @@ impl Config {
                 known.join(", ")
             ))
         })?;
+        // A remote address may hold a secret: it is shown redacted, even when wrong.
+        let shown = if key == "remote" {
+            redact(value)
+        } else {
+            value.to_string()
+        };
         let bad = |accepts: &str| {
             Error::Config(format!(
-                "setting `{key}` = {value:?} is invalid: expected {accepts}"
+                "setting `{key}` = {shown:?} is invalid: expected {accepts}"
             ))
         };
         // Sizes and durations say what is wrong themselves (a missing unit, with the fix).
@@ -708,10 +772,19 @@ impl Config {
                     .map_err(|_| bad("a count of failed builds, such as 3 (0 keeps none)"))?
             }
             "remote" => {
-                if !value.is_empty() && !value.starts_with("redis://") {
-                    return Err(bad(
-                        "a redis:// address, such as redis://cache.example:6379/0 (or empty for none)",
-                    ));
+                for url in crate::remote::tier_urls(value) {
+                    if url.starts_with("s3://") {
+                        crate::remote::s3::S3Url::parse(url, None).map_err(|e| {
+                            bad(&format!(
+                                "s3://bucket/prefix?endpoint=http://host:port&region=REGION ({}: {e})",
+                                redact(url)
+                            ))
+                        })?;
+                    } else if !url.starts_with("redis://") {
+                        return Err(bad(
+                            "redis:// and s3:// addresses separated by `;`, such as redis://cache.example:6379/0;s3://bucket/prefix (or empty for none)",
+                        ));
+                    }
                 }
                 self.remote = opt(value);
             }
@@ -734,6 +807,13 @@ impl Config {
                     .max(Duration::from_millis(1))
             }
             "remote_ttl" => self.remote_ttl = parse_duration(value).map_err(bad_unit)?,
+            "remote_s3_part_size" => {
+                let n = parse_size(value).map_err(bad_unit)?;
+                if n < crate::remote::s3::MIN_PART_SIZE {
+                    return Err(bad("at least 5MiB (S3's smallest part), such as 8MiB"));
+                }
+                self.remote_s3_part_size = n;
+            }
             "remote_sign_key" => self.remote_sign_key = opt(value).map(PathBuf::from),
             "remote_verify" => self.remote_verify = match value {
                 "required" => Some(true),
@@ -893,6 +973,7 @@ impl Config {
                     "remote_connect_timeout" => format_duration(self.remote_connect_timeout),
                     "remote_timeout" => format_duration(self.remote_timeout),
                     "remote_ttl" => format_duration(self.remote_ttl),
+                    "remote_s3_part_size" => format_size(self.remote_s3_part_size),
                     "remote_sign_key" => self
                         .remote_sign_key
                         .as_ref()
@@ -1481,5 +1562,47 @@ mod doc_tests {
             let row = format!("| `{}` | {} |", s.name, default);
             assert!(doc.contains(&row), "docs/CONFIG.md lacks the row {row}");
         }
+    }
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    #[test]
+    fn tiers_in_a_chain_survive_xcache_flags_and_redaction() {
+        let mut c = Config::defaults();
+        c.apply_flags(
+            "remote=redis://:pw@r:6379/0;s3://bucket/p?endpoint=http://127.0.0.1:9000&region=eu-west-1, remote_s3_part_size=5MiB",
+        )
+        .unwrap();
+        let remote = c.remote.clone().unwrap();
+        assert_eq!(
+            crate::remote::tier_urls(&remote),
+            [
+                "redis://:pw@r:6379/0",
+                "s3://bucket/p?endpoint=http://127.0.0.1:9000&region=eu-west-1"
+            ]
+        );
+        assert_eq!(c.remote_s3_part_size, 5 << 20);
+        assert_eq!(
+            redact(&remote),
+            "redis://:***@r:6379/0;s3://bucket/p?endpoint=http://127.0.0.1:9000&region=eu-west-1"
+        );
+        assert_eq!(
+            redact("s3://b/p?endpoint=http://ak:sk@h:1&secret_key=sk&X-Amz-Signature=abc"),
+            "s3://b/p?endpoint=http://***@h:1&secret_key=***&X-Amz-Signature=***"
+        );
+        // Errors name no secret either.
+        let e = c
+            .set("remote", "s3://AKIA:sk@bucket/p")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("sk@"), "{e}");
+        assert!(c.set("remote", "memcached://x").is_err());
+        assert!(c.set("remote_s3_part_size", "1MiB").is_err());
+        // Defaults.
+        let d = Config::defaults();
+        assert_eq!(d.remote_s3_part_size, crate::remote::s3::DEFAULT_PART_SIZE);
     }
 }

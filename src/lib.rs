@@ -54,7 +54,7 @@
 //! | [`compile`] | requests, op templates, the expression grammar, which flags pass ([`compile::flags`]: a deny-list for the user's, an allow-list for data's), the host C/C++ compiler, nvcc and NVRTC ([`compile::nvrtc`]), one [`compile::toolchain`] resolver |
 //! | [`cuda`] | CUDA as one subsystem: the driver API loaded at run time ([`cuda::driver`]), device code compiled by NVRTC through the cache ([`cuda::module`]), the templates' launch decisions as pure plans ([`cuda::launch`]), typed GPU handles ([`cuda::handles`]), the device probe ([`cuda::probe`]); its module doc says how a CUDA request flows |
 //! | [`kernels`] | typed CPU handles for the shipped templates: `elemwise`, `reduce`, `gemm` |
-//! | [`remote`] | remote tiers (Redis), with timeouts and a circuit breaker; bundles for CI caches |
+//! | [`remote`] | remote tiers (Redis, S3-compatible stores, and the two in a chain), within one deadline per request and a circuit breaker per tier; bundles for CI caches |
 //! | [`runtime`] | [`Jit`]: cache + compiler + loaded-library registry, typed symbols |
 //! | [`embed`] | handles for the Python package and the C ABI: a loaded library whose file stays while the handle lives ([`store::pin`]) |
 //! | [`ops`] | what the `xcache` command's verbs do, thin over the store, returning data |

@@ -603,21 +603,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_default();
             let stats =
                 std::sync::Arc::new(xcache::store::stats::Recorder::new(store.root().clone()));
-            let tier = xcache::remote::redis_from_config(
+            let tiers = xcache::remote::tiers_from_config(
                 &config,
                 &namespace,
                 std::sync::Arc::new(xcache::clock::SystemClock),
                 stats,
-            )?
-            .ok_or_else(|| {
-                anyhow::anyhow!(
+            )?;
+            if tiers.is_empty() {
+                anyhow::bail!(
                     "no remote tier is configured (the `remote` setting); see docs/REMOTE.md"
-                )
-            })?;
-            let probe = tier
-                .probe(true)
-                .map_err(|e| anyhow::anyhow!("remote: {e}"))?;
-            show::remote_entries(&mut out, &probe, *json)?;
+                );
+            }
+            let probes = tiers
+                .iter()
+                .map(|t| {
+                    t.probe(true)
+                        .map_err(|e| anyhow::anyhow!("remote {}: {e}", t.shown()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            show::remote_entries(&mut out, &probes, *json)?;
             ExitCode::SUCCESS
         }
         Some(Command::List {

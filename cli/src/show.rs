@@ -629,46 +629,68 @@ pub fn stats(out: &mut impl Write, rows: &[StatsRow], zeroed: bool, json: bool) 
             &[1, 2, 3, 4, 5, 6, 7, 8, 9]
         )
     )?;
-    // The remote tier, for the compiledirs that used one.
-    let remote: Vec<Vec<String>> = rows
-        .iter()
-        .filter(|r| {
-            let c = &r.counters;
-            c.remote_hits + c.remote_misses + c.remote_uploads + c.remote_skipped > 0
-                || remote_errors(c) > 0
-        })
-        .map(|r| {
-            let c = &r.counters;
-            let errors = [
-                ("connect", c.remote_err_connect),
-                ("timeout", c.remote_err_timeout),
-                ("auth", c.remote_err_auth),
-                ("full", c.remote_err_full),
-                ("refused values", c.remote_rejected),
-                ("other", c.remote_err_other),
-                ("skipped (breaker open)", c.remote_skipped),
-            ]
+    // The remote tier, for the compiledirs that used one: the totals, then each tier.
+    let failures = |pairs: &[(&str, u64)]| {
+        let errors = pairs
             .iter()
             .filter(|(_, n)| *n > 0)
             .map(|(k, n)| format!("{k} {n}"))
             .collect::<Vec<_>>()
             .join(", ");
-            vec![
-                r.compiledir.clone(),
-                c.remote_hits.to_string(),
-                c.remote_misses.to_string(),
-                c.remote_uploads.to_string(),
-                human::size(c.remote_bytes_in),
-                human::size(c.remote_bytes_out),
-                ms(c.remote_ms),
-                if errors.is_empty() {
-                    "-".into()
-                } else {
-                    errors
-                },
-            ]
-        })
-        .collect();
+        if errors.is_empty() {
+            "-".to_string()
+        } else {
+            errors
+        }
+    };
+    let mut remote: Vec<Vec<String>> = Vec::new();
+    for r in rows.iter().filter(|r| {
+        let c = &r.counters;
+        c.remote_hits + c.remote_misses + c.remote_uploads + c.remote_skipped > 0
+            || remote_errors(c) > 0
+    }) {
+        let c = &r.counters;
+        remote.push(vec![
+            r.compiledir.clone(),
+            c.remote_hits.to_string(),
+            c.remote_misses.to_string(),
+            c.remote_uploads.to_string(),
+            human::size(c.remote_bytes_in),
+            human::size(c.remote_bytes_out),
+            ms(c.remote_ms),
+            failures(&[
+                ("connect", c.remote_err_connect),
+                ("timeout", c.remote_err_timeout),
+                ("auth", c.remote_err_auth),
+                ("denied", c.remote_err_denied),
+                ("full", c.remote_err_full),
+                ("refused values", c.remote_rejected),
+                ("other", c.remote_err_other),
+                ("skipped (breaker open)", c.remote_skipped),
+            ]),
+        ]);
+        for t in &r.remote_tiers {
+            remote.push(vec![
+                format!("  {}", t.tier),
+                t.hits.to_string(),
+                t.misses.to_string(),
+                t.uploads.to_string(),
+                human::size(t.bytes_in),
+                human::size(t.bytes_out),
+                ms(t.ms),
+                failures(&[
+                    ("connect", t.err_connect),
+                    ("timeout", t.err_timeout),
+                    ("auth", t.err_auth),
+                    ("denied", t.err_denied),
+                    ("full", t.err_full),
+                    ("refused values", t.rejected),
+                    ("other", t.err_other),
+                    ("skipped (breaker open)", t.skipped),
+                ]),
+            ]);
+        }
+    }
     if let Some(current) = rows.iter().find(|r| r.current) {
         use_line(out, current.entries_bytes, current.max_size)?;
     }
@@ -691,20 +713,37 @@ fn remote_errors(c: &xcache::store::stats::Counters) -> u64 {
     c.remote_err_connect
         + c.remote_err_timeout
         + c.remote_err_auth
+        + c.remote_err_denied
         + c.remote_err_full
         + c.remote_rejected
         + c.remote_err_other
 }
 
-/// `xcache list --remote`.
+/// `xcache list --remote`: each tier's entries, fastest tier first. `--json`: the first
+/// tier's report (as when there was only one kind of tier), and every tier's under
+/// `tiers`.
 pub fn remote_entries(
     out: &mut impl Write,
-    p: &xcache::remote::redis::Probe,
+    probes: &[xcache::remote::Probe],
     json: bool,
 ) -> Result<()> {
     if json {
-        return json_out(out, p);
+        let mut v = serde_json::to_value(probes.first())?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("tiers".into(), serde_json::to_value(probes)?);
+        }
+        return json_out(out, &v);
     }
+    for (i, p) in probes.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        remote_tier_entries(out, p)?;
+    }
+    Ok(())
+}
+
+fn remote_tier_entries(out: &mut impl Write, p: &xcache::remote::Probe) -> Result<()> {
     let rows = p.entries.as_deref().unwrap_or_default();
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -712,9 +751,11 @@ pub fn remote_entries(
             vec![
                 e.key[..12.min(e.key.len())].to_string(),
                 human::size(e.bytes),
-                e.ttl_secs
-                    .map(human::expiry)
-                    .unwrap_or_else(|| "never".into()),
+                match (e.ttl_secs, &e.last_modified) {
+                    (Some(t), _) => human::expiry(t),
+                    (None, Some(_)) => "lifecycle".into(),
+                    (None, None) => "never".into(),
+                },
             ]
         })
         .collect();
@@ -728,13 +769,18 @@ pub fn remote_entries(
     let total: u64 = rows.iter().map(|e| e.bytes).sum();
     writeln!(
         out,
-        "{} {}, {} on {} for {} ({}, PING {:.1} ms)",
+        "{} {}, {} on {} for {} ({}, {} {:.1} ms)",
         rows.len(),
         if rows.len() == 1 { "entry" } else { "entries" },
         human::size(total),
         p.address,
-        p.namespace.trim_end_matches(':'),
+        p.namespace.trim_end_matches([':', '/']),
         p.mode,
+        if p.address.starts_with("s3://") {
+            "LIST"
+        } else {
+            "PING"
+        },
         p.latency_ms
     )?;
     Ok(())

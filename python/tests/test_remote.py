@@ -1,5 +1,6 @@
 """The remote tier seen from Python: two caches ("machines") sharing a real
-redis-server on a loopback port; the second gets a remote hit without compiling."""
+redis-server, a real S3 server (s3s-fs) or both in a chain, on loopback ports; the
+second gets a remote hit without compiling."""
 
 from __future__ import annotations
 
@@ -26,8 +27,43 @@ def _counting_cc(tmp_path: Path) -> Path:
 
 
 def test_a_second_machine_gets_a_remote_hit_and_loads_it(tmp_path: Path, redis_url: str) -> None:
+    _share_between_two_machines(tmp_path, redis_url)
+
+
+def test_a_second_machine_gets_a_remote_hit_through_s3(tmp_path: Path, s3_url: str) -> None:
+    _share_between_two_machines(tmp_path, s3_url)
+    s3_objects = [p for p in (tmp_path / "s3" / "xcb" / "py" / "xcache").rglob("*") if p.is_file()]
+    assert len([p for p in s3_objects if not p.name.startswith(".")]) == 2, s3_objects
+
+
+def test_a_chain_of_redis_and_s3_shares_through_both(
+    tmp_path: Path, redis_url: str, s3_url: str
+) -> None:
+    # Uploaded to each tier: two uploads for one compile.
+    _share_between_two_machines(tmp_path, f"{redis_url};{s3_url}", tiers=2)
+
+
+def test_an_unreachable_s3_never_fails_a_request(tmp_path: Path, s3_url: str) -> None:
+    port = free_port()  # nothing listens there
+    c = xcache.Cache(
+        base_dir=tmp_path / "c",
+        flags={
+            "remote": f"s3://xcb/py?endpoint=http://127.0.0.1:{port}",
+            "remote_connect_timeout": "200ms",
+        },
+    )
+    lib = c.compile("int one(void) { return 1; }\n", name="one.c")
+    assert (lib.hit, lib.tier) == (False, "local")
+    assert ctypes.CFUNCTYPE(ctypes.c_int)(lib.symbol("one"))() == 1
+    del lib, c
+    gc.collect()
+    current = next(s for s in xcache.Cache(base_dir=tmp_path / "c").stats() if s.current)
+    assert current.remote_err_connect >= 1, current
+
+
+def _share_between_two_machines(tmp_path: Path, remote: str, tiers: int = 1) -> None:
     cc = _counting_cc(tmp_path)
-    flags = {"remote": redis_url, "cc": str(cc)}
+    flags = {"remote": remote, "cc": str(cc)}
     a = xcache.Cache(base_dir=tmp_path / "a", flags=flags)
     b = xcache.Cache(base_dir=tmp_path / "b", flags=flags)
     src = "int answer(void) { return 42; }\n"
@@ -44,10 +80,11 @@ def test_a_second_machine_gets_a_remote_hit_and_loads_it(tmp_path: Path, redis_u
     # Counters reach the stats file when a cache is dropped; read them afresh.
     del fn, la, lb, a, b
     gc.collect()
-    for name, field in (("a", "remote_uploads"), ("b", "remote_hits")):
+    for name, field, n in (("a", "remote_uploads", tiers), ("b", "remote_hits", 1)):
         reader = xcache.Cache(base_dir=tmp_path / name)
         current = next(s for s in reader.stats() if s.current)
-        assert getattr(current, field) == 1, current
+        assert getattr(current, field) == n, current
+        assert len(current.remote_tiers) == (tiers if name == "a" else 1), current
 
 
 def test_an_unreachable_remote_never_fails_a_request(tmp_path: Path) -> None:

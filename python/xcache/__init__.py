@@ -129,6 +129,7 @@ class Stats:
     remote_err_connect: int = 0
     remote_err_timeout: int = 0
     remote_err_auth: int = 0
+    remote_err_denied: int = 0
     remote_err_full: int = 0
     remote_rejected: int = 0
     remote_err_other: int = 0
@@ -138,6 +139,10 @@ class Stats:
     entries: int = 0
     entries_bytes: int = 0
     max_size: int = 0
+    #: Each remote tier's counters (``remote = redis://…;s3://…`` has two): dicts with
+    #: ``tier`` (its address, secrets hidden), ``hits``, ``misses``, ``uploads``, … as
+    #: ``xcache stats --json`` prints them.
+    remote_tiers: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

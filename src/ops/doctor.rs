@@ -423,16 +423,18 @@ pub fn doctor(config: Result<Config>) -> DoctorReport {
             detail: format!("{why}: kernels run on the CPU"),
         },
     });
-    if let Some(c) = remote_check(&config, store) {
+    for c in remote_check(&config, store) {
         checks.push(c);
     }
     DoctorReport { checks }
 }
 
-/// The remote tier, when one is configured: reachable, authenticated, writable (in
-/// read-write mode), its round trip, and the signing key.
-fn remote_check(config: &Config, store: Option<&Store>) -> Option<Check> {
-    config.remote.as_ref()?;
+/// The remote tiers, when some are configured, one check each: reachable,
+/// authenticated, writable (in read-write mode), its round trip, and the signing key.
+fn remote_check(config: &Config, store: Option<&Store>) -> Vec<Check> {
+    if config.remote.is_none() {
+        return Vec::new();
+    }
     let fail = |detail: String| Check {
         name: "remote",
         status: Status::Fail,
@@ -445,55 +447,65 @@ fn remote_check(config: &Config, store: Option<&Store>) -> Option<Check> {
     let stats = std::sync::Arc::new(crate::store::stats::Recorder::new(match store {
         Some(s) => s.root().clone(),
         None => {
-            return Some(fail(
+            return vec![fail(
                 "the compiledir fails its check: cannot name this platform's remote keys".into(),
-            ))
+            )]
         }
     }));
-    let tier = match crate::remote::redis_from_config(
+    let tiers = match crate::remote::tiers_from_config(
         config,
         &namespace,
         std::sync::Arc::new(crate::clock::SystemClock),
         stats,
     ) {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return Some(Check {
+        Ok(t) if t.is_empty() => {
+            return vec![Check {
                 name: "remote",
                 status: Status::Ok,
                 detail: "remote_mode = off: not used".into(),
-            })
+            }]
         }
-        Err(e) => return Some(fail(e.to_string())),
+        Ok(t) => t,
+        Err(e) => return vec![fail(e.to_string())],
     };
-    Some(match tier.probe(false) {
-        Ok(p) => {
-            let writable = match &p.writable {
-                None => "read-only mode".to_string(),
-                Some(Ok(())) => "writable".to_string(),
-                Some(Err(e)) => format!("NOT writable ({e})"),
-            };
-            let signing = match (p.signing, p.verify_required) {
-                (true, true) => "uploads signed, unsigned values refused",
-                (true, false) => "uploads signed, signatures checked where present",
-                (false, _) => "no signing key: values are checked, not authenticated",
-            };
-            Check {
-                name: "remote",
-                status: if matches!(p.writable, Some(Err(_))) {
-                    Status::Warn
-                } else {
-                    Status::Ok
-                },
-                detail: format!(
-                    "{} ({}): reachable, PING {:.1} ms, {writable}; {signing}",
-                    p.address, p.mode, p.latency_ms
-                ),
+    tiers
+        .iter()
+        .map(|tier| match tier.probe(false) {
+            Ok(p) => {
+                let writable = match &p.writable {
+                    None => "read-only mode".to_string(),
+                    Some(Ok(())) => "writable".to_string(),
+                    Some(Err(e)) => format!(
+                        "NOT writable ({e}: uploads are skipped; fix: allow these credentials to write, or set remote_mode = read-only)"
+                    ),
+                };
+                let signing = match (p.signing, p.verify_required) {
+                    (true, true) => "uploads signed, unsigned values refused",
+                    (true, false) => "uploads signed, signatures checked where present",
+                    (false, _) => "no signing key: values are checked, not authenticated",
+                };
+                let first = match tier {
+                    crate::remote::AnyTier::Redis(_) => "PING",
+                    crate::remote::AnyTier::S3(_) => "LIST",
+                };
+                Check {
+                    name: "remote",
+                    status: if matches!(p.writable, Some(Err(_))) {
+                        Status::Warn
+                    } else {
+                        Status::Ok
+                    },
+                    detail: format!(
+                        "{} ({}): reachable, {first} {:.1} ms, {writable}; {signing}",
+                        p.address, p.mode, p.latency_ms
+                    ),
+                }
             }
-        }
-        Err(e) => fail(format!(
-            "{}: {e}. Requests compile locally while it fails. Fix: check the address and that the server runs (redis-cli -u URL ping), the password (XCACHE_REMOTE_PASSWORD), or set remote_mode = off",
-            crate::config::redact(config.remote.as_deref().unwrap_or(""))
-        )),
-    })
+            Err(e) => fail(format!(
+                "{}: {e}. Requests compile locally while it fails. Fix: {}, or set remote_mode = off",
+                tier.shown(),
+                tier.fix_hint()
+            )),
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::store::stats::{collect, Counters};
+use crate::store::stats::{collect_record, Counters, TierCounters};
 use crate::store::{layout, Store};
 
 /// One compiledir's counters. `xcache stats --json` prints an array of these.
@@ -23,6 +23,9 @@ pub struct StatsRow {
     /// The counters.
     #[serde(flatten)]
     pub counters: Counters,
+    /// Each remote tier's counters (`remote = redis://…;s3://…` has two), in the order
+    /// they were first counted; the `remote_*` fields above are their totals.
+    pub remote_tiers: Vec<TierCounters>,
 }
 
 /// Counters per compiledir (the current one always listed); `zero` resets them all.
@@ -37,13 +40,15 @@ pub fn stats(store: &Store, zero: bool) -> Result<Vec<StatsRow>> {
         }
         let snap = crate::store::index::snapshot(&root)?;
         let listed = snap.items();
+        let record = collect_record(&root, zero)?;
         rows.push(StatsRow {
             compiledir: cd.name,
             current: cd.current,
             entries: listed.len() as u64,
             entries_bytes: listed.iter().map(|r| r.size).sum(),
             max_size: store.config().max_size,
-            counters: collect(&root, zero)?,
+            counters: record.totals,
+            remote_tiers: record.remote_tiers,
         });
     }
     Ok(rows)

@@ -24,8 +24,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
 use super::breaker::Breaker;
 use super::resp::{Address, Conn, Limits, RespError, Value};
 use crate::clock::{unix_secs, Clock};
@@ -33,99 +31,16 @@ use crate::config::{redact, RemoteMode};
 use crate::store::key::Key;
 use crate::store::pack::{self, Packed, SignKey};
 use crate::store::remote::{Remote, RemoteResult};
-use crate::store::stats::{Recorder, RemoteEvent};
 
-/// Results kept per request key on the remote (the oldest go).
-pub const MAX_RESULTS: usize = 16;
-
-/// Most headers one result record may name (far above any real translation unit).
-pub const MAX_HEADERS: usize = 16_384;
+#[cfg(test)]
+use super::record::result_mac_input;
+use super::record::ResultField;
+pub use super::record::{check_record, RecordReject, MAX_HEADERS, MAX_RESULTS};
+pub use super::{Probe, RemoteEntry};
 
 /// Connections kept open for reuse.
 const POOL: usize = 4;
-
-/// What a result record's MAC is taken over, first: never the start of a packed value
-/// (a zstd frame) or of a bundle's index, so that no MAC can stand for another.
-const RESULT_MAC_CONTEXT: &[u8] = b"xcache remote result v1\n";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct ResultField {
-    created: u64,
-    headers: Vec<(String, String)>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    mac: Option<String>,
-}
-
-/// The bytes a result record's MAC covers.
-fn result_mac_input(
-    request: &Key,
-    key: &Key,
-    created: u64,
-    headers: &[(String, String)],
-) -> Vec<u8> {
-    let mut b = RESULT_MAC_CONTEXT.to_vec();
-    b.extend_from_slice(request.as_bytes());
-    b.extend_from_slice(key.as_bytes());
-    b.extend_from_slice(&created.to_le_bytes());
-    b.extend_from_slice(&(headers.len() as u64).to_le_bytes());
-    for (p, h) in headers {
-        for s in [p, h] {
-            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            b.extend_from_slice(s.as_bytes());
-        }
-    }
-    b
-}
-
-/// Why a result record was left out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordReject {
-    /// Not a record of this format.
-    Malformed,
-    /// Signatures are required and it has none.
-    Unsigned,
-    /// Its MAC does not verify.
-    BadSignature,
-}
-
-/// Checks one result record (field `k`, value `v`) of `request`'s hash: its key, its
-/// JSON, its size, and its MAC as the signing settings ask. Public for the fuzzer.
-pub fn check_record(
-    request: &Key,
-    k: &[u8],
-    v: &[u8],
-    sign: Option<&SignKey>,
-    required: bool,
-) -> Result<(u64, RemoteResult), RecordReject> {
-    let key: Key = std::str::from_utf8(k)
-        .ok()
-        .and_then(|k| k.parse().ok())
-        .ok_or(RecordReject::Malformed)?;
-    let f: ResultField = serde_json::from_slice(v).map_err(|_| RecordReject::Malformed)?;
-    if f.headers.len() > MAX_HEADERS {
-        return Err(RecordReject::Malformed);
-    }
-    match (sign, &f.mac) {
-        (Some(sk), Some(mac)) => {
-            let want =
-                blake3::Hash::from(sk.mac(&result_mac_input(request, &key, f.created, &f.headers)));
-            let got = blake3::Hash::from_hex(mac).map_err(|_| RecordReject::BadSignature)?;
-            if want != got {
-                return Err(RecordReject::BadSignature);
-            }
-        }
-        (Some(_), None) if required => return Err(RecordReject::Unsigned),
-        (None, Some(_)) if required => return Err(RecordReject::BadSignature),
-        _ => {}
-    }
-    Ok((
-        f.created,
-        RemoteResult {
-            key,
-            headers: f.headers,
-        },
-    ))
-}
+use crate::store::stats::{Recorder, RemoteEvent};
 
 /// A Redis remote tier.
 pub struct RedisTier {
@@ -143,6 +58,7 @@ pub struct RedisTier {
     breaker: Breaker,
     clock: Arc<dyn Clock>,
     stats: Arc<Recorder>,
+    slot: usize,
     warned: Mutex<HashSet<&'static str>>,
     limits: Limits,
 }
@@ -267,7 +183,9 @@ impl RedisTier {
         if addr.password.is_none() {
             addr.password = s.password.clone();
         }
+        let slot = stats.tier(&shown);
         Ok(RedisTier {
+            slot,
             shown,
             addr,
             pool: Mutex::new(Vec::new()),
@@ -300,6 +218,11 @@ impl RedisTier {
         format!("{}e:{}", self.prefix, key.hex())
     }
 
+    /// The address, as shown (no password in it).
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
     /// Says something once per process per kind.
     fn warn_once(&self, kind: &'static str, text: impl FnOnce() -> String) {
         if self.warned.lock().unwrap().insert(kind) {
@@ -325,7 +248,8 @@ impl RedisTier {
         }
         let now = self.clock.now();
         if !self.breaker.allows(now) {
-            self.stats.remote(RemoteEvent::Skipped, 0, Duration::ZERO);
+            self.stats
+                .remote_at(self.slot, RemoteEvent::Skipped, 0, Duration::ZERO);
             return None;
         }
         let start = Instant::now();
@@ -349,7 +273,8 @@ impl RedisTier {
             }
             Err(e) => {
                 let f = Failure::of(&e);
-                self.stats.remote(f.event(), 0, start.elapsed());
+                self.stats
+                    .remote_at(self.slot, f.event(), 0, start.elapsed());
                 let opened = self.breaker.failure(self.clock.now());
                 self.warn_once(f.name(), || {
                     format!(
@@ -444,6 +369,7 @@ impl RedisTier {
                         key: k.rsplit(':').next().unwrap_or_default().to_string(),
                         bytes: len.max(0) as u64,
                         ttl_secs: (ttl >= 0).then_some(ttl as u64),
+                        last_modified: None,
                     });
                 }
                 if cursor == b"0" {
@@ -464,38 +390,6 @@ impl RedisTier {
             entries,
         })
     }
-}
-
-/// What [`RedisTier::probe`] found.
-#[derive(Debug, Clone, Serialize)]
-pub struct Probe {
-    /// The address, password hidden.
-    pub address: String,
-    /// The key prefix of this platform.
-    pub namespace: String,
-    /// The mode.
-    pub mode: &'static str,
-    /// PING round trip, ms (connect included).
-    pub latency_ms: f64,
-    /// Whether a probe key could be written; `None` when not read-write.
-    pub writable: Option<Result<(), String>>,
-    /// Whether uploads are signed.
-    pub signing: bool,
-    /// Whether unsigned values are refused.
-    pub verify_required: bool,
-    /// The entries held for this platform, when asked for.
-    pub entries: Option<Vec<RemoteEntry>>,
-}
-
-/// One entry on the remote.
-#[derive(Debug, Clone, Serialize)]
-pub struct RemoteEntry {
-    /// The result key.
-    pub key: String,
-    /// Bytes of its packed value.
-    pub bytes: u64,
-    /// Seconds until it expires; `None`: never.
-    pub ttl_secs: Option<u64>,
 }
 
 impl Remote for RedisTier {
@@ -522,17 +416,14 @@ impl Remote for RedisTier {
             }
         }
         if let Some((why, field)) = refused {
-            self.stats.remote(RemoteEvent::Rejected, 0, Duration::ZERO);
+            self.stats
+                .remote_at(self.slot, RemoteEvent::Rejected, 0, Duration::ZERO);
             self.warn_once("record", || {
                 format!(
                     "remote {}: left out a result record of {}… ({}); its headers were not read",
                     self.shown,
                     &request.hex()[..16],
-                    match why {
-                        RecordReject::Malformed => "malformed",
-                        RecordReject::Unsigned => "unsigned, and signatures are required",
-                        RecordReject::BadSignature => "its signature does not verify",
-                    }
+                    why.describe()
                 )
             });
             if self.mode == RemoteMode::ReadWrite {
@@ -575,12 +466,17 @@ impl Remote for RedisTier {
         };
         match decoded {
             Ok(p) => {
-                self.stats
-                    .remote(RemoteEvent::Hit, bytes.len() as u64, start.elapsed());
+                self.stats.remote_at(
+                    self.slot,
+                    RemoteEvent::Hit,
+                    bytes.len() as u64,
+                    start.elapsed(),
+                );
                 Some(p)
             }
             Err(why) => {
-                self.stats.remote(RemoteEvent::Rejected, 0, start.elapsed());
+                self.stats
+                    .remote_at(self.slot, RemoteEvent::Rejected, 0, start.elapsed());
                 self.warn_once("rejected", || {
                     format!(
                         "remote {}: refused a value for {}… ({why}); compiling locally",
@@ -597,11 +493,13 @@ impl Remote for RedisTier {
     }
 
     fn missed(&self, _request: &Key) {
-        self.stats.remote(RemoteEvent::Miss, 0, Duration::ZERO);
+        self.stats
+            .remote_at(self.slot, RemoteEvent::Miss, 0, Duration::ZERO);
     }
 
     fn refused(&self, request: &Key, key: &Key, why: &str, remove: bool, deadline: Instant) {
-        self.stats.remote(RemoteEvent::Rejected, 0, Duration::ZERO);
+        self.stats
+            .remote_at(self.slot, RemoteEvent::Rejected, 0, Duration::ZERO);
         self.warn_once("refused", || {
             format!(
                 "remote {}: a value for {}… does not hold what it claims ({why}); not used, compiling locally",
@@ -637,16 +535,13 @@ impl Remote for RedisTier {
         let start = Instant::now();
         let bytes = value.encode(self.sign.as_ref());
         let created = unix_secs(SystemTime::now());
-        let mac = self.sign.as_ref().map(|k| {
-            blake3::Hash::from(k.mac(&result_mac_input(request, key, created, headers)))
-                .to_hex()
-                .to_string()
-        });
-        let field = serde_json::to_vec(&ResultField {
+        let field = serde_json::to_vec(&ResultField::new(
+            request,
+            key,
             created,
-            headers: headers.to_vec(),
-            mac,
-        })
+            headers,
+            self.sign.as_ref(),
+        ))
         .expect("serialises");
         let (ek, mk, fk) = (self.entry_key(key), self.manifest_key(request), key.hex());
         let ttl = self.ttl.map(|t| t.to_string());
@@ -691,8 +586,12 @@ impl Remote for RedisTier {
             Ok(())
         });
         if done.is_some() {
-            self.stats
-                .remote(RemoteEvent::Upload, bytes.len() as u64, start.elapsed());
+            self.stats.remote_at(
+                self.slot,
+                RemoteEvent::Upload,
+                bytes.len() as u64,
+                start.elapsed(),
+            );
         }
     }
 }

@@ -99,6 +99,34 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
         value: &Packed,
         deadline: Instant,
     );
+
+    /// How many rounds of results this remote has: the tiers of a chain, each asked
+    /// ([`Remote::results_at`]) only when no result of the rounds before served. One
+    /// for a single tier.
+    fn levels(&self) -> usize {
+        1
+    }
+
+    /// The results of round `level` (round 0 is [`Remote::results`]).
+    fn results_at(&self, level: usize, request: &Key, deadline: Instant) -> Vec<RemoteResult> {
+        if level == 0 {
+            self.results(request, deadline)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A fetched value passed every check and was published here: a chain writes it
+    /// back to the tiers in front of the one that served it. Nothing for one tier.
+    fn taken(
+        &self,
+        _request: &Key,
+        _key: &Key,
+        _headers: &[(String, String)],
+        _value: &Packed,
+        _deadline: Instant,
+    ) {
+    }
 }
 
 #[cfg(test)]

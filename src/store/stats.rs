@@ -90,8 +90,11 @@ counters! {
     remote_err_connect = REMOTE_ERR_CONNECT,
     /// Remote failures: an operation ran past `remote_timeout`.
     remote_err_timeout = REMOTE_ERR_TIMEOUT,
-    /// Remote failures: authentication refused (wrong password).
+    /// Remote failures: authentication refused (wrong password, wrong S3 credentials).
     remote_err_auth = REMOTE_ERR_AUTH,
+    /// Remote failures: authenticated, but not allowed (S3's 403 AccessDenied: a bucket
+    /// policy that forbids this read or write).
+    remote_err_denied = REMOTE_ERR_DENIED,
     /// Remote failures: the remote refused to store (full, out of memory, read-only replica).
     remote_err_full = REMOTE_ERR_FULL,
     /// Values refused: corrupt, unsigned, wrongly signed, for another key or platform.
@@ -136,6 +139,8 @@ pub enum RemoteEvent {
     ErrTimeout,
     /// Authentication refused.
     ErrAuth,
+    /// Authenticated, and not allowed (HTTP 403 AccessDenied).
+    ErrDenied,
     /// The remote refused to store.
     ErrFull,
     /// A value refused by the checks.
@@ -146,8 +151,156 @@ pub enum RemoteEvent {
     Skipped,
 }
 
-/// Width of the record, so that one `pwrite` replaces it whole.
-const RECORD_LEN: usize = 1024;
+/// One remote tier's counters, kept beside the totals in the same record: with tiers in
+/// a chain (`remote = redis://…;s3://…`), each says what it served, missed, took in and
+/// failed. `xcache stats --json` reports them as `remote_tiers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TierCounters {
+    /// The tier, as shown (`redis://host:6379/0`, `s3://bucket/prefix`; secrets hidden).
+    pub tier: String,
+    /// Local misses this tier served.
+    pub hits: u64,
+    /// Times this tier was asked and had nothing usable.
+    pub misses: u64,
+    /// Results uploaded to it (compiled here, or written back from a lower tier).
+    pub uploads: u64,
+    /// Bytes fetched from it.
+    pub bytes_in: u64,
+    /// Bytes uploaded to it.
+    pub bytes_out: u64,
+    /// Time spent talking to it, ms.
+    pub ms: u64,
+    /// Could not connect.
+    pub err_connect: u64,
+    /// An operation ran past the request's deadline.
+    pub err_timeout: u64,
+    /// Authentication refused (wrong password, wrong credentials).
+    pub err_auth: u64,
+    /// Authenticated, and not allowed (HTTP 403 AccessDenied).
+    pub err_denied: u64,
+    /// Refused to store (full, read-only, throttled).
+    pub err_full: u64,
+    /// Values or records refused by the checks.
+    pub rejected: u64,
+    /// Any other failure.
+    pub err_other: u64,
+    /// Not asked: its breaker was open.
+    pub skipped: u64,
+}
+
+impl TierCounters {
+    fn slots(&mut self) -> [&mut u64; 14] {
+        [
+            &mut self.hits,
+            &mut self.misses,
+            &mut self.uploads,
+            &mut self.bytes_in,
+            &mut self.bytes_out,
+            &mut self.ms,
+            &mut self.err_connect,
+            &mut self.err_timeout,
+            &mut self.err_auth,
+            &mut self.err_denied,
+            &mut self.err_full,
+            &mut self.rejected,
+            &mut self.err_other,
+            &mut self.skipped,
+        ]
+    }
+
+    fn count(&mut self, event: RemoteEvent, bytes: u64, spent: Duration) {
+        let slot = match event {
+            RemoteEvent::Hit => {
+                self.bytes_in += bytes;
+                &mut self.hits
+            }
+            RemoteEvent::Miss => &mut self.misses,
+            RemoteEvent::Upload => {
+                self.bytes_out += bytes;
+                &mut self.uploads
+            }
+            RemoteEvent::ErrConnect => &mut self.err_connect,
+            RemoteEvent::ErrTimeout => &mut self.err_timeout,
+            RemoteEvent::ErrAuth => &mut self.err_auth,
+            RemoteEvent::ErrDenied => &mut self.err_denied,
+            RemoteEvent::ErrFull => &mut self.err_full,
+            RemoteEvent::Rejected => &mut self.rejected,
+            RemoteEvent::ErrOther => &mut self.err_other,
+            RemoteEvent::Skipped => &mut self.skipped,
+        };
+        *slot += 1;
+        self.ms += spent.as_millis() as u64;
+    }
+
+    fn add(&mut self, o: &TierCounters) {
+        let mut o = o.clone();
+        for (a, b) in self.slots().into_iter().zip(o.slots()) {
+            *a = a.saturating_add(*b);
+        }
+    }
+
+    fn minus(&self, o: &TierCounters) -> TierCounters {
+        let mut r = self.clone();
+        let mut o = o.clone();
+        for (a, b) in r.slots().into_iter().zip(o.slots()) {
+            *a = a.saturating_sub(*b);
+        }
+        r
+    }
+
+    fn is_zero(&self) -> bool {
+        self.clone().slots().iter().all(|v| **v == 0)
+    }
+
+    /// Failures of every kind (refused values included; skips not).
+    pub fn errors(&self) -> u64 {
+        self.err_connect
+            + self.err_timeout
+            + self.err_auth
+            + self.err_denied
+            + self.err_full
+            + self.rejected
+            + self.err_other
+    }
+}
+
+/// Most tiers one record keeps (a configuration changed often keeps the latest).
+const MAX_TIER_ROWS: usize = 8;
+
+/// Longest tier name kept.
+const MAX_TIER_NAME: usize = 256;
+
+/// What `stats/counters.json` holds: the totals, and each remote tier's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The totals.
+    #[serde(flatten)]
+    pub totals: Counters,
+    /// Each remote tier's, in the order they were first counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_tiers: Vec<TierCounters>,
+}
+
+impl Record {
+    fn add(&mut self, o: &Record) {
+        self.totals.add(&o.totals);
+        for t in &o.remote_tiers {
+            match self.remote_tiers.iter_mut().find(|m| m.tier == t.tier) {
+                Some(mine) => mine.add(t),
+                None => self.remote_tiers.push(t.clone()),
+            }
+        }
+        if self.remote_tiers.len() > MAX_TIER_ROWS {
+            let extra = self.remote_tiers.len() - MAX_TIER_ROWS;
+            self.remote_tiers.drain(..extra);
+        }
+    }
+}
+
+/// Width of the record, so that one `pwrite` replaces it whole (the totals take about
+/// 600 bytes, each tier about 300).
+const RECORD_LEN: usize = 4096;
 
 /// True for the names xcache keeps (or kept, in earlier versions) under `stats/`.
 pub fn is_stats_file(name: &str) -> bool {
@@ -174,8 +327,10 @@ fn legacy_process_file(name: &str) -> bool {
 pub struct Recorder {
     cd: Arc<Root>,
     live: [AtomicU64; FIELDS],
+    /// Each remote tier's, by the slot [`Recorder::tier`] gave it.
+    tiers: Mutex<Vec<TierCounters>>,
     /// What was already added to the file.
-    written: Mutex<Counters>,
+    written: Mutex<Record>,
     last_flush_ms: AtomicU64,
     start: Instant,
 }
@@ -186,7 +341,8 @@ impl Recorder {
         Recorder {
             cd,
             live: Default::default(),
-            written: Mutex::new(Counters::default()),
+            tiers: Mutex::new(Vec::new()),
+            written: Mutex::new(Record::default()),
             last_flush_ms: AtomicU64::new(0),
             start: Instant::now(),
         }
@@ -194,6 +350,50 @@ impl Recorder {
 
     fn bump(&self, f: Field, by: u64) {
         self.live[f as usize].fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// A slot for the remote tier `name` (as shown: no secret in it), for
+    /// [`Recorder::remote_at`]. The same name gets the same slot.
+    pub fn tier(&self, name: &str) -> usize {
+        let mut name = name.to_string();
+        if name.len() > MAX_TIER_NAME {
+            let mut end = MAX_TIER_NAME;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name.truncate(end);
+        }
+        let mut tiers = self.tiers.lock().unwrap();
+        if let Some(i) = tiers.iter().position(|t| t.tier == name) {
+            return i;
+        }
+        tiers.push(TierCounters {
+            tier: name,
+            ..TierCounters::default()
+        });
+        tiers.len() - 1
+    }
+
+    /// An event of the tier in `slot`: counted for that tier, and in the totals —
+    /// except hits and misses, which the totals count per request
+    /// ([`Recorder::remote`], from the chain of tiers), not per tier asked.
+    pub fn remote_at(&self, slot: usize, event: RemoteEvent, bytes: u64, spent: Duration) {
+        if let Some(t) = self.tiers.lock().unwrap().get_mut(slot) {
+            t.count(event, bytes, spent);
+        }
+        match event {
+            RemoteEvent::Hit => {
+                self.bump(Field::REMOTE_BYTES_IN, bytes);
+                self.bump(Field::REMOTE_MS, spent.as_millis() as u64);
+            }
+            RemoteEvent::Miss => self.bump(Field::REMOTE_MS, spent.as_millis() as u64),
+            _ => self.remote(event, bytes, spent),
+        }
+    }
+
+    /// Each tier's counters, counted so far by this process.
+    pub fn tier_snapshot(&self) -> Vec<TierCounters> {
+        self.tiers.lock().unwrap().clone()
     }
 
     /// A remote tier event; `bytes` moved and time spent with it.
@@ -205,6 +405,7 @@ impl Recorder {
             RemoteEvent::ErrConnect => (Field::REMOTE_ERR_CONNECT, None),
             RemoteEvent::ErrTimeout => (Field::REMOTE_ERR_TIMEOUT, None),
             RemoteEvent::ErrAuth => (Field::REMOTE_ERR_AUTH, None),
+            RemoteEvent::ErrDenied => (Field::REMOTE_ERR_DENIED, None),
             RemoteEvent::ErrFull => (Field::REMOTE_ERR_FULL, None),
             RemoteEvent::Rejected => (Field::REMOTE_REJECTED, None),
             RemoteEvent::ErrOther => (Field::REMOTE_ERR_OTHER, None),
@@ -277,9 +478,28 @@ impl Recorder {
         let Ok(mut written) = self.written.try_lock() else {
             return;
         };
-        let now = self.snapshot();
-        let delta = now.minus(&written);
-        if delta == Counters::default() {
+        let now = Record {
+            totals: self.snapshot(),
+            remote_tiers: self.tier_snapshot(),
+        };
+        let delta = Record {
+            totals: now.totals.minus(&written.totals),
+            remote_tiers: now
+                .remote_tiers
+                .iter()
+                .map(
+                    |t| match written.remote_tiers.iter().find(|w| w.tier == t.tier) {
+                        Some(w) => TierCounters {
+                            tier: t.tier.clone(),
+                            ..t.minus(w)
+                        },
+                        None => t.clone(),
+                    },
+                )
+                .filter(|t| !t.is_zero())
+                .collect(),
+        };
+        if delta == Record::default() {
             return;
         }
         match update(&self.cd, |c| c.add(&delta)) {
@@ -316,18 +536,18 @@ fn open_counters(cd: &Root) -> Result<File> {
     Ok(file)
 }
 
-fn read_record(file: &File, path: &Path) -> Counters {
+fn read_record(file: &File, path: &Path) -> Record {
     let mut text = String::new();
     if (&*file).read_to_string(&mut text).is_err() || text.trim().is_empty() {
-        return Counters::default();
+        return Record::default();
     }
     serde_json::from_str(text.trim()).unwrap_or_else(|e| {
         log::warn!("{} is damaged ({e}); counting from zero", path.display());
-        Counters::default()
+        Record::default()
     })
 }
 
-fn write_record(file: &File, c: &Counters) -> std::io::Result<()> {
+fn write_record(file: &File, c: &Record) -> std::io::Result<()> {
     let mut text = serde_json::to_string(c).expect("serialises");
     if text.len() < RECORD_LEN {
         text.push_str(&" ".repeat(RECORD_LEN - 1 - text.len()));
@@ -339,7 +559,7 @@ fn write_record(file: &File, c: &Counters) -> std::io::Result<()> {
 
 /// Applies `f` to the counters of `cd` under the file's exclusive lock; returns the
 /// result.
-fn update(cd: &Root, f: impl FnOnce(&mut Counters)) -> Result<Counters> {
+fn update(cd: &Root, f: impl FnOnce(&mut Record)) -> Result<Record> {
     let path = cd.join(layout::stats_counters());
     let file = open_counters(cd)?;
     file.lock().map_err(|e| Error::io("locking", &path, e))?;
@@ -352,6 +572,11 @@ fn update(cd: &Root, f: impl FnOnce(&mut Counters)) -> Result<Counters> {
 /// The counters of the compiledir `cd`; with `zero`, resets them first. Files that
 /// earlier versions left (one per process, `total.json`) are folded in and removed.
 pub fn collect(cd: &Root, zero: bool) -> Result<Counters> {
+    collect_record(cd, zero).map(|r| r.totals)
+}
+
+/// [`collect`], with each remote tier's counters.
+pub fn collect_record(cd: &Root, zero: bool) -> Result<Record> {
     let legacy: Vec<String> = cd
         .read_dir(layout::STATS)
         .unwrap_or_default()
@@ -367,7 +592,7 @@ pub fn collect(cd: &Root, zero: bool) -> Result<Counters> {
         let path = cd.join(&rel);
         let file = match cd.open_file(&rel, OpenHow::read()) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Counters::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Record::default()),
             Err(e) => return Err(super::io_below("opening", cd, &rel, e)),
         };
         file.lock_shared()
@@ -376,7 +601,7 @@ pub fn collect(cd: &Root, zero: bool) -> Result<Counters> {
     }
     update(cd, |c| {
         if zero {
-            *c = Counters::default();
+            *c = Record::default();
         }
         for name in &legacy {
             let rel = Path::new(layout::STATS).join(name);

@@ -345,33 +345,37 @@ impl Store {
             return Ok(None);
         };
         budget.spend(|deadline| {
-            for r in remote.results(request, deadline) {
-                match headers_here(&r.headers, scope, deadline) {
-                    HeadersHere::Same => {}
-                    HeadersHere::Differ => continue,
-                    HeadersHere::OutOfTime => break,
-                    HeadersHere::Refused(why) => {
-                        remote.refused(request, &r.key, &why, false, deadline);
+            'levels: for level in 0..remote.levels() {
+                for r in remote.results_at(level, request, deadline) {
+                    match headers_here(&r.headers, scope, deadline) {
+                        HeadersHere::Same => {}
+                        HeadersHere::Differ => continue,
+                        HeadersHere::OutOfTime => break 'levels,
+                        HeadersHere::Refused(why) => {
+                            remote.refused(request, &r.key, &why, false, deadline);
+                            continue;
+                        }
+                    }
+                    let Some(packed) = remote.fetch(&r.key, deadline) else {
                         continue;
+                    };
+                    match self.import_result(&packed, Some(&r.key), true, scope, Some(deadline))? {
+                        super::import::Imported::Taken(f) => {
+                            let mut f = *f;
+                            f.hit = true;
+                            f.tier = super::remote::Tier::Remote;
+                            // Refill the faster tiers of a chain with what passed.
+                            remote.taken(request, &r.key, &r.headers, &packed, deadline);
+                            return Ok(Some(f));
+                        }
+                        super::import::Imported::Refused(why) => remote.refused(
+                            request,
+                            &r.key,
+                            &why.to_string(),
+                            why.is_fault_of_value(),
+                            deadline,
+                        ),
                     }
-                }
-                let Some(packed) = remote.fetch(&r.key, deadline) else {
-                    continue;
-                };
-                match self.import_result(&packed, Some(&r.key), true, scope, Some(deadline))? {
-                    super::import::Imported::Taken(f) => {
-                        let mut f = *f;
-                        f.hit = true;
-                        f.tier = super::remote::Tier::Remote;
-                        return Ok(Some(f));
-                    }
-                    super::import::Imported::Refused(why) => remote.refused(
-                        request,
-                        &r.key,
-                        &why.to_string(),
-                        why.is_fault_of_value(),
-                        deadline,
-                    ),
                 }
             }
             remote.missed(request);
