@@ -220,9 +220,9 @@ pub fn run(out: &mut impl Write, config: Config, args: &CompileArgs) -> Result<E
     let req = match (source, template) {
         (Some(source), _) => {
             let mut req = if *cuda {
-                SourceRequest::from_file_as(&source, xcache::Language::Cuda)?
+                SourceRequest::from_file_as(source, xcache::Language::Cuda)?
             } else {
-                SourceRequest::from_file(&source)?
+                SourceRequest::from_file(source)?
             };
             req.flags = resolve(&flags, req.language)?;
             for h in includes {
