@@ -786,6 +786,9 @@ fn wrong_credentials_warn_once_and_fall_back(kind: Kind) {
     let s = m.stats();
     assert!(s["remote_err_auth"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["remote_err_denied"], 0, "{s}");
+    // A lookup that failed is counted as its failure, never also as a miss.
+    assert_eq!(s["remote_misses"], 0, "{s}");
+    assert_eq!(s["remote_tiers"][0]["misses"], 0, "{s}");
     assert!(s3.keys().is_empty(), "{:?}", s3.keys());
     let d = m.cmd(&["doctor"]).output().unwrap();
     let d = String::from_utf8_lossy(&d.stdout);
@@ -837,7 +840,10 @@ fn a_killed_or_stopped_server_costs_at_most_the_deadline(kind: Kind) {
         "{:?}",
         t.elapsed()
     );
-    assert!(m.stats()["remote_err_connect"].as_u64().unwrap() >= 1);
+    let s = m.stats();
+    assert!(s["remote_err_connect"].as_u64().unwrap() >= 1, "{s}");
+    // a.c missed (the server answered); b.c's lookup failed: not a miss too.
+    assert_eq!(s["remote_misses"], 1, "{s}");
 
     // Stopped (SIGSTOP): the kernel accepts connections, nobody answers.
     let s3 = S3::start(kind);
@@ -854,11 +860,12 @@ fn a_killed_or_stopped_server_costs_at_most_the_deadline(kind: Kind) {
         spent < Duration::from_secs(3) + SLACK,
         "read-through and upload share one deadline: {spent:?}"
     );
+    let s = m.stats();
     assert_eq!(
-        m.stats()["remote_err_timeout"],
-        1,
-        "the upload was not tried again"
+        s["remote_err_timeout"], 1,
+        "the upload was not tried again: {s}"
     );
+    assert_eq!(s["remote_misses"], 1, "c.c missed; d.c timed out: {s}");
 
     // Redis stopped in front of S3: S3 still answers within the deadline.
     let redis = Redis::start();

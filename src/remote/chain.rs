@@ -167,12 +167,18 @@ impl Remote for Chain {
         });
     }
 
-    fn missed(&self, request: &Key) {
+    fn missed(&self, request: &Key) -> bool {
         let p = self.forget(request);
+        // A miss in all when some tier answered that it has nothing; where every tier
+        // asked failed, those failures are what is counted.
+        let mut answered = false;
         for t in self.tiers.iter().take(p.asked.max(1)) {
-            t.missed(request);
+            answered |= t.missed(request);
         }
-        self.stats.remote(RemoteEvent::Miss, 0, Duration::ZERO);
+        if answered {
+            self.stats.remote(RemoteEvent::Miss, 0, Duration::ZERO);
+        }
+        answered
     }
 
     fn upload(

@@ -401,6 +401,7 @@ impl Remote for RedisTier {
         if self.mode == RemoteMode::Off {
             return Vec::new();
         }
+        self.stats.remote_lookup_begins(self.slot);
         let mk = self.manifest_key(request);
         let Some(fields) = self.with_conn(deadline, |c, d| {
             bulk_pairs(c.query(&[b"HGETALL", mk.as_bytes()], d)?)
@@ -492,9 +493,9 @@ impl Remote for RedisTier {
         }
     }
 
-    fn missed(&self, _request: &Key) {
+    fn missed(&self, _request: &Key) -> bool {
         self.stats
-            .remote_at(self.slot, RemoteEvent::Miss, 0, Duration::ZERO);
+            .remote_at(self.slot, RemoteEvent::Miss, 0, Duration::ZERO)
     }
 
     fn refused(&self, request: &Key, key: &Key, why: &str, remove: bool, deadline: Instant) {

@@ -1110,6 +1110,7 @@ impl Remote for S3Tier {
         if self.mode == RemoteMode::Off {
             return Vec::new();
         }
+        self.stats.remote_lookup_begins(self.slot);
         let Some((m, malformed)) = self.with_breaker(deadline, |d| self.read_manifest(request, d))
         else {
             return Vec::new();
@@ -1180,8 +1181,9 @@ impl Remote for S3Tier {
         }
     }
 
-    fn missed(&self, _request: &Key) {
-        self.count(RemoteEvent::Miss, 0, Duration::ZERO);
+    fn missed(&self, _request: &Key) -> bool {
+        self.stats
+            .remote_at(self.slot, RemoteEvent::Miss, 0, Duration::ZERO)
     }
 
     fn refused(&self, request: &Key, key: &Key, why: &str, remove: bool, deadline: Instant) {

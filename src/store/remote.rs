@@ -86,8 +86,11 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// for another machine), delete it from the remote where this machine may write.
     fn refused(&self, request: &Key, key: &Key, why: &str, remove: bool, deadline: Instant);
 
-    /// Nothing the remote holds for `request` could be used: counted as a remote miss.
-    fn missed(&self, request: &Key);
+    /// Nothing the remote holds for `request` could be used: counted as a remote miss,
+    /// unless asking failed (a failure counted since this request's
+    /// [`Remote::results`]), which is counted as that failure only. Returns whether a
+    /// miss was counted.
+    fn missed(&self, request: &Key) -> bool;
 
     /// Uploads a result compiled here, with the headers it was built from. Failures are
     /// counted, never returned.

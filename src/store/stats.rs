@@ -151,6 +151,34 @@ pub enum RemoteEvent {
     Skipped,
 }
 
+impl RemoteEvent {
+    /// A failure to ask or to store (the remote did not answer as asked), as opposed to
+    /// an answer: a hit, a miss, an upload or a refused value.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            RemoteEvent::ErrConnect
+                | RemoteEvent::ErrTimeout
+                | RemoteEvent::ErrAuth
+                | RemoteEvent::ErrDenied
+                | RemoteEvent::ErrFull
+                | RemoteEvent::ErrOther
+                | RemoteEvent::Skipped
+        )
+    }
+}
+
+thread_local! {
+    /// The remote tiers (a bit per slot) that counted a failure on this thread since a
+    /// lookup of theirs began ([`Recorder::remote_lookup_begins`]).
+    static LOOKUP_FAILED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The bit of tier `slot` in [`LOOKUP_FAILED`] (none past the 64th tier).
+fn lookup_bit(slot: usize) -> u64 {
+    1u64.checked_shl(slot as u32).unwrap_or(0)
+}
+
 /// One remote tier's counters, kept beside the totals in the same record: with tiers in
 /// a chain (`remote = redis://…;s3://…`), each says what it served, missed, took in and
 /// failed. `xcache stats --json` reports them as `remote_tiers`.
@@ -377,7 +405,24 @@ impl Recorder {
     /// An event of the tier in `slot`: counted for that tier, and in the totals —
     /// except hits and misses, which the totals count per request
     /// ([`Recorder::remote`], from the chain of tiers), not per tier asked.
-    pub fn remote_at(&self, slot: usize, event: RemoteEvent, bytes: u64, spent: Duration) {
+    ///
+    /// A miss of a tier whose lookup on this thread failed (a failure counted since
+    /// [`Recorder::remote_lookup_begins`]) is not counted: that lookup counted its failure,
+    /// and a failure is never also a miss. Returns whether the event was counted.
+    pub fn remote_at(&self, slot: usize, event: RemoteEvent, bytes: u64, spent: Duration) -> bool {
+        let bit = lookup_bit(slot);
+        let failed_lookup = LOOKUP_FAILED.with(|f| {
+            let was = f.get() & bit != 0;
+            match event {
+                RemoteEvent::Miss => f.set(f.get() & !bit),
+                e if e.is_failure() => f.set(f.get() | bit),
+                _ => {}
+            }
+            was
+        });
+        if event == RemoteEvent::Miss && failed_lookup {
+            return false;
+        }
         if let Some(t) = self.tiers.lock().unwrap().get_mut(slot) {
             t.count(event, bytes, spent);
         }
@@ -389,6 +434,14 @@ impl Recorder {
             RemoteEvent::Miss => self.bump(Field::REMOTE_MS, spent.as_millis() as u64),
             _ => self.remote(event, bytes, spent),
         }
+        true
+    }
+
+    /// A lookup of tier `slot` begins on this thread: failures counted before it no
+    /// longer stand for it (see [`Recorder::remote_at`]).
+    pub fn remote_lookup_begins(&self, slot: usize) {
+        let bit = lookup_bit(slot);
+        LOOKUP_FAILED.with(|f| f.set(f.get() & !bit));
     }
 
     /// Each tier's counters, counted so far by this process.
@@ -658,6 +711,43 @@ mod tests {
         drop(r);
         let c = collect(&cd, false).unwrap();
         assert_eq!((c.misses, c.compile_ms), (1, 5));
+    }
+
+    #[test]
+    fn a_failed_lookup_is_not_also_a_miss() {
+        let (_d, cd) = root();
+        let r = Recorder::new(cd.clone());
+        let (a, b) = (r.tier("redis://a"), r.tier("s3://b"));
+        let t = |slot: usize| r.tier_snapshot()[slot].clone();
+        // Tier a times out, tier b answers that it has nothing.
+        r.remote_lookup_begins(a);
+        r.remote_lookup_begins(b);
+        r.remote_at(a, RemoteEvent::ErrTimeout, 0, Duration::ZERO);
+        assert!(!r.remote_at(a, RemoteEvent::Miss, 0, Duration::ZERO));
+        assert!(r.remote_at(b, RemoteEvent::Miss, 0, Duration::ZERO));
+        assert_eq!((t(a).misses, t(a).err_timeout, t(b).misses), (0, 1, 1));
+        // The next lookup of a starts afresh: its miss counts.
+        r.remote_lookup_begins(a);
+        assert!(r.remote_at(a, RemoteEvent::Miss, 0, Duration::ZERO));
+        // A skipped tier (breaker open) failed to ask too; an upload's failure after the
+        // miss belongs to no lookup.
+        r.remote_lookup_begins(a);
+        r.remote_at(a, RemoteEvent::Skipped, 0, Duration::ZERO);
+        assert!(!r.remote_at(a, RemoteEvent::Miss, 0, Duration::ZERO));
+        r.remote_at(a, RemoteEvent::ErrFull, 0, Duration::ZERO);
+        r.remote_lookup_begins(a);
+        assert!(r.remote_at(a, RemoteEvent::Miss, 0, Duration::ZERO));
+        assert_eq!(t(a).misses, 2);
+        // Other threads' lookups are their own.
+        r.remote_lookup_begins(a);
+        r.remote_at(a, RemoteEvent::ErrConnect, 0, Duration::ZERO);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                r.remote_lookup_begins(a);
+                assert!(r.remote_at(a, RemoteEvent::Miss, 0, Duration::ZERO));
+            });
+        });
+        assert!(!r.remote_at(a, RemoteEvent::Miss, 0, Duration::ZERO));
     }
 
     #[test]
