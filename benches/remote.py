@@ -41,6 +41,47 @@ def timed(cmd, env):
     return time.perf_counter() - t, out
 
 
+def entry_payload(artifact):
+    """(name, bytes) of the files a published entry holds (entry.json, the artifact,
+    its source): what a remote hit writes."""
+    entry_dir = os.path.dirname(artifact)
+    return [(n, open(os.path.join(entry_dir, n), "rb").read())
+            for n in sorted(os.listdir(entry_dir))
+            if n in ("entry.json", os.path.basename(artifact))
+            or n.endswith((".c", ".cpp", ".cu"))]
+
+
+def durable_floor_step(payload, floor_root, times):
+    """A step that appends to `times` the cost of a durable publish of `payload`,
+    in-process: the files written into a fresh directory, each fsynced, the directory
+    fsynced, renamed into place, its parent fsynced (what any crash-safe cache pays on
+    this disk, whose fsync latency moves with the host's load)."""
+    os.makedirs(floor_root, exist_ok=True)
+
+    def step():
+        # The last round's copy goes first, untimed; its removal is committed by this
+        # round's first fsync (the floor pays for its own cleanup).
+        shutil.rmtree(os.path.join(floor_root, "entry"), ignore_errors=True)
+        t = time.perf_counter()
+        tmp = os.path.join(floor_root, "tmp")
+        os.mkdir(tmp)
+        for name, data in payload:
+            fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, data)
+            os.fsync(fd)
+            os.close(fd)
+        dfd = os.open(tmp, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+        os.rename(tmp, os.path.join(floor_root, "entry"))
+        pfd = os.open(floor_root, os.O_RDONLY)
+        os.fsync(pfd)
+        os.close(pfd)
+        times.append(time.perf_counter() - t)
+
+    return step
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=40)
@@ -85,38 +126,8 @@ def main():
             assert json.loads(out)["tier"] == "remote", out
             remote.append(t)
 
-        # The floor of a durable publish of the same bytes, in-process: the entry's
-        # files written into a fresh directory, each fsynced, the directory fsynced,
-        # renamed into place, its parent fsynced (what any crash-safe cache pays on
-        # this disk, whose fsync latency moves with the host's load).
-        entry_dir = os.path.dirname(first["path"])
-        payload = [(n, open(os.path.join(entry_dir, n), "rb").read())
-                   for n in sorted(os.listdir(entry_dir))
-                   if n in ("entry.json", os.path.basename(first["path"]))
-                   or n.endswith((".c", ".cpp", ".cu"))]
-        floor_root = os.path.join(work, "floor")
-        os.makedirs(floor_root)
-
-        def durable_floor():
-            # The last round's copy goes first, untimed; its removal is committed by
-            # this round's first fsync (the floor pays for its own cleanup).
-            shutil.rmtree(os.path.join(floor_root, "entry"), ignore_errors=True)
-            t = time.perf_counter()
-            tmp = os.path.join(floor_root, "tmp")
-            os.mkdir(tmp)
-            for name, data in payload:
-                fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT, 0o644)
-                os.write(fd, data)
-                os.fsync(fd)
-                os.close(fd)
-            dfd = os.open(tmp, os.O_RDONLY)
-            os.fsync(dfd)
-            os.close(dfd)
-            os.rename(tmp, os.path.join(floor_root, "entry"))
-            pfd = os.open(floor_root, os.O_RDONLY)
-            os.fsync(pfd)
-            os.close(pfd)
-            floor.append(time.perf_counter() - t)
+        payload = entry_payload(first["path"])
+        durable_floor = durable_floor_step(payload, os.path.join(work, "floor"), floor)
 
         steps = [
             durable_floor,
