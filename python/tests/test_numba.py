@@ -255,3 +255,68 @@ def test_install_is_idempotent_and_uninstall_restores_numba() -> None:
     assert caching.IndexDataCacheFile is original
     assert xn._Locator not in caching.CacheImpl._locator_classes
     assert "release" not in vars(global_compiler_lock)
+
+
+BEHIND = """
+import json, os, sys
+import xcache.integrations.numba as xn
+xn.install(write_behind={behind})
+xn.EXIT_WAIT = 600.0  # a child left waiting on its parent's groups shows as a timeout
+sys.path.insert(0, {src!r})
+import threading
+import numba_funcs as m
+# The publishing thread is kept busy until after the fork: the group saved by the call
+# below is still pending when the child is made, and when the parent comes to exit.
+go = threading.Event()
+xn._publisher.submit(go.wait)
+m.scalar(1.75)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # atexit runs in the child: it has no groups of its own to wait for
+_, status = os.waitpid(pid, 0)
+{check}
+go.set()
+print(json.dumps({{"child": status, "drained": {drained}}}))
+"""
+
+# Published inside the call (write_behind=False): another process loads the group while
+# this one's publishing thread is still held up.
+SYNC_CHECK = """
+import subprocess
+r = subprocess.run(
+    [sys.executable, {run!r}, {src!r}, {out!r}, "scalar", "--adapter"],
+    env={{**os.environ, "NUMBA_CACHE_DIR": {numba!r}}},
+    capture_output=True, text=True, timeout=120,
+)
+assert json.loads(r.stdout.splitlines()[-1])["stats"]["scalar"]["hits"] == 1, r.stderr
+"""
+
+
+@pytest.mark.parametrize("behind", [True, False])
+def test_groups_published_behind_the_call_are_waited_for_at_exit_not_by_children(
+    module_dir: Path, tmp_path: Path, behind: bool
+) -> None:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-1")}
+    check = (
+        ""
+        if behind
+        else SYNC_CHECK.format(
+            run=RUN, src=str(module_dir), out=str(tmp_path / "s.npz"), numba=str(tmp_path / "n")
+        )
+    )
+    # With write-behind, the parent leaves its pending group to the exit: no wait here.
+    drained = "True" if behind else "xn.wait(60)"
+    code = BEHIND.format(behind=behind, src=str(module_dir), check=check, drained=drained)
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert p.returncode == 0, p.stderr[-4000:]
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    assert report == {"child": 0, "drained": True}, report
+    # Published by the time the process was gone: a second one loads it.
+    second = finish(start(module_dir, tmp_path / "b.npz", ["scalar"], tmp_path / "numba-2"))
+    assert second["stats"]["scalar"] == {
+        "hits": 1,
+        "misses": 0,
+        "cache_path": second["stats"]["scalar"]["cache_path"],
+    }, second

@@ -42,22 +42,35 @@ time, and the next asker compiles instead of waiting for its lock timeout.
 from a cache directory that passes xcache's trust checks (owned by you, not writable by
 others). A remote tier should be signed (``remote_sign_key``).
 
+**Publishing behind the call.** ``save`` hands the group to a thread of this module's
+that publishes it durably (staged, hashed, fsynced, renamed, as every entry is), so a
+compile's first call does not wait for the disk: Numba itself writes its files without
+syncing them. The lease stays held until the group is published, so other processes
+still wait for it and then load it. At exit the process waits for what is left
+(``wait()``, up to ``EXIT_WAIT`` seconds); a process that dies first (killed,
+``os._exit``) published nothing of it, and the next one compiles it again. A forked
+child leaves its parent's pending groups to the parent. ``install(write_behind=False)``
+publishes inside ``save`` instead.
+
 ``uninstall()`` restores Numba's own cache for functions decorated after it.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import pickle
+import queue
 import sys
 import threading
+import time
 import warnings
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from .. import Cache, Error, Group, GroupLease
 
-__all__ = ["PRODUCER", "install", "installed", "uninstall"]
+__all__ = ["EXIT_WAIT", "PRODUCER", "install", "installed", "uninstall", "wait"]
 
 #: The producer name of the groups (``xcache list --producer numba``).
 PRODUCER = "numba"
@@ -65,6 +78,8 @@ PRODUCER = "numba"
 DATA_FILE = "data.nbc"
 #: Bumped when the key material's layout changes.
 MATERIAL_VERSION = 1
+#: How long an exiting process waits for the groups it still has to publish, seconds.
+EXIT_WAIT = 60.0
 
 _lock = threading.Lock()
 _cache: Optional[Cache] = None
@@ -83,21 +98,97 @@ class _Leases(threading.local):
 _leases = _Leases()
 
 
+class _Publisher:
+    """Runs ``save``'s publishes, in order, on a daemon thread of its own (started at
+    the first); ``wait`` blocks until none is left."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+        self._start = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._start:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="xcache-numba-publish", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            finally:
+                self._jobs.task_done()
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._jobs.all_tasks_done:
+            while self._jobs.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._jobs.all_tasks_done.wait(left)
+        return True
+
+    def pending(self) -> int:
+        return self._jobs.unfinished_tasks
+
+
+_publisher = _Publisher()
+_write_behind = True
+
+
+def _forget_parents_jobs() -> None:
+    """In a forked child: the parent publishes what it had pending; the child starts
+    with none (and with no publishing thread, which fork does not copy)."""
+    global _publisher
+    _publisher = _Publisher()
+
+
+os.register_at_fork(after_in_child=_forget_parents_jobs)
+
+
+def wait(timeout: Optional[float] = None) -> bool:
+    """Blocks until every group this process saved is published (or `timeout` seconds
+    pass: then False). Exiting does this by itself, up to ``EXIT_WAIT``."""
+    return _publisher.wait(timeout)
+
+
+def _at_exit() -> None:
+    left = _publisher.pending()
+    if left and not _publisher.wait(EXIT_WAIT):
+        warnings.warn(
+            f"xcache (numba): {_publisher.pending()} of {left} compiled functions were not "
+            f"published within {EXIT_WAIT:.0f} s of exit; the next process compiles them again",
+            stacklevel=1,
+        )
+
+
+atexit.register(_at_exit)
+
+
 def installed() -> bool:
     """Whether Numba's cache currently goes through xcache."""
     return _cache is not None
 
 
-def install(cache: Optional[Cache] = None) -> Cache:
+def install(cache: Optional[Cache] = None, *, write_behind: bool = True) -> Cache:
     """Makes Numba's ``cache=True`` keep its data in xcache; returns the cache used.
 
     Call it before the functions are decorated (Numba makes a function's cache when
     ``@jit(cache=True)`` runs). The cache's runtime tag is ``numba-<version>``: with
     ``cache``, a cache on its base dir with its settings and that tag; without, one
     opened as ``xcache.Cache()`` does (``XCACHE_DIR``...). Installing again keeps the
-    cache in use unless another ``cache`` is given.
+    cache in use unless another ``cache`` is given. ``write_behind``: publish compiled
+    functions on a thread of their own (the default; see the module's documentation),
+    else inside Numba's ``save``.
     """
-    global _cache
+    global _cache, _write_behind
+    _write_behind = write_behind
     import numba
     from numba.core import caching
     from numba.core.compiler_lock import global_compiler_lock
@@ -246,19 +337,32 @@ class _IndexDataFile:
         if cache is None or self._flushed:
             return
         material = self._material(key)
+        name = self._group_name(key)
         lease = _leases.by_material.pop(material, None)
         try:
             payload = dumps(data)
+        except Exception:
             if lease is not None:
-                lease.add(DATA_FILE, payload)
-                lease.publish()
-            else:
-                cache.put_group(PRODUCER, material, {DATA_FILE: payload}, self._group_name(key))
-        except Error as e:
-            _warn(f"could not save {self._group_name(key)}", e)
-        finally:
-            if lease is not None:
-                lease.abandon()  # a no-op once published
+                lease.abandon()
+            raise
+
+        def publish() -> None:
+            try:
+                if lease is not None:
+                    lease.add(DATA_FILE, payload)
+                    lease.publish()
+                else:
+                    cache.put_group(PRODUCER, material, {DATA_FILE: payload}, name)
+            except Exception as e:  # never lost silently, never the caller's failure
+                _warn(f"could not save {name}", e)
+            finally:
+                if lease is not None:
+                    lease.abandon()  # a no-op once published
+
+        if _write_behind:
+            _publisher.submit(publish)
+        else:
+            publish()
 
     def flush(self) -> None:
         """Numba's ``recompile()``: this function's cached overloads are not to be used
