@@ -51,11 +51,12 @@ context, LLVM), about 200 ms, in both columns (the `scalar` row). A warm load th
 the adapter replaces Numba's index and data files by one store hit (the group's
 manifest, the entry's lock, `entry.json` and `verified` record, a pin) and one read of
 the group's file: 0.2–0.3 ms per function (0.7 ms for the first of a process). Cold, the
-adapter adds the group's publish to each compile: staged, hashed and published durably
-(about 5 fsyncs, 17–25 ms on this shared disk, where one write + fsync takes 3–4 ms),
-where Numba writes its two files without syncing them; that is the whole cold
-difference, so the ratio depends on how long the compile itself takes (60 ms for
-`array_loop`: up to 2×; 400 ms for `parallel`: under 1.05×). PyTensor's default mode
+adapter publishes each compiled function durably (staged, hashed, about 5 fsyncs: 17–25
+ms on this shared disk) on a thread of its own while the program goes on, and the
+process waits for what is left at exit; Numba writes its two files in the call, without
+syncing them. Publishing inside the call (`install(write_behind=False)`, as before)
+measured 1.20× Numba's cold first calls in all (up to 2× for `array_loop`, whose
+compile takes 60 ms). PyTensor's default mode
 loads one Numba function per graph (the graph's, with its ops compiled in), so a warm
 `function()` differs by one group hit per graph. The C backend's adapter finds each
 module by content: PyTensor generates the module's code again, and the xcache hit checks
@@ -63,7 +64,7 @@ the module's manifest, one `stat` for each of its ~330 headers (about half of th
 1.3 ms of each module's hit here: 37 modules for the three graphs), where PyTensor's
 own warm path finds its key among the key files it unpickled and checks no header. A
 header's hash is read once per process and stat signature (`VerifiedHashes`): the
-steady warm path never hashed (every signature vouched); "restamped" is the first
+steady warm path never hashed (every signature vouched); "restamped" (`--restamp-headers`) is the first
 process after numpy's and PyTensor's headers were touched (contents unchanged, as after
 restoring or reinstalling an environment), whose manifests all have stale signatures:
 each header is hashed once in that process instead of once per module, and each
