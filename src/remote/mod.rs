@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod chain;
 pub mod record;
 pub mod redis;
+pub mod resolve;
 pub mod resp;
 pub mod s3;
 pub mod sigv4;

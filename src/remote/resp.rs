@@ -10,7 +10,7 @@
 //! commands. This file is all of the protocol xcache speaks.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Longest status, error or number line accepted.
@@ -451,13 +451,23 @@ impl Conn {
         limits: Limits,
     ) -> Result<Conn, RespError> {
         let budget = left(deadline)?.min(connect_timeout.max(Duration::from_millis(1)));
-        let addrs: Vec<_> = (addr.host.as_str(), addr.port)
-            .to_socket_addrs()
-            .map_err(RespError::Connect)?
-            .collect();
+        let until = Instant::now() + budget;
+        let netloc = if addr.host.contains(':') {
+            format!("[{}]:{}", addr.host, addr.port)
+        } else {
+            format!("{}:{}", addr.host, addr.port)
+        };
+        // By the deadline: a resolver that does not answer is a timeout, not a hang.
+        let addrs = crate::remote::resolve::lookup(&netloc, until, crate::remote::resolve::system)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    RespError::Timeout
+                } else {
+                    RespError::Connect(e)
+                }
+            })?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
         let mut stream = None;
-        let until = Instant::now() + budget;
         for a in addrs {
             let Some(t) = until.checked_duration_since(Instant::now()) else {
                 break;

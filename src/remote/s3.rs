@@ -38,9 +38,8 @@
 //! server errors (5xx) are retried with exponential backoff and jitter only while the
 //! wait fits before the deadline, and bodies are bounded before they are read. Small
 //! requests reuse pooled connections; a body above [`POOLED_BODY`] goes on a fresh one
-//! (ureq gives a fresh connection's writes the deadline, a pooled one's none). DNS
-//! look-ups are not bounded by the deadline (ureq cannot): use an address, or a
-//! resolver that answers, for the endpoint.
+//! (ureq gives a fresh connection's writes the deadline, a pooled one's none). The
+//! endpoint's name is looked up by the deadline too ([`super::resolve`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -519,6 +518,7 @@ impl S3Tier {
         let agent = |idle: usize| {
             ureq::AgentBuilder::new()
                 .timeout_connect(s.connect_timeout)
+                .resolver(super::resolve::Bounded(super::resolve::system))
                 .redirects(0)
                 .max_idle_connections(idle)
                 .max_idle_connections_per_host(idle)
@@ -683,6 +683,7 @@ impl S3Tier {
             );
             req = req.set("authorization", &auth);
         }
+        let _lookups = super::resolve::within(deadline);
         let resp = match req.send_bytes(body) {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
@@ -1093,6 +1094,7 @@ fn transport(t: ureq::Transport) -> CallError {
         src = s.source();
     }
     match t.kind() {
+        ureq::ErrorKind::Dns if timed_out => CallError::new(Failure::Timeout, text),
         ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Dns => {
             CallError::new(Failure::Connect, text)
         }
