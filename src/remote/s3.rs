@@ -949,11 +949,14 @@ impl S3Tier {
     }
 
     /// Rewrites the manifest of `request` through `edit` (read, change, write back).
+    /// `edit` says whether it changed anything: a manifest that `edit` left as it was,
+    /// and from which no record was dropped, is not written again (a machine that lost
+    /// the race to upload a result finds its record there already).
     fn edit_manifest(
         &self,
         request: &Key,
         deadline: Instant,
-        edit: impl FnOnce(&mut BTreeMap<String, ResultField>),
+        edit: impl FnOnce(&mut BTreeMap<String, ResultField>) -> bool,
     ) -> Result<(), CallError> {
         let (m, _) = self.read_manifest(request, deadline)?;
         // Only records that verify are carried over: a planted one is dropped here.
@@ -965,7 +968,10 @@ impl S3Tier {
                 kept.insert(k, f.clone());
             }
         }
-        edit(&mut kept);
+        let dropped = kept.len() != raw.len();
+        if !edit(&mut kept) && !dropped {
+            return Ok(());
+        }
         if kept.len() > MAX_RESULTS {
             let mut by_age: Vec<(u64, String)> =
                 kept.iter().map(|(k, f)| (f.created, k.clone())).collect();
@@ -1202,9 +1208,7 @@ impl Remote for S3Tier {
             let field = key.hex();
             let _ = self.with_breaker(deadline, |d| {
                 self.delete(&ek, d)?;
-                self.edit_manifest(request, d, |m| {
-                    m.remove(&field);
-                })
+                self.edit_manifest(request, d, |m| m.remove(&field).is_some())
             });
         }
     }
@@ -1234,7 +1238,12 @@ impl Remote for S3Tier {
             };
             r.and_then(|()| {
                 self.edit_manifest(request, d, |m| {
+                    // Recorded already (by whoever won the race to upload it): as is.
+                    if m.contains_key(&key.hex()) {
+                        return false;
+                    }
                     m.insert(key.hex(), field);
+                    true
                 })
             })
             .inspect_err(|e| denied = e.kind == Failure::Denied)
