@@ -702,4 +702,24 @@ mod tests {
         drop(c);
         server.join().unwrap();
     }
+
+    /// A host given by name is looked up (by the deadline) and connected to.
+    #[test]
+    fn a_host_by_name_is_looked_up_and_connected() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 64];
+            let _ = s.read(&mut req);
+            s.write_all(b"$2\r\nhi\r\n").unwrap();
+        });
+        let addr = Address::parse(&format!("redis://localhost:{port}")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut c =
+            Conn::connect(&addr, Duration::from_secs(5), deadline, Limits::default()).unwrap();
+        let r = c.query(&[b"GET", b"k"], deadline).unwrap();
+        assert_eq!(r.into_bytes().as_deref(), Some(&b"hi"[..]));
+        server.join().unwrap();
+    }
 }

@@ -567,8 +567,9 @@ impl S3Tier {
         format!("{}/e/{}", self.base, key.hex())
     }
 
-    fn count(&self, event: RemoteEvent, bytes: u64, spent: Duration) {
-        self.stats.remote_at(self.slot, event, bytes, spent);
+    /// Counts an event of this tier; whether it was counted ([`Recorder::remote_at`]).
+    fn count(&self, event: RemoteEvent, bytes: u64, spent: Duration) -> bool {
+        self.stats.remote_at(self.slot, event, bytes, spent)
     }
 
     /// Says something once per process per kind.
@@ -1190,8 +1191,7 @@ impl Remote for S3Tier {
     }
 
     fn missed(&self, _request: &Key) -> bool {
-        self.stats
-            .remote_at(self.slot, RemoteEvent::Miss, 0, Duration::ZERO)
+        self.count(RemoteEvent::Miss, 0, Duration::ZERO)
     }
 
     fn refused(&self, request: &Key, key: &Key, why: &str, remove: bool, deadline: Instant) {

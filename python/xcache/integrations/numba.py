@@ -109,7 +109,7 @@ class _Publisher:
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._start:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="xcache-numba-publish", daemon=True
                 )
