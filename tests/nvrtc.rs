@@ -400,3 +400,67 @@ fn the_cuda_templates_include_nothing_under_nvrtc() {
         );
     }
 }
+
+/// A brand-new cache asks NVRTC what it accepts with one small compile (every option
+/// at once, `-minimal`), not one full compile per option: its first kernel costs two
+/// NVRTC programs in all, and the answers are recorded for later processes, which
+/// compile only their kernels. Counted in fresh processes (this binary, re-executed):
+/// NVRTC's compile counter is per process.
+#[test]
+#[ignore = "needs libnvrtc: scripts/test.sh runs it where libnvrtc is found"]
+fn a_brand_new_cache_probes_nvrtc_with_one_compile_and_records_the_answers() {
+    let tc = TestCache::new();
+    let run = |expr: &str| -> u64 {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "probe_worker", "--ignored", "--nocapture"])
+            .env("XC_PROBE_WORKER", tc.base())
+            .env("XC_PROBE_EXPR", expr)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("NVRTC COMPILES "))
+            .expect(&text);
+        line["NVRTC COMPILES ".len()..].trim().parse().unwrap()
+    };
+    assert_eq!(run("a+1"), 2, "the probe and the kernel");
+    assert_eq!(
+        run("a+2"),
+        1,
+        "the kernel alone: the probe's answers are recorded"
+    );
+    let jit = jit_for(&tc, "sm_90");
+    let tool = jit.nvrtc().unwrap();
+    let (major, minor) = tool.version;
+    if (major, minor) >= (12, 8) {
+        assert!(
+            tool.minimal && tool.fast_compile && tool.time_trace,
+            "{tool:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs libnvrtc: scripts/test.sh runs it where libnvrtc is found"]
+fn probe_worker() {
+    let (Some(base), Some(expr)) = (
+        std::env::var_os("XC_PROBE_WORKER"),
+        std::env::var("XC_PROBE_EXPR").ok(),
+    ) else {
+        return; // only as the fresh process of the test above
+    };
+    let mut c = xcache::Config::defaults();
+    c.set_base_dir(base);
+    c.set("cuda_arch", "sm_90").unwrap();
+    let jit = Jit::new(c).unwrap();
+    let r = req(
+        "cuda/elemwise",
+        &[("dtype", "float32"), ("arity", "1"), ("expr", &expr)],
+    );
+    let (m, _) = jit.nvrtc_template(&r).unwrap();
+    assert!(!m.hit);
+    println!("NVRTC COMPILES {}", xcache::compile::nvrtc::compiles());
+}

@@ -2538,10 +2538,25 @@ fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
+/// This interpreter's `nvidia` namespace package directories (NVIDIA's wheels), for
+/// finding its NVRTC wheel; `None` where it has none.
+fn nvidia_dirs() -> Option<Vec<std::path::PathBuf>> {
+    Python::attach(|py| {
+        let path = py.import("nvidia").ok()?.getattr("__path__").ok()?;
+        let mut dirs = Vec::new();
+        for d in path.try_iter().ok()? {
+            dirs.push(std::path::PathBuf::from(d.ok()?.extract::<String>().ok()?));
+        }
+        Some(dirs)
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     xcache_cli::init_logging();
     let py = m.py();
+    let prefix: String = py.import("sys")?.getattr("prefix")?.extract()?;
+    xcache::compile::nvrtc::set_interpreter(prefix, nvidia_dirs);
     m.add("Error", py.get_type::<Error>())?;
     m.add("CompileError", py.get_type::<CompileError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;

@@ -241,8 +241,39 @@ fn system_dirs() -> Vec<(PathBuf, &'static str)> {
     v
 }
 
-/// The `lib/` directories of the `nvidia` namespace package of `python3`, if any.
-fn pip_wheel_dirs() -> Vec<PathBuf> {
+/// Where an embedding interpreter's `nvidia` namespace package lies: `None` when it has
+/// none (not installed in that interpreter).
+pub type NvidiaDirsProvider = fn() -> Option<Vec<PathBuf>>;
+
+static NVIDIA_DIRS: std::sync::OnceLock<NvidiaDirsProvider> = std::sync::OnceLock::new();
+static INTERPRETER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Registers the interpreter this library runs in (the Python package does, at import):
+/// `prefix` names it (`sys.prefix`: a venv is its own) and `provider` asks it for its
+/// `nvidia` package's directories, so that the NVRTC wheel of the running interpreter
+/// is found, whatever `python3` on `PATH` is, and without starting one. The provider is
+/// asked only when discovery gets that far. The first registration stays.
+pub fn set_interpreter(prefix: String, provider: NvidiaDirsProvider) {
+    if INTERPRETER.set(prefix).is_ok() {
+        let _ = NVIDIA_DIRS.set(provider);
+    }
+}
+
+/// The `lib/` directories of the `nvidia` namespace package of the running interpreter
+/// (where one registered itself) and of `python3`, each named as it is shown.
+fn pip_wheel_dirs() -> Vec<(PathBuf, &'static str)> {
+    let libs = |dirs: Vec<PathBuf>, how: &'static str| -> Vec<(PathBuf, &'static str)> {
+        dirs.iter()
+            .flat_map(|d| ["cu13", "cu12", "cuda_nvrtc"].map(|sub| (d.join(sub).join("lib"), how)))
+            .collect()
+    };
+    let mut v = Vec::new();
+    if let Some(dirs) = NVIDIA_DIRS.get().and_then(|provider| provider()) {
+        v.extend(libs(dirs, "pip wheel"));
+        if v.iter().any(|(d, _)| library_in(d).is_some()) {
+            return v; // found in-process: no python3 to start
+        }
+    }
     let out = host::dies_with_xcache(&mut Command::new("python3"))
         .args([
             "-c",
@@ -251,11 +282,10 @@ fn pip_wheel_dirs() -> Vec<PathBuf> {
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output();
-    let Ok(out) = out else { return Vec::new() };
+    let Ok(out) = out else { return v };
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .flat_map(|d| ["cu13", "cu12", "cuda_nvrtc"].map(|sub| Path::new(d).join(sub).join("lib")))
-        .collect()
+    v.extend(libs(text.lines().map(PathBuf::from).collect(), "pip wheel"));
+    v
 }
 
 /// Searches the places of the module doc, in order. `Err` lists every place looked at.
@@ -284,13 +314,17 @@ pub fn discover(config: &Config) -> std::result::Result<Found, Vec<String>> {
             return Err(looked); // an explicit setting is the only place looked
         }
     }
-    for dir in pip_wheel_dirs() {
-        if let Some(f) = try_dir(&dir, "pip wheel", &mut looked) {
+    for (dir, how) in pip_wheel_dirs() {
+        if let Some(f) = try_dir(&dir, how, &mut looked) {
             return Ok(f);
         }
     }
     if looked.iter().all(|l| !l.ends_with("(pip wheel)")) {
-        looked.push("the nvidia-cuda-nvrtc wheel of python3 (not installed)".into());
+        looked.push(if NVIDIA_DIRS.get().is_some() {
+            "the nvidia-cuda-nvrtc wheel of this Python and of python3 (not installed)".into()
+        } else {
+            "the nvidia-cuda-nvrtc wheel of python3 (not installed)".into()
+        });
     }
     for (dir, how) in system_dirs() {
         if let Some(f) = try_dir(&dir, how, &mut looked) {
@@ -804,6 +838,8 @@ fn resolution_inputs(config: &Config) -> String {
         put(var);
         put(&std::env::var(var).unwrap_or_default());
     }
+    // Another interpreter may find another wheel.
+    put(INTERPRETER.get().map(String::as_str).unwrap_or(""));
     h.finalize().to_hex()[..32].to_string()
 }
 
@@ -924,9 +960,9 @@ pub fn resolve_fresh(config: &Config) -> Result<NvrtcTool> {
             binary,
         },
     };
-    let try_compile = |tool: &NvrtcTool, opt: Option<&str>, i: usize| {
-        let mut opts = vec![format!("--gpu-architecture={DEFAULT_PTX_ARCH}")];
-        opts.extend(opt.map(String::from));
+    let try_compile = |tool: &NvrtcTool, opts: &[&str], i: usize| {
+        let mut all = vec![format!("--gpu-architecture={DEFAULT_PTX_ARCH}")];
+        all.extend(opts.iter().map(|o| o.to_string()));
         // Each probe in a directory of its own (a failed one keeps its source there).
         let dir = probe_dir.path().join(i.to_string());
         crate::error::IoContext::ctx(std::fs::create_dir_all(&dir), "creating", &dir)?;
@@ -935,34 +971,48 @@ pub fn resolve_fresh(config: &Config) -> Result<NvrtcTool> {
             "probe.cu",
             b"extern \"C\" __global__ void xc_probe() {}\n",
             &[],
-            &opts,
+            &all,
             Output::Ptx,
             Duration::from_secs(60),
         )
     };
-    // The empty kernel, plain and with each option, compiled at once on threads (NVRTC
-    // is thread-safe): a brand-new cache pays for one probe's time, not five. It must
-    // compile at all (its builtins library found, ...) for the options' answers to mean
-    // anything.
     let trace = format!(
         "--fdevice-time-trace={}",
         probe_dir.path().join("t").display()
     );
-    let options: [Option<&str>; 5] = [
-        None,
-        Some("-minimal"),
-        Some("--Ofast-compile=min"),
-        Some(&trace),
-        Some("-no-source-include"),
+    // Every option at once first: an NVRTC that takes them all (12.8 and later) answers
+    // with one compile, and a `-minimal` one, the cheapest there is (a brand-new cache
+    // pays for one small compile before its first kernel, not five full ones).
+    let all: [&str; 4] = [
+        "-minimal",
+        "--Ofast-compile=min",
+        &trace,
+        "-no-source-include",
+    ];
+    if try_compile(&probe, &all, 0).is_ok() {
+        probe.minimal = true;
+        probe.fast_compile = true;
+        probe.time_trace = true;
+        return Ok(probe);
+    }
+    // Else the empty kernel, plain and with each option, compiled at once on threads
+    // (NVRTC is thread-safe). It must compile at all (its builtins library found, ...)
+    // for the options' answers to mean anything.
+    let options: [&[&str]; 5] = [
+        &[],
+        &["-minimal"],
+        &["--Ofast-compile=min"],
+        &[&trace],
+        &["-no-source-include"],
     ];
     let results: Vec<Result<_>> = std::thread::scope(|s| {
         let handles: Vec<_> = options
             .iter()
             .enumerate()
-            .map(|(i, opt)| {
+            .map(|(i, opts)| {
                 let probe = &probe;
                 let try_compile = &try_compile;
-                s.spawn(move || try_compile(probe, *opt, i).map(|_| ()))
+                s.spawn(move || try_compile(probe, opts, i + 1).map(|_| ()))
             })
             .collect();
         handles

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::compile::nvrtc::{self, NvrtcTool, Output};
 use crate::compile::{diagnostics, Language, SourceRequest};
-use crate::cuda::driver::{Context, Driver, Module};
+use crate::cuda::driver::{Context, Driver, Module, ATTR_CC_MAJOR, ATTR_CC_MINOR};
 use crate::error::{Error, IoContext, Result};
 use crate::platform::LAYOUT_VERSION;
 use crate::runtime::{CacheOutcome, Jit};
@@ -31,6 +31,8 @@ use crate::store::{Built, Fetched};
 /// The bytes of a compiled module, and where it is loaded.
 pub(crate) struct Image {
     pub(crate) bytes: Vec<u8>,
+    /// The arch it was built for (`sm_90`, `compute_80`), for the load error.
+    arch: String,
     /// (context, module) pairs: a module is loaded once per context it is used in.
     loaded: Mutex<Vec<(usize, Module)>>,
 }
@@ -57,9 +59,63 @@ impl Image {
         if let Some((_, m)) = loaded.iter().find(|(c, _)| *c == ctx as usize) {
             return Ok(*m);
         }
-        let m = d.load_module(&self.bytes)?;
+        let m = d.load_module(&self.bytes).map_err(|e| {
+            let gpu = d
+                .current_device()
+                .and_then(|dev| {
+                    Ok((
+                        d.attribute(dev, ATTR_CC_MAJOR)?,
+                        d.attribute(dev, ATTR_CC_MINOR)?,
+                    ))
+                })
+                .ok();
+            explain_load_error(e, &self.arch, gpu)
+        })?;
         loaded.push((ctx as usize, m));
         Ok(m)
+    }
+}
+
+/// `CUDA_ERROR_NO_BINARY_FOR_GPU`: a cubin for another GPU.
+const NO_BINARY_FOR_GPU: i32 = 209;
+/// `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`: PTX newer than the driver.
+const UNSUPPORTED_PTX_VERSION: i32 = 222;
+
+/// A load error in words that say what to change: the driver's own message names
+/// neither the module's arch nor the GPU's. `gpu` is the current GPU's compute capability
+/// when it could be read.
+fn explain_load_error(e: Error, arch: &str, gpu: Option<(i32, i32)>) -> Error {
+    let Error::Cuda {
+        what,
+        code,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let gpu_arch = gpu.map(|(major, minor)| format!("sm_{major}{minor}"));
+    let what = match (code, gpu_arch) {
+        (NO_BINARY_FOR_GPU, Some(g)) => format!(
+            "{what}: the module is built for {arch} and this GPU is {g}; \
+             set cuda_arch={g} (or leave cuda_arch unset to build for the GPU present), \
+             or a virtual arch such as compute_{} for PTX the driver compiles for newer GPUs",
+            arch.trim_start_matches(|c: char| !c.is_ascii_digit())
+        ),
+        (NO_BINARY_FOR_GPU, None) => format!(
+            "{what}: the module is built for {arch}, which this GPU does not run; \
+             set cuda_arch to the GPU's arch (or leave it unset to build for the GPU present)"
+        ),
+        (UNSUPPORTED_PTX_VERSION, _) => format!(
+            "{what}: the {arch} PTX comes from an NVRTC newer than this driver supports; \
+             update the driver, point nvrtc= at an NVRTC no newer than the driver, \
+             or build a cubin (cuda_arch=sm_XX)"
+        ),
+        _ => what,
+    };
+    Error::Cuda {
+        what,
+        code,
+        message,
     }
 }
 
@@ -448,9 +504,10 @@ impl Jit {
             warnings,
             unrecorded,
             output: k.output,
-            arch: k.arch,
+            arch: k.arch.clone(),
             image: Arc::new(Image {
                 bytes,
+                arch: k.arch,
                 loaded: Mutex::new(Vec::new()),
             }),
         };
@@ -470,5 +527,54 @@ impl Jit {
                 Ok(module)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cuda(code: i32) -> Error {
+        Error::Cuda {
+            what: "loading a CUDA module (cuModuleLoadData)".into(),
+            code,
+            message: "the driver's words".into(),
+        }
+    }
+
+    #[test]
+    fn a_cubin_for_another_gpu_names_both_archs_and_the_setting() {
+        let e = explain_load_error(cuda(NO_BINARY_FOR_GPU), "sm_80", Some((9, 0)));
+        let text = e.to_string();
+        for part in [
+            "built for sm_80",
+            "this GPU is sm_90",
+            "cuda_arch=sm_90",
+            "compute_80",
+            "the driver's words",
+        ] {
+            assert!(text.contains(part), "{part:?} not in {text}");
+        }
+        assert_eq!(e.kind(), "cuda");
+        let unknown = explain_load_error(cuda(NO_BINARY_FOR_GPU), "sm_80", None).to_string();
+        assert!(unknown.contains("built for sm_80") && unknown.contains("cuda_arch"));
+    }
+
+    #[test]
+    fn ptx_newer_than_the_driver_says_what_to_change() {
+        let text =
+            explain_load_error(cuda(UNSUPPORTED_PTX_VERSION), "compute_90", None).to_string();
+        assert!(
+            text.contains("newer than this driver") && text.contains("nvrtc="),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn other_errors_are_left_as_they_are() {
+        let e = explain_load_error(cuda(2), "sm_90", Some((9, 0)));
+        assert_eq!(e.to_string(), cuda(2).to_string());
+        let io = explain_load_error(Error::InvalidRequest("x".into()), "sm_90", None);
+        assert_eq!(io.to_string(), "invalid request: x");
     }
 }
