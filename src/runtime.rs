@@ -290,6 +290,8 @@ pub struct Jit {
     store: Store,
     tools: Mutex<HashMap<Language, Arc<HostTool>>>,
     templates: Mutex<HashMap<String, Arc<Template>>>,
+    /// Templates this Jit rendered (not counting those read back from their memos).
+    renders: std::sync::atomic::AtomicU64,
     loaded: Mutex<HashMap<Key, Slot>>,
     memo: Mutex<Memo>,
     stats: Arc<crate::store::stats::Recorder>,
@@ -331,6 +333,7 @@ impl Jit {
             store,
             tools: Mutex::new(HashMap::new()),
             templates: Mutex::new(HashMap::new()),
+            renders: std::sync::atomic::AtomicU64::new(0),
             loaded: Mutex::new(HashMap::new()),
             memo: Mutex::new(HashMap::new()),
             extension: std::sync::OnceLock::new(),
@@ -684,10 +687,60 @@ impl Jit {
         Ok(t)
     }
 
+    /// How many template requests this Jit rendered: those read back from a memo
+    /// ([`Jit::render`]) are not counted.
+    pub fn renders(&self) -> u64 {
+        self.renders.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Checks a template request's parameters and renders it into a source request.
+    /// A request rendered before in this compiledir (the same template text, the same
+    /// parameters, the same xcache) is read back from its memo instead
+    /// ([`template::memo`]): neither parsed nor rendered again.
     pub fn render(&self, req: &TemplateRequest) -> Result<SourceRequest> {
-        let t = self.template(&req.name)?;
-        let r = t.render(&req.params)?;
+        // The template's text: the parsed template this Jit holds, else the file's.
+        let held = self.templates.lock().unwrap().get(&req.name).cloned();
+        let found = match held {
+            Some(_) => None,
+            None => Some(template::locate(&req.name, &self.config)?),
+        };
+        let text: &str = match (&held, &found) {
+            (Some(t), _) => t.text(),
+            (None, Some(l)) => &l.text,
+            (None, None) => unreachable!("one of the two is set"),
+        };
+        let digest = template::memo::digest(&req.name, text, &req.params);
+        let memo = self
+            .store
+            .read_rendered(&digest)
+            .and_then(|bytes| template::memo::decode(&bytes, text));
+        let r = match memo {
+            Some(r) => r,
+            None => {
+                let t = match (held, found) {
+                    (Some(t), _) => t,
+                    (None, Some(l)) => {
+                        let t = Arc::new(Template::parse(&l.name, &l.text, &l.origin)?);
+                        self.templates
+                            .lock()
+                            .unwrap()
+                            .insert(req.name.clone(), Arc::clone(&t));
+                        t
+                    }
+                    (None, None) => unreachable!("one of the two is set"),
+                };
+                let r = t.render(&req.params)?;
+                self.renders
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = self
+                    .store
+                    .write_rendered(&digest, &template::memo::encode(&r))
+                {
+                    log::debug!("not keeping the rendered {}: {e}", req.name);
+                }
+                r
+            }
+        };
         let mut flags = r.flags;
         flags.extend(req.flags.iter().cloned());
         Ok(SourceRequest {

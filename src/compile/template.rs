@@ -40,6 +40,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 
@@ -140,6 +141,9 @@ pub struct ParamSpec {
     pub doc: String,
 }
 
+/// The name the body is compiled under in its minijinja environment.
+const BODY: &str = "body";
+
 /// A parsed template.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -159,6 +163,9 @@ pub struct Template {
     pub origin: String,
     text: String,
     body: String,
+    /// The body compiled by minijinja, once per process (a template is parsed once per
+    /// `Jit`): each render then only runs it.
+    compiled: Arc<OnceLock<std::result::Result<minijinja::Environment<'static>, String>>>,
 }
 
 #[derive(Deserialize)]
@@ -277,6 +284,7 @@ impl Template {
             origin: origin.to_string(),
             text: text.to_string(),
             body,
+            compiled: Arc::new(OnceLock::new()),
         };
         // Expression parameters must point at real dtype / arity parameters.
         for p in &t.params {
@@ -306,6 +314,11 @@ impl Template {
     /// A parameter by name.
     pub fn param(&self, name: &str) -> Option<&ParamSpec> {
         self.params.iter().find(|p| p.name == name)
+    }
+
+    /// The template's whole text, header included.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// blake3 of the template's text, hex.
@@ -456,12 +469,22 @@ impl Template {
             })),
         );
 
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-        env.set_keep_trailing_newline(true);
+        let env = self
+            .compiled
+            .get_or_init(|| {
+                let mut env = minijinja::Environment::new();
+                env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+                env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+                env.set_keep_trailing_newline(true);
+                env.add_template_owned(BODY, self.body.clone())
+                    .map(|()| env)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| err(format!("rendering failed (a bug in the template): {e}")))?;
         let source = env
-            .render_str(&self.body, &ctx)
+            .get_template(BODY)
+            .and_then(|t| t.render(&ctx))
             .map_err(|e| err(format!("rendering failed (a bug in the template): {e:#}")))?;
         Ok(Rendered {
             source,
@@ -578,6 +601,23 @@ fn search_dirs(config: &Config) -> Vec<PathBuf> {
 
 /// Finds and parses a template by name: `template_path` first, then the embedded ones.
 pub fn find(name: &str, config: &Config) -> Result<Template> {
+    let found = locate(name, config)?;
+    Template::parse(&found.name, &found.text, &found.origin)
+}
+
+/// A template's text, found but not parsed.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// Qualified name (`cuda/elemwise`).
+    pub name: String,
+    /// The whole file.
+    pub text: std::borrow::Cow<'static, str>,
+    /// `embedded` or the file's path.
+    pub origin: String,
+}
+
+/// Finds template `name` as [`find`] does, without parsing it.
+pub fn locate(name: &str, config: &Config) -> Result<Located> {
     let (dev, base) = split_name(name)?;
     let qualified = format!("{dev}/{base}");
     let rel = format!("{dev}/{base}.{}", extension(dev));
@@ -585,11 +625,19 @@ pub fn find(name: &str, config: &Config) -> Result<Template> {
         let p = dir.join(&rel);
         if p.is_file() {
             let text = std::fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))?;
-            return Template::parse(&qualified, &text, &p.display().to_string());
+            return Ok(Located {
+                name: qualified,
+                text: text.into(),
+                origin: p.display().to_string(),
+            });
         }
     }
     match EMBEDDED.iter().find(|(r, _)| *r == rel) {
-        Some((_, text)) => Template::parse(&qualified, text, "embedded"),
+        Some((_, text)) => Ok(Located {
+            name: qualified,
+            text: std::borrow::Cow::Borrowed(text),
+            origin: "embedded".into(),
+        }),
         None => Err(template_error(
             name,
             format!(
@@ -640,6 +688,94 @@ pub fn all(config: &Config) -> Result<Vec<Template>> {
         }
     }
     Ok(by_name.into_values().collect())
+}
+
+/// Memos of rendered template requests (`toolchains/render-<digest>.json` in a
+/// compiledir): a fresh process that asks for a template request rendered before reads
+/// the rendered source back instead of parsing the template's header, compiling its
+/// body and rendering it (most of a warm handle's time before). The digest covers the
+/// template's whole text, the parameters as given and the renderer's own code
+/// (`XCACHE_RENDERER_ID`, from the build), so an edited template, other parameters or
+/// another xcache build miss; a memo is checked (its template's and its source's blake3)
+/// before it is used, and one that fails is rendered again and rewritten.
+pub mod memo {
+    use serde::{Deserialize, Serialize};
+
+    use super::Rendered;
+    use crate::compile::Language;
+    use crate::store::key::{Key, TemplateRef};
+
+    /// The memo's format; another one is not read.
+    pub const FORMAT: u32 = 1;
+
+    #[derive(Serialize, Deserialize)]
+    struct Memo {
+        format: u32,
+        name: String,
+        template_blake3: String,
+        params: Vec<(String, String)>,
+        language: String,
+        flags: Vec<String>,
+        source_blake3: String,
+        source: String,
+    }
+
+    /// The digest of a request for template `name` (as asked) with `text` and `params`
+    /// (as given, in order).
+    pub fn digest(name: &str, text: &str, params: &[(String, String)]) -> Key {
+        let mut h = blake3::Hasher::new();
+        let mut put = |s: &[u8]| {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s);
+        };
+        put(b"xcache-rendered");
+        put(&FORMAT.to_le_bytes());
+        put(env!("XCACHE_RENDERER_ID").as_bytes());
+        put(name.as_bytes());
+        put(text.as_bytes());
+        for (k, v) in params {
+            put(k.as_bytes());
+            put(v.as_bytes());
+        }
+        Key::from_bytes(*h.finalize().as_bytes())
+    }
+
+    /// The memo's bytes.
+    pub fn encode(r: &Rendered) -> Vec<u8> {
+        serde_json::to_vec(&Memo {
+            format: FORMAT,
+            name: r.template_ref.name.clone(),
+            template_blake3: r.template_ref.blake3.clone(),
+            params: r.template_ref.params.clone(),
+            language: r.language.name().to_string(),
+            flags: r.flags.clone(),
+            source_blake3: blake3::hash(r.source.as_bytes()).to_hex().to_string(),
+            source: r.source.clone(),
+        })
+        .expect("serialises")
+    }
+
+    /// What a memo holds, if it is whole and made from `text`.
+    pub fn decode(bytes: &[u8], text: &str) -> Option<Rendered> {
+        let m: Memo = serde_json::from_slice(bytes).ok()?;
+        let template_blake3 = blake3::hash(text.as_bytes()).to_hex().to_string();
+        if m.format != FORMAT
+            || m.template_blake3 != template_blake3
+            || m.source_blake3 != blake3::hash(m.source.as_bytes()).to_hex().as_str()
+        {
+            return None;
+        }
+        Some(Rendered {
+            source: m.source,
+            template_ref: TemplateRef {
+                name: m.name,
+                blake3: m.template_blake3,
+                params: m.params,
+            },
+            flags: m.flags,
+            language: Language::from_name(&m.language)?,
+        })
+    }
 }
 
 #[cfg(test)]

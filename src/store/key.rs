@@ -42,6 +42,11 @@ impl Key {
         &self.0
     }
 
+    /// A key made of a digest computed elsewhere (a blake3 hash).
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Key {
+        Key(bytes)
+    }
+
     /// The all-zero key, for libraries loaded outside the cache (probes).
     pub fn default_probe() -> Key {
         Key([0; 32])

@@ -150,6 +150,23 @@ pub fn parse_manifest_file_name(name: &str) -> Option<Key> {
     name.strip_suffix(".manifest")?.parse().ok()
 }
 
+/// The name of a rendered template request's memo in `toolchains/`:
+/// `render-<digest>.json` (see [`crate::store::Store::read_rendered`]).
+pub fn rendered_record_name(digest: &Key) -> String {
+    format!("{RENDERED_PREFIX}{}.json", digest.hex())
+}
+
+/// What a rendered memo's name starts with.
+pub const RENDERED_PREFIX: &str = "render-";
+
+/// The digest of a `toolchains/render-<digest>.json` name.
+pub fn parse_rendered_record_name(name: &str) -> Option<Key> {
+    name.strip_prefix(RENDERED_PREFIX)?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
 /// `toolchains/<name>`.
 pub fn toolchain_record(name: &str) -> PathBuf {
     Path::new(TOOLCHAINS).join(name)
@@ -407,6 +424,12 @@ mod tests {
         assert_eq!(parse_manifest_file_name(&format!("{h}.manifest")), Some(k));
         assert_eq!(stats_counters(), Path::new("stats/counters.json"));
         assert_eq!(toolchain_record("x.json"), Path::new("toolchains/x.json"));
+        assert_eq!(rendered_record_name(&k), format!("render-{h}.json"));
+        assert_eq!(
+            parse_rendered_record_name(&format!("render-{h}.json")),
+            Some(k)
+        );
+        assert_eq!(parse_rendered_record_name("nvrtc-ab.json"), None);
         assert_eq!(
             COMPILEDIR_SUBDIRS,
             &[

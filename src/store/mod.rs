@@ -26,6 +26,7 @@
 //!     locks/<fan>/<key>.lock          per-key lock files ("pid=N host=H" of a writer)
 //!     toolchains/host-<lang>-<h>.json resolved compiler command lines and versions
 //!     toolchains/nvrtc-<h>.json       resolved libnvrtc: path, version, accepted options
+//!     toolchains/render-<d>.json      a rendered template request (memo; docs/FORMAT.md)
 //!     tmp/build-<key>-<unique>/       staging of a build in progress (or crashed)
 //!     tmp/failed-<key>-<unique>/      a failed build (source, compiler-output.txt)
 //!     tmp/delete-<key>-<unique>/      an entry being removed, renamed out first
@@ -748,6 +749,23 @@ impl Store {
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes).ok()?;
         Some(bytes)
+    }
+
+    /// The memo of a rendered template request (`toolchains/render-<digest>.json`), if
+    /// there is a trusted one: what [`crate::Jit::render`] made of the same template
+    /// text and parameters before, so that a fresh process neither parses nor renders
+    /// the template again. Its reader checks what it holds.
+    pub fn read_rendered(&self, digest: &Key) -> Option<Vec<u8>> {
+        self.read_toolchain_record(&layout::rendered_record_name(digest))
+    }
+
+    /// Writes a rendered template request's memo, atomically but without syncing: one
+    /// lost in a crash costs a render, never a wrong answer (its reader checks it).
+    pub fn write_rendered(&self, digest: &Key, bytes: &[u8]) -> Result<()> {
+        let rel = layout::toolchain_record(&layout::rendered_record_name(digest));
+        self.cd()
+            .write_replace(&rel, bytes, trust::file_mode())
+            .map_err(|e| io_below("writing", &self.cd(), &rel, e))
     }
 
     /// Writes a toolchain record atomically.

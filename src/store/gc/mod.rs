@@ -566,6 +566,30 @@ fn collect_manifests(cd: &Root, sweep: Sweep) -> usize {
     busy
 }
 
+/// How long a rendered template request's memo is kept from when it was written: it is
+/// then rendered again once (the memo is a shortcut, never the only copy of anything).
+pub const RENDERED_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Removes the rendered-request memos of `cd` written more than [`RENDERED_TTL`] ago,
+/// and any that is not a regular file. Returns how many it removed.
+pub(crate) fn collect_rendered(cd: &Root, now: SystemTime) -> usize {
+    let mut removed = 0;
+    for (name, kind) in names(cd, layout::TOOLCHAINS) {
+        if layout::parse_rendered_record_name(&name).is_none() {
+            continue;
+        }
+        let rel = layout::toolchain_record(&name);
+        // Written after `now` (another clock, an injected one): not old.
+        let old = entry::mtime(cd, &rel)
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > RENDERED_TTL);
+        if (kind != Kind::File || old) && cd.remove_file(&rel).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Collects private builds (in `$TMPDIR/xcache-private-<uid>/`) that nobody uses any
 /// more. Never fails: the private root is a convenience of this user's.
 pub fn collect_private(now: SystemTime, rules: &LeftoverRules, report: &mut CleanReport) {
@@ -909,6 +933,9 @@ impl Store {
             older_than: opts.older_than,
         };
         self.prune_entries(&policy, now, opts.force, &mut report, progress)?;
+        if !opts.dry_run {
+            collect_rendered(&self.root(), now);
+        }
         let rules = rules(config);
         collect_leftovers(&self.root(), Sweep::Routine, &rules, now, &mut report)?;
         collect_private(now, &rules, &mut report);
@@ -1065,6 +1092,7 @@ impl Store {
                 self.prune_entries(&policy, now, false, &mut report, &|_, _| {})?;
             }
             collect_manifests(cd, Sweep::Routine);
+            collect_rendered(cd, now);
             collect_leftovers(cd, Sweep::Routine, &rules, now, &mut report)
         })();
         collect_private(now, &rules, &mut report);
