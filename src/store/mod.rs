@@ -525,6 +525,9 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
     remote: Option<Arc<dyn remote::Remote>>,
+    /// Headers this store found unchanged lately ([`manifest::RecentChecks`]), shared by
+    /// its clones.
+    recent: Arc<manifest::RecentChecks>,
 }
 
 /// What builds an entry into a staging directory (see [`Store::get_or_build`]).
@@ -603,6 +606,7 @@ impl Store {
             clock,
             config: Arc::new(config.clone()),
             remote: None,
+            recent: Arc::new(manifest::RecentChecks::new()),
         })
     }
 
