@@ -10,7 +10,9 @@
 //! process: the hash is remembered by path and signature ([`VerifiedHashes`]), so the
 //! hundreds of headers that every module of a program shares (Python's, numpy's) are
 //! read once however many manifests name them, and recording a build's headers reuses
-//! what a check read. Times are
+//! what a check read. A store believes a header it found unchanged for
+//! [`RECHECK_AFTER`] without another `stat` ([`RecentChecks`]): an edit is seen at once
+//! by other stores and processes, and by that store a second later. Times are
 //! compared on the clock the kernel stamps files with ([`file_clock`]), read when the
 //! request arrives ([`build_start`]). A header whose mtime or ctime is at
 //! or after the build's start (within the second before, on file systems without
@@ -216,7 +218,10 @@ impl RecentChecks {
     fn vouches(&self, path: &str, sig: &Signature, at: Instant) -> bool {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(path).is_some_and(|(s, seen)| {
-            s == sig && at.checked_duration_since(*seen).is_some_and(|d| d < RECHECK_AFTER)
+            s == sig
+                && at
+                    .checked_duration_since(*seen)
+                    .is_some_and(|d| d < RECHECK_AFTER)
         })
     }
 
@@ -729,7 +734,10 @@ mod tests {
         let recent = RecentChecks::new();
         let t0 = Instant::now();
         let same = |at: Instant| {
-            matches!(r.check_recent(later, Some((&recent, at))), ResultCheck::Match { .. })
+            matches!(
+                r.check_recent(later, Some((&recent, at))),
+                ResultCheck::Match { .. }
+            )
         };
         assert!(same(t0), "checked on disk, and remembered");
         // Edited (here: removed) since: this store believes its check for RECHECK_AFTER...
@@ -745,16 +753,23 @@ mod tests {
         assert!(!matches!(r.check(later), ResultCheck::Match { .. }));
         // A record whose signature is not the one remembered is checked on disk.
         std::fs::write(&h, "#define V 1\n").unwrap();
-        let (moved, _) = HeaderRecord::record_with(&h, later, None, &VerifiedHashes::new()).unwrap();
+        let (moved, _) =
+            HeaderRecord::record_with(&h, later, None, &VerifiedHashes::new()).unwrap();
         let recent = RecentChecks::new();
         let at = Instant::now();
         let r2 = ResultRecord {
             headers: vec![moved],
             ..r.clone()
         };
-        assert!(matches!(r2.check_recent(later, Some((&recent, at))), ResultCheck::Match { .. }));
+        assert!(matches!(
+            r2.check_recent(later, Some((&recent, at))),
+            ResultCheck::Match { .. }
+        ));
         std::fs::remove_file(&h).unwrap();
-        assert!(!matches!(r.check_recent(later, Some((&recent, at))), ResultCheck::Match { .. }));
+        assert!(!matches!(
+            r.check_recent(later, Some((&recent, at))),
+            ResultCheck::Match { .. }
+        ));
     }
 
     #[test]
