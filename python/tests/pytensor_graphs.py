@@ -113,10 +113,73 @@ def mlp_grad() -> Graph:
     return build, lambda f: list(f(xs, ys))
 
 
+def _scale_op() -> Any:
+    """The class of `own_header`'s op, made once, at module level (PyTensor keeps only
+    keys it can pickle, and a class defined inside a function cannot be)."""
+    import pytensor.tensor as pt
+    from pytensor.graph.basic import Apply
+    from pytensor.link.c.op import COp
+
+    class Scale(COp):  # type: ignore[misc]
+        __props__ = ()
+
+        def make_node(self, x: Any) -> Apply:
+            x = pt.as_tensor_variable(x)
+            return Apply(self, [x], [x.type()])
+
+        def perform(self, node: Any, inputs: Any, outputs: Any) -> None:
+            raise NotImplementedError("C only: XC_SCALE is in a header")
+
+        def c_header_dirs(self, **kwargs: Any) -> List[str]:
+            return [os.environ["XC_OWN_HEADER_DIR"]]
+
+        def c_headers(self, **kwargs: Any) -> List[str]:
+            return ["xc_scale.h"]
+
+        def c_code_cache_version(self) -> Tuple[int, ...]:
+            return () if os.environ.get("XC_OWN_UNVERSIONED") == "1" else (1,)
+
+        def c_code(self, node: Any, name: str, inp: Any, out: Any, sub: Any) -> str:
+            (x,), (z,), fail = inp, out, sub["fail"]
+            return f"""
+            Py_XDECREF({z});
+            {z} = (PyArrayObject*)PyArray_NewCopy({x}, NPY_CORDER);
+            if (!{z}) {{ {fail} }}
+            {{
+                npy_intp n = PyArray_SIZE({z});
+                dtype_{z}* p = (dtype_{z}*)PyArray_DATA({z});
+                for (npy_intp i = 0; i < n; ++i) p[i] *= XC_SCALE;
+            }}
+            """
+
+    Scale.__qualname__ = "Scale"
+    globals()["Scale"] = Scale
+    return Scale
+
+
+def own_header() -> Graph:
+    """One C op of the test's own, whose code reads ``XC_SCALE`` from ``xc_scale.h`` in
+    the directory ``XC_OWN_HEADER_DIR`` names: a header the test may edit between
+    processes. Its C code is versioned unless ``XC_OWN_UNVERSIONED=1`` (then PyTensor's
+    key for it is unversioned)."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    x = pt.vector("x")
+    out = _scale_op()()(x)
+
+    def build() -> Any:
+        return pytensor.function([x], out, mode=mode())
+
+    arg = np.arange(5).astype(pytensor.config.floatX)
+    return build, lambda f: [f(arg)]
+
+
 GRAPHS: Dict[str, Callable[[], Graph]] = {
     "elemwise": elemwise,
     "reductions": reductions,
     "mlp_grad": mlp_grad,
+    "own_header": own_header,
 }
 
 

@@ -74,16 +74,75 @@ def test_results_identical_and_a_second_process_compiles_nothing(
     for g in ALL:
         assert int(a[f"{g}__c_thunks"]) > 0, f"{g} ran no C thunk"
 
-    # An empty PyTensor compiledir, the same xcache cache: nothing is compiled.
+    # An empty PyTensor compiledir, the same xcache cache: nothing is compiled, and the
+    # graphs' modules are found by PyTensor's keys (no code generation).
     second = finish(graphs(tmp_path / "b.npz", ALL, tmp_path / "pt2", xc, adapter=True))
     assert second["counters"]["compiles"] == 0, second
     assert second["counters"]["hits"] >= first["counters"]["compiles"]
+    assert first["counters"]["key_hits"] == 0, first
+    assert second["counters"]["key_hits"] > 0, second
     b = dict(np.load(tmp_path / "b.npz"))
     for k, want in reference.items():
         assert np.array_equal(b[k], want), k
 
-    stats = next(s for s in xcache.Cache(base_dir=xc, runtime_tag=_tag()).stats() if s.current)
-    assert stats.compiles == first["counters"]["compiles"]
+    # The store counts each published group (a module's key record) as a compile too.
+    cache = xcache.Cache(base_dir=xc, runtime_tag=_tag())
+    records = [g for g in cache.list() if g.language == "pytensor-module"]
+    assert len(records) >= second["counters"]["key_hits"]
+    stats = next(s for s in cache.stats() if s.current)
+    assert stats.compiles == first["counters"]["compiles"] + len(records)
+
+
+def own_header_run(
+    tmp_path: Path, tag: str, header: Path, xc: Path, unversioned: bool = False
+) -> Dict:
+    """The `own_header` graph (a C op of the test's, reading XC_SCALE from `header`) in
+    a fresh process with an empty PyTensor compiledir, through the adapter."""
+    os.environ["XC_OWN_HEADER_DIR"] = str(header.parent)
+    if unversioned:
+        os.environ["XC_OWN_UNVERSIONED"] = "1"
+    try:
+        p = graphs(tmp_path / f"{tag}.npz", ["own_header"], tmp_path / f"pt-{tag}", xc, True)
+    finally:
+        os.environ.pop("XC_OWN_HEADER_DIR")
+        os.environ.pop("XC_OWN_UNVERSIONED", None)
+    report = finish(p)
+    report["out"] = np.load(tmp_path / f"{tag}.npz")["own_header__0"]
+    return report
+
+
+def test_a_header_edited_between_processes_is_a_miss_when_found_by_key(tmp_path: Path) -> None:
+    xc, header = tmp_path / "xcache", tmp_path / "inc" / "xc_scale.h"
+    header.parent.mkdir()
+    header.write_text("#define XC_SCALE 2\n")
+    first = own_header_run(tmp_path, "a", header, xc)
+    assert first["counters"]["compiles"] > 0
+    assert list(first["out"]) == [0, 2, 4, 6, 8]
+    # Same header: found by PyTensor's key, nothing compiled.
+    same = own_header_run(tmp_path, "b", header, xc)
+    assert same["counters"]["compiles"] == 0 and same["counters"]["key_hits"] > 0, same
+    # PyTensor's key for the op is the same (it names the header, not its contents), so
+    # the module's source is found by it; the request still checks the header.
+    header.write_text("#define XC_SCALE 3\n")
+    edited = own_header_run(tmp_path, "c", header, xc)
+    assert edited["counters"]["key_hits"] > 0, edited
+    assert edited["counters"]["compiles"] == 1, edited
+    assert list(edited["out"]) == [0, 3, 6, 9, 12]
+
+
+def test_an_unversioned_op_is_generated_every_time(tmp_path: Path) -> None:
+    xc, header = tmp_path / "xcache", tmp_path / "inc" / "xc_scale.h"
+    header.parent.mkdir()
+    header.write_text("#define XC_SCALE 5\n")
+    first = own_header_run(tmp_path, "a", header, xc, unversioned=True)
+    assert first["counters"]["compiles"] > 0
+    # Found by content (the source generated again), never by PyTensor's key.
+    second = own_header_run(tmp_path, "b", header, xc, unversioned=True)
+    assert second["counters"]["compiles"] == 0, second
+    assert second["counters"]["hits"] > 0 and second["counters"]["key_hits"] == 0, second
+    assert list(second["out"]) == [0, 5, 10, 15, 20]
+    groups = xcache.Cache(base_dir=xc, runtime_tag=_tag()).list()
+    assert not [g for g in groups if g.language == "pytensor-module"], groups
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@
 //! process: the hash is remembered by path and signature ([`VerifiedHashes`]), so the
 //! hundreds of headers that every module of a program shares (Python's, numpy's) are
 //! read once however many manifests name them, and recording a build's headers reuses
-//! what a check read. Times are
+//! what a check read. A store believes a header it found unchanged for
+//! [`RECHECK_AFTER`] without another `stat` ([`RecentChecks`]): an edit is seen at once
+//! by other stores and processes, and by that store a second later. Times are
 //! compared on the clock the kernel stamps files with ([`file_clock`]), read when the
 //! request arrives ([`build_start`]). A header whose mtime or ctime is at
 //! or after the build's start (within the second before, on file systems without
@@ -34,7 +36,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +187,50 @@ impl VerifiedHashes {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// How long a header one store found unchanged is believed unchanged by that store
+/// without another `stat`: long enough that the headers every module of a program shares
+/// (Python's, numpy's: hundreds per manifest) are stat'ed about once per burst of
+/// requests rather than once per request, short enough that an edit is seen by the same
+/// store's requests a second later. Other stores (another `Jit`, `Cache`, process) see it
+/// at once. The trade is the one a `Jit` already makes for the requests it has loaded,
+/// which it serves from memory without looking at headers again.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// The headers one store found unchanged lately: path → the signature seen and when.
+/// Only a signature that vouches for the contents (a record's `stat_trusted` one, equal
+/// to what `stat` gave) is remembered, and only for [`RECHECK_AFTER`]; a record whose
+/// signature differs from the remembered one is checked on disk as before.
+#[derive(Debug, Default)]
+pub struct RecentChecks {
+    map: Mutex<HashMap<String, (Signature, Instant)>>,
+}
+
+impl RecentChecks {
+    /// An empty set.
+    pub fn new() -> RecentChecks {
+        RecentChecks::default()
+    }
+
+    /// Whether `path` was found with signature `sig` less than [`RECHECK_AFTER`] before `at`.
+    fn vouches(&self, path: &str, sig: &Signature, at: Instant) -> bool {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(path).is_some_and(|(s, seen)| {
+            s == sig
+                && at
+                    .checked_duration_since(*seen)
+                    .is_some_and(|d| d < RECHECK_AFTER)
+        })
+    }
+
+    fn insert(&self, path: &str, sig: Signature, at: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_VERIFIED_HASHES {
+            map.clear();
+        }
+        map.insert(path.to_string(), (sig, at));
     }
 }
 
@@ -418,10 +464,31 @@ impl ResultRecord {
     /// Checks every header, stopping at the first that changed. `now` is a
     /// [`file_clock`] reading.
     pub fn check(&self, now: SystemTime) -> ResultCheck {
+        self.check_recent(now, None)
+    }
+
+    /// [`ResultRecord::check`], believing a header that `recent` found with the same
+    /// signature less than [`RECHECK_AFTER`] before `at` (no `stat`), and remembering
+    /// those it finds unchanged now.
+    pub fn check_recent(
+        &self,
+        now: SystemTime,
+        recent: Option<(&RecentChecks, Instant)>,
+    ) -> ResultCheck {
         let mut refreshed = Vec::new();
         for (i, h) in self.headers.iter().enumerate() {
+            let sig = (h.size, h.mtime_ns, h.ctime_ns, h.ino, h.dev);
+            if let Some((r, at)) = recent {
+                if h.stat_trusted && r.vouches(&h.path, &sig, at) {
+                    continue;
+                }
+            }
             match h.check(now) {
-                HeaderCheck::Same => {}
+                HeaderCheck::Same => {
+                    if let Some((r, at)) = recent {
+                        r.insert(&h.path, sig, at);
+                    }
+                }
                 HeaderCheck::SameContent { refreshed: r } => refreshed.push((i, r)),
                 HeaderCheck::Changed { now } => {
                     return ResultCheck::Differs {
@@ -649,6 +716,60 @@ mod tests {
         };
         assert_eq!(now, hash(&h).unwrap());
         assert_ne!(now, r.blake3);
+    }
+
+    #[test]
+    fn a_header_found_unchanged_is_believed_for_a_second_by_that_store_only() {
+        let d = tempfile::tempdir().unwrap();
+        let h = d.path().join("h.h");
+        std::fs::write(&h, "#define V 1\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(1);
+        let (rec, _) = HeaderRecord::record_with(&h, later, None, &VerifiedHashes::new()).unwrap();
+        let r = ResultRecord {
+            key: "ab".repeat(32),
+            headers: vec![rec],
+            created: 0,
+            last_used: 0,
+        };
+        let recent = RecentChecks::new();
+        let t0 = Instant::now();
+        let same = |at: Instant| {
+            matches!(
+                r.check_recent(later, Some((&recent, at))),
+                ResultCheck::Match { .. }
+            )
+        };
+        assert!(same(t0), "checked on disk, and remembered");
+        // Edited (here: removed) since: this store believes its check for RECHECK_AFTER...
+        std::fs::remove_file(&h).unwrap();
+        assert!(same(t0 + RECHECK_AFTER - Duration::from_millis(1)));
+        // ...and looks again after it.
+        assert!(!same(t0 + RECHECK_AFTER));
+        // Another store (or none) sees the edit at once.
+        assert!(!matches!(
+            r.check_recent(later, Some((&RecentChecks::new(), t0))),
+            ResultCheck::Match { .. }
+        ));
+        assert!(!matches!(r.check(later), ResultCheck::Match { .. }));
+        // A record whose signature is not the one remembered is checked on disk.
+        std::fs::write(&h, "#define V 1\n").unwrap();
+        let (moved, _) =
+            HeaderRecord::record_with(&h, later, None, &VerifiedHashes::new()).unwrap();
+        let recent = RecentChecks::new();
+        let at = Instant::now();
+        let r2 = ResultRecord {
+            headers: vec![moved],
+            ..r.clone()
+        };
+        assert!(matches!(
+            r2.check_recent(later, Some((&recent, at))),
+            ResultCheck::Match { .. }
+        ));
+        std::fs::remove_file(&h).unwrap();
+        assert!(!matches!(
+            r.check_recent(later, Some((&recent, at))),
+            ResultCheck::Match { .. }
+        ));
     }
 
     #[test]

@@ -89,7 +89,9 @@
 //! 1. Read the manifest, without a lock (it is replaced whole). One whose hash fails is
 //!    not trusted: a warning, and on to step 3. Take the first result whose headers all
 //!    match the files now (a stat when the signature vouches, else a hash, read once per
-//!    process and signature: [`manifest::VerifiedHashes`]) and whose key
+//!    process and signature: [`manifest::VerifiedHashes`]; no stat for a header this
+//!    store found with that signature less than [`manifest::RECHECK_AFTER`] ago,
+//!    [`manifest::RecentChecks`]) and whose key
 //!    is what the request key and those hashes give; do a Hit on its result key (which
 //!    must name the request key in its `entry.json`). A removed or corrupt result: the
 //!    next one.
@@ -526,6 +528,9 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
     remote: Option<Arc<dyn remote::Remote>>,
+    /// Headers this store found unchanged lately ([`manifest::RecentChecks`]), shared by
+    /// its clones.
+    recent: Arc<manifest::RecentChecks>,
 }
 
 /// What builds an entry into a staging directory (see [`Store::get_or_build`]).
@@ -604,6 +609,7 @@ impl Store {
             clock,
             config: Arc::new(config.clone()),
             remote: None,
+            recent: Arc::new(manifest::RecentChecks::new()),
         })
     }
 

@@ -13,7 +13,7 @@ use super::{check_entry_in, layout, lock, Built, Fetched, Store};
 use crate::clock::unix_secs;
 use crate::error::{Error, Result};
 use crate::fsx::Root;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the first half of a tracked request found.
 pub(crate) enum Acquired {
@@ -300,8 +300,11 @@ impl Store {
         // Header times are compared on the clock the kernel stamps files with: a header
         // written in this tick is too new to be vouched for by its signature.
         let now = manifest::file_clock();
+        // A header this store found unchanged within the last second is not stat'ed
+        // again (see `manifest::RECHECK_AFTER`).
+        let recent = Some((&*self.recent, Instant::now()));
         for (i, r) in m.results.iter().enumerate() {
-            let ResultCheck::Match { refreshed } = r.check(now) else {
+            let ResultCheck::Match { refreshed } = r.check_recent(now, recent) else {
                 continue;
             };
             // The result key must be what the request and these headers give: a

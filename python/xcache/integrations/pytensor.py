@@ -28,6 +28,17 @@ What changes, and what does not:
   imported from the cache entry. Two processes compiling different graphs never wait
   for each other; N processes asking for one module cost one compile; a process with an
   empty PyTensor compiledir and a warm xcache cache compiles nothing.
+- **A module PyTensor has a versioned key for skips code generation.** PyTensor's own
+  warm path finds a module by its key (the ops, their C code versions, types, compile
+  arguments, config hash: what PyTensor trusts across processes to name one module).
+  The adapter keeps, beside each module, a small group (producer
+  ``pytensor-module``) that maps that key (pickled and hashed, with PyTensor's
+  version) to the module's source and name; a later process with that key reads the
+  source from it instead of generating it, and asks xcache for it as before: the
+  compiler, the flags and every header are checked as for any request, so an edited
+  header or another compiler is still a miss. Unversioned keys (an op without
+  ``c_code_cache_version``) are generated every time, as PyTensor compiles them every
+  time.
 - **``compile_str`` itself** (PyTensor's helper modules ``lazylinker_ext`` and
   ``cutils_ext``, scan, modules without a key) also compiles through xcache, and the
   result is copied to where PyTensor expects it and imported by PyTensor's
@@ -43,21 +54,23 @@ What changes, and what does not:
 
 ``uninstall()`` restores PyTensor's own functions (and Numba's cache, if this installed
 xcache's); ``counters()`` says how many C modules this process found in xcache and how
-many it compiled.
+many it compiled, and how many of those it found by PyTensor's key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import pickle
 import sys
 import tempfile
 import threading
 import types
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import Cache, CompileError, Library
+from .. import Cache, CompileError, Error, Library
 
 __all__ = ["counters", "install", "installed", "uninstall"]
 
@@ -65,7 +78,10 @@ _lock = threading.Lock()
 _cache: Optional[Cache] = None
 _originals: Dict[str, Any] = {}
 _modules: Dict[Any, types.ModuleType] = {}
-_counters = {"hits": 0, "compiles": 0, "memory_hits": 0}
+_counters = {"hits": 0, "compiles": 0, "memory_hits": 0, "key_hits": 0}
+
+# The producer of the groups that map PyTensor's module keys to the modules' sources.
+KEY_PRODUCER = "pytensor-module"
 
 
 def installed() -> bool:
@@ -75,7 +91,9 @@ def installed() -> bool:
 
 def counters() -> Dict[str, int]:
     """This process's modules: ``hits`` (found in xcache's cache), ``compiles`` (the
-    compiler ran), ``memory_hits`` (already imported by this process)."""
+    compiler ran), ``memory_hits`` (already imported by this process), ``key_hits``
+    (of the hits and compiles, those whose source came from PyTensor's key, without
+    code generation)."""
     return dict(_counters)
 
 
@@ -268,17 +286,71 @@ def _module_from_key(self: Any, key: Any, lnk: Any) -> types.ModuleType:
     if c_compiler is not cmodule.GCC_compiler:
         original: Callable[..., types.ModuleType] = _originals["module_from_key"]
         return original(self, key, lnk)
-    mod = lnk.get_dynamic_module()
     flags = _command_flags(
         lnk.header_dirs(), lnk.lib_dirs(), lnk.libraries(), lnk.compile_args(), True
     )
-    lib = _build(mod.code_hash, mod.code(), flags)
+    material = _key_material(key)
+    known = _source_by_key(material) if material is not None else None
+    if known is not None:
+        name, src = known
+        lib = _build(name, src, flags)
+        with _lock:
+            _counters["key_hits"] += 1
+    else:
+        mod = lnk.get_dynamic_module()
+        src = mod.code()
+        name = mod.code_hash  # set by code()
+        lib = _build(name, src, flags)
+        if material is not None:
+            _record_source(material, name, src)
     # Imported from the entry while `lib` pins it; once loaded, the module no longer
     # needs the file (CPython never unloads extension modules).
-    module = _import_from(mod.code_hash, lib.path)
+    module = _import_from(name, lib.path)
     try:
         with _lock:
             _modules[key] = module
     except TypeError:  # an unhashable key: not remembered
         pass
     return module
+
+
+def _key_material(key: Any) -> Optional[str]:
+    """What names PyTensor's module key across processes: its pickle's hash (PyTensor
+    keeps its keys pickled, and takes an unpickled key for the module it names), with
+    PyTensor's version; ``None`` for a key PyTensor does not keep (unversioned: an op
+    without a C code version) or cannot pickle. Equal pickles are equal keys; two
+    pickles of one key that differ (an attribute's order) only cost a generation."""
+    if not isinstance(key, tuple) or not key or not key[0]:
+        return None
+    try:
+        data = pickle.dumps(key, protocol=4)
+    except Exception:  # any key PyTensor itself could not keep
+        return None
+    import pytensor
+
+    return f"{pytensor.__version__};{hashlib.sha256(data).hexdigest()}"
+
+
+def _source_by_key(material: str) -> Optional[Tuple[str, str]]:
+    """The module name and source recorded for PyTensor's key, or ``None`` (a cache
+    fault is a miss)."""
+    cache = _cache
+    assert cache is not None, "xcache.integrations.pytensor is not installed"
+    try:
+        group = cache.get_group(KEY_PRODUCER, material)
+        if group is None:
+            return None
+        return group.read("name").decode(), group.read("mod.cpp").decode()
+    except (Error, OSError, UnicodeDecodeError, KeyError):
+        return None
+
+
+def _record_source(material: str, name: str, src: str) -> None:
+    """Records the module name and source for PyTensor's key; a cache that cannot be
+    written only costs the next process a code generation."""
+    cache = _cache
+    assert cache is not None, "xcache.integrations.pytensor is not installed"
+    try:
+        cache.put_group(KEY_PRODUCER, material, {"name": name, "mod.cpp": src}, name=name)
+    except (Error, OSError):
+        pass
