@@ -3,8 +3,9 @@
 //!
 //! `libnvrtc` is loaded at run time (no link-time CUDA dependency), found as nvcc is:
 //! the `nvrtc` setting (the library, or a directory holding it), `$CUDA_HOME` and
-//! `$CUDA_PATH` (`lib64/`, `lib/`), the `nvidia-cuda-nvrtc` wheel of the `python3` on
-//! `PATH`, then system places (`$LD_LIBRARY_PATH`, beside an `nvcc` on `PATH`,
+//! `$CUDA_PATH` (`lib64/`, `lib/`), the `nvidia-cuda-nvrtc` wheel of the Python
+//! interpreter xcache runs in (the Python package registers it: [`set_interpreter`])
+//! and of the `python3` on `PATH`, then system places (`$LD_LIBRARY_PATH`, beside an `nvcc` on `PATH`,
 //! `/usr/local/cuda`, the distribution's library directories). Where it was looked for
 //! is in the error when none is found, with how to install it.
 //!
