@@ -58,11 +58,15 @@ syncing them. Publishing inside the call (`install(write_behind=False)`, as befo
 measured 1.20× Numba's cold first calls in all (up to 2× for `array_loop`, whose
 compile takes 60 ms). PyTensor's default mode
 loads one Numba function per graph (the graph's, with its ops compiled in), so a warm
-`function()` differs by one group hit per graph. The C backend's adapter finds each
-module by content: PyTensor generates the module's code again, and the xcache hit checks
-the module's manifest, one `stat` for each of its ~330 headers (about half of the
-1.3 ms of each module's hit here: 37 modules for the three graphs), where PyTensor's
-own warm path finds its key among the key files it unpickled and checks no header. A
+`function()` differs by one group hit per graph. The C backend's adapter finds a
+module whose PyTensor key is versioned by that key (a `pytensor-module` group: the
+module's name and source, no code generation), then compiles it through xcache as any
+request (the flags computed again, every header of its manifest checked); a header one
+`Cache` found unchanged is believed by it for a second without another `stat`
+(`RECHECK_AFTER`), so the ~330 headers each module shares are stat'ed about once per
+graph, not once per module. What is left per module is the key's pickle and group hit,
+the manifest read (~85 KB of JSON per module here), the entry check and the load, where
+PyTensor's own warm path finds its key among the key files it unpickled. A
 header's hash is read once per process and stat signature (`VerifiedHashes`): the
 steady warm path never hashed (every signature vouched); "restamped" (`--restamp-headers`) is the first
 process after numpy's and PyTensor's headers were touched (contents unchanged, as after
@@ -273,8 +277,8 @@ def main() -> None:
         f"{ms(tot('d_warm_xc'))} | **{ratio(tot('d_warm_xc'), tot('d_warm'))}** |",
         "",
         "PyTensor's C backend (mode CVM), warm `pytensor.function()` per graph (the C "
-        "adapter: PyTensor's code generation again, each module found in xcache by "
-        "content with its ~330 headers checked).",
+        "adapter: each module found by PyTensor's key where it is versioned, then an "
+        "xcache hit with the headers of its manifest checked).",
         "",
         "| graph | floor (py linker) | PyTensor warm | adapter warm | ratio (goal ≤ 1.0×) |"
         + (" adapter, headers restamped |" if args.restamp_headers else ""),
