@@ -283,6 +283,22 @@ fn fast_hash(r: &SourceRequest) -> u64 {
     h
 }
 
+/// A template as [`Jit::render`] first has it: parsed by this `Jit` before, or only
+/// read (parsed only if its memo cannot be used).
+enum Known {
+    Parsed(Arc<Template>),
+    Read(template::Located),
+}
+
+impl Known {
+    fn text(&self) -> &str {
+        match self {
+            Known::Parsed(t) => t.text(),
+            Known::Read(l) => &l.text,
+        }
+    }
+}
+
 /// The compile service and runtime: config, store, compilers, loaded libraries.
 #[derive(Debug)]
 pub struct Jit {
@@ -700,26 +716,21 @@ impl Jit {
     pub fn render(&self, req: &TemplateRequest) -> Result<SourceRequest> {
         // The template's text: the parsed template this Jit holds, else the file's.
         let held = self.templates.lock().unwrap().get(&req.name).cloned();
-        let found = match held {
-            Some(_) => None,
-            None => Some(template::locate(&req.name, &self.config)?),
+        let known = match held {
+            Some(t) => Known::Parsed(t),
+            None => Known::Read(template::locate(&req.name, &self.config)?),
         };
-        let text: &str = match (&held, &found) {
-            (Some(t), _) => t.text(),
-            (None, Some(l)) => &l.text,
-            (None, None) => unreachable!("one of the two is set"),
-        };
-        let digest = template::memo::digest(&req.name, text, &req.params);
+        let digest = template::memo::digest(&req.name, known.text(), &req.params);
         let memo = self
             .store
             .read_rendered(&digest)
-            .and_then(|bytes| template::memo::decode(&bytes, text));
+            .and_then(|bytes| template::memo::decode(&bytes, known.text()));
         let r = match memo {
             Some(r) => r,
             None => {
-                let t = match (held, found) {
-                    (Some(t), _) => t,
-                    (None, Some(l)) => {
+                let t = match known {
+                    Known::Parsed(t) => t,
+                    Known::Read(l) => {
                         let t = Arc::new(Template::parse(&l.name, &l.text, &l.origin)?);
                         self.templates
                             .lock()
@@ -727,7 +738,6 @@ impl Jit {
                             .insert(req.name.clone(), Arc::clone(&t));
                         t
                     }
-                    (None, None) => unreachable!("one of the two is set"),
                 };
                 let r = t.render(&req.params)?;
                 self.renders
