@@ -968,21 +968,13 @@ fn gpu_demo_runs_check1() {
 
 /// Runs the fresh-process half of the warm-hit test: this test binary, re-executed.
 fn run_worker(base: &std::path::Path) -> String {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "gpu_worker_warm_process",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("XC_WORKER", "1")
-        .env("XC_BASE", base)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    text
+    common::rerun_test(
+        "gpu_worker_warm_process",
+        [
+            ("XC_WORKER", std::ffi::OsStr::new("1")),
+            ("XC_BASE", base.as_os_str()),
+        ],
+    )
 }
 
 /// The requests of the warm-hit test.

@@ -411,15 +411,14 @@ fn the_cuda_templates_include_nothing_under_nvrtc() {
 fn a_brand_new_cache_probes_nvrtc_with_one_compile_and_records_the_answers() {
     let tc = TestCache::new();
     let run = |expr: &str| -> u64 {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "probe_worker", "--ignored", "--nocapture"])
-            .env("XC_PROBE_WORKER", tc.base())
-            .env("XC_PROBE_EXPR", expr)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{text}");
+        let base = tc.base();
+        let text = common::rerun_test(
+            "probe_worker",
+            [
+                ("XC_PROBE_WORKER", base.as_os_str()),
+                ("XC_PROBE_EXPR", std::ffi::OsStr::new(expr)),
+            ],
+        );
         let line = text
             .lines()
             .find(|l| l.starts_with("NVRTC COMPILES "))

@@ -292,3 +292,22 @@ pub fn settled_hit(
     assert_eq!(hit.key, recorded_key);
     hit
 }
+
+/// Runs test `name` of this test binary again in a fresh process (`--exact --ignored
+/// --nocapture`) with `envs` set, asserts that it passed, and returns its stdout and
+/// stderr together: for what is per process (a counter, a first load).
+pub fn rerun_test<K, V>(name: &str, envs: impl IntoIterator<Item = (K, V)>) -> String
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .envs(envs)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    text
+}
