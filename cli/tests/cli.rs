@@ -685,3 +685,80 @@ fn dtypes_are_named_as_users_write_them_in_errors() {
     let err = stderr(&out);
     assert!(err.contains("not int32") && !err.contains("I32"), "{err}");
 }
+
+/// `xcache compile -t` keeps what it rendered (`toolchains/render-<digest>.json`): the
+/// next process compiles the same source from it; an edited template (through
+/// `template_path`) is rendered and compiled again; a damaged memo is not used, and
+/// the request still hits the entry its real source gives.
+#[test]
+fn compile_t_reads_its_rendered_source_back_and_never_a_stale_or_damaged_one() {
+    let env = Env::new();
+    let text = xcache::compile::template::EMBEDDED
+        .iter()
+        .find(|(rel, _)| *rel == "c/elemwise.c")
+        .unwrap()
+        .1;
+    let tpl = env.file("tpl/c/elemwise.c", text);
+    let flags = format!(
+        "handout_grace=0s,template_path={}",
+        tpl.parent().unwrap().parent().unwrap().display()
+    );
+    let compile = || -> Value {
+        let out = env
+            .cmd(&[
+                "compile",
+                "-t",
+                "c/elemwise",
+                "-p",
+                "dtype=float32",
+                "-p",
+                "arity=1",
+                "-p",
+                "expr=a+1",
+                "--json",
+            ])
+            .env("XCACHE_FLAGS", &flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let memos = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(env.compiledir().join("toolchains"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("render-")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let first = compile();
+    assert_eq!(first["hit"], false);
+    let [memo] = <[PathBuf; 1]>::try_from(memos()).unwrap();
+    let again = compile();
+    assert_eq!(
+        (&again["hit"], &again["key"]),
+        (&Value::Bool(true), &first["key"])
+    );
+
+    // Damaged: rendered again, the same entry.
+    std::fs::write(&memo, b"{\"format\": 1, \"source\": \"int x;\"}").unwrap();
+    let damaged = compile();
+    assert_eq!(
+        (&damaged["hit"], &damaged["key"]),
+        (&Value::Bool(true), &first["key"])
+    );
+
+    // Edited: a new source, a new entry, and a memo of its own.
+    std::fs::write(&tpl, format!("{text}\n/* edited */\n")).unwrap();
+    let edited = compile();
+    assert_eq!(edited["hit"], false);
+    assert_ne!(edited["key"], first["key"]);
+    assert_eq!(memos().len(), 2);
+}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python
 
 import xcache
 
@@ -148,3 +150,32 @@ def test_cuda_templates_need_a_gpu_array(cache: xcache.Cache) -> None:
     assert f.device == "cuda"
     with pytest.raises(TypeError, match="__cuda_array_interface__"):
         f(np.ones(4, np.float32))
+
+
+def test_a_fresh_process_reads_the_rendered_source_back_never_a_stale_or_damaged_one(
+    tmp_path: Path,
+) -> None:
+    """What a process rendered is kept in the compiledir (toolchains/render-*.json) and
+    read back by the next; an edited template (template_path) renders again, and a
+    damaged memo is not used."""
+    # The shipped template's text (the repository's copy is what is embedded).
+    text = (Path(__file__).resolve().parents[2] / "templates" / "c" / "elemwise.c").read_text()
+    tpl = tmp_path / "tpl" / "c" / "elemwise.c"
+    tpl.parent.mkdir(parents=True)
+    tpl.write_text(text)
+    base = tmp_path / "cache"
+    code = (
+        "import xcache\n"
+        f"flags = {{'template_path': {str(tpl.parent.parent)!r}}}\n"
+        f"c = xcache.Cache(base_dir={str(base)!r}, flags=flags)\n"
+        "print(c.render('c/elemwise', {'dtype': 'float32', 'arity': 1, 'expr': 'a+1'}))\n"
+    )
+    first = run_python(code, {})
+    (memo,) = base.glob("compiledir_*/toolchains/render-*.json")
+    assert run_python(code, {}) == first
+    memo.write_text('{"format": 1, "source": "int x;"}')
+    assert run_python(code, {}) == first
+    tpl.write_text(text + "\n/* edited */\n")
+    edited = run_python(code, {})
+    assert "/* edited */" in edited and "/* edited */" not in first
+    assert len(list(base.glob("compiledir_*/toolchains/render-*.json"))) == 2
