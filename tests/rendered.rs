@@ -120,10 +120,15 @@ fn a_damaged_memo_is_rendered_again_and_rewritten() {
     let [memo] = <[PathBuf; 1]>::try_from(memos(&tc)).unwrap();
     let good = std::fs::read(&memo).unwrap();
     let text = String::from_utf8(good.clone()).unwrap();
-    // The source changed but its hash not; then a memo cut short; then not JSON at all.
+    // Too large; the source changed but its hash not; cut short; not JSON at all.
     let tampered = text.replacen("xc_elemwise", "xc_elemwisf", 1);
     assert_ne!(tampered, text);
+    // A whole memo padded (with JSON's own whitespace) past the largest record read:
+    // not read at all.
+    let mut huge = good.clone();
+    huge.resize(xcache::store::MAX_TOOLCHAIN_RECORD as usize + 1, b' ');
     for bad in [
+        huge,
         tampered.into_bytes(),
         good[..good.len() / 2].to_vec(),
         b"\0\0garbage".to_vec(),

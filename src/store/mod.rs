@@ -516,6 +516,11 @@ impl Fetched {
     }
 }
 
+/// Largest toolchain record read (`toolchains/`: resolved compilers, rendered
+/// templates): far above any real one, a bound on what a planted file can make xcache
+/// allocate.
+pub const MAX_TOOLCHAIN_RECORD: u64 = 16 << 20;
+
 /// An opened compiledir, with the protocol above.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -738,11 +743,12 @@ impl Store {
         self.dirs().lock(key)
     }
 
-    /// Reads a toolchain record (`toolchains/<name>`), if there is a trusted one.
+    /// Reads a toolchain record (`toolchains/<name>`), if there is a trusted one no
+    /// larger than [`MAX_TOOLCHAIN_RECORD`].
     pub fn read_toolchain_record(&self, name: &str) -> Option<Vec<u8>> {
         use std::io::Read;
         let rel = layout::toolchain_record(name);
-        let mut f = self.cd().open_file(&rel, OpenHow::read()).ok()?;
+        let f = self.cd().open_file(&rel, OpenHow::read()).ok()?;
         // The record names a program xcache runs: only trust one that nobody else
         // could have written.
         let md = f.metadata().ok()?;
@@ -752,8 +758,18 @@ impl Store {
             log::warn!("ignoring {}: {why}", self.cd().join(&rel).display());
             return None;
         }
+        // Bounded: a record is a few KiB (a rendered template, tens), never this.
         let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).ok()?;
+        f.take(MAX_TOOLCHAIN_RECORD + 1)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        if bytes.len() as u64 > MAX_TOOLCHAIN_RECORD {
+            log::warn!(
+                "ignoring {}: larger than {MAX_TOOLCHAIN_RECORD} bytes",
+                self.cd().join(&rel).display()
+            );
+            return None;
+        }
         Some(bytes)
     }
 
